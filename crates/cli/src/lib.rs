@@ -1,0 +1,273 @@
+//! Assembly of the Fengqiao suite: which services run in a process, on which stores, behind
+//! which guard. Used by the `fengqiao` binary and by the test kit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fengqiao_kit::auth::{PublicKeyFile, SigningKey, Verifier};
+use fengqiao_kit::config::Config;
+use fengqiao_kit::metrics::Metrics;
+use fengqiao_kit::server::{Guard, RunningServer, ServerBuilder, shutdown_pair};
+use fengqiao_store::{Store, StoreConfig};
+
+/// The sample district loaded by `fengqiao dev` (and usable as a seed file elsewhere).
+pub const SAMPLE_AGENCIES: &str = include_str!("../../../deploy/dev/agencies.toml");
+
+/// A service that can run in this binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum ServiceName {
+    /// The router (hub).
+    Router,
+    /// Police referral (警调对接).
+    PoliceReferral,
+    /// People's mediation (人民调解).
+    Mediation,
+}
+
+impl ServiceName {
+    /// Every service.
+    pub const ALL: [ServiceName; 3] = [
+        ServiceName::Router,
+        ServiceName::PoliceReferral,
+        ServiceName::Mediation,
+    ];
+
+    /// The name used in flags and file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Router => "router",
+            ServiceName::PoliceReferral => "police-referral",
+            ServiceName::Mediation => "mediation",
+        }
+    }
+}
+
+/// Errors starting the suite.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// Configuration is incomplete or inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A store could not be opened or migrated.
+    #[error("store of {service}: {source}")]
+    Store {
+        /// The service.
+        service: &'static str,
+        /// The cause.
+        source: fengqiao_store::Error,
+    },
+    /// A key file could not be used.
+    #[error(transparent)]
+    Key(#[from] fengqiao_kit::auth::KeyError),
+    /// The server could not start.
+    #[error(transparent)]
+    Serve(#[from] fengqiao_kit::server::ServeError),
+    /// I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Seeding or migrating the router failed.
+    #[error("router: {0}")]
+    Router(String),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SuiteSpec {
+    /// The configuration.
+    pub config: Config,
+    /// Services to run in this process.
+    pub services: Vec<ServiceName>,
+    /// Store URL per service.
+    pub stores: BTreeMap<ServiceName, String>,
+    /// Agency seed (TOML text) for the router, if any.
+    pub agency_seed: Option<String>,
+}
+
+/// A running suite.
+#[derive(Debug)]
+pub struct Suite {
+    /// The gRPC server.
+    pub server: RunningServer,
+    /// The admin HTTP address.
+    pub admin_addr: std::net::SocketAddr,
+    /// Metrics of this process.
+    pub metrics: Metrics,
+    stores: Vec<(ServiceName, Store)>,
+    admin_trigger: fengqiao_kit::server::ShutdownTrigger,
+}
+
+/// The verifier for `config` (its public keys file; none configured means no token verifies).
+pub fn verifier(config: &Config) -> Result<Verifier, SuiteError> {
+    let keys = match &config.auth.public_keys_file {
+        Some(p) => PublicKeyFile::load(p)?,
+        None => PublicKeyFile::default(),
+    };
+    Ok(Verifier::new(config.auth.issuer.clone(), &keys)?)
+}
+
+/// Files of the dev signing key and its public half under `data_dir`.
+pub fn dev_key_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        data_dir.join("dev-signing-key.json"),
+        data_dir.join("dev-public-keys.json"),
+    )
+}
+
+/// Loads the dev signing key under `data_dir`, generating it (and its public key file) on
+/// first use.
+pub fn ensure_dev_key(data_dir: &Path) -> Result<SigningKey, SuiteError> {
+    std::fs::create_dir_all(data_dir)?;
+    let (private, public) = dev_key_paths(data_dir);
+    let key = if private.exists() {
+        SigningKey::load(&private)?
+    } else {
+        let k = SigningKey::generate("dev-1")?;
+        k.save(&private)?;
+        k
+    };
+    PublicKeyFile {
+        keys: vec![key.public_entry()],
+    }
+    .save(&public)?;
+    Ok(key)
+}
+
+async fn open_store(service: ServiceName, url: &str) -> Result<Store, SuiteError> {
+    let store = Store::connect(StoreConfig::new(url))
+        .await
+        .map_err(|source| SuiteError::Store {
+            service: service.as_str(),
+            source,
+        })?;
+    Ok(store)
+}
+
+impl Suite {
+    /// Opens the stores, starts serving (NOT_SERVING), migrates, seeds, then reports SERVING.
+    pub async fn start(
+        spec: SuiteSpec,
+        listener: tokio::net::TcpListener,
+        admin: tokio::net::TcpListener,
+    ) -> Result<Suite, SuiteError> {
+        let config = &spec.config;
+        let metrics = Metrics::new();
+        let guard = Guard::new(
+            verifier(config)?,
+            metrics.clone(),
+            config.limits.clone(),
+            config.tls.peer_agencies.clone(),
+        );
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(c), Some(k)) => Some(fengqiao_kit::server::tls_config(
+                c,
+                k,
+                config.tls.client_ca_file.as_deref(),
+            )?),
+            _ => None,
+        };
+
+        let mut stores = Vec::new();
+        for &s in &spec.services {
+            let url = spec
+                .stores
+                .get(&s)
+                .ok_or_else(|| SuiteError::Config(format!("no database_url for {}", s.as_str())))?;
+            stores.push((s, open_store(s, url).await?));
+        }
+
+        let max = config.limits.max_message_bytes;
+        let mut builder = ServerBuilder::new();
+        for (s, store) in &stores {
+            match s {
+                ServiceName::Router => {
+                    fengqiao_router::Router::new(store.clone()).add_to(&mut builder, max)
+                }
+                ServiceName::PoliceReferral => {
+                    fengqiao_police_referral::PoliceReferral::new(store.clone())
+                        .add_to(&mut builder, max)
+                }
+                ServiceName::Mediation => {
+                    fengqiao_mediation::Mediation::new(store.clone()).add_to(&mut builder, max)
+                }
+            }
+        }
+        let (trigger, _) = shutdown_pair();
+        let server = builder.serve(listener, guard, tls, trigger).await?;
+
+        let admin_addr = admin.local_addr()?;
+        let (admin_trigger, admin_shutdown) = shutdown_pair();
+        tokio::spawn(
+            metrics
+                .clone()
+                .serve_admin(admin, async move { admin_shutdown.wait().await }),
+        );
+
+        for (s, store) in &stores {
+            let r = match s {
+                ServiceName::Router => fengqiao_router::migrate(store)
+                    .await
+                    .map_err(|e| SuiteError::Router(e.to_string())),
+                ServiceName::PoliceReferral => fengqiao_police_referral::migrate(store)
+                    .await
+                    .map_err(|source| SuiteError::Store {
+                        service: s.as_str(),
+                        source,
+                    }),
+                ServiceName::Mediation => {
+                    fengqiao_mediation::migrate(store)
+                        .await
+                        .map_err(|source| SuiteError::Store {
+                            service: s.as_str(),
+                            source,
+                        })
+                }
+            };
+            if let Err(e) = r {
+                server.shutdown(Duration::from_secs(1)).await;
+                return Err(e);
+            }
+            if *s == ServiceName::Router {
+                let seed = match (&spec.agency_seed, &config.agencies_file) {
+                    (Some(text), _) => Some(
+                        toml::from_str::<fengqiao_router::agencies::SeedFile>(text)
+                            .map_err(|e| SuiteError::Router(format!("agency seed: {e}")))?,
+                    ),
+                    (None, Some(path)) => Some(
+                        fengqiao_router::agencies::SeedFile::load(path)
+                            .map_err(SuiteError::Router)?,
+                    ),
+                    (None, None) => None,
+                };
+                if let Some(seed) = seed {
+                    let added = fengqiao_router::Agencies::new(store.clone())
+                        .seed(&seed)
+                        .await
+                        .map_err(|e| SuiteError::Router(format!("agency seed: {e}")))?;
+                    tracing::info!(added, "agency seed loaded");
+                }
+            }
+        }
+        server.health.set_all(true).await;
+        metrics.set_ready(true);
+        tracing::info!(addr = %server.addr, admin = %admin_addr, "serving");
+        Ok(Suite {
+            server,
+            admin_addr,
+            metrics,
+            stores,
+            admin_trigger,
+        })
+    }
+
+    /// Graceful stop: NOT_SERVING, drain in-flight calls within `grace`, close the stores.
+    pub async fn shutdown(self, grace: Duration) {
+        self.metrics.set_ready(false);
+        self.server.shutdown(grace).await;
+        for (_, store) in &self.stores {
+            store.close().await;
+        }
+        self.admin_trigger.trigger();
+        tracing::info!("stopped");
+    }
+}

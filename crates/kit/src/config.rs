@@ -1,0 +1,370 @@
+//! Configuration: defaults, then an optional TOML file, then environment (`FENGQIAO_*`), then
+//! flags. `--dump-config` prints the effective result.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("config file {path}: {detail}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("configuration key {key}: {detail}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Expected token issuer (`iss`).
+    pub issuer: String,
+    /// JSON file of trusted public keys (`{ "keys": [ { "kid", "alg", "public_key_b64" } ] }`).
+    pub public_keys_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "fengqiao".into(),
+            public_keys_file: None,
+        }
+    }
+}
+
+/// Mutual TLS settings (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of this server.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle that client certificates must chain to; enables mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// Client certificates mapped to agencies: SHA-256 of the leaf certificate (hex) → agency
+    /// resource name. A mapped peer without a token acts as `service:<agency>`.
+    pub peer_agencies: std::collections::BTreeMap<String, String>,
+}
+
+/// Protections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Default deadline of a unary call, when the client sets none or a longer one.
+    pub request_timeout_ms: u64,
+    /// Largest accepted or sent message.
+    pub max_message_bytes: usize,
+    /// Calls in flight at once; beyond it calls are shed with RESOURCE_EXHAUSTED.
+    pub max_concurrency: usize,
+    /// Sustained calls per second allowed to one agency.
+    pub per_agency_rps: f64,
+    /// Burst allowed to one agency.
+    pub per_agency_burst: f64,
+    /// Time given to in-flight calls on SIGTERM before the server stops anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrency: 256,
+            per_agency_rps: 50.0,
+            per_agency_burst: 100.0,
+            shutdown_grace_ms: 25_000,
+        }
+    }
+}
+
+/// Addresses of other services.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeersConfig {
+    /// The router, as seen by agency services (e.g. `http://router:50051`).
+    pub router: Option<String>,
+}
+
+/// The configuration of a Fengqiao process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Admin HTTP listen address (`/metrics`, `/healthz`).
+    pub admin_listen: String,
+    /// Store URL (`sqlite://…` or `postgres://…`). For `fengqiao dev`, unset means per-service
+    /// SQLite files under `data_dir`.
+    pub database_url: Option<String>,
+    /// Directory for SQLite files and the dev signing key.
+    pub data_dir: PathBuf,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://otel-collector:4317`); unset = no export.
+    pub otlp_endpoint: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG` syntax).
+    pub log_level: String,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Mutual TLS.
+    pub tls: TlsConfig,
+    /// Protections.
+    pub limits: LimitsConfig,
+    /// Other services.
+    pub peers: PeersConfig,
+    /// Router: agency registry seed (TOML).
+    pub agencies_file: Option<PathBuf>,
+    /// Router: directory of route policy files.
+    pub routes_dir: Option<PathBuf>,
+    /// Router: holiday calendar file.
+    pub holidays_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:50051".into(),
+            admin_listen: "0.0.0.0:9090".into(),
+            database_url: None,
+            data_dir: PathBuf::from("./data"),
+            otlp_endpoint: None,
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            peers: PeersConfig::default(),
+            agencies_file: None,
+            routes_dir: None,
+            holidays_file: None,
+        }
+    }
+}
+
+/// Flags shared by the server commands; each is also read from the environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "FENGQIAO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "FENGQIAO_LISTEN")]
+    pub listen: Option<String>,
+    /// Admin HTTP listen address.
+    #[arg(long, env = "FENGQIAO_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Store URL (`sqlite://…` or `postgres://…`).
+    #[arg(long, env = "FENGQIAO_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Data directory (SQLite files, dev keys).
+    #[arg(long, env = "FENGQIAO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// OTLP/gRPC trace endpoint.
+    #[arg(long, env = "FENGQIAO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Log format.
+    #[arg(long, env = "FENGQIAO_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter.
+    #[arg(long, env = "RUST_LOG")]
+    pub log_level: Option<String>,
+    /// Trusted token issuer.
+    #[arg(long, env = "FENGQIAO_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// Trusted public keys file.
+    #[arg(long, env = "FENGQIAO_AUTH_PUBLIC_KEYS_FILE")]
+    pub auth_public_keys_file: Option<PathBuf>,
+    /// Router address for agency services.
+    #[arg(long, env = "FENGQIAO_PEERS_ROUTER")]
+    pub router: Option<String>,
+    /// Agency registry seed file (router).
+    #[arg(long, env = "FENGQIAO_AGENCIES_FILE")]
+    pub agencies_file: Option<PathBuf>,
+    /// Route policy directory (router).
+    #[arg(long, env = "FENGQIAO_ROUTES_DIR")]
+    pub routes_dir: Option<PathBuf>,
+    /// Holiday calendar file (router).
+    #[arg(long, env = "FENGQIAO_HOLIDAYS_FILE")]
+    pub holidays_file: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Defaults, then the file named by `args.config`, then the flags and environment.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let mut c = match &args.config {
+            Some(p) => Self::from_file(p)?,
+            None => Self::default(),
+        };
+        c.apply(args);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply(&mut self, a: &ConfigArgs) {
+        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = v.clone();
+            }
+        }
+        fn set_opt<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        set(&mut self.listen, &a.listen);
+        set(&mut self.admin_listen, &a.admin_listen);
+        set_opt(&mut self.database_url, &a.database_url);
+        set(&mut self.data_dir, &a.data_dir);
+        set_opt(&mut self.otlp_endpoint, &a.otlp_endpoint);
+        set(&mut self.log_format, &a.log_format);
+        set(&mut self.log_level, &a.log_level);
+        set(&mut self.auth.issuer, &a.auth_issuer);
+        set_opt(&mut self.auth.public_keys_file, &a.auth_public_keys_file);
+        set_opt(&mut self.peers.router, &a.router);
+        set_opt(&mut self.agencies_file, &a.agencies_file);
+        set_opt(&mut self.routes_dir, &a.routes_dir);
+        set_opt(&mut self.holidays_file, &a.holidays_file);
+        if self.otlp_endpoint.as_deref() == Some("") {
+            self.otlp_endpoint = None;
+        }
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_concurrency",
+                detail: "must be at least 1".into(),
+            });
+        }
+        if l.per_agency_rps <= 0.0 || l.per_agency_burst < 1.0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.per_agency_rps",
+                detail: "rate must be positive and burst at least 1".into(),
+            });
+        }
+        if l.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_message_bytes",
+                detail: "must be at least 1024".into(),
+            });
+        }
+        let t = &self.tls;
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                detail: "cert_file and key_file go together".into(),
+            });
+        }
+        if t.client_ca_file.is_some() && t.cert_file.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "tls.client_ca_file",
+                detail: "mutual TLS needs the server's cert_file and key_file".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `--dump-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("fq-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:1\"\nlog_format = \"text\"\n[limits]\nmax_concurrency = 7\n",
+        )
+        .expect("write");
+        let args = ConfigArgs {
+            config: Some(f),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&args).expect("load");
+        assert_eq!(c.listen, "127.0.0.1:2", "flag wins over file");
+        assert_eq!(c.log_format, LogFormat::Text, "file wins over default");
+        assert_eq!(c.limits.max_concurrency, 7);
+        assert_eq!(c.limits.request_timeout_ms, 10_000, "default kept");
+        let dumped: Config = toml::from_str(&c.to_toml()).expect("dump parses back");
+        assert_eq!(dumped.listen, c.listen);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("fq-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").expect("write");
+        assert!(matches!(
+            Config::from_file(&f),
+            Err(ConfigError::Parse { .. })
+        ));
+        let mut c = Config::default();
+        c.limits.max_concurrency = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.tls.client_ca_file = Some("ca.pem".into());
+        assert!(c.validate().is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

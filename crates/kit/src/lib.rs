@@ -1,0 +1,21 @@
+//! Server kit shared by every Fengqiao service.
+//!
+//! - [`config`]: flags, environment and file, `--dump-config`;
+//! - [`telemetry`]: JSON logs, OpenTelemetry spans, W3C trace context in and out;
+//! - [`metrics`]: Prometheus text on the admin port;
+//! - [`auth`]: signed bearer tokens and the verified [`auth::Identity`];
+//! - [`error`]: the one mapping of errors to `tonic::Status` with `google.rpc` details;
+//! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
+//! - [`client`]: channels and interceptors for calling other services.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+pub mod validate;
+
+pub use auth::Identity;
+pub use error::{ApiError, FieldViolation};

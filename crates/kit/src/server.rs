@@ -1,0 +1,720 @@
+//! Serving: one tower middleware for every RPC (span, metrics, load shedding, authentication,
+//! per-agency rate limit, deadline), gRPC health and reflection on every server, and graceful
+//! shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::{Semaphore, watch};
+use tonic::Code;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument as _;
+
+use crate::auth::{AuthError, AuthMethod, Identity, Verifier};
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, code_name};
+
+/// Errors starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or reading a listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS material is invalid.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Reflection could not be built from the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// Signals shutdown to long-running work (watch streams, workers).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug, Clone)]
+pub struct ShutdownTrigger {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+/// A new shutdown pair.
+pub fn shutdown_pair() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger { tx: Arc::new(tx) }, Shutdown { rx })
+}
+
+impl ShutdownTrigger {
+    /// Starts shutdown; idempotent.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    /// A receiver for this trigger.
+    pub fn subscribe(&self) -> Shutdown {
+        Shutdown {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+impl Shutdown {
+    /// Whether shutdown has begun.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn os_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Health of the services of one server (overall status under the empty name).
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Health {
+    /// Sets every service, and the overall status, to SERVING or NOT_SERVING.
+    pub async fn set_all(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for n in &self.names {
+            self.reporter.set_service_status(n, status).await;
+        }
+        self.reporter.set_service_status("", status).await;
+    }
+
+    /// Sets one service.
+    pub async fn set(&self, service: &str, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Token-bucket rate limiter keyed by agency.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// `rate` tokens per second, at most `burst` saved up.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key` at `now`; `Err(wait)` when empty.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let Ok(mut map) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let entry = map.entry(key.to_string()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(entry.1).as_secs_f64();
+        entry.0 = (entry.0 + elapsed * self.rate).min(self.burst);
+        entry.1 = now;
+        if entry.0 >= 1.0 {
+            entry.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - entry.0) / self.rate))
+        }
+    }
+}
+
+/// What the middleware needs.
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<GuardInner>,
+}
+
+struct GuardInner {
+    verifier: Verifier,
+    metrics: Metrics,
+    limits: LimitsConfig,
+    permits: Arc<Semaphore>,
+    limiter: RateLimiter,
+    peer_agencies: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// A guard verifying tokens with `verifier` under `limits`.
+    pub fn new(
+        verifier: Verifier,
+        metrics: Metrics,
+        limits: LimitsConfig,
+        peer_agencies: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(GuardInner {
+                permits: Arc::new(Semaphore::new(limits.max_concurrency)),
+                limiter: RateLimiter::new(limits.per_agency_rps, limits.per_agency_burst),
+                verifier,
+                metrics,
+                limits,
+                peer_agencies,
+            }),
+        }
+    }
+
+    fn authenticate(&self, req: &http::Request<Body>) -> Result<Identity, AuthError> {
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Some(h) = header {
+            let token = h
+                .strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+                .ok_or(AuthError::Malformed("expected a Bearer token"))?;
+            return self
+                .inner
+                .verifier
+                .verify(token.trim(), crate::auth::unix_now());
+        }
+        // No token: a client certificate mapped to an agency identifies a peer service.
+        if let Some(info) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()
+            && let Some(certs) = info.peer_certs()
+            && let Some(leaf) = certs.first()
+        {
+            let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(agency) = self.inner.peer_agencies.get(&hex) {
+                return Ok(Identity {
+                    agency: agency.clone(),
+                    actor: format!("service:{agency}"),
+                    roles: vec!["service".into()],
+                    method: AuthMethod::MutualTls,
+                });
+            }
+        }
+        Err(AuthError::Missing)
+    }
+}
+
+/// Paths that need no token: health checks and reflection.
+fn is_public(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// Parses the `grpc-timeout` header (e.g. `500m`, `10S`).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The tower layer applying [`Guard`].
+#[derive(Clone, Debug)]
+pub struct GuardLayer(pub Guard);
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GuardService {
+            inner,
+            guard: self.0.clone(),
+        }
+    }
+}
+
+/// The middleware service.
+#[derive(Clone, Debug)]
+pub struct GuardService<S> {
+    inner: S,
+    guard: Guard,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for GuardService<S>
+where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        // The clone that was polled ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        let path = req.uri().path().to_string();
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = %path,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            agency = tracing::field::Empty,
+        );
+        crate::telemetry::set_parent_from(&span, req.headers());
+        let start = Instant::now();
+        let g = guard.inner.clone();
+        g.metrics.rpc_in_flight.inc();
+        let finisher = Finisher {
+            metrics: g.metrics.clone(),
+            method: path.clone(),
+            start,
+            span: span.clone(),
+            done: false,
+        };
+
+        Box::pin(
+            async move {
+                let refuse = |e: ApiError, mut f: Finisher| {
+                    f.finish(e.code);
+                    Ok(e.to_status().into_http::<Body>())
+                };
+                let Ok(permit) = g.permits.clone().try_acquire_owned() else {
+                    return refuse(
+                        ApiError::new(
+                            Code::ResourceExhausted,
+                            "SERVER_OVERLOADED",
+                            "server is at its concurrency limit; retry with backoff",
+                        ),
+                        finisher,
+                    );
+                };
+                if !is_public(&path) {
+                    match guard.authenticate(&req) {
+                        Ok(id) => {
+                            tracing::Span::current().record("agency", id.agency.as_str());
+                            if let Err(wait) = g.limiter.take(&id.agency, Instant::now()) {
+                                return refuse(
+                                    ApiError::new(
+                                        Code::ResourceExhausted,
+                                        "RATE_LIMITED",
+                                        format!(
+                                            "agency rate limit exceeded; retry in {} ms",
+                                            wait.as_millis().max(1)
+                                        ),
+                                    ),
+                                    finisher,
+                                );
+                            }
+                            req.extensions_mut().insert(id);
+                        }
+                        Err(e) => {
+                            tracing::info!(reason = e.reason(), "call refused: {e}");
+                            return refuse(
+                                ApiError::unauthenticated(e.reason(), e.to_string()),
+                                finisher,
+                            );
+                        }
+                    }
+                }
+                let default = Duration::from_millis(g.limits.request_timeout_ms);
+                let deadline = grpc_timeout(req.headers()).map_or(default, |t| t.min(default));
+                let resp = match tokio::time::timeout(deadline, inner.call(req)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => {
+                        return refuse(
+                            ApiError::new(
+                                Code::DeadlineExceeded,
+                                "DEADLINE_EXCEEDED",
+                                "the call did not finish within its deadline",
+                            ),
+                            finisher,
+                        );
+                    }
+                };
+                drop(permit);
+                // An error answered before any message carries its status in the headers.
+                if let Some(code) = header_code(resp.headers()) {
+                    let mut f = finisher;
+                    f.finish(code);
+                    return Ok(resp);
+                }
+                let (parts, body) = resp.into_parts();
+                Ok(http::Response::from_parts(
+                    parts,
+                    Body::new(MeteredBody {
+                        inner: body,
+                        finisher,
+                    }),
+                ))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn header_code(headers: &http::HeaderMap) -> Option<Code> {
+    let v = headers.get("grpc-status")?.to_str().ok()?;
+    v.parse::<i32>().ok().map(Code::from_i32)
+}
+
+/// Records a call's outcome once.
+struct Finisher {
+    metrics: Metrics,
+    method: String,
+    start: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Finisher {
+    fn finish(&mut self, code: Code) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.metrics.rpc_in_flight.dec();
+        self.metrics
+            .observe(&self.method, code, self.start.elapsed().as_secs_f64());
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if !matches!(code, Code::Ok) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        tracing::debug!(parent: &self.span, code = code_name(code), "rpc finished");
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        // The client went away before the call ended.
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// A response body that records the call's status from its trailers.
+struct MeteredBody {
+    inner: Body,
+    finisher: Finisher,
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = header_code(trailers).unwrap_or(Code::Ok);
+                    this.finisher.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => this.finisher.finish(status.code()),
+            Poll::Ready(None) => this.finisher.finish(Code::Ok),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A server being set up: health starts NOT_SERVING for every named service.
+pub struct ServerBuilder {
+    routes: tonic::service::RoutesBuilder,
+    health: Health,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// Health of its services.
+    pub health: Health,
+    trigger: ShutdownTrigger,
+    join: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with the health service registered.
+    pub fn new() -> Self {
+        let (reporter, health_svc) = tonic_health::server::health_reporter();
+        let mut routes = Routes::builder();
+        routes.add_service(health_svc);
+        Self {
+            routes,
+            health: Health {
+                reporter,
+                names: Vec::new(),
+            },
+            names: Vec::new(),
+        }
+    }
+
+    /// Health of the services added so far (and later).
+    pub fn health(&self) -> Health {
+        Health {
+            reporter: self.health.reporter.clone(),
+            names: self.names.clone(),
+        }
+    }
+
+    /// Adds a generated tonic server; its health is reported under its full gRPC name.
+    pub fn add<S>(&mut self, svc: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        let name = S::NAME;
+        self.routes.add_service(svc);
+        self.names.push(name.to_string());
+        self.health.names.push(name.to_string());
+        self
+    }
+
+    /// Names of the services added.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Starts serving on `listener` with reflection (v1 and v1alpha) over `descriptor_sets`.
+    /// Health stays NOT_SERVING until the caller sets it.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        guard: Guard,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        trigger: ShutdownTrigger,
+    ) -> Result<RunningServer, ServeError> {
+        let ServerBuilder {
+            mut routes,
+            health,
+            names: _,
+        } = self;
+        health.set_all(false).await;
+        let refl_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fengqiao_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let refl_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fengqiao_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        routes.add_service(refl_v1);
+        routes.add_service(refl_v1alpha);
+
+        let addr = listener.local_addr()?;
+        let mut server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+        }
+        let shutdown = trigger.subscribe();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let router = server.layer(GuardLayer(guard)).add_routes(routes.routes());
+        let join = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+                .await
+        });
+        Ok(RunningServer {
+            addr,
+            health,
+            trigger,
+            join,
+        })
+    }
+}
+
+impl RunningServer {
+    /// The shutdown trigger (also used by workers and streams of this server).
+    pub fn trigger(&self) -> &ShutdownTrigger {
+        &self.trigger
+    }
+
+    /// Graceful stop: NOT_SERVING, stop accepting, let in-flight calls finish within `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.health.set_all(false).await;
+        self.trigger.trigger();
+        let mut join = self.join;
+        match tokio::time::timeout(grace, &mut join).await {
+            Ok(Ok(Ok(()))) => tracing::info!("server drained"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => {
+                tracing::warn!("grace period over; closing remaining connections");
+                join.abort();
+            }
+        }
+    }
+
+    /// Resolves when the server task ends on its own (e.g. after the trigger fired).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.join).await;
+    }
+}
+
+/// Builds a TLS configuration from PEM files; with `client_ca`, clients must present a
+/// certificate chaining to it (mutual TLS).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    let mut cfg = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = client_ca {
+        cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_refills() {
+        let l = RateLimiter::new(10.0, 2.0);
+        let t0 = Instant::now();
+        assert!(l.take("a", t0).is_ok());
+        assert!(l.take("a", t0).is_ok());
+        assert!(l.take("a", t0).is_err(), "burst spent");
+        assert!(l.take("b", t0).is_ok(), "buckets are per agency");
+        assert!(
+            l.take("a", t0 + Duration::from_millis(150)).is_ok(),
+            "refilled"
+        );
+    }
+
+    #[test]
+    fn grpc_timeout_parses() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-timeout", http::HeaderValue::from_static("250m"));
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_millis(250)));
+        h.insert("grpc-timeout", http::HeaderValue::from_static("3S"));
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(3)));
+        h.insert("grpc-timeout", http::HeaderValue::from_static("x"));
+        assert_eq!(grpc_timeout(&h), None);
+    }
+}

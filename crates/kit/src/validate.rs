@@ -1,0 +1,162 @@
+//! Validation helpers shared by services: resource names, region codes, paging, request ids.
+//!
+//! Each returns a [`FieldViolation`] naming the field; values are never echoed (they may be
+//! personal information).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::error::FieldViolation;
+
+/// Default page size of List methods.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size of List methods.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Checks a resource id segment: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
+pub fn resource_id(field: &str, id: &str) -> Result<(), FieldViolation> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+        ))
+    }
+}
+
+/// Parses `collection/{id}` and returns the id.
+pub fn parse_name<'a>(
+    field: &str,
+    collection: &str,
+    name: &'a str,
+) -> Result<&'a str, FieldViolation> {
+    let id = name
+        .strip_prefix(collection)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| {
+            FieldViolation::new(field, format!("must be of the form {collection}/{{id}}"))
+        })?;
+    resource_id(field, id)?;
+    Ok(id)
+}
+
+/// Checks a GB/T 2260 administrative division code: six digits, a real province prefix
+/// (11–15, 21–23, 31–37, 41–46, 50–54, 61–65, 71, 81, 82).
+pub fn region_code(field: &str, code: &str) -> Result<(), FieldViolation> {
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(FieldViolation::new(
+            field,
+            "must be a six-digit GB/T 2260 code",
+        ));
+    }
+    let province: u32 = code[..2].parse().unwrap_or(0);
+    let known = matches!(province, 11..=15 | 21..=23 | 31..=37 | 41..=46 | 50..=54 | 61..=65 | 71 | 81 | 82);
+    if known {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            "unknown province in GB/T 2260 code",
+        ))
+    }
+}
+
+/// Checks a `request_id`: required, at most 128 printable ASCII characters.
+pub fn request_id(id: &str) -> Result<(), FieldViolation> {
+    if id.is_empty() {
+        return Err(FieldViolation::new(
+            "request_id",
+            "is required on every mutating call (a UUID is recommended)",
+        ));
+    }
+    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FieldViolation::new(
+            "request_id",
+            "must be at most 128 printable ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Page size: 0 means the default; larger than the maximum is clamped; negative is refused.
+pub fn page_size(size: i32) -> Result<u32, FieldViolation> {
+    match size {
+        s if s < 0 => Err(FieldViolation::new("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        s => Ok((s as u32).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Encodes an opaque page token from a key.
+pub fn page_token(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+/// Decodes a page token made by [`page_token`]; empty means the first page.
+pub fn parse_page_token(token: &str) -> Result<Option<String>, FieldViolation> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(Some)
+        .ok_or_else(|| FieldViolation::new("page_token", "is not a token this server issued"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ids() {
+        assert_eq!(
+            parse_name("name", "agencies", "agencies/xigang-110").ok(),
+            Some("xigang-110")
+        );
+        assert!(parse_name("name", "agencies", "agency/x").is_err());
+        assert!(parse_name("name", "agencies", "agencies/").is_err());
+        assert!(parse_name("name", "agencies", "agencies/Bad_Id").is_err());
+        assert!(resource_id("id", "-x").is_err());
+        assert!(resource_id("id", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn region_codes() {
+        assert!(region_code("r", "210203").is_ok(), "大连市西岗区");
+        assert!(region_code("r", "520502").is_ok(), "毕节市七星关区");
+        assert!(region_code("r", "990000").is_err());
+        assert!(region_code("r", "21020").is_err());
+        assert!(region_code("r", "21020x").is_err());
+    }
+
+    #[test]
+    fn paging() {
+        assert_eq!(page_size(0).ok(), Some(DEFAULT_PAGE_SIZE));
+        assert_eq!(page_size(10_000).ok(), Some(MAX_PAGE_SIZE));
+        assert!(page_size(-1).is_err());
+        let t = page_token("agencies/x");
+        assert_eq!(
+            parse_page_token(&t).ok().flatten().as_deref(),
+            Some("agencies/x")
+        );
+        assert!(parse_page_token("!!").is_err());
+        assert_eq!(parse_page_token("").ok(), Some(None));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(request_id("").is_err());
+        assert!(request_id("0b6f7c1e-0000-4000-8000-000000000000").is_ok());
+        assert!(request_id("has space").is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Fengqiao protobuf contracts (`proto/fengqiao/<domain>/v1`), compiled with protox at build time.
+//!
+//! Generated code is grouped by protobuf package; short aliases follow below.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// Generated code, one module per protobuf package.
+pub mod fengqiao {
+    /// `fengqiao.common.v1`
+    pub mod common {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.common.v1");
+        }
+    }
+    /// `fengqiao.inbox.v1`
+    pub mod inbox {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.inbox.v1");
+        }
+    }
+    /// `fengqiao.router.v1`
+    pub mod router {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.router.v1");
+        }
+    }
+    /// `fengqiao.policereferral.v1`
+    pub mod policereferral {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.policereferral.v1");
+        }
+    }
+    /// `fengqiao.mediation.v1`
+    pub mod mediation {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.mediation.v1");
+        }
+    }
+}
+
+pub use fengqiao::common::v1 as common;
+pub use fengqiao::inbox::v1 as inbox;
+pub use fengqiao::mediation::v1 as mediation;
+pub use fengqiao::policereferral::v1 as policereferral;
+pub use fengqiao::router::v1 as router;
+
+/// The encoded `FileDescriptorSet` of every Fengqiao proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fengqiao_descriptor.bin"));

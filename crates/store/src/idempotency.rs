@@ -1,0 +1,140 @@
+//! Idempotent request handling (AIP `request_id`).
+//!
+//! Inside the same write transaction as the change:
+//!
+//! ```no_run
+//! # use fengqiao_store::{Store, Result, idempotency::{self, IdempotencyKey}};
+//! # async fn handle(store: &Store, request_bytes: &[u8]) -> Result<Vec<u8>> {
+//! let key = IdempotencyKey::new("agency-a/alice", "CreateCase", "9b7e…");
+//! let hash = idempotency::hash_request(request_bytes);
+//! let mut tx = store.write().await?;
+//! if let Some(stored) = idempotency::lookup(&mut tx, &key, &hash).await? {
+//!     return Ok(stored); // a replay: answer exactly as the first time
+//! }
+//! let response: Vec<u8> = Vec::new(); // … do the work in `tx`, encode the response …
+//! idempotency::record(&mut tx, &key, &hash, &response).await?;
+//! tx.commit().await?;
+//! # Ok(response) }
+//! ```
+//!
+//! A replay with a different payload fails with [`Error::IdempotencyConflict`]. On PostgreSQL
+//! [`lookup`] also takes a transaction-scoped advisory lock on the key, so two concurrent
+//! requests with the same key run one after the other and the second sees the first's response
+//! (SQLite's `BEGIN IMMEDIATE` serialises them already).
+
+use sqlx::Row as _;
+
+use crate::error::{Error, Result};
+use crate::migrate::checksum;
+use crate::store::{Backend, Store, Tx, lock_class, pg_xact_lock};
+
+/// Identifies one logical request: who sent it, to which method, with which `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    /// The verified caller (e.g. agency and actor).
+    pub caller: String,
+    /// Fully qualified method name.
+    pub method: String,
+    /// The client-chosen request id.
+    pub request_id: String,
+}
+
+impl IdempotencyKey {
+    /// Build a key.
+    pub fn new(
+        caller: impl Into<String>,
+        method: impl Into<String>,
+        request_id: impl Into<String>,
+    ) -> Self {
+        IdempotencyKey {
+            caller: caller.into(),
+            method: method.into(),
+            request_id: request_id.into(),
+        }
+    }
+}
+
+/// Lower-case hex SHA-256 of the canonical request bytes.
+pub fn hash_request(bytes: &[u8]) -> String {
+    checksum(bytes)
+}
+
+/// The stored response for `key`, if the request was already handled.
+///
+/// `Err(Error::IdempotencyConflict)` when `key` was recorded with a different `request_hash`.
+pub async fn lookup(
+    tx: &mut Tx,
+    key: &IdempotencyKey,
+    request_hash: &str,
+) -> Result<Option<Vec<u8>>> {
+    pg_xact_lock(
+        tx,
+        lock_class::IDEMPOTENCY,
+        &[&key.caller, &key.method, &key.request_id],
+    )
+    .await?;
+    let row = sqlx::query(
+        "SELECT request_hash, response FROM idempotency_keys \
+         WHERE caller = $1 AND method = $2 AND request_id = $3",
+    )
+    .bind(&key.caller)
+    .bind(&key.method)
+    .bind(&key.request_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let stored_hash: String = row.try_get(0)?;
+    if stored_hash != request_hash {
+        return Err(Error::IdempotencyConflict);
+    }
+    Ok(Some(row.try_get::<Vec<u8>, _>(1)?))
+}
+
+/// Record the response for `key`, in the transaction that made the change.
+///
+/// If the key was recorded concurrently (only possible when [`lookup`] was skipped), fails with
+/// [`Error::ConcurrentModification`]: roll back and retry, and the retry's lookup will find it.
+pub async fn record(
+    tx: &mut Tx,
+    key: &IdempotencyKey,
+    request_hash: &str,
+    response: &[u8],
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO idempotency_keys (caller, method, request_id, request_hash, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, {})",
+        Backend::of(tx).now_expr()
+    );
+    let result = sqlx::query(&sql)
+        .bind(&key.caller)
+        .bind(&key.method)
+        .bind(&key.request_id)
+        .bind(request_hash)
+        .bind(response)
+        .execute(&mut **tx)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let e = Error::from(e);
+            if e.is_unique_violation() {
+                Err(Error::ConcurrentModification)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Delete keys recorded before `cutoff_micros` (database clock); returns how many.
+pub async fn purge_older_than(store: &Store, cutoff_micros: i64) -> Result<u64> {
+    let mut tx = store.write().await?;
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind(cutoff_micros)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,483 @@
+//! Transactional outbox.
+//!
+//! A service that changes state and must tell another service [`enqueue`]s the message in the
+//! same transaction, so the change and its message commit (or roll back) together. A delivery
+//! worker then [`claim`]s messages, delivers them, and marks them [`mark_delivered`],
+//! [`mark_failed`] (retry later, see [`backoff`]) or [`mark_dead`] (an incident; an operator
+//! may [`retry_dead`]).
+//!
+//! Claiming is by **state**, never by an increasing-id cursor: on PostgreSQL sequence values
+//! are assigned at insert time but become visible at commit time, in any order, so a cursor on
+//! "highest id seen" silently skips a message whose transaction commits late. A message is
+//! claimable when it is `pending`, due (`next_attempt_at <= now`), not leased (or its lease
+//! expired), and it is the lowest `seq` among the not-yet-delivered messages of its
+//! `ordering_key` (per-key FIFO: a later message of a key waits while an earlier one is pending
+//! or dead).
+//!
+//! Per-key order is `seq` order. On PostgreSQL [`enqueue`] takes a transaction-scoped advisory
+//! lock on the ordering key, so two transactions enqueueing for the same key commit in `seq`
+//! order (a transaction enqueueing for several keys should do so in a consistent order, or it
+//! may be aborted as a deadlock — `Error::is_serialization_failure` — and must be retried).
+
+use std::time::Duration;
+
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::error::{Error, Result};
+use crate::store::{Backend, Store, Tx, db_now_micros, lock_class, pg_xact_lock};
+
+/// Longest `last_error` stored, in bytes.
+const MAX_ERROR_LEN: usize = 1000;
+
+/// A message to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Unique message id (a UUID); receivers deduplicate on it (see [`crate::inbox`]).
+    pub id: String,
+    /// Where it goes (e.g. a service name).
+    pub destination: String,
+    /// Messages with the same key are delivered one at a time, in order (e.g. a case id).
+    pub ordering_key: String,
+    /// Message type, for the receiver to dispatch on.
+    pub kind: String,
+    /// Encoded message body.
+    pub payload: Vec<u8>,
+}
+
+impl NewMessage {
+    /// A message with a fresh time-ordered UUID (v7) as its id.
+    pub fn new(
+        destination: impl Into<String>,
+        ordering_key: impl Into<String>,
+        kind: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
+        NewMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            destination: destination.into(),
+            ordering_key: ordering_key.into(),
+            kind: kind.into(),
+            payload: payload.into(),
+        }
+    }
+}
+
+/// Delivery state of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Waiting for (re)delivery.
+    Pending,
+    /// Delivered; done.
+    Delivered,
+    /// Given up on; blocks later messages of its ordering key until retried.
+    Dead,
+}
+
+impl Status {
+    /// The value stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Status> {
+        match s {
+            "pending" => Ok(Status::Pending),
+            "delivered" => Ok(Status::Delivered),
+            "dead" => Ok(Status::Dead),
+            _ => Err(Error::Database(sqlx::Error::Decode(
+                "unknown outbox status".into(),
+            ))),
+        }
+    }
+}
+
+/// A stored outbox message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Insertion order (per-key FIFO order).
+    pub seq: i64,
+    /// Unique message id.
+    pub id: String,
+    /// Destination.
+    pub destination: String,
+    /// Ordering key.
+    pub ordering_key: String,
+    /// Message type.
+    pub kind: String,
+    /// Encoded body.
+    pub payload: Vec<u8>,
+    /// Enqueue time, unix µs (database clock).
+    pub created_at: i64,
+    /// Delivery state.
+    pub status: Status,
+    /// Delivery attempts so far (claims).
+    pub attempts: i64,
+    /// Not claimable before this time, unix µs.
+    pub next_attempt_at: i64,
+    /// Leased to a worker until this time, unix µs.
+    pub lease_until: Option<i64>,
+    /// Worker holding (or last holding) the lease.
+    pub lease_owner: Option<String>,
+    /// Last delivery error.
+    pub last_error: Option<String>,
+    /// Delivery time, unix µs.
+    pub delivered_at: Option<i64>,
+}
+
+const COLUMNS: &str = "seq, id, destination, ordering_key, kind, payload, created_at, status, \
+                       attempts, next_attempt_at, lease_until, lease_owner, last_error, delivered_at";
+
+fn from_row(row: &AnyRow) -> Result<OutboxMessage> {
+    Ok(OutboxMessage {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        destination: row.try_get("destination")?,
+        ordering_key: row.try_get("ordering_key")?,
+        kind: row.try_get("kind")?,
+        payload: row.try_get("payload")?,
+        created_at: row.try_get("created_at")?,
+        status: Status::parse(&row.try_get::<String, _>("status")?)?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        lease_until: row.try_get("lease_until")?,
+        lease_owner: row.try_get("lease_owner")?,
+        last_error: row.try_get("last_error")?,
+        delivered_at: row.try_get("delivered_at")?,
+    })
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_ERROR_LEN {
+        return s;
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Add `msg` to the outbox in the caller's transaction; returns its `seq`.
+pub async fn enqueue(tx: &mut Tx, msg: &NewMessage) -> Result<i64> {
+    pg_xact_lock(tx, lock_class::OUTBOX_KEY, &[&msg.ordering_key]).await?;
+    let now = Backend::of(tx).now_expr();
+    let sql = format!(
+        "INSERT INTO outbox (id, destination, ordering_key, kind, payload, created_at, status, \
+         attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, {now}, 'pending', 0, {now}) \
+         RETURNING seq"
+    );
+    let seq: i64 = sqlx::query_scalar(&sql)
+        .bind(&msg.id)
+        .bind(&msg.destination)
+        .bind(&msg.ordering_key)
+        .bind(&msg.kind)
+        .bind(&msg.payload)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
+/// Claim up to `limit` deliverable messages for `worker_id`, leasing them for `lease`
+/// (attempts + 1). A claimed message is not handed out again until its lease expires or it is
+/// marked failed. Returns them in `seq` order, at most one per ordering key.
+pub async fn claim(
+    store: &Store,
+    worker_id: &str,
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<OutboxMessage>> {
+    let mut tx = store.write().await?;
+    let now = db_now_micros(&mut tx).await?;
+    let lease_until = now.saturating_add(micros(lease));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM outbox o \
+         WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
+           AND (o.lease_until IS NULL OR o.lease_until < $1) \
+           AND NOT EXISTS (SELECT 1 FROM outbox p \
+                           WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq \
+                             AND p.status <> 'delivered') \
+         ORDER BY o.seq LIMIT $2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut msg = from_row(row)?;
+        // Guarded update: on PostgreSQL a concurrent claimer may have leased the row since our
+        // snapshot; the re-checked WHERE then matches nothing and we skip it.
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until = $1, lease_owner = $2, attempts = attempts + 1 \
+             WHERE seq = $3 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(lease_until)
+        .bind(worker_id)
+        .bind(msg.seq)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            msg.lease_until = Some(lease_until);
+            msg.lease_owner = Some(worker_id.to_string());
+            msg.attempts += 1;
+            claimed.push(msg);
+        }
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Why an update matched no row: the message is missing, or in another state.
+async fn no_match(tx: &mut Tx, id: &str) -> Error {
+    match sqlx::query("SELECT status FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+    {
+        Ok(None) => Error::NotFound("outbox message"),
+        Ok(Some(_)) => Error::ConcurrentModification,
+        Err(e) => e.into(),
+    }
+}
+
+/// Mark message `id` delivered (from pending, or from dead if it got through after all).
+/// Marking a delivered message again is a no-op. `Error::NotFound` if there is no such message.
+pub async fn mark_delivered(store: &Store, id: &str) -> Result<()> {
+    let mut tx = store.write().await?;
+    let sql = format!(
+        "UPDATE outbox SET status = 'delivered', delivered_at = {}, lease_until = NULL \
+         WHERE id = $1 AND status <> 'delivered'",
+        store.backend().now_expr()
+    );
+    let done = sqlx::query(&sql).bind(id).execute(&mut *tx).await?;
+    if done.rows_affected() == 0 {
+        let exists = sqlx::query("SELECT 1 FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(Error::NotFound("outbox message"));
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Record a failed delivery of pending message `id` and schedule the next attempt at
+/// `next_attempt_at_micros` (database clock; see [`backoff`]). Releases the lease.
+/// `Error::ConcurrentModification` if the message is no longer pending.
+pub async fn mark_failed(
+    store: &Store,
+    id: &str,
+    error: &str,
+    next_attempt_at_micros: i64,
+) -> Result<()> {
+    let mut tx = store.write().await?;
+    let done = sqlx::query(
+        "UPDATE outbox SET last_error = $2, next_attempt_at = $3, lease_until = NULL \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(truncate(error))
+    .bind(next_attempt_at_micros)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(no_match(&mut tx, id).await);
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Give up on pending message `id`: it becomes `dead` and blocks later messages of its ordering
+/// key until [`retry_dead`]. This is an incident and is logged at error level (ids only).
+pub async fn mark_dead(store: &Store, id: &str, error: &str) -> Result<()> {
+    let mut tx = store.write().await?;
+    let row = sqlx::query(
+        "UPDATE outbox SET status = 'dead', last_error = $2, lease_until = NULL \
+         WHERE id = $1 AND status = 'pending' RETURNING destination, kind, attempts",
+    )
+    .bind(id)
+    .bind(truncate(error))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(no_match(&mut tx, id).await);
+    };
+    tx.commit().await?;
+    let destination: String = row.try_get(0)?;
+    let kind: String = row.try_get(1)?;
+    let attempts: i64 = row.try_get(2)?;
+    tracing::error!(
+        outbox_id = id,
+        destination,
+        kind,
+        attempts,
+        "outbox message is dead; later messages of its ordering key are blocked"
+    );
+    Ok(())
+}
+
+/// Dead messages, oldest first.
+pub async fn list_dead(store: &Store, limit: u32) -> Result<Vec<OutboxMessage>> {
+    let sql = format!("SELECT {COLUMNS} FROM outbox WHERE status = 'dead' ORDER BY seq LIMIT $1");
+    let rows = sqlx::query(&sql)
+        .bind(i64::from(limit))
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Put dead message `id` back to pending, due now, with attempts reset (`last_error` is kept).
+/// `Error::NotFound` if there is no dead message with that id.
+pub async fn retry_dead(store: &Store, id: &str) -> Result<()> {
+    let mut tx = store.write().await?;
+    let sql = format!(
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = {}, \
+         lease_until = NULL WHERE id = $1 AND status = 'dead'",
+        store.backend().now_expr()
+    );
+    let done = sqlx::query(&sql).bind(id).execute(&mut *tx).await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound("dead outbox message"));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Message `id`, in any state.
+pub async fn get(store: &Store, id: &str) -> Result<Option<OutboxMessage>> {
+    let sql = format!("SELECT {COLUMNS} FROM outbox WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Exponential backoff for delivery attempt `attempt` (1-based): `base · 2^(attempt-1)`, capped
+/// at `max`, then jittered uniformly by ±`jitter_fraction` (clamped to 0..=1) and capped at
+/// `max` again. `jitter_fraction = 0` is deterministic; `1` spreads over `[0, 2·d]` ∩ `[0, max]`.
+pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter_fraction: f64) -> Duration {
+    backoff_with(attempt, base, max, jitter_fraction, random_unit())
+}
+
+/// [`backoff`] with the random draw supplied: `unit` in `[0, 1]` (0 = shortest, 1 = longest).
+pub fn backoff_with(
+    attempt: u32,
+    base: Duration,
+    max: Duration,
+    jitter_fraction: f64,
+    unit: f64,
+) -> Duration {
+    let exp = i32::try_from(attempt.saturating_sub(1).min(62)).unwrap_or(62);
+    let cap = max.as_secs_f64();
+    let d = (base.as_secs_f64() * 2f64.powi(exp)).min(cap);
+    let f = if jitter_fraction.is_nan() {
+        0.0
+    } else {
+        jitter_fraction.clamp(0.0, 1.0)
+    };
+    let u = if unit.is_nan() {
+        0.5
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
+    let v = d * (1.0 - f + 2.0 * f * u);
+    if v.is_finite() {
+        Duration::from_secs_f64(v.clamp(0.0, cap))
+    } else {
+        max
+    }
+}
+
+/// A uniform draw in `[0, 1)` from the system RNG (0.5 if it is unavailable).
+fn random_unit() -> f64 {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn backoff_without_jitter_doubles_and_caps() {
+        let max = Duration::from_secs(60);
+        let d = |a| backoff_with(a, S, max, 0.0, 0.9);
+        assert_eq!(d(0), S);
+        assert_eq!(d(1), S);
+        assert_eq!(d(2), 2 * S);
+        assert_eq!(d(3), 4 * S);
+        assert_eq!(d(6), 32 * S);
+        assert_eq!(d(7), max);
+        assert_eq!(d(u32::MAX), max);
+    }
+
+    #[test]
+    fn backoff_jitter_bounds() {
+        let max = Duration::from_secs(100);
+        for attempt in 1..12 {
+            let nominal = (S.as_secs_f64() * 2f64.powi(attempt as i32 - 1)).min(100.0);
+            for f in [0.1, 0.25, 0.5, 1.0] {
+                let lo = backoff_with(attempt, S, max, f, 0.0).as_secs_f64();
+                let hi = backoff_with(attempt, S, max, f, 1.0).as_secs_f64();
+                assert!(
+                    (lo - nominal * (1.0 - f)).abs() < 1e-6,
+                    "lo {lo} {nominal} {f}"
+                );
+                assert!((hi - (nominal * (1.0 + f)).min(100.0)).abs() < 1e-6);
+                for _ in 0..50 {
+                    let v = backoff(attempt, S, max, f).as_secs_f64();
+                    assert!(v >= lo - 1e-9 && v <= hi + 1e-9, "{v} not in [{lo}, {hi}]");
+                    assert!(v <= 100.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_degenerate_inputs() {
+        assert_eq!(backoff_with(3, S, Duration::ZERO, 0.5, 1.0), Duration::ZERO);
+        assert_eq!(
+            backoff_with(1, S, Duration::from_secs(9), f64::NAN, f64::NAN),
+            S
+        );
+        let v = backoff(1, S, Duration::from_secs(9), 7.0);
+        assert!(v <= 2 * S);
+    }
+
+    #[test]
+    fn random_unit_in_range() {
+        for _ in 0..100 {
+            let u = random_unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let s = "é".repeat(MAX_ERROR_LEN);
+        let t = truncate(&s);
+        assert!(t.len() <= MAX_ERROR_LEN);
+        assert!(t.chars().all(|c| c == 'é'));
+        assert_eq!(truncate("short"), "short");
+    }
+}

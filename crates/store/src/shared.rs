@@ -1,0 +1,97 @@
+//! Migrations for the tables this crate owns: `idempotency_keys`, `outbox`, `inbox`.
+
+use crate::migrate::Migration;
+
+/// Service name under which [`SHARED_MIGRATIONS`] are recorded.
+pub const SHARED_SERVICE: &str = "fengqiao_store";
+
+/// The store's own tables. Every service runs
+/// `store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS)` before its own migrations.
+pub const SHARED_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "idempotency_keys",
+        sqlite: "CREATE TABLE idempotency_keys (
+    caller TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response BLOB NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (caller, method, request_id)
+);
+CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+",
+        postgres: "CREATE TABLE idempotency_keys (
+    caller TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (caller, method, request_id)
+);
+CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+",
+    },
+    Migration {
+        version: 2,
+        name: "outbox",
+        sqlite: "CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    destination TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at BIGINT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_until BIGINT,
+    lease_owner TEXT,
+    last_error TEXT,
+    delivered_at BIGINT
+);
+CREATE INDEX outbox_claimable ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
+",
+        postgres: "CREATE TABLE outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    destination TEXT NOT NULL,
+    ordering_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_until BIGINT,
+    lease_owner TEXT,
+    last_error TEXT,
+    delivered_at BIGINT
+);
+CREATE INDEX outbox_claimable ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
+",
+    },
+    Migration {
+        version: 3,
+        name: "inbox",
+        sqlite: "CREATE TABLE inbox (
+    consumer TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
+",
+        postgres: "CREATE TABLE inbox (
+    consumer TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
+",
+    },
+];

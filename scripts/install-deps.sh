@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the tests and checks need on a fresh Debian machine, and nothing that is
+# already there: PostgreSQL server binaries (initdb, pg_ctl, postgres, createdb) for the
+# store tests, and the npm packages (buf) for the proto lint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_pg() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+if ! have_pg; then
+  echo "==> installing PostgreSQL server binaries"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "PostgreSQL binaries (initdb) not found; install the 'postgresql' package" >&2
+    exit 1
+  fi
+fi
+
+# initdb refuses to run as root; the test kit runs it as the 'postgres' system user then.
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  echo "==> creating the postgres system user"
+  useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
+fi
+
+if [ ! -x node_modules/.bin/buf ]; then
+  echo "==> installing buf (npm, pinned in package.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi

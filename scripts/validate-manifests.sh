@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Validate Fengqiao's deployment assets offline.
+#
+#   scripts/validate-manifests.sh
+#
+# 1. Renders every kustomization (k8s/base and each k8s/overlays/*) with
+#    `kubectl kustomize` and validates each rendered resource against the
+#    Kubernetes OpenAPI schemas of ${FENGQIAO_K8S_VERSION} (default 1.32.0) with
+#    kubernetes-validate in --strict mode (unknown fields are errors). Schemas are
+#    bundled in the package: validation needs no network and no cluster.
+#    Resources without a bundled schema (CRDs) count as failures.
+# 2. Validates the example Secrets (not part of any kustomization) the same way.
+# 3. Parses deploy/compose.yaml and deploy/otel-collector.yaml (PyYAML) and checks
+#    their cross-references; parses every TOML config (tomllib) and checks its keys
+#    against the configuration keys `fengqiao` understands; parses JSON key sets.
+#
+# Tools: kubectl (>= 1.27, for `kubectl kustomize` with kustomize v5) on PATH;
+# python3 (>= 3.11). kubernetes-validate is installed once (network needed only
+# then) into a venv under ${FENGQIAO_TOOLS:-$HOME/.cache/fengqiao-tools}/venv.
+# kubernetes-validate X.Y only bundles schemas up to Kubernetes X.Y, so its
+# version is pinned to match (FENGQIAO_KUBERNETES_VALIDATE_VERSION).
+set -euo pipefail
+
+K8S_VERSION="${FENGQIAO_K8S_VERSION:-1.32.0}"
+KV_VERSION="${FENGQIAO_KUBERNETES_VALIDATE_VERSION:-1.32.0}"
+TOOLS_DIR="${FENGQIAO_TOOLS:-$HOME/.cache/fengqiao-tools}"
+VENV="$TOOLS_DIR/venv"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools
+command -v kubectl >/dev/null 2>&1 \
+  || die "kubectl not found on PATH. Install kubectl >= 1.27 (it provides 'kubectl kustomize'): https://kubernetes.io/docs/tasks/tools/"
+command -v python3 >/dev/null 2>&1 \
+  || die "python3 not found on PATH (needed for kubernetes-validate and the config checks)."
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || die "python3 >= 3.11 required (tomllib); found $(python3 --version 2>&1)."
+
+if [[ ! -x "$VENV/bin/kubernetes-validate" ]] \
+   || [[ "$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "$KV_VERSION" ]]; then
+  log "installing kubernetes-validate==$KV_VERSION into $VENV"
+  mkdir -p "$TOOLS_DIR"
+  [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION" \
+    || die "could not install kubernetes-validate==$KV_VERSION (network needed on first run)."
+fi
+KV="$VENV/bin/kubernetes-validate"
+PY="$VENV/bin/python"
+log "kubectl $(kubectl version --client 2>/dev/null | head -n1 | sed 's/^Client Version: //'); kubernetes-validate $("$KV" --version) against Kubernetes $K8S_VERSION"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+failures=0
+
+# validate_file FILE LABEL: strict schema validation; any ERROR/WARN/FATAL fails.
+validate_file() {
+  local file="$1" label="$2" out rc=0
+  out="$("$KV" --strict --kubernetes-version "$K8S_VERSION" "$file" 2>&1)" || rc=$?
+  local n_ok
+  n_ok="$(grep -c '^INFO ' <<<"$out" || true)"
+  if [[ $rc -ne 0 ]] || grep -qE '^(ERROR|WARN|FATAL)' <<<"$out"; then
+    grep -vE '^INFO ' <<<"$out" | sed "s|$file|$label|g" >&2
+    printf '    FAIL %s (%s resources passed)\n' "$label" "$n_ok"
+    failures=$((failures + 1))
+  else
+    printf '    ok   %s: %s resources valid\n' "$label" "$n_ok"
+  fi
+}
+
+# ---------------------------------------------------------------- kustomize
+log "kustomize build + schema validation (Kubernetes $K8S_VERSION, strict)"
+shopt -s nullglob
+kustomizations=(k8s/base)
+for d in k8s/overlays/*/; do
+  [[ -f "$d/kustomization.yaml" ]] && kustomizations+=("${d%/}")
+done
+[[ ${#kustomizations[@]} -gt 1 ]] || die "no overlays found under k8s/overlays/"
+
+for k in "${kustomizations[@]}"; do
+  out="$WORK/$(tr '/' '_' <<<"$k").yaml"
+  if ! kubectl kustomize "$k" >"$out" 2>"$WORK/err"; then
+    cat "$WORK/err" >&2
+    printf '    FAIL %s: kubectl kustomize failed\n' "$k"
+    failures=$((failures + 1))
+    continue
+  fi
+  # Secrets are never committed: a rendered Secret means one slipped in.
+  if grep -qE '^kind: Secret$' "$out"; then
+    printf '    FAIL %s: renders a Secret; secrets must not be in a kustomization\n' "$k"
+    failures=$((failures + 1))
+  fi
+  validate_file "$out" "$k"
+done
+
+log "example Secrets (outside the kustomizations)"
+for f in k8s/base/secrets.example.yaml k8s/overlays/*/*.example.yaml; do
+  validate_file "$f" "$f"
+done
+
+# ---------------------------------------------------------------- compose, collector, configs
+log "deploy/: compose.yaml, otel-collector.yaml, TOML configs, JSON key sets"
+if "$PY" -c 'import yaml' 2>/dev/null; then
+  if ! "$PY" - "$ROOT" <<'PYEOF'
+import json, os, sys, tomllib
+import yaml
+
+root = sys.argv[1]
+errors = []
+def err(msg): errors.append(msg)
+
+# --- compose
+path = os.path.join(root, "deploy/compose.yaml")
+with open(path) as f:
+    compose = yaml.safe_load(f)
+services = compose.get("services") or {}
+for need in ("postgres", "otel-collector", "router", "police-referral", "mediation"):
+    if need not in services:
+        err(f"compose: service {need!r} missing")
+named_volumes = set((compose.get("volumes") or {}).keys())
+for name, svc in services.items():
+    if not (svc.get("image") or svc.get("build")):
+        err(f"compose: {name}: neither image nor build")
+    dep = svc.get("depends_on") or {}
+    for d in (dep if isinstance(dep, list) else dep.keys()):
+        if d not in services:
+            err(f"compose: {name}: depends_on unknown service {d!r}")
+        elif isinstance(dep, dict) and dep[d].get("condition") == "service_healthy" \
+                and "healthcheck" not in services[d]:
+            err(f"compose: {name}: waits for {d} healthy but {d} has no healthcheck")
+    for v in svc.get("volumes") or []:
+        src = (v.get("source") if isinstance(v, dict) else v.split(":", 1)[0])
+        if src.startswith((".", "/")):
+            if not os.path.exists(os.path.normpath(os.path.join(root, "deploy", src))):
+                err(f"compose: {name}: bind-mount source {src} does not exist")
+        elif src not in named_volumes:
+            err(f"compose: {name}: named volume {src!r} not declared")
+    build = svc.get("build")
+    if isinstance(build, dict):
+        ctx = os.path.normpath(os.path.join(root, "deploy", build.get("context", ".")))
+        if not os.path.isfile(os.path.join(ctx, build.get("dockerfile", "Dockerfile"))):
+            err(f"compose: {name}: Dockerfile not found")
+print(f"    ok   deploy/compose.yaml parses ({len(services)} services)" if not errors else "", end="\n" if not errors else "")
+
+# --- collector
+n = len(errors)
+with open(os.path.join(root, "deploy/otel-collector.yaml")) as f:
+    col = yaml.safe_load(f)
+for kind in ("receivers", "processors", "exporters"):
+    defined = set((col.get(kind) or {}).keys())
+    for pname, p in (col["service"]["pipelines"] or {}).items():
+        for c in p.get(kind, []):
+            if c not in defined:
+                err(f"otel-collector: pipeline {pname}: {kind[:-1]} {c!r} not defined")
+for e in col["service"].get("extensions", []):
+    if e not in (col.get("extensions") or {}):
+        err(f"otel-collector: extension {e!r} not defined")
+if len(errors) == n:
+    print("    ok   deploy/otel-collector.yaml parses, pipelines consistent")
+
+# --- TOML configs: keys fengqiao understands
+TOP = {"listen", "admin_listen", "database_url", "otlp_endpoint", "log_format", "log_level",
+       "agencies_file", "routes_dir", "holidays_file"}
+TABLES = {
+    "auth": {"issuer", "public_keys_file"},
+    "tls": {"cert_file", "key_file", "client_ca_file"},
+    "limits": {"request_timeout_ms", "max_message_bytes", "max_concurrency",
+               "per_agency_rps", "per_agency_burst", "shutdown_grace_ms"},
+    "peers": {"router"},
+}
+ROUTER_DATA = {"agencies_file", "routes_dir", "holidays_file"}
+# Service configs: deploy/config/*.toml, k8s/**/fengqiao.toml,
+# k8s/overlays/*/config/*.toml. Other TOML files (router data: agency seed,
+# holiday calendar, routes) are only parsed.
+import glob
+cfgs = set(glob.glob(os.path.join(root, "deploy/config/*.toml")))
+cfgs |= set(glob.glob(os.path.join(root, "k8s/**/fengqiao.toml"), recursive=True))
+cfgs |= set(glob.glob(os.path.join(root, "k8s/overlays/*/config/*.toml")))
+data = set(glob.glob(os.path.join(root, "deploy/**/*.toml"), recursive=True)) \
+     | set(glob.glob(os.path.join(root, "k8s/**/*.toml"), recursive=True))
+for p in sorted(data - cfgs):
+    try:
+        with open(p, "rb") as f:
+            tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        err(f"{os.path.relpath(p, root)}: {e}")
+for p in sorted(cfgs):
+    rel = os.path.relpath(p, root)
+    try:
+        with open(p, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        err(f"{rel}: {e}")
+        continue
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            if k not in TABLES:
+                err(f"{rel}: unknown table [{k}]")
+            else:
+                for kk in v:
+                    if kk not in TABLES[k]:
+                        err(f"{rel}: unknown key [{k}] {kk}")
+        elif k not in TOP:
+            err(f"{rel}: unknown key {k}")
+    if "log_format" in doc and doc["log_format"] not in ("json", "text"):
+        err(f"{rel}: log_format must be json or text")
+    name = os.path.basename(os.path.dirname(p)) if os.path.basename(p) == "fengqiao.toml" \
+        else os.path.basename(p)[:-5]
+    if name in ("police-referral", "mediation"):
+        if not doc.get("peers", {}).get("router"):
+            err(f"{rel}: agency service without [peers] router")
+        if ROUTER_DATA & doc.keys():
+            err(f"{rel}: router-only keys in an agency service config")
+    lim = doc.get("limits", {})
+    if lim.get("shutdown_grace_ms", 25000) >= 30000:
+        err(f"{rel}: shutdown_grace_ms must stay below terminationGracePeriodSeconds (30 s)")
+    tls = doc.get("tls", {})
+    if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
+        err(f"{rel}: [tls] cert_file and key_file go together")
+    if tls.get("cert_file") and doc.get("peers", {}).get("router", "https").startswith("http:"):
+        err(f"{rel}: TLS on but [peers] router is plain http")
+print(f"    ok   {len(cfgs)} TOML configs parse, keys known" if not errors else "", end="\n" if not errors else "")
+
+# --- JSON key sets
+keysets = [os.path.join(root, "deploy/config/public_keys.json")]
+for dirpath, _, files in os.walk(os.path.join(root, "k8s")):
+    keysets += [os.path.join(dirpath, fn) for fn in files if fn == "public_keys.json"]
+for p in keysets:
+    rel = os.path.relpath(p, root)
+    with open(p) as f:
+        try:
+            ks = json.load(f)
+        except json.JSONDecodeError as e:
+            err(f"{rel}: {e}")
+            continue
+    if not isinstance(ks.get("keys"), list):
+        err(f"{rel}: expected {{\"keys\": [...]}}")
+        continue
+    for i, key in enumerate(ks["keys"]):
+        if set(key) != {"kid", "alg", "public_key_b64"} or key.get("alg") != "EdDSA":
+            err(f"{rel}: keys[{i}] must have exactly kid, alg=EdDSA, public_key_b64")
+if not errors:
+    print(f"    ok   {len(keysets)} public key sets parse")
+
+for e in errors:
+    print(f"    FAIL {e}")
+sys.exit(1 if errors else 0)
+PYEOF
+  then
+    failures=$((failures + 1))
+  fi
+else
+  log "PyYAML not available in $VENV; skipping compose/collector/config checks"
+fi
+
+# ---------------------------------------------------------------- verdict
+if [[ $failures -ne 0 ]]; then
+  printf '\nFAILED: %d check(s) failed\n' "$failures" >&2
+  exit 1
+fi
+printf '\nall deployment assets valid (Kubernetes %s)\n' "$K8S_VERSION"

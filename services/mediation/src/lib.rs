@@ -1,0 +1,46 @@
+//! People's mediation (人民调解): cases received through the router, consent, mediators,
+//! sessions, agreements, follow-up visits and the case file.
+//!
+//! The contract is `proto/fengqiao/mediation/v1`; its RPCs answer UNIMPLEMENTED until the
+//! service is built (see the README's status table). The store and its migrations are in place
+//! so that the suite starts, reports health and can be probed.
+
+use fengqiao_kit::server::ServerBuilder;
+use fengqiao_proto::mediation::mediation_service_server::{
+    MediationService, MediationServiceServer,
+};
+use fengqiao_store::{SHARED_MIGRATIONS, SHARED_SERVICE, Store};
+
+/// Name under which this service's migrations are recorded.
+pub const SERVICE: &str = "mediation";
+
+/// Applies the shared migrations (this service has no tables of its own yet).
+pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
+    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await
+}
+
+/// The mediation service.
+#[derive(Clone, Debug)]
+pub struct Mediation {
+    #[allow(dead_code)]
+    store: Store,
+}
+
+#[tonic::async_trait]
+impl MediationService for Mediation {}
+
+impl Mediation {
+    /// The service over a migrated `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Adds the service to a server.
+    pub fn add_to(&self, b: &mut ServerBuilder, max_message_bytes: usize) {
+        b.add(
+            MediationServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
+    }
+}
