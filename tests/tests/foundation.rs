@@ -172,15 +172,15 @@ suite_test!(
 );
 
 suite_test!(unbuilt_parts_say_so, |suite| async move {
-    use fengqiao_proto::router::GetTransferRequest;
-    use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-    let mut c = TransferServiceClient::with_interceptor(
+    use fengqiao_proto::policereferral::GetReferralRequest;
+    use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
+    let mut c = PoliceReferralServiceClient::with_interceptor(
         suite.channel(),
         suite.caller("xigang-110", "reviewer-01", &["command_room_reviewer"]),
     );
     let e = c
-        .get_transfer(GetTransferRequest {
-            name: "transfers/x".into(),
+        .get_referral(GetReferralRequest {
+            name: "referrals/x".into(),
         })
         .await
         .expect_err("not built");

@@ -143,6 +143,33 @@ async fn open_store(service: ServiceName, url: &str) -> Result<Store, SuiteError
     Ok(store)
 }
 
+/// The router's options from the configuration: policy files, and a push credential signed
+/// with the service key when one is configured.
+pub fn router_options(config: &Config) -> Result<fengqiao_router::RouterOptions, SuiteError> {
+    let mut o = fengqiao_router::RouterOptions {
+        routes_dir: config.routes_dir.clone(),
+        holidays_file: config.holidays_file.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &config.auth.service_key_file {
+        let key = std::sync::Arc::new(SigningKey::load(path)?);
+        let issuer = config.auth.issuer.clone();
+        o.push_token = std::sync::Arc::new(move || {
+            Some(key.sign(&fengqiao_kit::auth::claims(
+                &issuer,
+                ROUTER_PRINCIPAL,
+                "router",
+                &["router"],
+                300,
+            )))
+        });
+    }
+    Ok(o)
+}
+
+/// The principal the router's own calls carry (in place of an agency).
+pub const ROUTER_PRINCIPAL: &str = "services/router";
+
 impl Suite {
     /// Opens the stores, starts serving (NOT_SERVING), migrates, seeds, then reports SERVING.
     pub async fn start(
@@ -178,10 +205,15 @@ impl Suite {
 
         let max = config.limits.max_message_bytes;
         let mut builder = ServerBuilder::new();
+        let (trigger, _) = shutdown_pair();
+        let mut router = None;
         for (s, store) in &stores {
             match s {
                 ServiceName::Router => {
-                    fengqiao_router::Router::new(store.clone()).add_to(&mut builder, max)
+                    let r = fengqiao_router::Router::new(store.clone(), router_options(config)?)
+                        .map_err(|e| SuiteError::Router(e.to_string()))?;
+                    r.add_to(&mut builder, max, trigger.subscribe());
+                    router = Some(r);
                 }
                 ServiceName::PoliceReferral => {
                     fengqiao_police_referral::PoliceReferral::new(store.clone())
@@ -192,8 +224,7 @@ impl Suite {
                 }
             }
         }
-        let (trigger, _) = shutdown_pair();
-        let server = builder.serve(listener, guard, tls, trigger).await?;
+        let server = builder.serve(listener, guard, tls, trigger.clone()).await?;
 
         let admin_addr = admin.local_addr()?;
         let (admin_trigger, admin_shutdown) = shutdown_pair();
@@ -247,6 +278,9 @@ impl Suite {
                     tracing::info!(added, "agency seed loaded");
                 }
             }
+        }
+        if let Some(r) = &router {
+            r.start_workers(trigger.subscribe());
         }
         server.health.set_all(true).await;
         metrics.set_ready(true);

@@ -208,6 +208,9 @@ async fn dev(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     if config.auth.public_keys_file.is_none() {
         config.auth.public_keys_file = Some(dev_key_paths(&config.data_dir).1);
     }
+    if config.auth.service_key_file.is_none() {
+        config.auth.service_key_file = Some(dev_key_paths(&config.data_dir).0);
+    }
     run_suite(
         config,
         ServiceName::ALL.to_vec(),

@@ -53,6 +53,10 @@ pub struct AuthConfig {
     pub issuer: String,
     /// JSON file of trusted public keys (`{ "keys": [ { "kid", "alg", "public_key_b64" } ] }`).
     pub public_keys_file: Option<PathBuf>,
+    /// This service's own signing key (written by `fengqiao keygen`-style tooling or the dev
+    /// suite), used to sign its calls to other services (e.g. the router's push delivery).
+    /// Unset: such calls carry no token and rely on mutual TLS.
+    pub service_key_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -60,6 +64,7 @@ impl Default for AuthConfig {
         Self {
             issuer: "fengqiao".into(),
             public_keys_file: None,
+            service_key_file: None,
         }
     }
 }

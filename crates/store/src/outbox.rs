@@ -195,23 +195,69 @@ pub async fn claim(
     limit: u32,
     lease: Duration,
 ) -> Result<Vec<OutboxMessage>> {
+    claim_filtered(store, worker_id, limit, lease, &[]).await
+}
+
+/// Most destinations one [`claim_for`] statement names (bind-parameter limits); longer lists
+/// are claimed in chunks.
+const DESTINATION_CHUNK: usize = 500;
+
+/// [`claim`], restricted to messages whose `destination` is one of `destinations` (e.g. the
+/// receivers a push worker can reach, or the one agency a pull stream serves). Per-key FIFO is
+/// unchanged: an earlier undelivered message of the same ordering key blocks a later one even if
+/// the earlier one goes to a destination not listed. An empty list claims nothing.
+pub async fn claim_for(
+    store: &Store,
+    worker_id: &str,
+    destinations: &[String],
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<OutboxMessage>> {
+    let mut claimed = Vec::new();
+    for chunk in destinations.chunks(DESTINATION_CHUNK) {
+        let left = limit.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+        if left == 0 {
+            break;
+        }
+        claimed.extend(claim_filtered(store, worker_id, left, lease, chunk).await?);
+    }
+    Ok(claimed)
+}
+
+/// The claim query; `destinations` empty means no destination filter.
+async fn claim_filtered(
+    store: &Store,
+    worker_id: &str,
+    limit: u32,
+    lease: Duration,
+    destinations: &[String],
+) -> Result<Vec<OutboxMessage>> {
     let mut tx = store.write().await?;
     let now = db_now_micros(&mut tx).await?;
     let lease_until = now.saturating_add(micros(lease));
+    let filter = if destinations.is_empty() {
+        String::new()
+    } else {
+        let params: Vec<String> = (0..destinations.len())
+            .map(|i| format!("${}", i + 3))
+            .collect();
+        format!("AND o.destination IN ({}) ", params.join(", "))
+    };
     let sql = format!(
         "SELECT {COLUMNS} FROM outbox o \
          WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
            AND (o.lease_until IS NULL OR o.lease_until < $1) \
+           {filter}\
            AND NOT EXISTS (SELECT 1 FROM outbox p \
                            WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq \
                              AND p.status <> 'delivered') \
          ORDER BY o.seq LIMIT $2"
     );
-    let rows = sqlx::query(&sql)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+    let mut query = sqlx::query(&sql).bind(now).bind(i64::from(limit));
+    for d in destinations {
+        query = query.bind(d);
+    }
+    let rows = query.fetch_all(&mut *tx).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut msg = from_row(row)?;
@@ -238,6 +284,37 @@ pub async fn claim(
     Ok(claimed)
 }
 
+/// Release every unexpired lease held by `worker_id` on pending messages (e.g. a pull stream
+/// whose client went away, or a worker shutting down), so they are claimable at once. Returns
+/// how many were released. Attempts are not given back.
+pub async fn release_leases(store: &Store, worker_id: &str) -> Result<u64> {
+    let mut tx = store.write().await?;
+    let done = sqlx::query(
+        "UPDATE outbox SET lease_until = NULL \
+         WHERE lease_owner = $1 AND status = 'pending' AND lease_until IS NOT NULL",
+    )
+    .bind(worker_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
+/// Number of pending messages `worker_id` holds an unexpired lease on (e.g. a pull stream's
+/// sent but unacknowledged messages).
+pub async fn count_leased(store: &Store, worker_id: &str) -> Result<i64> {
+    let now = store.now_micros_pool().await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox \
+         WHERE lease_owner = $1 AND status = 'pending' AND lease_until >= $2",
+    )
+    .bind(worker_id)
+    .bind(now)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n)
+}
+
 /// Why an update matched no row: the message is missing, or in another state.
 async fn no_match(tx: &mut Tx, id: &str) -> Error {
     match sqlx::query("SELECT status FROM outbox WHERE id = $1")
@@ -255,23 +332,31 @@ async fn no_match(tx: &mut Tx, id: &str) -> Error {
 /// Marking a delivered message again is a no-op. `Error::NotFound` if there is no such message.
 pub async fn mark_delivered(store: &Store, id: &str) -> Result<()> {
     let mut tx = store.write().await?;
+    mark_delivered_in(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`mark_delivered`] in the caller's transaction (so a receipt and its consequences commit
+/// together). `true` when this call delivered it, `false` when it already was delivered.
+pub async fn mark_delivered_in(tx: &mut Tx, id: &str) -> Result<bool> {
     let sql = format!(
         "UPDATE outbox SET status = 'delivered', delivered_at = {}, lease_until = NULL \
          WHERE id = $1 AND status <> 'delivered'",
-        store.backend().now_expr()
+        Backend::of(tx).now_expr()
     );
-    let done = sqlx::query(&sql).bind(id).execute(&mut *tx).await?;
+    let done = sqlx::query(&sql).bind(id).execute(&mut **tx).await?;
     if done.rows_affected() == 0 {
         let exists = sqlx::query("SELECT 1 FROM outbox WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if exists.is_none() {
             return Err(Error::NotFound("outbox message"));
         }
+        return Ok(false);
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Record a failed delivery of pending message `id` and schedule the next attempt at
@@ -284,6 +369,18 @@ pub async fn mark_failed(
     next_attempt_at_micros: i64,
 ) -> Result<()> {
     let mut tx = store.write().await?;
+    mark_failed_in(&mut tx, id, error, next_attempt_at_micros).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`mark_failed`] in the caller's transaction.
+pub async fn mark_failed_in(
+    tx: &mut Tx,
+    id: &str,
+    error: &str,
+    next_attempt_at_micros: i64,
+) -> Result<()> {
     let done = sqlx::query(
         "UPDATE outbox SET last_error = $2, next_attempt_at = $3, lease_until = NULL \
          WHERE id = $1 AND status = 'pending'",
@@ -291,12 +388,11 @@ pub async fn mark_failed(
     .bind(id)
     .bind(truncate(error))
     .bind(next_attempt_at_micros)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(no_match(&mut tx, id).await);
+        return Err(no_match(tx, id).await);
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -304,18 +400,25 @@ pub async fn mark_failed(
 /// key until [`retry_dead`]. This is an incident and is logged at error level (ids only).
 pub async fn mark_dead(store: &Store, id: &str, error: &str) -> Result<()> {
     let mut tx = store.write().await?;
+    mark_dead_in(&mut tx, id, error).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`mark_dead`] in the caller's transaction (logged when the update succeeds; the caller's
+/// commit makes it effective).
+pub async fn mark_dead_in(tx: &mut Tx, id: &str, error: &str) -> Result<()> {
     let row = sqlx::query(
         "UPDATE outbox SET status = 'dead', last_error = $2, lease_until = NULL \
          WHERE id = $1 AND status = 'pending' RETURNING destination, kind, attempts",
     )
     .bind(id)
     .bind(truncate(error))
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else {
-        return Err(no_match(&mut tx, id).await);
+        return Err(no_match(tx, id).await);
     };
-    tx.commit().await?;
     let destination: String = row.try_get(0)?;
     let kind: String = row.try_get(1)?;
     let attempts: i64 = row.try_get(2)?;
@@ -343,16 +446,22 @@ pub async fn list_dead(store: &Store, limit: u32) -> Result<Vec<OutboxMessage>> 
 /// `Error::NotFound` if there is no dead message with that id.
 pub async fn retry_dead(store: &Store, id: &str) -> Result<()> {
     let mut tx = store.write().await?;
+    retry_dead_in(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`retry_dead`] in the caller's transaction.
+pub async fn retry_dead_in(tx: &mut Tx, id: &str) -> Result<()> {
     let sql = format!(
         "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = {}, \
          lease_until = NULL WHERE id = $1 AND status = 'dead'",
-        store.backend().now_expr()
+        Backend::of(tx).now_expr()
     );
-    let done = sqlx::query(&sql).bind(id).execute(&mut *tx).await?;
+    let done = sqlx::query(&sql).bind(id).execute(&mut **tx).await?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound("dead outbox message"));
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -363,6 +472,13 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<OutboxMessage>> {
         .bind(id)
         .fetch_optional(store.pool())
         .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Message `id`, in any state, read in the caller's transaction.
+pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<OutboxMessage>> {
+    let sql = format!("SELECT {COLUMNS} FROM outbox WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
     row.as_ref().map(from_row).transpose()
 }
 

@@ -1,4 +1,5 @@
-//! Migrations for the tables this crate owns: `idempotency_keys`, `outbox`, `inbox`.
+//! Migrations for the tables this crate owns: `idempotency_keys`, `outbox`, `inbox`,
+//! `inbox_case_sequences`.
 
 use crate::migrate::Migration;
 
@@ -91,6 +92,26 @@ CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
     message_id TEXT NOT NULL,
     received_at BIGINT NOT NULL,
     PRIMARY KEY (consumer, message_id)
+);
+",
+    },
+    Migration {
+        version: 4,
+        name: "inbox_case_sequences",
+        // Receiver side of per-case order: the highest envelope `sequence` a consumer has applied
+        // for a case (see the router's `delivery::receive_in_order`).
+        sqlite: "CREATE TABLE inbox_case_sequences (
+    consumer TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    last_sequence BIGINT NOT NULL,
+    PRIMARY KEY (consumer, case_id)
+);
+",
+        postgres: "CREATE TABLE inbox_case_sequences (
+    consumer TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    last_sequence BIGINT NOT NULL,
+    PRIMARY KEY (consumer, case_id)
 );
 ",
     },

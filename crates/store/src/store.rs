@@ -426,22 +426,20 @@ async fn check(conn: &mut AnyConnection, memory: bool) -> Result<()> {
 }
 
 /// PostgreSQL advisory-lock classes (first key of `pg_advisory_xact_lock(int, int)`).
-pub(crate) mod lock_class {
+pub mod lock_class {
     /// Serialises migrators.
     pub const MIGRATIONS: i32 = 0x4651_0001;
     /// Serialises requests with the same idempotency key.
     pub const IDEMPOTENCY: i32 = 0x4651_0002;
     /// Serialises enqueuers of the same outbox ordering key.
     pub const OUTBOX_KEY: i32 = 0x4651_0003;
+    /// Serialises appenders of a gap-free sequence (events, audit chain), keyed by its name.
+    pub const SEQUENCE: i32 = 0x4651_0004;
 }
 
 /// Take a transaction-scoped advisory lock on PostgreSQL (no-op on SQLite, whose write
 /// transactions are already serialised). `parts` are hashed into the second key.
-pub(crate) async fn pg_xact_lock(
-    conn: &mut AnyConnection,
-    class: i32,
-    parts: &[&str],
-) -> Result<()> {
+pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) -> Result<()> {
     if Backend::of(conn) != Backend::Postgres {
         return Ok(());
     }

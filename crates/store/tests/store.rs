@@ -682,6 +682,156 @@ both_backends!(
     }
 );
 
+async fn enqueue_to(store: &Store, dest: &str, key: &str) -> Result<String> {
+    let msg = NewMessage::new(dest, key, "k", Vec::new());
+    let mut tx = store.write().await?;
+    outbox::enqueue(&mut tx, &msg).await?;
+    tx.commit().await?;
+    Ok(msg.id)
+}
+
+both_backends!(
+    outbox_claim_for_filters_destinations,
+    |store: Store| async move {
+        shared(&store).await?;
+        let a1 = enqueue_to(&store, "agencies/a", "k1").await?;
+        let b1 = enqueue_to(&store, "agencies/b", "k2").await?;
+        // Same ordering key as a1 but another destination: FIFO still applies.
+        let b2 = enqueue_to(&store, "agencies/b", "k1").await?;
+        let c1 = enqueue_to(&store, "agencies/c", "k3").await?;
+
+        assert!(
+            outbox::claim_for(&store, "w", &[], 10, LONG)
+                .await?
+                .is_empty()
+        );
+        let only_b = outbox::claim_for(&store, "w", &["agencies/b".to_string()], 10, LONG).await?;
+        assert_eq!(
+            ids(&only_b),
+            vec![b1.clone()],
+            "b2 waits behind a1 of its key"
+        );
+        assert_eq!(only_b[0].attempts, 1);
+        assert_eq!(only_b[0].lease_owner.as_deref(), Some("w"));
+        let dests = vec!["agencies/a".to_string(), "agencies/c".to_string()];
+        let ac = outbox::claim_for(&store, "w2", &dests, 1, LONG).await?;
+        assert_eq!(ids(&ac), vec![a1.clone()], "limit honoured, seq order");
+        outbox::mark_delivered(&store, &a1).await?;
+        let rest = outbox::claim_for(
+            &store,
+            "w3",
+            &["agencies/b".to_string(), "agencies/c".to_string()],
+            10,
+            LONG,
+        )
+        .await?;
+        assert_eq!(ids(&rest), vec![b2.clone(), c1.clone()]);
+
+        // Long destination lists are claimed in chunks.
+        let many: Vec<String> = (0..1200).map(|i| format!("agencies/x{i}")).collect();
+        let x = enqueue_to(&store, "agencies/x1100", "k9").await?;
+        assert_eq!(
+            ids(&outbox::claim_for(&store, "w4", &many, 10, LONG).await?),
+            vec![x]
+        );
+        Ok::<_, Error>(())
+    }
+);
+
+both_backends!(outbox_release_and_count_leases, |store: Store| async move {
+    shared(&store).await?;
+    let m1 = enqueue_to(&store, "d", "k1").await?;
+    let m2 = enqueue_to(&store, "d", "k2").await?;
+    assert_eq!(outbox::count_leased(&store, "w").await?, 0);
+    assert_eq!(outbox::claim(&store, "w", 10, LONG).await?.len(), 2);
+    assert_eq!(outbox::count_leased(&store, "w").await?, 2);
+    assert_eq!(outbox::count_leased(&store, "other").await?, 0);
+    outbox::mark_delivered(&store, &m1).await?;
+    assert_eq!(outbox::count_leased(&store, "w").await?, 1);
+    assert_eq!(outbox::release_leases(&store, "other").await?, 0);
+    assert_eq!(outbox::release_leases(&store, "w").await?, 1);
+    assert_eq!(outbox::count_leased(&store, "w").await?, 0);
+    // Released: claimable again at once, by anyone.
+    let again = outbox::claim(&store, "w2", 10, LONG).await?;
+    assert_eq!(ids(&again), vec![m2.clone()]);
+    assert_eq!(again[0].attempts, 2);
+    // An expired lease no longer counts.
+    outbox::release_leases(&store, "w2").await?;
+    outbox::claim(&store, "w3", 10, Duration::from_millis(1)).await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(outbox::count_leased(&store, "w3").await?, 0);
+    Ok::<_, Error>(())
+});
+
+both_backends!(outbox_in_transaction_variants, |store: Store| async move {
+    shared(&store).await?;
+    let m = enqueue_to(&store, "d", "k1").await?;
+    // Rolled back: nothing changes.
+    let mut tx = store.write().await?;
+    assert!(outbox::mark_delivered_in(&mut tx, &m).await?);
+    assert!(!outbox::mark_delivered_in(&mut tx, &m).await?);
+    assert_eq!(
+        outbox::get_in(&mut tx, &m).await?.map(|x| x.status),
+        Some(Status::Delivered)
+    );
+    tx.rollback().await?;
+    assert_eq!(
+        outbox::get(&store, &m).await?.map(|x| x.status),
+        Some(Status::Pending)
+    );
+
+    let mut tx = store.write().await?;
+    assert!(matches!(
+        outbox::mark_delivered_in(&mut tx, "nope").await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(outbox::get_in(&mut tx, "nope").await?, None);
+    outbox::mark_failed_in(&mut tx, &m, "UNAVAILABLE: down", 0).await?;
+    outbox::mark_dead_in(&mut tx, &m, "UNAVAILABLE: down").await?;
+    assert!(matches!(
+        outbox::mark_failed_in(&mut tx, &m, "x", 0).await,
+        Err(Error::ConcurrentModification)
+    ));
+    assert!(matches!(
+        outbox::mark_dead_in(&mut tx, &m, "x").await,
+        Err(Error::ConcurrentModification)
+    ));
+    tx.commit().await?;
+    assert_eq!(ids(&outbox::list_dead(&store, 10).await?), vec![m.clone()]);
+
+    let mut tx = store.write().await?;
+    outbox::retry_dead_in(&mut tx, &m).await?;
+    assert!(matches!(
+        outbox::retry_dead_in(&mut tx, &m).await,
+        Err(Error::NotFound(_))
+    ));
+    tx.commit().await?;
+    let back = outbox::get(&store, &m).await?.expect("stored");
+    assert_eq!(back.status, Status::Pending);
+    assert_eq!(back.attempts, 0);
+    assert!(outbox::mark_delivered_in(&mut store.write().await?, &m).await?);
+    Ok::<_, Error>(())
+});
+
+both_backends!(inbox_case_sequences_table, |store: Store| async move {
+    shared(&store).await?;
+    let mut tx = store.write().await?;
+    sqlx::query(
+        "INSERT INTO inbox_case_sequences (consumer, case_id, last_sequence) VALUES ($1, $2, $3)",
+    )
+    .bind("mediation")
+    .bind("case-1")
+    .bind(7_i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    assert_eq!(
+        count(&store, "SELECT last_sequence FROM inbox_case_sequences").await?,
+        7
+    );
+    Ok::<_, Error>(())
+});
+
 // ---------------------------------------------------------------------------------------------
 // Inbox
 

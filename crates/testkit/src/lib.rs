@@ -102,9 +102,13 @@ impl TestSuite {
         }
         .save(&keys_file)
         .unwrap_or_else(|e| panic!("public keys: {e}"));
+        let key_file = dir.path().join("service-key.json");
+        key.save(&key_file)
+            .unwrap_or_else(|e| panic!("service key: {e}"));
         let mut config = Config::default();
         config.auth.issuer = ISSUER.into();
         config.auth.public_keys_file = Some(keys_file);
+        config.auth.service_key_file = Some(key_file);
         config.data_dir = dir.path().to_path_buf();
         config.listen = "127.0.0.1:0".into();
         config.admin_listen = "127.0.0.1:0".into();

@@ -34,6 +34,15 @@ pub enum Error {
         /// The refused action.
         action: &'static str,
     },
+    /// A clock rule refused the operation.
+    #[error("clock: {0}")]
+    Clock(#[from] crate::clock::ClockError),
+    /// A clock operation is not allowed (not pausable, beyond the cap, …).
+    #[error("clock refused: {0}")]
+    ClockRefused(String),
+    /// The router's policy data (routes, calendar) is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A `request_id` was reused with a different request.
     #[error("request_id reused with a different request")]
     RequestIdReused,
@@ -87,6 +96,9 @@ impl Error {
                 format!("{resource} is {state}; cannot {action}"),
             )
             .with_metadata("state", state.clone()),
+            Error::Clock(e) => e.api(),
+            Error::ClockRefused(msg) => ApiError::failed_precondition("CLOCK_REFUSED", msg.clone()),
+            Error::Config(detail) => ApiError::internal(&format!("configuration: {detail}")),
             Error::Corrupt(detail) => ApiError::internal(&format!("corrupt stored data: {detail}")),
         }
     }

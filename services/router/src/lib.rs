@@ -1,13 +1,26 @@
 //! The router (枢纽): the only way a case moves between agencies.
 //!
-//! Built so far: the agency registry ([`agencies`]). Routes, transfers, clocks, delivery,
-//! audit and statistics are specified in `proto/fengqiao/router/v1` and answer UNIMPLEMENTED
-//! until they are built (see the README's status table).
+//! - [`agencies`]: the agency registry;
+//! - [`routes`]: routes as versioned policy data;
+//! - [`lifecycle`]: the transfer state machine as a transition table;
+//! - [`clock`]: deadlines in hours, calendar days or working days, with pauses, extensions
+//!   and hard caps;
+//! - [`transfers`]: transfers, their events, the timer, watch streams and case timelines;
+//! - [`delivery`]: store-and-forward delivery (outbox, push worker, pull stream, incidents);
+//! - [`audit`]: the append-only, hash-chained audit;
+//! - [`statistics`]: counts, durations and outcome rates.
 
 pub mod agencies;
+pub mod audit;
+pub mod clock;
+pub mod delivery;
 pub mod error;
 mod idem;
+pub mod lifecycle;
+pub mod routes;
+pub mod statistics;
 pub mod time;
+pub mod transfers;
 
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_proto::router::{
@@ -23,12 +36,32 @@ pub use error::{Error, Result};
 pub const SERVICE: &str = "router";
 
 /// The router's schema, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "agencies",
-    sqlite: include_str!("../migrations/0001_agencies.sqlite.sql"),
-    postgres: include_str!("../migrations/0001_agencies.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "agencies",
+        sqlite: include_str!("../migrations/0001_agencies.sqlite.sql"),
+        postgres: include_str!("../migrations/0001_agencies.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "transfers",
+        sqlite: include_str!("../migrations/0002_transfers.sqlite.sql"),
+        postgres: include_str!("../migrations/0002_transfers.postgres.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "audit",
+        sqlite: include_str!("../migrations/0003_audit.sqlite.sql"),
+        postgres: include_str!("../migrations/0003_audit.postgres.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "delivery",
+        sqlite: include_str!("../migrations/0004_delivery.sqlite.sql"),
+        postgres: include_str!("../migrations/0004_delivery.postgres.sql"),
+    },
+];
 
 /// Applies the shared and the router's migrations.
 pub async fn migrate(store: &Store) -> Result<()> {
@@ -37,53 +70,156 @@ pub async fn migrate(store: &Store) -> Result<()> {
     Ok(())
 }
 
+/// How the router runs: its policy data and its workers.
+#[derive(Clone)]
+pub struct RouterOptions {
+    /// Extra route files (the built-in routes are always loaded).
+    pub routes_dir: Option<std::path::PathBuf>,
+    /// Holiday calendar file (the built-in calendar otherwise).
+    pub holidays_file: Option<std::path::PathBuf>,
+    /// How often the timer looks for due clocks.
+    pub timer_every: std::time::Duration,
+    /// Delivery tuning.
+    pub delivery: delivery::DeliveryConfig,
+    /// Credential for push calls to agencies.
+    pub push_token: delivery::TokenProvider,
+}
+
+impl std::fmt::Debug for RouterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterOptions")
+            .field("routes_dir", &self.routes_dir)
+            .field("holidays_file", &self.holidays_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            routes_dir: None,
+            holidays_file: None,
+            timer_every: std::time::Duration::from_secs(1),
+            delivery: delivery::DeliveryConfig::default(),
+            push_token: std::sync::Arc::new(|| None),
+        }
+    }
+}
+
 /// The router's gRPC services over one store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Router {
     /// The agency registry.
     pub agencies: Agencies,
+    /// Transfers.
+    pub transfers: transfers::Transfers,
+    /// Route catalogue.
+    pub routes: std::sync::Arc<routes::RouteCatalog>,
+    /// Audit.
+    pub audit: audit::Audit,
+    /// Delivery.
+    pub delivery: delivery::Delivery,
+    /// Statistics.
+    pub statistics: statistics::Statistics,
+    timer_every: std::time::Duration,
 }
 
-/// Parts of the router contract that are not built yet: they answer UNIMPLEMENTED.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NotBuilt;
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
 
 #[tonic::async_trait]
-impl route_service_server::RouteService for NotBuilt {}
-#[tonic::async_trait]
-impl transfer_service_server::TransferService for NotBuilt {}
-#[tonic::async_trait]
-impl delivery_service_server::DeliveryService for NotBuilt {}
-#[tonic::async_trait]
-impl audit_service_server::AuditService for NotBuilt {}
-#[tonic::async_trait]
-impl statistics_service_server::StatisticsService for NotBuilt {}
+impl delivery::OnDelivered for transfers::Transfers {
+    async fn delivered(
+        &self,
+        tx: &mut fengqiao_store::Tx,
+        envelope: &fengqiao_proto::inbox::Envelope,
+    ) -> Result<()> {
+        if envelope.kind == fengqiao_proto::inbox::MessageKind::TransferOffered as i32 {
+            self.note_delivered_in(tx, &envelope.transfer).await?;
+        }
+        Ok(())
+    }
+}
 
 impl Router {
     /// The router over a migrated `store`.
-    pub fn new(store: Store) -> Self {
-        Self {
-            agencies: Agencies::new(store),
-        }
+    pub fn new(store: Store, options: RouterOptions) -> Result<Self> {
+        let catalog = routes::RouteCatalog::load(options.routes_dir.as_deref())
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let catalog = std::sync::Arc::new(catalog);
+        let calendar = match &options.holidays_file {
+            Some(p) => clock::HolidayCalendar::load(p).map_err(Error::Config)?,
+            None => clock::HolidayCalendar::builtin().clone(),
+        };
+        let transfers = transfers::Transfers::new(
+            store.clone(),
+            catalog.clone(),
+            std::sync::Arc::new(calendar),
+        );
+        let delivery = delivery::Delivery::new(store.clone(), options.delivery, options.push_token)
+            .with_on_delivered(std::sync::Arc::new(transfers.clone()));
+        Ok(Self {
+            agencies: Agencies::new(store.clone()),
+            transfers,
+            routes: catalog,
+            statistics: statistics::Statistics::new(store.clone()),
+            audit: audit::Audit::new(store),
+            delivery,
+            timer_every: options.timer_every,
+        })
     }
 
-    /// Adds the router's services to a server.
-    pub fn add_to(&self, b: &mut ServerBuilder, max_message_bytes: usize) {
+    /// Adds the router's services to a server; pull streams end on `shutdown`.
+    pub fn add_to(
+        &self,
+        b: &mut ServerBuilder,
+        max_message_bytes: usize,
+        shutdown: fengqiao_kit::server::Shutdown,
+    ) {
+        let m = max_message_bytes;
         b.add(
             AgencyServiceServer::new(self.agencies.clone())
-                .max_decoding_message_size(max_message_bytes)
-                .max_encoding_message_size(max_message_bytes),
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
         );
-        b.add(route_service_server::RouteServiceServer::new(NotBuilt));
-        b.add(transfer_service_server::TransferServiceServer::new(
-            NotBuilt,
-        ));
-        b.add(delivery_service_server::DeliveryServiceServer::new(
-            NotBuilt,
-        ));
-        b.add(audit_service_server::AuditServiceServer::new(NotBuilt));
-        b.add(statistics_service_server::StatisticsServiceServer::new(
-            NotBuilt,
-        ));
+        b.add(
+            route_service_server::RouteServiceServer::new(routes::Routes::new(self.routes.clone()))
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+        );
+        b.add(
+            transfer_service_server::TransferServiceServer::new(self.transfers.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+        );
+        b.add(
+            delivery_service_server::DeliveryServiceServer::new(self.delivery.api(shutdown))
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+        );
+        b.add(
+            audit_service_server::AuditServiceServer::new(self.audit.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+        );
+        b.add(
+            statistics_service_server::StatisticsServiceServer::new(self.statistics.clone())
+                .max_decoding_message_size(m)
+                .max_encoding_message_size(m),
+        );
+    }
+
+    /// Starts the timer and the push worker; both stop on `shutdown`.
+    pub fn start_workers(&self, shutdown: fengqiao_kit::server::Shutdown) {
+        tokio::spawn(
+            self.transfers
+                .clone()
+                .run_timer(shutdown.clone(), self.timer_every),
+        );
+        let poll = self.delivery.config().pull_poll;
+        tokio::spawn(self.delivery.clone().run_push_worker(shutdown, poll));
     }
 }

@@ -1,0 +1,1021 @@
+//! Transfers (移送): one hand-over of a case from one agency to another along a route, with
+//! its approvals, clocks, messages, events and audit, each change in one transaction.
+//!
+//! Every mutation follows the same path ([`Transfers::mutate`]): idempotency replay, load,
+//! authorise (a transfer that is not the caller's is NOT_FOUND, a missing role is
+//! PERMISSION_DENIED; both are audited), `etag` check (ABORTED), the transition table
+//! ([`crate::lifecycle`], FAILED_PRECONDITION naming the state), the change itself, then — in
+//! one transaction — the row (guarded by its version), the event, the audit record, the
+//! outgoing envelopes (outbox) and the idempotent answer.
+
+use std::sync::Arc;
+
+use fengqiao_kit::{FieldViolation, Identity, validate};
+use fengqiao_proto::common::{Actor, AgencyRef, PersonalInfoField};
+use fengqiao_proto::inbox::{Envelope, MessageKind};
+use fengqiao_proto::router::{
+    ApproverScope, CaseSnapshot, Investigation, Route, Transfer, TransferClock, TransferEvent,
+    TransferEventType, TransferMessage, TransferState,
+};
+use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
+use fengqiao_store::{Store, Tx};
+use prost::Message as _;
+
+use crate::audit::{self, AuditEntry, Outcome};
+use crate::clock::{Clock, ExpiryAction, HolidayCalendar};
+use crate::error::{Error, Result};
+use crate::idem::Idem;
+use crate::lifecycle::{self, Action, Party};
+use crate::routes::RouteCatalog;
+use crate::time::to_timestamp;
+
+/// Reason code the router uses when an investigation request pauses the feedback clock.
+pub const PAUSE_FOR_INVESTIGATION: &str = "supplementary_investigation";
+
+const COLUMNS: &str = "id, route_id, route_version, from_agency, to_agency, approver_agency, \
+    case_id, state, body, acceptance_clock, feedback_clock, next_due, overdue, create_time, \
+    update_time, version";
+
+/// A transfer as loaded for a change.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The stored transfer (clocks live beside it).
+    pub transfer: Transfer,
+    /// Acceptance clock (受理期限).
+    pub acceptance: Option<Clock>,
+    /// Feedback clock (反馈期限).
+    pub feedback: Option<Clock>,
+    /// Agency that approves steps scoped to the sender's parent, if any.
+    pub approver_agency: Option<String>,
+    /// Row version (the etag).
+    pub version: i64,
+    /// Whether a deadline was missed.
+    pub overdue: bool,
+}
+
+impl Loaded {
+    fn id(&self) -> &str {
+        self.transfer
+            .name
+            .strip_prefix("transfers/")
+            .unwrap_or(&self.transfer.name)
+    }
+
+    fn state(&self) -> TransferState {
+        TransferState::try_from(self.transfer.state).unwrap_or(TransferState::Unspecified)
+    }
+
+    fn sender(&self) -> &str {
+        self.transfer
+            .from_agency
+            .as_ref()
+            .map_or("", |a| a.name.as_str())
+    }
+
+    fn receiver(&self) -> &str {
+        self.transfer
+            .to_agency
+            .as_ref()
+            .map_or("", |a| a.name.as_str())
+    }
+
+    fn case_id(&self) -> &str {
+        self.transfer
+            .case_snapshot
+            .as_ref()
+            .map_or("", |c| c.case_id.as_str())
+    }
+
+    /// Whether `agency` takes part in this transfer.
+    fn visible_to(&self, agency: &str) -> bool {
+        agency == self.sender()
+            || agency == self.receiver()
+            || self.approver_agency.as_deref() == Some(agency)
+    }
+
+    /// The earliest due time of a running clock.
+    fn next_due(&self) -> Option<i64> {
+        [&self.acceptance, &self.feedback]
+            .into_iter()
+            .flatten()
+            .filter(|c| c.stopped_at.is_none() && c.paused_at.is_none() && !c.expired)
+            .map(|c| c.due_at)
+            .min()
+    }
+
+    /// The transfer as callers see it, clocks and overdue flag included.
+    pub fn view(&self, now: i64) -> Transfer {
+        let mut t = self.transfer.clone();
+        t.acceptance_clock = self.acceptance.as_ref().map(Clock::to_proto);
+        t.feedback_clock = self.feedback.as_ref().map(Clock::to_proto);
+        t.overdue = self.overdue || self.next_due().is_some_and(|d| d <= now);
+        t.etag = etag(self.version);
+        t
+    }
+}
+
+/// Parses `transfers/{uuid}`.
+fn transfer_id(field: &str, name: &str) -> Result<String> {
+    Ok(validate::parse_name(field, "transfers", name)?.to_string())
+}
+
+fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+fn store_err(e: sqlx::Error) -> Error {
+    Error::Store(fengqiao_store::Error::from(e))
+}
+
+fn clock_from(row: &AnyRow, col: &str) -> Result<Option<Clock>> {
+    let text: Option<String> = row.try_get(col).map_err(store_err)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("{col}: {e}"))))
+        .transpose()
+}
+
+fn clock_json(c: &Option<Clock>) -> Result<Option<String>> {
+    c.as_ref()
+        .map(|c| serde_json::to_string(c).map_err(|e| Error::Corrupt(format!("clock: {e}"))))
+        .transpose()
+}
+
+fn row_to_loaded(row: &AnyRow) -> Result<Loaded> {
+    let body: Vec<u8> = row.try_get("body").map_err(store_err)?;
+    let transfer =
+        Transfer::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("transfer: {e}")))?;
+    Ok(Loaded {
+        transfer,
+        acceptance: clock_from(row, "acceptance_clock")?,
+        feedback: clock_from(row, "feedback_clock")?,
+        approver_agency: row.try_get("approver_agency").map_err(store_err)?,
+        version: row.try_get("version").map_err(store_err)?,
+        overdue: row.try_get::<i64, _>("overdue").map_err(store_err)? != 0,
+    })
+}
+
+fn actor_of(who: &Identity) -> Actor {
+    Actor {
+        agency: who.agency.clone(),
+        actor_id: who.actor.clone(),
+        display_name: String::new(),
+        roles: who.roles.clone(),
+    }
+}
+
+fn system_actor() -> Actor {
+    Actor {
+        agency: "router".into(),
+        actor_id: "router".into(),
+        display_name: "Fengqiao router".into(),
+        roles: vec![],
+    }
+}
+
+/// What a change produced, besides the new transfer.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Event type.
+    pub event_type: TransferEventType,
+    /// Reason code, if any.
+    pub reason_code: String,
+    /// Free-text reason, if any (never logged).
+    pub reason: String,
+    /// Messages to send: (kind, recipient agency).
+    pub messages: Vec<(MessageKind, String)>,
+    /// Investigation carried by the messages, if any.
+    pub investigation: Option<Investigation>,
+}
+
+/// The transfer service over the router's store.
+#[derive(Clone)]
+pub struct Transfers {
+    store: Store,
+    routes: Arc<RouteCatalog>,
+    calendar: Arc<HolidayCalendar>,
+    events: tokio::sync::watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for Transfers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfers").finish_non_exhaustive()
+    }
+}
+
+/// Checks a reason code against a route's list.
+fn allowed_code<'a>(
+    field: &str,
+    code: &str,
+    list: &'a [fengqiao_proto::common::ReasonCode],
+) -> Result<&'a fengqiao_proto::common::ReasonCode> {
+    list.iter().find(|r| r.code == code).ok_or_else(|| {
+        let codes: Vec<&str> = list.iter().map(|r| r.code.as_str()).collect();
+        Error::Invalid(vec![FieldViolation::new(
+            field,
+            format!("must be one of the route's codes: {}", codes.join(", ")),
+        )])
+    })
+}
+
+/// Removes personal information the route does not allow (最小必要); returns what was removed.
+pub fn minimise(case: &mut CaseSnapshot, allowed: &[i32]) -> Vec<i32> {
+    let allows = |f: PersonalInfoField| allowed.contains(&(f as i32));
+    let mut removed = Vec::new();
+    let mut strip = |f: PersonalInfoField, present: bool| {
+        if present && !allows(f) && !removed.contains(&(f as i32)) {
+            removed.push(f as i32);
+        }
+        !allows(f)
+    };
+    for p in &mut case.parties {
+        if strip(PersonalInfoField::PartyName, !p.name.is_empty()) {
+            p.name.clear();
+        }
+        if strip(PersonalInfoField::PartyIdNumber, !p.id_number.is_empty()) {
+            p.id_number.clear();
+        }
+        if strip(PersonalInfoField::PartyPhone, !p.phone.is_empty()) {
+            p.phone.clear();
+        }
+        let has_addr = p.address.as_ref().is_some_and(|a| !a.detail.is_empty());
+        if strip(PersonalInfoField::PartyAddress, has_addr)
+            && let Some(a) = p.address.as_mut()
+        {
+            a.detail.clear();
+            a.location = None;
+        }
+    }
+    let has_loc = case.location.as_ref().is_some_and(|a| !a.detail.is_empty());
+    if strip(PersonalInfoField::LocationDetail, has_loc)
+        && let Some(a) = case.location.as_mut()
+    {
+        a.detail.clear();
+        a.location = None;
+    }
+    removed
+}
+
+fn validate_case(case: &CaseSnapshot) -> Vec<FieldViolation> {
+    let mut v = Vec::new();
+    let p = "transfer.case_snapshot.";
+    if !case.case_id.is_empty() && uuid::Uuid::parse_str(&case.case_id).is_err() {
+        v.push(FieldViolation::new(format!("{p}case_id"), "must be a UUID"));
+    }
+    let len = case.summary.chars().count();
+    if len == 0 || len > 4000 {
+        v.push(FieldViolation::new(
+            format!("{p}summary"),
+            "is required, at most 4000 characters",
+        ));
+    }
+    if let Err(e) = validate::region_code(&format!("{p}region_code"), &case.region_code) {
+        v.push(e);
+    }
+    if case.category == 0 {
+        v.push(FieldViolation::new(format!("{p}category"), "is required"));
+    }
+    v
+}
+
+/// Whether `who` may approve step `step` of `t` along `route`.
+fn check_approver(who: &Identity, l: &Loaded, route: &Route, step: usize) -> Result<()> {
+    let Some(s) = route.approval_steps.get(step) else {
+        return Err(Error::WrongState {
+            resource: l.transfer.name.clone(),
+            state: "AWAITING_APPROVAL with no such step".into(),
+            action: "approve",
+        });
+    };
+    let scope_agency = match ApproverScope::try_from(s.approver_scope) {
+        Ok(ApproverScope::ParentAgency) => l.approver_agency.as_deref().unwrap_or(""),
+        _ => l.sender(),
+    };
+    if who.agency != scope_agency {
+        return Err(Error::PermissionDenied(
+            "APPROVER_AGENCY",
+            format!("step {} is approved by {scope_agency}", s.display_name),
+        ));
+    }
+    if !who.has_role(&s.required_role) {
+        return Err(Error::PermissionDenied(
+            "ROLE_REQUIRED",
+            format!("step {} needs the role {}", s.display_name, s.required_role),
+        ));
+    }
+    Ok(())
+}
+
+impl Transfers {
+    /// The service over a migrated `store`, the route catalogue and the holiday calendar.
+    pub fn new(store: Store, routes: Arc<RouteCatalog>, calendar: Arc<HolidayCalendar>) -> Self {
+        let (events, _) = tokio::sync::watch::channel(0);
+        Self {
+            store,
+            routes,
+            calendar,
+            events,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Resolves when a new event may have been committed (for watch streams).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.events.subscribe()
+    }
+
+    fn route(&self, l: &Loaded) -> Result<&Route> {
+        let id = l.transfer.route.trim_start_matches("routes/");
+        self.routes
+            .get(id, l.transfer.route_version)
+            .ok_or_else(|| Error::Corrupt(format!("pinned route {id} is not loaded")))
+    }
+
+    /// Loads one transfer inside `tx`.
+    pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Loaded>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM transfers WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(store_err)?;
+        row.as_ref().map(row_to_loaded).transpose()
+    }
+
+    async fn denied(&self, who: &Identity, action: &str, resource: &str, detail: &str) {
+        let entry = AuditEntry {
+            agency: &who.agency,
+            actor: &who.actor,
+            action,
+            resource,
+            case_id: None,
+            outcome: Outcome::Denied,
+            detail,
+        };
+        if let Err(e) = audit::record_denial(&self.store, &entry).await {
+            tracing::error!(error = %e, "cannot record a denial in the audit log");
+        }
+    }
+
+    /// Allocates the next gap-free event sequence number (under a lock on PostgreSQL; SQLite
+    /// write transactions are serialised already).
+    async fn next_event_seq(tx: &mut Tx) -> Result<i64> {
+        fengqiao_store::pg_xact_lock(
+            tx,
+            fengqiao_store::lock_class::SEQUENCE,
+            &["transfer_events"],
+        )
+        .await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM transfer_events")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(store_err)?;
+        row.try_get::<i64, _>("next").map_err(store_err)
+    }
+
+    /// Writes the event, audit record and messages of a change, and the row itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn persist(
+        &self,
+        tx: &mut Tx,
+        l: &mut Loaded,
+        from_state: TransferState,
+        actor: Actor,
+        change: Change,
+        now: i64,
+        insert: bool,
+    ) -> Result<TransferEvent> {
+        let seq = Self::next_event_seq(tx).await?;
+        l.transfer.update_time = Some(to_timestamp(now));
+        let event = TransferEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            sequence: seq as u64,
+            transfer: l.transfer.name.clone(),
+            case_id: l.case_id().to_string(),
+            event_type: change.event_type as i32,
+            from_state: from_state as i32,
+            to_state: l.transfer.state,
+            actor: Some(actor.clone()),
+            reason_code: change.reason_code.clone(),
+            reason: change.reason.clone(),
+            occurred_at: Some(to_timestamp(now)),
+            resume_token: seq.to_string(),
+        };
+        l.transfer.last_event = Some(event.clone());
+        let body = l.transfer.encode_to_vec();
+        let (acc, fb) = (clock_json(&l.acceptance)?, clock_json(&l.feedback)?);
+        let next_due = l.next_due();
+        if insert {
+            sqlx::query(&format!(
+                "INSERT INTO transfers ({COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, 1)"
+            ))
+            .bind(l.id().to_string())
+            .bind(l.transfer.route.trim_start_matches("routes/").to_string())
+            .bind(i64::from(l.transfer.route_version))
+            .bind(l.sender().to_string())
+            .bind(l.receiver().to_string())
+            .bind(l.approver_agency.clone())
+            .bind(l.case_id().to_string())
+            .bind(i64::from(l.transfer.state))
+            .bind(body)
+            .bind(acc)
+            .bind(fb)
+            .bind(next_due)
+            .bind(i64::from(l.overdue))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_err)?;
+            l.version = 1;
+        } else {
+            let done = sqlx::query(
+                "UPDATE transfers SET state = $1, body = $2, acceptance_clock = $3, \
+                 feedback_clock = $4, next_due = $5, overdue = $6, update_time = $7, \
+                 version = version + 1 WHERE id = $8 AND version = $9",
+            )
+            .bind(i64::from(l.transfer.state))
+            .bind(body)
+            .bind(acc)
+            .bind(fb)
+            .bind(next_due)
+            .bind(i64::from(l.overdue))
+            .bind(now)
+            .bind(l.id().to_string())
+            .bind(l.version)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_err)?;
+            if done.rows_affected() != 1 {
+                return Err(Error::EtagMismatch(l.transfer.name.clone()));
+            }
+            l.version += 1;
+        }
+        sqlx::query(
+            "INSERT INTO transfer_events (seq, event_id, transfer_id, case_id, from_agency, \
+             to_agency, approver_agency, event_type, occurred_at, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(seq)
+        .bind(&event.event_id)
+        .bind(l.id().to_string())
+        .bind(l.case_id().to_string())
+        .bind(l.sender().to_string())
+        .bind(l.receiver().to_string())
+        .bind(l.approver_agency.clone())
+        .bind(i64::from(event.event_type))
+        .bind(now)
+        .bind(event.encode_to_vec())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_err)?;
+
+        let action = format!(
+            "transfer.{}",
+            TransferEventType::try_from(event.event_type)
+                .map(|t| t.as_str_name().trim_start_matches("TRANSFER_EVENT_TYPE_"))
+                .unwrap_or("UNKNOWN")
+                .to_ascii_lowercase()
+        );
+        // Audit detail: states and reason code only, never free text (it may hold personal
+        // information).
+        let detail = format!(
+            "{}→{} {}",
+            lifecycle::state_name(from_state),
+            lifecycle::state_name(l.state()),
+            change.reason_code
+        );
+        audit::append(
+            tx,
+            &AuditEntry {
+                agency: &actor.agency,
+                actor: &actor.actor_id,
+                action: &action,
+                resource: &l.transfer.name,
+                case_id: Some(l.case_id()),
+                outcome: Outcome::Allowed,
+                detail: detail.trim_end(),
+            },
+        )
+        .await?;
+
+        let view = l.view(now);
+        for (kind, to) in change.messages {
+            let payload = TransferMessage {
+                event: Some(event.clone()),
+                transfer: Some(view.clone()),
+                investigation: change.investigation.clone(),
+            };
+            crate::delivery::enqueue(
+                tx,
+                Envelope {
+                    message_id: String::new(),
+                    case_id: l.case_id().to_string(),
+                    sequence: 0,
+                    transfer: l.transfer.name.clone(),
+                    kind: kind as i32,
+                    from_agency: l.sender().to_string(),
+                    to_agency: to,
+                    occurred_at: Some(to_timestamp(now)),
+                    payload: payload.encode_to_vec(),
+                    payload_type: "fengqiao.router.v1.TransferMessage".into(),
+                },
+            )
+            .await?;
+        }
+        Ok(event)
+    }
+
+    /// Creates a draft (起草移送单).
+    pub async fn create(
+        &self,
+        who: &Identity,
+        req: fengqiao_proto::router::CreateTransferRequest,
+    ) -> Result<Transfer> {
+        let idem = Idem::new(who, "CreateTransfer", &req.request_id, &req)?;
+        let Some(mut t) = req.transfer.clone() else {
+            return Err(FieldViolation::new("transfer", "is required").into());
+        };
+        let route_id = validate::parse_name("transfer.route", "routes", &t.route)
+            .map(str::to_string)
+            .map_err(Error::from)?;
+        let route = self.routes.current(&route_id).ok_or_else(|| {
+            Error::Invalid(vec![FieldViolation::new("transfer.route", "no such route")])
+        })?;
+        let to_name = t
+            .to_agency
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        let to_id = validate::parse_name("transfer.to_agency.name", "agencies", &to_name)
+            .map(str::to_string)
+            .map_err(Error::from)?;
+        let mut case = t.case_snapshot.take().unwrap_or_default();
+        if t.case_snapshot.is_none() && case.summary.is_empty() && case.region_code.is_empty() {
+            // Fall through to field-level errors below.
+        }
+        let v = validate_case(&case);
+        if !v.is_empty() {
+            return Err(Error::Invalid(v));
+        }
+        if case.case_id.is_empty() {
+            case.case_id = uuid::Uuid::new_v4().to_string();
+        }
+
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem
+            .replay::<fengqiao_proto::router::CreateTransferResponse>(&mut tx)
+            .await?
+        {
+            return r
+                .transfer
+                .ok_or_else(|| Error::Corrupt("empty stored response".into()));
+        }
+        let from_id = who.agency.trim_start_matches("agencies/").to_string();
+        let from = crate::agencies::Agencies::get_in(&mut tx, &from_id).await?;
+        let Some(from) = from.filter(|a| a.active) else {
+            drop(tx);
+            self.denied(who, "transfer.create", &t.route, "SENDER_NOT_REGISTERED")
+                .await;
+            return Err(Error::PermissionDenied(
+                "SENDER_NOT_REGISTERED",
+                "the calling agency is not an active registered agency".into(),
+            ));
+        };
+        if from.kind != route.from_kind {
+            drop(tx);
+            self.denied(who, "transfer.create", &t.route, "ROUTE_FROM_KIND")
+                .await;
+            return Err(Error::PermissionDenied(
+                "ROUTE_NOT_FOR_SENDER",
+                "this route does not start at the calling agency's kind".into(),
+            ));
+        }
+        let to = crate::agencies::Agencies::get_in(&mut tx, &to_id).await?;
+        let Some(to) = to.filter(|a| a.active && a.kind == route.to_kind) else {
+            return Err(Error::Invalid(vec![FieldViolation::new(
+                "transfer.to_agency.name",
+                "must be an active agency of the route's receiving kind",
+            )]));
+        };
+        let needs_parent = route
+            .approval_steps
+            .iter()
+            .any(|s| s.approver_scope == ApproverScope::ParentAgency as i32);
+        let approver_agency = if needs_parent {
+            match &from.parent {
+                Some(p) => Some(p.clone()),
+                None => {
+                    return Err(Error::Invalid(vec![FieldViolation::new(
+                        "transfer.route",
+                        "the route needs approval by the sender's parent agency, and the sender has none",
+                    )]));
+                }
+            }
+        } else {
+            None
+        };
+
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let redacted = minimise(&mut case, &route.allowed_personal_info);
+        let id = uuid::Uuid::now_v7().to_string();
+        t.name = format!("transfers/{id}");
+        t.route = format!("routes/{route_id}");
+        t.route_version = route.version;
+        t.from_agency = Some(AgencyRef {
+            name: from.name.clone(),
+            kind: from.kind,
+            display_name: from.display_name.clone(),
+        });
+        t.to_agency = Some(AgencyRef {
+            name: to.name.clone(),
+            kind: to.kind,
+            display_name: to.display_name.clone(),
+        });
+        t.case_snapshot = Some(case);
+        t.state = TransferState::Draft as i32;
+        t.current_step = 0;
+        t.approvals.clear();
+        t.decline = None;
+        t.feedback = None;
+        t.handback = None;
+        t.investigations.clear();
+        t.redacted_fields = redacted;
+        t.creator = Some(actor_of(who));
+        t.create_time = Some(to_timestamp(now));
+        let mut l = Loaded {
+            transfer: t,
+            acceptance: None,
+            feedback: None,
+            approver_agency,
+            version: 0,
+            overdue: false,
+        };
+        let change = Change {
+            event_type: TransferEventType::Created,
+            ..Default::default()
+        };
+        self.persist(
+            &mut tx,
+            &mut l,
+            TransferState::Unspecified,
+            actor_of(who),
+            change,
+            now,
+            true,
+        )
+        .await?;
+        let view = l.view(now);
+        idem.save(
+            &mut tx,
+            &fengqiao_proto::router::CreateTransferResponse {
+                transfer: Some(view.clone()),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(store_err)?;
+        self.events.send_modify(|v| *v += 1);
+        Ok(view)
+    }
+
+    /// Reads one transfer visible to the caller.
+    pub async fn get(&self, who: &Identity, name: &str) -> Result<Transfer> {
+        let id = transfer_id("name", name)?;
+        let mut tx = self.store.read().await?;
+        let l = Self::load(&mut tx, &id).await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        tx.commit().await.map_err(store_err)?;
+        match l {
+            Some(l) if l.visible_to(&who.agency) => Ok(l.view(now)),
+            _ => {
+                self.denied(who, "transfer.get", name, "NOT_VISIBLE").await;
+                Err(Error::NotFound(name.to_string()))
+            }
+        }
+    }
+
+    /// Runs one change: see the module docs.
+    #[allow(clippy::too_many_arguments)]
+    async fn mutate<Req, Resp, F>(
+        &self,
+        who: &Identity,
+        method: &'static str,
+        request_id: &str,
+        req: &Req,
+        name: &str,
+        etag_in: &str,
+        action: Action,
+        apply: F,
+        respond: impl FnOnce(Transfer, Option<Investigation>) -> Resp,
+    ) -> Result<Resp>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default + Clone,
+        F: FnOnce(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
+    {
+        let idem = Idem::new(who, method, request_id, req)?;
+        let id = transfer_id("name", name)?;
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay::<Resp>(&mut tx).await? {
+            return Ok(r);
+        }
+        let Some(mut l) = Self::load(&mut tx, &id)
+            .await?
+            .filter(|l| l.visible_to(&who.agency))
+        else {
+            drop(tx);
+            self.denied(who, method, name, "NOT_VISIBLE").await;
+            return Err(Error::NotFound(name.to_string()));
+        };
+        let party_ok = match action.party() {
+            Party::Sender => who.agency == l.sender(),
+            Party::Receiver => who.agency == l.receiver(),
+            // Approvers are checked against the step below.
+            Party::Approver => true,
+            Party::System => false,
+        };
+        if !party_ok {
+            drop(tx);
+            self.denied(who, method, name, "WRONG_PARTY").await;
+            return Err(Error::PermissionDenied(
+                "WRONG_PARTY",
+                format!(
+                    "only the {:?} agency may {} this transfer",
+                    action.party(),
+                    action.verb()
+                )
+                .to_lowercase(),
+            ));
+        }
+        if !etag_in.is_empty() && etag_in != etag(l.version) {
+            return Err(Error::EtagMismatch(l.transfer.name.clone()));
+        }
+        let from_state = l.state();
+        let Some(to_state) = lifecycle::next(from_state, action) else {
+            return Err(Error::WrongState {
+                resource: l.transfer.name.clone(),
+                state: lifecycle::state_name(from_state).into(),
+                action: action.verb(),
+            });
+        };
+        let route = self.route(&l)?.clone();
+        if action.party() == Party::Approver {
+            let step = l.transfer.current_step as usize;
+            if let Err(e) = check_approver(who, &l, &route, step) {
+                drop(tx);
+                self.denied(who, method, name, "APPROVER_CHECK").await;
+                return Err(e);
+            }
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let change = apply(&mut l, &route, &self.calendar, now)?;
+        l.transfer.state = to_state as i32;
+        let investigation = change.investigation.clone();
+        self.persist(
+            &mut tx,
+            &mut l,
+            from_state,
+            actor_of(who),
+            change,
+            now,
+            false,
+        )
+        .await?;
+        let resp = respond(l.view(now), investigation);
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await.map_err(store_err)?;
+        self.events.send_modify(|v| *v += 1);
+        Ok(resp)
+    }
+
+    /// The router marks an offered transfer as delivered (APPROVED → DELIVERED) once its
+    /// offer reached the receiver, inside the transaction that records the delivery.
+    /// Idempotent: any other state is left alone.
+    pub async fn note_delivered_in(&self, tx: &mut Tx, transfer: &str) -> Result<()> {
+        let Ok(id) = transfer_id("transfer", transfer) else {
+            return Ok(());
+        };
+        let Some(mut l) = Self::load(tx, &id).await? else {
+            return Ok(());
+        };
+        let from_state = l.state();
+        let Some(to) = lifecycle::next(from_state, Action::Delivered) else {
+            return Ok(());
+        };
+        let now = fengqiao_store::db_now_micros(tx).await?;
+        l.transfer.state = to as i32;
+        let change = Change {
+            event_type: TransferEventType::Delivered,
+            ..Default::default()
+        };
+        self.persist(tx, &mut l, from_state, system_actor(), change, now, false)
+            .await?;
+        self.events.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Fires the expiry of every clock due at the database's current time, each exactly once
+    /// (the change is guarded by the row version, and an expired clock is marked as such in the
+    /// same transaction). Returns how many expiries fired.
+    pub async fn fire_due(&self, limit: u32) -> Result<usize> {
+        let now = self.store.now_micros_pool().await?;
+        let ids: Vec<String> = sqlx::query(&format!(
+            "SELECT id FROM transfers WHERE next_due IS NOT NULL AND next_due <= $1 \
+             ORDER BY next_due LIMIT {limit}"
+        ))
+        .bind(now)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(store_err)?
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(store_err)?;
+        let mut fired = 0;
+        for id in ids {
+            match self.expire_one(&id).await {
+                Ok(true) => fired += 1,
+                Ok(false) => {}
+                // Another worker got there first: fine, it fired once.
+                Err(Error::EtagMismatch(_)) => {}
+                Err(e) if matches!(&e, Error::Store(s) if s.is_retryable()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(fired)
+    }
+
+    async fn expire_one(&self, id: &str) -> Result<bool> {
+        let mut tx = self.store.write().await?;
+        let Some(mut l) = Self::load(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let from_state = l.state();
+        let acceptance_due = l.acceptance.as_ref().is_some_and(|c| c.is_due(now));
+        let feedback_due = l.feedback.as_ref().is_some_and(|c| c.is_due(now));
+        let mut change = Change::default();
+        if acceptance_due
+            && matches!(
+                from_state,
+                TransferState::Approved | TransferState::Delivered
+            )
+        {
+            let Some(c) = l.acceptance.as_mut() else {
+                return Ok(false);
+            };
+            let expiry = c.mark_expired(now).map_err(clock_error)?;
+            l.overdue = true;
+            let action = match expiry {
+                ExpiryAction::ReturnToSender => Some(Action::ExpireReturn),
+                ExpiryAction::Escalate => Some(Action::ExpireEscalate),
+                ExpiryAction::NotifyOnly => None,
+            };
+            match action.and_then(|a| lifecycle::next(from_state, a).map(|s| (a, s))) {
+                Some((a, s)) => {
+                    l.transfer.state = s as i32;
+                    change.event_type = if a == Action::ExpireReturn {
+                        TransferEventType::Expired
+                    } else {
+                        TransferEventType::Escalated
+                    };
+                    change.reason_code = "ACCEPTANCE_DEADLINE_MISSED".into();
+                    let kind = if a == Action::ExpireReturn {
+                        MessageKind::TransferExpired
+                    } else {
+                        MessageKind::TransferEscalated
+                    };
+                    change.messages = vec![
+                        (kind, l.sender().to_string()),
+                        (kind, l.receiver().to_string()),
+                    ];
+                }
+                None => {
+                    change.event_type = TransferEventType::DeadlineMissed;
+                    change.reason_code = "ACCEPTANCE_DEADLINE_MISSED".into();
+                    change.messages = vec![
+                        (MessageKind::DeadlineMissed, l.sender().to_string()),
+                        (MessageKind::DeadlineMissed, l.receiver().to_string()),
+                    ];
+                }
+            }
+        } else if feedback_due && from_state == TransferState::InProgress {
+            // A missed feedback deadline does not take the case away from the receiver: it is
+            // marked overdue, both sides are told, and it shows in overdue lists.
+            let Some(c) = l.feedback.as_mut() else {
+                return Ok(false);
+            };
+            c.mark_expired(now).map_err(clock_error)?;
+            l.overdue = true;
+            change.event_type = TransferEventType::DeadlineMissed;
+            change.reason_code = "FEEDBACK_DEADLINE_MISSED".into();
+            change.messages = vec![
+                (MessageKind::DeadlineMissed, l.sender().to_string()),
+                (MessageKind::DeadlineMissed, l.receiver().to_string()),
+            ];
+        } else {
+            // Not due any more (paused, stopped or changed meanwhile): just fix the index.
+            let next_due = l.next_due();
+            sqlx::query("UPDATE transfers SET next_due = $1 WHERE id = $2 AND version = $3")
+                .bind(next_due)
+                .bind(id)
+                .bind(l.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            tx.commit().await.map_err(store_err)?;
+            return Ok(false);
+        }
+        self.persist(
+            &mut tx,
+            &mut l,
+            from_state,
+            system_actor(),
+            change,
+            now,
+            false,
+        )
+        .await?;
+        tx.commit().await.map_err(store_err)?;
+        self.events.send_modify(|v| *v += 1);
+        Ok(true)
+    }
+
+    /// Runs the timer until shutdown: every `every`, fire what is due.
+    pub async fn run_timer(
+        self,
+        shutdown: fengqiao_kit::server::Shutdown,
+        every: std::time::Duration,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.fire_due(100).await {
+                tracing::warn!(error = %e, "timer pass failed; will retry");
+            }
+        }
+    }
+}
+
+/// Starts a clock from a route's rule.
+fn start_clock(
+    name: &str,
+    rule: Option<&fengqiao_proto::common::ClockRule>,
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<Option<Clock>> {
+    match rule {
+        Some(r) if r.length > 0 => Clock::start(name, r, now, cal)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("route clock {name}: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// Offers an approved transfer: starts the acceptance clock and tells the receiver.
+fn offer(
+    l: &mut Loaded,
+    route: &Route,
+    cal: &HolidayCalendar,
+    now: i64,
+    change: &mut Change,
+) -> Result<()> {
+    l.acceptance = start_clock("acceptance", route.acceptance_clock.as_ref(), now, cal)?;
+    change
+        .messages
+        .push((MessageKind::TransferOffered, l.receiver().to_string()));
+    Ok(())
+}
+
+/// Stops a clock that is still running (a stopped or expired clock stays as it is).
+fn stop_running(c: &mut Option<Clock>, now: i64) -> Result<()> {
+    if let Some(c) = c.as_mut()
+        && c.stopped_at.is_none()
+        && !c.expired
+    {
+        c.stop(now).map_err(clock_error)?;
+    }
+    Ok(())
+}
+
+fn clock_error(e: crate::clock::ClockError) -> Error {
+    Error::Clock(e)
+}
+
+fn pick_clock(l: &mut Loaded, which: i32) -> Result<&mut Clock> {
+    match TransferClock::try_from(which) {
+        Ok(TransferClock::Feedback) => l
+            .feedback
+            .as_mut()
+            .ok_or_else(|| Error::ClockRefused("the feedback clock is not running".into())),
+        Ok(TransferClock::Acceptance) => Err(Error::ClockRefused(
+            "the acceptance clock cannot be paused or extended once the case is accepted".into(),
+        )),
+        _ => Err(FieldViolation::new("clock", "must be ACCEPTANCE or FEEDBACK").into()),
+    }
+}
+
+mod rpc;

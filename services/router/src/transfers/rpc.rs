@@ -1,0 +1,1142 @@
+//! The `TransferService` gRPC surface over [`Transfers`]: each custom method is one
+//! [`Transfers::mutate`] with its own rule.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use fengqiao_kit::{FieldViolation, Identity, validate};
+use fengqiao_proto::inbox::MessageKind;
+use fengqiao_proto::router::transfer_service_server::TransferService;
+use fengqiao_proto::router::*;
+use fengqiao_store::sqlx::{self, Row as _};
+use prost::Message as _;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    Change, Loaded, PAUSE_FOR_INVESTIGATION, Transfers, allowed_code, clock_error, offer,
+    pick_clock, start_clock, stop_running, store_err,
+};
+use crate::error::{Error, Result};
+use crate::lifecycle::Action;
+use crate::time::{from_timestamp, to_timestamp};
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+type WatchStream = Pin<
+    Box<dyn Stream<Item = std::result::Result<WatchTransfersResponse, Status>> + Send + 'static>,
+>;
+
+fn who<T>(req: &Request<T>) -> std::result::Result<Identity, Status> {
+    Identity::of(req).cloned()
+}
+
+fn required_text(field: &str, text: &str, max: usize) -> Result<()> {
+    let n = text.trim().chars().count();
+    if n == 0 || n > max {
+        return Err(
+            FieldViolation::new(field, format!("is required, at most {max} characters")).into(),
+        );
+    }
+    Ok(())
+}
+
+fn event_from_row(row: &fengqiao_store::sqlx::any::AnyRow) -> Result<TransferEvent> {
+    let body: Vec<u8> = row.try_get("body").map_err(store_err)?;
+    TransferEvent::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("event: {e}")))
+}
+
+impl Transfers {
+    /// Lists transfers the caller's agency sent, received or approves, newest first.
+    pub async fn list(
+        &self,
+        who: &Identity,
+        req: &ListTransfersRequest,
+    ) -> Result<ListTransfersResponse> {
+        let size = validate::page_size(req.page_size)?;
+        let mut sql = String::from(
+            "SELECT id, route_id, route_version, from_agency, to_agency, approver_agency, case_id, \
+             state, body, acceptance_clock, feedback_clock, next_due, overdue, create_time, \
+             update_time, version FROM transfers WHERE ",
+        );
+        let mut binds: Vec<Bind> = Vec::new();
+        let me = who.agency.clone();
+        let push = |binds: &mut Vec<Bind>, b: Bind| -> String {
+            binds.push(b);
+            format!("${}", binds.len())
+        };
+        let p = push(&mut binds, Bind::Text(me.clone()));
+        match TransferDirection::try_from(req.direction).unwrap_or(TransferDirection::Unspecified) {
+            TransferDirection::Outgoing => sql.push_str(&format!("from_agency = {p}")),
+            TransferDirection::Incoming => sql.push_str(&format!("to_agency = {p}")),
+            TransferDirection::Unspecified => sql.push_str(&format!(
+                "(from_agency = {p} OR to_agency = {p} OR approver_agency = {p})"
+            )),
+        }
+        if !req.states.is_empty() {
+            let list: Vec<String> = req.states.iter().map(|s| s.to_string()).collect();
+            if req
+                .states
+                .iter()
+                .any(|s| TransferState::try_from(*s).is_err())
+            {
+                return Err(FieldViolation::new("states", "unknown state").into());
+            }
+            sql.push_str(&format!(" AND state IN ({})", list.join(",")));
+        }
+        if !req.route.is_empty() {
+            let id = validate::parse_name("route", "routes", &req.route)?;
+            let p = push(&mut binds, Bind::Text(id.to_string()));
+            sql.push_str(&format!(" AND route_id = {p}"));
+        }
+        if !req.counterpart_agency.is_empty() {
+            validate::parse_name("counterpart_agency", "agencies", &req.counterpart_agency)?;
+            let p = push(&mut binds, Bind::Text(req.counterpart_agency.clone()));
+            sql.push_str(&format!(" AND (from_agency = {p} OR to_agency = {p})"));
+        }
+        if !req.case_id.is_empty() {
+            let p = push(&mut binds, Bind::Text(req.case_id.clone()));
+            sql.push_str(&format!(" AND case_id = {p}"));
+        }
+        if let Some(t) = &req.create_time_start {
+            let p = push(&mut binds, Bind::Int(from_timestamp(t)));
+            sql.push_str(&format!(" AND create_time >= {p}"));
+        }
+        if let Some(t) = &req.create_time_end {
+            let p = push(&mut binds, Bind::Int(from_timestamp(t)));
+            sql.push_str(&format!(" AND create_time < {p}"));
+        }
+        let now = self.store().now_micros_pool().await?;
+        if req.overdue_only {
+            let p = push(&mut binds, Bind::Int(now));
+            sql.push_str(&format!(" AND (overdue = 1 OR next_due <= {p})"));
+        }
+        if let Some(token) = validate::parse_page_token(&req.page_token)? {
+            let (t, id) = token
+                .split_once('|')
+                .and_then(|(t, id)| t.parse::<i64>().ok().map(|t| (t, id.to_string())))
+                .ok_or_else(|| {
+                    FieldViolation::new("page_token", "is not a token this server issued")
+                })?;
+            let pt = push(&mut binds, Bind::Int(t));
+            let pi = push(&mut binds, Bind::Text(id));
+            sql.push_str(&format!(
+                " AND (create_time < {pt} OR (create_time = {pt} AND id < {pi}))"
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY create_time DESC, id DESC LIMIT {}",
+            size + 1
+        ));
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s.clone()),
+                Bind::Int(i) => q.bind(*i),
+            };
+        }
+        let rows = q.fetch_all(self.store().pool()).await.map_err(store_err)?;
+        let mut loaded = rows
+            .iter()
+            .map(|r| {
+                let ct: i64 = r.try_get("create_time").map_err(store_err)?;
+                Ok((ct, super::row_to_loaded(r)?))
+            })
+            .collect::<Result<Vec<(i64, Loaded)>>>()?;
+        let mut next_page_token = String::new();
+        if loaded.len() > size as usize {
+            loaded.truncate(size as usize);
+            if let Some((ct, l)) = loaded.last() {
+                next_page_token = validate::page_token(&format!("{ct}|{}", l.id()));
+            }
+        }
+        Ok(ListTransfersResponse {
+            transfers: loaded.iter().map(|(_, l)| l.view(now)).collect(),
+            next_page_token,
+        })
+    }
+
+    /// Events of one case on transfers the caller's agency took part in, oldest first.
+    pub async fn timeline(
+        &self,
+        who: &Identity,
+        req: &GetCaseTimelineRequest,
+    ) -> Result<GetCaseTimelineResponse> {
+        if uuid::Uuid::parse_str(&req.case_id).is_err() {
+            return Err(FieldViolation::new("case_id", "must be a UUID").into());
+        }
+        let size = validate::page_size(req.page_size)?;
+        let after: i64 = match validate::parse_page_token(&req.page_token)? {
+            Some(t) => t.parse().map_err(|_| {
+                FieldViolation::new("page_token", "is not a token this server issued")
+            })?,
+            None => 0,
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT seq, transfer_id, body FROM transfer_events WHERE case_id = $1 AND seq > $2 \
+             AND (from_agency = $3 OR to_agency = $3 OR approver_agency = $3) \
+             ORDER BY seq LIMIT {}",
+            size + 1
+        ))
+        .bind(&req.case_id)
+        .bind(after)
+        .bind(&who.agency)
+        .fetch_all(self.store().pool())
+        .await
+        .map_err(store_err)?;
+        if rows.is_empty() && after == 0 {
+            return Err(Error::NotFound(format!("case {}", req.case_id)));
+        }
+        let mut events = Vec::new();
+        let mut transfers: Vec<String> = Vec::new();
+        let mut last = after;
+        for r in rows.iter().take(size as usize) {
+            let e = event_from_row(r)?;
+            last = r.try_get("seq").map_err(store_err)?;
+            if !transfers.contains(&e.transfer) {
+                transfers.push(e.transfer.clone());
+            }
+            events.push(e);
+        }
+        let next_page_token = if rows.len() > size as usize {
+            validate::page_token(&last.to_string())
+        } else {
+            String::new()
+        };
+        Ok(GetCaseTimelineResponse {
+            events,
+            transfers,
+            next_page_token,
+        })
+    }
+
+    /// Events visible to `agency` after `after`, at most `limit`.
+    pub async fn events_after(
+        &self,
+        agency: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, TransferEvent)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT seq, body FROM transfer_events WHERE seq > $1 \
+             AND (from_agency = $2 OR to_agency = $2 OR approver_agency = $2) \
+             ORDER BY seq LIMIT {limit}"
+        ))
+        .bind(after)
+        .bind(agency)
+        .fetch_all(self.store().pool())
+        .await
+        .map_err(store_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("seq").map_err(store_err)?,
+                    event_from_row(r)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The newest event sequence number.
+    pub async fn last_event_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM transfer_events")
+            .fetch_one(self.store().pool())
+            .await
+            .map_err(store_err)?;
+        row.try_get::<i64, _>("last").map_err(store_err)
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+macro_rules! transfer_reply {
+    ($resp:ident) => {
+        |t: Transfer, _inv: Option<Investigation>| $resp { transfer: Some(t) }
+    };
+}
+
+#[tonic::async_trait]
+impl TransferService for Transfers {
+    async fn create_transfer(
+        &self,
+        request: Request<CreateTransferRequest>,
+    ) -> Reply<CreateTransferResponse> {
+        let who = who(&request)?;
+        let t = self.create(&who, request.into_inner()).await?;
+        Ok(Response::new(CreateTransferResponse { transfer: Some(t) }))
+    }
+
+    async fn get_transfer(
+        &self,
+        request: Request<GetTransferRequest>,
+    ) -> Reply<GetTransferResponse> {
+        let who = who(&request)?;
+        let t = self.get(&who, &request.get_ref().name).await?;
+        Ok(Response::new(GetTransferResponse { transfer: Some(t) }))
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<ListTransfersRequest>,
+    ) -> Reply<ListTransfersResponse> {
+        let who = who(&request)?;
+        Ok(Response::new(self.list(&who, request.get_ref()).await?))
+    }
+
+    async fn update_transfer(
+        &self,
+        request: Request<UpdateTransferRequest>,
+    ) -> Reply<UpdateTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let patch = req.transfer.clone().unwrap_or_default();
+        let paths = req
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Error::from(FieldViolation::new(
+                "update_mask",
+                "must name at least one field",
+            ))
+            .into());
+        }
+        let resp = self
+            .mutate(
+                &who,
+                "UpdateTransfer",
+                &req.request_id,
+                &req,
+                &patch.name,
+                &patch.etag,
+                Action::Update,
+                |l, route, _cal, _now| {
+                    for p in &paths {
+                        match p.as_str() {
+                            "note" => l.transfer.note = patch.note.clone(),
+                            "case_snapshot" => {
+                                let mut case = patch.case_snapshot.clone().unwrap_or_default();
+                                let v = super::validate_case(&case);
+                                if !v.is_empty() {
+                                    return Err(Error::Invalid(v));
+                                }
+                                // The case keeps its identity.
+                                case.case_id = l.case_id().to_string();
+                                l.transfer.redacted_fields =
+                                    super::minimise(&mut case, &route.allowed_personal_info);
+                                l.transfer.case_snapshot = Some(case);
+                            }
+                            _ => {
+                                return Err(FieldViolation::new(
+                                    "update_mask",
+                                    "may name note, case_snapshot",
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                    Ok(Change {
+                        event_type: TransferEventType::Updated,
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(UpdateTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn submit_transfer(
+        &self,
+        request: Request<SubmitTransferRequest>,
+    ) -> Reply<SubmitTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let route_has_steps = {
+            // Decided inside the change from the pinned route; the action's flag must agree.
+            let id = super::transfer_id("name", &req.name)?;
+            let mut tx = self.store().read().await.map_err(Error::from)?;
+            let l = Self::load(&mut tx, &id).await?;
+            tx.commit().await.map_err(store_err)?;
+            match l {
+                Some(l) => !self.route(&l)?.approval_steps.is_empty(),
+                None => true,
+            }
+        };
+        let resp = self
+            .mutate(
+                &who,
+                "SubmitTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Submit {
+                    no_steps: !route_has_steps,
+                },
+                |l, route, cal, now| {
+                    let mut change = Change {
+                        event_type: TransferEventType::Submitted,
+                        ..Default::default()
+                    };
+                    l.transfer.current_step = 0;
+                    l.transfer.approvals.clear();
+                    if route.approval_steps.is_empty() {
+                        change.event_type = TransferEventType::Approved;
+                        offer(l, route, cal, now, &mut change)?;
+                    } else if let Some(approver) = l.approver_agency.clone().filter(|_| {
+                        route.approval_steps[0].approver_scope == ApproverScope::ParentAgency as i32
+                    }) {
+                        change
+                            .messages
+                            .push((MessageKind::ApprovalRequired, approver));
+                    }
+                    Ok(change)
+                },
+                transfer_reply!(SubmitTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn approve_transfer(
+        &self,
+        request: Request<ApproveTransferRequest>,
+    ) -> Reply<ApproveTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let (last, current) = self.step_info(&req.name).await?;
+        if req.step_index != current {
+            return Err(Error::WrongState {
+                resource: req.name.clone(),
+                state: format!("waiting for step {current}"),
+                action: "approve",
+            }
+            .into());
+        }
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "ApproveTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Approve { last },
+                |l, route, cal, now| {
+                    if l.transfer.current_step != req.step_index {
+                        return Err(Error::EtagMismatch(l.transfer.name.clone()));
+                    }
+                    // One person may not approve two steps of one transfer.
+                    if l.transfer.approvals.iter().any(|a| {
+                        a.approver
+                            .as_ref()
+                            .is_some_and(|p| p.agency == actor.agency && p.actor_id == actor.actor)
+                    }) {
+                        return Err(Error::PermissionDenied(
+                            "SAME_APPROVER",
+                            "one person may not approve two steps of one transfer".into(),
+                        ));
+                    }
+                    let step = l.transfer.current_step;
+                    let step_name = route
+                        .approval_steps
+                        .get(step as usize)
+                        .map(|s| s.display_name.clone())
+                        .unwrap_or_default();
+                    l.transfer.approvals.push(Approval {
+                        step_index: step,
+                        step_name,
+                        approver: Some(super::actor_of(&actor)),
+                        approve_time: Some(to_timestamp(now)),
+                        comment: req.comment.clone(),
+                    });
+                    l.transfer.current_step = step + 1;
+                    let mut change = Change {
+                        event_type: TransferEventType::StepApproved,
+                        ..Default::default()
+                    };
+                    if last {
+                        change.event_type = TransferEventType::Approved;
+                        offer(l, route, cal, now, &mut change)?;
+                    }
+                    Ok(change)
+                },
+                transfer_reply!(ApproveTransferResponse),
+            )
+            .await;
+        match resp {
+            Err(Error::PermissionDenied("SAME_APPROVER", m)) => {
+                self.denied(&who, "ApproveTransfer", &req.name, "SAME_APPROVER")
+                    .await;
+                Err(Error::PermissionDenied("SAME_APPROVER", m).into())
+            }
+            r => Ok(Response::new(r?)),
+        }
+    }
+
+    async fn reject_transfer(
+        &self,
+        request: Request<RejectTransferRequest>,
+    ) -> Reply<RejectTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        required_text("reason", &req.reason, 2000)?;
+        let (_, current) = self.step_info(&req.name).await?;
+        if req.step_index != current {
+            return Err(Error::WrongState {
+                resource: req.name.clone(),
+                state: format!("waiting for step {current}"),
+                action: "reject",
+            }
+            .into());
+        }
+        let resp = self
+            .mutate(
+                &who,
+                "RejectTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Reject,
+                |l, _route, _cal, _now| {
+                    if l.transfer.current_step != req.step_index {
+                        return Err(Error::EtagMismatch(l.transfer.name.clone()));
+                    }
+                    l.transfer.approvals.clear();
+                    l.transfer.current_step = 0;
+                    Ok(Change {
+                        event_type: TransferEventType::Rejected,
+                        reason: req.reason.clone(),
+                        messages: vec![(MessageKind::TransferRejected, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(RejectTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn withdraw_transfer(
+        &self,
+        request: Request<WithdrawTransferRequest>,
+    ) -> Reply<WithdrawTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        required_text("reason", &req.reason, 2000)?;
+        let resp = self
+            .mutate(
+                &who,
+                "WithdrawTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Withdraw,
+                |l, _route, _cal, now| {
+                    let offered = l.acceptance.is_some();
+                    stop_running(&mut l.acceptance, now)?;
+                    let mut change = Change {
+                        event_type: TransferEventType::Withdrawn,
+                        reason: req.reason.clone(),
+                        ..Default::default()
+                    };
+                    if offered {
+                        change
+                            .messages
+                            .push((MessageKind::TransferWithdrawn, l.receiver().to_string()));
+                    }
+                    Ok(change)
+                },
+                transfer_reply!(WithdrawTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn accept_transfer(
+        &self,
+        request: Request<AcceptTransferRequest>,
+    ) -> Reply<AcceptTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let resp = self
+            .mutate(
+                &who,
+                "AcceptTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Accept,
+                |l, route, cal, now| {
+                    stop_running(&mut l.acceptance, now)?;
+                    l.feedback = start_clock("feedback", route.feedback_clock.as_ref(), now, cal)?;
+                    if !req.receiver_reference.is_empty()
+                        && let Some(case) = l.transfer.case_snapshot.as_mut()
+                    {
+                        let to = l
+                            .transfer
+                            .to_agency
+                            .as_ref()
+                            .map(|a| a.name.clone())
+                            .unwrap_or_default();
+                        case.external_references
+                            .insert(to, req.receiver_reference.clone());
+                    }
+                    Ok(Change {
+                        event_type: TransferEventType::Accepted,
+                        messages: vec![(MessageKind::TransferAccepted, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(AcceptTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn decline_transfer(
+        &self,
+        request: Request<DeclineTransferRequest>,
+    ) -> Reply<DeclineTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "DeclineTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Decline,
+                |l, route, _cal, now| {
+                    let code =
+                        allowed_code("reason_code", &req.reason_code, &route.decline_reasons)?;
+                    stop_running(&mut l.acceptance, now)?;
+                    l.transfer.decline = Some(Decline {
+                        reason_code: code.code.clone(),
+                        reason_description: code.description.clone(),
+                        reason: req.reason.clone(),
+                        actor: Some(super::actor_of(&actor)),
+                        decline_time: Some(to_timestamp(now)),
+                    });
+                    Ok(Change {
+                        event_type: TransferEventType::Declined,
+                        reason_code: code.code.clone(),
+                        reason: req.reason.clone(),
+                        messages: vec![(MessageKind::TransferDeclined, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(DeclineTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn pause_clock(&self, request: Request<PauseClockRequest>) -> Reply<PauseClockResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let resp = self
+            .mutate(
+                &who,
+                "PauseClock",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Clock,
+                |l, _route, _cal, now| {
+                    pick_clock(l, req.clock)?
+                        .pause(now, &req.reason_code)
+                        .map_err(clock_error)?;
+                    Ok(Change {
+                        event_type: TransferEventType::ClockPaused,
+                        reason_code: req.reason_code.clone(),
+                        reason: req.reason.clone(),
+                        messages: vec![(MessageKind::ClockPaused, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(PauseClockResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn resume_clock(
+        &self,
+        request: Request<ResumeClockRequest>,
+    ) -> Reply<ResumeClockResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let resp = self
+            .mutate(
+                &who,
+                "ResumeClock",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Clock,
+                |l, _route, cal, now| {
+                    pick_clock(l, req.clock)?
+                        .resume(now, cal)
+                        .map_err(clock_error)?;
+                    Ok(Change {
+                        event_type: TransferEventType::ClockResumed,
+                        reason: req.comment.clone(),
+                        messages: vec![(MessageKind::ClockResumed, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(ResumeClockResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn extend_deadline(
+        &self,
+        request: Request<ExtendDeadlineRequest>,
+    ) -> Reply<ExtendDeadlineResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        if req.length == 0 {
+            return Err(Error::from(FieldViolation::new("length", "must be at least 1")).into());
+        }
+        required_text("reason", &req.reason, 2000)?;
+        let roles = who.roles.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "ExtendDeadline",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Clock,
+                |l, _route, cal, _now| {
+                    // Consent of every party (特邀调解规定 Art 27: extension with all parties' consent).
+                    let parties: Vec<String> = l
+                        .transfer
+                        .case_snapshot
+                        .as_ref()
+                        .map(|c| c.parties.iter().map(|p| p.party_id.clone()).collect())
+                        .unwrap_or_default();
+                    let all_consent = !parties.is_empty()
+                        && parties.iter().all(|p| req.consenting_party_ids.contains(p));
+                    pick_clock(l, req.clock)?
+                        .extend(req.length, &roles, all_consent, cal)
+                        .map_err(clock_error)?;
+                    Ok(Change {
+                        event_type: TransferEventType::DeadlineExtended,
+                        reason: req.reason.clone(),
+                        messages: vec![(MessageKind::DeadlineExtended, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(ExtendDeadlineResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn request_investigation(
+        &self,
+        request: Request<RequestInvestigationRequest>,
+    ) -> Reply<RequestInvestigationResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        required_text("questions", &req.questions, 4000)?;
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "RequestInvestigation",
+                &req.request_id,
+                &req,
+                &req.parent,
+                &req.etag,
+                Action::RequestInvestigation,
+                |l, _route, _cal, now| {
+                    let n = l.transfer.investigations.len() + 1;
+                    if req.pause_feedback_clock {
+                        let c = l.feedback.as_mut().ok_or_else(|| {
+                            Error::ClockRefused("the feedback clock is not running".into())
+                        })?;
+                        c.pause(now, PAUSE_FOR_INVESTIGATION).map_err(clock_error)?;
+                    }
+                    let inv = Investigation {
+                        name: format!("{}/investigations/{n}", l.transfer.name),
+                        questions: req.questions.clone(),
+                        requested_due_time: req.requested_due_time,
+                        pauses_feedback_clock: req.pause_feedback_clock,
+                        state: InvestigationState::Open as i32,
+                        requested_by: Some(super::actor_of(&actor)),
+                        request_time: Some(to_timestamp(now)),
+                        ..Default::default()
+                    };
+                    l.transfer.investigations.push(inv.clone());
+                    Ok(Change {
+                        event_type: TransferEventType::InvestigationRequested,
+                        reason_code: if req.pause_feedback_clock {
+                            PAUSE_FOR_INVESTIGATION.into()
+                        } else {
+                            String::new()
+                        },
+                        messages: vec![(
+                            MessageKind::InvestigationRequested,
+                            l.sender().to_string(),
+                        )],
+                        investigation: Some(inv),
+                        ..Default::default()
+                    })
+                },
+                |t, inv| RequestInvestigationResponse {
+                    investigation: inv,
+                    transfer: Some(t),
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn answer_investigation(
+        &self,
+        request: Request<AnswerInvestigationRequest>,
+    ) -> Reply<AnswerInvestigationResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        required_text("answer", &req.answer, 8000)?;
+        let parent = req
+            .name
+            .split("/investigations/")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "AnswerInvestigation",
+                &req.request_id,
+                &req,
+                &parent,
+                &req.etag,
+                Action::AnswerInvestigation,
+                |l, _route, cal, now| {
+                    let Some(inv) = l
+                        .transfer
+                        .investigations
+                        .iter_mut()
+                        .find(|i| i.name == req.name)
+                    else {
+                        return Err(Error::NotFound(req.name.clone()));
+                    };
+                    if inv.state != InvestigationState::Open as i32 {
+                        return Err(Error::WrongState {
+                            resource: req.name.clone(),
+                            state: "ANSWERED".into(),
+                            action: "answer",
+                        });
+                    }
+                    inv.state = InvestigationState::Answered as i32;
+                    inv.answer = req.answer.clone();
+                    inv.answer_evidence = req.evidence.clone();
+                    inv.answered_by = Some(super::actor_of(&actor));
+                    inv.answer_time = Some(to_timestamp(now));
+                    let answered = inv.clone();
+                    let still_pausing = l.transfer.investigations.iter().any(|i| {
+                        i.state == InvestigationState::Open as i32 && i.pauses_feedback_clock
+                    });
+                    if answered.pauses_feedback_clock
+                        && !still_pausing
+                        && let Some(c) = l.feedback.as_mut()
+                        && c.paused_at.is_some()
+                    {
+                        c.resume(now, cal).map_err(clock_error)?;
+                    }
+                    Ok(Change {
+                        event_type: TransferEventType::InvestigationAnswered,
+                        messages: vec![(
+                            MessageKind::InvestigationAnswered,
+                            l.receiver().to_string(),
+                        )],
+                        investigation: Some(answered),
+                        ..Default::default()
+                    })
+                },
+                |t, inv| AnswerInvestigationResponse {
+                    investigation: inv,
+                    transfer: Some(t),
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn submit_feedback(
+        &self,
+        request: Request<SubmitFeedbackRequest>,
+    ) -> Reply<SubmitFeedbackResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        required_text("summary", &req.summary, 8000)?;
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "SubmitFeedback",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::SubmitFeedback,
+                |l, route, _cal, now| {
+                    let code =
+                        allowed_code("outcome_code", &req.outcome_code, &route.feedback_outcomes)?;
+                    stop_running(&mut l.feedback, now)?;
+                    l.transfer.feedback = Some(Feedback {
+                        outcome_code: code.code.clone(),
+                        outcome_description: code.description.clone(),
+                        summary: req.summary.clone(),
+                        documents: req.documents.clone(),
+                        amount: req.amount.clone(),
+                        submitted_by: Some(super::actor_of(&actor)),
+                        submit_time: Some(to_timestamp(now)),
+                        ..Default::default()
+                    });
+                    Ok(Change {
+                        event_type: TransferEventType::FeedbackSubmitted,
+                        reason_code: code.code.clone(),
+                        messages: vec![(MessageKind::Feedback, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(SubmitFeedbackResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn acknowledge_feedback(
+        &self,
+        request: Request<AcknowledgeFeedbackRequest>,
+    ) -> Reply<AcknowledgeFeedbackResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "AcknowledgeFeedback",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::AcknowledgeFeedback,
+                |l, _route, _cal, now| {
+                    if let Some(f) = l.transfer.feedback.as_mut() {
+                        f.acknowledged_by = Some(super::actor_of(&actor));
+                        f.acknowledge_time = Some(to_timestamp(now));
+                        f.acknowledge_comment = req.comment.clone();
+                    }
+                    Ok(Change {
+                        event_type: TransferEventType::FeedbackAcknowledged,
+                        messages: vec![(
+                            MessageKind::FeedbackAcknowledged,
+                            l.receiver().to_string(),
+                        )],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(AcknowledgeFeedbackResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn return_transfer(
+        &self,
+        request: Request<ReturnTransferRequest>,
+    ) -> Reply<ReturnTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "ReturnTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Return,
+                |l, route, _cal, now| {
+                    let code =
+                        allowed_code("reason_code", &req.reason_code, &route.return_reasons)?;
+                    stop_running(&mut l.feedback, now)?;
+                    l.transfer.handback = Some(Handback {
+                        escalation: false,
+                        reason_code: code.code.clone(),
+                        reason_description: code.description.clone(),
+                        reason: req.reason.clone(),
+                        documents: req.documents.clone(),
+                        actor: Some(super::actor_of(&actor)),
+                        handback_time: Some(to_timestamp(now)),
+                    });
+                    Ok(Change {
+                        event_type: TransferEventType::Returned,
+                        reason_code: code.code.clone(),
+                        reason: req.reason.clone(),
+                        messages: vec![(MessageKind::TransferReturned, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(ReturnTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn escalate_transfer(
+        &self,
+        request: Request<EscalateTransferRequest>,
+    ) -> Reply<EscalateTransferResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        required_text("reason", &req.reason, 4000)?;
+        let actor = who.clone();
+        let resp = self
+            .mutate(
+                &who,
+                "EscalateTransfer",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                Action::Escalate,
+                |l, _route, _cal, now| {
+                    stop_running(&mut l.feedback, now)?;
+                    // 人民调解法 Art 25: a dispute that may intensify is reported at once.
+                    l.transfer.handback = Some(Handback {
+                        escalation: true,
+                        reason_code: req.reason_code.clone(),
+                        reason_description: String::new(),
+                        reason: req.reason.clone(),
+                        documents: req.documents.clone(),
+                        actor: Some(super::actor_of(&actor)),
+                        handback_time: Some(to_timestamp(now)),
+                    });
+                    Ok(Change {
+                        event_type: TransferEventType::Escalated,
+                        reason_code: req.reason_code.clone(),
+                        reason: req.reason.clone(),
+                        messages: vec![(MessageKind::TransferEscalated, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(EscalateTransferResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn watch_transfers(&self, request: Request<WatchTransfersRequest>) -> Reply<WatchStream> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        let mut after: i64 = if req.resume_token.is_empty() {
+            self.last_event_seq().await?
+        } else {
+            req.resume_token.parse().map_err(|_| {
+                Error::from(FieldViolation::new(
+                    "resume_token",
+                    "is not a token this server issued",
+                ))
+            })?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let me = self.clone();
+        let mut changed = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let batch = match me.events_after(&who.agency, after, 100).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let empty = batch.is_empty();
+                for (seq, event) in batch {
+                    after = seq;
+                    let wanted = (req.case_id.is_empty() || event.case_id == req.case_id)
+                        && (req.transfers.is_empty() || req.transfers.contains(&event.transfer));
+                    if wanted {
+                        let resume_token = seq.to_string();
+                        if tx
+                            .send(Ok(WatchTransfersResponse {
+                                event: Some(event),
+                                resume_token,
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                if empty {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = changed.changed() => {}
+                        // Other router replicas commit too: poll now and then.
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_case_timeline(
+        &self,
+        request: Request<GetCaseTimelineRequest>,
+    ) -> Reply<GetCaseTimelineResponse> {
+        let who = who(&request)?;
+        Ok(Response::new(self.timeline(&who, request.get_ref()).await?))
+    }
+}
+
+impl Transfers {
+    /// `(whether the current step is the last, the current step)` of a transfer, read before
+    /// the change (the change re-checks under the row version).
+    async fn step_info(&self, name: &str) -> Result<(bool, u32)> {
+        let id = super::transfer_id("name", name)?;
+        let mut tx = self.store().read().await?;
+        let l = Self::load(&mut tx, &id).await?;
+        tx.commit().await.map_err(store_err)?;
+        match l {
+            Some(l) => {
+                let steps = self.route(&l)?.approval_steps.len() as u32;
+                Ok((
+                    l.transfer.current_step + 1 >= steps,
+                    l.transfer.current_step,
+                ))
+            }
+            None => Ok((false, 0)),
+        }
+    }
+}
