@@ -30,5 +30,7 @@ fi
 
 if [ ! -x node_modules/.bin/buf ]; then
   echo "==> installing buf (npm, pinned in package.json)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm ci` refuses this lock file (optional per-platform packages of buf); `npm install`
+  # installs the locked versions all the same.
+  npm install --no-audit --no-fund --loglevel=error
 fi

@@ -65,6 +65,12 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Verify the router's hash-chained audit log; exits non-zero at the first broken link.
+    AuditVerify {
+        /// The router's store URL (`sqlite://…` or `postgres://…`).
+        #[arg(long, env = "FENGQIAO_DATABASE_URL")]
+        database_url: String,
+    },
     /// Exit 0 when the server's gRPC health reports SERVING (for container probes).
     Healthcheck {
         /// Server address.
@@ -121,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service,
             timeout_ms,
         } => healthcheck(&addr, &service, timeout_ms).await,
+        Command::AuditVerify { database_url } => audit_verify(&database_url).await,
     }
 }
 
@@ -355,5 +362,29 @@ async fn healthcheck(addr: &str, service: &str, timeout_ms: u64) -> anyhow::Resu
             println!("timed out");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+async fn audit_verify(url: &str) -> anyhow::Result<ExitCode> {
+    let store = fengqiao_store::Store::connect(fengqiao_store::StoreConfig::new(url))
+        .await
+        .context("open the router's store")?;
+    let report = fengqiao_router::audit::verify_cli(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("verify: {e}"))?;
+    store.close().await;
+    println!("records checked: {}", report.records_checked);
+    println!("last sequence:   {}", report.last_seq);
+    println!("last hash:       {}", report.last_hash);
+    if report.ok {
+        println!("audit chain intact");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "audit chain BROKEN at sequence {}: {}",
+            report.first_broken_seq.unwrap_or(0),
+            report.detail
+        );
+        Ok(ExitCode::FAILURE)
     }
 }
