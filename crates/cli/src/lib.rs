@@ -167,8 +167,28 @@ pub fn router_options(config: &Config) -> Result<fengqiao_router::RouterOptions,
     Ok(o)
 }
 
-/// The principal the router's own calls carry (in place of an agency).
-pub const ROUTER_PRINCIPAL: &str = "services/router";
+pub use fengqiao_kit::inbox::ROUTER_PRINCIPAL;
+
+/// The channel agency services use to call the router: `peers.router`, or this process when
+/// the router runs here.
+fn router_channel(
+    config: &Config,
+    services: &[ServiceName],
+    self_addr: std::net::SocketAddr,
+) -> Result<tonic::transport::Channel, SuiteError> {
+    let uri = match &config.peers.router {
+        Some(u) => u.clone(),
+        None if services.contains(&ServiceName::Router) => format!("http://{self_addr}"),
+        None => {
+            return Err(SuiteError::Config(
+                "peers.router (FENGQIAO_PEERS_ROUTER) is required when the router runs elsewhere"
+                    .into(),
+            ));
+        }
+    };
+    fengqiao_kit::client::channel(&uri, None)
+        .map_err(|e| SuiteError::Config(format!("peers.router: {e}")))
+}
 
 impl Suite {
     /// Opens the stores, starts serving (NOT_SERVING), migrates, seeds, then reports SERVING.
@@ -206,6 +226,8 @@ impl Suite {
         let max = config.limits.max_message_bytes;
         let mut builder = ServerBuilder::new();
         let (trigger, _) = shutdown_pair();
+        let self_addr = listener.local_addr()?;
+        let mut inbox = fengqiao_kit::inbox::InboxDispatch::new();
         let mut router = None;
         for (s, store) in &stores {
             match s {
@@ -216,13 +238,31 @@ impl Suite {
                     router = Some(r);
                 }
                 ServiceName::PoliceReferral => {
-                    fengqiao_police_referral::PoliceReferral::new(store.clone())
-                        .add_to(&mut builder, max)
+                    let svc = fengqiao_police_referral::PoliceReferral::new(
+                        store.clone(),
+                        router_channel(config, &spec.services, self_addr)?,
+                    );
+                    svc.add_to(&mut builder, max);
+                    inbox.add(svc.inbox_handler());
                 }
                 ServiceName::Mediation => {
-                    fengqiao_mediation::Mediation::new(store.clone()).add_to(&mut builder, max)
+                    let svc = fengqiao_mediation::Mediation::new(
+                        store.clone(),
+                        router_channel(config, &spec.services, self_addr)?,
+                    );
+                    svc.add_to(&mut builder, max);
+                    inbox.add(svc.inbox_handler());
                 }
             }
+        }
+        if !inbox.is_empty() {
+            builder.add(
+                fengqiao_proto::inbox::agency_inbox_service_server::AgencyInboxServiceServer::new(
+                    inbox,
+                )
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            );
         }
         let server = builder.serve(listener, guard, tls, trigger.clone()).await?;
 
@@ -271,8 +311,9 @@ impl Suite {
                     (None, None) => None,
                 };
                 if let Some(seed) = seed {
+                    let self_endpoint = format!("http://{}", server.addr);
                     let added = fengqiao_router::Agencies::new(store.clone())
-                        .seed(&seed)
+                        .seed(&seed, &self_endpoint)
                         .await
                         .map_err(|e| SuiteError::Router(format!("agency seed: {e}")))?;
                     tracing::info!(added, "agency seed loaded");

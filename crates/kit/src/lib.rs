@@ -12,6 +12,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod inbox;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;

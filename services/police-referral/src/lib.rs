@@ -24,6 +24,37 @@ pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
 pub struct PoliceReferral {
     #[allow(dead_code)]
     store: Store,
+    #[allow(dead_code)]
+    router: tonic::transport::Channel,
+}
+
+/// Receives the router's messages for the agencies whose records this service keeps.
+#[derive(Clone, Debug)]
+struct Inbox {
+    store: Store,
+}
+
+#[tonic::async_trait]
+impl fengqiao_kit::inbox::InboxHandler for Inbox {
+    fn handles(&self, kind: fengqiao_proto::common::AgencyKind) -> bool {
+        use fengqiao_proto::common::AgencyKind;
+        matches!(kind, AgencyKind::PoliceCommandCentre | AgencyKind::PoliceStation)
+    }
+
+    async fn deliver(
+        &self,
+        envelope: fengqiao_proto::inbox::Envelope,
+    ) -> Result<fengqiao_proto::inbox::DeliverResponse, tonic::Status> {
+        let fail = |e: fengqiao_store::Error| fengqiao_kit::ApiError::internal(&e).to_status();
+        let mut tx = self.store.write().await.map_err(fail)?;
+        let fresh = fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id)
+            .await
+            .map_err(fail)?;
+        tx.commit()
+            .await
+            .map_err(|e| fail(fengqiao_store::Error::from(e)))?;
+        Ok(fengqiao_proto::inbox::DeliverResponse { duplicate: !fresh })
+    }
 }
 
 #[tonic::async_trait]
@@ -31,8 +62,15 @@ impl PoliceReferralService for PoliceReferral {}
 
 impl PoliceReferral {
     /// The service over a migrated `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
+        Self { store, router }
+    }
+
+    /// This service's side of the process's agency inbox.
+    pub fn inbox_handler(&self) -> std::sync::Arc<dyn fengqiao_kit::inbox::InboxHandler> {
+        std::sync::Arc::new(Inbox {
+            store: self.store.clone(),
+        })
     }
 
     /// Adds the service to a server.

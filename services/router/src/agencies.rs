@@ -403,10 +403,17 @@ impl Agencies {
 
     /// Loads agencies from a seed file; existing agencies are left as they are (changes made
     /// through the API win). Returns how many were added.
-    pub async fn seed(&self, file: &SeedFile) -> Result<usize> {
+    ///
+    /// An `endpoint = "self"` in the file stands for `self_endpoint` (the suite's own address,
+    /// for agencies whose records live in an agency service of the same process).
+    pub async fn seed(&self, file: &SeedFile, self_endpoint: &str) -> Result<usize> {
         let mut added = 0;
         let mut tx = self.store.write().await?;
         for (i, s) in file.agency.iter().enumerate() {
+            let mut s = s.clone();
+            if s.endpoint.as_deref() == Some("self") {
+                s.endpoint = Some(self_endpoint.to_string());
+            }
             let a = s.to_agency().map_err(|d| {
                 Error::Invalid(vec![FieldViolation::new(format!("agency[{i}]"), d)])
             })?;

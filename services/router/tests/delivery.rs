@@ -104,7 +104,7 @@ fn seed_agency(id: &str, push_endpoint: Option<&str>) -> SeedAgency {
 
 async fn seed(store: &Store, agencies: Vec<SeedAgency>) -> TestResult {
     Agencies::new(store.clone())
-        .seed(&SeedFile { agency: agencies })
+        .seed(&SeedFile { agency: agencies }, "http://127.0.0.1:1")
         .await
         .map_err(err)?;
     Ok(())
