@@ -171,22 +171,6 @@ suite_test!(
     }
 );
 
-suite_test!(unbuilt_parts_say_so, |suite| async move {
-    use fengqiao_proto::policereferral::GetReferralRequest;
-    use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
-    let mut c = PoliceReferralServiceClient::with_interceptor(
-        suite.channel(),
-        suite.caller("xigang-110", "reviewer-01", &["command_room_reviewer"]),
-    );
-    let e = c
-        .get_referral(GetReferralRequest {
-            name: "referrals/x".into(),
-        })
-        .await
-        .expect_err("not built");
-    assert_eq!(e.code(), Code::Unimplemented);
-});
-
 suite_test!(sample_agencies_are_seeded_and_paged, |suite| async move {
     let mut c = agencies(&suite, "xigang-110", "reviewer-01", &[]);
     let mut seen = Vec::new();

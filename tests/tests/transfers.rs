@@ -168,7 +168,8 @@ suite_test!(a_noise_dispute_goes_round_the_loop, |suite| async move {
         .room
         .accept_transfer(AcceptTransferRequest {
             name: seen.name.clone(),
-            etag: seen.etag.clone(),
+            // No etag: the router may mark the offer DELIVERED at any moment.
+            etag: String::new(),
             receiver_reference: "西岗调字〔2026〕001号".into(),
             request_id: rid(),
             ..Default::default()

@@ -36,10 +36,14 @@ pub trait InboxHandler: Send + Sync {
 pub fn recipient_kind(envelope: &Envelope) -> Option<AgencyKind> {
     let msg = TransferMessage::decode(envelope.payload.as_slice()).ok()?;
     let t = msg.transfer?;
-    let agency = [t.to_agency, t.from_agency]
+    let (to, from) = (t.to_agency, t.from_agency);
+    let agency = [to.clone(), from.clone()]
         .into_iter()
         .flatten()
-        .find(|a| a.name == envelope.to_agency)?;
+        .find(|a| a.name == envelope.to_agency)
+        // An approver outside the two parties (e.g. the station's command centre) keeps its
+        // records in the same service as the sender.
+        .or(from)?;
     AgencyKind::try_from(agency.kind).ok()
 }
 

@@ -1,75 +1,307 @@
 //! People's mediation (人民调解): cases received through the router, consent, mediators,
 //! sessions, agreements, follow-up visits and the case file.
 //!
-//! The contract is `proto/fengqiao/mediation/v1`; its RPCs answer UNIMPLEMENTED until the
-//! service is built (see the README's status table). The store and its migrations are in place
-//! so that the suite starts, reports health and can be probed.
+//! The contract is `proto/fengqiao/mediation/v1`. Cases arrive as router transfers
+//! (`MESSAGE_KIND_TRANSFER_OFFERED` through the process's agency inbox) and every decision
+//! the sender must know (accept, decline, refusal of consent, end, escalation,
+//! investigation) is a router call made FOR the caller.
+//!
+//! Case states and how each ending reaches the sender (router feedback outcome of the route
+//! `police-to-station-mediation`):
+//!
+//! | mediation call / event                 | case state        | router                          |
+//! |----------------------------------------|-------------------|---------------------------------|
+//! | offer delivered                        | OFFERED           | (DELIVERED)                     |
+//! | `AcceptCase`                           | ACCEPTED          | AcceptTransfer → IN_PROGRESS    |
+//! | `DeclineCase`                          | DECLINED          | DeclineTransfer → DECLINED      |
+//! | consents + mediator                    | IN_MEDIATION      | —                               |
+//! | `DraftAgreement`                       | AGREEMENT_PENDING_SIGNATURE | —                     |
+//! | `RecordConsent` REFUSED                | CONSENT_REFUSED   | SubmitFeedback `party_refused`  |
+//! | `EndMediation` AGREEMENT               | ENDED             | SubmitFeedback `agreement_reached` |
+//! | `EndMediation` SETTLED_AND_WITHDRAWN   | ENDED             | SubmitFeedback `withdrawn`      |
+//! | `EndMediation` PARTY_REFUSES_TO_CONTINUE | ENDED           | SubmitFeedback `party_refused`  |
+//! | `EndMediation` any other reason        | ENDED             | SubmitFeedback `mediation_failed` |
+//! | `EscalateCase`                         | ESCALATED         | EscalateTransfer → ESCALATED    |
+//! | transfer withdrawn / expired unanswered| WITHDRAWN / EXPIRED | —                             |
 
+mod cases;
+mod error;
+mod idem;
+mod inbox;
+mod roster;
+mod store;
+mod util;
+
+use std::sync::Arc;
+
+use fengqiao_kit::Identity;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_proto::mediation::mediation_service_server::{
     MediationService, MediationServiceServer,
 };
-use fengqiao_store::{SHARED_MIGRATIONS, SHARED_SERVICE, Store};
+use fengqiao_proto::mediation::*;
+use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store};
+use tonic::{Request, Response, Status};
+
+pub use cases::{outcome, outcome_for, specialty_for};
+pub use error::{Error, Result};
 
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "mediation";
 
-/// Applies the shared migrations (this service has no tables of its own yet).
+/// This service's own migrations.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "mediation",
+    sqlite: include_str!("../migrations/0001_mediation.sqlite.sql"),
+    postgres: include_str!("../migrations/0001_mediation.postgres.sql"),
+}];
+
+/// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await
+    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
+    store.migrate(SERVICE, MIGRATIONS).await
 }
 
 /// The mediation service.
 #[derive(Clone, Debug)]
 pub struct Mediation {
-    #[allow(dead_code)]
     store: Store,
-    #[allow(dead_code)]
-    router: tonic::transport::Channel,
+    roster: roster::Roster,
+    cases: cases::Cases,
 }
 
 /// Receives the router's messages for the agencies whose records this service keeps.
 #[derive(Clone, Debug)]
 struct Inbox {
-    store: Store,
+    inner: inbox::Inbox,
 }
 
 #[tonic::async_trait]
 impl fengqiao_kit::inbox::InboxHandler for Inbox {
     fn handles(&self, kind: fengqiao_proto::common::AgencyKind) -> bool {
         use fengqiao_proto::common::AgencyKind;
-        matches!(kind, AgencyKind::MediationCommittee | AgencyKind::StationMediationRoom)
+        matches!(
+            kind,
+            AgencyKind::MediationCommittee | AgencyKind::StationMediationRoom
+        )
     }
 
     async fn deliver(
         &self,
         envelope: fengqiao_proto::inbox::Envelope,
-    ) -> Result<fengqiao_proto::inbox::DeliverResponse, tonic::Status> {
-        let fail = |e: fengqiao_store::Error| fengqiao_kit::ApiError::internal(&e).to_status();
-        let mut tx = self.store.write().await.map_err(fail)?;
-        let fresh = fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id)
-            .await
-            .map_err(fail)?;
-        tx.commit()
-            .await
-            .map_err(|e| fail(fengqiao_store::Error::from(e)))?;
-        Ok(fengqiao_proto::inbox::DeliverResponse { duplicate: !fresh })
+    ) -> Result<fengqiao_proto::inbox::DeliverResponse, Status> {
+        self.inner.apply(&envelope).await.map_err(Status::from)
     }
 }
 
+fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
+    Identity::of(req).cloned()
+}
+
+fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
+}
+
 #[tonic::async_trait]
-impl MediationService for Mediation {}
+impl MediationService for Mediation {
+    async fn create_organization(
+        &self,
+        req: Request<CreateOrganizationRequest>,
+    ) -> Result<Response<CreateOrganizationResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.roster.create_org(&id, req.into_inner()).await)
+    }
+
+    async fn get_organization(
+        &self,
+        req: Request<GetOrganizationRequest>,
+    ) -> Result<Response<GetOrganizationResponse>, Status> {
+        who(&req)?;
+        let org = self.roster.get_org(&req.get_ref().name).await;
+        reply(org.map(|o| GetOrganizationResponse {
+            organization: Some(o),
+        }))
+    }
+
+    async fn list_organizations(
+        &self,
+        req: Request<ListOrganizationsRequest>,
+    ) -> Result<Response<ListOrganizationsResponse>, Status> {
+        who(&req)?;
+        reply(self.roster.list_orgs(req.into_inner()).await)
+    }
+
+    async fn create_mediator(
+        &self,
+        req: Request<CreateMediatorRequest>,
+    ) -> Result<Response<CreateMediatorResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.roster.create_mediator(&id, req.into_inner()).await)
+    }
+
+    async fn list_mediators(
+        &self,
+        req: Request<ListMediatorsRequest>,
+    ) -> Result<Response<ListMediatorsResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.roster.list_mediators(&id, req.into_inner()).await)
+    }
+
+    async fn update_mediator(
+        &self,
+        req: Request<UpdateMediatorRequest>,
+    ) -> Result<Response<UpdateMediatorResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.roster.update_mediator(&id, req.into_inner()).await)
+    }
+
+    async fn list_cases(
+        &self,
+        req: Request<ListCasesRequest>,
+    ) -> Result<Response<ListCasesResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.list(&id, req.into_inner()).await)
+    }
+
+    async fn get_case(
+        &self,
+        req: Request<GetCaseRequest>,
+    ) -> Result<Response<GetCaseResponse>, Status> {
+        let id = who(&req)?;
+        let c = self.cases.get(&id, &req.get_ref().name).await;
+        reply(c.map(|c| GetCaseResponse {
+            mediation_case: Some(c),
+        }))
+    }
+
+    async fn accept_case(
+        &self,
+        req: Request<AcceptCaseRequest>,
+    ) -> Result<Response<AcceptCaseResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.accept(&id, &req).await)
+    }
+
+    async fn decline_case(
+        &self,
+        req: Request<DeclineCaseRequest>,
+    ) -> Result<Response<DeclineCaseResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.decline(&id, &req).await)
+    }
+
+    async fn record_consent(
+        &self,
+        req: Request<RecordConsentRequest>,
+    ) -> Result<Response<RecordConsentResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.consent(&id, &req).await)
+    }
+
+    async fn assign_mediator(
+        &self,
+        req: Request<AssignMediatorRequest>,
+    ) -> Result<Response<AssignMediatorResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.assign(&id, &req).await)
+    }
+
+    async fn recuse_mediator(
+        &self,
+        req: Request<RecuseMediatorRequest>,
+    ) -> Result<Response<RecuseMediatorResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.recuse(&id, &req).await)
+    }
+
+    async fn record_session(
+        &self,
+        req: Request<RecordSessionRequest>,
+    ) -> Result<Response<RecordSessionResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.session(&id, &req).await)
+    }
+
+    async fn draft_agreement(
+        &self,
+        req: Request<DraftAgreementRequest>,
+    ) -> Result<Response<DraftAgreementResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.draft(&id, &req).await)
+    }
+
+    async fn sign_agreement(
+        &self,
+        req: Request<SignAgreementRequest>,
+    ) -> Result<Response<SignAgreementResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.sign(&id, &req).await)
+    }
+
+    async fn end_mediation(
+        &self,
+        req: Request<EndMediationRequest>,
+    ) -> Result<Response<EndMediationResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.end(&id, &req).await)
+    }
+
+    async fn escalate_case(
+        &self,
+        req: Request<EscalateCaseRequest>,
+    ) -> Result<Response<EscalateCaseResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.escalate(&id, &req).await)
+    }
+
+    async fn request_investigation(
+        &self,
+        req: Request<RequestInvestigationRequest>,
+    ) -> Result<Response<RequestInvestigationResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.investigate(&id, &req).await)
+    }
+
+    async fn schedule_follow_up(
+        &self,
+        req: Request<ScheduleFollowUpRequest>,
+    ) -> Result<Response<ScheduleFollowUpResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.schedule_follow_up(&id, &req).await)
+    }
+
+    async fn record_follow_up(
+        &self,
+        req: Request<RecordFollowUpRequest>,
+    ) -> Result<Response<RecordFollowUpResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.record_follow_up(&id, &req).await)
+    }
+
+    async fn get_case_file(
+        &self,
+        req: Request<GetCaseFileRequest>,
+    ) -> Result<Response<GetCaseFileResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.case_file(&id, &req).await)
+    }
+}
 
 impl Mediation {
-    /// The service over a migrated `store`.
+    /// The service over a migrated `store`, calling the router on `router`.
     pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
-        Self { store, router }
+        Self {
+            roster: roster::Roster::new(store.clone()),
+            cases: cases::Cases::new(store.clone(), router),
+            store,
+        }
     }
 
     /// This service's side of the process's agency inbox.
-    pub fn inbox_handler(&self) -> std::sync::Arc<dyn fengqiao_kit::inbox::InboxHandler> {
-        std::sync::Arc::new(Inbox {
-            store: self.store.clone(),
+    pub fn inbox_handler(&self) -> Arc<dyn fengqiao_kit::inbox::InboxHandler> {
+        Arc::new(Inbox {
+            inner: inbox::Inbox::new(self.store.clone()),
         })
     }
 

@@ -1,30 +1,380 @@
 //! Police referral (警调对接): 110 referrals screened and handed to people's mediation through
 //! the router, with the result fed back to the command room.
 //!
-//! The contract is `proto/fengqiao/policereferral/v1`; its RPCs answer UNIMPLEMENTED until the
-//! service is built (see the README's status table). The store and its migrations are in place
-//! so that the suite starts, reports health and can be probed.
+//! The contract is `proto/fengqiao/policereferral/v1`. A referral is taken in from the 110
+//! dispatch system (or a station), validated, screened by the rules in [`screening`], and — when
+//! it is a civil dispute — handed to the station's mediation room with a transfer on the router
+//! (移送单). The router's messages keep the referral in step with its transfer; supplementary
+//! investigation and the acknowledgement of feedback go back through the router for the caller.
 
+pub mod error;
+mod idem;
+pub mod screening;
+pub mod validate;
+
+use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::server::ServerBuilder;
+use fengqiao_kit::{FieldViolation, Identity};
+use fengqiao_proto::common::{Actor, EvidenceRef};
+use fengqiao_proto::inbox::{DeliverResponse, Envelope};
 use fengqiao_proto::policereferral::police_referral_service_server::{
     PoliceReferralService, PoliceReferralServiceServer,
 };
-use fengqiao_store::{SHARED_MIGRATIONS, SHARED_SERVICE, Store};
+use fengqiao_proto::policereferral::*;
+use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
+use fengqiao_proto::router::{
+    CaseSnapshot, GetCaseTimelineRequest, GetTransferRequest, Investigation, InvestigationState,
+    Transfer, TransferEvent, TransferEventType, TransferMessage, TransferState,
+};
+use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
+use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::idem::Idem;
 
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "police_referral";
 
-/// Applies the shared migrations (this service has no tables of its own yet).
+/// This service's own migrations.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "referrals",
+    sqlite: include_str!("../migrations/0001_referrals.sqlite.sql"),
+    postgres: include_str!("../migrations/0001_referrals.postgres.sql"),
+}];
+
+/// The route used when `DraftTransfer.route` is empty.
+pub const DEFAULT_ROUTE: &str = "routes/police-to-station-mediation";
+
+/// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await
+    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
+    store.migrate(SERVICE, MIGRATIONS).await
+}
+
+/// Roles that may take in a referral at a station.
+const STATION_INTAKE_ROLES: &[&str] = &["officer", "duty_chief", "dispatcher"];
+/// Roles that may override screening (人工研判).
+const OVERRIDE_ROLES: &[&str] = &["officer", "command_room_reviewer", "duty_chief"];
+/// Roles that may draft the 移送单 and answer investigations at the station.
+const STATION_ROLES: &[&str] = &["officer", "duty_chief"];
+/// Roles that may report the result to the command room (反馈指挥室).
+const ACK_ROLES: &[&str] = &["officer", "duty_chief", "command_room_reviewer"];
+
+fn to_ts(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn from_ts(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(ts.nanos) / 1000)
+}
+
+fn actor_of(who: &Identity) -> Actor {
+    Actor {
+        agency: who.agency.clone(),
+        actor_id: who.actor.clone(),
+        display_name: String::new(),
+        roles: who.roles.clone(),
+    }
+}
+
+fn has_any(who: &Identity, roles: &[&str]) -> bool {
+    roles.iter().any(|r| who.has_role(r))
+}
+
+fn need_role(who: &Identity, roles: &[&str], action: &str) -> Result<()> {
+    if has_any(who, roles) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "MISSING_ROLE",
+            format!("{action} needs one of the roles {}", roles.join(", ")),
+        ))
+    }
+}
+
+fn state_name(s: i32) -> String {
+    ReferralState::try_from(s)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| "UNKNOWN".into())
+}
+
+/// The referral state that follows from the state of its current transfer.
+pub fn state_for_transfer(t: TransferState) -> ReferralState {
+    use TransferState as T;
+    match t {
+        T::Unspecified | T::Draft | T::AwaitingApproval => ReferralState::TransferPending,
+        T::Approved | T::Delivered | T::InProgress => ReferralState::Transferred,
+        T::FeedbackSubmitted => ReferralState::FeedbackReceived,
+        T::Closed => ReferralState::Closed,
+        T::Declined | T::Expired | T::Returned | T::Escalated => ReferralState::Returned,
+        T::Withdrawn => ReferralState::Withdrawn,
+    }
+}
+
+/// The referral state that follows from a screening result, before any transfer.
+pub fn state_for_screening(r: ScreeningResult) -> ReferralState {
+    match r {
+        ScreeningResult::CivilDispute => ReferralState::ReadyToTransfer,
+        ScreeningResult::PublicSecurity | ScreeningResult::Criminal => ReferralState::PoliceMatter,
+        ScreeningResult::NeedsReview | ScreeningResult::Unspecified => ReferralState::PendingReview,
+    }
+}
+
+/// A referral as stored, with what authorisation needs.
+struct Stored {
+    referral: Referral,
+    creator: String,
+    version: i64,
+    content_hash: String,
+}
+
+impl Stored {
+    fn visible_to(&self, who: &Identity) -> bool {
+        who.agency == self.creator || who.agency == self.referral.police_station
+    }
+}
+
+const COLUMNS: &str = "id, creator_agency, version, content_hash, body";
+
+fn stored_of(row: &AnyRow) -> Result<Stored> {
+    let body: Vec<u8> = row.try_get("body")?;
+    let referral =
+        Referral::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("referral: {e}")))?;
+    Ok(Stored {
+        referral,
+        creator: row.try_get("creator_agency")?,
+        version: row.try_get("version")?,
+        content_hash: row.try_get("content_hash")?,
+    })
+}
+
+async fn load(tx: &mut Tx, id: &str) -> Result<Option<Stored>> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM referrals WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(stored_of).transpose()
+}
+
+/// Loads a referral visible to `who`, or NOT_FOUND (also when it exists but is not theirs).
+async fn load_visible(tx: &mut Tx, who: &Identity, name: &str) -> Result<Stored> {
+    let id = fengqiao_kit::validate::parse_name("name", "referrals", name)?;
+    match load(tx, id).await? {
+        Some(s) if s.visible_to(who) => Ok(s),
+        _ => Err(Error::NotFound(name.to_string())),
+    }
+}
+
+fn check_etag(etag: &str, current: &str, what: &str) -> Result<()> {
+    if !etag.is_empty() && etag != current {
+        return Err(Error::EtagMismatch(what.to_string()));
+    }
+    Ok(())
+}
+
+/// Feedback due time and overdue flag as list columns: overdue counts only while feedback is
+/// awaited (TRANSFERRED).
+fn feedback_columns(r: &Referral) -> (Option<i64>, i64) {
+    let awaiting = r.state == ReferralState::Transferred as i32;
+    let f = r.feedback.as_ref();
+    let due = f
+        .filter(|_| awaiting)
+        .and_then(|f| f.due_time.as_ref())
+        .map(from_ts);
+    let overdue = i64::from(awaiting && f.is_some_and(|f| f.overdue));
+    (due, overdue)
+}
+
+/// Writes a changed referral: bumps the version and etag, sets `update_time`.
+async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
+    s.version += 1;
+    s.referral.etag = s.version.to_string();
+    s.referral.update_time = Some(to_ts(now));
+    let r = &s.referral;
+    let id = r.name.trim_start_matches("referrals/");
+    let (due, overdue) = feedback_columns(r);
+    sqlx::query(
+        "UPDATE referrals SET state = $1, screening_result = $2, transfer = $3, \
+         feedback_due = $4, feedback_overdue = $5, body = $6, update_time = $7, version = $8 \
+         WHERE id = $9",
+    )
+    .bind(i64::from(r.state))
+    .bind(i64::from(r.screening.as_ref().map_or(0, |sc| sc.result)))
+    .bind((!r.transfer.is_empty()).then(|| r.transfer.clone()))
+    .bind(due)
+    .bind(overdue)
+    .bind(r.encode_to_vec())
+    .bind(now)
+    .bind(s.version)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn add_documents(
+    tx: &mut Tx,
+    referral_id: &str,
+    docs: &[EvidenceRef],
+    now: i64,
+) -> Result<()> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "SELECT COALESCE(MAX(seq), 0) AS m FROM referral_documents WHERE referral_id = $1",
+    )
+    .bind(referral_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut seq: i64 = row.try_get("m")?;
+    for d in docs {
+        seq += 1;
+        sqlx::query(
+            "INSERT INTO referral_documents (referral_id, seq, added_at, body) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(referral_id)
+        .bind(seq)
+        .bind(now)
+        .bind(d.encode_to_vec())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Output form: computes `feedback.overdue` from the due time while feedback is awaited.
+fn present(mut r: Referral, now: i64) -> Referral {
+    let awaiting = r.state == ReferralState::Transferred as i32;
+    if let Some(f) = r.feedback.as_mut()
+        && awaiting
+        && f.received_time.is_none()
+        && f.due_time.as_ref().is_some_and(|d| from_ts(d) < now)
+    {
+        f.overdue = true;
+    }
+    r
+}
+
+/// The content of a referral that the incident-number idempotency compares: the client's
+/// fields, trimmed, output-only fields cleared.
+fn normalise(r: &Referral) -> Referral {
+    let mut n = r.clone();
+    n.name.clear();
+    n.case_id.clear();
+    n.screening = None;
+    n.state = 0;
+    n.transfer.clear();
+    n.transfer_state = 0;
+    n.feedback = None;
+    n.create_time = None;
+    n.update_time = None;
+    n.etag.clear();
+    n.incident_number = n.incident_number.trim().to_string();
+    n.summary = n.summary.trim().to_string();
+    n.on_scene_handling = n.on_scene_handling.trim().to_string();
+    for p in n.parties.iter_mut().chain(n.caller.iter_mut()) {
+        p.name = p.name.trim().to_string();
+        p.id_number = p.id_number.trim().to_ascii_uppercase();
+        p.phone = p.phone.trim().to_string();
+    }
+    n
+}
+
+fn page_size(size: i32) -> Result<i64> {
+    Ok(i64::from(fengqiao_kit::validate::page_size(size)?))
+}
+
+/// A bound SQL parameter of a dynamically built query.
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    params: &'q [Param],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for p in params {
+        q = match p {
+            Param::Int(i) => q.bind(*i),
+            Param::Text(s) => q.bind(s.as_str()),
+        };
+    }
+    q
+}
+
+fn parse_cursor(token: &str) -> Result<Option<(i64, String)>> {
+    let Some(key) = fengqiao_kit::validate::parse_page_token(token)? else {
+        return Ok(None);
+    };
+    let bad = || FieldViolation::new("page_token", "is not a token this server issued");
+    let (t, id) = key.split_once('|').ok_or_else(bad)?;
+    let t: i64 = t.parse().map_err(|_| bad())?;
+    Ok(Some((t, id.to_string())))
+}
+
+/// An investigation task as stored.
+struct StoredTask {
+    task: InvestigationTask,
+    referral_id: String,
+    version: i64,
+}
+
+fn task_of(row: &AnyRow) -> Result<StoredTask> {
+    let body: Vec<u8> = row.try_get("body")?;
+    let task = InvestigationTask::decode(body.as_slice())
+        .map_err(|e| Error::Corrupt(format!("investigation task: {e}")))?;
+    Ok(StoredTask {
+        task,
+        referral_id: row.try_get("referral_id")?,
+        version: row.try_get("version")?,
+    })
+}
+
+async fn save_task(tx: &mut Tx, t: &mut StoredTask) -> Result<()> {
+    t.version += 1;
+    t.task.etag = t.version.to_string();
+    let id = t
+        .task
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    sqlx::query("UPDATE investigation_tasks SET state = $1, body = $2, version = $3 WHERE id = $4")
+        .bind(i64::from(t.task.state))
+        .bind(t.task.encode_to_vec())
+        .bind(t.version)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn apply_investigation(task: &mut InvestigationTask, inv: &Investigation) {
+    task.state = inv.state;
+    task.answer = inv.answer.clone();
+    task.answer_evidence = inv.answer_evidence.clone();
+    task.answered_by = inv.answered_by.clone();
+    task.answer_time = inv.answer_time;
+    if task.questions.is_empty() {
+        task.questions = inv.questions.clone();
+    }
 }
 
 /// The police-referral service.
 #[derive(Clone, Debug)]
 pub struct PoliceReferral {
-    #[allow(dead_code)]
     store: Store,
-    #[allow(dead_code)]
     router: tonic::transport::Channel,
 }
 
@@ -38,27 +388,183 @@ struct Inbox {
 impl fengqiao_kit::inbox::InboxHandler for Inbox {
     fn handles(&self, kind: fengqiao_proto::common::AgencyKind) -> bool {
         use fengqiao_proto::common::AgencyKind;
-        matches!(kind, AgencyKind::PoliceCommandCentre | AgencyKind::PoliceStation)
+        matches!(
+            kind,
+            AgencyKind::PoliceCommandCentre | AgencyKind::PoliceStation
+        )
     }
 
-    async fn deliver(
-        &self,
-        envelope: fengqiao_proto::inbox::Envelope,
-    ) -> Result<fengqiao_proto::inbox::DeliverResponse, tonic::Status> {
-        let fail = |e: fengqiao_store::Error| fengqiao_kit::ApiError::internal(&e).to_status();
-        let mut tx = self.store.write().await.map_err(fail)?;
-        let fresh = fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id)
-            .await
-            .map_err(fail)?;
-        tx.commit()
-            .await
-            .map_err(|e| fail(fengqiao_store::Error::from(e)))?;
-        Ok(fengqiao_proto::inbox::DeliverResponse { duplicate: !fresh })
+    async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {
+        self.apply(&envelope).await.map_err(Status::from)
     }
 }
 
-#[tonic::async_trait]
-impl PoliceReferralService for PoliceReferral {}
+impl Inbox {
+    async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse> {
+        let msg = TransferMessage::decode(envelope.payload.as_slice()).map_err(|_| {
+            Error::Invalid(vec![FieldViolation::new(
+                "envelope.payload",
+                "must be a TransferMessage",
+            )])
+        })?;
+        let mut tx = self.store.write().await?;
+        let fresh =
+            fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await?;
+        if !fresh {
+            return Ok(DeliverResponse { duplicate: true });
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let event = msg.event.clone().unwrap_or_default();
+        let case_id = if event.case_id.is_empty() {
+            envelope.case_id.clone()
+        } else {
+            event.case_id.clone()
+        };
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM referrals WHERE case_id = $1 \
+             AND (police_station = $2 OR creator_agency = $2)"
+        ))
+        .bind(&case_id)
+        .bind(&envelope.to_agency)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut s) = row.as_ref().map(stored_of).transpose()? else {
+            // A transfer not made from a referral of ours (e.g. drafted on the router directly).
+            tx.commit().await?;
+            return Ok(DeliverResponse { duplicate: false });
+        };
+        let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
+        let occurred = event.occurred_at.as_ref().map_or(now, from_ts);
+        if !event.event_id.is_empty() {
+            let exists = sqlx::query(
+                "SELECT 1 AS x FROM referral_events WHERE referral_id = $1 AND event_id = $2",
+            )
+            .bind(&referral_id)
+            .bind(&event.event_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            if !exists {
+                sqlx::query(
+                    "INSERT INTO referral_events (referral_id, event_id, sequence, occurred_at, body) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&referral_id)
+                .bind(&event.event_id)
+                .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+                .bind(occurred)
+                .bind(event.encode_to_vec())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let transfer_name = if event.transfer.is_empty() {
+            envelope.transfer.clone()
+        } else {
+            event.transfer.clone()
+        };
+        let current = s.referral.transfer.is_empty() || s.referral.transfer == transfer_name;
+        let etype = TransferEventType::try_from(event.event_type).unwrap_or_default();
+        // Investigation tasks follow the investigation, whichever transfer it is on.
+        if let Some(inv) = &msg.investigation {
+            self.apply_task(&mut tx, &s, inv, now).await?;
+        }
+        if current && let Some(t) = &msg.transfer {
+            s.referral.transfer = transfer_name;
+            s.referral.transfer_state = t.state;
+            let ts = TransferState::try_from(t.state).unwrap_or_default();
+            s.referral.state = state_for_transfer(ts) as i32;
+            let fb = s.referral.feedback.get_or_insert_with(Default::default);
+            if let Some(c) = &t.feedback_clock {
+                if c.stopped_at.is_none() {
+                    fb.due_time = if c.paused { None } else { c.due_at };
+                }
+                if c.expired {
+                    fb.overdue = true;
+                }
+            }
+            if etype == TransferEventType::DeadlineMissed
+                && event.reason_code == "FEEDBACK_DEADLINE_MISSED"
+            {
+                fb.overdue = true;
+            }
+            if etype == TransferEventType::FeedbackSubmitted
+                && let Some(f) = &t.feedback
+            {
+                fb.outcome_code = f.outcome_code.clone();
+                fb.outcome_description = f.outcome_description.clone();
+                fb.summary = f.summary.clone();
+                fb.documents = f.documents.clone();
+                fb.received_time = f.submit_time.or(Some(to_ts(occurred)));
+                add_documents(&mut tx, &referral_id, &f.documents, now).await?;
+            }
+            if matches!(
+                etype,
+                TransferEventType::Returned | TransferEventType::Escalated
+            ) && let Some(h) = &t.handback
+            {
+                add_documents(&mut tx, &referral_id, &h.documents, now).await?;
+            }
+            save(&mut tx, &mut s, now).await?;
+        }
+        tx.commit().await?;
+        Ok(DeliverResponse { duplicate: false })
+    }
+
+    async fn apply_task(
+        &self,
+        tx: &mut Tx,
+        s: &Stored,
+        inv: &Investigation,
+        now: i64,
+    ) -> Result<()> {
+        let row = sqlx::query(
+            "SELECT referral_id, version, body FROM investigation_tasks WHERE investigation = $1",
+        )
+        .bind(&inv.name)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            let mut t = task_of(&row)?;
+            let open = t.task.state == InvestigationState::Open as i32;
+            if open && inv.state != InvestigationState::Open as i32 {
+                apply_investigation(&mut t.task, inv);
+                save_task(tx, &mut t).await?;
+            }
+            return Ok(());
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let task = InvestigationTask {
+            name: format!("{}/investigationTasks/{id}", s.referral.name),
+            investigation: inv.name.clone(),
+            questions: inv.questions.clone(),
+            requested_due_time: inv.requested_due_time,
+            requested_by: inv.requested_by.clone(),
+            request_time: inv.request_time.or(Some(to_ts(now))),
+            state: inv.state,
+            answer: inv.answer.clone(),
+            answer_evidence: inv.answer_evidence.clone(),
+            answered_by: inv.answered_by.clone(),
+            answer_time: inv.answer_time,
+            etag: "1".into(),
+        };
+        sqlx::query(
+            "INSERT INTO investigation_tasks (id, referral_id, investigation, state, request_time, body, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1)",
+        )
+        .bind(&id)
+        .bind(s.referral.name.trim_start_matches("referrals/"))
+        .bind(&inv.name)
+        .bind(i64::from(task.state))
+        .bind(task.request_time.as_ref().map_or(now, from_ts))
+        .bind(task.encode_to_vec())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
 
 impl PoliceReferral {
     /// The service over a migrated `store`.
@@ -80,5 +586,901 @@ impl PoliceReferral {
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
         );
+    }
+
+    fn router(&self) -> TransferServiceClient<tonic::transport::Channel> {
+        TransferServiceClient::new(self.router.clone())
+    }
+
+    /// A request to the router carrying the caller's credentials.
+    fn forward<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
+        let mut out = Request::new(msg);
+        forward_auth(incoming, &mut out);
+        out
+    }
+
+    /// The router's current transfer, read for the caller.
+    async fn router_transfer<T>(&self, incoming: &Request<T>, name: &str) -> Result<Transfer> {
+        self.router()
+            .get_transfer(Self::forward(
+                incoming,
+                GetTransferRequest { name: name.into() },
+            ))
+            .await
+            .map_err(Error::Router)?
+            .into_inner()
+            .transfer
+            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))
+    }
+
+    async fn create(
+        &self,
+        request: Request<CreateReferralRequest>,
+    ) -> Result<CreateReferralResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        let mut violations = validate::referral(req.referral.as_ref());
+        if !req.request_id.is_empty()
+            && let Err(v) = fengqiao_kit::validate::request_id(&req.request_id)
+        {
+            violations.push(v);
+        }
+        if !violations.is_empty() {
+            return Err(Error::Invalid(violations));
+        }
+        let input =
+            normalise(req.referral.as_ref().ok_or_else(|| {
+                Error::Invalid(vec![FieldViolation::new("referral", "is required")])
+            })?);
+        if who.agency == input.police_station {
+            need_role(&who, STATION_INTAKE_ROLES, "taking in a referral")?;
+        } else {
+            // The 110 command centre's dispatch system pushes referrals to its stations.
+            need_role(
+                &who,
+                &["dispatcher"],
+                "taking in a referral for another agency",
+            )?;
+        }
+        let hash = fengqiao_store::idempotency::hash_request(&input.encode_to_vec());
+        let mut tx = self.store.write().await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM referrals WHERE incident_number = $1"
+        ))
+        .bind(&input.incident_number)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let s = stored_of(&row)?;
+            if s.content_hash == hash && s.visible_to(&who) {
+                return Ok(CreateReferralResponse {
+                    referral: Some(present(s.referral, now)),
+                });
+            }
+            return Err(Error::IncidentNumberReused);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut r = input;
+        r.name = format!("referrals/{id}");
+        r.case_id = uuid::Uuid::new_v4().to_string();
+        for (i, p) in r.parties.iter_mut().enumerate() {
+            if p.party_id.is_empty() {
+                p.party_id = format!("p{}", i + 1);
+            }
+        }
+        let rule = screening::screen(r.category, &r.summary, &r.on_scene_handling);
+        let result = rule.map_or(ScreeningResult::NeedsReview, |r| r.result);
+        r.screening = Some(Screening {
+            result: result as i32,
+            matched_rule: rule.map(|r| r.id.to_string()).unwrap_or_default(),
+            matched_rule_description: rule.map(|r| r.description.to_string()).unwrap_or_default(),
+            automatic_result: result as i32,
+            screen_time: Some(to_ts(now)),
+            ..Default::default()
+        });
+        r.state = state_for_screening(result) as i32;
+        r.create_time = Some(to_ts(now));
+        r.update_time = Some(to_ts(now));
+        r.etag = "1".into();
+        let call_time = r.call_time.as_ref().map_or(now, from_ts);
+        sqlx::query(
+            "INSERT INTO referrals (id, incident_number, case_id, creator_agency, police_station, \
+             state, screening_result, category, transfer, call_time, content_hash, feedback_due, \
+             feedback_overdue, body, create_time, update_time, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, NULL, 0, $11, $12, $12, 1)",
+        )
+        .bind(&id)
+        .bind(&r.incident_number)
+        .bind(&r.case_id)
+        .bind(&who.agency)
+        .bind(&r.police_station)
+        .bind(i64::from(r.state))
+        .bind(result as i64)
+        .bind(i64::from(r.category))
+        .bind(call_time)
+        .bind(&hash)
+        .bind(r.encode_to_vec())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            let e = fengqiao_store::Error::from(e);
+            if e.is_unique_violation() {
+                // Taken in concurrently under the same incident number: the client retries
+                // and gets the replay (or INCIDENT_NUMBER_REUSED).
+                Error::Store(fengqiao_store::Error::ConcurrentModification)
+            } else {
+                Error::Store(e)
+            }
+        })?;
+        add_documents(&mut tx, &id, &r.evidence, now).await?;
+        tx.commit().await?;
+        tracing::info!(referral = %r.name, rule = r.screening.as_ref().map_or("", |s| s.matched_rule.as_str()), "referral taken in");
+        Ok(CreateReferralResponse { referral: Some(r) })
+    }
+
+    async fn get(&self, request: Request<GetReferralRequest>) -> Result<GetReferralResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        let mut tx = self.store.read().await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let s = load_visible(&mut tx, &who, &req.name).await?;
+        Ok(GetReferralResponse {
+            referral: Some(present(s.referral, now)),
+        })
+    }
+
+    async fn list(&self, request: Request<ListReferralsRequest>) -> Result<ListReferralsResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        let limit = page_size(req.page_size)?;
+        let cursor = parse_cursor(&req.page_token)?;
+        let mut tx = self.store.read().await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut params = vec![Param::Text(who.agency.clone())];
+        let mut sql = format!(
+            "SELECT {COLUMNS}, call_time FROM referrals WHERE (creator_agency = $1 OR police_station = $1)"
+        );
+        let mut add = |sql: &mut String, clause: &str, p: Param| {
+            params.push(p);
+            sql.push_str(&clause.replace('?', &format!("${}", params.len())));
+        };
+        if !req.states.is_empty() {
+            let list: Vec<String> = req
+                .states
+                .iter()
+                .map(|s| i64::from(*s).to_string())
+                .collect();
+            sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
+        }
+        if req.feedback_overdue {
+            add(
+                &mut sql,
+                &format!(
+                    " AND (feedback_overdue = 1 OR (state = {} AND feedback_due IS NOT NULL AND feedback_due < ?))",
+                    ReferralState::Transferred as i32
+                ),
+                Param::Int(now),
+            );
+        }
+        if req.screening_result != 0 {
+            add(
+                &mut sql,
+                " AND screening_result = ?",
+                Param::Int(i64::from(req.screening_result)),
+            );
+        }
+        if req.category != 0 {
+            add(
+                &mut sql,
+                " AND category = ?",
+                Param::Int(i64::from(req.category)),
+            );
+        }
+        if !req.police_station.is_empty() {
+            add(
+                &mut sql,
+                " AND police_station = ?",
+                Param::Text(req.police_station.clone()),
+            );
+        }
+        if !req.incident_number.is_empty() {
+            add(
+                &mut sql,
+                " AND incident_number = ?",
+                Param::Text(req.incident_number.clone()),
+            );
+        }
+        if let Some(t) = &req.call_time_start {
+            add(&mut sql, " AND call_time >= ?", Param::Int(from_ts(t)));
+        }
+        if let Some(t) = &req.call_time_end {
+            add(&mut sql, " AND call_time < ?", Param::Int(from_ts(t)));
+        }
+        if let Some((t, id)) = cursor {
+            add(&mut sql, " AND (call_time < ?", Param::Int(t));
+            add(&mut sql, " OR (call_time = ?", Param::Int(t));
+            add(&mut sql, " AND id < ?))", Param::Text(id));
+        }
+        sql.push_str(&format!(
+            " ORDER BY call_time DESC, id DESC LIMIT {}",
+            limit + 1
+        ));
+        let rows = bind_all(sqlx::query(&sql), &params)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut referrals = Vec::new();
+        let mut next_page_token = String::new();
+        for (i, row) in rows.iter().enumerate() {
+            if i as i64 == limit {
+                if let Some(last) = referrals.last() {
+                    let last: &Referral = last;
+                    let t = last.call_time.as_ref().map_or(0, from_ts);
+                    let id = last.name.trim_start_matches("referrals/");
+                    next_page_token = fengqiao_kit::validate::page_token(&format!("{t}|{id}"));
+                }
+                break;
+            }
+            let s = stored_of(row)?;
+            let mut r = present(s.referral, now);
+            // Keep the cursor consistent with the indexed column.
+            let ct: i64 = row.try_get("call_time")?;
+            r.call_time = Some(to_ts(ct));
+            referrals.push(r);
+        }
+        Ok(ListReferralsResponse {
+            referrals,
+            next_page_token,
+        })
+    }
+
+    async fn override_screening(
+        &self,
+        request: Request<OverrideScreeningRequest>,
+    ) -> Result<OverrideScreeningResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        let result = ScreeningResult::try_from(req.result).unwrap_or_default();
+        if matches!(
+            result,
+            ScreeningResult::Unspecified | ScreeningResult::NeedsReview
+        ) {
+            violations.push(FieldViolation::new(
+                "result",
+                "must be CIVIL_DISPUTE, PUBLIC_SECURITY or CRIMINAL",
+            ));
+        }
+        if req.reason.trim().is_empty() || req.reason.chars().count() > 2000 {
+            violations.push(FieldViolation::new(
+                "reason",
+                "is required, at most 2000 characters",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::Invalid(violations));
+        }
+        let idem = Idem::new(&who, "OverrideScreening", &req.request_id, &req)?;
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(r);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut s = load_visible(&mut tx, &who, &req.name).await?;
+        need_role(&who, OVERRIDE_ROLES, "overriding screening")?;
+        check_etag(&req.etag, &s.referral.etag, &req.name)?;
+        let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
+        // Before a transfer is drafted, or after it came back.
+        if !matches!(
+            state,
+            ReferralState::PendingReview
+                | ReferralState::ReadyToTransfer
+                | ReferralState::PoliceMatter
+                | ReferralState::Returned
+                | ReferralState::Withdrawn
+        ) {
+            return Err(Error::WrongState {
+                reason: "REFERRAL_WRONG_STATE",
+                resource: req.name.clone(),
+                state: state_name(s.referral.state),
+                action: "override screening",
+            });
+        }
+        let sc = s.referral.screening.get_or_insert_with(Default::default);
+        sc.result = result as i32;
+        sc.overridden = true;
+        sc.override_reason = req.reason.trim().to_string();
+        sc.overridden_by = Some(actor_of(&who));
+        sc.override_time = Some(to_ts(now));
+        s.referral.state = state_for_screening(result) as i32;
+        save(&mut tx, &mut s, now).await?;
+        let resp = OverrideScreeningResponse {
+            referral: Some(present(s.referral, now)),
+        };
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await?;
+        Ok(resp)
+    }
+
+    async fn draft_transfer(
+        &self,
+        request: Request<DraftTransferRequest>,
+    ) -> Result<DraftTransferResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.get_ref().clone();
+        let mut violations = Vec::new();
+        if let Err(v) = fengqiao_kit::validate::parse_name("to_agency", "agencies", &req.to_agency)
+        {
+            violations.push(v);
+        }
+        if !req.route.is_empty()
+            && let Err(v) = fengqiao_kit::validate::parse_name("route", "routes", &req.route)
+        {
+            violations.push(v);
+        }
+        if req.note.chars().count() > 4000 {
+            violations.push(FieldViolation::new(
+                "note",
+                "must be at most 4000 characters",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::Invalid(violations));
+        }
+        let idem = Idem::new(&who, "DraftTransfer", &req.request_id, &req)?;
+        let s = {
+            let mut tx = self.store.write().await?;
+            if let Some(r) = idem.replay(&mut tx).await? {
+                return Ok(r);
+            }
+            let s = load_visible(&mut tx, &who, &req.name).await?;
+            tx.rollback().await?;
+            s
+        };
+        if who.agency != s.referral.police_station {
+            return Err(Error::PermissionDenied(
+                "NOT_HANDLING_STATION",
+                "only the station handling the referral drafts its transfer".into(),
+            ));
+        }
+        need_role(&who, STATION_ROLES, "drafting a transfer")?;
+        check_etag(&req.etag, &s.referral.etag, &req.name)?;
+        let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
+        if !matches!(
+            state,
+            ReferralState::ReadyToTransfer | ReferralState::Returned | ReferralState::Withdrawn
+        ) {
+            return Err(Error::WrongState {
+                reason: "REFERRAL_WRONG_STATE",
+                resource: req.name.clone(),
+                state: state_name(s.referral.state),
+                action: "draft a transfer",
+            });
+        }
+        let result = s.referral.screening.as_ref().map_or(0, |sc| sc.result);
+        if result != ScreeningResult::CivilDispute as i32 {
+            // 公安机关治安调解工作规范 Art 4: only civil disputes go to people's mediation.
+            return Err(Error::WrongState {
+                reason: "NOT_CIVIL_DISPUTE",
+                resource: req.name.clone(),
+                state: ScreeningResult::try_from(result)
+                    .map(|r| r.as_str_name().to_string())
+                    .unwrap_or_default(),
+                action: "draft a transfer (screening is not CIVIL_DISPUTE)",
+            });
+        }
+        let r = &s.referral;
+        let snapshot = CaseSnapshot {
+            case_id: r.case_id.clone(),
+            external_references: [(r.police_station.clone(), r.incident_number.clone())]
+                .into_iter()
+                .collect(),
+            category: r.category,
+            summary: r.summary.clone(),
+            parties: r.parties.clone(),
+            evidence: r.evidence.clone(),
+            region_code: r
+                .location
+                .as_ref()
+                .map(|l| l.region_code.clone())
+                .unwrap_or_default(),
+            occurred_at: r.call_time,
+            location: r.location.clone(),
+            amount_in_dispute: None,
+        };
+        let route = if req.route.is_empty() {
+            DEFAULT_ROUTE.to_string()
+        } else {
+            req.route.clone()
+        };
+        let create = fengqiao_proto::router::CreateTransferRequest {
+            transfer: Some(Transfer {
+                route,
+                to_agency: Some(fengqiao_proto::common::AgencyRef {
+                    name: req.to_agency.clone(),
+                    ..Default::default()
+                }),
+                case_snapshot: Some(snapshot),
+                note: req.note.clone(),
+                ..Default::default()
+            }),
+            // The router keys idempotency by method, so the same id is safe to reuse.
+            request_id: req.request_id.clone(),
+        };
+        let mut transfer = self
+            .router()
+            .create_transfer(Self::forward(&request, create))
+            .await
+            .map_err(Error::Router)?
+            .into_inner()
+            .transfer
+            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
+        if req.submit {
+            let submit = fengqiao_proto::router::SubmitTransferRequest {
+                name: transfer.name.clone(),
+                etag: transfer.etag.clone(),
+                request_id: req.request_id.clone(),
+            };
+            transfer = self
+                .router()
+                .submit_transfer(Self::forward(&request, submit))
+                .await
+                .map_err(Error::Router)?
+                .into_inner()
+                .transfer
+                .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
+        }
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(r);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut s = load_visible(&mut tx, &who, &req.name).await?;
+        let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
+        if s.referral.transfer != transfer.name {
+            s.referral.transfer = transfer.name.clone();
+            s.referral.transfer_state = transfer.state;
+            s.referral.state =
+                state_for_transfer(TransferState::try_from(transfer.state).unwrap_or_default())
+                    as i32;
+            s.referral.feedback = None;
+        }
+        save(&mut tx, &mut s, now).await?;
+        add_documents(
+            &mut tx,
+            &referral_id,
+            &[EvidenceRef {
+                display_name: "移送单".into(),
+                media_type: "application/vnd.fengqiao.transfer".into(),
+                uri: format!("fengqiao:{}", transfer.name),
+                ..Default::default()
+            }],
+            now,
+        )
+        .await?;
+        let resp = DraftTransferResponse {
+            referral: Some(present(s.referral, now)),
+            transfer: Some(transfer),
+        };
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await?;
+        Ok(resp)
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListInvestigationTasksRequest>,
+    ) -> Result<ListInvestigationTasksResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        let limit = page_size(req.page_size)?;
+        let cursor = parse_cursor(&req.page_token)?;
+        let mut tx = self.store.read().await?;
+        let mut params = vec![Param::Text(who.agency.clone())];
+        let mut sql = "SELECT t.referral_id AS referral_id, t.version AS version, t.body AS body, \
+             t.request_time AS request_time, t.id AS id FROM investigation_tasks t \
+             JOIN referrals r ON r.id = t.referral_id \
+             WHERE (r.creator_agency = $1 OR r.police_station = $1)"
+            .to_string();
+        if req.parent != "referrals/-" {
+            let s = load_visible(&mut tx, &who, &req.parent)
+                .await
+                .map_err(|e| match e {
+                    Error::Invalid(_) => Error::Invalid(vec![FieldViolation::new(
+                        "parent",
+                        "must be referrals/{referral} or referrals/-",
+                    )]),
+                    e => e,
+                })?;
+            params.push(Param::Text(
+                s.referral.name.trim_start_matches("referrals/").to_string(),
+            ));
+            sql.push_str(&format!(" AND t.referral_id = ${}", params.len()));
+        }
+        if !req.states.is_empty() {
+            let list: Vec<String> = req
+                .states
+                .iter()
+                .map(|s| i64::from(*s).to_string())
+                .collect();
+            sql.push_str(&format!(" AND t.state IN ({})", list.join(", ")));
+        }
+        if let Some((t, id)) = cursor {
+            params.push(Param::Int(t));
+            let a = params.len();
+            params.push(Param::Text(id));
+            let b = params.len();
+            sql.push_str(&format!(
+                " AND (t.request_time > ${a} OR (t.request_time = ${a} AND t.id > ${b}))"
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY t.request_time, t.id LIMIT {}",
+            limit + 1
+        ));
+        let rows = bind_all(sqlx::query(&sql), &params)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut tasks = Vec::new();
+        let mut next_page_token = String::new();
+        let mut last_key = None;
+        for (i, row) in rows.iter().enumerate() {
+            if i as i64 == limit {
+                if let Some((t, id)) = &last_key {
+                    next_page_token = fengqiao_kit::validate::page_token(&format!("{t}|{id}"));
+                }
+                break;
+            }
+            let t = task_of(row)?;
+            let rt: i64 = row.try_get("request_time")?;
+            let id: String = row.try_get("id")?;
+            last_key = Some((rt, id));
+            tasks.push(t.task);
+        }
+        Ok(ListInvestigationTasksResponse {
+            investigation_tasks: tasks,
+            next_page_token,
+        })
+    }
+
+    async fn answer(
+        &self,
+        request: Request<AnswerInvestigationRequest>,
+    ) -> Result<AnswerInvestigationResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.get_ref().clone();
+        let bad_name = || {
+            Error::Invalid(vec![FieldViolation::new(
+                "name",
+                "must be referrals/{referral}/investigationTasks/{investigation_task}",
+            )])
+        };
+        let (parent, task_id) = req
+            .name
+            .split_once("/investigationTasks/")
+            .ok_or_else(bad_name)?;
+        fengqiao_kit::validate::resource_id("name", task_id)?;
+        if req.answer.trim().is_empty() || req.answer.chars().count() > 8000 {
+            return Err(
+                FieldViolation::new("answer", "is required, at most 8000 characters").into(),
+            );
+        }
+        let idem = Idem::new(&who, "AnswerInvestigation", &req.request_id, &req)?;
+        let (s, task) = {
+            let mut tx = self.store.write().await?;
+            if let Some(r) = idem.replay(&mut tx).await? {
+                return Ok(r);
+            }
+            let s = load_visible(&mut tx, &who, parent).await?;
+            let task = self.load_task(&mut tx, task_id, &s).await?;
+            tx.rollback().await?;
+            (s, task)
+        };
+        let not_found = || Error::NotFound(req.name.clone());
+        if task.task.name != req.name {
+            return Err(not_found());
+        }
+        if who.agency != s.referral.police_station {
+            return Err(Error::PermissionDenied(
+                "NOT_HANDLING_STATION",
+                "only the station handling the referral answers investigations".into(),
+            ));
+        }
+        need_role(&who, STATION_ROLES, "answering an investigation")?;
+        check_etag(&req.etag, &task.task.etag, &req.name)?;
+        if task.task.state != InvestigationState::Open as i32 {
+            return Err(Error::WrongState {
+                reason: "INVESTIGATION_NOT_OPEN",
+                resource: req.name.clone(),
+                state: InvestigationState::try_from(task.task.state)
+                    .map(|s| s.as_str_name().to_string())
+                    .unwrap_or_default(),
+                action: "answer",
+            });
+        }
+        let transfer_name = task
+            .task
+            .investigation
+            .split("/investigations/")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let transfer = self.router_transfer(&request, &transfer_name).await?;
+        let answered = self
+            .router()
+            .answer_investigation(Self::forward(
+                &request,
+                fengqiao_proto::router::AnswerInvestigationRequest {
+                    name: task.task.investigation.clone(),
+                    etag: transfer.etag,
+                    answer: req.answer.clone(),
+                    evidence: req.evidence.clone(),
+                    request_id: req.request_id.clone(),
+                },
+            ))
+            .await
+            .map_err(Error::Router)?
+            .into_inner();
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(r);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut task = self.load_task(&mut tx, task_id, &s).await?;
+        let inv = answered.investigation.unwrap_or_else(|| Investigation {
+            state: InvestigationState::Answered as i32,
+            answer: req.answer.clone(),
+            answer_evidence: req.evidence.clone(),
+            answered_by: Some(actor_of(&who)),
+            answer_time: Some(to_ts(now)),
+            ..Default::default()
+        });
+        if task.task.state == InvestigationState::Open as i32 {
+            apply_investigation(&mut task.task, &inv);
+            save_task(&mut tx, &mut task).await?;
+            add_documents(&mut tx, &task.referral_id, &req.evidence, now).await?;
+        }
+        let resp = AnswerInvestigationResponse {
+            investigation_task: Some(task.task),
+        };
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await?;
+        Ok(resp)
+    }
+
+    async fn load_task(&self, tx: &mut Tx, task_id: &str, s: &Stored) -> Result<StoredTask> {
+        let row = sqlx::query(
+            "SELECT referral_id, version, body FROM investigation_tasks WHERE id = $1 AND referral_id = $2",
+        )
+        .bind(task_id)
+        .bind(s.referral.name.trim_start_matches("referrals/"))
+        .fetch_optional(&mut **tx)
+        .await?;
+        match row {
+            Some(row) => task_of(&row),
+            None => Err(Error::NotFound(format!(
+                "{}/investigationTasks/{task_id}",
+                s.referral.name
+            ))),
+        }
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<AcknowledgeFeedbackRequest>,
+    ) -> Result<AcknowledgeFeedbackResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.get_ref().clone();
+        if req.comment.chars().count() > 2000 {
+            return Err(FieldViolation::new("comment", "must be at most 2000 characters").into());
+        }
+        let idem = Idem::new(&who, "AcknowledgeFeedback", &req.request_id, &req)?;
+        let s = {
+            let mut tx = self.store.write().await?;
+            if let Some(r) = idem.replay(&mut tx).await? {
+                return Ok(r);
+            }
+            let s = load_visible(&mut tx, &who, &req.name).await?;
+            tx.rollback().await?;
+            s
+        };
+        if who.agency != s.referral.police_station {
+            return Err(Error::PermissionDenied(
+                "NOT_HANDLING_STATION",
+                "only the station handling the referral reports the result".into(),
+            ));
+        }
+        need_role(&who, ACK_ROLES, "reporting feedback to the command room")?;
+        check_etag(&req.etag, &s.referral.etag, &req.name)?;
+        if s.referral.state != ReferralState::FeedbackReceived as i32 {
+            return Err(Error::WrongState {
+                reason: "REFERRAL_WRONG_STATE",
+                resource: req.name.clone(),
+                state: state_name(s.referral.state),
+                action: "acknowledge feedback",
+            });
+        }
+        let transfer = self.router_transfer(&request, &s.referral.transfer).await?;
+        let acked = self
+            .router()
+            .acknowledge_feedback(Self::forward(
+                &request,
+                fengqiao_proto::router::AcknowledgeFeedbackRequest {
+                    name: transfer.name.clone(),
+                    etag: transfer.etag,
+                    comment: req.comment.clone(),
+                    request_id: req.request_id.clone(),
+                },
+            ))
+            .await
+            .map_err(Error::Router)?
+            .into_inner()
+            .transfer;
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(r);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut s = load_visible(&mut tx, &who, &req.name).await?;
+        s.referral.state = ReferralState::Closed as i32;
+        s.referral.transfer_state = acked
+            .as_ref()
+            .map_or(TransferState::Closed as i32, |t| t.state);
+        let fb = s.referral.feedback.get_or_insert_with(Default::default);
+        fb.reported_time = Some(to_ts(now));
+        save(&mut tx, &mut s, now).await?;
+        let resp = AcknowledgeFeedbackResponse {
+            referral: Some(present(s.referral, now)),
+        };
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await?;
+        Ok(resp)
+    }
+
+    async fn file(
+        &self,
+        request: Request<GetReferralFileRequest>,
+    ) -> Result<GetReferralFileResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let name = request.get_ref().name.clone();
+        let mut tx = self.store.read().await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let s = load_visible(&mut tx, &who, &name).await?;
+        let id = s.referral.name.trim_start_matches("referrals/").to_string();
+        let docs =
+            sqlx::query("SELECT body FROM referral_documents WHERE referral_id = $1 ORDER BY seq")
+                .bind(&id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let documents = docs
+            .iter()
+            .map(|row| {
+                let b: Vec<u8> = row.try_get("body")?;
+                EvidenceRef::decode(b.as_slice())
+                    .map_err(|e| Error::Corrupt(format!("document: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tasks = sqlx::query(
+            "SELECT referral_id, version, body FROM investigation_tasks WHERE referral_id = $1 \
+             ORDER BY request_time, id",
+        )
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| task_of(row).map(|t| t.task))
+        .collect::<Result<Vec<_>>>()?;
+        let mut events = sqlx::query(
+            "SELECT body FROM referral_events WHERE referral_id = $1 ORDER BY occurred_at, sequence",
+        )
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let b: Vec<u8> = row.try_get("body")?;
+            TransferEvent::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("event: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        tx.rollback().await?;
+        // Events without a message to the police (e.g. each approval step) are read from the
+        // router's case timeline for the caller; best effort: the stored events suffice.
+        if !s.referral.transfer.is_empty() {
+            let mut token = String::new();
+            for _ in 0..20 {
+                let page = self
+                    .router()
+                    .get_case_timeline(Self::forward(
+                        &request,
+                        GetCaseTimelineRequest {
+                            case_id: s.referral.case_id.clone(),
+                            page_size: 500,
+                            page_token: token.clone(),
+                        },
+                    ))
+                    .await;
+                let Ok(page) = page else { break };
+                let page = page.into_inner();
+                for e in page.events {
+                    if !events.iter().any(|x| x.event_id == e.event_id) {
+                        events.push(e);
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            events.sort_by_key(|e| (e.sequence, e.occurred_at.as_ref().map_or(0, from_ts)));
+        }
+        Ok(GetReferralFileResponse {
+            referral_file: Some(ReferralFile {
+                referral: Some(present(s.referral, now)),
+                documents,
+                investigation_tasks: tasks,
+                events,
+                generate_time: Some(to_ts(now)),
+            }),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PoliceReferralService for PoliceReferral {
+    async fn create_referral(
+        &self,
+        r: Request<CreateReferralRequest>,
+    ) -> Reply<CreateReferralResponse> {
+        Ok(Response::new(self.create(r).await?))
+    }
+    async fn get_referral(&self, r: Request<GetReferralRequest>) -> Reply<GetReferralResponse> {
+        Ok(Response::new(self.get(r).await?))
+    }
+    async fn list_referrals(
+        &self,
+        r: Request<ListReferralsRequest>,
+    ) -> Reply<ListReferralsResponse> {
+        Ok(Response::new(self.list(r).await?))
+    }
+    async fn override_screening(
+        &self,
+        r: Request<OverrideScreeningRequest>,
+    ) -> Reply<OverrideScreeningResponse> {
+        Ok(Response::new(
+            PoliceReferral::override_screening(self, r).await?,
+        ))
+    }
+    async fn draft_transfer(
+        &self,
+        r: Request<DraftTransferRequest>,
+    ) -> Reply<DraftTransferResponse> {
+        Ok(Response::new(
+            PoliceReferral::draft_transfer(self, r).await?,
+        ))
+    }
+    async fn list_investigation_tasks(
+        &self,
+        r: Request<ListInvestigationTasksRequest>,
+    ) -> Reply<ListInvestigationTasksResponse> {
+        Ok(Response::new(self.list_tasks(r).await?))
+    }
+    async fn answer_investigation(
+        &self,
+        r: Request<AnswerInvestigationRequest>,
+    ) -> Reply<AnswerInvestigationResponse> {
+        Ok(Response::new(self.answer(r).await?))
+    }
+    async fn acknowledge_feedback(
+        &self,
+        r: Request<AcknowledgeFeedbackRequest>,
+    ) -> Reply<AcknowledgeFeedbackResponse> {
+        Ok(Response::new(self.acknowledge(r).await?))
+    }
+    async fn get_referral_file(
+        &self,
+        r: Request<GetReferralFileRequest>,
+    ) -> Reply<GetReferralFileResponse> {
+        Ok(Response::new(self.file(r).await?))
     }
 }

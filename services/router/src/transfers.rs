@@ -987,7 +987,26 @@ fn offer(
     change
         .messages
         .push((MessageKind::TransferOffered, l.receiver().to_string()));
+    // The sender's system learns that its transfer is on its way.
+    change
+        .messages
+        .push((MessageKind::TransferOffered, l.sender().to_string()));
     Ok(())
+}
+
+/// Tells the agency that approves `step` that its approval is awaited.
+fn approval_required(l: &Loaded, route: &Route, step: usize, change: &mut Change) {
+    let Some(s) = route.approval_steps.get(step) else {
+        return;
+    };
+    let agency = if s.approver_scope == ApproverScope::ParentAgency as i32 {
+        l.approver_agency.clone()
+    } else {
+        Some(l.sender().to_string())
+    };
+    if let Some(a) = agency {
+        change.messages.push((MessageKind::ApprovalRequired, a));
+    }
 }
 
 /// Stops a clock that is still running (a stopped or expired clock stays as it is).

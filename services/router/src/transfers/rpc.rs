@@ -387,12 +387,8 @@ impl TransferService for Transfers {
                     if route.approval_steps.is_empty() {
                         change.event_type = TransferEventType::Approved;
                         offer(l, route, cal, now, &mut change)?;
-                    } else if let Some(approver) = l.approver_agency.clone().filter(|_| {
-                        route.approval_steps[0].approver_scope == ApproverScope::ParentAgency as i32
-                    }) {
-                        change
-                            .messages
-                            .push((MessageKind::ApprovalRequired, approver));
+                    } else {
+                        super::approval_required(l, route, 0, &mut change);
                     }
                     Ok(change)
                 },
@@ -408,15 +404,9 @@ impl TransferService for Transfers {
     ) -> Reply<ApproveTransferResponse> {
         let who = who(&request)?;
         let req = request.into_inner();
-        let (last, current) = self.step_info(&req.name).await?;
-        if req.step_index != current {
-            return Err(Error::WrongState {
-                resource: req.name.clone(),
-                state: format!("waiting for step {current}"),
-                action: "approve",
-            }
-            .into());
-        }
+        // Whether this is the route's last step; the step itself is checked inside the change,
+        // after the idempotent replay (a retried approval must get its first answer).
+        let last = req.step_index + 1 >= self.step_count(&req.name).await?;
         let actor = who.clone();
         let resp = self
             .mutate(
@@ -429,7 +419,11 @@ impl TransferService for Transfers {
                 Action::Approve { last },
                 |l, route, cal, now| {
                     if l.transfer.current_step != req.step_index {
-                        return Err(Error::EtagMismatch(l.transfer.name.clone()));
+                        return Err(Error::WrongState {
+                            resource: l.transfer.name.clone(),
+                            state: format!("waiting for step {}", l.transfer.current_step),
+                            action: "approve",
+                        });
                     }
                     // One person may not approve two steps of one transfer.
                     if l.transfer.approvals.iter().any(|a| {
@@ -463,6 +457,8 @@ impl TransferService for Transfers {
                     if last {
                         change.event_type = TransferEventType::Approved;
                         offer(l, route, cal, now, &mut change)?;
+                    } else {
+                        super::approval_required(l, route, (step + 1) as usize, &mut change);
                     }
                     Ok(change)
                 },
@@ -486,15 +482,6 @@ impl TransferService for Transfers {
         let who = who(&request)?;
         let req = request.into_inner();
         required_text("reason", &req.reason, 2000)?;
-        let (_, current) = self.step_info(&req.name).await?;
-        if req.step_index != current {
-            return Err(Error::WrongState {
-                resource: req.name.clone(),
-                state: format!("waiting for step {current}"),
-                action: "reject",
-            }
-            .into());
-        }
         let resp = self
             .mutate(
                 &who,
@@ -506,7 +493,11 @@ impl TransferService for Transfers {
                 Action::Reject,
                 |l, _route, _cal, _now| {
                     if l.transfer.current_step != req.step_index {
-                        return Err(Error::EtagMismatch(l.transfer.name.clone()));
+                        return Err(Error::WrongState {
+                            resource: l.transfer.name.clone(),
+                            state: format!("waiting for step {}", l.transfer.current_step),
+                            action: "reject",
+                        });
                     }
                     l.transfer.approvals.clear();
                     l.transfer.current_step = 0;
@@ -1121,22 +1112,16 @@ impl TransferService for Transfers {
 }
 
 impl Transfers {
-    /// `(whether the current step is the last, the current step)` of a transfer, read before
-    /// the change (the change re-checks under the row version).
-    async fn step_info(&self, name: &str) -> Result<(bool, u32)> {
+    /// The number of approval steps of a transfer's pinned route (1 for a missing transfer:
+    /// the change itself then answers NOT_FOUND).
+    async fn step_count(&self, name: &str) -> Result<u32> {
         let id = super::transfer_id("name", name)?;
         let mut tx = self.store().read().await?;
         let l = Self::load(&mut tx, &id).await?;
         tx.commit().await.map_err(store_err)?;
         match l {
-            Some(l) => {
-                let steps = self.route(&l)?.approval_steps.len() as u32;
-                Ok((
-                    l.transfer.current_step + 1 >= steps,
-                    l.transfer.current_step,
-                ))
-            }
-            None => Ok((false, 0)),
+            Some(l) => Ok(self.route(&l)?.approval_steps.len() as u32),
+            None => Ok(1),
         }
     }
 }

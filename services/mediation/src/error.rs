@@ -1,0 +1,121 @@
+//! The mediation service's error type, mapped to `tonic::Status` in one place.
+
+use fengqiao_kit::{ApiError, FieldViolation};
+use tonic::Code;
+
+/// Everything that can go wrong in the mediation service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] fengqiao_store::Error),
+    /// The request is malformed.
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    /// No such resource, or not visible to the caller (same answer either way).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The resource already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The caller lacks the role or standing for this action.
+    #[error("permission denied: {1}")]
+    PermissionDenied(&'static str, String),
+    /// The `etag` does not match the current version.
+    #[error("etag mismatch on {0}")]
+    EtagMismatch(String),
+    /// The resource is in a state that does not allow the action.
+    #[error("{resource} is {state}; cannot {action}")]
+    WrongState {
+        /// The resource name.
+        resource: String,
+        /// Its current state.
+        state: String,
+        /// The refused action.
+        action: &'static str,
+    },
+    /// A precondition other than the state is not met (no mediator matches, a signature is
+    /// already recorded, …).
+    #[error("precondition: {1}")]
+    Precondition(&'static str, String),
+    /// The router refused or failed; its status is already client-facing and passes through.
+    #[error("router: {0}")]
+    Router(tonic::Status),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl From<FieldViolation> for Error {
+    fn from(v: FieldViolation) -> Self {
+        Error::Invalid(vec![v])
+    }
+}
+
+impl From<fengqiao_store::sqlx::Error> for Error {
+    fn from(e: fengqiao_store::sqlx::Error) -> Self {
+        Error::Store(fengqiao_store::Error::from(e))
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+impl Error {
+    /// The client-facing form.
+    pub fn api(&self) -> ApiError {
+        match self {
+            Error::Store(fengqiao_store::Error::IdempotencyConflict) => ApiError::new(
+                Code::AlreadyExists,
+                "REQUEST_ID_REUSED",
+                "request_id was already used for a different request",
+            ),
+            Error::Store(e) if e.is_retryable() => {
+                ApiError::new(Code::Aborted, "STORE_CONFLICT", "concurrent update; retry")
+            }
+            Error::Store(e) => ApiError::internal(e),
+            Error::Invalid(v) => ApiError::invalid(v.clone()),
+            Error::NotFound(what) => ApiError::not_found("NOT_FOUND", format!("{what} not found")),
+            Error::AlreadyExists(what) => ApiError::new(
+                Code::AlreadyExists,
+                "ALREADY_EXISTS",
+                format!("{what} already exists"),
+            ),
+            Error::PermissionDenied(reason, msg) => {
+                ApiError::permission_denied(reason, msg.clone())
+            }
+            Error::EtagMismatch(what) => ApiError::new(
+                Code::Aborted,
+                "ETAG_MISMATCH",
+                format!("{what} was changed by someone else; read it again and retry"),
+            ),
+            Error::WrongState {
+                resource,
+                state,
+                action,
+            } => ApiError::failed_precondition(
+                "WRONG_STATE",
+                format!("{resource} is {state}; cannot {action}"),
+            )
+            .with_metadata("state", state.clone()),
+            Error::Precondition(reason, msg) => ApiError::failed_precondition(reason, msg.clone()),
+            Error::Router(_) => ApiError::internal(&"router status passed through"),
+            Error::Corrupt(detail) => ApiError::internal(&format!("corrupt stored data: {detail}")),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Router(status) => status,
+            other => other.api().to_status(),
+        }
+    }
+}
+
+/// Mediation result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

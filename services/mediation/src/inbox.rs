@@ -1,0 +1,219 @@
+//! The router's messages for mediation agencies (offers, withdrawals, answers, clocks).
+
+use fengqiao_proto::inbox::{DeliverResponse, Envelope, MessageKind};
+use fengqiao_proto::mediation::{
+    CaseFileEntryKind, Escalation, MediationCase, MediationCaseState as S,
+};
+use fengqiao_proto::router::{InvestigationState, TransferMessage};
+use fengqiao_store::{Store, Tx};
+use prost::Message as _;
+
+use crate::SERVICE;
+use crate::cases::entry;
+use crate::error::{Error, Result};
+use crate::store::{self as db, state_of};
+use crate::util::to_timestamp;
+
+/// Applies router envelopes to the mediation store.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    store: Store,
+}
+
+impl Inbox {
+    /// The inbox over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Applies one envelope exactly once.
+    pub async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse> {
+        let msg = TransferMessage::decode(envelope.payload.as_slice())
+            .map_err(|e| Error::Corrupt(format!("transfer message: {e}")))?;
+        let mut tx = self.store.write().await?;
+        if !fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await? {
+            tx.commit().await?;
+            return Ok(DeliverResponse { duplicate: true });
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
+        if kind == MessageKind::TransferOffered {
+            offer(&mut tx, envelope, &msg, now).await?;
+        } else if let Some(l) = db::load_by_transfer(&mut tx, &envelope.transfer).await? {
+            let mut c = l.case.clone();
+            let mut out = Vec::new();
+            update(&mut c, kind, &msg, now, &mut out);
+            db::save(&mut tx, &l, &mut c, now).await?;
+            db::add_entries(&mut tx, &l.id, &out).await?;
+        } else {
+            tracing::debug!(
+                kind = kind.as_str_name(),
+                "message for a transfer without a mediation case"
+            );
+        }
+        tx.commit().await?;
+        Ok(DeliverResponse { duplicate: false })
+    }
+}
+
+/// A new offer: creates the case (OFFERED) with the snapshot, the transfer and the sender.
+async fn offer(tx: &mut Tx, envelope: &Envelope, msg: &TransferMessage, now: i64) -> Result<()> {
+    if db::load_by_transfer(tx, &envelope.transfer)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let t = msg.transfer.clone().unwrap_or_default();
+    let snap = t.case_snapshot.clone().unwrap_or_default();
+    let agency = envelope.to_agency.clone();
+    let org = crate::roster::org_of_agency(tx, &agency).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let number = db::reserve_number(tx, &agency, now).await?;
+    let mut c = MediationCase {
+        name: format!("cases/{id}"),
+        case_id: if snap.case_id.is_empty() {
+            envelope.case_id.clone()
+        } else {
+            snap.case_id.clone()
+        },
+        organization: org.map(|o| o.name).unwrap_or_default(),
+        transfer: envelope.transfer.clone(),
+        source_agency: t.from_agency.clone(),
+        category: snap.category,
+        summary: snap.summary.clone(),
+        parties: snap.parties.clone(),
+        evidence: snap.evidence.clone(),
+        region_code: snap.region_code.clone(),
+        state: S::Offered as i32,
+        ..Default::default()
+    };
+    let mut out = vec![entry(
+        CaseFileEntryKind::TransferDocument,
+        "移送单",
+        now,
+        format!("{}\n移送说明：{}", snap.summary, t.note),
+    )];
+    for d in &snap.evidence {
+        out.push(crate::cases::entry(
+            CaseFileEntryKind::Evidence,
+            "移送证据材料",
+            now,
+            d.display_name.clone(),
+        ));
+        if let Some(last) = out.last_mut() {
+            last.document = Some(d.clone());
+        }
+    }
+    db::insert(tx, &id, &agency, &number, &mut c, now).await?;
+    db::add_entries(tx, &id, &out).await?;
+    Ok(())
+}
+
+/// Applies a later message to an existing case.
+fn update(
+    c: &mut MediationCase,
+    kind: MessageKind,
+    msg: &TransferMessage,
+    now: i64,
+    out: &mut Vec<fengqiao_proto::mediation::CaseFileEntry>,
+) {
+    if let Some(k) = msg.transfer.as_ref().and_then(|t| t.feedback_clock.clone()) {
+        c.mediation_clock = Some(k);
+    }
+    let reason = msg
+        .event
+        .as_ref()
+        .map(|e| e.reason.clone())
+        .unwrap_or_default();
+    let open = matches!(
+        state_of(c),
+        S::Accepted | S::InMediation | S::AgreementPendingSignature
+    );
+    match kind {
+        MessageKind::TransferWithdrawn if state_of(c) == S::Offered => {
+            c.state = S::Withdrawn as i32;
+            out.push(entry(CaseFileEntryKind::Other, "移送单位撤回", now, reason));
+        }
+        MessageKind::TransferExpired if state_of(c) == S::Offered => {
+            c.state = S::Expired as i32;
+            out.push(entry(
+                CaseFileEntryKind::Other,
+                "逾期未受理，退回移送单位",
+                now,
+                reason,
+            ));
+        }
+        MessageKind::TransferEscalated if state_of(c) == S::Offered || open => {
+            c.state = S::Escalated as i32;
+            let ev = msg.event.clone().unwrap_or_default();
+            c.escalation = Some(Escalation {
+                reason_code: ev.reason_code,
+                reason: ev.reason,
+                to_agency: c
+                    .source_agency
+                    .as_ref()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default(),
+                actor: ev.actor,
+                escalate_time: Some(to_timestamp(now)),
+            });
+            out.push(entry(
+                CaseFileEntryKind::Termination,
+                "逾期上报",
+                now,
+                String::new(),
+            ));
+        }
+        MessageKind::InvestigationAnswered => {
+            let Some(inv) = &msg.investigation else {
+                return;
+            };
+            if !c.investigations.iter().any(|r| r.investigation == inv.name) {
+                c.investigations
+                    .push(fengqiao_proto::mediation::InvestigationRequest {
+                        investigation: inv.name.clone(),
+                        questions: inv.questions.clone(),
+                        pauses_clock: inv.pauses_feedback_clock,
+                        requested_by: inv.requested_by.clone(),
+                        request_time: inv.request_time,
+                        ..Default::default()
+                    });
+            }
+            if let Some(r) = c
+                .investigations
+                .iter_mut()
+                .find(|r| r.investigation == inv.name)
+            {
+                r.state = InvestigationState::Answered as i32;
+                r.answer = inv.answer.clone();
+                r.answer_evidence = inv.answer_evidence.clone();
+                r.answer_time = inv.answer_time.or(Some(to_timestamp(now)));
+            }
+            c.evidence.extend(inv.answer_evidence.iter().cloned());
+            out.push(entry(
+                CaseFileEntryKind::Investigation,
+                "补充调查取证答复",
+                now,
+                inv.answer.clone(),
+            ));
+            for d in &inv.answer_evidence {
+                let mut e = entry(
+                    CaseFileEntryKind::Evidence,
+                    "补充证据材料",
+                    now,
+                    d.display_name.clone(),
+                );
+                e.document = Some(d.clone());
+                out.push(e);
+            }
+        }
+        MessageKind::DeadlineMissed => {
+            out.push(entry(CaseFileEntryKind::Other, "期限届满提醒", now, reason));
+        }
+        MessageKind::DeadlineApproaching => {
+            out.push(entry(CaseFileEntryKind::Other, "期限临近提醒", now, reason));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,258 @@
+//! Case rows: loading with authorisation, saving with optimistic concurrency, case-file
+//! entries and case numbers.
+
+use fengqiao_kit::{Identity, validate};
+use fengqiao_proto::mediation::{CaseFileEntry, MediationCase, MediationCaseState};
+use fengqiao_store::Tx;
+use fengqiao_store::sqlx::{self, Row as _};
+use prost::Message as _;
+
+use crate::error::{Error, Result};
+use crate::util::{etag, to_timestamp};
+
+/// A loaded case with its row version.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The row id (`cases/{id}`).
+    pub id: String,
+    /// The case.
+    pub case: MediationCase,
+    /// Row version.
+    pub version: i64,
+    /// The receiving agency.
+    pub agency: String,
+    /// The case number reserved on receipt, published on acceptance.
+    pub reserved_number: String,
+}
+
+/// The state's enum name, for errors.
+pub fn state_name(s: i32) -> String {
+    MediationCaseState::try_from(s)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| "UNKNOWN".into())
+}
+
+/// The state of a case.
+pub fn state_of(c: &MediationCase) -> MediationCaseState {
+    MediationCaseState::try_from(c.state).unwrap_or(MediationCaseState::Unspecified)
+}
+
+const COLS: &str = "id, agency, version, reserved_number, body";
+
+fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
+    let id: String = r.try_get("id")?;
+    let agency: String = r.try_get("agency")?;
+    let version: i64 = r.try_get("version")?;
+    let reserved_number: String = r.try_get("reserved_number")?;
+    let body: Vec<u8> = r.try_get("body")?;
+    let mut case = MediationCase::decode(body.as_slice())?;
+    case.etag = etag(version);
+    Ok(Loaded {
+        id,
+        case,
+        version,
+        agency,
+        reserved_number,
+    })
+}
+
+/// Loads the case `name` visible to `who` (its receiving agency); others get NOT_FOUND.
+pub async fn load_for(tx: &mut Tx, who: &Identity, name: &str) -> Result<Loaded> {
+    let id = validate::parse_name("name", "cases", name)?;
+    let row = sqlx::query(&format!("SELECT {COLS} FROM mediation_cases WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        Some(r) => {
+            let mut l = decode(&r)?;
+            if l.agency != who.agency {
+                return Err(Error::NotFound(name.to_string()));
+            }
+            // An organisation registered after the offer arrived handles the case from now on.
+            if l.case.organization.is_empty()
+                && let Some(o) = crate::roster::org_of_agency(tx, &l.agency).await?
+            {
+                l.case.organization = o.name;
+            }
+            Ok(l)
+        }
+        None => Err(Error::NotFound(name.to_string())),
+    }
+}
+
+/// Loads the case that a transfer brought, without authorisation (router messages).
+pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Loaded>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM mediation_cases WHERE transfer = $1"
+    ))
+    .bind(transfer)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// All cases of an agency, newest first.
+pub async fn list_agency(tx: &mut Tx, agency: &str) -> Result<Vec<Loaded>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLS} FROM mediation_cases WHERE agency = $1 ORDER BY create_time DESC, id DESC"
+    ))
+    .bind(agency)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// Appends case-file entries in filing order.
+pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "SELECT COALESCE(MAX(seq), 0) AS n FROM mediation_case_entries WHERE case_ref = $1",
+    )
+    .bind(case_ref)
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut seq: i64 = row.try_get("n")?;
+    for e in entries {
+        seq += 1;
+        let t = e
+            .record_time
+            .as_ref()
+            .map(crate::util::from_timestamp)
+            .unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO mediation_case_entries (case_ref, seq, record_time, body) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(case_ref)
+        .bind(seq)
+        .bind(t)
+        .bind(e.encode_to_vec())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The case-file entries, in time order (then filing order).
+pub async fn entries(tx: &mut Tx, case_ref: &str) -> Result<Vec<CaseFileEntry>> {
+    let rows = sqlx::query(
+        "SELECT body FROM mediation_case_entries WHERE case_ref = $1 ORDER BY record_time, seq",
+    )
+    .bind(case_ref)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let b: Vec<u8> = r.try_get("body")?;
+            Ok(CaseFileEntry::decode(b.as_slice())?)
+        })
+        .collect()
+}
+
+/// Inserts a new case.
+pub async fn insert(
+    tx: &mut Tx,
+    id: &str,
+    agency: &str,
+    reserved_number: &str,
+    case: &mut MediationCase,
+    now: i64,
+) -> Result<()> {
+    case.etag = etag(1);
+    case.create_time = Some(to_timestamp(now));
+    case.update_time = Some(to_timestamp(now));
+    sqlx::query(
+        "INSERT INTO mediation_cases (id, agency, transfer, case_id, state, mediator, \
+         reserved_number, create_time, update_time, version, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9)",
+    )
+    .bind(id)
+    .bind(agency)
+    .bind(&case.transfer)
+    .bind(&case.case_id)
+    .bind(i64::from(case.state))
+    .bind(current_mediator(case))
+    .bind(reserved_number)
+    .bind(now)
+    .bind(case.encode_to_vec())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn current_mediator(c: &MediationCase) -> String {
+    c.assignment
+        .as_ref()
+        .map(|a| a.mediator.clone())
+        .unwrap_or_default()
+}
+
+/// Saves a changed case if its version is still `l.version`.
+pub async fn save(tx: &mut Tx, l: &Loaded, case: &mut MediationCase, now: i64) -> Result<()> {
+    case.etag = etag(l.version + 1);
+    case.update_time = Some(to_timestamp(now));
+    let done = sqlx::query(
+        "UPDATE mediation_cases SET state = $1, mediator = $2, update_time = $3, \
+         version = version + 1, body = $4 WHERE id = $5 AND version = $6",
+    )
+    .bind(i64::from(case.state))
+    .bind(current_mediator(case))
+    .bind(now)
+    .bind(case.encode_to_vec())
+    .bind(&l.id)
+    .bind(l.version)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(Error::EtagMismatch(case.name.clone()));
+    }
+    Ok(())
+}
+
+/// Reserves the next case number of an agency for the year of `now` (调解案号), e.g.
+/// `调〔2026〕0007号`.
+pub async fn reserve_number(tx: &mut Tx, agency: &str, now: i64) -> Result<String> {
+    // Year in China Standard Time (UTC+8); civil-from-days (H. Hinnant).
+    let days = (now / 1_000_000 + 8 * 3600).div_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let row =
+        sqlx::query("SELECT next FROM mediation_case_numbers WHERE agency = $1 AND year = $2")
+            .bind(agency)
+            .bind(year)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let n = match row {
+        Some(r) => {
+            let n: i64 = r.try_get("next")?;
+            sqlx::query(
+                "UPDATE mediation_case_numbers SET next = next + 1 WHERE agency = $1 AND year = $2",
+            )
+            .bind(agency)
+            .bind(year)
+            .execute(&mut **tx)
+            .await?;
+            n
+        }
+        None => {
+            sqlx::query(
+                "INSERT INTO mediation_case_numbers (agency, year, next) VALUES ($1, $2, 2)",
+            )
+            .bind(agency)
+            .bind(year)
+            .execute(&mut **tx)
+            .await?;
+            1
+        }
+    };
+    Ok(format!("调〔{year}〕{n:04}号"))
+}

@@ -1,0 +1,101 @@
+//! Small helpers shared by the roster and the cases: times, etags, actors, roles.
+
+use fengqiao_kit::Identity;
+use fengqiao_proto::common::Actor;
+
+use crate::error::{Error, Result};
+
+/// Role that may change the roster and act on cases (调解组织管理员).
+pub const ROLE_ADMIN: &str = "mediation_admin";
+/// Role that may act on cases (人民调解员).
+pub const ROLE_MEDIATOR: &str = "mediator";
+
+/// A protobuf timestamp from unix microseconds.
+pub fn to_timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// Unix microseconds from a protobuf timestamp.
+pub fn from_timestamp(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(ts.nanos) / 1000)
+}
+
+/// The etag of a row version.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Refuses a non-empty `given` etag that differs from the row's.
+pub fn check_etag(resource: &str, given: &str, version: i64) -> Result<()> {
+    if !given.is_empty() && given != etag(version) {
+        return Err(Error::EtagMismatch(resource.to_string()));
+    }
+    Ok(())
+}
+
+/// The caller as a recorded actor.
+pub fn actor_of(id: &Identity) -> Actor {
+    Actor {
+        agency: id.agency.clone(),
+        actor_id: id.actor.clone(),
+        display_name: String::new(),
+        roles: id.roles.clone(),
+    }
+}
+
+/// Checks the caller holds `mediation_admin`.
+pub fn require_admin(id: &Identity) -> Result<()> {
+    if id.has_role(ROLE_ADMIN) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "ROLE_REQUIRED",
+            format!("changing the roster needs the role {ROLE_ADMIN}"),
+        ))
+    }
+}
+
+/// Checks the caller holds `mediator` or `mediation_admin`.
+pub fn require_case_role(id: &Identity) -> Result<()> {
+    if id.has_role(ROLE_MEDIATOR) || id.has_role(ROLE_ADMIN) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "ROLE_REQUIRED",
+            format!("acting on a mediation case needs the role {ROLE_MEDIATOR} or {ROLE_ADMIN}"),
+        ))
+    }
+}
+
+/// Checks a required free-text field: non-empty and at most `max` characters.
+pub fn text(
+    v: &mut Vec<fengqiao_kit::FieldViolation>,
+    field: &str,
+    value: &str,
+    required: bool,
+    max: usize,
+) {
+    let n = value.chars().count();
+    if required && value.trim().is_empty() {
+        v.push(fengqiao_kit::FieldViolation::new(field, "is required"));
+    } else if n > max {
+        v.push(fengqiao_kit::FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+}
+
+/// `Err(Invalid)` when there are violations.
+pub fn violations(v: Vec<fengqiao_kit::FieldViolation>) -> Result<()> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v))
+    }
+}

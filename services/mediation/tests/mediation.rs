@@ -1,0 +1,891 @@
+//! The mediation service with all services in-process, on SQLite and PostgreSQL: a noise
+//! dispute transferred by the 八一路 station to its mediation room, through every step and
+//! every refusal.
+
+use std::time::Duration;
+
+use fengqiao_kit::client::CallInterceptor;
+use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Party, PartyRole};
+use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
+use fengqiao_proto::mediation::*;
+use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
+use fengqiao_proto::router::{
+    AnswerInvestigationRequest, ApproveTransferRequest, CaseSnapshot, CreateTransferRequest,
+    GetTransferRequest, InvestigationState, SubmitTransferRequest, Transfer, TransferState,
+};
+use fengqiao_testkit::{TestSuite, suite_test};
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Router = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
+type Med = MediationServiceClient<InterceptedService<Channel, CallInterceptor>>;
+
+const STATION: &str = "xigang-bayilu-station";
+const COMMAND: &str = "xigang-110";
+const ROOM: &str = "xigang-bayilu-mediation-room";
+const COMMITTEE: &str = "xigang-mediation-committee";
+const ORG: &str = "organizations/bayilu-room";
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Router {
+    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
+}
+
+fn med(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Med {
+    MediationServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
+}
+
+fn ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// The room head registers the room and three mediators (two for neighbourhood disputes).
+async fn roster(suite: &TestSuite) {
+    let mut head = med(suite, ROOM, "room-head", &["mediation_admin", "mediator"]);
+    head.create_organization(CreateOrganizationRequest {
+        organization: Some(Organization {
+            display_name: "八一路派出所驻所人民调解室".into(),
+            kind: OrganizationKind::StationMediationRoom as i32,
+            region_code: "210203".into(),
+            agency: format!("agencies/{ROOM}"),
+            ..Default::default()
+        }),
+        organization_id: "bayilu-room".into(),
+        request_id: rid(),
+    })
+    .await
+    .expect("create organisation");
+    for (id, spec) in [
+        ("med-li", MediatorSpecialty::Neighbourhood),
+        ("med-wang", MediatorSpecialty::Family),
+        ("med-zhang", MediatorSpecialty::Neighbourhood),
+    ] {
+        head.create_mediator(CreateMediatorRequest {
+            parent: ORG.into(),
+            mediator: Some(Mediator {
+                display_name: format!("调解员{id}"),
+                actor_id: id.into(),
+                specialties: vec![spec as i32],
+                region_code: "210203".into(),
+                max_load: 10,
+                ..Default::default()
+            }),
+            mediator_id: id.into(),
+            request_id: rid(),
+        })
+        .await
+        .expect("create mediator");
+    }
+}
+
+fn dispute() -> Transfer {
+    Transfer {
+        route: "routes/police-to-station-mediation".into(),
+        to_agency: Some(fengqiao_proto::common::AgencyRef {
+            name: format!("agencies/{ROOM}"),
+            ..Default::default()
+        }),
+        case_snapshot: Some(CaseSnapshot {
+            category: DisputeCategory::Neighbourhood as i32,
+            summary: "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解".into(),
+            region_code: "210203".into(),
+            parties: vec![
+                Party {
+                    party_id: "p1".into(),
+                    role: PartyRole::Applicant as i32,
+                    name: "张某".into(),
+                    ..Default::default()
+                },
+                Party {
+                    party_id: "p2".into(),
+                    role: PartyRole::Respondent as i32,
+                    name: "李某".into(),
+                    ..Default::default()
+                },
+            ],
+            evidence: vec![EvidenceRef {
+                display_name: "出警记录".into(),
+                media_type: "application/pdf".into(),
+                uri: "evidence://jingqing/0001".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        note: "110警情，民间纠纷，建议调解".into(),
+        ..Default::default()
+    }
+}
+
+/// Drives a transfer to the room and waits until the mediation case is offered.
+async fn offered(suite: &TestSuite) -> (Transfer, MediationCase) {
+    let mut officer = router(suite, STATION, "officer-01", &["officer"]);
+    let mut reviewer = router(suite, COMMAND, "reviewer-01", &["command_room_reviewer"]);
+    let mut chief = router(suite, STATION, "duty-chief-01", &["duty_chief"]);
+    let t = officer
+        .create_transfer(CreateTransferRequest {
+            transfer: Some(dispute()),
+            request_id: rid(),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .transfer
+        .expect("t");
+    let t = officer
+        .submit_transfer(SubmitTransferRequest {
+            name: t.name.clone(),
+            etag: t.etag.clone(),
+            request_id: rid(),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .transfer
+        .expect("t");
+    let t = reviewer
+        .approve_transfer(ApproveTransferRequest {
+            name: t.name.clone(),
+            etag: t.etag.clone(),
+            step_index: 0,
+            comment: "指挥室审核通过".into(),
+            request_id: rid(),
+        })
+        .await
+        .expect("review")
+        .into_inner()
+        .transfer
+        .expect("t");
+    let t = chief
+        .approve_transfer(ApproveTransferRequest {
+            name: t.name.clone(),
+            etag: t.etag.clone(),
+            step_index: 1,
+            comment: "同意移送".into(),
+            request_id: rid(),
+        })
+        .await
+        .expect("approve")
+        .into_inner()
+        .transfer
+        .expect("t");
+    let case_id = t.case_snapshot.as_ref().expect("snapshot").case_id.clone();
+    let mut room = med(suite, ROOM, "mediator-01", &["mediator"]);
+    for _ in 0..100 {
+        let cases = room
+            .list_cases(ListCasesRequest {
+                case_id: case_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .mediation_cases;
+        if let Some(c) = cases.into_iter().next() {
+            return (t, c);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the offer never reached the mediation service");
+}
+
+fn st(c: &MediationCase) -> MediationCaseState {
+    MediationCaseState::try_from(c.state).expect("state")
+}
+
+async fn transfer(suite: &TestSuite, name: &str) -> Transfer {
+    router(suite, STATION, "officer-01", &["officer"])
+        .get_transfer(GetTransferRequest { name: name.into() })
+        .await
+        .expect("get transfer")
+        .into_inner()
+        .transfer
+        .expect("t")
+}
+
+async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {
+    room.accept_case(AcceptCaseRequest {
+        name: c.name.clone(),
+        etag: c.etag.clone(),
+        comment: "属于邻里纠纷，予以受理".into(),
+        request_id: rid(),
+    })
+    .await
+    .expect("accept")
+    .into_inner()
+    .mediation_case
+    .expect("case")
+}
+
+async fn consent(
+    room: &mut Med,
+    c: &MediationCase,
+    party: &str,
+    d: ConsentDecision,
+) -> MediationCase {
+    room.record_consent(RecordConsentRequest {
+        name: c.name.clone(),
+        etag: c.etag.clone(),
+        party_id: party.into(),
+        decision: d as i32,
+        method: ConsentMethod::Written as i32,
+        request_id: rid(),
+        ..Default::default()
+    })
+    .await
+    .expect("consent")
+    .into_inner()
+    .mediation_case
+    .expect("case")
+}
+
+fn sig(kind: SignerKind, party: &str, method: SignatureMethod) -> Signature {
+    Signature {
+        signer_kind: kind as i32,
+        party_id: party.into(),
+        signer_name: "签署人".into(),
+        method: method as i32,
+        ..Default::default()
+    }
+}
+
+async fn sign(
+    room: &mut Med,
+    c: &MediationCase,
+    s: Signature,
+) -> Result<MediationCase, tonic::Status> {
+    room.sign_agreement(SignAgreementRequest {
+        name: c.name.clone(),
+        etag: String::new(),
+        signature: Some(s),
+        request_id: rid(),
+    })
+    .await
+    .map(|r| r.into_inner().mediation_case.expect("case"))
+}
+
+fn agreement(c: &MediationCase) -> Agreement {
+    Agreement {
+        parties: c.parties.clone(),
+        facts_and_responsibilities: "李某夜间噪音影响张某休息，李某负主要责任".into(),
+        terms: vec![AgreementTerm {
+            description: "李某每日22时后不再进行产生噪音的活动，并向张某赔礼道歉".into(),
+            obligor_party_ids: vec!["p2".into()],
+            obligee_party_ids: vec!["p1".into()],
+            ..Default::default()
+        }],
+        performance_manner: "即时履行".into(),
+        performance_deadline: Some(ts(1_900_000_000)),
+        ..Default::default()
+    }
+}
+
+suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
+    roster(&suite).await;
+    let (t, c) = offered(&suite).await;
+    assert_eq!(st(&c), MediationCaseState::Offered);
+    assert_eq!(c.organization, ORG);
+    assert_eq!(c.transfer, t.name);
+    assert_eq!(c.parties.len(), 2);
+    assert_eq!(c.evidence.len(), 1);
+    assert!(c.case_number.is_empty());
+    let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
+
+    // Refusals before acceptance: no role, another agency, sessions before mediation.
+    let mut clerk = med(&suite, ROOM, "clerk-01", &["clerk"]);
+    let e = clerk
+        .accept_case(AcceptCaseRequest {
+            name: c.name.clone(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no role");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut other = med(
+        &suite,
+        COMMITTEE,
+        "director",
+        &["mediation_admin", "mediator"],
+    );
+    let e = other
+        .get_case(GetCaseRequest {
+            name: c.name.clone(),
+        })
+        .await
+        .expect_err("other agency");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = other
+        .accept_case(AcceptCaseRequest {
+            name: c.name.clone(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("other agency");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = room
+        .accept_case(AcceptCaseRequest {
+            name: c.name.clone(),
+            etag: "\"999\"".into(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("stale etag");
+    assert_eq!(e.code(), Code::Aborted);
+
+    let c = accept(&mut room, &c).await;
+    assert_eq!(st(&c), MediationCaseState::Accepted);
+    assert!(!c.case_number.is_empty());
+    assert!(c.mediation_clock.is_some());
+    assert_eq!(
+        state(&transfer(&suite, &t.name).await),
+        TransferState::InProgress
+    );
+    let e = room
+        .accept_case(AcceptCaseRequest {
+            name: c.name.clone(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("accept twice");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    let c = consent(&mut room, &c, "p1", ConsentDecision::Consented).await;
+    let c = consent(&mut room, &c, "p2", ConsentDecision::Consented).await;
+    assert_eq!(st(&c), MediationCaseState::Accepted, "no mediator yet");
+    let e = room
+        .record_consent(RecordConsentRequest {
+            name: c.name.clone(),
+            party_id: "p9".into(),
+            decision: ConsentDecision::Consented as i32,
+            method: ConsentMethod::Oral as i32,
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown party");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Automatic assignment: neighbourhood specialty, region 210203, lowest load.
+    let c = room
+        .assign_mediator(AssignMediatorRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            assignee: Some(assign_mediator_request::Assignee::Automatic(
+                AutomaticAssignment::default(),
+            )),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect("assign")
+        .into_inner()
+        .mediation_case
+        .expect("case");
+    assert_eq!(st(&c), MediationCaseState::InMediation);
+    let first = c.assignment.clone().expect("assignment");
+    assert_eq!(first.mediator, format!("{ORG}/mediators/med-li"));
+    assert_eq!(first.method, AssignmentMethod::Automatic as i32);
+    let e = room
+        .assign_mediator(AssignMediatorRequest {
+            name: c.name.clone(),
+            assignee: Some(assign_mediator_request::Assignee::Mediator(format!(
+                "{ORG}/mediators/med-zhang"
+            ))),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("assigned already");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // 回避 with automatic reassignment: the other neighbourhood mediator.
+    let c = room
+        .recuse_mediator(RecuseMediatorRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            reason: "调解员与当事人系亲属".into(),
+            requested_by_party_id: "p2".into(),
+            reassign_automatically: true,
+            request_id: rid(),
+        })
+        .await
+        .expect("recuse")
+        .into_inner()
+        .mediation_case
+        .expect("case");
+    let second = c.assignment.clone().expect("reassigned");
+    assert_eq!(second.mediator, format!("{ORG}/mediators/med-zhang"));
+    assert_eq!(c.assignment_history.len(), 2);
+    assert!(c.assignment_history[0].recuse_time.is_some());
+    assert_eq!(st(&c), MediationCaseState::InMediation);
+
+    // Load shows on the roster.
+    let ms = room
+        .list_mediators(ListMediatorsRequest {
+            parent: ORG.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("mediators")
+        .into_inner()
+        .mediators;
+    let zhang = ms
+        .iter()
+        .find(|m| m.name.ends_with("med-zhang"))
+        .expect("zhang");
+    assert_eq!(zhang.current_load, 1);
+
+    // Signing before a draft, ending with an agreement before one: refused.
+    let e = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::Party, "p1", SignatureMethod::Handwritten),
+    )
+    .await
+    .expect_err("sign before draft");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = room
+        .end_mediation(EndMediationRequest {
+            name: c.name.clone(),
+            reason: EndReason::Agreement as i32,
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no agreement");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    let r = room
+        .record_session(RecordSessionRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            session: Some(MediationSession {
+                start_time: Some(ts(1_800_000_000)),
+                end_time: Some(ts(1_800_003_600)),
+                mode: SessionMode::InPerson as i32,
+                place: "八一路派出所调解室".into(),
+                attendee_party_ids: vec!["p1".into(), "p2".into()],
+                mediator: second.mediator.clone(),
+                summary: "双方陈述，经释法说理，双方同意协商解决".into(),
+                ..Default::default()
+            }),
+            request_id: rid(),
+        })
+        .await
+        .expect("session")
+        .into_inner();
+    assert!(!r.session.expect("session").session_id.is_empty());
+    let c = r.mediation_case.expect("case");
+
+    let c = room
+        .draft_agreement(DraftAgreementRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            agreement: Some(agreement(&c)),
+            request_id: rid(),
+        })
+        .await
+        .expect("draft")
+        .into_inner()
+        .mediation_case
+        .expect("case");
+    assert_eq!(st(&c), MediationCaseState::AgreementPendingSignature);
+    let e = room
+        .draft_agreement(DraftAgreementRequest {
+            name: c.name.clone(),
+            agreement: Some(Agreement {
+                terms: vec![],
+                ..agreement(&c)
+            }),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no terms");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let c = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::Party, "p1", SignatureMethod::Handwritten),
+    )
+    .await
+    .expect("p1");
+    let e = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::Party, "p1", SignatureMethod::Fingerprint),
+    )
+    .await
+    .expect_err("twice");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::Party, "p9", SignatureMethod::Handwritten),
+    )
+    .await
+    .expect_err("no such party");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::CommitteeSeal, "", SignatureMethod::Handwritten),
+    )
+    .await
+    .expect_err("seal needs SEAL");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let c = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::Party, "p2", SignatureMethod::Fingerprint),
+    )
+    .await
+    .expect("p2");
+    let c = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::Mediator, "", SignatureMethod::Handwritten),
+    )
+    .await
+    .expect("mediator");
+    assert!(!c.agreement.as_ref().expect("agreement").effective);
+    let e = room
+        .end_mediation(EndMediationRequest {
+            name: c.name.clone(),
+            reason: EndReason::Agreement as i32,
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no seal yet");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let c = sign(
+        &mut room,
+        &c,
+        sig(SignerKind::CommitteeSeal, "", SignatureMethod::Seal),
+    )
+    .await
+    .expect("seal");
+    let a = c.agreement.clone().expect("agreement");
+    assert!(a.effective);
+    assert!(a.effective_time.is_some());
+    assert_eq!(a.signatures.len(), 4);
+
+    // Follow-ups only after the case ended with the agreement.
+    let e = room
+        .schedule_follow_up(ScheduleFollowUpRequest {
+            name: c.name.clone(),
+            scheduled_time: Some(ts(1_900_000_000)),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not ended");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    let end_rid = rid();
+    let end = EndMediationRequest {
+        name: c.name.clone(),
+        etag: c.etag.clone(),
+        reason: EndReason::Agreement as i32,
+        request_id: end_rid.clone(),
+        ..Default::default()
+    };
+    let c = room
+        .end_mediation(end.clone())
+        .await
+        .expect("end")
+        .into_inner()
+        .mediation_case
+        .expect("case");
+    assert_eq!(st(&c), MediationCaseState::Ended);
+    let term = c.termination.clone().expect("termination");
+    assert_eq!(term.outcome_code, "agreement_reached");
+    // A replay answers the same.
+    let again = room
+        .end_mediation(end)
+        .await
+        .expect("replay")
+        .into_inner()
+        .mediation_case
+        .expect("case");
+    assert_eq!(again.etag, c.etag);
+
+    let tr = transfer(&suite, &t.name).await;
+    assert_eq!(state(&tr), TransferState::FeedbackSubmitted);
+    let fb = tr.feedback.expect("feedback");
+    assert_eq!(fb.outcome_code, "agreement_reached");
+    assert!(fb.summary.contains(&a.agreement_number));
+
+    let r = room
+        .schedule_follow_up(ScheduleFollowUpRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            scheduled_time: Some(ts(1_900_000_000)),
+            plan_note: "一个月后电话回访履行情况".into(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect("schedule")
+        .into_inner();
+    let f = r.follow_up.expect("follow-up");
+    assert_eq!(f.state, FollowUpState::Scheduled as i32);
+    assert_eq!(f.assignee, second.mediator);
+    let r = room
+        .record_follow_up(RecordFollowUpRequest {
+            name: c.name.clone(),
+            follow_up_id: f.follow_up_id.clone(),
+            method: FollowUpMethod::Phone as i32,
+            performance: PerformanceStatus::Full as i32,
+            satisfaction: Satisfaction::Satisfied as i32,
+            result_notes: "已履行，双方满意".into(),
+            visit_time: Some(ts(1_900_000_100)),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect("record follow-up")
+        .into_inner();
+    assert_eq!(r.follow_up.expect("f").state, FollowUpState::Done as i32);
+    let e = room
+        .record_follow_up(RecordFollowUpRequest {
+            name: c.name.clone(),
+            follow_up_id: f.follow_up_id.clone(),
+            performance: PerformanceStatus::Full as i32,
+            satisfaction: Satisfaction::Satisfied as i32,
+            visit_time: Some(ts(1_900_000_200)),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("recorded twice");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // 一案一卷: everything in time order, plus the router's events.
+    let file = room
+        .get_case_file(GetCaseFileRequest {
+            name: c.name.clone(),
+        })
+        .await
+        .expect("file")
+        .into_inner()
+        .case_file
+        .expect("file");
+    let kinds: Vec<i32> = file.entries.iter().map(|e| e.kind).collect();
+    for k in [
+        CaseFileEntryKind::TransferDocument,
+        CaseFileEntryKind::Registration,
+        CaseFileEntryKind::Consent,
+        CaseFileEntryKind::Assignment,
+        CaseFileEntryKind::SessionRecord,
+        CaseFileEntryKind::Agreement,
+        CaseFileEntryKind::Termination,
+        CaseFileEntryKind::FollowUp,
+    ] {
+        assert!(kinds.contains(&(k as i32)), "file lacks {k:?}");
+    }
+    let times: Vec<i64> = file
+        .entries
+        .iter()
+        .map(|e| e.record_time.as_ref().map_or(0, |t| t.seconds))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "time order");
+    assert!(file.transfer_events.len() >= 5);
+    let e = other
+        .get_case_file(GetCaseFileRequest {
+            name: c.name.clone(),
+        })
+        .await
+        .expect_err("other agency");
+    assert_eq!(e.code(), Code::NotFound);
+});
+
+fn state(t: &Transfer) -> TransferState {
+    TransferState::try_from(t.state).expect("state")
+}
+
+suite_test!(a_case_is_declined_with_a_reason, |suite| async move {
+    let (t, c) = offered(&suite).await;
+    let mut room = med(&suite, ROOM, "room-head", &["mediation_admin", "mediator"]);
+    let e = room
+        .decline_case(DeclineCaseRequest {
+            name: c.name.clone(),
+            reason_code: "no_such_reason".into(),
+            reason: "测试".into(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("reason not in the route");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let c = room
+        .decline_case(DeclineCaseRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            reason_code: "outside_jurisdiction".into(),
+            reason: "纠纷发生地不属于本调解室辖区".into(),
+            request_id: rid(),
+        })
+        .await
+        .expect("decline")
+        .into_inner()
+        .mediation_case
+        .expect("case");
+    assert_eq!(st(&c), MediationCaseState::Declined);
+    assert_eq!(
+        c.decline.expect("decline").reason_code,
+        "outside_jurisdiction"
+    );
+    let tr = transfer(&suite, &t.name).await;
+    assert_eq!(state(&tr), TransferState::Declined);
+    let e = room
+        .accept_case(AcceptCaseRequest {
+            name: c.name.clone(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("declined");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+});
+
+suite_test!(a_refusal_of_consent_ends_the_case, |suite| async move {
+    let (t, c) = offered(&suite).await;
+    let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
+    let c = accept(&mut room, &c).await;
+    let c = consent(&mut room, &c, "p1", ConsentDecision::Consented).await;
+    let c = consent(&mut room, &c, "p2", ConsentDecision::Refused).await;
+    assert_eq!(st(&c), MediationCaseState::ConsentRefused);
+    assert_eq!(
+        c.termination.expect("termination").outcome_code,
+        "party_refused"
+    );
+    let tr = transfer(&suite, &t.name).await;
+    assert_eq!(state(&tr), TransferState::FeedbackSubmitted);
+    assert_eq!(tr.feedback.expect("feedback").outcome_code, "party_refused");
+    let e = room
+        .end_mediation(EndMediationRequest {
+            name: c.name.clone(),
+            reason: EndReason::GapTooLarge as i32,
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("already over");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+});
+
+suite_test!(
+    a_risky_case_is_escalated_to_the_police,
+    |suite| async move {
+        let (t, c) = offered(&suite).await;
+        let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
+        let c = accept(&mut room, &c).await;
+        let c = room
+            .escalate_case(EscalateCaseRequest {
+                name: c.name.clone(),
+                etag: c.etag.clone(),
+                reason_code: "risk_of_escalation".into(),
+                reason: "一方扬言报复，有激化可能".into(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("escalate")
+            .into_inner()
+            .mediation_case
+            .expect("case");
+        assert_eq!(st(&c), MediationCaseState::Escalated);
+        assert_eq!(
+            c.escalation.expect("escalation").to_agency,
+            format!("agencies/{STATION}")
+        );
+        assert_eq!(
+            state(&transfer(&suite, &t.name).await),
+            TransferState::Escalated
+        );
+    }
+);
+
+suite_test!(
+    supplementary_investigation_pauses_the_clock,
+    |suite| async move {
+        let (t, c) = offered(&suite).await;
+        let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
+        let c = accept(&mut room, &c).await;
+        let e = room
+            .request_investigation(RequestInvestigationRequest {
+                name: c.name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("no questions");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let c = room
+            .request_investigation(RequestInvestigationRequest {
+                name: c.name.clone(),
+                etag: c.etag.clone(),
+                questions: "请补充调取楼道监控".into(),
+                pause_clock: true,
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("investigation")
+            .into_inner()
+            .mediation_case
+            .expect("case");
+        assert_eq!(c.investigations.len(), 1);
+        assert_eq!(c.investigations[0].state, InvestigationState::Open as i32);
+        assert!(c.mediation_clock.as_ref().is_some_and(|k| k.paused));
+        let tr = transfer(&suite, &t.name).await;
+        assert!(tr.feedback_clock.as_ref().is_some_and(|k| k.paused));
+
+        // The station answers; the answer and its evidence reach the case file.
+        let mut officer = router(&suite, STATION, "officer-01", &["officer"]);
+        officer
+            .answer_investigation(AnswerInvestigationRequest {
+                name: c.investigations[0].investigation.clone(),
+                etag: tr.etag.clone(),
+                answer: "已调取监控，确认夜间噪音".into(),
+                evidence: vec![EvidenceRef {
+                    display_name: "楼道监控截图".into(),
+                    uri: "evidence://video/0002".into(),
+                    ..Default::default()
+                }],
+                request_id: rid(),
+            })
+            .await
+            .expect("answer");
+        let mut answered = None;
+        for _ in 0..100 {
+            let c = room
+                .get_case(GetCaseRequest {
+                    name: c.name.clone(),
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .mediation_case
+                .expect("case");
+            if c.investigations[0].state == InvestigationState::Answered as i32 {
+                answered = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let c = answered.expect("the answer arrived");
+        assert_eq!(c.evidence.len(), 2);
+        assert!(c.mediation_clock.as_ref().is_some_and(|k| !k.paused));
+    }
+);
