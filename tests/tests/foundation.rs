@@ -448,3 +448,32 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.expect("read");
     out
 }
+
+#[test]
+fn health_turns_not_serving_while_draining() {
+    use tokio_stream::StreamExt as _;
+    fengqiao_testkit::block_on(async {
+        let suite = TestSuite::start_with(Db::Sqlite, &[ServiceName::Router], |_| {})
+            .await
+            .expect("suite");
+        let mut health = HealthClient::new(suite.channel());
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: "fengqiao.router.v1.AgencyService".into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch.next().await.expect("first").expect("ok");
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+        let stopping = tokio::spawn(suite.stop());
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+            .await
+            .expect("a status change while draining")
+            .expect("stream still open")
+            .expect("ok");
+        assert_eq!(next.status, ServingStatus::NotServing as i32);
+        drop(watch);
+        stopping.await.expect("stopped");
+    });
+}
