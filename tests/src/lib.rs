@@ -7,6 +7,8 @@ use fengqiao_testkit::TestSuite;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod jingdiao;
+
 /// An agency-service client for `agency`/`actor` with `roles`.
 pub fn agencies(
     suite: &TestSuite,

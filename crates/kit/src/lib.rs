@@ -12,6 +12,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod idem;
 pub mod inbox;
 pub mod metrics;
 pub mod server;

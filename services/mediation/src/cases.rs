@@ -23,12 +23,12 @@ use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::idem::Idem;
 use crate::roster::{self, parse_mediator_name};
 use crate::store::{self as db, Loaded, state_name, state_of};
 use crate::util::{
     actor_of, check_etag, from_timestamp, require_case_role, text, to_timestamp, violations,
 };
+use fengqiao_kit::idem::Idem;
 
 use MediationCaseState as S;
 
@@ -323,9 +323,10 @@ impl Cases {
         if let Some(r) = idem.replay::<R>(&mut tx).await? {
             return Ok(Begin::Replay(r));
         }
-        let l = db::load_for(&mut tx, who, name).await?;
+        let mut l = db::load_for(&mut tx, who, name).await?;
         tx.commit().await?;
         check_etag(name, etag, l.version)?;
+        l.etag_checked = !etag.is_empty();
         Ok(Begin::Case(Box::new(l)))
     }
 
@@ -352,8 +353,11 @@ impl Cases {
         if let Some(r) = idem.replay::<R>(&mut tx).await? {
             return Ok(r);
         }
+        db::lock_case(&mut tx, "id", &l.id).await?;
         let cur = db::load_for(&mut tx, who, &l.case.name).await?;
-        if strict && cur.version != l.version {
+        // Without an etag the change applies to the current version; `apply` re-checks the
+        // state on it.
+        if strict && l.etag_checked && cur.version != l.version {
             return Err(Error::EtagMismatch(l.case.name.clone()));
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;

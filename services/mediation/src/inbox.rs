@@ -39,7 +39,10 @@ impl Inbox {
         let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
         if kind == MessageKind::TransferOffered {
             offer(&mut tx, envelope, &msg, now).await?;
-        } else if let Some(l) = db::load_by_transfer(&mut tx, &envelope.transfer).await? {
+        } else if let Some(l) = {
+            db::lock_case(&mut tx, "transfer", &envelope.transfer).await?;
+            db::load_by_transfer(&mut tx, &envelope.transfer).await?
+        } {
             let mut c = l.case.clone();
             let mut out = Vec::new();
             update(&mut c, kind, &msg, now, &mut out);

@@ -26,7 +26,6 @@
 
 mod cases;
 mod error;
-mod idem;
 mod inbox;
 mod roster;
 mod store;

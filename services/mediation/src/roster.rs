@@ -14,8 +14,8 @@ use fengqiao_store::{Store, Tx};
 use prost::Message as _;
 
 use crate::error::{Error, Result};
-use crate::idem::Idem;
 use crate::util::{check_etag, etag, require_admin, text, to_timestamp, violations};
+use fengqiao_kit::idem::Idem;
 
 /// Case states that count towards a mediator's load (open cases).
 pub const OPEN_STATES: &str = "(3, 4, 5)";

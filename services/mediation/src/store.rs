@@ -23,6 +23,9 @@ pub struct Loaded {
     pub agency: String,
     /// The case number reserved on receipt, published on acceptance.
     pub reserved_number: String,
+    /// Whether the caller named the version it saw (an `etag`): only then must a change apply
+    /// to exactly that version.
+    pub etag_checked: bool,
 }
 
 /// The state's enum name, for errors.
@@ -53,7 +56,23 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
         version,
         agency,
         reserved_number,
+        etag_checked: false,
     })
+}
+
+/// Locks the case row for the rest of a write transaction on PostgreSQL (SQLite write
+/// transactions are serialised already), so that concurrent changes — a caller's and a router
+/// message's — apply one after the other instead of failing on the version.
+pub async fn lock_case(tx: &mut Tx, column: &str, value: &str) -> Result<()> {
+    if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
+        sqlx::query(&format!(
+            "SELECT id FROM mediation_cases WHERE {column} = $1 FOR UPDATE"
+        ))
+        .bind(value)
+        .fetch_all(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Loads the case `name` visible to `who` (its receiving agency); others get NOT_FOUND.

@@ -44,6 +44,18 @@ pub enum Error {
     Router(tonic::Status),
 }
 
+impl From<fengqiao_kit::idem::IdemError> for Error {
+    fn from(e: fengqiao_kit::idem::IdemError) -> Self {
+        match e {
+            fengqiao_kit::idem::IdemError::Invalid(v) => Error::Invalid(vec![v]),
+            fengqiao_kit::idem::IdemError::Store(s) => Error::Store(s),
+            fengqiao_kit::idem::IdemError::Corrupt(d) => {
+                Error::Corrupt(format!("idempotent response: {d}"))
+            }
+        }
+    }
+}
+
 impl From<FieldViolation> for Error {
     fn from(v: FieldViolation) -> Self {
         Error::Invalid(vec![v])

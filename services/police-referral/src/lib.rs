@@ -8,7 +8,6 @@
 //! investigation and the acknowledgement of feedback go back through the router for the caller.
 
 pub mod error;
-mod idem;
 pub mod screening;
 pub mod validate;
 
@@ -32,7 +31,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
-use crate::idem::Idem;
+use fengqiao_kit::idem::Idem;
 
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "police_referral";

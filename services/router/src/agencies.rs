@@ -19,8 +19,8 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
-use crate::idem::Idem;
 use crate::time::to_timestamp;
+use fengqiao_kit::idem::Idem;
 
 /// Role allowed to register and change agencies (the justice bureau's platform administrator).
 pub const ROLE_PLATFORM_ADMIN: &str = "platform_admin";

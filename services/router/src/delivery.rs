@@ -66,8 +66,8 @@ use tracing::Instrument as _;
 
 use crate::agencies::{Agencies, ROLE_PLATFORM_ADMIN};
 use crate::error::{Error, Result};
-use crate::idem::Idem;
 use crate::time::to_timestamp;
+use fengqiao_kit::idem::Idem;
 
 /// Longest receiver status message kept in an incident, in characters.
 const MAX_ERROR_MESSAGE_CHARS: usize = 200;

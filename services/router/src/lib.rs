@@ -15,7 +15,6 @@ pub mod audit;
 pub mod clock;
 pub mod delivery;
 pub mod error;
-mod idem;
 pub mod lifecycle;
 pub mod routes;
 pub mod statistics;

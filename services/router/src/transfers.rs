@@ -24,10 +24,10 @@ use prost::Message as _;
 use crate::audit::{self, AuditEntry, Outcome};
 use crate::clock::{Clock, ExpiryAction, HolidayCalendar};
 use crate::error::{Error, Result};
-use crate::idem::Idem;
 use crate::lifecycle::{self, Action, Party};
 use crate::routes::RouteCatalog;
 use crate::time::to_timestamp;
+use fengqiao_kit::idem::Idem;
 
 /// Reason code the router uses when an investigation request pauses the feedback clock.
 pub const PAUSE_FOR_INVESTIGATION: &str = "supplementary_investigation";
@@ -331,6 +331,20 @@ impl Transfers {
         self.routes
             .get(id, l.transfer.route_version)
             .ok_or_else(|| Error::Corrupt(format!("pinned route {id} is not loaded")))
+    }
+
+    /// Loads one transfer inside a write transaction and, on PostgreSQL, locks its row until
+    /// the transaction ends (SQLite write transactions are serialised already): concurrent
+    /// changes apply one after the other; only a caller's stale `etag` is refused.
+    pub async fn load_for_change(tx: &mut Tx, id: &str) -> Result<Option<Loaded>> {
+        if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
+            sqlx::query("SELECT id FROM transfers WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(store_err)?;
+        }
+        Self::load(tx, id).await
     }
 
     /// Loads one transfer inside `tx`.
@@ -720,7 +734,7 @@ impl Transfers {
         if let Some(r) = idem.replay::<Resp>(&mut tx).await? {
             return Ok(r);
         }
-        let Some(mut l) = Self::load(&mut tx, &id)
+        let Some(mut l) = Self::load_for_change(&mut tx, &id)
             .await?
             .filter(|l| l.visible_to(&who.agency))
         else {
@@ -796,7 +810,7 @@ impl Transfers {
         let Ok(id) = transfer_id("transfer", transfer) else {
             return Ok(());
         };
-        let Some(mut l) = Self::load(tx, &id).await? else {
+        let Some(mut l) = Self::load_for_change(tx, &id).await? else {
             return Ok(());
         };
         let from_state = l.state();
@@ -848,7 +862,7 @@ impl Transfers {
 
     async fn expire_one(&self, id: &str) -> Result<bool> {
         let mut tx = self.store.write().await?;
-        let Some(mut l) = Self::load(&mut tx, id).await? else {
+        let Some(mut l) = Self::load_for_change(&mut tx, id).await? else {
             return Ok(false);
         };
         let now = fengqiao_store::db_now_micros(&mut tx).await?;

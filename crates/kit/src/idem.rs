@@ -1,0 +1,73 @@
+//! Idempotent mutations for every service: the same `request_id` from the same agency to the
+//! same method returns the first answer; with a different request it is refused.
+//!
+//! Use inside the write transaction of the change: [`Idem::replay`] first, then do the work,
+//! then [`Idem::save`] the answer and commit.
+
+use fengqiao_store::Tx;
+use fengqiao_store::idempotency::{self, IdempotencyKey};
+
+use crate::auth::Identity;
+use crate::error::FieldViolation;
+
+/// Why an idempotent call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdemError {
+    /// The `request_id` is missing or malformed.
+    #[error("invalid request_id")]
+    Invalid(FieldViolation),
+    /// The store failed, or the id was used for a different request
+    /// (`fengqiao_store::Error::IdempotencyConflict`).
+    #[error(transparent)]
+    Store(#[from] fengqiao_store::Error),
+    /// A stored answer could not be decoded.
+    #[error("stored response: {0}")]
+    Corrupt(String),
+}
+
+/// The key and request hash of one mutating call.
+#[derive(Debug)]
+pub struct Idem {
+    key: IdempotencyKey,
+    hash: String,
+}
+
+impl Idem {
+    /// Validates `request_id` and hashes the encoded request (maps are encoded in a fixed
+    /// order, so equal requests hash equally).
+    pub fn new<M: prost::Message>(
+        id: &Identity,
+        method: &str,
+        request_id: &str,
+        request: &M,
+    ) -> Result<Self, IdemError> {
+        crate::validate::request_id(request_id).map_err(IdemError::Invalid)?;
+        Ok(Self {
+            key: IdempotencyKey::new(id.agency.clone(), method, request_id),
+            hash: idempotency::hash_request(&request.encode_to_vec()),
+        })
+    }
+
+    /// The stored answer of an earlier call with this key, if any.
+    pub async fn replay<R: prost::Message + Default>(
+        &self,
+        tx: &mut Tx,
+    ) -> Result<Option<R>, IdemError> {
+        match idempotency::lookup(tx, &self.key, &self.hash).await? {
+            Some(bytes) => R::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| IdemError::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the answer in the same transaction as the change.
+    pub async fn save<R: prost::Message>(
+        &self,
+        tx: &mut Tx,
+        response: &R,
+    ) -> Result<(), IdemError> {
+        idempotency::record(tx, &self.key, &self.hash, &response.encode_to_vec()).await?;
+        Ok(())
+    }
+}
