@@ -627,7 +627,17 @@ impl ServerBuilder {
                 .map_err(|e| ServeError::Tls(e.to_string()))?;
         }
         let shutdown = trigger.subscribe();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small gRPC frames must not wait for Nagle's algorithm (a ~40 ms stall per call
+        // against delayed ACKs): every accepted connection gets TCP_NODELAY.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |conn| {
+                conn.and_then(|s| {
+                    s.set_nodelay(true)?;
+                    Ok(s)
+                })
+            },
+        );
         let router = server.layer(GuardLayer(guard)).add_routes(routes.routes());
         let join = tokio::spawn(async move {
             router

@@ -1,0 +1,360 @@
+//! `fengqiao-bench`: a bounded, loopback-only benchmark of the Fengqiao suite.
+//!
+//! For each backend (SQLite files, and databases on a throwaway PostgreSQL cluster) it starts
+//! the whole suite as a separate child process (this same binary, hidden `suite` subcommand),
+//! then measures in one run the ceilings of the same machine (health-check RPC rate, the
+//! store's single-row durable insert rate) next to intake, full 警调对接 cycles, reads at
+//! growing table sizes, watch-stream delivery delay and the suite's footprint. Results go to
+//! `results.json` and `results.md`. It asserts nothing about speed. See docs/performance.md.
+
+mod load;
+mod proc_stat;
+mod scenario;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use fengqiao::{SAMPLE_AGENCIES, ServiceName, Suite, SuiteSpec};
+use fengqiao_kit::auth::{PublicKeyFile, SigningKey};
+use fengqiao_kit::config::Config;
+
+/// Token issuer shared by the bench and the suite it starts.
+pub const ISSUER: &str = "fengqiao-bench";
+
+#[derive(Parser)]
+#[command(
+    name = "fengqiao-bench",
+    about = "Loopback benchmark of the Fengqiao suite (SQLite and throwaway PostgreSQL)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Internal: run the suite in this process (started by the bench itself).
+    #[command(hide = true)]
+    Suite {
+        /// Data directory holding the key files.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// `service=url`, once per service.
+        #[arg(long = "store")]
+        stores: Vec<String>,
+    },
+}
+
+/// Which backends to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// SQLite only.
+    Sqlite,
+    /// PostgreSQL only.
+    Postgres,
+    /// Both, SQLite first.
+    Both,
+}
+
+/// Run options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Short run (under a minute): fewer seconds, smaller tables, fewer watchers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Backends to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    pub backend: BackendArg,
+    /// Seconds per throughput measurement (default 5, quick 2).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Concurrent clients (default 64, quick 16).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Concurrent watch streams (default 1000, quick 100).
+    #[arg(long)]
+    pub watchers: Option<usize>,
+    /// Largest table size for the read figures (default 1000000, quick 10000); a size whose
+    /// estimated load time exceeds --load-budget-secs is skipped and reported as skipped.
+    #[arg(long)]
+    pub max_transfers: Option<u64>,
+    /// Wall-clock budget for bulk-loading synthetic transfers per backend.
+    #[arg(long, default_value_t = 45)]
+    pub load_budget_secs: u64,
+    /// Output directory.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+impl Args {
+    fn duration(&self) -> Duration {
+        Duration::from_secs(
+            self.duration_secs
+                .unwrap_or(if self.quick { 2 } else { 5 })
+                .max(1),
+        )
+    }
+    fn clients(&self) -> usize {
+        self.clients
+            .unwrap_or(if self.quick { 16 } else { 64 })
+            .max(1)
+    }
+    fn watchers(&self) -> usize {
+        self.watchers
+            .unwrap_or(if self.quick { 100 } else { 1000 })
+            .max(1)
+    }
+    fn sizes(&self) -> Vec<u64> {
+        let max = self
+            .max_transfers
+            .unwrap_or(if self.quick { 10_000 } else { 1_000_000 });
+        let base: &[u64] = if self.quick {
+            &[1_000, 10_000]
+        } else {
+            &[10_000, 100_000, 1_000_000]
+        };
+        base.iter().copied().filter(|&n| n <= max).collect()
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fengqiao-bench: runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = match cli.command {
+        Some(Cmd::Suite { data_dir, stores }) => rt.block_on(child_suite(data_dir, stores)),
+        None => rt.block_on(bench(cli.args)),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fengqiao-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn service_by_name(s: &str) -> Option<ServiceName> {
+    ServiceName::ALL.into_iter().find(|n| n.as_str() == s)
+}
+
+/// The suite as the child process runs it: every service, sample agencies, the bench's key,
+/// limits raised so that the per-agency rate limiter and the in-flight cap do not decide the
+/// figures (each bench client calls as one of a handful of agencies).
+async fn child_suite(data_dir: PathBuf, stores: Vec<String>) -> anyhow::Result<()> {
+    let mut map = BTreeMap::new();
+    for s in &stores {
+        let (svc, url) = s.split_once('=').context("--store takes service=url")?;
+        let name = service_by_name(svc).with_context(|| format!("unknown service {svc}"))?;
+        map.insert(name, url.to_string());
+    }
+    let mut config = Config::default();
+    config.auth.issuer = ISSUER.into();
+    config.auth.public_keys_file = Some(data_dir.join("public-keys.json"));
+    config.auth.service_key_file = Some(data_dir.join("service-key.json"));
+    config.data_dir = data_dir.clone();
+    config.listen = "127.0.0.1:0".into();
+    config.admin_listen = "127.0.0.1:0".into();
+    config.limits.per_agency_rps = 1_000_000.0;
+    config.limits.per_agency_burst = 1_000_000.0;
+    config.limits.max_concurrency = 4096;
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let admin = tokio::net::TcpListener::bind(&config.admin_listen).await?;
+    let spec = SuiteSpec {
+        config,
+        services: map.keys().copied().collect(),
+        stores: map,
+        agency_seed: Some(SAMPLE_AGENCIES.to_string()),
+    };
+    let suite = Suite::start(spec, listener, admin).await?;
+    println!("ADDR {}", suite.server.addr);
+    // Runs until the bench closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+    })
+    .await?;
+    suite.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// A suite child process started by the bench.
+pub struct SuiteProc {
+    child: Child,
+    /// Its pid.
+    pub pid: u32,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    /// The router's store URL (for bulk loading).
+    pub router_url: String,
+    /// Key the tokens are signed with.
+    pub key: SigningKey,
+    /// Spawn → first SERVING health answer.
+    pub ready: Duration,
+}
+
+impl SuiteProc {
+    async fn start(dir: &Path, stores: &BTreeMap<ServiceName, String>) -> anyhow::Result<Self> {
+        let key = SigningKey::generate("bench-1")?;
+        PublicKeyFile {
+            keys: vec![key.public_entry()],
+        }
+        .save(&dir.join("public-keys.json"))?;
+        key.save(&dir.join("service-key.json"))?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("suite").arg("--data-dir").arg(dir);
+        for (s, url) in stores {
+            cmd.arg("--store").arg(format!("{}={url}", s.as_str()));
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let t0 = Instant::now();
+        let mut child = cmd.spawn().context("spawn the suite")?;
+        let pid = child.id();
+        let stdout = child.stdout.take().context("suite stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            let n = r.read_line(&mut line);
+            // Keep draining so that the child never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = r.read_to_end(&mut sink);
+            });
+            n.map(|_| line)
+        })
+        .await??;
+        let Some(addr) = line.trim().strip_prefix("ADDR ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the suite did not start (said {:?})", line.trim());
+        };
+        let endpoint = format!("http://{addr}");
+        let channel = fengqiao_kit::client::channel(&endpoint, None)?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        loop {
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Ok(r) = r
+                && r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("the suite never reported SERVING");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = t0.elapsed();
+        let router_url = stores
+            .get(&ServiceName::Router)
+            .cloned()
+            .context("router store")?;
+        Ok(SuiteProc {
+            child,
+            pid,
+            endpoint,
+            router_url,
+            key,
+            ready,
+        })
+    }
+
+    /// Closes stdin (graceful shutdown), waits up to 10 s, then kills this child.
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("output directory {}", args.out.display()))?;
+    let started = Instant::now();
+    let machine = proc_stat::machine();
+    eprintln!(
+        "fengqiao-bench: {} cores, {}; quick={} clients={} duration={}s",
+        machine.cores,
+        machine.cpu_model,
+        args.quick,
+        args.clients(),
+        args.duration().as_secs()
+    );
+    let mut figures = Vec::new();
+    let mut notes = Vec::new();
+    let backends: &[&str] = match args.backend {
+        BackendArg::Sqlite => &["sqlite"],
+        BackendArg::Postgres => &["postgres"],
+        BackendArg::Both => &["sqlite", "postgres"],
+    };
+    for &backend in backends {
+        match scenario::run_backend(backend, &args).await {
+            Ok((f, n)) => {
+                figures.extend(f);
+                notes.extend(n);
+            }
+            Err(e) => {
+                eprintln!("fengqiao-bench: {backend}: {e:#}");
+                notes.push(format!("{backend}: run failed: {e:#}"));
+            }
+        }
+    }
+    let total = started.elapsed();
+    let report = load::Report {
+        tool: "fengqiao-bench".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        quick: args.quick,
+        clients: args.clients(),
+        duration_secs: args.duration().as_secs(),
+        watchers: args.watchers(),
+        machine,
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        total_secs: total.as_secs_f64(),
+        figures,
+        notes,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(args.out.join("results.json"), json)?;
+    let md = load::markdown(&report);
+    std::fs::write(args.out.join("results.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "fengqiao-bench: wrote {} and {} in {:.1}s",
+        args.out.join("results.json").display(),
+        args.out.join("results.md").display(),
+        total.as_secs_f64()
+    );
+    Ok(())
+}
