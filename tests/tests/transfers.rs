@@ -633,6 +633,46 @@ suite_test!(lists_and_watch, |suite| async move {
         .expect("list")
         .into_inner();
     assert_eq!(incoming.transfers.len(), 1);
+    // The station's view across directions, a page at a time, newest first.
+    create(&mut c.officer).await;
+    create(&mut c.officer).await;
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .officer
+            .list_transfers(ListTransfersRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.transfers.len() <= 2);
+        names.extend(page.transfers.into_iter().map(|t| t.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names.len(), 3, "{names:?}");
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3);
+    // The command room approved step 0: it lists the transfer too.
+    let approver_view = c
+        .reviewer
+        .list_transfers(ListTransfersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        approver_view.transfers.len(),
+        3,
+        "the parent agency approves all three"
+    );
     let none = c
         .court
         .list_transfers(ListTransfersRequest::default())

@@ -53,11 +53,8 @@ impl Transfers {
         req: &ListTransfersRequest,
     ) -> Result<ListTransfersResponse> {
         let size = validate::page_size(req.page_size)?;
-        let mut sql = String::from(
-            "SELECT id, route_id, route_version, from_agency, to_agency, approver_agency, case_id, \
-             state, body, acceptance_clock, feedback_clock, next_due, overdue, create_time, \
-             update_time, version FROM transfers WHERE ",
-        );
+        // `sql` collects the filters shared by every part of the query below.
+        let mut sql = String::new();
         let mut binds: Vec<Bind> = Vec::new();
         let me = who.agency.clone();
         let push = |binds: &mut Vec<Bind>, b: Bind| -> String {
@@ -65,13 +62,13 @@ impl Transfers {
             format!("${}", binds.len())
         };
         let p = push(&mut binds, Bind::Text(me.clone()));
-        match TransferDirection::try_from(req.direction).unwrap_or(TransferDirection::Unspecified) {
-            TransferDirection::Outgoing => sql.push_str(&format!("from_agency = {p}")),
-            TransferDirection::Incoming => sql.push_str(&format!("to_agency = {p}")),
-            TransferDirection::Unspecified => sql.push_str(&format!(
-                "(from_agency = {p} OR to_agency = {p} OR approver_agency = {p})"
-            )),
-        }
+        let sides: &[&str] = match TransferDirection::try_from(req.direction)
+            .unwrap_or(TransferDirection::Unspecified)
+        {
+            TransferDirection::Outgoing => &["from_agency"],
+            TransferDirection::Incoming => &["to_agency"],
+            TransferDirection::Unspecified => &["from_agency", "to_agency", "approver_agency"],
+        };
         if !req.states.is_empty() {
             let list: Vec<String> = req.states.iter().map(|s| s.to_string()).collect();
             if req
@@ -123,10 +120,27 @@ impl Transfers {
                 " AND (create_time < {pt} OR (create_time = {pt} AND id < {pi}))"
             ));
         }
-        sql.push_str(&format!(
-            " ORDER BY create_time DESC, id DESC LIMIT {}",
-            size + 1
-        ));
+        // One index-ordered part per side (`transfers_from`, `transfers_to`,
+        // `transfers_approver`), merged: an OR across the three columns would read and sort
+        // every transfer of the agency.
+        let order = format!("ORDER BY create_time DESC, id DESC LIMIT {}", size + 1);
+        let part = |side: &str| {
+            format!(
+                "SELECT id, route_id, route_version, from_agency, to_agency, approver_agency, \
+                 case_id, state, body, acceptance_clock, feedback_clock, next_due, overdue, \
+                 create_time, update_time, version FROM transfers WHERE {side} = {p}{sql} {order}"
+            )
+        };
+        let sql = if sides.len() == 1 {
+            part(sides[0])
+        } else {
+            let parts: Vec<String> = sides
+                .iter()
+                .enumerate()
+                .map(|(i, side)| format!("SELECT * FROM ({}) AS part{i}", part(side)))
+                .collect();
+            format!("{} {order}", parts.join(" UNION "))
+        };
         let mut q = sqlx::query(&sql);
         for b in &binds {
             q = match b {
