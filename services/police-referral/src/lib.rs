@@ -164,6 +164,24 @@ async fn load(tx: &mut Tx, id: &str) -> Result<Option<Stored>> {
 }
 
 /// Loads a referral visible to `who`, or NOT_FOUND (also when it exists but is not theirs).
+/// Only the station handling a referral acts on its transfer.
+fn need_handling_station(who: &Identity, s: &Stored, action: &str) -> Result<()> {
+    if who.agency == s.referral.police_station {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "NOT_HANDLING_STATION",
+            format!("only the station handling the referral {action}"),
+        ))
+    }
+}
+
+/// The stored answer of a replayed call, or the referral to act on.
+enum Begun<R> {
+    Replay(R),
+    Loaded(Box<Stored>),
+}
+
 async fn load_visible(tx: &mut Tx, who: &Identity, name: &str) -> Result<Stored> {
     let id = fengqiao_kit::validate::parse_name("name", "referrals", name)?;
     match load(tx, id).await? {
@@ -566,6 +584,23 @@ impl Inbox {
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
 impl PoliceReferral {
+    /// Replays an idempotent call, or loads the referral it acts on (visible to `who`). The
+    /// change itself happens after the router call, in its own transaction.
+    async fn replay_or_load<R: prost::Message + Default>(
+        &self,
+        idem: &Idem,
+        who: &Identity,
+        name: &str,
+    ) -> Result<Begun<R>> {
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(Begun::Replay(r));
+        }
+        let s = load_visible(&mut tx, who, name).await?;
+        tx.rollback().await?;
+        Ok(Begun::Loaded(Box::new(s)))
+    }
+
     /// The service over a migrated `store`.
     pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
         Self { store, router }
@@ -928,21 +963,11 @@ impl PoliceReferral {
             return Err(Error::Invalid(violations));
         }
         let idem = Idem::new(&who, "DraftTransfer", &req.request_id, &req)?;
-        let s = {
-            let mut tx = self.store.write().await?;
-            if let Some(r) = idem.replay(&mut tx).await? {
-                return Ok(r);
-            }
-            let s = load_visible(&mut tx, &who, &req.name).await?;
-            tx.rollback().await?;
-            s
+        let s = match self.replay_or_load(&idem, &who, &req.name).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Loaded(s) => s,
         };
-        if who.agency != s.referral.police_station {
-            return Err(Error::PermissionDenied(
-                "NOT_HANDLING_STATION",
-                "only the station handling the referral drafts its transfer".into(),
-            ));
-        }
+        need_handling_station(&who, &s, "drafts its transfer")?;
         need_role(&who, STATION_ROLES, "drafting a transfer")?;
         check_etag(&req.etag, &s.referral.etag, &req.name)?;
         let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
@@ -1180,12 +1205,7 @@ impl PoliceReferral {
         if task.task.name != req.name {
             return Err(not_found());
         }
-        if who.agency != s.referral.police_station {
-            return Err(Error::PermissionDenied(
-                "NOT_HANDLING_STATION",
-                "only the station handling the referral answers investigations".into(),
-            ));
-        }
+        need_handling_station(&who, &s, "answers investigations")?;
         need_role(&who, STATION_ROLES, "answering an investigation")?;
         check_etag(&req.etag, &task.task.etag, &req.name)?;
         if task.task.state != InvestigationState::Open as i32 {
@@ -1275,21 +1295,11 @@ impl PoliceReferral {
             return Err(FieldViolation::new("comment", "must be at most 2000 characters").into());
         }
         let idem = Idem::new(&who, "AcknowledgeFeedback", &req.request_id, &req)?;
-        let s = {
-            let mut tx = self.store.write().await?;
-            if let Some(r) = idem.replay(&mut tx).await? {
-                return Ok(r);
-            }
-            let s = load_visible(&mut tx, &who, &req.name).await?;
-            tx.rollback().await?;
-            s
+        let s = match self.replay_or_load(&idem, &who, &req.name).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::Loaded(s) => s,
         };
-        if who.agency != s.referral.police_station {
-            return Err(Error::PermissionDenied(
-                "NOT_HANDLING_STATION",
-                "only the station handling the referral reports the result".into(),
-            ));
-        }
+        need_handling_station(&who, &s, "reports the result")?;
         need_role(&who, ACK_ROLES, "reporting feedback to the command room")?;
         check_etag(&req.etag, &s.referral.etag, &req.name)?;
         if s.referral.state != ReferralState::FeedbackReceived as i32 {
