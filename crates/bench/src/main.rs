@@ -63,6 +63,19 @@ pub enum BackendArg {
     Both,
 }
 
+/// A measured phase (the ceilings and the footprint are always measured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// 110 intake.
+    Intake,
+    /// Full 警调对接 cycles.
+    Cycle,
+    /// 1,000 watch streams.
+    Watchers,
+    /// Reads at growing table sizes.
+    Reads,
+}
+
 /// Run options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -91,9 +104,17 @@ pub struct Args {
     /// Output directory.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// Measure only these phases (comma-separated); default all. Ceilings and footprint are
+    /// always measured.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Phase>,
 }
 
 impl Args {
+    /// Whether `phase` is to be measured.
+    pub fn runs(&self, phase: Phase) -> bool {
+        self.only.is_empty() || self.only.contains(&phase)
+    }
     fn duration(&self) -> Duration {
         Duration::from_secs(
             self.duration_secs

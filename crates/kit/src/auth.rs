@@ -316,11 +316,30 @@ impl PublicKeyFile {
 }
 
 /// Verifies tokens against a set of public keys.
+///
+/// A token whose signature and claims were verified once is remembered (the token text itself
+/// is the key, so a changed byte is a different token): a client calls many times with the same
+/// token, and agency services forward their caller's token to the router, so the Ed25519
+/// check (the most expensive step of a small RPC) would otherwise run several times per
+/// operation. Expiry and not-before are checked again on every call; only verified tokens are
+/// remembered, at most [`VERIFIED_CACHE`] of them.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     keys: HashMap<String, Vec<u8>>,
     issuer: String,
     leeway_secs: i64,
+    verified: std::sync::Arc<std::sync::Mutex<HashMap<String, Verified>>>,
+}
+
+/// Most verified tokens a [`Verifier`] remembers; when full it forgets them all and starts
+/// over (cheap, and a burst of distinct tokens cannot grow memory).
+pub const VERIFIED_CACHE: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Identity,
+    exp: i64,
+    nbf: Option<i64>,
 }
 
 impl Verifier {
@@ -346,11 +365,41 @@ impl Verifier {
             keys: map,
             issuer: issuer.into(),
             leeway_secs: 30,
+            verified: Default::default(),
         })
     }
 
     /// Verifies `token` at `now` (seconds since the epoch) and returns the identity.
     pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned();
+        let v = match known {
+            Some(v) => v,
+            None => {
+                let v = self.verify_signed(token)?;
+                let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= VERIFIED_CACHE {
+                    cache.clear();
+                }
+                cache.insert(token.to_string(), v.clone());
+                v
+            }
+        };
+        if v.exp + self.leeway_secs < now {
+            return Err(AuthError::Expired);
+        }
+        if v.nbf.is_some_and(|nbf| nbf - self.leeway_secs > now) {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(v.identity)
+    }
+
+    /// Checks the format, the signature and the time-independent claims of `token`.
+    fn verify_signed(&self, token: &str) -> Result<Verified, AuthError> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -374,20 +423,18 @@ impl Verifier {
         if claims.iss != self.issuer {
             return Err(AuthError::WrongIssuer);
         }
-        if claims.exp + self.leeway_secs < now {
-            return Err(AuthError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| nbf - self.leeway_secs > now) {
-            return Err(AuthError::NotYetValid);
-        }
         if claims.agency.is_empty() || claims.sub.is_empty() {
             return Err(AuthError::Malformed("agency and sub are required"));
         }
-        Ok(Identity {
-            agency: claims.agency,
-            actor: claims.sub,
-            roles: claims.roles,
-            method: AuthMethod::Token,
+        Ok(Verified {
+            exp: claims.exp,
+            nbf: claims.nbf,
+            identity: Identity {
+                agency: claims.agency,
+                actor: claims.sub,
+                roles: claims.roles,
+                method: AuthMethod::Token,
+            },
         })
     }
 }
@@ -449,6 +496,50 @@ mod tests {
         assert_eq!(id.actor, "officer-1");
         assert!(id.has_role("r1"));
         assert!(!id.has_role("r2"));
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_checked_for_expiry_and_not_before() {
+        let (key, v) = setup();
+        let mut c = claims("fengqiao-test", "agencies/a", "officer-1", &["r1"], 60);
+        let now = unix_now();
+        c.nbf = Some(now);
+        let t = key.sign(&c);
+        assert!(v.verify(&t, now).is_ok());
+        assert!(v.verified.lock().expect("lock").contains_key(&t));
+        // Same token, later: expired even though its signature was verified before.
+        assert!(matches!(
+            v.verify(&t, now + 60 + 31),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            v.verify(&t, now - 31),
+            Err(AuthError::NotYetValid)
+        ));
+        assert!(v.verify(&t, now + 1).is_ok());
+        // A changed signature is another token: verified afresh, and refused.
+        let mut bad = t.clone();
+        let last = bad.pop().expect("non-empty");
+        bad.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.verify(&bad, now).is_err());
+        // Refusals are not remembered.
+        assert!(!v.verified.lock().expect("lock").contains_key(&bad));
+    }
+
+    #[test]
+    fn the_verified_cache_is_bounded() {
+        let (key, v) = setup();
+        for i in 0..(VERIFIED_CACHE + 10) {
+            let t = key.sign(&claims(
+                "fengqiao-test",
+                "agencies/a",
+                &format!("o{i}"),
+                &[],
+                60,
+            ));
+            v.verify(&t, unix_now()).expect("valid");
+        }
+        assert!(v.verified.lock().expect("lock").len() <= VERIFIED_CACHE);
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(&'static str),
 
+    /// A shared (group-commit) transaction did not commit, so neither did the change that was
+    /// part of it. Retry; with an idempotency key the retry applies the change exactly once.
+    #[error("{0}; retry")]
+    GroupCommit(String),
+
     /// A file-system operation failed (creating the SQLite file's directory).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -80,6 +85,7 @@ impl fmt::Debug for Error {
             Error::IdempotencyConflict => "IdempotencyConflict",
             Error::ConcurrentModification => "ConcurrentModification",
             Error::NotFound(_) => "NotFound",
+            Error::GroupCommit(_) => "GroupCommit",
             Error::Io(_) => "Io",
         };
         write!(f, "{variant}({self})")
@@ -151,7 +157,8 @@ impl Error {
     /// Whether retrying the whole transaction may succeed: serialization failures, busy
     /// databases, and [`Error::ConcurrentModification`].
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::ConcurrentModification) || self.is_serialization_failure()
+        matches!(self, Error::ConcurrentModification | Error::GroupCommit(_))
+            || self.is_serialization_failure()
     }
 }
 

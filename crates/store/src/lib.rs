@@ -21,6 +21,7 @@
 //! Errors ([`Error`]) never carry row data, so they are safe to log.
 
 mod error;
+pub mod group;
 pub mod idempotency;
 pub mod inbox;
 mod migrate;
@@ -31,6 +32,7 @@ mod store;
 pub mod testing;
 
 pub use error::{Error, Result};
+pub use group::{GroupCommit, GroupCommitOptions};
 pub use migrate::{Migration, checksum};
 pub use shared::{SHARED_MIGRATIONS, SHARED_SERVICE};
 pub use store::{

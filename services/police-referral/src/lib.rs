@@ -592,7 +592,8 @@ impl PoliceReferral {
         who: &Identity,
         name: &str,
     ) -> Result<Begun<R>> {
-        let mut tx = self.store.write().await?;
+        // Only reads: a write transaction would take SQLite's write lock for nothing.
+        let mut tx = self.store.read().await?;
         if let Some(r) = idem.replay(&mut tx).await? {
             return Ok(Begun::Replay(r));
         }
@@ -757,9 +758,23 @@ impl PoliceReferral {
     async fn get(&self, request: Request<GetReferralRequest>) -> Result<GetReferralResponse> {
         let who = Identity::of(&request).map_err(Error::Router)?.clone();
         let req = request.into_inner();
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = load_visible(&mut tx, &who, &req.name).await?;
+        let id = fengqiao_kit::validate::parse_name("name", "referrals", &req.name)?;
+        // One statement, no transaction: the row and the database clock it is shown at.
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, {} AS db_now FROM referrals WHERE id = $1",
+            self.store.backend().now_expr()
+        ))
+        .bind(id)
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some(row) = row else {
+            return Err(Error::NotFound(req.name));
+        };
+        let s = stored_of(&row)?;
+        if !s.visible_to(&who) {
+            return Err(Error::NotFound(req.name));
+        }
+        let now: i64 = row.try_get("db_now")?;
         Ok(GetReferralResponse {
             referral: Some(present(s.referral, now)),
         })

@@ -133,6 +133,10 @@ pub type TokenProvider = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 pub trait OnDelivered: Send + Sync {
     /// Applies the consequences of `envelope` having been delivered.
     async fn delivered(&self, tx: &mut Tx, envelope: &Envelope) -> Result<()>;
+
+    /// Called after the transaction in which [`OnDelivered::delivered`] ran has committed
+    /// (e.g. to wake watch streams only once the change is visible).
+    fn committed(&self) {}
 }
 
 /// The outbox ordering key of an envelope: per receiving agency and case.
@@ -306,6 +310,7 @@ pub struct Delivery {
     tls: Option<ClientTlsConfig>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     on_delivered: Option<Arc<dyn OnDelivered>>,
+    commit: Option<fengqiao_store::GroupCommit>,
     wake: Arc<Notify>,
 }
 
@@ -413,6 +418,7 @@ impl Delivery {
             tls: None,
             channels: Arc::new(Mutex::new(HashMap::new())),
             on_delivered: None,
+            commit: None,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -427,6 +433,14 @@ impl Delivery {
     /// Runs `hook` in the transaction that marks each message delivered.
     pub fn with_on_delivered(mut self, hook: Arc<dyn OnDelivered>) -> Self {
         self.on_delivered = Some(hook);
+        self
+    }
+
+    /// Records push deliveries through `commit` (the transfers' group committer): the hook
+    /// changes transfers, which takes the locks the committer holds, so sharing its
+    /// transactions is faster than queueing for them.
+    pub fn with_group_commit(mut self, commit: fengqiao_store::GroupCommit) -> Self {
+        self.commit = Some(commit);
         self
     }
 
@@ -626,9 +640,27 @@ impl Delivery {
 
     /// Marks `id` delivered, runs the hook, resolves its incident; one transaction.
     async fn record_delivered(&self, id: &str, envelope: &Envelope) -> Result<()> {
-        let mut tx = self.store.write().await?;
-        let newly = self.mark_delivered_in(&mut tx, id, Some(envelope)).await?;
-        tx.commit().await.map_err(fengqiao_store::Error::from)?;
+        let newly = match &self.commit {
+            Some(commit) => {
+                let (this, job_id, envelope) = (self.clone(), id.to_string(), envelope.clone());
+                commit
+                    .run(move |tx| {
+                        Box::pin(async move {
+                            this.mark_delivered_in(tx, &job_id, Some(&envelope)).await
+                        })
+                    })
+                    .await?
+            }
+            None => {
+                let mut tx = self.store.write().await?;
+                let newly = self.mark_delivered_in(&mut tx, id, Some(envelope)).await?;
+                tx.commit().await.map_err(fengqiao_store::Error::from)?;
+                newly
+            }
+        };
+        if newly && let Some(hook) = &self.on_delivered {
+            hook.committed();
+        }
         if newly {
             tracing::info!(message_id = id, "message delivered");
         }
@@ -943,6 +975,11 @@ impl Delivery {
         }
         idem.save(&mut tx, &resp).await?;
         tx.commit().await.map_err(fengqiao_store::Error::from)?;
+        if resp.acknowledged_count > 0
+            && let Some(hook) = &self.on_delivered
+        {
+            hook.committed();
+        }
         if resp.acknowledged_count > 0 {
             tracing::info!(
                 agency = %who.agency,

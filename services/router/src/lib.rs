@@ -141,6 +141,10 @@ impl delivery::OnDelivered for transfers::Transfers {
         }
         Ok(())
     }
+
+    fn committed(&self) {
+        self.notify_watchers();
+    }
 }
 
 impl Router {
@@ -159,7 +163,8 @@ impl Router {
             std::sync::Arc::new(calendar),
         );
         let delivery = delivery::Delivery::new(store.clone(), options.delivery, options.push_token)
-            .with_on_delivered(std::sync::Arc::new(transfers.clone()));
+            .with_on_delivered(std::sync::Arc::new(transfers.clone()))
+            .with_group_commit(transfers.group_commit().clone());
         Ok(Self {
             agencies: Agencies::new(store.clone()),
             transfers,

@@ -18,7 +18,7 @@ use fengqiao_proto::router::{
     TransferEventType, TransferMessage, TransferState,
 };
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Store, Tx};
+use fengqiao_store::{GroupCommit, GroupCommitOptions, Store, Tx};
 use prost::Message as _;
 
 use crate::audit::{self, AuditEntry, Outcome};
@@ -28,6 +28,15 @@ use crate::lifecycle::{self, Action, Party};
 use crate::routes::RouteCatalog;
 use crate::time::to_timestamp;
 use fengqiao_kit::idem::Idem;
+
+/// How often a change is worked out again when the transfer changed between reading it and
+/// writing the change (only when the caller gave no `etag`).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// An action that does not depend on the transfer (for [`Transfers::mutate`]).
+fn fixed(action: Action) -> impl Fn(&Loaded, &Route) -> Action {
+    move |_, _| action
+}
 
 /// Reason code the router uses when an investigation request pauses the feedback clock.
 pub const PAUSE_FOR_INVESTIGATION: &str = "supplementary_investigation";
@@ -190,6 +199,9 @@ pub struct Change {
 #[derive(Clone)]
 pub struct Transfers {
     store: Store,
+    /// Runs the write part of every change: they all take the event-sequence and audit-chain
+    /// locks, so they share transactions (group commit) instead of queueing for them.
+    commit: GroupCommit,
     routes: Arc<RouteCatalog>,
     calendar: Arc<HolidayCalendar>,
     events: tokio::sync::watch::Sender<i64>,
@@ -308,8 +320,10 @@ impl Transfers {
     /// The service over a migrated `store`, the route catalogue and the holiday calendar.
     pub fn new(store: Store, routes: Arc<RouteCatalog>, calendar: Arc<HolidayCalendar>) -> Self {
         let (events, _) = tokio::sync::watch::channel(0);
+        let commit = GroupCommit::new(&store, GroupCommitOptions::default());
         Self {
             store,
+            commit,
             routes,
             calendar,
             events,
@@ -319,6 +333,16 @@ impl Transfers {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The group committer of changes (its counters, for metrics).
+    pub fn group_commit(&self) -> &GroupCommit {
+        &self.commit
+    }
+
+    /// Wakes watch streams: call after committing an event.
+    pub fn notify_watchers(&self) {
+        self.events.send_modify(|v| *v += 1);
     }
 
     /// Resolves when a new event may have been committed (for watch streams).
@@ -372,6 +396,19 @@ impl Transfers {
         }
     }
 
+    /// Takes the event-sequence lock first, before any row lock, on paths that change a
+    /// transfer outside the group committer (delivery, timer): the committer holds the
+    /// sequence lock before it touches a row, so the same order everywhere rules out deadlock.
+    async fn lock_sequence(tx: &mut Tx) -> Result<()> {
+        fengqiao_store::pg_xact_lock(
+            tx,
+            fengqiao_store::lock_class::SEQUENCE,
+            &["transfer_events"],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Allocates the next gap-free event sequence number (under a lock on PostgreSQL; SQLite
     /// write transactions are serialised already).
     async fn next_event_seq(tx: &mut Tx) -> Result<i64> {
@@ -391,7 +428,6 @@ impl Transfers {
     /// Writes the event, audit record and messages of a change, and the row itself.
     #[allow(clippy::too_many_arguments)]
     async fn persist(
-        &self,
         tx: &mut Tx,
         l: &mut Loaded,
         from_state: TransferState,
@@ -547,7 +583,7 @@ impl Transfers {
         who: &Identity,
         req: fengqiao_proto::router::CreateTransferRequest,
     ) -> Result<Transfer> {
-        let idem = Idem::new(who, "CreateTransfer", &req.request_id, &req)?;
+        let idem = Arc::new(Idem::new(who, "CreateTransfer", &req.request_id, &req)?);
         let Some(mut t) = req.transfer.clone() else {
             return Err(FieldViolation::new("transfer", "is required").into());
         };
@@ -577,7 +613,8 @@ impl Transfers {
             case.case_id = uuid::Uuid::new_v4().to_string();
         }
 
-        let mut tx = self.store.write().await?;
+        // Checks on a read transaction; the write in the group committer.
+        let mut tx = self.store.read().await?;
         if let Some(r) = idem
             .replay::<fengqiao_proto::router::CreateTransferResponse>(&mut tx)
             .await?
@@ -632,6 +669,7 @@ impl Transfers {
         };
 
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        tx.rollback().await.map_err(store_err)?;
         let redacted = minimise(&mut case, &route.allowed_personal_info);
         let id = uuid::Uuid::now_v7().to_string();
         t.name = format!("transfers/{id}");
@@ -670,25 +708,42 @@ impl Transfers {
             event_type: TransferEventType::Created,
             ..Default::default()
         };
-        self.persist(
-            &mut tx,
-            &mut l,
-            TransferState::Unspecified,
-            actor_of(who),
-            change,
-            now,
-            true,
-        )
-        .await?;
-        let view = l.view(now);
-        idem.save(
-            &mut tx,
-            &fengqiao_proto::router::CreateTransferResponse {
-                transfer: Some(view.clone()),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(store_err)?;
+        let actor = actor_of(who);
+        let view = self
+            .commit
+            .run(move |tx| {
+                Box::pin(async move {
+                    // A concurrent call with the same key may have committed meanwhile.
+                    if let Some(r) = idem
+                        .replay::<fengqiao_proto::router::CreateTransferResponse>(tx)
+                        .await?
+                    {
+                        return r
+                            .transfer
+                            .ok_or_else(|| Error::Corrupt("empty stored response".into()));
+                    }
+                    Self::persist(
+                        tx,
+                        &mut l,
+                        TransferState::Unspecified,
+                        actor,
+                        change,
+                        now,
+                        true,
+                    )
+                    .await?;
+                    let view = l.view(now);
+                    idem.save(
+                        tx,
+                        &fengqiao_proto::router::CreateTransferResponse {
+                            transfer: Some(view.clone()),
+                        },
+                    )
+                    .await?;
+                    Ok::<_, Error>(view)
+                })
+            })
+            .await?;
         self.events.send_modify(|v| *v += 1);
         Ok(view)
     }
@@ -696,12 +751,25 @@ impl Transfers {
     /// Reads one transfer visible to the caller.
     pub async fn get(&self, who: &Identity, name: &str) -> Result<Transfer> {
         let id = transfer_id("name", name)?;
-        let mut tx = self.store.read().await?;
-        let l = Self::load(&mut tx, &id).await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        tx.commit().await.map_err(store_err)?;
-        match l {
-            Some(l) if l.visible_to(&who.agency) => Ok(l.view(now)),
+        // One statement, no transaction: the row and the database clock it is shown at (the
+        // most frequent call of all, the status answer agencies poll for).
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, {} AS db_now FROM transfers WHERE id = $1",
+            self.store.backend().now_expr()
+        ))
+        .bind(&id)
+        .fetch_optional(self.store.pool())
+        .await
+        .map_err(store_err)?;
+        let found = match &row {
+            Some(r) => Some((
+                row_to_loaded(r)?,
+                r.try_get::<i64, _>("db_now").map_err(store_err)?,
+            )),
+            None => None,
+        };
+        match found {
+            Some((l, now)) if l.visible_to(&who.agency) => Ok(l.view(now)),
             _ => {
                 self.denied(who, "transfer.get", name, "NOT_VISIBLE").await;
                 Err(Error::NotFound(name.to_string()))
@@ -710,6 +778,12 @@ impl Transfers {
     }
 
     /// Runs one change: see the module docs.
+    ///
+    /// The checks run on a read transaction, concurrently with other requests; the write
+    /// (row guarded by the version read, event, audit record, envelopes, idempotent answer)
+    /// runs in the group committer. If the transfer changed in between and the caller gave no
+    /// `etag`, the change is worked out again on the new version (a few times at most), which
+    /// is what the row lock used to give; with an `etag` the caller gets ABORTED as before.
     #[allow(clippy::too_many_arguments)]
     async fn mutate<Req, Resp, F>(
         &self,
@@ -719,88 +793,107 @@ impl Transfers {
         req: &Req,
         name: &str,
         etag_in: &str,
-        action: Action,
+        action_of: impl Fn(&Loaded, &Route) -> Action,
         apply: F,
-        respond: impl FnOnce(Transfer, Option<Investigation>) -> Resp,
+        respond: fn(Transfer, Option<Investigation>) -> Resp,
     ) -> Result<Resp>
     where
         Req: prost::Message,
-        Resp: prost::Message + Default + Clone,
-        F: FnOnce(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
+        Resp: prost::Message + Default + Clone + 'static,
+        F: Fn(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
     {
-        let idem = Idem::new(who, method, request_id, req)?;
+        let idem = Arc::new(Idem::new(who, method, request_id, req)?);
         let id = transfer_id("name", name)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay::<Resp>(&mut tx).await? {
-            return Ok(r);
-        }
-        let Some(mut l) = Self::load_for_change(&mut tx, &id)
-            .await?
-            .filter(|l| l.visible_to(&who.agency))
-        else {
-            drop(tx);
-            self.denied(who, method, name, "NOT_VISIBLE").await;
-            return Err(Error::NotFound(name.to_string()));
-        };
-        let party_ok = match action.party() {
-            Party::Sender => who.agency == l.sender(),
-            Party::Receiver => who.agency == l.receiver(),
-            // Approvers are checked against the step below.
-            Party::Approver => true,
-            Party::System => false,
-        };
-        if !party_ok {
-            drop(tx);
-            self.denied(who, method, name, "WRONG_PARTY").await;
-            return Err(Error::PermissionDenied(
-                "WRONG_PARTY",
-                format!(
-                    "only the {:?} agency may {} this transfer",
-                    action.party(),
-                    action.verb()
-                )
-                .to_lowercase(),
-            ));
-        }
-        if !etag_in.is_empty() && etag_in != etag(l.version) {
-            return Err(Error::EtagMismatch(l.transfer.name.clone()));
-        }
-        let from_state = l.state();
-        let Some(to_state) = lifecycle::next(from_state, action) else {
-            return Err(Error::WrongState {
-                resource: l.transfer.name.clone(),
-                state: lifecycle::state_name(from_state).into(),
-                action: action.verb(),
-            });
-        };
-        let route = self.route(&l)?.clone();
-        if action.party() == Party::Approver {
-            let step = l.transfer.current_step as usize;
-            if let Err(e) = check_approver(who, &l, &route, step) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.store.read().await?;
+            if let Some(r) = idem.replay::<Resp>(&mut tx).await? {
+                return Ok(r);
+            }
+            let Some(mut l) = Self::load(&mut tx, &id)
+                .await?
+                .filter(|l| l.visible_to(&who.agency))
+            else {
                 drop(tx);
-                self.denied(who, method, name, "APPROVER_CHECK").await;
-                return Err(e);
+                self.denied(who, method, name, "NOT_VISIBLE").await;
+                return Err(Error::NotFound(name.to_string()));
+            };
+            let route = self.route(&l)?.clone();
+            let action = action_of(&l, &route);
+            let party_ok = match action.party() {
+                Party::Sender => who.agency == l.sender(),
+                Party::Receiver => who.agency == l.receiver(),
+                // Approvers are checked against the step below.
+                Party::Approver => true,
+                Party::System => false,
+            };
+            if !party_ok {
+                drop(tx);
+                self.denied(who, method, name, "WRONG_PARTY").await;
+                return Err(Error::PermissionDenied(
+                    "WRONG_PARTY",
+                    format!(
+                        "only the {:?} agency may {} this transfer",
+                        action.party(),
+                        action.verb()
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            if !etag_in.is_empty() && etag_in != etag(l.version) {
+                return Err(Error::EtagMismatch(l.transfer.name.clone()));
+            }
+            let from_state = l.state();
+            let Some(to_state) = lifecycle::next(from_state, action) else {
+                return Err(Error::WrongState {
+                    resource: l.transfer.name.clone(),
+                    state: lifecycle::state_name(from_state).into(),
+                    action: action.verb(),
+                });
+            };
+            if action.party() == Party::Approver {
+                let step = l.transfer.current_step as usize;
+                if let Err(e) = check_approver(who, &l, &route, step) {
+                    drop(tx);
+                    self.denied(who, method, name, "APPROVER_CHECK").await;
+                    return Err(e);
+                }
+            }
+            let now = fengqiao_store::db_now_micros(&mut tx).await?;
+            tx.rollback().await.map_err(store_err)?;
+            let change = apply(&mut l, &route, &self.calendar, now)?;
+            l.transfer.state = to_state as i32;
+            let investigation = change.investigation.clone();
+            let actor = actor_of(who);
+            let idem_job = idem.clone();
+            let written = self
+                .commit
+                .run(move |tx| {
+                    Box::pin(async move {
+                        // A concurrent call with the same key may have committed meanwhile.
+                        if let Some(r) = idem_job.replay::<Resp>(tx).await? {
+                            return Ok(r);
+                        }
+                        Self::persist(tx, &mut l, from_state, actor, change, now, false).await?;
+                        let resp = respond(l.view(now), investigation);
+                        idem_job.save(tx, &resp).await?;
+                        Ok(resp)
+                    })
+                })
+                .await;
+            match written {
+                // Changed by someone else since it was read: work it out again.
+                Err(Error::EtagMismatch(_)) if etag_in.is_empty() && attempt < MAX_ATTEMPTS => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(resp) => {
+                    self.events.send_modify(|v| *v += 1);
+                    return Ok(resp);
+                }
             }
         }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let change = apply(&mut l, &route, &self.calendar, now)?;
-        l.transfer.state = to_state as i32;
-        let investigation = change.investigation.clone();
-        self.persist(
-            &mut tx,
-            &mut l,
-            from_state,
-            actor_of(who),
-            change,
-            now,
-            false,
-        )
-        .await?;
-        let resp = respond(l.view(now), investigation);
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await.map_err(store_err)?;
-        self.events.send_modify(|v| *v += 1);
-        Ok(resp)
     }
 
     /// The router marks an offered transfer as delivered (APPROVED → DELIVERED) once its
@@ -810,6 +903,7 @@ impl Transfers {
         let Ok(id) = transfer_id("transfer", transfer) else {
             return Ok(());
         };
+        Self::lock_sequence(tx).await?;
         let Some(mut l) = Self::load_for_change(tx, &id).await? else {
             return Ok(());
         };
@@ -823,9 +917,8 @@ impl Transfers {
             event_type: TransferEventType::Delivered,
             ..Default::default()
         };
-        self.persist(tx, &mut l, from_state, system_actor(), change, now, false)
-            .await?;
-        self.events.send_modify(|v| *v += 1);
+        Self::persist(tx, &mut l, from_state, system_actor(), change, now, false).await?;
+        // Watchers are woken by the caller once this commits (OnDelivered::committed).
         Ok(())
     }
 
@@ -862,6 +955,7 @@ impl Transfers {
 
     async fn expire_one(&self, id: &str) -> Result<bool> {
         let mut tx = self.store.write().await?;
+        Self::lock_sequence(&mut tx).await?;
         let Some(mut l) = Self::load_for_change(&mut tx, id).await? else {
             return Ok(false);
         };
@@ -941,7 +1035,7 @@ impl Transfers {
             tx.commit().await.map_err(store_err)?;
             return Ok(false);
         }
-        self.persist(
+        Self::persist(
             &mut tx,
             &mut l,
             from_state,

@@ -14,7 +14,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Change, Loaded, PAUSE_FOR_INVESTIGATION, Transfers, allowed_code, clock_error, offer,
+    Change, Loaded, PAUSE_FOR_INVESTIGATION, Transfers, allowed_code, clock_error, fixed, offer,
     pick_clock, start_clock, stop_running, store_err,
 };
 use crate::error::{Error, Result};
@@ -326,7 +326,7 @@ impl TransferService for Transfers {
                 &req,
                 &patch.name,
                 &patch.etag,
-                Action::Update,
+                fixed(Action::Update),
                 |l, route, _cal, _now| {
                     for p in &paths {
                         match p.as_str() {
@@ -369,17 +369,6 @@ impl TransferService for Transfers {
     ) -> Reply<SubmitTransferResponse> {
         let who = who(&request)?;
         let req = request.into_inner();
-        let route_has_steps = {
-            // Decided inside the change from the pinned route; the action's flag must agree.
-            let id = super::transfer_id("name", &req.name)?;
-            let mut tx = self.store().read().await.map_err(Error::from)?;
-            let l = Self::load(&mut tx, &id).await?;
-            tx.commit().await.map_err(store_err)?;
-            match l {
-                Some(l) => !self.route(&l)?.approval_steps.is_empty(),
-                None => true,
-            }
-        };
         let resp = self
             .mutate(
                 &who,
@@ -388,8 +377,9 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Submit {
-                    no_steps: !route_has_steps,
+                // Decided from the pinned route of the transfer as read for the change.
+                |_l: &Loaded, route: &Route| Action::Submit {
+                    no_steps: route.approval_steps.is_empty(),
                 },
                 |l, route, cal, now| {
                     let mut change = Change {
@@ -420,7 +410,6 @@ impl TransferService for Transfers {
         let req = request.into_inner();
         // Whether this is the route's last step; the step itself is checked inside the change,
         // after the idempotent replay (a retried approval must get its first answer).
-        let last = req.step_index + 1 >= self.step_count(&req.name).await?;
         let actor = who.clone();
         let resp = self
             .mutate(
@@ -430,7 +419,9 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Approve { last },
+                |_l: &Loaded, route: &Route| Action::Approve {
+                    last: req.step_index as usize + 1 >= route.approval_steps.len(),
+                },
                 |l, route, cal, now| {
                     if l.transfer.current_step != req.step_index {
                         return Err(Error::WrongState {
@@ -468,7 +459,8 @@ impl TransferService for Transfers {
                         event_type: TransferEventType::StepApproved,
                         ..Default::default()
                     };
-                    if last {
+                    // The same test as the action's `last` (both from the pinned route).
+                    if step as usize + 1 >= route.approval_steps.len() {
                         change.event_type = TransferEventType::Approved;
                         offer(l, route, cal, now, &mut change)?;
                     } else {
@@ -504,7 +496,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Reject,
+                fixed(Action::Reject),
                 |l, _route, _cal, _now| {
                     if l.transfer.current_step != req.step_index {
                         return Err(Error::WrongState {
@@ -543,7 +535,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Withdraw,
+                fixed(Action::Withdraw),
                 |l, _route, _cal, now| {
                     let offered = l.acceptance.is_some();
                     stop_running(&mut l.acceptance, now)?;
@@ -579,7 +571,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Accept,
+                fixed(Action::Accept),
                 |l, route, cal, now| {
                     stop_running(&mut l.acceptance, now)?;
                     l.feedback = start_clock("feedback", route.feedback_clock.as_ref(), now, cal)?;
@@ -622,7 +614,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Decline,
+                fixed(Action::Decline),
                 |l, route, _cal, now| {
                     let code =
                         allowed_code("reason_code", &req.reason_code, &route.decline_reasons)?;
@@ -659,7 +651,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Clock,
+                fixed(Action::Clock),
                 |l, _route, _cal, now| {
                     pick_clock(l, req.clock)?
                         .pause(now, &req.reason_code)
@@ -692,7 +684,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Clock,
+                fixed(Action::Clock),
                 |l, _route, cal, now| {
                     pick_clock(l, req.clock)?
                         .resume(now, cal)
@@ -729,7 +721,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Clock,
+                fixed(Action::Clock),
                 |l, _route, cal, _now| {
                     // Consent of every party (特邀调解规定 Art 27: extension with all parties' consent).
                     let parties: Vec<String> = l
@@ -772,7 +764,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.parent,
                 &req.etag,
-                Action::RequestInvestigation,
+                fixed(Action::RequestInvestigation),
                 |l, _route, _cal, now| {
                     let n = l.transfer.investigations.len() + 1;
                     if req.pause_feedback_clock {
@@ -838,7 +830,7 @@ impl TransferService for Transfers {
                 &req,
                 &parent,
                 &req.etag,
-                Action::AnswerInvestigation,
+                fixed(Action::AnswerInvestigation),
                 |l, _route, cal, now| {
                     let Some(inv) = l
                         .transfer
@@ -906,7 +898,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::SubmitFeedback,
+                fixed(Action::SubmitFeedback),
                 |l, route, _cal, now| {
                     let code =
                         allowed_code("outcome_code", &req.outcome_code, &route.feedback_outcomes)?;
@@ -949,7 +941,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::AcknowledgeFeedback,
+                fixed(Action::AcknowledgeFeedback),
                 |l, _route, _cal, now| {
                     if let Some(f) = l.transfer.feedback.as_mut() {
                         f.acknowledged_by = Some(super::actor_of(&actor));
@@ -986,7 +978,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Return,
+                fixed(Action::Return),
                 |l, route, _cal, now| {
                     let code =
                         allowed_code("reason_code", &req.reason_code, &route.return_reasons)?;
@@ -1030,7 +1022,7 @@ impl TransferService for Transfers {
                 &req,
                 &req.name,
                 &req.etag,
-                Action::Escalate,
+                fixed(Action::Escalate),
                 |l, _route, _cal, now| {
                     stop_running(&mut l.feedback, now)?;
                     // 人民调解法 Art 25: a dispute that may intensify is reported at once.
@@ -1122,20 +1114,5 @@ impl TransferService for Transfers {
     ) -> Reply<GetCaseTimelineResponse> {
         let who = who(&request)?;
         Ok(Response::new(self.timeline(&who, request.get_ref()).await?))
-    }
-}
-
-impl Transfers {
-    /// The number of approval steps of a transfer's pinned route (1 for a missing transfer:
-    /// the change itself then answers NOT_FOUND).
-    async fn step_count(&self, name: &str) -> Result<u32> {
-        let id = super::transfer_id("name", name)?;
-        let mut tx = self.store().read().await?;
-        let l = Self::load(&mut tx, &id).await?;
-        tx.commit().await.map_err(store_err)?;
-        match l {
-            Some(l) => Ok(self.route(&l)?.approval_steps.len() as u32),
-            None => Ok(1),
-        }
     }
 }
