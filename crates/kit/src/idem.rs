@@ -61,6 +61,21 @@ impl Idem {
         }
     }
 
+    /// The stored answer of an earlier call, read without the key's lock on any connection:
+    /// lets a retried call answer early. It can miss an answer committed right after it, so
+    /// the change must still call [`Idem::replay`] in its write transaction.
+    pub async fn peek<R: prost::Message + Default>(
+        &self,
+        conn: &mut fengqiao_store::sqlx::AnyConnection,
+    ) -> Result<Option<R>, IdemError> {
+        match idempotency::lookup_unlocked(conn, &self.key, &self.hash).await? {
+            Some(bytes) => R::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| IdemError::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
     /// Stores the answer in the same transaction as the change.
     pub async fn save<R: prost::Message>(
         &self,

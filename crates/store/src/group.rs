@@ -20,7 +20,16 @@
 //!
 //! A job must be `Send + 'static` (it runs on the committer thread): move what it needs into
 //! it. A job whose caller has gone away (cancelled request) before the job started is skipped.
+//!
+//! **Batch memo.** Jobs of one batch share a transaction, so what one job learnt under a lock
+//! stays true for the next: the advisory locks [`crate::pg_xact_lock`] took are still held (it
+//! does not ask again), and a job may leave the head of a sequence it appends to with
+//! [`memo_set`] for the next job to read with [`memo_get`] instead of querying it. The memo
+//! belongs to the batch's connection (other connections never see it), and a job that fails is
+//! rolled back to its savepoint together with what it put in the memo.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -35,6 +44,69 @@ use crate::store::{Backend, Store, StoreConfig, Tx};
 
 /// The future a job returns: it may borrow the transaction.
 pub type JobFuture<'c, T, E> = Pin<Box<dyn Future<Output = std::result::Result<T, E>> + Send + 'c>>;
+
+tokio::task_local! {
+    static MEMO: RefCell<Memo>;
+}
+
+/// What the jobs of the running batch know (see the module docs).
+#[derive(Debug, Clone, Default)]
+struct Memo {
+    /// Address of the batch transaction's connection: the memo holds only for it.
+    conn: usize,
+    locks: HashSet<(i32, i32)>,
+    values: HashMap<&'static str, (i64, String)>,
+}
+
+fn addr(conn: &sqlx::AnyConnection) -> usize {
+    conn as *const sqlx::AnyConnection as usize
+}
+
+/// Whether `conn` is the running batch's connection and already holds the advisory lock.
+pub(crate) fn lock_held(conn: &sqlx::AnyConnection, class: i32, key: i32) -> bool {
+    MEMO.try_with(|m| {
+        let m = m.borrow();
+        m.conn == addr(conn) && m.locks.contains(&(class, key))
+    })
+    .unwrap_or(false)
+}
+
+/// Notes that `conn` (if it is the running batch's) now holds the advisory lock.
+pub(crate) fn note_lock(conn: &sqlx::AnyConnection, class: i32, key: i32) {
+    let _ = MEMO.try_with(|m| {
+        let mut m = m.borrow_mut();
+        if m.conn == addr(conn) {
+            m.locks.insert((class, key));
+        }
+    });
+}
+
+/// The value a previous job of this batch left under `key` with [`memo_set`], if `conn` is
+/// the running batch's connection. Only meaningful for data guarded by a lock the batch holds
+/// (e.g. the head of a gap-free sequence).
+pub fn memo_get(conn: &sqlx::AnyConnection, key: &'static str) -> Option<(i64, String)> {
+    MEMO.try_with(|m| {
+        let m = m.borrow();
+        if m.conn == addr(conn) {
+            m.values.get(key).cloned()
+        } else {
+            None
+        }
+    })
+    .ok()
+    .flatten()
+}
+
+/// Leaves `value` under `key` for the following jobs of this batch (no-op outside a batch or
+/// on another connection).
+pub fn memo_set(conn: &sqlx::AnyConnection, key: &'static str, value: (i64, String)) {
+    let _ = MEMO.try_with(|m| {
+        let mut m = m.borrow_mut();
+        if m.conn == addr(conn) {
+            m.values.insert(key, value);
+        }
+    });
+}
 
 /// Tuning of a [`GroupCommit`].
 #[derive(Debug, Clone, Copy)]
@@ -308,10 +380,17 @@ impl Committer {
             Ok(s) => s.clone(),
             Err(e) => return Err(fail_all(Vec::new(), jobs, &e.to_string())),
         };
-        let mut tx = match store.write().await {
+        let tx = match store.write().await {
             Ok(tx) => tx,
             Err(e) => return Err(fail_all(Vec::new(), jobs, &e.to_string())),
         };
+        MEMO.scope(RefCell::new(Memo::default()), Self::run_jobs(tx, jobs))
+            .await
+    }
+
+    async fn run_jobs(mut tx: Tx, jobs: Vec<Box<dyn Job>>) -> std::result::Result<(), String> {
+        // Here, where the transaction stays until it ends (the connection lives inside it).
+        MEMO.with(|m| m.borrow_mut().conn = addr(&tx));
         let single = jobs.len() == 1;
         let mut done: Vec<Box<dyn Finish>> = Vec::with_capacity(jobs.len());
         let mut rest = jobs.into_iter();
@@ -319,6 +398,7 @@ impl Committer {
             if !single && let Err(e) = exec(&mut tx, "SAVEPOINT fq_group_job").await {
                 return Err(fail_all(done, rest.collect(), &e.to_string()));
             }
+            let before = MEMO.with(|m| m.borrow().clone());
             let finished = match AssertUnwindSafe(job.start(&mut tx)).catch_unwind().await {
                 Ok(f) => f,
                 Err(_) => {
@@ -336,6 +416,8 @@ impl Committer {
                 let step = if finished.succeeded() {
                     exec(&mut tx, "RELEASE SAVEPOINT fq_group_job").await
                 } else {
+                    // Locks taken and values left by the job go with its savepoint.
+                    MEMO.with(|m| *m.borrow_mut() = before);
                     match exec(&mut tx, "ROLLBACK TO SAVEPOINT fq_group_job").await {
                         Ok(()) => exec(&mut tx, "RELEASE SAVEPOINT fq_group_job").await,
                         Err(e) => Err(e),

@@ -73,6 +73,17 @@ pub async fn lookup(
         &[&key.caller, &key.method, &key.request_id],
     )
     .await?;
+    lookup_unlocked(tx, key, request_hash).await
+}
+
+/// Like [`lookup`], without the key's lock, on any connection (in a transaction or not): a
+/// hint that lets a retried call skip its work early. It can miss an answer that commits
+/// right after it; the change itself must still call [`lookup`] in its write transaction.
+pub async fn lookup_unlocked(
+    conn: &mut sqlx::AnyConnection,
+    key: &IdempotencyKey,
+    request_hash: &str,
+) -> Result<Option<Vec<u8>>> {
     let row = sqlx::query(
         "SELECT request_hash, response FROM idempotency_keys \
          WHERE caller = $1 AND method = $2 AND request_id = $3",
@@ -80,7 +91,7 @@ pub async fn lookup(
     .bind(&key.caller)
     .bind(&key.method)
     .bind(&key.request_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
         return Ok(None);

@@ -452,12 +452,17 @@ pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) 
     let mut key = [0u8; 4];
     key.copy_from_slice(&digest.as_ref()[..4]);
     let key = i32::from_le_bytes(key);
+    if crate::group::lock_held(conn, class, key) {
+        // Taken earlier in this same shared transaction (group commit): still held.
+        return Ok(());
+    }
     // pg_advisory_xact_lock returns `void`, which the Any driver cannot decode: cast to text.
     sqlx::query("SELECT CAST(pg_advisory_xact_lock($1, $2) AS TEXT)")
         .bind(class)
         .bind(key)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    crate::group::note_lock(conn, class, key);
     Ok(())
 }
 

@@ -258,3 +258,51 @@ both_backends!(
         Ok::<_, Error>(())
     }
 );
+
+both_backends!(
+    the_batch_memo_passes_from_job_to_job_and_fails_with_its_job,
+    |store: Store| async move {
+        use fengqiao_store::group::{memo_get, memo_set};
+        let gc = GroupCommit::new(&store, GroupCommitOptions::default());
+        // Outside a batch there is no memo.
+        let conn = store.pool().acquire().await?;
+        memo_set(&conn, "k", (9, "outside".into()));
+        assert_eq!(memo_get(&conn, "k"), None);
+        drop(conn);
+        let (release, blocker) = block(&gc).await;
+        let spawn_job = |set: Option<(i64, &'static str)>, fail: bool| {
+            let gc = gc.clone();
+            tokio::spawn(async move {
+                gc.run(move |tx| {
+                    Box::pin(async move {
+                        let seen = memo_get(tx, "k");
+                        if let Some((n, s)) = set {
+                            memo_set(tx, "k", (n, s.to_string()));
+                        }
+                        if fail {
+                            return Err(Error::NotFound("test refusal"));
+                        }
+                        Ok(seen)
+                    })
+                })
+                .await
+            })
+        };
+        let a = spawn_job(Some((1, "a")), false);
+        until_waiting(&gc, 1).await;
+        let b = spawn_job(Some((2, "b")), true);
+        until_waiting(&gc, 2).await;
+        let c = spawn_job(None, false);
+        until_waiting(&gc, 3).await;
+        release.send(()).expect("blocker waiting");
+        blocker.await.expect("join")?;
+        assert_eq!(a.await.expect("join")?, None);
+        assert!(b.await.expect("join").is_err());
+        // B failed: its value went with its savepoint; C sees what A left.
+        assert_eq!(c.await.expect("join")?, Some((1, "a".to_string())));
+        // A new batch starts with an empty memo.
+        let d = spawn_job(None, false).await.expect("join")?;
+        assert_eq!(d, None);
+        Ok::<_, Error>(())
+    }
+);

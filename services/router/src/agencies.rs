@@ -130,10 +130,13 @@ impl Agencies {
     }
 
     /// Reads one agency by id inside `tx`.
-    pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<Agency>> {
+    pub async fn get_in(
+        conn: &mut fengqiao_store::sqlx::AnyConnection,
+        id: &str,
+    ) -> Result<Option<Agency>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agencies WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(fengqiao_store::Error::from)?;
         row.as_ref().map(row_to_agency).transpose()

@@ -11,8 +11,9 @@
 //! Records are numbered `1, 2, 3, …` without gaps. The appender assigns `seq` as the previous
 //! maximum + 1 while it holds the store's write serialisation: on SQLite write transactions
 //! begin `IMMEDIATE` (one writer at a time); on PostgreSQL [`append`] first takes a
-//! transaction-scoped advisory lock ([`LOCK_CLASS`], [`LOCK_KEY`]), held until the caller's
-//! transaction ends. The primary key on `seq` refuses a duplicate in any case. Because the lock
+//! transaction-scoped advisory lock ([`fengqiao_store::pg_xact_lock`], class
+//! `lock_class::SEQUENCE`, name `audit_records`), held until the caller's transaction ends
+//! (taken once per transaction, also when a group-commit batch appends for several changes). The primary key on `seq` refuses a duplicate in any case. Because the lock
 //! is held until commit, append audit records as the last step of a transaction, after the
 //! transaction's other locks are taken.
 //!
@@ -47,7 +48,7 @@ use fengqiao_proto::router::{
     VerifyAuditChainResponse,
 };
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Backend, Store, Tx};
+use fengqiao_store::{Store, Tx};
 use tonic::{Request, Response, Status};
 
 pub use crate::agencies::ROLE_PLATFORM_ADMIN;
@@ -59,12 +60,6 @@ pub const ROLE_AUDITOR: &str = "auditor";
 
 /// `prev_hash` of the first record: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// First key of the PostgreSQL advisory lock serialising appenders (the store crate uses
-/// `0x4651_00xx`).
-pub const LOCK_CLASS: i32 = 0x4651_0101;
-/// Second key of the PostgreSQL advisory lock serialising appenders.
-pub const LOCK_KEY: i32 = 1;
 
 /// Resource name the audit RPCs act on (used in denial records).
 pub const AUDIT_RESOURCE: &str = "auditRecords";
@@ -304,17 +299,14 @@ fn canonical_fields(fields: &[PersonalInfoField]) -> String {
 /// Serialises appenders on PostgreSQL until the transaction ends (SQLite write transactions
 /// are already serialised by `BEGIN IMMEDIATE`).
 async fn lock_chain(tx: &mut Tx) -> Result<()> {
-    if Backend::of(tx) == Backend::Postgres {
-        // pg_advisory_xact_lock returns `void`, which the Any driver cannot decode.
-        sqlx::query("SELECT CAST(pg_advisory_xact_lock($1, $2) AS TEXT)")
-            .bind(LOCK_CLASS)
-            .bind(LOCK_KEY)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-    }
+    // Through the store's helper, so a group-commit batch takes it once for all its jobs.
+    fengqiao_store::pg_xact_lock(tx, fengqiao_store::lock_class::SEQUENCE, &["audit_records"])
+        .await?;
     Ok(())
 }
+
+/// Batch-memo key of the chain's head (see `fengqiao_store::group`).
+const HEAD_MEMO: &str = "router.audit_records.head";
 
 /// Appends one record in the caller's write transaction (from [`Store::write`]) and returns
 /// its sequence number. `recorded_at` is the database clock. The record commits or rolls back
@@ -332,11 +324,15 @@ pub async fn append_with_personal_info(
     personal_info_fields: &[PersonalInfoField],
 ) -> Result<i64> {
     lock_chain(tx).await?;
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+    // In a group-commit batch the previous job left the head it wrote (the batch holds the
+    // chain lock, so nobody else can have appended since).
+    let head: Option<(i64, String)> = match fengqiao_store::group::memo_get(tx, HEAD_MEMO) {
+        Some(h) => Some(h),
+        None => sqlx::query_as("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
             .await
-            .map_err(db)?;
+            .map_err(db)?,
+    };
     let (seq, prev_hash) = match head {
         Some((s, h)) => (s + 1, h),
         None => (1, GENESIS_HASH.to_string()),
@@ -376,10 +372,11 @@ pub async fn append_with_personal_info(
     .bind(entry.detail)
     .bind(fields)
     .bind(prev_hash)
-    .bind(hash)
+    .bind(&hash)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
+    fengqiao_store::group::memo_set(tx, HEAD_MEMO, (seq, hash));
     Ok(seq)
 }
 

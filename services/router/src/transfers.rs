@@ -17,7 +17,7 @@ use fengqiao_proto::router::{
     ApproverScope, CaseSnapshot, Investigation, Route, Transfer, TransferClock, TransferEvent,
     TransferEventType, TransferMessage, TransferState,
 };
-use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
+use fengqiao_store::sqlx::{self, AnyConnection, Row as _, any::AnyRow};
 use fengqiao_store::{GroupCommit, GroupCommitOptions, Store, Tx};
 use prost::Message as _;
 
@@ -32,6 +32,9 @@ use fengqiao_kit::idem::Idem;
 /// How often a change is worked out again when the transfer changed between reading it and
 /// writing the change (only when the caller gave no `etag`).
 const MAX_ATTEMPTS: u32 = 8;
+
+/// Batch-memo key of the last event sequence number (see `fengqiao_store::group`).
+const EVENT_SEQ_MEMO: &str = "router.transfer_events.seq";
 
 /// An action that does not depend on the transfer (for [`Transfers::mutate`]).
 fn fixed(action: Action) -> impl Fn(&Loaded, &Route) -> Action {
@@ -371,14 +374,34 @@ impl Transfers {
         Self::load(tx, id).await
     }
 
-    /// Loads one transfer inside `tx`.
-    pub async fn load(tx: &mut Tx, id: &str) -> Result<Option<Loaded>> {
+    /// Loads one transfer on `conn` (e.g. `&mut tx`).
+    pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<Loaded>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM transfers WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(store_err)?;
         row.as_ref().map(row_to_loaded).transpose()
+    }
+
+    /// Loads one transfer and the database clock in one statement, on `conn` (no transaction
+    /// needed: one statement reads one snapshot).
+    async fn load_at(conn: &mut AnyConnection, id: &str) -> Result<Option<(Loaded, i64)>> {
+        let now = fengqiao_store::Backend::of(conn).now_expr();
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, {now} AS db_now FROM transfers WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_err)?;
+        match row {
+            Some(r) => Ok(Some((
+                row_to_loaded(&r)?,
+                r.try_get::<i64, _>("db_now").map_err(store_err)?,
+            ))),
+            None => Ok(None),
+        }
     }
 
     async fn denied(&self, who: &Identity, action: &str, resource: &str, detail: &str) {
@@ -418,11 +441,21 @@ impl Transfers {
             &["transfer_events"],
         )
         .await?;
-        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM transfer_events")
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(store_err)?;
-        row.try_get::<i64, _>("next").map_err(store_err)
+        // In a group-commit batch, the previous job left the last number it used (the batch
+        // holds the lock, so nobody else can have appended since).
+        let next = match fengqiao_store::group::memo_get(tx, EVENT_SEQ_MEMO) {
+            Some((last, _)) => last + 1,
+            None => {
+                let row =
+                    sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM transfer_events")
+                        .fetch_one(&mut **tx)
+                        .await
+                        .map_err(store_err)?;
+                row.try_get::<i64, _>("next").map_err(store_err)?
+            }
+        };
+        fengqiao_store::group::memo_set(tx, EVENT_SEQ_MEMO, (next, String::new()));
+        Ok(next)
     }
 
     /// Writes the event, audit record and messages of a change, and the row itself.
@@ -613,10 +646,10 @@ impl Transfers {
             case.case_id = uuid::Uuid::new_v4().to_string();
         }
 
-        // Checks on a read transaction; the write in the group committer.
-        let mut tx = self.store.read().await?;
+        // Checks on plain reads; the write in the group committer.
+        let mut tx = self.store.pool().acquire().await.map_err(store_err)?;
         if let Some(r) = idem
-            .replay::<fengqiao_proto::router::CreateTransferResponse>(&mut tx)
+            .peek::<fengqiao_proto::router::CreateTransferResponse>(&mut tx)
             .await?
         {
             return r
@@ -669,7 +702,7 @@ impl Transfers {
         };
 
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        tx.rollback().await.map_err(store_err)?;
+        drop(tx);
         let redacted = minimise(&mut case, &route.allowed_personal_info);
         let id = uuid::Uuid::now_v7().to_string();
         t.name = format!("transfers/{id}");
@@ -753,21 +786,9 @@ impl Transfers {
         let id = transfer_id("name", name)?;
         // One statement, no transaction: the row and the database clock it is shown at (the
         // most frequent call of all, the status answer agencies poll for).
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, {} AS db_now FROM transfers WHERE id = $1",
-            self.store.backend().now_expr()
-        ))
-        .bind(&id)
-        .fetch_optional(self.store.pool())
-        .await
-        .map_err(store_err)?;
-        let found = match &row {
-            Some(r) => Some((
-                row_to_loaded(r)?,
-                r.try_get::<i64, _>("db_now").map_err(store_err)?,
-            )),
-            None => None,
-        };
+        let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
+        let found = Self::load_at(&mut conn, &id).await?;
+        drop(conn);
         match found {
             Some((l, now)) if l.visible_to(&who.agency) => Ok(l.view(now)),
             _ => {
@@ -807,13 +828,15 @@ impl Transfers {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.store.read().await?;
-            if let Some(r) = idem.replay::<Resp>(&mut tx).await? {
+            // Reads outside any transaction (each statement is consistent by itself; the write
+            // checks the version and the idempotency key again under the locks).
+            let mut tx = self.store.pool().acquire().await.map_err(store_err)?;
+            if let Some(r) = idem.peek::<Resp>(&mut tx).await? {
                 return Ok(r);
             }
-            let Some(mut l) = Self::load(&mut tx, &id)
+            let Some((mut l, now)) = Self::load_at(&mut tx, &id)
                 .await?
-                .filter(|l| l.visible_to(&who.agency))
+                .filter(|(l, _)| l.visible_to(&who.agency))
             else {
                 drop(tx);
                 self.denied(who, method, name, "NOT_VISIBLE").await;
@@ -860,8 +883,7 @@ impl Transfers {
                     return Err(e);
                 }
             }
-            let now = fengqiao_store::db_now_micros(&mut tx).await?;
-            tx.rollback().await.map_err(store_err)?;
+            drop(tx);
             let change = apply(&mut l, &route, &self.calendar, now)?;
             l.transfer.state = to_state as i32;
             let investigation = change.investigation.clone();
