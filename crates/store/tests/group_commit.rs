@@ -95,20 +95,25 @@ both_backends!(
         release.send(()).expect("blocker waiting");
         blocker.await.expect("join")?;
         let mut ok = 0;
+        let mut duplicates = 0;
         for (i, h) in handles.into_iter().enumerate() {
             let r = h.await.expect("join");
             if i % 5 == 4 {
                 assert!(matches!(r, Err(Error::NotFound(_))), "job {i}: {r:?}");
-            } else if i == 13 {
-                assert!(
-                    r.as_ref().is_err_and(|e| e.is_unique_violation()),
-                    "job {i}: {r:?}"
-                );
+            } else if i == 12 || i == 13 {
+                // The jobs queue in no fixed order: whichever of the two runs second fails
+                // alone.
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) if e.is_unique_violation() => duplicates += 1,
+                    Err(e) => panic!("job {i}: {e:?}"),
+                }
             } else {
                 r?;
                 ok += 1;
             }
         }
+        assert_eq!(duplicates, 1);
         assert_eq!(ok, 31);
         assert_eq!(count(&store, "SELECT COUNT(*) FROM g").await?, 31);
         // A refused job left nothing behind.

@@ -372,41 +372,76 @@ impl Cases {
         Ok(resp)
     }
 
-    /// Lists the caller's agency's cases, newest first.
+    /// Lists the caller's agency's cases, newest first, a page at a time (keyset paging:
+    /// a page token names the last case returned). Agency, case id, states and mediator are
+    /// selected in SQL on indexed columns; organization, category and overdue are checked on
+    /// the cases read, in chunks, until the page is full.
     pub async fn list(&self, who: &Identity, req: ListCasesRequest) -> Result<ListCasesResponse> {
         let size = fengqiao_kit::validate::page_size(req.page_size)? as usize;
-        let offset: usize = match fengqiao_kit::validate::parse_page_token(&req.page_token)? {
-            Some(t) => t.parse().map_err(|_| {
-                FieldViolation::new("page_token", "is not a token this server issued")
-            })?,
-            None => 0,
-        };
-        let mut tx = self.store.read().await?;
-        let all = db::list_agency(&mut tx, &who.agency).await?;
-        tx.commit().await?;
-        let matching: Vec<MediationCase> = all
-            .into_iter()
-            .map(|l| l.case)
-            .filter(|c| {
-                (req.states.is_empty() || req.states.contains(&c.state))
-                    && (req.organization.is_empty() || c.organization == req.organization)
-                    && (req.mediator.is_empty()
-                        || c.assignment
-                            .as_ref()
-                            .is_some_and(|a| a.mediator == req.mediator))
-                    && (req.category == 0 || c.category == req.category)
-                    && (!req.overdue_only || c.mediation_clock.as_ref().is_some_and(|k| k.expired))
-                    && (req.case_id.is_empty() || c.case_id == req.case_id)
+        let mut after: Option<(i64, String)> =
+            match fengqiao_kit::validate::parse_page_token(&req.page_token)? {
+                Some(t) => Some(
+                    t.split_once('|')
+                        .and_then(|(ct, id)| Some((ct.parse::<i64>().ok()?, id.to_string())))
+                        .ok_or_else(|| {
+                            FieldViolation::new("page_token", "is not a token this server issued")
+                        })?,
+                ),
+                None => None,
+            };
+        if let Some(i) = req
+            .states
+            .iter()
+            .position(|s| {
+                !matches!(MediationCaseState::try_from(*s), Ok(st) if st != MediationCaseState::Unspecified)
             })
-            .collect();
-        let page: Vec<MediationCase> = matching.iter().skip(offset).take(size).cloned().collect();
-        let next = if offset + page.len() < matching.len() {
-            fengqiao_kit::validate::page_token(&(offset + page.len()).to_string())
-        } else {
-            String::new()
-        };
+        {
+            return Err(FieldViolation::new(format!("states[{i}]"), "unknown state").into());
+        }
+        const CHUNK: usize = 200;
+        let mut page: Vec<(i64, String, MediationCase)> = Vec::with_capacity(size + 1);
+        let mut conn = self.store.pool().acquire().await?;
+        'chunks: loop {
+            let rows = db::list_page(
+                &mut conn,
+                &db::CaseQuery {
+                    agency: &who.agency,
+                    case_id: (!req.case_id.is_empty()).then_some(req.case_id.as_str()),
+                    states: &req.states,
+                    mediator: (!req.mediator.is_empty()).then_some(req.mediator.as_str()),
+                    after: after.clone(),
+                    limit: CHUNK,
+                },
+            )
+            .await?;
+            let full_chunk = rows.len() == CHUNK;
+            for (ct, l) in rows {
+                after = Some((ct, l.id.clone()));
+                let c = &l.case;
+                let keep = (req.organization.is_empty() || c.organization == req.organization)
+                    && (req.category == 0 || c.category == req.category)
+                    && (!req.overdue_only || c.mediation_clock.as_ref().is_some_and(|k| k.expired));
+                if keep {
+                    page.push((ct, l.id, l.case));
+                    if page.len() > size {
+                        break 'chunks;
+                    }
+                }
+            }
+            if !full_chunk {
+                break;
+            }
+        }
+        drop(conn);
+        let mut next = String::new();
+        if page.len() > size {
+            page.truncate(size);
+            if let Some((ct, id, _)) = page.last() {
+                next = fengqiao_kit::validate::page_token(&format!("{ct}|{id}"));
+            }
+        }
         Ok(ListCasesResponse {
-            mediation_cases: page,
+            mediation_cases: page.into_iter().map(|(_, _, c)| c).collect(),
             next_page_token: next,
         })
     }

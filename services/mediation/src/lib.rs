@@ -49,12 +49,20 @@ pub use error::{Error, Result};
 pub const SERVICE: &str = "mediation";
 
 /// This service's own migrations.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "mediation",
-    sqlite: include_str!("../migrations/0001_mediation.sqlite.sql"),
-    postgres: include_str!("../migrations/0001_mediation.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "mediation",
+        sqlite: include_str!("../migrations/0001_mediation.sqlite.sql"),
+        postgres: include_str!("../migrations/0001_mediation.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "case_lookup",
+        sqlite: include_str!("../migrations/0002_case_lookup.sqlite.sql"),
+        postgres: include_str!("../migrations/0002_case_lookup.postgres.sql"),
+    },
+];
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {

@@ -111,15 +111,71 @@ pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Load
     row.as_ref().map(decode).transpose()
 }
 
-/// All cases of an agency, newest first.
-pub async fn list_agency(tx: &mut Tx, agency: &str) -> Result<Vec<Loaded>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLS} FROM mediation_cases WHERE agency = $1 ORDER BY create_time DESC, id DESC"
-    ))
-    .bind(agency)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.iter().map(decode).collect()
+/// What [`list_page`] selects by column (the other list filters look into the case).
+#[derive(Debug, Default)]
+pub struct CaseQuery<'a> {
+    /// The receiving agency (always required).
+    pub agency: &'a str,
+    /// Only this case id, if set.
+    pub case_id: Option<&'a str>,
+    /// Only these states, if any.
+    pub states: &'a [i32],
+    /// Only cases assigned to this mediator, if set.
+    pub mediator: Option<&'a str>,
+    /// Keyset position: rows strictly after this `(create_time, id)`, newest first.
+    pub after: Option<(i64, String)>,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// A page of an agency's cases, newest first, with each row's `create_time` (the keyset).
+/// Served by `mediation_cases_agency (agency, create_time, id)` or, with a case id,
+/// `mediation_cases_case (agency, case_id)`.
+pub async fn list_page(
+    conn: &mut sqlx::AnyConnection,
+    q: &CaseQuery<'_>,
+) -> Result<Vec<(i64, Loaded)>> {
+    let mut sql = format!(
+        "SELECT {COLS}, create_time AS list_create_time FROM mediation_cases WHERE agency = $1"
+    );
+    let mut n = 1;
+    if q.case_id.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND case_id = ${n}"));
+    }
+    if !q.states.is_empty() {
+        // Integers only: safe to inline.
+        let list: Vec<String> = q.states.iter().map(|s| s.to_string()).collect();
+        sql.push_str(&format!(" AND state IN ({})", list.join(",")));
+    }
+    if q.mediator.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND mediator = ${n}"));
+    }
+    if q.after.is_some() {
+        let (t, i) = (n + 1, n + 2);
+        sql.push_str(&format!(
+            " AND (create_time < ${t} OR (create_time = ${t} AND id < ${i}))"
+        ));
+    }
+    sql.push_str(&format!(
+        " ORDER BY create_time DESC, id DESC LIMIT {}",
+        q.limit.max(1)
+    ));
+    let mut query = sqlx::query(&sql).bind(q.agency);
+    if let Some(c) = q.case_id {
+        query = query.bind(c);
+    }
+    if let Some(m) = q.mediator {
+        query = query.bind(m);
+    }
+    if let Some((t, id)) = &q.after {
+        query = query.bind(*t).bind(id.clone());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<i64, _>("list_create_time")?, decode(r)?)))
+        .collect()
 }
 
 /// Appends case-file entries in filing order.

@@ -889,3 +889,104 @@ suite_test!(
         assert!(c.mediation_clock.as_ref().is_some_and(|k| !k.paused));
     }
 );
+
+suite_test!(
+    cases_are_listed_a_page_at_a_time_with_filters,
+    |suite| async move {
+        roster(&suite).await;
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            made.push(offered(&suite).await.1);
+        }
+        let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
+        let list = |room: &mut Med, req: ListCasesRequest| {
+            let mut room = room.clone();
+            async move { room.list_cases(req).await.map(|r| r.into_inner()) }
+        };
+        // Two pages, newest first, every case exactly once.
+        let p1 = list(
+            &mut room,
+            ListCasesRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page 1");
+        assert_eq!(p1.mediation_cases.len(), 2);
+        assert!(!p1.next_page_token.is_empty());
+        let p2 = list(
+            &mut room,
+            ListCasesRequest {
+                page_size: 2,
+                page_token: p1.next_page_token.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page 2");
+        assert_eq!(p2.mediation_cases.len(), 1);
+        assert!(p2.next_page_token.is_empty());
+        let seen: Vec<String> = p1
+            .mediation_cases
+            .iter()
+            .chain(&p2.mediation_cases)
+            .map(|c| c.case_id.clone())
+            .collect();
+        let newest_first: Vec<String> = made.iter().rev().map(|c| c.case_id.clone()).collect();
+        assert_eq!(seen, newest_first);
+        // By case id (indexed), by state, and by a field inside the case (organization).
+        let one = list(
+            &mut room,
+            ListCasesRequest {
+                case_id: made[1].case_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("by case id");
+        assert_eq!(one.mediation_cases.len(), 1);
+        assert_eq!(one.mediation_cases[0].name, made[1].name);
+        let accepted = list(
+            &mut room,
+            ListCasesRequest {
+                states: vec![MediationCaseState::Accepted as i32],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("by state");
+        assert!(accepted.mediation_cases.is_empty());
+        let other_org = list(
+            &mut room,
+            ListCasesRequest {
+                organization: "organizations/nobody".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("by organization");
+        assert!(other_org.mediation_cases.is_empty());
+        // Refused: an unknown state, a token this server did not issue.
+        let e = list(
+            &mut room,
+            ListCasesRequest {
+                states: vec![999],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("unknown state");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = list(
+            &mut room,
+            ListCasesRequest {
+                page_token: "not-a-token".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("bad token");
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+);
