@@ -7,6 +7,14 @@
 //! ([`crate::lifecycle`], FAILED_PRECONDITION naming the state), the change itself, then — in
 //! one transaction — the row (guarded by its version), the event, the audit record, the
 //! outgoing envelopes (outbox) and the idempotent answer.
+//!
+//! The steps up to the change run on plain reads, concurrently with other requests; the write
+//! runs in the group committer ([`fengqiao_store::GroupCommit`]), which shares one transaction
+//! (and one fsync) among the changes waiting for it, each in its own savepoint, and answers only
+//! after the commit. If the row's version moved between the read and the write, the change is
+//! worked out again on the new version (unless the caller sent an `etag`: then ABORTED).
+//! Paths outside the committer (the timer) take the event-sequence lock before any row lock,
+//! the same order as the committer, so the two cannot deadlock.
 
 use std::sync::Arc;
 
