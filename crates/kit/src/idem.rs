@@ -53,12 +53,7 @@ impl Idem {
         &self,
         tx: &mut Tx,
     ) -> Result<Option<R>, IdemError> {
-        match idempotency::lookup(tx, &self.key, &self.hash).await? {
-            Some(bytes) => R::decode(bytes.as_slice())
-                .map(Some)
-                .map_err(|e| IdemError::Corrupt(e.to_string())),
-            None => Ok(None),
-        }
+        decode_stored(idempotency::lookup(tx, &self.key, &self.hash).await?)
     }
 
     /// The stored answer of an earlier call, read without the key's lock on any connection:
@@ -68,12 +63,7 @@ impl Idem {
         &self,
         conn: &mut fengqiao_store::sqlx::AnyConnection,
     ) -> Result<Option<R>, IdemError> {
-        match idempotency::lookup_unlocked(conn, &self.key, &self.hash).await? {
-            Some(bytes) => R::decode(bytes.as_slice())
-                .map(Some)
-                .map_err(|e| IdemError::Corrupt(e.to_string())),
-            None => Ok(None),
-        }
+        decode_stored(idempotency::lookup_unlocked(conn, &self.key, &self.hash).await?)
     }
 
     /// Stores the answer in the same transaction as the change.
@@ -85,4 +75,13 @@ impl Idem {
         idempotency::record(tx, &self.key, &self.hash, &response.encode_to_vec()).await?;
         Ok(())
     }
+}
+
+/// Decodes a stored answer, if any.
+fn decode_stored<R: prost::Message + Default>(
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<R>, IdemError> {
+    bytes
+        .map(|b| R::decode(b.as_slice()).map_err(|e| IdemError::Corrupt(e.to_string())))
+        .transpose()
 }

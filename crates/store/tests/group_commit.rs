@@ -37,6 +37,26 @@ async fn insert(gc: &GroupCommit, id: String, fail: bool) -> Result<()> {
     .await
 }
 
+/// [`insert`] as a task of its own, so it can wait in the queue.
+fn spawn_insert(gc: &GroupCommit, id: &str) -> tokio::task::JoinHandle<Result<()>> {
+    let (gc, id) = (gc.clone(), id.to_string());
+    tokio::spawn(async move { insert(&gc, id, false).await })
+}
+
+/// One SQL statement as a job, in a task of its own.
+fn spawn_statement(gc: &GroupCommit, sql: &'static str) -> tokio::task::JoinHandle<Result<()>> {
+    let gc = gc.clone();
+    tokio::spawn(async move {
+        gc.run(move |tx| {
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut **tx).await?;
+                Ok::<_, Error>(())
+            })
+        })
+        .await
+    })
+}
+
 /// Occupies the committer with a job that waits for `release`; returns when it runs.
 async fn block(
     gc: &GroupCommit,
@@ -142,36 +162,10 @@ both_backends!(
         .await?;
         let gc = GroupCommit::new(&store, GroupCommitOptions::default());
         let (release, blocker) = block(&gc).await;
-        let ok_job = {
-            let gc = gc.clone();
-            tokio::spawn(async move {
-                gc.run(|tx| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO parent (id) VALUES ('p1')")
-                            .execute(&mut **tx)
-                            .await?;
-                        Ok::<_, Error>(())
-                    })
-                })
-                .await
-            })
-        };
+        let ok_job = spawn_statement(&gc, "INSERT INTO parent (id) VALUES ('p1')");
         until_waiting(&gc, 1).await;
         // The orphan passes its statement (the check is deferred) and fails the commit.
-        let orphan = {
-            let gc = gc.clone();
-            tokio::spawn(async move {
-                gc.run(|tx| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO child (id, parent) VALUES ('c1', 'none')")
-                            .execute(&mut **tx)
-                            .await?;
-                        Ok::<_, Error>(())
-                    })
-                })
-                .await
-            })
-        };
+        let orphan = spawn_statement(&gc, "INSERT INTO child (id, parent) VALUES ('c1', 'none')");
         until_waiting(&gc, 2).await;
         release.send(()).expect("blocker waiting");
         blocker.await.expect("join")?;
@@ -198,10 +192,7 @@ both_backends!(
         table(&store).await?;
         let gc = GroupCommit::new(&store, GroupCommitOptions::default());
         let (release, blocker) = block(&gc).await;
-        let good = {
-            let gc = gc.clone();
-            tokio::spawn(async move { insert(&gc, "a".into(), false).await })
-        };
+        let good = spawn_insert(&gc, "a");
         until_waiting(&gc, 1).await;
         let bad = {
             let gc = gc.clone();
@@ -236,17 +227,11 @@ both_backends!(
         table(&store).await?;
         let gc = GroupCommit::new(&store, GroupCommitOptions::default());
         let (release, blocker) = block(&gc).await;
-        let gone = {
-            let gc = gc.clone();
-            tokio::spawn(async move { insert(&gc, "gone".into(), false).await })
-        };
+        let gone = spawn_insert(&gc, "gone");
         until_waiting(&gc, 1).await;
         gone.abort();
         let _ = gone.await;
-        let kept = {
-            let gc = gc.clone();
-            tokio::spawn(async move { insert(&gc, "kept".into(), false).await })
-        };
+        let kept = spawn_insert(&gc, "kept");
         until_waiting(&gc, 2).await;
         release.send(()).expect("blocker waiting");
         blocker.await.expect("join")?;
