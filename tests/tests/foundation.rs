@@ -427,6 +427,19 @@ fn metrics_count_rpcs_by_method_and_status() {
         assert!(text.contains(
             "fengqiao_rpc_total{method=\"/fengqiao.router.v1.AgencyService/ListAgencies\",code=\"OK\"} 1"
         ), "{text}");
+        // The router's group committer is exposed (no transfer changed yet: nothing run).
+        for family in ["batches", "jobs", "abandoned", "failed_batches"] {
+            assert!(
+                text.contains(&format!(
+                    "fengqiao_group_commit_{family}_total{{store=\"router\"}} 0"
+                )),
+                "{family}: {text}"
+            );
+        }
+        assert!(
+            text.contains("fengqiao_group_commit_waiting{store=\"router\"} 0"),
+            "{text}"
+        );
         assert!(
             http_get(suite.admin_addr, "/readyz")
                 .await

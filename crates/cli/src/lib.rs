@@ -235,6 +235,7 @@ impl Suite {
                     let r = fengqiao_router::Router::new(store.clone(), router_options(config)?)
                         .map_err(|e| SuiteError::Router(e.to_string()))?;
                     r.add_to(&mut builder, max, trigger.subscribe());
+                    metrics.register_group_commit("router", r.transfers.group_commit().clone());
                     router = Some(r);
                 }
                 ServiceName::PoliceReferral => {

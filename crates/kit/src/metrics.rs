@@ -91,6 +91,18 @@ impl Metrics {
         }
     }
 
+    /// Exposes a group committer's counters (`fengqiao_group_commit_*{store="…"}`), read at
+    /// each scrape: batches, jobs, jobs skipped because their caller left, failed batches, and
+    /// jobs waiting now. Jobs ÷ batches is the average number of changes per transaction.
+    pub fn register_group_commit(&self, store: &str, commit: fengqiao_store::GroupCommit) {
+        if let Ok(mut r) = self.registry.write() {
+            r.register_collector(Box::new(GroupCommitCollector {
+                store: store.to_string(),
+                commit,
+            }));
+        }
+    }
+
     /// Records one finished call.
     pub fn observe(&self, method: &str, code: tonic::Code, seconds: f64) {
         let labels = RpcLabels {
@@ -214,5 +226,61 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("fengqiao_rpc_total{method=\"/x.v1.S/M\",code=\"NOT_FOUND\"} 1"));
         assert!(text.contains("fengqiao_rpc_duration_seconds_bucket"));
+    }
+}
+
+/// Reads a [`fengqiao_store::GroupCommit`]'s counters at scrape time.
+#[derive(Debug)]
+struct GroupCommitCollector {
+    store: String,
+    commit: fengqiao_store::GroupCommit,
+}
+
+impl prometheus_client::collector::Collector for GroupCommitCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = self.commit.stats();
+        let labels = [("store", self.store.as_str())];
+        for (name, help, value) in [
+            (
+                "group_commit_batches",
+                "Shared transactions run by the group committer",
+                st.batches.load(Relaxed),
+            ),
+            (
+                "group_commit_jobs",
+                "Changes run by the group committer",
+                st.jobs.load(Relaxed),
+            ),
+            (
+                "group_commit_abandoned",
+                "Changes skipped because their caller had gone away",
+                st.abandoned.load(Relaxed),
+            ),
+            (
+                "group_commit_failed_batches",
+                "Shared transactions that did not commit",
+                st.failed_batches.load(Relaxed),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let mut m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m.encode_family(&labels)?)?;
+        }
+        let waiting = ConstGauge::new(i64::try_from(self.commit.waiting()).unwrap_or(i64::MAX));
+        let mut m = encoder.encode_descriptor(
+            "group_commit_waiting",
+            "Changes waiting for the group committer now",
+            None,
+            waiting.metric_type(),
+        )?;
+        waiting.encode(m.encode_family(&labels)?)?;
+        Ok(())
     }
 }
