@@ -1,7 +1,7 @@
 //! Transfers (移送): one hand-over of a case from one agency to another along a route, with
 //! its approvals, clocks, messages, events and audit, each change in one transaction.
 //!
-//! Every mutation follows the same path ([`Transfers::mutate`]): idempotency replay, load,
+//! Every mutation follows the same path (`Transfers::mutate`): idempotency replay, load,
 //! authorise (a transfer that is not the caller's is NOT_FOUND, a missing role is
 //! PERMISSION_DENIED; both are audited), `etag` check (ABORTED), the transition table
 //! ([`crate::lifecycle`], FAILED_PRECONDITION naming the state), the change itself, then — in

@@ -1,5 +1,5 @@
 //! The `TransferService` gRPC surface over [`Transfers`]: each custom method is one
-//! [`Transfers::mutate`] with its own rule.
+//! `Transfers::mutate` with its own rule.
 
 use std::pin::Pin;
 use std::time::Duration;
