@@ -298,12 +298,10 @@ impl Source {
     async fn store(&mut self) -> Result<&Store> {
         match self {
             Source::Shared(s) => Ok(s),
-            Source::Own { config, store } => {
-                if store.is_none() {
-                    *store = Some(Store::connect(config.clone()).await?);
-                }
-                Ok(store.as_ref().expect("connected above"))
-            }
+            Source::Own { config, store } => match store {
+                Some(s) => Ok(s),
+                None => Ok(store.insert(Store::connect(config.clone()).await?)),
+            },
         }
     }
 
@@ -363,7 +361,7 @@ impl Committer {
                 .jobs
                 .fetch_add(jobs.len() as u64, Ordering::Relaxed);
             if let Err(why) = self.run_batch(jobs).await {
-                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                // Counted by `fail_all`, before the callers were answered.
                 tracing::warn!(error = %why, "group commit: a batch failed; its jobs were told to retry");
                 self.source.reset().await;
             }
@@ -378,17 +376,24 @@ impl Committer {
     async fn run_batch(&mut self, jobs: Vec<Box<dyn Job>>) -> std::result::Result<(), String> {
         let store = match self.source.store().await {
             Ok(s) => s.clone(),
-            Err(e) => return Err(fail_all(Vec::new(), jobs, &e.to_string())),
+            Err(e) => return Err(fail_all(&self.stats, Vec::new(), jobs, &e.to_string())),
         };
         let tx = match store.write().await {
             Ok(tx) => tx,
-            Err(e) => return Err(fail_all(Vec::new(), jobs, &e.to_string())),
+            Err(e) => return Err(fail_all(&self.stats, Vec::new(), jobs, &e.to_string())),
         };
-        MEMO.scope(RefCell::new(Memo::default()), Self::run_jobs(tx, jobs))
-            .await
+        MEMO.scope(
+            RefCell::new(Memo::default()),
+            Self::run_jobs(&self.stats, tx, jobs),
+        )
+        .await
     }
 
-    async fn run_jobs(mut tx: Tx, jobs: Vec<Box<dyn Job>>) -> std::result::Result<(), String> {
+    async fn run_jobs(
+        stats: &GroupCommitStats,
+        mut tx: Tx,
+        jobs: Vec<Box<dyn Job>>,
+    ) -> std::result::Result<(), String> {
         // Here, where the transaction stays until it ends (the connection lives inside it).
         MEMO.with(|m| m.borrow_mut().conn = addr(&tx));
         let single = jobs.len() == 1;
@@ -396,7 +401,7 @@ impl Committer {
         let mut rest = jobs.into_iter();
         while let Some(job) = rest.next() {
             if !single && let Err(e) = exec(&mut tx, "SAVEPOINT fq_group_job").await {
-                return Err(fail_all(done, rest.collect(), &e.to_string()));
+                return Err(fail_all(stats, done, rest.collect(), &e.to_string()));
             }
             let before = MEMO.with(|m| m.borrow().clone());
             let finished = match AssertUnwindSafe(job.start(&mut tx)).catch_unwind().await {
@@ -406,6 +411,7 @@ impl Committer {
                     // unknown, so nothing of this batch commits.
                     let _ = tx.rollback().await;
                     return Err(fail_all(
+                        stats,
                         done,
                         rest.collect(),
                         "a job of the batch panicked",
@@ -425,7 +431,7 @@ impl Committer {
                 };
                 if let Err(e) = step {
                     done.push(finished);
-                    return Err(fail_all(done, rest.collect(), &e.to_string()));
+                    return Err(fail_all(stats, done, rest.collect(), &e.to_string()));
                 }
             }
             done.push(finished);
@@ -445,7 +451,12 @@ impl Committer {
                 }
                 Ok(())
             }
-            Err(e) => Err(fail_all(done, Vec::new(), &Error::from(e).to_string())),
+            Err(e) => Err(fail_all(
+                stats,
+                done,
+                Vec::new(),
+                &Error::from(e).to_string(),
+            )),
         }
     }
 }
@@ -455,8 +466,15 @@ async fn exec(tx: &mut Tx, sql: &str) -> Result<()> {
     Ok(())
 }
 
-/// Tells every job that ran (and every one that did not) that nothing was committed.
-fn fail_all(done: Vec<Box<dyn Finish>>, not_run: Vec<Box<dyn Job>>, why: &str) -> String {
+/// Counts the failed batch, then tells every job that ran (and every one that did not) that
+/// nothing was committed.
+fn fail_all(
+    stats: &GroupCommitStats,
+    done: Vec<Box<dyn Finish>>,
+    not_run: Vec<Box<dyn Job>>,
+    why: &str,
+) -> String {
+    stats.failed_batches.fetch_add(1, Ordering::Relaxed);
     let why = format!("the shared transaction did not commit: {why}");
     for d in done {
         d.complete(Some(&why));

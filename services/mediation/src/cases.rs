@@ -104,6 +104,16 @@ fn doc_entry(kind: CaseFileEntryKind, title: &str, at: i64, d: &EvidenceRef) -> 
     }
 }
 
+/// One case-file entry per document, all of one kind and title.
+fn doc_entries<'a>(
+    kind: CaseFileEntryKind,
+    title: &'a str,
+    at: i64,
+    docs: &'a [EvidenceRef],
+) -> impl Iterator<Item = CaseFileEntry> + 'a {
+    docs.iter().map(move |d| doc_entry(kind, title, at, d))
+}
+
 fn wrong(c: &MediationCase, action: &'static str) -> Error {
     Error::WrongState {
         resource: c.name.clone(),
@@ -957,14 +967,12 @@ impl Cases {
                     at,
                     s.summary.clone(),
                 ));
-                for d in &s.documents {
-                    out.push(doc_entry(
-                        CaseFileEntryKind::SessionRecord,
-                        "调解笔录",
-                        at,
-                        d,
-                    ));
-                }
+                out.extend(doc_entries(
+                    CaseFileEntryKind::SessionRecord,
+                    "调解笔录",
+                    at,
+                    &s.documents,
+                ));
                 c.sessions.push(s);
                 Ok(())
             },
@@ -1380,14 +1388,12 @@ impl Cases {
                     now,
                     summary.clone(),
                 ));
-                for d in &m.documents {
-                    out.push(doc_entry(
-                        CaseFileEntryKind::Termination,
-                        "终止调解文书",
-                        now,
-                        d,
-                    ));
-                }
+                out.extend(doc_entries(
+                    CaseFileEntryKind::Termination,
+                    "终止调解文书",
+                    now,
+                    &m.documents,
+                ));
                 Ok(())
             },
             |c| EndMediationResponse {
@@ -1456,14 +1462,12 @@ impl Cases {
                     now,
                     m.reason.clone(),
                 ));
-                for d in &m.documents {
-                    out.push(doc_entry(
-                        CaseFileEntryKind::Termination,
-                        "移交材料",
-                        now,
-                        d,
-                    ));
-                }
+                out.extend(doc_entries(
+                    CaseFileEntryKind::Termination,
+                    "移交材料",
+                    now,
+                    &m.documents,
+                ));
                 Ok(())
             },
             |c| EscalateCaseResponse {

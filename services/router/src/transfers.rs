@@ -13,7 +13,8 @@
 //! (and one fsync) among the changes waiting for it, each in its own savepoint, and answers only
 //! after the commit. If the row's version moved between the read and the write, the change is
 //! worked out again on the new version (unless the caller sent an `etag`: then ABORTED).
-//! Paths outside the committer (the timer) take the event-sequence lock before any row lock,
+//! Paths outside the committer (the timer, pull acknowledgements) take the event-sequence lock
+//! before any row lock,
 //! the same order as the committer, so the two cannot deadlock.
 
 use std::sync::Arc;
@@ -428,8 +429,9 @@ impl Transfers {
     }
 
     /// Takes the event-sequence lock first, before any row lock, on paths that change a
-    /// transfer outside the group committer (delivery, timer): the committer holds the
-    /// sequence lock before it touches a row, so the same order everywhere rules out deadlock.
+    /// transfer outside the group committer (the timer, receipts acknowledged over the pull
+    /// stream): the committer holds the sequence lock before it touches a row, so the same
+    /// order everywhere rules out deadlock.
     async fn lock_sequence(tx: &mut Tx) -> Result<()> {
         fengqiao_store::pg_xact_lock(
             tx,
@@ -443,12 +445,7 @@ impl Transfers {
     /// Allocates the next gap-free event sequence number (under a lock on PostgreSQL; SQLite
     /// write transactions are serialised already).
     async fn next_event_seq(tx: &mut Tx) -> Result<i64> {
-        fengqiao_store::pg_xact_lock(
-            tx,
-            fengqiao_store::lock_class::SEQUENCE,
-            &["transfer_events"],
-        )
-        .await?;
+        Self::lock_sequence(tx).await?;
         // In a group-commit batch, the previous job left the last number it used (the batch
         // holds the lock, so nobody else can have appended since).
         let next = match fengqiao_store::group::memo_get(tx, EVENT_SEQ_MEMO) {
@@ -655,9 +652,9 @@ impl Transfers {
         }
 
         // Checks on plain reads; the write in the group committer.
-        let mut tx = self.store.pool().acquire().await.map_err(store_err)?;
+        let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
         if let Some(r) = idem
-            .peek::<fengqiao_proto::router::CreateTransferResponse>(&mut tx)
+            .peek::<fengqiao_proto::router::CreateTransferResponse>(&mut conn)
             .await?
         {
             return r
@@ -665,9 +662,9 @@ impl Transfers {
                 .ok_or_else(|| Error::Corrupt("empty stored response".into()));
         }
         let from_id = who.agency.trim_start_matches("agencies/").to_string();
-        let from = crate::agencies::Agencies::get_in(&mut tx, &from_id).await?;
+        let from = crate::agencies::Agencies::get_in(&mut conn, &from_id).await?;
         let Some(from) = from.filter(|a| a.active) else {
-            drop(tx);
+            drop(conn);
             self.denied(who, "transfer.create", &t.route, "SENDER_NOT_REGISTERED")
                 .await;
             return Err(Error::PermissionDenied(
@@ -676,7 +673,7 @@ impl Transfers {
             ));
         };
         if from.kind != route.from_kind {
-            drop(tx);
+            drop(conn);
             self.denied(who, "transfer.create", &t.route, "ROUTE_FROM_KIND")
                 .await;
             return Err(Error::PermissionDenied(
@@ -684,7 +681,7 @@ impl Transfers {
                 "this route does not start at the calling agency's kind".into(),
             ));
         }
-        let to = crate::agencies::Agencies::get_in(&mut tx, &to_id).await?;
+        let to = crate::agencies::Agencies::get_in(&mut conn, &to_id).await?;
         let Some(to) = to.filter(|a| a.active && a.kind == route.to_kind) else {
             return Err(Error::Invalid(vec![FieldViolation::new(
                 "transfer.to_agency.name",
@@ -709,8 +706,8 @@ impl Transfers {
             None
         };
 
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        drop(tx);
+        let now = fengqiao_store::db_now_micros(&mut conn).await?;
+        drop(conn);
         let redacted = minimise(&mut case, &route.allowed_personal_info);
         let id = uuid::Uuid::now_v7().to_string();
         t.name = format!("transfers/{id}");
@@ -808,7 +805,7 @@ impl Transfers {
 
     /// Runs one change: see the module docs.
     ///
-    /// The checks run on a read transaction, concurrently with other requests; the write
+    /// The checks run on plain reads (no transaction), concurrently with other requests; the write
     /// (row guarded by the version read, event, audit record, envelopes, idempotent answer)
     /// runs in the group committer. If the transfer changed in between and the caller gave no
     /// `etag`, the change is worked out again on the new version (a few times at most), which
@@ -838,15 +835,15 @@ impl Transfers {
             attempt += 1;
             // Reads outside any transaction (each statement is consistent by itself; the write
             // checks the version and the idempotency key again under the locks).
-            let mut tx = self.store.pool().acquire().await.map_err(store_err)?;
-            if let Some(r) = idem.peek::<Resp>(&mut tx).await? {
+            let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
+            if let Some(r) = idem.peek::<Resp>(&mut conn).await? {
                 return Ok(r);
             }
-            let Some((mut l, now)) = Self::load_at(&mut tx, &id)
+            let Some((mut l, now)) = Self::load_at(&mut conn, &id)
                 .await?
                 .filter(|(l, _)| l.visible_to(&who.agency))
             else {
-                drop(tx);
+                drop(conn);
                 self.denied(who, method, name, "NOT_VISIBLE").await;
                 return Err(Error::NotFound(name.to_string()));
             };
@@ -860,7 +857,7 @@ impl Transfers {
                 Party::System => false,
             };
             if !party_ok {
-                drop(tx);
+                drop(conn);
                 self.denied(who, method, name, "WRONG_PARTY").await;
                 return Err(Error::PermissionDenied(
                     "WRONG_PARTY",
@@ -886,12 +883,12 @@ impl Transfers {
             if action.party() == Party::Approver {
                 let step = l.transfer.current_step as usize;
                 if let Err(e) = check_approver(who, &l, &route, step) {
-                    drop(tx);
+                    drop(conn);
                     self.denied(who, method, name, "APPROVER_CHECK").await;
                     return Err(e);
                 }
             }
-            drop(tx);
+            drop(conn);
             let change = apply(&mut l, &route, &self.calendar, now)?;
             l.transfer.state = to_state as i32;
             let investigation = change.investigation.clone();
