@@ -6,17 +6,20 @@
 //! - [`auth`]: signed bearer tokens and the verified [`auth::Identity`];
 //! - [`error`]: the one mapping of errors to `tonic::Status` with `google.rpc` details;
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
-//! - [`client`]: channels and interceptors for calling other services.
+//! - [`client`]: channels and interceptors for calling other services;
+//! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod etag;
 pub mod idem;
 pub mod inbox;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod time;
 pub mod validate;
 
 pub use auth::Identity;

@@ -113,6 +113,59 @@ pub fn parse_page_token(token: &str) -> Result<Option<String>, FieldViolation> {
         .ok_or_else(|| FieldViolation::new("page_token", "is not a token this server issued"))
 }
 
+/// A page token that binds the query it was issued for: `cursor` (the position after the last
+/// row returned) and a digest of `query` (the request's filters and ordering, in a canonical
+/// text the caller builds) and the cursor. [`parse_page_token_for`] refuses a token from another
+/// query, a garbled one and one this server did not make (its digest does not match); the
+/// cursor itself grants nothing (authorisation applies to every page).
+pub fn page_token_for(query: &str, cursor: &str) -> String {
+    let mut raw = cursor.as_bytes().to_vec();
+    raw.push(b'\n');
+    raw.extend_from_slice(&page_digest(query, cursor));
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The cursor of a token made by [`page_token_for`] for the same `query`; empty means the
+/// first page. Any other token is INVALID_ARGUMENT on `page_token`.
+pub fn parse_page_token_for(token: &str, query: &str) -> Result<Option<String>, FieldViolation> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let refused = || {
+        FieldViolation::new(
+            "page_token",
+            "is not a token this server issued for this query (filters must not change between pages)",
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| refused())?;
+    if raw.len() < PAGE_DIGEST_LEN + 1 {
+        return Err(refused());
+    }
+    let (head, digest) = raw.split_at(raw.len() - PAGE_DIGEST_LEN);
+    let cursor = head
+        .strip_suffix(b"\n")
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .ok_or_else(refused)?;
+    if page_digest(query, cursor).as_slice() != digest {
+        return Err(refused());
+    }
+    Ok(Some(cursor.to_string()))
+}
+
+const PAGE_DIGEST_LEN: usize = 12;
+
+fn page_digest(query: &str, cursor: &str) -> [u8; PAGE_DIGEST_LEN] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"fengqiao.page-token.v1\n");
+    ctx.update(&(query.len() as u64).to_be_bytes());
+    ctx.update(query.as_bytes());
+    ctx.update(cursor.as_bytes());
+    let d = ctx.finish();
+    let mut out = [0u8; PAGE_DIGEST_LEN];
+    out.copy_from_slice(&d.as_ref()[..PAGE_DIGEST_LEN]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +211,35 @@ mod tests {
         assert!(request_id("").is_err());
         assert!(request_id("0b6f7c1e-0000-4000-8000-000000000000").is_ok());
         assert!(request_id("has space").is_err());
+    }
+
+    #[test]
+    fn page_tokens_bind_their_query() {
+        let q = "states=1,2|agency=agencies/x";
+        let t = page_token_for(q, "1700000000|abc");
+        assert_eq!(
+            parse_page_token_for(&t, q).ok().flatten().as_deref(),
+            Some("1700000000|abc")
+        );
+        assert_eq!(parse_page_token_for("", q).ok(), Some(None));
+        // Another query's token, a forged one, a garbled one.
+        assert!(parse_page_token_for(&t, "states=1|agency=agencies/x").is_err());
+        assert!(parse_page_token_for(&page_token("1700000000|abc"), q).is_err());
+        assert!(parse_page_token_for("!!", q).is_err());
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).expect("own token");
+        raw[0] ^= 1;
+        assert!(parse_page_token_for(&URL_SAFE_NO_PAD.encode(raw), q).is_err());
+        assert_eq!(
+            parse_page_token_for(&t, q).err().map(|e| e.field),
+            None,
+            "own token accepted"
+        );
+        assert_eq!(
+            parse_page_token_for("AAAA", q)
+                .err()
+                .map(|e| e.field)
+                .as_deref(),
+            Some("page_token")
+        );
     }
 }
