@@ -15,14 +15,16 @@
 //! 1. **Intake (预立案).** The court's 立案庭 registers a dispute brought to it before
 //!    registration, with its own 诉前调 number, plaintiffs and defendants, claims with
 //!    amounts, category, summary and evidence with content digests
-//!    ([`rules::check_parties`], [`rules::check_claims`], [`rules::check_pre_filing_number`]).
+//!    ([`rules::check_parties`], [`rules::check_claims`], [`rules::check_pre_filing_number`],
+//!    [`rules::check_evidence_digests`]).
 //! 2. **Consent.** Delegation before registration needs the parties' consent (特邀调解规定
 //!    Art 1, 11): every party must consent; one refusal sends the case straight to
 //!    registration ([`rules::consent_status`]).
 //! 3. **Choice or designation.** The parties may jointly choose an invited mediator from
 //!    the court's roster (特邀调解名册, 特邀调解规定 Art 5–8) within 2 working days; otherwise,
 //!    or when they waive the choice, the court designates within 3 working days
-//!    (在线调解规则 Art 10; [`rules::check_joint_choice`]).
+//!    (在线调解规则 Art 10; [`rules::check_joint_choice`]; who and until when:
+//!    [`rules::selection_actions`], the database's time deciding).
 //! 4. **Delegation** goes to the organisation as a router transfer on the route
 //!    `court-to-invited-mediation` ([`rules::ROUTE_NAME`]). The organisation accepts or
 //!    declines within 3 working days; a decline or no answer lets the court designate

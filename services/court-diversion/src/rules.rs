@@ -6,8 +6,8 @@
 //! information: party ids and codes only, never names, ID numbers, phones or addresses.
 
 use fengqiao_proto::common::{
-    ClockExpiryAction, ClockExtensionRule, ClockRule, ClockUnit, Money, Party, PartyRole,
-    ReasonCode,
+    ClockExpiryAction, ClockExtensionRule, ClockRule, ClockUnit, EvidenceRef, Money, Party,
+    PartyRole, ReasonCode,
 };
 use fengqiao_proto::courtdiversion::{
     Claim, ConsentDecision, DelegationResult, EndReason, NextStep, PreFilingCaseState as S,
@@ -280,6 +280,30 @@ pub fn check_docket_number(field: &str, s: &str) -> Result<(), RuleError> {
     }
 }
 
+/// Checks that every evidence reference filed with the court carries its content digest
+/// (lower-case hex SHA-256, 64 characters), so the organisation can verify what it receives.
+/// `field` is the list's path, e.g. `pre_filing_case.evidence`. Other evidence fields are
+/// checked by the shared evidence validator.
+pub fn check_evidence_digests(field: &str, evidence: &[EvidenceRef]) -> Vec<RuleError> {
+    evidence
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            e.sha256.len() != 64
+                || !e
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        .map(|(i, _)| {
+            RuleError::field(
+                format!("{field}[{i}].sha256"),
+                "is required: 64 lower-case hexadecimal characters",
+            )
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Consent (特邀调解规定 Art 1, 11)
 // ---------------------------------------------------------------------------
@@ -385,6 +409,72 @@ pub fn check_joint_choice(party_ids: &[&str], chosen_by: &[&str]) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// Who selects the mediator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    /// The parties, jointly (ChooseMediator).
+    Parties,
+    /// The court's judge (DesignateMediator).
+    Court {
+        /// The parties waived their joint choice.
+        choice_waived: bool,
+    },
+}
+
+/// Why a selection is refused at this time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SelectionRefused {
+    /// Not a state in which this selector may select.
+    #[error("no mediator can be selected in this state")]
+    WrongState,
+    /// The parties' 2 working days are over (在线调解规则 Art 10): the court designates.
+    #[error("the parties' joint choice has lapsed; the court designates")]
+    JointChoiceLapsed,
+    /// The parties' 2 working days are still running and they did not waive them.
+    #[error(
+        "the parties may still choose jointly; the court designates once they waive or it lapses"
+    )]
+    JointChoiceOpen,
+}
+
+/// Who may select and until when (在线调解规则 Art 10): the parties while their joint-choice
+/// clock runs (`now < choice_due`), the court once it has lapsed or the parties waived it,
+/// and the court again after a decline or timeout (Art 12). Returns the lifecycle actions to
+/// apply in order: a lapse not yet processed by the timer is applied first, because the
+/// database's time decides, not the timer's pass. Times are unix µs of the database clock.
+pub fn selection_actions(
+    state: S,
+    selector: Selector,
+    now: i64,
+    choice_due: Option<i64>,
+) -> Result<Vec<Action>, SelectionRefused> {
+    let lapsed = choice_due.is_some_and(|due| now >= due);
+    match (state, selector) {
+        (S::AwaitingJointChoice, Selector::Parties) if lapsed => {
+            Err(SelectionRefused::JointChoiceLapsed)
+        }
+        (S::AwaitingJointChoice, Selector::Parties) => Ok(vec![Action::ChooseJointly]),
+        (S::AwaitingJointChoice, Selector::Court { choice_waived }) if lapsed => Ok(vec![
+            Action::JointChoiceExpired,
+            Action::Designate { choice_waived },
+        ]),
+        (
+            S::AwaitingJointChoice,
+            Selector::Court {
+                choice_waived: true,
+            },
+        ) => Ok(vec![Action::Designate {
+            choice_waived: true,
+        }]),
+        (S::AwaitingJointChoice, Selector::Court { .. }) => Err(SelectionRefused::JointChoiceOpen),
+        (S::AwaitingDesignation, Selector::Court { choice_waived }) => {
+            Ok(vec![Action::Designate { choice_waived }])
+        }
+        (S::AwaitingDesignation, Selector::Parties) => Err(SelectionRefused::JointChoiceLapsed),
+        _ => Err(SelectionRefused::WrongState),
+    }
 }
 
 /// How many delegations a case may have before it goes to registration instead of another
@@ -1086,6 +1176,110 @@ mod tests {
         let e = check_joint_choice(&parties, &["p1", "p1", "d1", "d2"]).expect_err("refused");
         assert_eq!(field_of(&e), "chosen_by_party_ids[1]");
         assert!(check_joint_choice(&parties, &[]).is_err());
+    }
+
+    #[test]
+    fn evidence_needs_a_digest() {
+        let ev = |d: &str| EvidenceRef {
+            display_name: "借条".into(),
+            sha256: d.into(),
+            ..EvidenceRef::default()
+        };
+        let good = "ab".repeat(32);
+        assert!(check_evidence_digests("pre_filing_case.evidence", &[ev(&good)]).is_empty());
+        let bad = [
+            ev(&good),
+            ev(""),
+            ev(&"AB".repeat(32)),
+            ev(&"a".repeat(63)),
+            ev(&"g".repeat(64)),
+        ];
+        let fields: Vec<String> = check_evidence_digests("pre_filing_case.evidence", &bad)
+            .iter()
+            .map(|e| field_of(e).to_owned())
+            .collect();
+        assert_eq!(
+            fields,
+            (1..5)
+                .map(|i| format!("pre_filing_case.evidence[{i}].sha256"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn who_may_select_and_until_when() {
+        use SelectionRefused as R;
+        let due = Some(1_000);
+        let court = |w| Selector::Court { choice_waived: w };
+        type Row = (S, Selector, i64, Result<Vec<Action>, R>);
+        let table: &[Row] = &[
+            (
+                S::AwaitingJointChoice,
+                Selector::Parties,
+                999,
+                Ok(vec![Action::ChooseJointly]),
+            ),
+            (
+                S::AwaitingJointChoice,
+                Selector::Parties,
+                1_000,
+                Err(R::JointChoiceLapsed),
+            ),
+            (
+                S::AwaitingJointChoice,
+                court(false),
+                999,
+                Err(R::JointChoiceOpen),
+            ),
+            (
+                S::AwaitingJointChoice,
+                court(true),
+                999,
+                Ok(vec![Action::Designate {
+                    choice_waived: true,
+                }]),
+            ),
+            (
+                S::AwaitingJointChoice,
+                court(false),
+                1_000,
+                Ok(vec![
+                    Action::JointChoiceExpired,
+                    Action::Designate {
+                        choice_waived: false,
+                    },
+                ]),
+            ),
+            (
+                S::AwaitingDesignation,
+                court(false),
+                5,
+                Ok(vec![Action::Designate {
+                    choice_waived: false,
+                }]),
+            ),
+            (
+                S::AwaitingDesignation,
+                Selector::Parties,
+                5,
+                Err(R::JointChoiceLapsed),
+            ),
+            (S::Delegated, court(false), 5, Err(R::WrongState)),
+            (S::ConsentPending, Selector::Parties, 5, Err(R::WrongState)),
+            (S::InMediation, court(true), 5, Err(R::WrongState)),
+        ];
+        for (s, sel, now, expected) in table {
+            let got = selection_actions(*s, *sel, *now, due);
+            assert_eq!(&got, expected, "{s:?} {sel:?} at {now}");
+            // Whatever is allowed, the lifecycle accepts in order and ends DELEGATED.
+            if let Ok(actions) = got {
+                let end = actions
+                    .iter()
+                    .try_fold(*s, |st, a| next(st, *a))
+                    .expect("lifecycle accepts the selection");
+                assert_eq!(end, S::Delegated);
+            }
+        }
     }
 
     #[test]
