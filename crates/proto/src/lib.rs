@@ -41,9 +41,17 @@ pub mod fengqiao {
             tonic::include_proto!("fengqiao.mediation.v1");
         }
     }
+    /// `fengqiao.courtdiversion.v1`
+    pub mod courtdiversion {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.courtdiversion.v1");
+        }
+    }
 }
 
 pub use fengqiao::common::v1 as common;
+pub use fengqiao::courtdiversion::v1 as courtdiversion;
 pub use fengqiao::inbox::v1 as inbox;
 pub use fengqiao::mediation::v1 as mediation;
 pub use fengqiao::policereferral::v1 as policereferral;
