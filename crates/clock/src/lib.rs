@@ -23,21 +23,44 @@
 //!   clocks model local practice (e.g. 警调对接 feedback within 24 h), which is configuration,
 //!   not a statutory period, so they are not rounded to the next full hour (民诉法解释 Art 125)
 //!   and ignore holidays.
-//! - **Pauses (中止计时) do not count.** While a clock is paused its time does not run
-//!   (在线调解规则: 鉴定 time is not counted). The deadline is always recomputed from the start:
-//!   the period's nominal end (`length + extended_by` units, before the holiday-at-end rule)
-//!   plus the total paused wall-clock time, and then, for day clocks, the holiday-at-end rule:
-//!   a deadline that falls *within* a non-working day moves to 24:00 of the first working day
-//!   after it. A deadline falling within a working day stays where it falls, even mid-day
-//!   (paused 5 hours: due 05:00 the next morning). Hour clocks move by exactly the paused
-//!   time. The hard cap moves the same way, and the deadline never passes it.
-//! - **Hard cap.** `hard_cap` units from the start (paused time not counted), in the clock's
-//!   unit; 0 means no cap other than `length + max_extension`.
+//! - **Pauses (中止计时) do not count**, and what a pause excludes depends on the unit
+//!   (在线调解规则: 鉴定 time is not counted; 补充调查取证 likewise). The deadline is always
+//!   recomputed from the start and the list of finished pauses ([`Clock::pauses`]):
+//!   - *Day clocks exclude whole days.* A pause that begins on CST day `B` and ends on CST
+//!     day `E` excludes the days after `B` up to and including `E`: `B` itself was a day of
+//!     the period already under way, and counting starts again the day after `E`, as a
+//!     period counts from the day after the event that starts it (民事诉讼法 Art 85 ¶2:
+//!     期间开始的时和日，不计算在期间内; 民诉法解释 Art 125). So a pause that begins and ends on
+//!     the same CST day excludes nothing (a 3-second pause changes nothing), and one from
+//!     day D 10:00 to day D+3 09:00 excludes D+1, D+2 and D+3. A pause ending at 24:00
+//!     exactly ended on that day (its instant is the next day's 00:00, nothing of which was
+//!     paused). Each excluded day adds one day to the period: the deadline is the nominal
+//!     end of `length + extended_by + excluded` units (so a pause that begins on the
+//!     period's last day leaves the clock running until 24:00 of the day the pause ends).
+//!     Several pauses each exclude their own days; a day excluded by two pauses counts once.
+//!   - *Working-day clocks* count an excluded day only where it is a working day of the
+//!     holiday calendar: the period is counted in working days, and a weekend or holiday
+//!     inside a pause would not have counted anyway, so excluding it again would lengthen
+//!     the period twice for the same day. Calendar-day clocks count every excluded day.
+//!   - *Hour clocks exclude exactly the paused time* (to the microsecond): hours are local
+//!     practice, counted on the clock, not in days.
+//!   - *The holiday roll-over* (民事诉讼法 Art 85 ¶3) applies once, to the final result: a day
+//!     clock's deadline whose last day is not a working day moves to 24:00 of the first
+//!     working day after it. It is never applied to an intermediate figure, so a pause
+//!     cannot move the deadline earlier or by more days than it excludes.
+//!   - *The hard cap* moves by the same excluded days (or, for hours, the same time), is
+//!     never earlier than it was, and the deadline never passes it.
+//! - **Hard cap.** `hard_cap` units from the start (excluded days or paused hours not
+//!   counted, as above), in the clock's unit; 0 means no cap other than
+//!   `length + max_extension`.
 //!
 //! # Storage
 //!
 //! [`Clock`] is `serde` data: the transfers code stores it as JSON (`serde_json::to_string`)
 //! and reads it back with `serde_json::from_str`. Mutate it only through its methods.
+//! [`Clock::pauses`] was added after clocks were first stored: a clock stored without it
+//! reads back with no finished pauses, so a later recomputation (resume, extension) counts
+//! only the pauses recorded from then on; its stored `due_at` stands until then.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -234,6 +257,34 @@ impl HolidayCalendar {
             d = d.succ_opt()?;
         }
         Some(d)
+    }
+
+    /// How many working days lie in `(after, through]`: after `after`, up to and including
+    /// `through` (0 when `through <= after`).
+    fn working_days_in(&self, after: NaiveDate, through: NaiveDate) -> u64 {
+        let last_listed = self.last_listed();
+        let mut d = after;
+        let mut n = 0u64;
+        while d < through {
+            let left = (through - d).num_days();
+            // Past the listed dates every 7 consecutive days hold exactly 5 working days.
+            if left >= 7
+                && last_listed.is_none_or(|l| d >= l)
+                && let Some(next) = d.checked_add_days(Days::new(left as u64 / 7 * 7))
+            {
+                n += left as u64 / 7 * 5;
+                d = next;
+                continue;
+            }
+            let Some(next) = d.succ_opt() else {
+                break;
+            };
+            d = next;
+            if self.is_working_day(d) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The `n`-th working day strictly after `date`; for `n == 0`, the first working day on or
@@ -435,6 +486,66 @@ pub fn to_duration(micros: i64) -> prost_types::Duration {
         // |micros % 1e6| < 1e6, so the nanos fit an i32.
         nanos: ((micros % MICROS_PER_SECOND) * 1000) as i32,
     }
+}
+
+// ---------------------------------------------------------------------------
+// Pauses
+// ---------------------------------------------------------------------------
+
+/// One finished pause (中止) of a clock: from `from` (the pause) to `to` (the resume, or the
+/// stop that ended it), unix µs, `from <= to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausePeriod {
+    /// When the pause began.
+    pub from: i64,
+    /// When it ended.
+    pub to: i64,
+}
+
+/// The CST days a pause excludes, as `(after, through)`: the days after the day it began up
+/// to and including the day it ended (民事诉讼法 Art 85 ¶2, 民诉法解释 Art 125; see the module
+/// docs). `None` when it excludes no day. An end at exactly 00:00 belongs to the day before
+/// (its 24:00): nothing of the new day was paused.
+fn excluded_span(p: PausePeriod) -> Option<(NaiveDate, NaiveDate)> {
+    if p.to <= p.from {
+        return None;
+    }
+    let began = cst_date(p.from)?;
+    let ended = cst_date(p.to - 1)?;
+    (ended > began).then_some((began, ended))
+}
+
+/// How many units the `pauses` exclude from a day clock of `unit`: every excluded day for
+/// calendar days, the excluded working days for working days (see the module docs). A day
+/// excluded by more than one pause counts once. `None` for hour clocks.
+fn excluded_days(
+    unit: ClockUnit,
+    pauses: impl IntoIterator<Item = PausePeriod>,
+    cal: &HolidayCalendar,
+) -> Option<u64> {
+    if !unit.is_day() {
+        return None;
+    }
+    let mut spans: Vec<(NaiveDate, NaiveDate)> =
+        pauses.into_iter().filter_map(excluded_span).collect();
+    spans.sort_unstable();
+    // Merge overlapping or touching spans: (a, b] ∪ (c, d] with c <= b is (a, max(b, d)].
+    let mut merged: Vec<(NaiveDate, NaiveDate)> = Vec::with_capacity(spans.len());
+    for (after, through) in spans {
+        match merged.last_mut() {
+            Some(last) if after <= last.1 => last.1 = last.1.max(through),
+            _ => merged.push((after, through)),
+        }
+    }
+    Some(
+        merged
+            .into_iter()
+            .map(|(after, through)| match unit {
+                ClockUnit::WorkingDay => cal.working_days_in(after, through),
+                _ => (through - after).num_days().unsigned_abs(),
+            })
+            .sum(),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -740,6 +851,10 @@ pub struct Clock {
     pub pause_reason: Option<String>,
     /// Total time of finished pauses, in microseconds (累计中止时间).
     pub total_paused_micros: i64,
+    /// Finished pauses, in order (a stop that ends a pause finishes it too). What they
+    /// exclude from the period follows the module docs.
+    #[serde(default)]
+    pub pauses: Vec<PausePeriod>,
     /// Total extension granted, in units (已延长).
     pub extended_by: u32,
     /// Number of extensions granted (延长次数).
@@ -787,6 +902,7 @@ impl Clock {
             paused_at: None,
             pause_reason: None,
             total_paused_micros: 0,
+            pauses: Vec::new(),
             extended_by: 0,
             extension_count: 0,
             hard_cap_at: None,
@@ -797,17 +913,32 @@ impl Clock {
         Ok(clock)
     }
 
-    /// The deadline and hard cap for `paused` microseconds of pause in total: the nominal end
-    /// of `length + extended_by` (resp. `hard_cap`) units, plus the paused time, then the
-    /// holiday-at-end rule.
+    /// The deadline and hard cap with `pauses` finished (see the module docs): day clocks
+    /// add the days the pauses exclude to the period's units, hour clocks the exact paused
+    /// time; then, once, the holiday-at-end rule. The hard cap is never earlier than it was
+    /// and the deadline never passes it.
     fn deadlines(
         &self,
-        paused: i64,
+        pauses: &[PausePeriod],
         cal: &HolidayCalendar,
     ) -> Result<(i64, Option<i64>), ClockError> {
+        let (extra_units, extra_micros) =
+            match excluded_days(self.unit, pauses.iter().copied(), cal) {
+                Some(days) => (u32::try_from(days).map_err(|_| ClockError::OutOfRange)?, 0),
+                None => (
+                    0,
+                    pauses
+                        .iter()
+                        .try_fold(0i64, |sum, p| sum.checked_add(p.to.checked_sub(p.from)?))
+                        .ok_or(ClockError::OutOfRange)?,
+                ),
+            };
         let end = |units: u32| {
+            let units = units
+                .checked_add(extra_units)
+                .ok_or(ClockError::OutOfRange)?;
             nominal_end(self.started_at, self.unit, units, cal)
-                .and_then(|e| e.checked_add(paused))
+                .and_then(|e| e.checked_add(extra_micros))
                 .and_then(|e| end_on_working_day(e, self.unit, cal))
                 .ok_or(ClockError::OutOfRange)
         };
@@ -819,14 +950,14 @@ impl Clock {
         if self.hard_cap == 0 {
             return Ok((due, None));
         }
-        let cap = end(self.hard_cap)?;
-        // The deadline never passes the hard cap (the two can cross only through the
-        // holiday-at-end rule after a pause).
+        // Pauses only ever add excluded units, so this is a guard: the cap never moves
+        // earlier than it was.
+        let cap = end(self.hard_cap)?.max(self.hard_cap_at.unwrap_or(i64::MIN));
         Ok((due.min(cap), Some(cap)))
     }
 
     fn recompute(&mut self, cal: &HolidayCalendar) -> Result<(), ClockError> {
-        let (due, cap) = self.deadlines(self.total_paused_micros, cal)?;
+        let (due, cap) = self.deadlines(&self.pauses, cal)?;
         self.due_at = due;
         self.hard_cap_at = cap;
         Ok(())
@@ -871,11 +1002,12 @@ impl Clock {
         Ok(())
     }
 
-    /// Resumes a paused clock at `at`: the pause's wall-clock length is added to the total
-    /// paused time and the deadline recomputed (see the module docs: it moves later by the
-    /// paused time, a day clock's deadline landing within a non-working day moves to 24:00 of
-    /// the next working day, never beyond the hard cap). Refused when not paused, stopped or
-    /// expired, or with `at` before the pause.
+    /// Resumes a paused clock at `at`: the pause is recorded in [`Clock::pauses`], its
+    /// wall-clock length added to the total paused time, and the deadline recomputed (see
+    /// the module docs: a day clock moves by the whole days the pause excludes, none for a
+    /// pause within one CST day; an hour clock by the exact paused time; the holiday-at-end
+    /// rule once on the result; never beyond the hard cap, which never moves earlier).
+    /// Refused when not paused, stopped or expired, or with `at` before the pause.
     pub fn resume(&mut self, at: i64, cal: &HolidayCalendar) -> Result<(), ClockError> {
         self.check_live(at)?;
         let Some(paused_at) = self.paused_at else {
@@ -885,8 +1017,14 @@ impl Clock {
             .total_paused_micros
             .checked_add(at - paused_at)
             .ok_or(ClockError::OutOfRange)?;
-        let (due, cap) = self.deadlines(total, cal)?;
+        let mut pauses = self.pauses.clone();
+        pauses.push(PausePeriod {
+            from: paused_at,
+            to: at,
+        });
+        let (due, cap) = self.deadlines(&pauses, cal)?;
         self.total_paused_micros = total;
+        self.pauses = pauses;
         self.due_at = due;
         self.hard_cap_at = cap;
         self.paused_at = None;
@@ -977,6 +1115,10 @@ impl Clock {
         match self.paused_at {
             Some(paused_at) => {
                 self.total_paused_micros = self.total_paused_micros.saturating_add(at - paused_at);
+                self.pauses.push(PausePeriod {
+                    from: paused_at,
+                    to: at,
+                });
                 self.paused_at = None;
                 self.pause_reason = None;
             }
@@ -1034,11 +1176,9 @@ impl Clock {
     fn projected(&self, now: i64, cal: &HolidayCalendar) -> Result<(i64, Option<i64>), ClockError> {
         match self.paused_at {
             Some(p) if self.stopped_at.is_none() && now > p => {
-                let total = self
-                    .total_paused_micros
-                    .checked_add(now - p)
-                    .ok_or(ClockError::OutOfRange)?;
-                self.deadlines(total, cal)
+                let mut pauses = self.pauses.clone();
+                pauses.push(PausePeriod { from: p, to: now });
+                self.deadlines(&pauses, cal)
             }
             _ => Ok((self.due_at, self.hard_cap_at)),
         }
@@ -1713,14 +1853,15 @@ mod tests {
                 Some(eod(2026, 5, 14)),
             ),
             (
-                "3 days 4 hours: lands 04:00 on a Monday, stays there",
+                // Whole days: 03-21, 03-22, 03-23 (民事诉讼法 Art 85 ¶2), not 3 days 4 hours.
+                "3 days 4 hours exclude 3 days: lands on a Sunday, moves to Monday 24:00",
                 mediation_rule(),
                 t(2026, 3, 10, 10, 0),
                 t(2026, 3, 20, 9, 0),
                 t(2026, 3, 23, 13, 0),
                 "supplementary_investigation",
-                t(2026, 4, 13, 4, 0),
-                Some(t(2026, 5, 13, 4, 0)),
+                eod(2026, 4, 13),
+                Some(eod(2026, 5, 12)),
             ),
             (
                 // 民事诉讼法 Art 85 applied to the moved deadline.
@@ -1843,10 +1984,10 @@ mod tests {
     }
 
     #[test]
-    fn resume_never_passes_the_hard_cap() {
-        // 2 calendar days, hard cap 3: due Thu 03-12 24:00, cap Fri 03-13 24:00. A pause of
-        // 2 days 10 hours moves the deadline into Sunday (→ Monday 24:00) but the cap only to
-        // Monday 10:00: the cap wins.
+    fn resume_moves_the_hard_cap_by_the_same_days() {
+        // 2 calendar days, hard cap 3: due Thu 03-12 24:00, cap Fri 03-13 24:00. A pause from
+        // Wed 08:00 to Fri 18:00 excludes Thu and Fri: the deadline moves to Sat 03-14 and the
+        // cap to Sun 03-15, both rolled to Monday 24:00 (民事诉讼法 Art 85 ¶3), never past it.
         let rule = common::ClockRule {
             length: 2,
             hard_cap: 3,
@@ -1860,8 +2001,422 @@ mod tests {
         );
         c.pause(t(2026, 3, 11, 8, 0), "appraisal").expect("pause");
         c.resume(t(2026, 3, 13, 18, 0), cal()).expect("resume");
-        assert_eq!(c.hard_cap_at, Some(t(2026, 3, 16, 10, 0)));
-        assert_eq!(c.due_at, t(2026, 3, 16, 10, 0));
+        assert_eq!(c.hard_cap_at, Some(eod(2026, 3, 16)));
+        assert_eq!(c.due_at, eod(2026, 3, 16));
+        assert_eq!(
+            c.pauses,
+            vec![PausePeriod {
+                from: t(2026, 3, 11, 8, 0),
+                to: t(2026, 3, 13, 18, 0)
+            }]
+        );
+    }
+
+    /// #9 §2: the figures an outside client saw, and the rule (module docs) case by case.
+    #[test]
+    fn pause_rule_table() {
+        const SEC: i64 = MICROS_PER_SECOND;
+        // (why, rule, start, pauses (from, to), due after, hard cap after)
+        type Case = (
+            &'static str,
+            common::ClockRule,
+            i64,
+            Vec<(i64, i64)>,
+            i64,
+            Option<i64>,
+        );
+        // The issue's clock: 30 calendar days from 2026-12-02, due 2027-01-01T16:00Z (24:00
+        // CST), hard cap 60 days: 2027-01-31 is a Sunday → 2027-02-01T16:00Z.
+        let issue_start = t(2026, 12, 2, 9, 30);
+        let noon = t(2026, 12, 2, 12, 0);
+        let issue = |why, len: i64| -> Case {
+            (
+                why,
+                mediation_rule(),
+                issue_start,
+                vec![(noon, noon + len)],
+                eod(2027, 1, 1),
+                Some(eod(2027, 2, 1)),
+            )
+        };
+        let mut cases: Vec<Case> = vec![
+            issue("3 s within one CST day: nothing excluded", 3 * SEC),
+            issue("0.5 s", SEC / 2),
+            issue("1.3 s", 13 * SEC / 10),
+            issue("2 s", 2 * SEC),
+            issue("5.3 s", 53 * SEC / 10),
+            issue(
+                "23 h 59 min, still the same CST day",
+                11 * HOUR + 59 * MINUTE,
+            ),
+            (
+                // The cap's nominal end moves from Sun 01-31 (rolled to Mon 02-01) to Mon
+                // 02-01 itself: rolled once, it stays 02-01.
+                "3 s across CST midnight exclude the new day: Sat 2027-01-02 → Mon 01-04",
+                mediation_rule(),
+                issue_start,
+                vec![(eod(2026, 12, 10) - 2 * SEC, eod(2026, 12, 10) + SEC)],
+                eod(2027, 1, 4),
+                Some(eod(2027, 2, 1)),
+            ),
+            (
+                "a pause ending at 24:00 exactly ended on that day: nothing excluded",
+                mediation_rule(),
+                issue_start,
+                vec![(t(2026, 12, 10, 10, 0), eod(2026, 12, 10))],
+                eod(2027, 1, 1),
+                Some(eod(2027, 2, 1)),
+            ),
+            (
+                // Days D+1, D+2, D+3 excluded. 30 days from 03-11: Fri 04-10 → Mon 04-13; the
+                // cap 05-10 (Sunday, rolled to Mon 05-11) → 05-13 (Wednesday).
+                "day D 10:00 to day D+3 09:00: +3 days",
+                mediation_rule(),
+                t(2026, 3, 11, 10, 0),
+                vec![(t(2026, 3, 20, 10, 0), t(2026, 3, 23, 9, 0))],
+                eod(2026, 4, 13),
+                Some(eod(2026, 5, 13)),
+            ),
+            (
+                // 30 days from 09-01 end on 国庆 10-01 → 10-08. Two excluded days make the
+                // nominal end 10-03, still 国庆 → 10-08: the roll-over applies once, to the
+                // result, not to the already rolled 10-08.
+                "across a holiday roll-over: applied once to the result",
+                mediation_rule(),
+                t(2026, 9, 1, 9, 0),
+                vec![(t(2026, 9, 10, 9, 0), t(2026, 9, 12, 9, 0))],
+                eod(2026, 10, 8),
+                Some(eod(2026, 11, 2)),
+            ),
+            (
+                // 03-21 and 03-22 excluded; B (same day) nothing; C excludes 03-23 only once
+                // more. 30 days from 03-09: Wed 04-08 + 3 = Sat 04-11 → Mon 04-13.
+                "several pauses: each its own days, the same day counted once",
+                mediation_rule(),
+                t(2026, 3, 9, 10, 0),
+                vec![
+                    (t(2026, 3, 20, 10, 0), t(2026, 3, 22, 9, 0)),
+                    (t(2026, 3, 22, 10, 0), t(2026, 3, 22, 11, 0)),
+                    (t(2026, 3, 22, 12, 0), t(2026, 3, 23, 8, 0)),
+                ],
+                eod(2026, 4, 13),
+                Some(eod(2026, 5, 11)),
+            ),
+            (
+                // 特邀调解规定 Art 27: 3 working days from Fri 03-13: Mon 16, Tue 17, Wed 18.
+                // Excluded 03-17..03-23 hold 5 working days (17, 18, 19, 20, 23), not 7:
+                // 8 working days from 03-13 end on Wed 03-25.
+                "working days: only excluded working days count",
+                three_working_days(),
+                t(2026, 3, 13, 10, 0),
+                vec![(t(2026, 3, 16, 10, 0), t(2026, 3, 23, 9, 0))],
+                eod(2026, 3, 25),
+                None,
+            ),
+            (
+                "working days: a pause over a weekend only excludes nothing",
+                three_working_days(),
+                t(2026, 3, 18, 10, 0),
+                vec![(t(2026, 3, 20, 10, 0), t(2026, 3, 22, 20, 0))],
+                eod(2026, 3, 23),
+                None,
+            ),
+            (
+                // 国庆 2026: 3 working days from Tue 09-22 are 23, 24, 28 (25 is 中秋). The
+                // pause excludes 24..29, of which 24, 28, 29 are working days.
+                "working days over 中秋: 3 working days excluded",
+                three_working_days(),
+                t(2026, 9, 22, 10, 0),
+                vec![(t(2026, 9, 23, 10, 0), t(2026, 9, 29, 10, 0))],
+                eod(2026, 10, 8),
+                None,
+            ),
+            (
+                "hours: exactly the paused time, 3.5 s",
+                hour_rule(24),
+                t(2026, 3, 10, 10, 0),
+                vec![(t(2026, 3, 10, 12, 0), t(2026, 3, 10, 12, 0) + 7 * SEC / 2)],
+                t(2026, 3, 11, 10, 0) + 7 * SEC / 2,
+                None,
+            ),
+            (
+                "hours: two pauses across midnight, exact",
+                hour_rule(24),
+                t(2026, 3, 10, 22, 0),
+                vec![
+                    (t(2026, 3, 10, 23, 0), t(2026, 3, 11, 1, 30)),
+                    (t(2026, 3, 11, 2, 0), t(2026, 3, 11, 2, 0) + SEC),
+                ],
+                t(2026, 3, 11, 22, 0) + 150 * MINUTE + SEC,
+                None,
+            ),
+        ];
+        // An hour-unit hard cap moves by the exact time too.
+        cases.push((
+            "hours with a hard cap: both move by 90 min",
+            common::ClockRule {
+                hard_cap: 30,
+                ..hour_rule(24)
+            },
+            t(2026, 3, 10, 10, 0),
+            vec![(t(2026, 3, 10, 11, 0), t(2026, 3, 10, 12, 30))],
+            t(2026, 3, 11, 11, 30),
+            Some(t(2026, 3, 11, 17, 30)),
+        ));
+        for (why, rule, from, pauses, due, cap) in cases {
+            let mut c = start(&rule, from);
+            for (p, r) in &pauses {
+                c.pause(*p, "supplementary_investigation")
+                    .or_else(|_| c.pause(*p, "appraisal"))
+                    .expect(why);
+                c.resume(*r, cal()).expect(why);
+            }
+            assert_eq!(
+                (c.due_at, c.hard_cap_at),
+                (due, cap),
+                "{why}: got due {}, cap {:?}",
+                c.due_at,
+                c.hard_cap_at
+            );
+            let total: i64 = pauses.iter().map(|(p, r)| r - p).sum();
+            assert_eq!(c.total_paused_micros, total, "{why}");
+            assert_eq!(c.pauses.len(), pauses.len(), "{why}");
+        }
+    }
+
+    #[test]
+    fn issue_figures_while_paused_and_after() {
+        // The issue: a 3-second pause moved due_at by three days and hard_cap_at one day
+        // earlier. While paused the projection must not move either.
+        let mut c = start(&mediation_rule(), t(2026, 12, 2, 9, 30));
+        let (due, cap) = (c.due_at, c.hard_cap_at);
+        assert_eq!((due, cap), (eod(2027, 1, 1), Some(eod(2027, 2, 1))));
+        let p = t(2026, 12, 2, 12, 0);
+        c.pause(p, "supplementary_investigation").expect("pause");
+        let s = c
+            .to_proto_at(p + 3 * MICROS_PER_SECOND, cal())
+            .expect("projects");
+        assert_eq!(s.due_at, Some(to_timestamp(due)));
+        assert_eq!(s.hard_cap_at, cap.map(to_timestamp));
+        // Projected three days on: D+1..D+3 excluded.
+        assert_eq!(
+            c.projected_due_at(p + 3 * DAY, cal()),
+            Ok(eod(2027, 1, 4)),
+            "01-01 + 3 = Mon 01-04"
+        );
+        c.resume(p + 3 * MICROS_PER_SECOND, cal()).expect("resume");
+        assert_eq!((c.due_at, c.hard_cap_at), (due, cap));
+    }
+
+    #[test]
+    fn excluded_days_merges_overlaps() {
+        let d = |day: u32, h: i64| t(2026, 3, day, h, 0);
+        let p = |from, to| PausePeriod { from, to };
+        let cases: &[(&str, ClockUnit, Vec<PausePeriod>, Option<u64>)] = &[
+            ("no pause", ClockUnit::CalendarDay, vec![], Some(0)),
+            (
+                "hours: not a day clock",
+                ClockUnit::Hour,
+                vec![p(d(2, 10), d(5, 9))],
+                None,
+            ),
+            (
+                "D..D+3",
+                ClockUnit::CalendarDay,
+                vec![p(d(2, 10), d(5, 9))],
+                Some(3),
+            ),
+            (
+                "overlap counted once",
+                ClockUnit::CalendarDay,
+                vec![p(d(2, 10), d(5, 9)), p(d(3, 10), d(4, 10))],
+                Some(3),
+            ),
+            (
+                "touching spans",
+                ClockUnit::CalendarDay,
+                vec![p(d(5, 10), d(6, 9)), p(d(2, 10), d(5, 9))],
+                Some(4),
+            ),
+            (
+                "zero-length and reversed pauses exclude nothing",
+                ClockUnit::CalendarDay,
+                vec![p(d(2, 10), d(2, 10)), p(d(5, 10), d(2, 10))],
+                Some(0),
+            ),
+            // Mon 03-02 … Sun 03-08: Tue–Fri working, the weekend not.
+            (
+                "working days in 03-03..03-08",
+                ClockUnit::WorkingDay,
+                vec![p(d(2, 10), d(8, 9))],
+                Some(4),
+            ),
+        ];
+        for (why, unit, pauses, want) in cases {
+            assert_eq!(
+                excluded_days(*unit, pauses.iter().copied(), cal()),
+                *want,
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn working_days_in_matches_a_day_by_day_count() {
+        // Across the listed years and well past them (where whole weeks are skipped).
+        let c = cal();
+        let starts = [
+            date(2025, 1, 20),
+            date(2026, 9, 20),
+            date(2026, 12, 28),
+            date(2027, 3, 3),
+        ];
+        for after in starts {
+            for len in [0u64, 1, 6, 7, 8, 13, 14, 30, 100, 400] {
+                let through = after + Days::new(len);
+                let slow = after
+                    .iter_days()
+                    .skip(1)
+                    .take_while(|x| *x <= through)
+                    .filter(|x| c.is_working_day(*x))
+                    .count() as u64;
+                assert_eq!(c.working_days_in(after, through), slow, "{after} + {len}");
+            }
+        }
+        assert_eq!(c.working_days_in(date(2026, 3, 10), date(2026, 3, 1)), 0);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn rule_for(unit: ClockUnit, length: u32, cap_extra: Option<u32>) -> common::ClockRule {
+            common::ClockRule {
+                unit: unit.to_proto() as i32,
+                length,
+                hard_cap: cap_extra.map_or(0, |e| length + e),
+                max_extension: 0,
+                ..mediation_rule()
+            }
+        }
+
+        fn unit() -> impl Strategy<Value = ClockUnit> {
+            prop_oneof![
+                Just(ClockUnit::CalendarDay),
+                Just(ClockUnit::WorkingDay),
+                Just(ClockUnit::Hour),
+            ]
+        }
+
+        /// A pause length: seconds-scale or days-scale, to the microsecond.
+        fn pause_len() -> impl Strategy<Value = i64> {
+            prop_oneof![0..10 * MICROS_PER_SECOND, 0..20 * DAY]
+        }
+
+        /// Runs pauses `(gap before, length)` one after another while the clock allows;
+        /// returns the clock and the (due, cap) after each resume.
+        fn run(c: &mut Clock, pauses: &[(i64, i64)]) -> Vec<(i64, Option<i64>)> {
+            let mut at = c.started_at;
+            let mut seen = Vec::new();
+            for (gap, len) in pauses {
+                let p = at + gap;
+                if p >= c.due_at || c.pause(p, "appraisal").is_err() {
+                    break;
+                }
+                c.resume(p + len, cal()).expect("resume after a pause");
+                seen.push((c.due_at, c.hard_cap_at));
+                at = p + len;
+            }
+            seen
+        }
+
+        proptest! {
+            #[test]
+            fn no_pause_no_change(
+                unit in unit(),
+                length in 1u32..40,
+                cap in proptest::option::of(0u32..40),
+                start in t(2025, 1, 1, 0, 0)..t(2027, 12, 31, 0, 0),
+                gap in 0..5 * DAY,
+            ) {
+                let rule = rule_for(unit, length, cap);
+                let mut c = start_clock(&rule, start);
+                prop_assert_eq!(c.due_at, add_duration(start, unit, length, cal()));
+                let before = (c.due_at, c.hard_cap_at);
+                // A zero-length pause is no pause.
+                let p = start + gap;
+                if p < c.due_at {
+                    c.pause(p, "appraisal").expect("pause");
+                    c.resume(p, cal()).expect("resume");
+                    prop_assert_eq!((c.due_at, c.hard_cap_at), before);
+                }
+            }
+
+            #[test]
+            fn within_one_day_nothing_moves(
+                unit in prop_oneof![Just(ClockUnit::CalendarDay), Just(ClockUnit::WorkingDay)],
+                length in 1u32..40,
+                start in t(2025, 1, 1, 0, 0)..t(2027, 12, 31, 0, 0),
+                gap in 0..5 * DAY,
+                len in 0..DAY,
+            ) {
+                let mut c = start_clock(&rule_for(unit, length, Some(10)), start);
+                let before = (c.due_at, c.hard_cap_at);
+                let p = start + gap;
+                prop_assume!(p < c.due_at);
+                // Ends on the day it began (an end at 24:00 exactly belongs to that day).
+                prop_assume!(len == 0 || cst_date(p) == cst_date(p + len - 1));
+                c.pause(p, "appraisal").expect("pause");
+                c.resume(p + len, cal()).expect("resume");
+                prop_assert_eq!((c.due_at, c.hard_cap_at), before);
+            }
+
+            #[test]
+            fn monotonic_capped_and_never_earlier(
+                unit in unit(),
+                length in 1u32..40,
+                cap in proptest::option::of(0u32..40),
+                start in t(2025, 1, 1, 0, 0)..t(2027, 12, 31, 0, 0),
+                pauses in proptest::collection::vec((0..3 * DAY, pause_len()), 1..4),
+                more in pause_len(),
+            ) {
+                let rule = rule_for(unit, length, cap);
+                let fresh = start_clock(&rule, start);
+                let mut c = fresh.clone();
+                let seen = run(&mut c, &pauses);
+                let mut prev = (fresh.due_at, fresh.hard_cap_at);
+                for (due, cap_at) in &seen {
+                    // The deadline never exceeds the (moved) hard cap …
+                    if let Some(cap_at) = cap_at {
+                        prop_assert!(due <= cap_at, "due {} > cap {}", due, cap_at);
+                    }
+                    // … the hard cap never moves earlier, nor the deadline.
+                    prop_assert!(*cap_at >= prev.1, "cap moved earlier");
+                    prop_assert!(*due >= prev.0, "due moved earlier");
+                    prev = (*due, *cap_at);
+                }
+                // Monotonic in the paused time: the same pauses with the last one longer
+                // give a deadline and cap no earlier.
+                if let Some(n) = seen.len().checked_sub(1) {
+                    let mut longer: Vec<(i64, i64)> = pauses[..=n].to_vec();
+                    longer[n].1 += more;
+                    let mut d = fresh.clone();
+                    let seen_longer = run(&mut d, &longer);
+                    prop_assert_eq!(seen_longer.len(), seen.len());
+                    prop_assert!(d.due_at >= c.due_at, "due {} < {}", d.due_at, c.due_at);
+                    prop_assert!(d.hard_cap_at >= c.hard_cap_at);
+                    // A day clock's deadline is still 24:00 CST of a working day.
+                    if unit != ClockUnit::Hour {
+                        prop_assert_eq!((d.due_at + CST_OFFSET_MICROS).rem_euclid(DAY), 0);
+                        prop_assert!(cal().is_working_day(cst_date(d.due_at - 1).expect("date")));
+                    }
+                }
+            }
+        }
+
+        fn start_clock(rule: &common::ClockRule, at: i64) -> Clock {
+            Clock::start("feedback", rule, at, cal()).expect("valid rule")
+        }
     }
 
     // -- extensions ---------------------------------------------------------
