@@ -108,7 +108,8 @@ async fn offer(tx: &mut Tx, envelope: &Envelope, msg: &TransferMessage, now: i64
             last.document = Some(d.clone());
         }
     }
-    db::insert(tx, &id, &agency, &number, &mut c, now).await?;
+    // The pinned route: the case reports with its outcome codes (in the offer only).
+    db::insert(tx, &id, &agency, &number, &mut c, msg.route.as_ref(), now).await?;
     db::add_entries(tx, &id, &out).await?;
     Ok(())
 }
