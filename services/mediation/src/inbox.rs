@@ -139,14 +139,16 @@ fn update(
             c.state = S::Withdrawn as i32;
             out.push(entry(CaseFileEntryKind::Other, "移送单位撤回", now, reason));
         }
-        MessageKind::TransferExpired if state_of(c) == S::Offered => {
+        MessageKind::TransferExpired if state_of(c) == S::Offered || open => {
+            // Before acceptance the acceptance clock ran out; after it, the mediation period
+            // did and the route sends the materials back (特邀调解规定 Art 21).
+            let title = if state_of(c) == S::Offered {
+                "逾期未受理，退回移送单位"
+            } else {
+                "调解期限届满，材料退回移送单位"
+            };
             c.state = S::Expired as i32;
-            out.push(entry(
-                CaseFileEntryKind::Other,
-                "逾期未受理，退回移送单位",
-                now,
-                reason,
-            ));
+            out.push(entry(CaseFileEntryKind::Other, title, now, reason));
         }
         MessageKind::TransferEscalated if state_of(c) == S::Offered || open => {
             c.state = S::Escalated as i32;
