@@ -23,6 +23,7 @@ use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
+use crate::outcomes;
 use crate::roster::{self, parse_mediator_name};
 use crate::store::{self as db, Loaded, state_name, state_of};
 use crate::util::{
@@ -31,29 +32,6 @@ use crate::util::{
 use fengqiao_kit::idem::Idem;
 
 use MediationCaseState as S;
-
-/// Feedback outcome codes of the police-to-station-mediation route
-/// (deploy/routes/police-to-station-mediation.v1.toml `feedback_outcomes`).
-pub mod outcome {
-    /// 调解成功，达成调解协议 (PML Art 28, 29).
-    pub const AGREEMENT_REACHED: &str = "agreement_reached";
-    /// 调解不成，终止调解 (PML Art 26).
-    pub const MEDIATION_FAILED: &str = "mediation_failed";
-    /// 当事人一方明确拒绝调解或拒绝继续调解 (PML Art 17).
-    pub const PARTY_REFUSED: &str = "party_refused";
-    /// 当事人自行和解或撤回调解申请.
-    pub const WITHDRAWN: &str = "withdrawn";
-}
-
-/// The router feedback outcome for an end reason (在线调解规则 Art 25 → route outcomes).
-pub fn outcome_for(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::Agreement => outcome::AGREEMENT_REACHED,
-        EndReason::SettledAndWithdrawn => outcome::WITHDRAWN,
-        EndReason::PartyRefusesToContinue => outcome::PARTY_REFUSED,
-        _ => outcome::MEDIATION_FAILED,
-    }
-}
 
 fn end_reason_text(reason: EndReason) -> &'static str {
     match reason {
@@ -620,6 +598,15 @@ impl Cases {
             return Err(FieldViolation::new("party_id", "is not a party of the case").into());
         }
         let refused = decision == ConsentDecision::Refused;
+        // PML Art 17: the route's code for a refusal (checked before anything changes).
+        let refused_code = if refused {
+            let route = outcomes::route_of(l.route.as_ref())?;
+            outcomes::outcome_for(route, EndReason::PartyRefusesToContinue)?
+                .code
+                .clone()
+        } else {
+            String::new()
+        };
         if refused {
             // PML Art 17: an express refusal by one party ends the mediation; the sender is told.
             self.router()
@@ -628,7 +615,7 @@ impl Cases {
                     SubmitFeedbackRequest {
                         name: l.case.transfer.clone(),
                         etag: String::new(),
-                        outcome_code: outcome::PARTY_REFUSED.into(),
+                        outcome_code: refused_code.clone(),
                         summary: "当事人一方明确拒绝调解，依法不得调解（人民调解法第十七条）"
                             .into(),
                         documents: m.evidence.iter().cloned().collect(),
@@ -670,7 +657,7 @@ impl Cases {
                     c.termination = Some(Termination {
                         reason: EndReason::PartyRefusesToContinue as i32,
                         detail: "当事人一方明确拒绝调解（人民调解法第十七条）".into(),
-                        outcome_code: outcome::PARTY_REFUSED.into(),
+                        outcome_code: refused_code.clone(),
                         actor: Some(actor_of(who)),
                         end_time: Some(to_timestamp(now)),
                     });
@@ -681,7 +668,7 @@ impl Cases {
                         CaseFileEntryKind::Termination,
                         "终止调解（当事人拒绝调解）",
                         now,
-                        format!("反馈结果 {}", outcome::PARTY_REFUSED),
+                        format!("反馈结果 {refused_code}"),
                     ));
                 } else {
                     maybe_start(c);
@@ -1319,7 +1306,9 @@ impl Cases {
                 "ending with an agreement needs an effective agreement (PML Art 29)".into(),
             ));
         }
-        let code = outcome_for(reason);
+        // The outcome code of the route the case's transfer pinned (在线调解规则 Art 25).
+        let route = outcomes::route_of(l.route.as_ref())?;
+        let code = outcomes::outcome_for(route, reason)?.code.clone();
         let mut documents = m.documents.clone();
         let (summary, amount) = match (reason, effective) {
             (EndReason::Agreement, Some(a)) => {
@@ -1353,7 +1342,7 @@ impl Cases {
                 SubmitFeedbackRequest {
                     name: l.case.transfer.clone(),
                     etag: String::new(),
-                    outcome_code: code.into(),
+                    outcome_code: code.clone(),
                     summary: summary.clone(),
                     documents,
                     amount,
@@ -1375,7 +1364,7 @@ impl Cases {
                 c.termination = Some(Termination {
                     reason: m.reason,
                     detail: m.detail.clone(),
-                    outcome_code: code.into(),
+                    outcome_code: code.clone(),
                     actor: Some(actor_of(who)),
                     end_time: Some(to_timestamp(now)),
                 });
@@ -1421,6 +1410,8 @@ impl Cases {
             Begin::Case(l) => l,
         };
         require_state(&l.case, &OPEN, "escalate")?;
+        // Only with the escalation reasons of the route the case's transfer pinned.
+        outcomes::check_escalation(outcomes::route_of(l.route.as_ref())?, &m.reason_code)?;
         // PML Art 25: a dispute that may turn into a public-security or criminal case is
         // reported to the police at once.
         self.router()

@@ -108,7 +108,8 @@ async fn offer(tx: &mut Tx, envelope: &Envelope, msg: &TransferMessage, now: i64
             last.document = Some(d.clone());
         }
     }
-    db::insert(tx, &id, &agency, &number, &mut c, now).await?;
+    // The pinned route: the case reports with its outcome codes (in the offer only).
+    db::insert(tx, &id, &agency, &number, &mut c, msg.route.as_ref(), now).await?;
     db::add_entries(tx, &id, &out).await?;
     Ok(())
 }
@@ -138,14 +139,16 @@ fn update(
             c.state = S::Withdrawn as i32;
             out.push(entry(CaseFileEntryKind::Other, "移送单位撤回", now, reason));
         }
-        MessageKind::TransferExpired if state_of(c) == S::Offered => {
+        MessageKind::TransferExpired if state_of(c) == S::Offered || open => {
+            // Before acceptance the acceptance clock ran out; after it, the mediation period
+            // did and the route sends the materials back (特邀调解规定 Art 21).
+            let title = if state_of(c) == S::Offered {
+                "逾期未受理，退回移送单位"
+            } else {
+                "调解期限届满，材料退回移送单位"
+            };
             c.state = S::Expired as i32;
-            out.push(entry(
-                CaseFileEntryKind::Other,
-                "逾期未受理，退回移送单位",
-                now,
-                reason,
-            ));
+            out.push(entry(CaseFileEntryKind::Other, title, now, reason));
         }
         MessageKind::TransferEscalated if state_of(c) == S::Offered || open => {
             c.state = S::Escalated as i32;

@@ -27,6 +27,7 @@
 mod cases;
 mod error;
 mod inbox;
+mod outcomes;
 mod roster;
 mod store;
 mod util;
@@ -42,8 +43,9 @@ use fengqiao_proto::mediation::*;
 use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store};
 use tonic::{Request, Response, Status};
 
-pub use cases::{outcome, outcome_for, specialty_for};
+pub use cases::specialty_for;
 pub use error::{Error, Result};
+pub use outcomes::{candidates, outcome_for};
 
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "mediation";
@@ -61,6 +63,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "case_lookup",
         sqlite: include_str!("../migrations/0002_case_lookup.sqlite.sql"),
         postgres: include_str!("../migrations/0002_case_lookup.postgres.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "case_route",
+        sqlite: include_str!("../migrations/0003_case_route.sqlite.sql"),
+        postgres: include_str!("../migrations/0003_case_route.postgres.sql"),
     },
 ];
 

@@ -3,6 +3,7 @@
 
 use fengqiao_kit::{Identity, validate};
 use fengqiao_proto::mediation::{CaseFileEntry, MediationCase, MediationCaseState};
+use fengqiao_proto::router::Route;
 use fengqiao_store::Tx;
 use fengqiao_store::sqlx::{self, Row as _};
 use prost::Message as _;
@@ -26,6 +27,10 @@ pub struct Loaded {
     /// Whether the caller named the version it saw (an `etag`): only then must a change apply
     /// to exactly that version.
     pub etag_checked: bool,
+    /// The route version the case's transfer pinned, as the offer carried it: its feedback
+    /// outcomes and escalation reasons are the codes the case reports with (`None` for a
+    /// case offered before offers carried the route).
+    pub route: Option<Route>,
 }
 
 /// The state's enum name, for errors.
@@ -40,7 +45,7 @@ pub fn state_of(c: &MediationCase) -> MediationCaseState {
     MediationCaseState::try_from(c.state).unwrap_or(MediationCaseState::Unspecified)
 }
 
-const COLS: &str = "id, agency, version, reserved_number, body";
+const COLS: &str = "id, agency, version, reserved_number, body, route";
 
 fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
     let id: String = r.try_get("id")?;
@@ -50,6 +55,8 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
     let body: Vec<u8> = r.try_get("body")?;
     let mut case = MediationCase::decode(body.as_slice())?;
     case.etag = etag(version);
+    let route: Option<Vec<u8>> = r.try_get("route")?;
+    let route = route.map(|b| Route::decode(b.as_slice())).transpose()?;
     Ok(Loaded {
         id,
         case,
@@ -57,6 +64,7 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
         agency,
         reserved_number,
         etag_checked: false,
+        route,
     })
 }
 
@@ -227,13 +235,14 @@ pub async fn entries(tx: &mut Tx, case_ref: &str) -> Result<Vec<CaseFileEntry>> 
         .collect()
 }
 
-/// Inserts a new case.
+/// Inserts a new case, with the route its transfer pinned (from the offer).
 pub async fn insert(
     tx: &mut Tx,
     id: &str,
     agency: &str,
     reserved_number: &str,
     case: &mut MediationCase,
+    route: Option<&Route>,
     now: i64,
 ) -> Result<()> {
     case.etag = etag(1);
@@ -241,8 +250,8 @@ pub async fn insert(
     case.update_time = Some(to_timestamp(now));
     sqlx::query(
         "INSERT INTO mediation_cases (id, agency, transfer, case_id, state, mediator, \
-         reserved_number, create_time, update_time, version, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9)",
+         reserved_number, create_time, update_time, version, body, route) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9, $10)",
     )
     .bind(id)
     .bind(agency)
@@ -253,6 +262,7 @@ pub async fn insert(
     .bind(reserved_number)
     .bind(now)
     .bind(case.encode_to_vec())
+    .bind(route.map(prost::Message::encode_to_vec))
     .execute(&mut **tx)
     .await?;
     Ok(())

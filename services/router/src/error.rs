@@ -49,6 +49,9 @@ pub enum Error {
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The pinned route does not allow the action (stable reason, message).
+    #[error("{1}")]
+    Precondition(&'static str, String),
 }
 
 impl From<fengqiao_kit::idem::IdemError> for Error {
@@ -112,6 +115,7 @@ impl Error {
             Error::ClockRefused(msg) => ApiError::failed_precondition("CLOCK_REFUSED", msg.clone()),
             Error::Config(detail) => ApiError::internal(&format!("configuration: {detail}")),
             Error::Corrupt(detail) => ApiError::internal(&format!("corrupt stored data: {detail}")),
+            Error::Precondition(reason, msg) => ApiError::failed_precondition(reason, msg.clone()),
         }
     }
 }

@@ -7,9 +7,13 @@
 //!                                                                  ├──decline───────────►├──► DECLINED
 //!  DRAFT / AWAITING_APPROVAL / APPROVED / DELIVERED ──withdraw──► WITHDRAWN
 //!  APPROVED / DELIVERED ──acceptance clock expires──► EXPIRED (return) | ESCALATED (escalate)
+//!  IN_PROGRESS ──feedback clock expires──► EXPIRED (return) | ESCALATED (escalate)
 //!  IN_PROGRESS ──feedback──► FEEDBACK_SUBMITTED ──acknowledge──► CLOSED
 //!  IN_PROGRESS ──return──► RETURNED        IN_PROGRESS ──escalate (人民调解法 Art 25)──► ESCALATED
 //! ```
+//!
+//! A clock whose route says `notify_only` changes no state when it expires: the transfer is
+//! marked overdue and both sides are told.
 //!
 //! Clock operations, investigations and non-final approvals do not change the state but are
 //! only allowed in certain states; they are in the table too. Who may act (sender, approver,
@@ -69,9 +73,10 @@ pub enum Action {
     Return,
     /// Escalate the accepted case to the sender.
     Escalate,
-    /// The acceptance clock expired and the route says return to sender.
+    /// A clock expired (acceptance before acceptance, feedback after) and the route says
+    /// return to sender.
     ExpireReturn,
-    /// The acceptance clock expired and the route says escalate.
+    /// A clock expired and the route says escalate.
     ExpireEscalate,
 }
 
@@ -142,6 +147,9 @@ pub fn next(state: S, action: Action) -> Option<S> {
         (S::FeedbackSubmitted, A::AcknowledgeFeedback) => S::Closed,
         (S::InProgress, A::Return) => S::Returned,
         (S::InProgress, A::Escalate) => S::Escalated,
+        // 特邀调解规定 Art 21: the feedback clock ran out; the materials go back to the sender.
+        (S::InProgress, A::ExpireReturn) => S::Expired,
+        (S::InProgress, A::ExpireEscalate) => S::Escalated,
         _ => return None,
     })
 }
@@ -238,6 +246,9 @@ mod tests {
         (S::InProgress, A::Escalate, S::Escalated),
         // 特邀调解规定 Art 21: a failed delegated mediation goes back with its materials.
         (S::InProgress, A::Return, S::Returned),
+        // 特邀调解规定 Art 21: the feedback clock's expiry action is carried out too.
+        (S::InProgress, A::ExpireReturn, S::Expired),
+        (S::InProgress, A::ExpireEscalate, S::Escalated),
         (S::FeedbackSubmitted, A::AcknowledgeFeedback, S::Closed),
     ];
 
@@ -291,5 +302,20 @@ mod tests {
         assert_eq!(A::AnswerInvestigation.party(), Party::Sender);
         assert_eq!(A::ExpireReturn.party(), Party::System);
         assert_eq!(state_name(S::InProgress), "IN_PROGRESS");
+    }
+
+    #[test]
+    fn every_clock_expiry_action_has_a_transition_where_its_clock_runs() {
+        // The acceptance clock runs while APPROVED / DELIVERED, the feedback clock while
+        // IN_PROGRESS: both expiry actions that change the state must be carried out there.
+        for s in [S::Approved, S::Delivered, S::InProgress] {
+            assert_eq!(next(s, A::ExpireReturn), Some(S::Expired), "{s:?}");
+            assert_eq!(next(s, A::ExpireEscalate), Some(S::Escalated), "{s:?}");
+        }
+        // Once the feedback is in, no clock runs and nothing expires.
+        for s in [S::FeedbackSubmitted, S::Draft, S::AwaitingApproval] {
+            assert_eq!(next(s, A::ExpireReturn), None, "{s:?}");
+            assert_eq!(next(s, A::ExpireEscalate), None, "{s:?}");
+        }
     }
 }

@@ -44,12 +44,27 @@
 //!   code = "appraisal"
 //!   description = "鉴定"
 //!
-//! [[decline_reasons]]                         # also [[feedback_outcomes]] (at least one)
-//! code = "not_civil_dispute"                  # and [[return_reasons]]
-//! description = "不属于民间纠纷"
+//! [[decline_reasons]]                         # also [[feedback_outcomes]] (at least one),
+//! code = "not_civil_dispute"                  # [[return_reasons]] and
+//! description = "不属于民间纠纷"                # [[escalation_reasons]]
 //! ```
 //!
 //! Reason and outcome codes are lower_snake_case, as `fengqiao.common.v1.ReasonCode` specifies.
+//! Every code a receiver gives is checked against the transfer's *pinned* route version:
+//! decline reasons (`DeclineTransfer`), feedback outcomes (`SubmitFeedback`), return reasons
+//! (`ReturnTransfer`) and escalation reasons (`EscalateTransfer`). Escalation (人民调解法
+//! Art 25) is an action on the transfer itself, reported to the sending agency; a route
+//! without `escalation_reasons` does not allow it. Supplementary investigation rides the
+//! transfer too, and pauses its feedback clock only where the feedback clock lists the
+//! `supplementary_investigation` pause reason. There are no separate escalation or
+//! investigation routes.
+//!
+//! Only what the engine carries out is accepted: every `expiry_action` is carried out on both
+//! clocks (the acceptance clock on APPROVED / DELIVERED transfers, the feedback clock on
+//! IN_PROGRESS ones: `return_to_sender` → EXPIRED, `escalate` → ESCALATED, `notify_only` →
+//! marked overdue and both sides told). The acceptance clock can be neither paused nor
+//! extended (it stops when the receiver answers), so `acceptance_clock` with an
+//! `extension_rule` other than `none` or with `pausable_reasons` is refused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -84,10 +99,6 @@ pub const PAUSE_APPRAISAL: &str = "appraisal";
 /// Every file of that directory must be listed here (a test checks it).
 pub const BUILTIN_FILES: &[(&str, &str)] = &[
     (
-        "committee-to-police-escalation.v1.toml",
-        include_str!("../../../deploy/routes/committee-to-police-escalation.v1.toml"),
-    ),
-    (
         "coordination-to-procuratorate.v1.toml",
         include_str!("../../../deploy/routes/coordination-to-procuratorate.v1.toml"),
     ),
@@ -96,20 +107,20 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
         include_str!("../../../deploy/routes/court-to-invited-mediation.v1.toml"),
     ),
     (
+        "court-to-invited-mediation.v2.toml",
+        include_str!("../../../deploy/routes/court-to-invited-mediation.v2.toml"),
+    ),
+    (
         "mediation-to-court-confirmation.v1.toml",
         include_str!("../../../deploy/routes/mediation-to-court-confirmation.v1.toml"),
     ),
     (
-        "mediation-to-police-escalation.v1.toml",
-        include_str!("../../../deploy/routes/mediation-to-police-escalation.v1.toml"),
-    ),
-    (
-        "mediation-to-police-investigation.v1.toml",
-        include_str!("../../../deploy/routes/mediation-to-police-investigation.v1.toml"),
-    ),
-    (
         "police-to-station-mediation.v1.toml",
         include_str!("../../../deploy/routes/police-to-station-mediation.v1.toml"),
+    ),
+    (
+        "police-to-station-mediation.v2.toml",
+        include_str!("../../../deploy/routes/police-to-station-mediation.v2.toml"),
     ),
     (
         "procuratorate-to-coordination.v1.toml",
@@ -258,6 +269,8 @@ struct RouteFile {
     feedback_outcomes: Vec<ReasonFile>,
     #[serde(default)]
     return_reasons: Vec<ReasonFile>,
+    #[serde(default)]
+    escalation_reasons: Vec<ReasonFile>,
     #[serde(default)]
     allowed_personal_info: Vec<String>,
 }
@@ -568,6 +581,25 @@ fn check_clock(p: &mut Problems, key: &str, clock: Option<&ClockFile>) -> Option
     })
 }
 
+/// Refuses acceptance-clock settings the engine cannot carry out: the acceptance clock runs
+/// from the offer until the receiver accepts or declines, and no call pauses or extends it
+/// (`PauseClock` / `ExtendDeadline` refuse the acceptance clock), so a rule that promises
+/// either would never be honoured.
+fn check_acceptance_engine(p: &mut Problems, c: &ClockFile) {
+    if c.extension_rule.as_deref().is_some_and(|r| r != "none") {
+        p.add(
+            "acceptance_clock.extension_rule",
+            "must be none: the acceptance clock cannot be extended",
+        );
+    }
+    if !c.pausable_reasons.is_empty() {
+        p.add(
+            "acceptance_clock.pausable_reasons",
+            "must be empty: the acceptance clock cannot be paused",
+        );
+    }
+}
+
 fn parse_pi_field(s: &str) -> Option<PersonalInfoField> {
     Some(match s {
         "party_name" => PersonalInfoField::PartyName,
@@ -732,6 +764,9 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
     }
 
     let acceptance_clock = check_clock(&mut p, "acceptance_clock", f.acceptance_clock.as_ref());
+    if let Some(c) = f.acceptance_clock.as_ref() {
+        check_acceptance_engine(&mut p, c);
+    }
     let feedback_clock = check_clock(&mut p, "feedback_clock", f.feedback_clock.as_ref());
     let decline_reasons = check_reasons(&mut p, "decline_reasons", &f.decline_reasons);
     if f.feedback_outcomes.is_empty() {
@@ -742,6 +777,7 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
     }
     let feedback_outcomes = check_reasons(&mut p, "feedback_outcomes", &f.feedback_outcomes);
     let return_reasons = check_reasons(&mut p, "return_reasons", &f.return_reasons);
+    let escalation_reasons = check_reasons(&mut p, "escalation_reasons", &f.escalation_reasons);
 
     let mut allowed_personal_info = Vec::new();
     for (i, s) in f.allowed_personal_info.iter().enumerate() {
@@ -785,6 +821,7 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
         current: false,
         publish_time,
         etag: String::new(),
+        escalation_reasons,
     };
     route.etag = route_etag(&route);
     Ok(route)
@@ -1229,8 +1266,18 @@ description = "调解成功"
         for (file, text) in BUILTIN_FILES {
             let r = parse_route(file, text).unwrap_or_else(|e| panic!("{e}"));
             let id = route_id(&r);
-            assert_eq!(c.current(id).map(|c| c.version), Some(1), "{file}");
-            assert!(c.get(id, 1).is_some_and(|r| r.current), "{file}");
+            let latest = BUILTIN_FILES
+                .iter()
+                .filter_map(|(f, t)| parse_route(f, t).ok())
+                .filter(|o| route_id(o) == id)
+                .map(|o| o.version)
+                .max();
+            assert_eq!(c.current(id).map(|c| c.version), latest, "{file}");
+            assert!(
+                c.get(id, r.version)
+                    .is_some_and(|g| g.current == (Some(r.version) == latest)),
+                "{file}"
+            );
             assert!(!r.legal_basis.is_empty(), "{file} cites its sources");
             assert!(r.publish_time.is_some(), "{file}");
         }
@@ -1290,7 +1337,29 @@ description = "调解成功"
             .map(|p| p.code.as_str())
             .collect();
         assert!(outcomes.contains(&"party_refused"), "人民调解法 Art 17");
-        assert!(outcomes.contains(&"escalated"), "人民调解法 Art 25");
+        // 人民调解法 Art 25: escalation is an action with its own codes, not an outcome.
+        assert!(!outcomes.contains(&"escalated"));
+        let escalations: Vec<_> = r
+            .escalation_reasons
+            .iter()
+            .map(|p| p.code.as_str())
+            .collect();
+        assert!(
+            escalations.contains(&"risk_of_escalation"),
+            "{escalations:?}"
+        );
+        assert!(
+            !r.return_reasons
+                .iter()
+                .any(|p| p.code == "risk_of_escalation"),
+            "escalating is not returning"
+        );
+        assert_eq!(r.version, 2);
+        assert!(
+            c.get("police-to-station-mediation", 1)
+                .is_some_and(|v1| v1.escalation_reasons.is_empty() && !v1.current),
+            "v1 stays as published, for the transfers pinned to it"
+        );
         assert!(
             !r.allowed_personal_info
                 .contains(&(PersonalInfoField::CallerPhone as i32))
@@ -1299,9 +1368,11 @@ description = "调解成功"
         let found = c.find(AgencyKind::PoliceStation, AgencyKind::StationMediationRoom);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name, "routes/police-to-station-mediation");
-        // Two routes from the mediation room back to the station.
+        // Escalation and investigation ride the original transfer: no route goes back.
         let back = c.find(AgencyKind::StationMediationRoom, AgencyKind::PoliceStation);
-        assert_eq!(back.len(), 2);
+        assert!(back.is_empty());
+        let back = c.find(AgencyKind::MediationCommittee, AgencyKind::PoliceStation);
+        assert!(back.is_empty());
     }
 
     #[test]
@@ -1313,11 +1384,116 @@ description = "调解成功"
         assert_eq!((f.length, f.max_extension, f.hard_cap), (15, 10, 25));
         assert_eq!(f.extension_rule, ClockExtensionRule::Approver as i32);
         assert_eq!(f.extension_approver_role, "court_president");
-        let e = c.current("mediation-to-police-escalation").expect("route");
-        let a = e.acceptance_clock.as_ref().expect("acceptance");
-        assert_eq!((a.unit, a.length), (ClockUnit::Hour as i32, 4));
-        assert_eq!(a.expiry_action, ClockExpiryAction::Escalate as i32);
-        assert!(e.approval_steps.is_empty(), "urgent: no approvals");
+        assert!(r.escalation_reasons.is_empty(), "nothing to escalate to");
+    }
+
+    #[test]
+    fn court_delegation_returns_materials_on_expiry_and_escalates_false_mediation() {
+        let c = RouteCatalog::builtin().expect("builtin");
+        let r = c.current("court-to-invited-mediation").expect("route");
+        assert_eq!(r.version, 2);
+        // 特邀调解规定 Art 21: on expiry the materials go back to the court.
+        let f = r.feedback_clock.as_ref().expect("feedback");
+        assert_eq!(f.expiry_action, ClockExpiryAction::ReturnToSender as i32);
+        // 特邀调解规定 Art 18: suspected false mediation is reported to the court.
+        let codes: Vec<_> = r
+            .escalation_reasons
+            .iter()
+            .map(|e| e.code.as_str())
+            .collect();
+        assert_eq!(codes, ["suspected_false_mediation"]);
+        for gone in [
+            "mediation-to-police-escalation",
+            "mediation-to-police-investigation",
+            "committee-to-police-escalation",
+        ] {
+            assert!(c.current(gone).is_none(), "{gone} is retired");
+        }
+    }
+
+    #[test]
+    fn escalation_reasons_are_parsed_and_checked() {
+        let with = format!(
+            "{BASE}\n[[escalation_reasons]]\ncode = \"risk_of_escalation\"\ndescription = \"可能激化\"\n"
+        );
+        let r = parse_route(BASE_FILE, &with).expect("valid");
+        assert_eq!(r.escalation_reasons.len(), 1);
+        assert_eq!(r.escalation_reasons[0].description, "可能激化");
+        assert!(
+            parse_route(BASE_FILE, BASE)
+                .expect("valid")
+                .escalation_reasons
+                .is_empty()
+        );
+        let dup = format!(
+            "{with}\n[[escalation_reasons]]\ncode = \"risk_of_escalation\"\ndescription = \"重复\"\n"
+        );
+        let found = problems(BASE_FILE, &dup);
+        assert!(
+            found.iter().any(|p| p.key == "escalation_reasons[1].code"),
+            "{found:?}"
+        );
+        let bad = with.replace("\"risk_of_escalation\"", "\"Risk\"");
+        let found = problems(BASE_FILE, &bad);
+        assert!(
+            found.iter().any(|p| p.key == "escalation_reasons[0].code"),
+            "{found:?}"
+        );
+    }
+
+    /// The validator refuses each clock combination the engine cannot carry out.
+    #[test]
+    fn clock_settings_the_engine_cannot_carry_out_are_refused() {
+        let acceptance = "[acceptance_clock]\nunit = \"working_day\"\nlength = 1\n";
+        let expiry = "expiry_action = \"return_to_sender\"\n";
+        for (what, replacement, key) in [
+            (
+                "an extendable acceptance clock (nothing can extend it)",
+                format!(
+                    "{acceptance}{expiry}extension_rule = \"party_consent\"\nmax_extension = 2\n"
+                ),
+                "acceptance_clock.extension_rule",
+            ),
+            (
+                "an acceptance clock extended by an approver",
+                format!(
+                    "{acceptance}{expiry}extension_rule = \"approver\"\nextension_approver_role = \"duty_chief\"\nmax_extension = 2\n"
+                ),
+                "acceptance_clock.extension_rule",
+            ),
+            (
+                "a pausable acceptance clock (nothing can pause it)",
+                format!(
+                    "{acceptance}{expiry}  [[acceptance_clock.pausable_reasons]]\n  code = \"appraisal\"\n  description = \"鉴定\"\n"
+                ),
+                "acceptance_clock.pausable_reasons",
+            ),
+        ] {
+            // The whole acceptance table is replaced (its pausable reasons must come last).
+            let text = BASE.replace(&format!("{acceptance}{expiry}"), &replacement);
+            assert_ne!(text, BASE, "{what}");
+            let found = problems(BASE_FILE, &text);
+            assert!(
+                found.iter().any(|p| p.key == key),
+                "{what}: expected {key}, got {found:?}"
+            );
+        }
+        // Every expiry action is accepted on both clocks: the engine carries each out.
+        for clock in ["acceptance_clock", "feedback_clock"] {
+            for action in ["return_to_sender", "escalate", "notify_only"] {
+                let text = match clock {
+                    "acceptance_clock" => BASE.replace(
+                        "expiry_action = \"return_to_sender\"",
+                        &format!("expiry_action = \"{action}\""),
+                    ),
+                    _ => BASE.replace(
+                        "expiry_action = \"notify_only\"",
+                        &format!("expiry_action = \"{action}\""),
+                    ),
+                };
+                parse_route(BASE_FILE, &text).unwrap_or_else(|e| panic!("{clock} {action}: {e}"));
+            }
+        }
     }
 
     #[test]
@@ -1517,14 +1693,14 @@ description = "调解成功"
         let found = c.find(AgencyKind::PoliceStation, AgencyKind::StationMediationRoom);
         assert_eq!(found.iter().map(|r| r.version).collect::<Vec<_>>(), [2]);
 
-        // A new version in the configured dir on top of the built-in ones.
-        let dir = temp_dir("v2");
-        let (name, text) = version_of("police-to-station-mediation", 2);
+        // A new version in the configured dir on top of the built-in ones (v1 and v2).
+        let dir = temp_dir("v3");
+        let (name, text) = version_of("police-to-station-mediation", 3);
         std::fs::write(dir.join(name), text).expect("write");
-        let c = RouteCatalog::load(Some(&dir)).expect("builtin + v2");
+        let c = RouteCatalog::load(Some(&dir)).expect("builtin + v3");
         assert_eq!(
             c.current("police-to-station-mediation").map(|r| r.version),
-            Some(2)
+            Some(3)
         );
         assert!(
             c.get("police-to-station-mediation", 1)
@@ -1580,11 +1756,11 @@ description = "调解成功"
             other => panic!("expected a gap, got {other:?}"),
         }
         let dir = temp_dir("gap");
-        let (name, text) = version_of("police-to-station-mediation", 3);
+        let (name, text) = version_of("police-to-station-mediation", 4);
         std::fs::write(dir.join(name), text).expect("write");
         assert!(matches!(
             RouteCatalog::load(Some(&dir)),
-            Err(RouteError::MissingVersion { missing: 2, .. })
+            Err(RouteError::MissingVersion { missing: 3, .. })
         ));
         std::fs::remove_dir_all(&dir).expect("cleanup");
 
@@ -1623,16 +1799,27 @@ description = "调解成功"
             .route
             .expect("route");
         assert!(got.current);
-        assert_eq!(got.version, 1);
+        assert_eq!(got.version, 2);
         let exact = s
+            .get_route(authed(GetRouteRequest {
+                name: "routes/police-to-station-mediation".into(),
+                version: 2,
+            }))
+            .await
+            .expect("v2")
+            .into_inner();
+        assert_eq!(exact.route, Some(got));
+        let v1 = s
             .get_route(authed(GetRouteRequest {
                 name: "routes/police-to-station-mediation".into(),
                 version: 1,
             }))
             .await
-            .expect("v1")
-            .into_inner();
-        assert_eq!(exact.route, Some(got));
+            .expect("v1 stays readable")
+            .into_inner()
+            .route
+            .expect("route");
+        assert!(!v1.current && v1.version == 1);
 
         for (name, version, code) in [
             ("routes/no-such-route", 0, tonic::Code::NotFound),
@@ -1670,9 +1857,9 @@ description = "调解成功"
     #[tokio::test]
     async fn rpc_list_routes_pages_and_filters() {
         let mut catalog = RouteCatalog::builtin().expect("builtin");
-        let (n, t) = version_of("police-to-station-mediation", 2);
+        let (n, t) = version_of("police-to-station-mediation", 3);
         catalog = catalog
-            .merge(RouteCatalog::from_files([(n, t)]).expect("v2"))
+            .merge(RouteCatalog::from_files([(n, t)]).expect("v3"))
             .expect("merged");
         let s = Routes::new(Arc::new(catalog));
 
@@ -1696,11 +1883,12 @@ description = "调解成功"
             }
             token = page.next_page_token;
         }
-        assert_eq!(names.len(), BUILTIN_FILES.len());
+        assert_eq!(names.len(), s.catalog.list().filter(|r| r.current).count());
+        assert_eq!(names.len(), 5, "five routes, each listed once");
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        assert!(names.contains(&("routes/police-to-station-mediation".into(), 2)));
+        assert!(names.contains(&("routes/police-to-station-mediation".into(), 3)));
 
         // All versions, filtered by kinds.
         let all = s
@@ -1712,14 +1900,19 @@ description = "调解成功"
             })
             .expect("list");
         let versions: Vec<_> = all.routes.iter().map(|r| (r.version, r.current)).collect();
-        assert_eq!(versions, [(1, false), (2, true)]);
-        let to_police = s
+        assert_eq!(versions, [(1, false), (2, false), (3, true)]);
+        let to_committee = s
             .list(&ListRoutesRequest {
-                to_kind: AgencyKind::PoliceStation as i32,
+                to_kind: AgencyKind::MediationCommittee as i32,
                 ..Default::default()
             })
             .expect("list");
-        assert_eq!(to_police.routes.len(), 3);
+        let names: Vec<_> = to_committee
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["routes/court-to-invited-mediation"]);
 
         // Refusals.
         let first = s

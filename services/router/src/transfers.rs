@@ -215,6 +215,8 @@ pub struct Change {
     pub messages: Vec<(MessageKind, String)>,
     /// Investigation carried by the messages, if any.
     pub investigation: Option<Investigation>,
+    /// The pinned route, carried by the TRANSFER_OFFERED messages only (set by `offer`).
+    pub offered_route: Option<Route>,
 }
 
 /// The transfer service over the router's store.
@@ -700,6 +702,9 @@ impl Transfers {
                 event: Some(event.clone()),
                 transfer: Some(view.clone()),
                 investigation: change.investigation.clone(),
+                route: (kind == MessageKind::TransferOffered)
+                    .then(|| change.offered_route.clone())
+                    .flatten(),
             };
             crate::delivery::enqueue(
                 tx,
@@ -1122,66 +1127,21 @@ impl Transfers {
         let from_state = l.state();
         let acceptance_due = l.acceptance.as_ref().is_some_and(|c| c.is_due(now));
         let feedback_due = l.feedback.as_ref().is_some_and(|c| c.is_due(now));
-        let mut change = Change::default();
-        if acceptance_due
+        // The acceptance clock runs until the receiver answers, the feedback clock until it
+        // reports; each one's expiry action is carried out (route validation refuses what
+        // could not be).
+        let due = if acceptance_due
             && matches!(
                 from_state,
                 TransferState::Approved | TransferState::Delivered
-            )
-        {
-            let Some(c) = l.acceptance.as_mut() else {
-                return Ok(false);
-            };
-            let expiry = c.mark_expired(now).map_err(clock_error)?;
-            l.overdue = true;
-            let action = match expiry {
-                ExpiryAction::ReturnToSender => Some(Action::ExpireReturn),
-                ExpiryAction::Escalate => Some(Action::ExpireEscalate),
-                ExpiryAction::NotifyOnly => None,
-            };
-            match action.and_then(|a| lifecycle::next(from_state, a).map(|s| (a, s))) {
-                Some((a, s)) => {
-                    l.transfer.state = s as i32;
-                    change.event_type = if a == Action::ExpireReturn {
-                        TransferEventType::Expired
-                    } else {
-                        TransferEventType::Escalated
-                    };
-                    change.reason_code = "ACCEPTANCE_DEADLINE_MISSED".into();
-                    let kind = if a == Action::ExpireReturn {
-                        MessageKind::TransferExpired
-                    } else {
-                        MessageKind::TransferEscalated
-                    };
-                    change.messages = vec![
-                        (kind, l.sender().to_string()),
-                        (kind, l.receiver().to_string()),
-                    ];
-                }
-                None => {
-                    change.event_type = TransferEventType::DeadlineMissed;
-                    change.reason_code = "ACCEPTANCE_DEADLINE_MISSED".into();
-                    change.messages = vec![
-                        (MessageKind::DeadlineMissed, l.sender().to_string()),
-                        (MessageKind::DeadlineMissed, l.receiver().to_string()),
-                    ];
-                }
-            }
+            ) {
+            Some((DueClock::Acceptance, l.acceptance.as_mut()))
         } else if feedback_due && from_state == TransferState::InProgress {
-            // A missed feedback deadline does not take the case away from the receiver: it is
-            // marked overdue, both sides are told, and it shows in overdue lists.
-            let Some(c) = l.feedback.as_mut() else {
-                return Ok(false);
-            };
-            c.mark_expired(now).map_err(clock_error)?;
-            l.overdue = true;
-            change.event_type = TransferEventType::DeadlineMissed;
-            change.reason_code = "FEEDBACK_DEADLINE_MISSED".into();
-            change.messages = vec![
-                (MessageKind::DeadlineMissed, l.sender().to_string()),
-                (MessageKind::DeadlineMissed, l.receiver().to_string()),
-            ];
+            Some((DueClock::Feedback, l.feedback.as_mut()))
         } else {
+            None
+        };
+        let Some((which, Some(c))) = due else {
             // Not due any more (paused, stopped or changed meanwhile): just fix the index.
             let next_due = l.next_due();
             sqlx::query("UPDATE transfers SET next_due = $1 WHERE id = $2 AND version = $3")
@@ -1193,6 +1153,54 @@ impl Transfers {
                 .map_err(store_err)?;
             tx.commit().await.map_err(store_err)?;
             return Ok(false);
+        };
+        let expiry = c.mark_expired(now).map_err(clock_error)?;
+        l.overdue = true;
+        let route = self.route(&l)?;
+        let mut change = Change {
+            reason_code: which.reason_code().into(),
+            ..Default::default()
+        };
+        let action = match expiry {
+            ExpiryAction::ReturnToSender => Some(Action::ExpireReturn),
+            ExpiryAction::Escalate => Some(Action::ExpireEscalate),
+            ExpiryAction::NotifyOnly => None,
+        };
+        match action.and_then(|a| lifecycle::next(from_state, a).map(|s| (a, s))) {
+            Some((a, s)) => {
+                l.transfer.state = s as i32;
+                let escalation = a == Action::ExpireEscalate;
+                let (event_type, kind) = if escalation {
+                    (TransferEventType::Escalated, MessageKind::TransferEscalated)
+                } else {
+                    (TransferEventType::Expired, MessageKind::TransferExpired)
+                };
+                change.event_type = event_type;
+                // The case is back with the sender: say why, from the pinned route
+                // (特邀调解规定 Art 21: a failed delegation's materials go back to the court).
+                l.transfer.handback = Some(fengqiao_proto::router::Handback {
+                    escalation,
+                    reason_code: which.reason_code().into(),
+                    reason_description: expiry_description(route, which, escalation),
+                    reason: String::new(),
+                    documents: Vec::new(),
+                    actor: Some(system_actor()),
+                    handback_time: Some(to_timestamp(now)),
+                });
+                change.messages = vec![
+                    (kind, l.sender().to_string()),
+                    (kind, l.receiver().to_string()),
+                ];
+            }
+            None => {
+                // NOTIFY_ONLY: the case stays where it is; it is marked overdue, both sides
+                // are told, and it shows in overdue lists.
+                change.event_type = TransferEventType::DeadlineMissed;
+                change.messages = vec![
+                    (MessageKind::DeadlineMissed, l.sender().to_string()),
+                    (MessageKind::DeadlineMissed, l.receiver().to_string()),
+                ];
+            }
         }
         Self::persist(
             &mut tx,
@@ -1227,6 +1235,40 @@ impl Transfers {
     }
 }
 
+/// The clock whose expiry the timer carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DueClock {
+    /// 受理期限: runs from the offer until the receiver accepts or declines.
+    Acceptance,
+    /// 反馈期限: runs from acceptance until the receiver reports.
+    Feedback,
+}
+
+impl DueClock {
+    /// The event's (and hand-back's) reason code.
+    fn reason_code(self) -> &'static str {
+        match self {
+            DueClock::Acceptance => "ACCEPTANCE_DEADLINE_MISSED",
+            DueClock::Feedback => "FEEDBACK_DEADLINE_MISSED",
+        }
+    }
+}
+
+/// The hand-back description of an expiry, from the pinned route: which clock of which route
+/// ran out and what its expiry action did.
+fn expiry_description(route: &Route, which: DueClock, escalation: bool) -> String {
+    let clock = match which {
+        DueClock::Acceptance => "受理期限",
+        DueClock::Feedback => "反馈（办理）期限",
+    };
+    let action = if escalation {
+        "依路径规定上报移送单位"
+    } else {
+        "依路径规定退回移送单位"
+    };
+    format!("{}：{clock}届满，{action}", route.display_name)
+}
+
 /// Starts a clock from a route's rule.
 fn start_clock(
     name: &str,
@@ -1251,6 +1293,7 @@ fn offer(
     change: &mut Change,
 ) -> Result<()> {
     l.acceptance = start_clock("acceptance", route.acceptance_clock.as_ref(), now, cal)?;
+    change.offered_route = Some(route.clone());
     change
         .messages
         .push((MessageKind::TransferOffered, l.receiver().to_string()));

@@ -1023,13 +1023,27 @@ impl TransferService for Transfers {
                 &req.name,
                 &req.etag,
                 fixed(Action::Escalate),
-                |l, _route, _cal, now| {
+                |l, route, _cal, now| {
+                    // Checked against the pinned route version (`route` is what the transfer
+                    // pinned on creation, not the current version).
+                    if route.escalation_reasons.is_empty() {
+                        return Err(Error::Precondition(
+                            "ESCALATION_NOT_ALLOWED",
+                            format!(
+                                "route {} version {} lists no escalation reasons; return the \
+                                 case or report feedback instead",
+                                route.name, route.version
+                            ),
+                        ));
+                    }
+                    let code =
+                        allowed_code("reason_code", &req.reason_code, &route.escalation_reasons)?;
                     stop_running(&mut l.feedback, now)?;
                     // 人民调解法 Art 25: a dispute that may intensify is reported at once.
                     l.transfer.handback = Some(Handback {
                         escalation: true,
-                        reason_code: req.reason_code.clone(),
-                        reason_description: String::new(),
+                        reason_code: code.code.clone(),
+                        reason_description: code.description.clone(),
                         reason: req.reason.clone(),
                         documents: req.documents.clone(),
                         actor: Some(super::actor_of(&actor)),
@@ -1037,7 +1051,7 @@ impl TransferService for Transfers {
                     });
                     Ok(Change {
                         event_type: TransferEventType::Escalated,
-                        reason_code: req.reason_code.clone(),
+                        reason_code: code.code.clone(),
                         reason: req.reason.clone(),
                         messages: vec![(MessageKind::TransferEscalated, l.sender().to_string())],
                         ..Default::default()
