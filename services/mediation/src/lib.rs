@@ -27,6 +27,7 @@
 mod cases;
 mod error;
 mod inbox;
+pub mod reconcile;
 mod roster;
 mod store;
 mod util;
@@ -61,6 +62,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "case_lookup",
         sqlite: include_str!("../migrations/0002_case_lookup.sqlite.sql"),
         postgres: include_str!("../migrations/0002_case_lookup.postgres.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "event_seq",
+        sqlite: include_str!("../migrations/0003_event_seq.sqlite.sql"),
+        postgres: include_str!("../migrations/0003_event_seq.postgres.sql"),
     },
 ];
 

@@ -26,6 +26,11 @@ pub struct Loaded {
     /// Whether the caller named the version it saw (an `etag`): only then must a change apply
     /// to exactly that version.
     pub etag_checked: bool,
+    /// The router event sequence (`TransferEvent.sequence`) the case last reflected.
+    pub event_seq: u64,
+    /// The event sequence of the router's answer to the call being made (0: no router call);
+    /// the commit records it, so the router's message for the same event changes nothing.
+    pub answer_seq: u64,
 }
 
 /// The state's enum name, for errors.
@@ -40,13 +45,14 @@ pub fn state_of(c: &MediationCase) -> MediationCaseState {
     MediationCaseState::try_from(c.state).unwrap_or(MediationCaseState::Unspecified)
 }
 
-const COLS: &str = "id, agency, version, reserved_number, body";
+const COLS: &str = "id, agency, version, reserved_number, event_seq, body";
 
 fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
     let id: String = r.try_get("id")?;
     let agency: String = r.try_get("agency")?;
     let version: i64 = r.try_get("version")?;
     let reserved_number: String = r.try_get("reserved_number")?;
+    let event_seq: i64 = r.try_get("event_seq")?;
     let body: Vec<u8> = r.try_get("body")?;
     let mut case = MediationCase::decode(body.as_slice())?;
     case.etag = etag(version);
@@ -57,6 +63,8 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
         agency,
         reserved_number,
         etag_checked: false,
+        event_seq: u64::try_from(event_seq).unwrap_or(0),
+        answer_seq: 0,
     })
 }
 
@@ -227,7 +235,7 @@ pub async fn entries(tx: &mut Tx, case_ref: &str) -> Result<Vec<CaseFileEntry>> 
         .collect()
 }
 
-/// Inserts a new case.
+/// Inserts a new case, reflecting the router's events up to `event_seq`.
 pub async fn insert(
     tx: &mut Tx,
     id: &str,
@@ -235,14 +243,15 @@ pub async fn insert(
     reserved_number: &str,
     case: &mut MediationCase,
     now: i64,
+    event_seq: u64,
 ) -> Result<()> {
     case.etag = etag(1);
     case.create_time = Some(to_timestamp(now));
     case.update_time = Some(to_timestamp(now));
     sqlx::query(
         "INSERT INTO mediation_cases (id, agency, transfer, case_id, state, mediator, \
-         reserved_number, create_time, update_time, version, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9)",
+         reserved_number, create_time, update_time, version, body, event_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9, $10)",
     )
     .bind(id)
     .bind(agency)
@@ -253,6 +262,7 @@ pub async fn insert(
     .bind(reserved_number)
     .bind(now)
     .bind(case.encode_to_vec())
+    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -265,13 +275,23 @@ fn current_mediator(c: &MediationCase) -> String {
         .unwrap_or_default()
 }
 
-/// Saves a changed case if its version is still `l.version`.
-pub async fn save(tx: &mut Tx, l: &Loaded, case: &mut MediationCase, now: i64) -> Result<()> {
+/// Saves a changed case if its version is still `l.version`, recording that it reflects the
+/// router's events up to `event_seq` (never lowering what is recorded).
+pub async fn save_seq(
+    tx: &mut Tx,
+    l: &Loaded,
+    case: &mut MediationCase,
+    now: i64,
+    event_seq: u64,
+) -> Result<()> {
     case.etag = etag(l.version + 1);
     case.update_time = Some(to_timestamp(now));
+    let seq = i64::try_from(event_seq).unwrap_or(i64::MAX);
     let done = sqlx::query(
         "UPDATE mediation_cases SET state = $1, mediator = $2, update_time = $3, \
-         version = version + 1, body = $4 WHERE id = $5 AND version = $6",
+         version = version + 1, body = $4, \
+         event_seq = CASE WHEN event_seq < $7 THEN $7 ELSE event_seq END \
+         WHERE id = $5 AND version = $6",
     )
     .bind(i64::from(case.state))
     .bind(current_mediator(case))
@@ -279,6 +299,7 @@ pub async fn save(tx: &mut Tx, l: &Loaded, case: &mut MediationCase, now: i64) -
     .bind(case.encode_to_vec())
     .bind(&l.id)
     .bind(l.version)
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() != 1 {
@@ -300,34 +321,17 @@ pub async fn reserve_number(tx: &mut Tx, agency: &str, now: i64) -> Result<Strin
     let mp = (5 * doy + 2) / 153;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let row =
-        sqlx::query("SELECT next FROM mediation_case_numbers WHERE agency = $1 AND year = $2")
-            .bind(agency)
-            .bind(year)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let n = match row {
-        Some(r) => {
-            let n: i64 = r.try_get("next")?;
-            sqlx::query(
-                "UPDATE mediation_case_numbers SET next = next + 1 WHERE agency = $1 AND year = $2",
-            )
-            .bind(agency)
-            .bind(year)
-            .execute(&mut **tx)
-            .await?;
-            n
-        }
-        None => {
-            sqlx::query(
-                "INSERT INTO mediation_case_numbers (agency, year, next) VALUES ($1, $2, 2)",
-            )
-            .bind(agency)
-            .bind(year)
-            .execute(&mut **tx)
-            .await?;
-            1
-        }
-    };
+    // One statement takes the number and moves the counter on (the row is locked by the
+    // upsert), so concurrent reservations never read the same value.
+    let row = sqlx::query(
+        "INSERT INTO mediation_case_numbers (agency, year, next) VALUES ($1, $2, 2) \
+         ON CONFLICT (agency, year) DO UPDATE SET next = mediation_case_numbers.next + 1 \
+         RETURNING next",
+    )
+    .bind(agency)
+    .bind(year)
+    .fetch_one(&mut **tx)
+    .await?;
+    let n = row.try_get::<i64, _>("next")? - 1;
     Ok(format!("调〔{year}〕{n:04}号"))
 }
