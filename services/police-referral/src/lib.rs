@@ -6,6 +6,18 @@
 //! it is a civil dispute — handed to the station's mediation room with a transfer on the router
 //! (移送单). The router's messages keep the referral in step with its transfer; supplementary
 //! investigation and the acknowledgement of feedback go back through the router for the caller.
+//!
+//! **One truth** (issue #9): the router is the source of truth of the transfer; the referral
+//! is reconciled from the router's messages. A call that changes the transfer calls the router
+//! first (with a request id derived only from the method, the referral and the client's
+//! `request_id`, never from a re-read etag or state) and commits the referral after, recording
+//! the event sequence of the router's answer. If that commit is lost (a cut-off call, a crash),
+//! the router's message for the same event finds the referral by its case id
+//! (`CaseSnapshot.case_id`), adopts the transfer if the referral did not link it yet, and
+//! brings the referral in step ([`reconcile`]); a retry with the same `request_id` then
+//! completes and returns the first answer. A message whose event sequence is not newer than
+//! what the referral reflects changes nothing (it is still recorded in the inbox).
+//! `CreateReferral` takes `officer` from the caller's token and assigns each party a UUID.
 
 pub mod error;
 pub mod reconcile;
