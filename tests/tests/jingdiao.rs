@@ -303,6 +303,16 @@ async fn the_room_accepts(cast: &mut Cast, c: &MediationCase) -> MediationCase {
     c
 }
 
+/// The `Party.party_id` (a UUID assigned on intake) of the case's first (`p1`) or second
+/// (`p2`) party.
+fn pid(c: &MediationCase, which: &str) -> String {
+    let i = if which == "p2" { 1 } else { 0 };
+    c.parties
+        .get(i)
+        .map(|p| p.party_id.clone())
+        .unwrap_or_default()
+}
+
 /// One party's decision on mediation (人民调解法 Art 17).
 async fn the_party_says(
     cast: &mut Cast,
@@ -315,7 +325,7 @@ async fn the_party_says(
         .record_consent(RecordConsentRequest {
             name: c.name.clone(),
             etag: c.etag.clone(),
-            party_id: party_id.into(),
+            party_id: pid(c, party_id),
             decision: decision as i32,
             method: ConsentMethod::Written as i32,
             note: note.into(),
@@ -335,7 +345,11 @@ async fn both_consent_and_a_mediator_is_assigned(
     c: &MediationCase,
 ) -> MediationCase {
     let ids: Vec<String> = c.parties.iter().map(|p| p.party_id.clone()).collect();
-    assert_eq!(ids, ["p1", "p2"]);
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids.iter().all(|i| uuid::Uuid::parse_str(i).is_ok()),
+        "party ids are UUIDs: {ids:?}"
+    );
     let c = the_party_says(cast, c, "p1", ConsentDecision::Consented, "同意调解").await;
     let c = the_party_says(cast, &c, "p2", ConsentDecision::Consented, "同意调解").await;
     assert_eq!(
@@ -379,7 +393,7 @@ async fn a_session_is_held(cast: &mut Cast, c: &MediationCase, summary: &str) ->
                 end_time: Some(ts(start + 1_500)),
                 mode: SessionMode::InPerson as i32,
                 place: "八一路派出所驻所调解室".into(),
-                attendee_party_ids: vec!["p1".into(), "p2".into()],
+                attendee_party_ids: vec![pid(c, "p1"), pid(c, "p2")],
                 other_attendees: vec!["社区民警 officer-01".into()],
                 mediator: MEDIATOR.into(),
                 summary: summary.into(),
@@ -413,8 +427,8 @@ async fn an_agreement_is_signed_and_the_mediation_ends(
                 terms: vec![AgreementTerm {
                     description: "李某每日22时至次日7时不再进行产生噪音的活动，并向张某赔礼道歉"
                         .into(),
-                    obligor_party_ids: vec!["p2".into()],
-                    obligee_party_ids: vec!["p1".into()],
+                    obligor_party_ids: vec![pid(c, "p2")],
+                    obligee_party_ids: vec![pid(c, "p1")],
                     ..Default::default()
                 }],
                 performance_manner: "自协议生效之日起即时履行".into(),
@@ -472,7 +486,11 @@ async fn an_agreement_is_signed_and_the_mediation_ends(
                 etag: c.etag.clone(),
                 signature: Some(Signature {
                     signer_kind: kind as i32,
-                    party_id: party.into(),
+                    party_id: if party.is_empty() {
+                        String::new()
+                    } else {
+                        pid(&c, party)
+                    },
                     mediator: mediator.into(),
                     signer_name: signer.into(),
                     method: method as i32,

@@ -277,6 +277,37 @@ fn fwd<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
     r
 }
 
+/// States a case can be in once accepted (a retried `AcceptCase` may find any of them).
+const ACCEPTED_OR_LATER: [S; 6] = [
+    S::Accepted,
+    S::InMediation,
+    S::AgreementPendingSignature,
+    S::Ended,
+    S::Escalated,
+    S::ConsentRefused,
+];
+
+/// The router event sequence of an answer's transfer (0 when absent).
+fn answer_seq(t: Option<&r::Transfer>) -> u64 {
+    t.and_then(|t| t.last_event.as_ref())
+        .map_or(0, |e| e.sequence)
+}
+
+/// A router refusal of a call whose case already showed its result: the router refused a
+/// new call (not a retry), so the answer is the local wrong state.
+fn routed_error(
+    status: tonic::Status,
+    retried: bool,
+    c: &MediationCase,
+    action: &'static str,
+) -> Error {
+    if retried && status.code() == tonic::Code::FailedPrecondition {
+        wrong(c, action)
+    } else {
+        Error::Router(status)
+    }
+}
+
 enum Begin<R> {
     Replay(R),
     Case(Box<Loaded>),
@@ -318,6 +349,32 @@ impl Cases {
         Ok(Begin::Case(Box::new(l)))
     }
 
+    /// Phase 1 of a call the router decides. A case already in one of the `done` states may
+    /// be this very call retried after its local commit was lost, with the router's message
+    /// for it having brought the case in step (the router is the source of truth): its etag
+    /// then names the version before, so it is not checked, and the router call (same
+    /// derived request id) decides — it replays the first answer, or refuses a new call.
+    async fn begin_routed<R: prost::Message + Default>(
+        &self,
+        who: &Identity,
+        idem: &Idem,
+        name: &str,
+        etag: &str,
+        done: &[S],
+    ) -> Result<Begin<R>> {
+        let mut tx = self.store.read().await?;
+        if let Some(r) = idem.replay::<R>(&mut tx).await? {
+            return Ok(Begin::Replay(r));
+        }
+        let mut l = db::load_for(&mut tx, who, name).await?;
+        tx.commit().await?;
+        if !done.contains(&state_of(&l.case)) {
+            check_etag(name, etag, l.version)?;
+            l.etag_checked = !etag.is_empty();
+        }
+        Ok(Begin::Case(Box::new(l)))
+    }
+
     /// Phase 2: one write transaction applying `apply` to the case. With `strict` the case
     /// must not have changed since phase 1; after a router call it may have (a router
     /// message arrived), and `apply` re-checks the state instead, since the router has
@@ -352,7 +409,7 @@ impl Cases {
         let mut case = cur.case.clone();
         let mut entries = Vec::new();
         apply(&mut case, now, &mut entries)?;
-        db::save(&mut tx, &cur, &mut case, now).await?;
+        db::save_seq(&mut tx, &cur, &mut case, now, l.answer_seq).await?;
         db::add_entries(&mut tx, &cur.id, &entries).await?;
         let resp = respond(&case);
         idem.save(&mut tx, &resp).await?;
@@ -451,11 +508,17 @@ impl Cases {
         let m = req.get_ref();
         require_case_role(who)?;
         let idem = Idem::new(who, "AcceptCase", &m.request_id, m)?;
-        let l = match self.begin(who, &idem, &m.name, &m.etag).await? {
+        let mut l = match self
+            .begin_routed(who, &idem, &m.name, &m.etag, &ACCEPTED_OR_LATER)
+            .await?
+        {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &[S::Offered], "accept")?;
+        let retried = state_of(&l.case) != S::Offered;
+        if !retried {
+            require_state(&l.case, &[S::Offered], "accept")?;
+        }
         let t = self
             .router()
             .accept_transfer(fwd(
@@ -469,9 +532,10 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(Error::Router)?
+            .map_err(|e| routed_error(e, retried, &l.case, "accept"))?
             .into_inner()
             .transfer;
+        l.answer_seq = answer_seq(t.as_ref());
         let number = l.reserved_number.clone();
         let comment = m.comment.clone();
         self.commit(
@@ -480,7 +544,10 @@ impl Cases {
             &l,
             false,
             |c, now, out| {
-                require_state(c, &[S::Offered], "accept")?;
+                if state_of(c) != S::Offered {
+                    // The router's message for this acceptance got here first.
+                    return Ok(());
+                }
                 c.state = S::Accepted as i32;
                 c.case_number = number.clone();
                 c.accept_time = Some(to_timestamp(now));
@@ -515,12 +582,19 @@ impl Cases {
         text(&mut v, "reason_code", &m.reason_code, true, 64);
         text(&mut v, "reason", &m.reason, true, 2000);
         violations(v)?;
-        let l = match self.begin(who, &idem, &m.name, &m.etag).await? {
+        let mut l = match self
+            .begin_routed(who, &idem, &m.name, &m.etag, &[S::Declined])
+            .await?
+        {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &[S::Offered], "decline")?;
-        self.router()
+        let retried = state_of(&l.case) == S::Declined;
+        if !retried {
+            require_state(&l.case, &[S::Offered], "decline")?;
+        }
+        let t = self
+            .router()
             .decline_transfer(fwd(
                 req,
                 DeclineTransferRequest {
@@ -532,13 +606,27 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(Error::Router)?;
+            .map_err(|e| routed_error(e, retried, &l.case, "decline"))?
+            .into_inner()
+            .transfer;
+        l.answer_seq = answer_seq(t.as_ref());
         self.commit(
             who,
             &idem,
             &l,
             false,
             |c, now, out| {
+                if state_of(c) == S::Declined {
+                    // The router's message for this decline got here first: the request
+                    // names its reason.
+                    c.decline = Some(CaseDecline {
+                        reason_code: m.reason_code.clone(),
+                        reason: m.reason.clone(),
+                        actor: Some(actor_of(who)),
+                        decline_time: c.decline.as_ref().and_then(|d| d.decline_time),
+                    });
+                    return Ok(());
+                }
                 require_state(c, &[S::Offered], "decline")?;
                 c.state = S::Declined as i32;
                 c.decline = Some(CaseDecline {
@@ -571,6 +659,14 @@ impl Cases {
         let m = req.get_ref();
         require_case_role(who)?;
         let idem = Idem::new(who, "RecordConsent", &m.request_id, m)?;
+        let refused = m.decision == ConsentDecision::Refused as i32;
+        // A refusal's feedback may have reached the case through the router before the
+        // local commit (the case then shows ENDED); the retry completes it.
+        let consent_states: &[S] = if refused {
+            &[S::Accepted, S::InMediation, S::Ended]
+        } else {
+            &[S::Accepted, S::InMediation]
+        };
         let mut v = Vec::new();
         text(&mut v, "party_id", &m.party_id, true, 64);
         let decision =
@@ -589,15 +685,18 @@ impl Cases {
         }
         text(&mut v, "note", &m.note, false, 2000);
         violations(v)?;
-        let l = match self.begin(who, &idem, &m.name, &m.etag).await? {
+        let done: &[S] = if refused { &[S::Ended] } else { &[] };
+        let mut l = match self
+            .begin_routed(who, &idem, &m.name, &m.etag, done)
+            .await?
+        {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &[S::Accepted, S::InMediation], "record consent")?;
+        require_state(&l.case, consent_states, "record consent")?;
         if !is_party(&l.case, &m.party_id) {
             return Err(FieldViolation::new("party_id", "is not a party of the case").into());
         }
-        let refused = decision == ConsentDecision::Refused;
         // PML Art 17: the route's code for a refusal (checked before anything changes).
         let refused_code = if refused {
             let route = outcomes::route_of(l.route.as_ref())?;
@@ -607,9 +706,11 @@ impl Cases {
         } else {
             String::new()
         };
+        let retried = state_of(&l.case) == S::Ended;
         if refused {
             // PML Art 17: an express refusal by one party ends the mediation; the sender is told.
-            self.router()
+            let t = self
+                .router()
                 .submit_feedback(fwd(
                     req,
                     SubmitFeedbackRequest {
@@ -624,7 +725,10 @@ impl Cases {
                     },
                 ))
                 .await
-                .map_err(Error::Router)?;
+                .map_err(|e| routed_error(e, retried, &l.case, "record consent"))?
+                .into_inner()
+                .transfer;
+            l.answer_seq = answer_seq(t.as_ref());
         }
         self.commit(
             who,
@@ -632,7 +736,7 @@ impl Cases {
             &l,
             false,
             |c, now, out| {
-                require_state(c, &[S::Accepted, S::InMediation], "record consent")?;
+                require_state(c, consent_states, "record consent")?;
                 c.consents.push(ConsentRecord {
                     party_id: m.party_id.clone(),
                     decision: m.decision,
@@ -651,6 +755,14 @@ impl Cases {
                     },
                     now,
                     format!("当事人 {}：{}", m.party_id, decision.as_str_name()),
+                ));
+                // 一案一卷 (PML Art 27): the consent evidence (e.g. the signed 人民调解申请书)
+                // belongs in the case file as GetCase shows it.
+                out.extend(doc_entries(
+                    CaseFileEntryKind::Consent,
+                    "人民调解申请书（当事人意愿凭证）",
+                    now,
+                    m.evidence.as_slice(),
                 ));
                 if refused {
                     c.state = S::ConsentRefused as i32;
@@ -1294,11 +1406,17 @@ impl Cases {
             5000,
         );
         violations(v)?;
-        let l = match self.begin(who, &idem, &m.name, &m.etag).await? {
+        let mut l = match self
+            .begin_routed(who, &idem, &m.name, &m.etag, &[S::Ended])
+            .await?
+        {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &OPEN, "end the mediation")?;
+        let retried = state_of(&l.case) == S::Ended;
+        if !retried {
+            require_state(&l.case, &OPEN, "end the mediation")?;
+        }
         let effective = l.case.agreement.as_ref().filter(|a| a.effective);
         if reason == EndReason::Agreement && effective.is_none() {
             return Err(Error::Precondition(
@@ -1350,16 +1468,20 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(Error::Router)?
+            .map_err(|e| routed_error(e, retried, &l.case, "end the mediation"))?
             .into_inner()
             .transfer;
+        l.answer_seq = answer_seq(t.as_ref());
         self.commit(
             who,
             &idem,
             &l,
             false,
             |c, now, out| {
-                require_state(c, &OPEN, "end the mediation")?;
+                let synced = state_of(c) == S::Ended;
+                if !synced {
+                    require_state(c, &OPEN, "end the mediation")?;
+                }
                 c.state = S::Ended as i32;
                 c.termination = Some(Termination {
                     reason: m.reason,
@@ -1405,16 +1527,23 @@ impl Cases {
         text(&mut v, "reason_code", &m.reason_code, true, 64);
         text(&mut v, "reason", &m.reason, true, 5000);
         violations(v)?;
-        let l = match self.begin(who, &idem, &m.name, &m.etag).await? {
+        let mut l = match self
+            .begin_routed(who, &idem, &m.name, &m.etag, &[S::Escalated])
+            .await?
+        {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &OPEN, "escalate")?;
+        let retried = state_of(&l.case) == S::Escalated;
+        if !retried {
+            require_state(&l.case, &OPEN, "escalate")?;
+        }
         // Only with the escalation reasons of the route the case's transfer pinned.
         outcomes::check_escalation(outcomes::route_of(l.route.as_ref())?, &m.reason_code)?;
         // PML Art 25: a dispute that may turn into a public-security or criminal case is
         // reported to the police at once.
-        self.router()
+        let t = self
+            .router()
             .escalate_transfer(fwd(
                 req,
                 EscalateTransferRequest {
@@ -1427,14 +1556,19 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(Error::Router)?;
+            .map_err(|e| routed_error(e, retried, &l.case, "escalate"))?
+            .into_inner()
+            .transfer;
+        l.answer_seq = answer_seq(t.as_ref());
         self.commit(
             who,
             &idem,
             &l,
             false,
             |c, now, out| {
-                require_state(c, &OPEN, "escalate")?;
+                if state_of(c) != S::Escalated {
+                    require_state(c, &OPEN, "escalate")?;
+                }
                 c.state = S::Escalated as i32;
                 c.escalation = Some(Escalation {
                     reason_code: m.reason_code.clone(),
@@ -1480,7 +1614,7 @@ impl Cases {
         let mut v = Vec::new();
         text(&mut v, "questions", &m.questions, true, 5000);
         violations(v)?;
-        let l = match self.begin(who, &idem, &m.name, &m.etag).await? {
+        let mut l = match self.begin(who, &idem, &m.name, &m.etag).await? {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
@@ -1501,6 +1635,7 @@ impl Cases {
             .await
             .map_err(Error::Router)?
             .into_inner();
+        l.answer_seq = answer_seq(resp.transfer.as_ref());
         let inv = resp.investigation.unwrap_or_default();
         let clock = resp.transfer.and_then(|t| t.feedback_clock);
         self.commit(

@@ -1,4 +1,9 @@
 //! The router's messages for mediation agencies (offers, withdrawals, answers, clocks).
+//!
+//! The router is the source of truth (issue #9): each case records the router event
+//! sequence it last reflected, and a message whose event is not newer changes nothing (it
+//! is still recorded in the inbox as received). A newer message reconciles the case from
+//! the transfer it carries ([`crate::reconcile`]).
 
 use fengqiao_proto::inbox::{DeliverResponse, Envelope, MessageKind};
 use fengqiao_proto::mediation::{
@@ -43,11 +48,24 @@ impl Inbox {
             db::lock_case(&mut tx, "transfer", &envelope.transfer).await?;
             db::load_by_transfer(&mut tx, &envelope.transfer).await?
         } {
-            let mut c = l.case.clone();
-            let mut out = Vec::new();
-            update(&mut c, kind, &msg, now, &mut out);
-            db::save(&mut tx, &l, &mut c, now).await?;
-            db::add_entries(&mut tx, &l.id, &out).await?;
+            let seq = event_seq(&msg);
+            if is_newer(seq, l.event_seq) {
+                let mut c = l.case.clone();
+                let mut out = Vec::new();
+                update(&mut c, kind, &msg, now, &mut out);
+                if let Some(t) = &msg.transfer {
+                    crate::reconcile::apply(&mut c, t, &l.reserved_number, now, &mut out);
+                }
+                db::save_seq(&mut tx, &l, &mut c, now, seq).await?;
+                db::add_entries(&mut tx, &l.id, &out).await?;
+            } else {
+                tracing::debug!(
+                    kind = kind.as_str_name(),
+                    seq,
+                    reflected = l.event_seq,
+                    "message not newer than the case: no change"
+                );
+            }
         } else {
             tracing::debug!(
                 kind = kind.as_str_name(),
@@ -57,6 +75,17 @@ impl Inbox {
         tx.commit().await?;
         Ok(DeliverResponse { duplicate: false })
     }
+}
+
+/// The router event sequence of a message (0 when it carries no event).
+pub fn event_seq(msg: &TransferMessage) -> u64 {
+    msg.event.as_ref().map_or(0, |e| e.sequence)
+}
+
+/// Whether a message with event sequence `seq` is newer than the `reflected` one. A message
+/// without an event (sequence 0) is applied as it comes.
+pub fn is_newer(seq: u64, reflected: u64) -> bool {
+    seq == 0 || seq > reflected
 }
 
 /// A new offer: creates the case (OFFERED) with the snapshot, the transfer and the sender.
@@ -109,7 +138,17 @@ async fn offer(tx: &mut Tx, envelope: &Envelope, msg: &TransferMessage, now: i64
         }
     }
     // The pinned route: the case reports with its outcome codes (in the offer only).
-    db::insert(tx, &id, &agency, &number, &mut c, msg.route.as_ref(), now).await?;
+    db::insert(
+        tx,
+        &id,
+        &agency,
+        &number,
+        &mut c,
+        msg.route.as_ref(),
+        now,
+        event_seq(msg),
+    )
+    .await?;
     db::add_entries(tx, &id, &out).await?;
     Ok(())
 }
@@ -122,9 +161,6 @@ fn update(
     now: i64,
     out: &mut Vec<fengqiao_proto::mediation::CaseFileEntry>,
 ) {
-    if let Some(k) = msg.transfer.as_ref().and_then(|t| t.feedback_clock.clone()) {
-        c.mediation_clock = Some(k);
-    }
     let reason = msg
         .event
         .as_ref()
@@ -221,5 +257,19 @@ fn update(
             out.push(entry(CaseFileEntryKind::Other, "期限临近提醒", now, reason));
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_newer_events_apply() {
+        assert!(is_newer(8, 7));
+        assert!(!is_newer(7, 7));
+        assert!(!is_newer(3, 7));
+        assert!(is_newer(0, 7));
+        assert!(is_newer(1, 0));
     }
 }

@@ -23,11 +23,24 @@
 //! | `EndMediation` any other reason        | ENDED             | SubmitFeedback `mediation_failed` |
 //! | `EscalateCase`                         | ESCALATED         | EscalateTransfer → ESCALATED    |
 //! | transfer withdrawn / expired unanswered| WITHDRAWN / EXPIRED | —                             |
+//!
+//! **One truth** (issue #9): the router is the source of truth of the transfer; a case is
+//! reconciled from the router's messages. A call the sender must know of calls the router
+//! first (request id derived only from the method, the case and the client's `request_id`)
+//! and commits the case after, recording the event sequence of the router's answer. If that
+//! commit is lost, the router's message for the same event brings the case in step by the
+//! table in [`reconcile`] (e.g. OFFERED + IN_PROGRESS → ACCEPTED with the reserved 调解案号,
+//! open + FEEDBACK_SUBMITTED → ENDED with the transfer's outcome), and a retry with the same
+//! `request_id` completes and returns the first answer. Every newer message copies the
+//! transfer's feedback clock into `mediation_clock` (router-side pauses, resumes,
+//! extensions); a message whose event sequence is not newer than the case's changes nothing.
+//! Case numbers are taken with one atomic upsert of the counter row.
 
 mod cases;
 mod error;
 mod inbox;
 mod outcomes;
+pub mod reconcile;
 mod roster;
 mod store;
 mod util;
@@ -69,6 +82,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "case_route",
         sqlite: include_str!("../migrations/0003_case_route.sqlite.sql"),
         postgres: include_str!("../migrations/0003_case_route.postgres.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "event_seq",
+        sqlite: include_str!("../migrations/0004_event_seq.sqlite.sql"),
+        postgres: include_str!("../migrations/0004_event_seq.postgres.sql"),
     },
 ];
 

@@ -31,6 +31,11 @@ pub struct Loaded {
     /// outcomes and escalation reasons are the codes the case reports with (`None` for a
     /// case offered before offers carried the route).
     pub route: Option<Route>,
+    /// The router event sequence (`TransferEvent.sequence`) the case last reflected.
+    pub event_seq: u64,
+    /// The event sequence of the router's answer to the call being made (0: no router call);
+    /// the commit records it, so the router's message for the same event changes nothing.
+    pub answer_seq: u64,
 }
 
 /// The state's enum name, for errors.
@@ -45,13 +50,14 @@ pub fn state_of(c: &MediationCase) -> MediationCaseState {
     MediationCaseState::try_from(c.state).unwrap_or(MediationCaseState::Unspecified)
 }
 
-const COLS: &str = "id, agency, version, reserved_number, body, route";
+const COLS: &str = "id, agency, version, reserved_number, event_seq, body, route";
 
 fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
     let id: String = r.try_get("id")?;
     let agency: String = r.try_get("agency")?;
     let version: i64 = r.try_get("version")?;
     let reserved_number: String = r.try_get("reserved_number")?;
+    let event_seq: i64 = r.try_get("event_seq")?;
     let body: Vec<u8> = r.try_get("body")?;
     let mut case = MediationCase::decode(body.as_slice())?;
     case.etag = etag(version);
@@ -65,6 +71,8 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
         reserved_number,
         etag_checked: false,
         route,
+        event_seq: u64::try_from(event_seq).unwrap_or(0),
+        answer_seq: 0,
     })
 }
 
@@ -235,7 +243,8 @@ pub async fn entries(tx: &mut Tx, case_ref: &str) -> Result<Vec<CaseFileEntry>> 
         .collect()
 }
 
-/// Inserts a new case, with the route its transfer pinned (from the offer).
+/// Inserts a new case, with the route its transfer pinned (from the offer), reflecting the
+/// router's events up to `event_seq`.
 pub async fn insert(
     tx: &mut Tx,
     id: &str,
@@ -244,14 +253,15 @@ pub async fn insert(
     case: &mut MediationCase,
     route: Option<&Route>,
     now: i64,
+    event_seq: u64,
 ) -> Result<()> {
     case.etag = etag(1);
     case.create_time = Some(to_timestamp(now));
     case.update_time = Some(to_timestamp(now));
     sqlx::query(
         "INSERT INTO mediation_cases (id, agency, transfer, case_id, state, mediator, \
-         reserved_number, create_time, update_time, version, body, route) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9, $10)",
+         reserved_number, create_time, update_time, version, body, route, event_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 1, $9, $10, $11)",
     )
     .bind(id)
     .bind(agency)
@@ -263,6 +273,7 @@ pub async fn insert(
     .bind(now)
     .bind(case.encode_to_vec())
     .bind(route.map(prost::Message::encode_to_vec))
+    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -275,13 +286,23 @@ fn current_mediator(c: &MediationCase) -> String {
         .unwrap_or_default()
 }
 
-/// Saves a changed case if its version is still `l.version`.
-pub async fn save(tx: &mut Tx, l: &Loaded, case: &mut MediationCase, now: i64) -> Result<()> {
+/// Saves a changed case if its version is still `l.version`, recording that it reflects the
+/// router's events up to `event_seq` (never lowering what is recorded).
+pub async fn save_seq(
+    tx: &mut Tx,
+    l: &Loaded,
+    case: &mut MediationCase,
+    now: i64,
+    event_seq: u64,
+) -> Result<()> {
     case.etag = etag(l.version + 1);
     case.update_time = Some(to_timestamp(now));
+    let seq = i64::try_from(event_seq).unwrap_or(i64::MAX);
     let done = sqlx::query(
         "UPDATE mediation_cases SET state = $1, mediator = $2, update_time = $3, \
-         version = version + 1, body = $4 WHERE id = $5 AND version = $6",
+         version = version + 1, body = $4, \
+         event_seq = CASE WHEN event_seq < $7 THEN $7 ELSE event_seq END \
+         WHERE id = $5 AND version = $6",
     )
     .bind(i64::from(case.state))
     .bind(current_mediator(case))
@@ -289,6 +310,7 @@ pub async fn save(tx: &mut Tx, l: &Loaded, case: &mut MediationCase, now: i64) -
     .bind(case.encode_to_vec())
     .bind(&l.id)
     .bind(l.version)
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() != 1 {
@@ -310,34 +332,17 @@ pub async fn reserve_number(tx: &mut Tx, agency: &str, now: i64) -> Result<Strin
     let mp = (5 * doy + 2) / 153;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let row =
-        sqlx::query("SELECT next FROM mediation_case_numbers WHERE agency = $1 AND year = $2")
-            .bind(agency)
-            .bind(year)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let n = match row {
-        Some(r) => {
-            let n: i64 = r.try_get("next")?;
-            sqlx::query(
-                "UPDATE mediation_case_numbers SET next = next + 1 WHERE agency = $1 AND year = $2",
-            )
-            .bind(agency)
-            .bind(year)
-            .execute(&mut **tx)
-            .await?;
-            n
-        }
-        None => {
-            sqlx::query(
-                "INSERT INTO mediation_case_numbers (agency, year, next) VALUES ($1, $2, 2)",
-            )
-            .bind(agency)
-            .bind(year)
-            .execute(&mut **tx)
-            .await?;
-            1
-        }
-    };
+    // One statement takes the number and moves the counter on (the row is locked by the
+    // upsert), so concurrent reservations never read the same value.
+    let row = sqlx::query(
+        "INSERT INTO mediation_case_numbers (agency, year, next) VALUES ($1, $2, 2) \
+         ON CONFLICT (agency, year) DO UPDATE SET next = mediation_case_numbers.next + 1 \
+         RETURNING next",
+    )
+    .bind(agency)
+    .bind(year)
+    .fetch_one(&mut **tx)
+    .await?;
+    let n = row.try_get::<i64, _>("next")? - 1;
     Ok(format!("调〔{year}〕{n:04}号"))
 }

@@ -6,8 +6,21 @@
 //! it is a civil dispute — handed to the station's mediation room with a transfer on the router
 //! (移送单). The router's messages keep the referral in step with its transfer; supplementary
 //! investigation and the acknowledgement of feedback go back through the router for the caller.
+//!
+//! **One truth** (issue #9): the router is the source of truth of the transfer; the referral
+//! is reconciled from the router's messages. A call that changes the transfer calls the router
+//! first (with a request id derived only from the method, the referral and the client's
+//! `request_id`, never from a re-read etag or state) and commits the referral after, recording
+//! the event sequence of the router's answer. If that commit is lost (a cut-off call, a crash),
+//! the router's message for the same event finds the referral by its case id
+//! (`CaseSnapshot.case_id`), adopts the transfer if the referral did not link it yet, and
+//! brings the referral in step ([`reconcile`]); a retry with the same `request_id` then
+//! completes and returns the first answer. A message whose event sequence is not newer than
+//! what the referral reflects changes nothing (it is still recorded in the inbox).
+//! `CreateReferral` takes `officer` from the caller's token and assigns each party a UUID.
 
 pub mod error;
+pub mod reconcile;
 pub mod screening;
 pub mod validate;
 
@@ -22,8 +35,8 @@ use fengqiao_proto::policereferral::police_referral_service_server::{
 use fengqiao_proto::policereferral::*;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{
-    CaseSnapshot, GetCaseTimelineRequest, GetTransferRequest, Investigation, InvestigationState,
-    Transfer, TransferEvent, TransferEventType, TransferMessage, TransferState,
+    CaseSnapshot, GetCaseTimelineRequest, Investigation, InvestigationState, Transfer,
+    TransferEvent, TransferEventType, TransferMessage, TransferState,
 };
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
 use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
@@ -37,12 +50,20 @@ use fengqiao_kit::idem::Idem;
 pub const SERVICE: &str = "police_referral";
 
 /// This service's own migrations.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "referrals",
-    sqlite: include_str!("../migrations/0001_referrals.sqlite.sql"),
-    postgres: include_str!("../migrations/0001_referrals.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "referrals",
+        sqlite: include_str!("../migrations/0001_referrals.sqlite.sql"),
+        postgres: include_str!("../migrations/0001_referrals.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "event_seq",
+        sqlite: include_str!("../migrations/0002_event_seq.sqlite.sql"),
+        postgres: include_str!("../migrations/0002_event_seq.postgres.sql"),
+    },
+];
 
 /// The route used when `DraftTransfer.route` is empty.
 pub const DEFAULT_ROUTE: &str = "routes/police-to-station-mediation";
@@ -133,6 +154,8 @@ struct Stored {
     creator: String,
     version: i64,
     content_hash: String,
+    /// The router event sequence the referral last reflected.
+    event_seq: u64,
 }
 
 impl Stored {
@@ -141,7 +164,7 @@ impl Stored {
     }
 }
 
-const COLUMNS: &str = "id, creator_agency, version, content_hash, body";
+const COLUMNS: &str = "id, creator_agency, version, content_hash, event_seq, body";
 
 fn stored_of(row: &AnyRow) -> Result<Stored> {
     let body: Vec<u8> = row.try_get("body")?;
@@ -152,6 +175,7 @@ fn stored_of(row: &AnyRow) -> Result<Stored> {
         creator: row.try_get("creator_agency")?,
         version: row.try_get("version")?,
         content_hash: row.try_get("content_hash")?,
+        event_seq: u64::try_from(row.try_get::<i64, _>("event_seq")?).unwrap_or(0),
     })
 }
 
@@ -161,6 +185,61 @@ async fn load(tx: &mut Tx, id: &str) -> Result<Option<Stored>> {
         .fetch_optional(&mut **tx)
         .await?;
     row.as_ref().map(stored_of).transpose()
+}
+
+/// Locks the referral rows with `column = value` for the rest of a write transaction on
+/// PostgreSQL (SQLite write transactions are serialised already), so that a caller's change
+/// and a router message apply one after the other instead of one overwriting the other.
+async fn lock_referral(tx: &mut Tx, column: &str, value: &str) -> Result<()> {
+    if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
+        sqlx::query(&format!(
+            "SELECT id FROM referrals WHERE {column} = $1 FOR UPDATE"
+        ))
+        .bind(value)
+        .fetch_all(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Loads a referral for a write, locked (see [`lock_referral`]).
+async fn load_visible_locked(tx: &mut Tx, who: &Identity, name: &str) -> Result<Stored> {
+    let id = fengqiao_kit::validate::parse_name("name", "referrals", name)?;
+    lock_referral(tx, "id", id).await?;
+    load_visible(tx, who, name).await
+}
+
+/// The request id of a call this service makes to the router for a client's call: derived
+/// only from the method, the referral and the client's `request_id`, so a retry sends the
+/// router the very same request and gets the first answer back.
+fn router_rid(method: &str, referral: &str, request_id: &str) -> String {
+    let h = fengqiao_store::idempotency::hash_request(
+        format!("{method}\n{referral}\n{request_id}").as_bytes(),
+    );
+    let mut s = format!("police-{h}");
+    s.truncate(120);
+    s
+}
+
+/// A router refusal of a call whose referral already showed its result: the router refused a
+/// new call (not a retry of the one that produced it), so the answer is the local wrong state.
+fn routed_error(status: Status, retried: bool, r: &Referral, action: &'static str) -> Error {
+    if retried && status.code() == tonic::Code::FailedPrecondition {
+        Error::WrongState {
+            reason: "REFERRAL_WRONG_STATE",
+            resource: r.name.clone(),
+            state: state_name(r.state),
+            action,
+        }
+    } else {
+        Error::Router(status)
+    }
+}
+
+/// The router event sequence of an answer's transfer (0 when absent).
+fn answer_seq(t: Option<&Transfer>) -> u64 {
+    t.and_then(|t| t.last_event.as_ref())
+        .map_or(0, |e| e.sequence)
 }
 
 /// Loads a referral visible to `who`, or NOT_FOUND (also when it exists but is not theirs).
@@ -220,8 +299,8 @@ async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     let (due, overdue) = feedback_columns(r);
     sqlx::query(
         "UPDATE referrals SET state = $1, screening_result = $2, transfer = $3, \
-         feedback_due = $4, feedback_overdue = $5, body = $6, update_time = $7, version = $8 \
-         WHERE id = $9",
+         feedback_due = $4, feedback_overdue = $5, body = $6, update_time = $7, version = $8, \
+         event_seq = $10 WHERE id = $9",
     )
     .bind(i64::from(r.state))
     .bind(i64::from(r.screening.as_ref().map_or(0, |sc| sc.result)))
@@ -232,6 +311,7 @@ async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     .bind(now)
     .bind(s.version)
     .bind(id)
+    .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -295,6 +375,8 @@ fn normalise(r: &Referral) -> Referral {
     n.create_time = None;
     n.update_time = None;
     n.etag.clear();
+    // Output only: the officer is the caller (from the token), not the request body.
+    n.officer = None;
     n.incident_number = n.incident_number.trim().to_string();
     n.summary = n.summary.trim().to_string();
     n.on_scene_handling = n.on_scene_handling.trim().to_string();
@@ -439,6 +521,9 @@ impl Inbox {
         } else {
             event.case_id.clone()
         };
+        // The referral is found by the case id it gave its transfer (`CaseSnapshot.case_id`),
+        // so a transfer whose local link was lost still finds its referral.
+        lock_referral(&mut tx, "case_id", &case_id).await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM referrals WHERE case_id = $1 \
              AND (police_station = $2 OR creator_agency = $2)"
@@ -482,17 +567,36 @@ impl Inbox {
         } else {
             event.transfer.clone()
         };
-        let current = s.referral.transfer.is_empty() || s.referral.transfer == transfer_name;
         let etype = TransferEventType::try_from(event.event_type).unwrap_or_default();
-        // Investigation tasks follow the investigation, whichever transfer it is on.
+        // Investigation tasks follow the investigation, whichever transfer it is on (a task
+        // only ever moves on from OPEN, so an old message cannot revert it).
         if let Some(inv) = &msg.investigation {
             self.apply_task(&mut tx, &s, inv, now).await?;
         }
-        if current && let Some(t) = &msg.transfer {
-            s.referral.transfer = transfer_name;
-            s.referral.transfer_state = t.state;
+        // The router is the source of truth: only a message newer than what the referral
+        // reflects changes it (it is recorded in the inbox as received either way).
+        let newer = event.sequence == 0 || event.sequence > s.event_seq;
+        let local = ReferralState::try_from(s.referral.state).unwrap_or_default();
+        if let Some(t) = msg.transfer.as_ref().filter(|_| newer)
+            && reconcile::is_current(
+                &s.referral.transfer,
+                local,
+                &transfer_name,
+                TransferState::try_from(t.state).unwrap_or_default(),
+            )
+        {
+            if s.referral.transfer != transfer_name {
+                // Our own draft whose local commit was lost, or a new transfer after one came
+                // back: the referral follows it from now on.
+                s.referral.transfer = transfer_name;
+                s.referral.feedback = None;
+            }
             let ts = TransferState::try_from(t.state).unwrap_or_default();
-            s.referral.state = state_for_transfer(ts) as i32;
+            s.referral.transfer_state = t.state;
+            if let Some(to) = reconcile::next_state(local, ts) {
+                s.referral.state = to as i32;
+            }
+            s.event_seq = s.event_seq.max(event.sequence);
             let fb = s.referral.feedback.get_or_insert_with(Default::default);
             if let Some(c) = &t.feedback_clock {
                 if c.stopped_at.is_none() {
@@ -507,8 +611,10 @@ impl Inbox {
             {
                 fb.overdue = true;
             }
-            if etype == TransferEventType::FeedbackSubmitted
-                && let Some(f) = &t.feedback
+            // The feedback as the transfer carries it, whichever message brings it first.
+            if let Some(f) = &t.feedback
+                && !f.outcome_code.is_empty()
+                && fb.received_time.is_none()
             {
                 fb.outcome_code = f.outcome_code.clone();
                 fb.outcome_description = f.outcome_description.clone();
@@ -516,6 +622,14 @@ impl Inbox {
                 fb.documents = f.documents.clone();
                 fb.received_time = f.submit_time.or(Some(to_ts(occurred)));
                 add_documents(&mut tx, &referral_id, &f.documents, now).await?;
+            }
+            // Acknowledged (办结), here or on the router directly: reported to the command room.
+            if ts == TransferState::Closed && fb.reported_time.is_none() {
+                fb.reported_time = t
+                    .feedback
+                    .as_ref()
+                    .and_then(|f| f.acknowledge_time)
+                    .or(Some(to_ts(occurred)));
             }
             if matches!(
                 etype,
@@ -604,6 +718,26 @@ impl PoliceReferral {
         Ok(Begun::Loaded(Box::new(s)))
     }
 
+    /// Whether the referral's current transfer was linked by a committed `DraftTransfer` (its
+    /// 移送单 is on file) rather than by the router's messages after a lost commit.
+    async fn drafted_here(&self, s: &Stored) -> Result<bool> {
+        let id = s.referral.name.trim_start_matches("referrals/");
+        let uri = format!("fengqiao:{}", s.referral.transfer);
+        let rows = sqlx::query("SELECT body FROM referral_documents WHERE referral_id = $1")
+            .bind(id)
+            .fetch_all(self.store.pool())
+            .await?;
+        for row in &rows {
+            let b: Vec<u8> = row.try_get("body")?;
+            let d = EvidenceRef::decode(b.as_slice())
+                .map_err(|e| Error::Corrupt(format!("document: {e}")))?;
+            if d.uri == uri {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The service over a migrated `store`.
     pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
         Self { store, router }
@@ -636,20 +770,6 @@ impl PoliceReferral {
         out
     }
 
-    /// The router's current transfer, read for the caller.
-    async fn router_transfer<T>(&self, incoming: &Request<T>, name: &str) -> Result<Transfer> {
-        self.router()
-            .get_transfer(Self::forward(
-                incoming,
-                GetTransferRequest { name: name.into() },
-            ))
-            .await
-            .map_err(Error::Router)?
-            .into_inner()
-            .transfer
-            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))
-    }
-
     async fn create(
         &self,
         request: Request<CreateReferralRequest>,
@@ -680,7 +800,19 @@ impl PoliceReferral {
             )?;
         }
         let hash = fengqiao_store::idempotency::hash_request(&input.encode_to_vec());
+        // The optional `request_id` is a key of its own: reused with a different request it
+        // is ALREADY_EXISTS / REQUEST_ID_REUSED, whatever the incident number says.
+        let idem = if req.request_id.is_empty() {
+            None
+        } else {
+            Some(Idem::new(&who, "CreateReferral", &req.request_id, &req)?)
+        };
         let mut tx = self.store.write().await?;
+        if let Some(idem) = &idem
+            && let Some(r) = idem.replay(&mut tx).await?
+        {
+            return Ok(r);
+        }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let existing = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM referrals WHERE incident_number = $1"
@@ -691,9 +823,14 @@ impl PoliceReferral {
         if let Some(row) = existing {
             let s = stored_of(&row)?;
             if s.content_hash == hash && s.visible_to(&who) {
-                return Ok(CreateReferralResponse {
+                let resp = CreateReferralResponse {
                     referral: Some(present(s.referral, now)),
-                });
+                };
+                if let Some(idem) = &idem {
+                    idem.save(&mut tx, &resp).await?;
+                    tx.commit().await?;
+                }
+                return Ok(resp);
             }
             return Err(Error::IncidentNumberReused);
         }
@@ -701,11 +838,15 @@ impl PoliceReferral {
         let mut r = input;
         r.name = format!("referrals/{id}");
         r.case_id = uuid::Uuid::new_v4().to_string();
-        for (i, p) in r.parties.iter_mut().enumerate() {
+        // `Party.party_id` is a UUID, assigned by whoever first records the party: here.
+        for p in r.parties.iter_mut() {
             if p.party_id.is_empty() {
-                p.party_id = format!("p{}", i + 1);
+                p.party_id = uuid::Uuid::new_v4().to_string();
             }
         }
+        // Actors come only from the token: the officer who took the referral in is the
+        // caller; a value in the request body is ignored.
+        r.officer = Some(actor_of(&who));
         let rule = screening::screen(r.category, &r.summary, &r.on_scene_handling);
         let result = rule.map_or(ScreeningResult::NeedsReview, |r| r.result);
         r.screening = Some(Screening {
@@ -752,6 +893,15 @@ impl PoliceReferral {
             }
         })?;
         add_documents(&mut tx, &id, &r.evidence, now).await?;
+        if let Some(idem) = &idem {
+            idem.save(
+                &mut tx,
+                &CreateReferralResponse {
+                    referral: Some(r.clone()),
+                },
+            )
+            .await?;
+        }
         tx.commit().await?;
         tracing::info!(referral = %r.name, rule = r.screening.as_ref().map_or("", |s| s.matched_rule.as_str()), "referral taken in");
         Ok(CreateReferralResponse { referral: Some(r) })
@@ -918,7 +1068,7 @@ impl PoliceReferral {
             return Ok(r);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut s = load_visible(&mut tx, &who, &req.name).await?;
+        let mut s = load_visible_locked(&mut tx, &who, &req.name).await?;
         need_role(&who, OVERRIDE_ROLES, "overriding screening")?;
         check_etag(&req.etag, &s.referral.etag, &req.name)?;
         let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
@@ -986,12 +1136,25 @@ impl PoliceReferral {
         };
         need_handling_station(&who, &s, "drafts its transfer")?;
         need_role(&who, STATION_ROLES, "drafting a transfer")?;
-        check_etag(&req.etag, &s.referral.etag, &req.name)?;
         let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
-        if !matches!(
+        // TRANSFER_PENDING or TRANSFERRED may be this very call retried after its local
+        // commit was lost and the router's messages brought the referral in step: the router
+        // decides (the same derived request id replays the first answer; a new one is refused
+        // with ALREADY_EXISTS naming the open transfer). The etag then names the version
+        // before, so it is not checked.
+        let retried = matches!(
             state,
-            ReferralState::ReadyToTransfer | ReferralState::Returned | ReferralState::Withdrawn
-        ) {
+            ReferralState::TransferPending | ReferralState::Transferred
+        ) && !self.drafted_here(&s).await?;
+        if !retried {
+            check_etag(&req.etag, &s.referral.etag, &req.name)?;
+        }
+        if !retried
+            && !matches!(
+                state,
+                ReferralState::ReadyToTransfer | ReferralState::Returned | ReferralState::Withdrawn
+            )
+        {
             return Err(Error::WrongState {
                 reason: "REFERRAL_WRONG_STATE",
                 resource: req.name.clone(),
@@ -1011,6 +1174,7 @@ impl PoliceReferral {
                 action: "draft a transfer (screening is not CIVIL_DISPUTE)",
             });
         }
+        let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let r = &s.referral;
         let snapshot = CaseSnapshot {
             case_id: r.case_id.clone(),
@@ -1046,22 +1210,21 @@ impl PoliceReferral {
                 note: req.note.clone(),
                 ..Default::default()
             }),
-            // The router keys idempotency by method, so the same id is safe to reuse.
-            request_id: req.request_id.clone(),
+            request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
         };
         let mut transfer = self
             .router()
             .create_transfer(Self::forward(&request, create))
             .await
-            .map_err(Error::Router)?
+            .map_err(|e| routed_error(e, retried, &s.referral, "draft a transfer"))?
             .into_inner()
             .transfer
             .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
         if req.submit {
             let submit = fengqiao_proto::router::SubmitTransferRequest {
                 name: transfer.name.clone(),
-                etag: transfer.etag.clone(),
-                request_id: req.request_id.clone(),
+                etag: String::new(),
+                request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
             };
             transfer = self
                 .router()
@@ -1077,15 +1240,21 @@ impl PoliceReferral {
             return Ok(r);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut s = load_visible(&mut tx, &who, &req.name).await?;
-        let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
+        let mut s = load_visible_locked(&mut tx, &who, &req.name).await?;
         if s.referral.transfer != transfer.name {
             s.referral.transfer = transfer.name.clone();
-            s.referral.transfer_state = transfer.state;
-            s.referral.state =
-                state_for_transfer(TransferState::try_from(transfer.state).unwrap_or_default())
-                    as i32;
             s.referral.feedback = None;
+        }
+        // Unless the router's messages already brought the referral further.
+        let seq = answer_seq(Some(&transfer));
+        if seq == 0 || seq > s.event_seq {
+            let ts = TransferState::try_from(transfer.state).unwrap_or_default();
+            s.referral.transfer_state = transfer.state;
+            let local = ReferralState::try_from(s.referral.state).unwrap_or_default();
+            if let Some(to) = reconcile::next_state(local, ts) {
+                s.referral.state = to as i32;
+            }
+            s.event_seq = s.event_seq.max(seq);
         }
         save(&mut tx, &mut s, now).await?;
         add_documents(
@@ -1224,8 +1393,13 @@ impl PoliceReferral {
         }
         need_handling_station(&who, &s, "answers investigations")?;
         need_role(&who, STATION_ROLES, "answering an investigation")?;
-        check_etag(&req.etag, &task.task.etag, &req.name)?;
-        if task.task.state != InvestigationState::Open as i32 {
+        // ANSWERED may be this very call retried after its local commit was lost and the
+        // router's message answered the task: the router decides (see DraftTransfer).
+        let retried = task.task.state == InvestigationState::Answered as i32;
+        if !retried {
+            check_etag(&req.etag, &task.task.etag, &req.name)?;
+        }
+        if !retried && task.task.state != InvestigationState::Open as i32 {
             return Err(Error::WrongState {
                 reason: "INVESTIGATION_NOT_OPEN",
                 resource: req.name.clone(),
@@ -1235,28 +1409,32 @@ impl PoliceReferral {
                 action: "answer",
             });
         }
-        let transfer_name = task
-            .task
-            .investigation
-            .split("/investigations/")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let transfer = self.router_transfer(&request, &transfer_name).await?;
+        // No etag re-read: the router gets the same request on every retry.
         let answered = self
             .router()
             .answer_investigation(Self::forward(
                 &request,
                 fengqiao_proto::router::AnswerInvestigationRequest {
                     name: task.task.investigation.clone(),
-                    etag: transfer.etag,
+                    etag: String::new(),
                     answer: req.answer.clone(),
                     evidence: req.evidence.clone(),
-                    request_id: req.request_id.clone(),
+                    request_id: router_rid("AnswerInvestigation", task_id, &req.request_id),
                 },
             ))
             .await
-            .map_err(Error::Router)?
+            .map_err(|e| {
+                if retried && e.code() == tonic::Code::FailedPrecondition {
+                    Error::WrongState {
+                        reason: "INVESTIGATION_NOT_OPEN",
+                        resource: req.name.clone(),
+                        state: "INVESTIGATION_STATE_ANSWERED".into(),
+                        action: "answer",
+                    }
+                } else {
+                    Error::Router(e)
+                }
+            })?
             .into_inner();
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay(&mut tx).await? {
@@ -1318,8 +1496,13 @@ impl PoliceReferral {
         };
         need_handling_station(&who, &s, "reports the result")?;
         need_role(&who, ACK_ROLES, "reporting feedback to the command room")?;
-        check_etag(&req.etag, &s.referral.etag, &req.name)?;
-        if s.referral.state != ReferralState::FeedbackReceived as i32 {
+        // CLOSED may be this very call retried after its local commit was lost and the
+        // router's message closed the referral: the router decides (see DraftTransfer).
+        let retried = s.referral.state == ReferralState::Closed as i32;
+        if !retried {
+            check_etag(&req.etag, &s.referral.etag, &req.name)?;
+        }
+        if !retried && s.referral.state != ReferralState::FeedbackReceived as i32 {
             return Err(Error::WrongState {
                 reason: "REFERRAL_WRONG_STATE",
                 resource: req.name.clone(),
@@ -1327,20 +1510,21 @@ impl PoliceReferral {
                 action: "acknowledge feedback",
             });
         }
-        let transfer = self.router_transfer(&request, &s.referral.transfer).await?;
+        // No etag re-read: the router gets the same request on every retry.
+        let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let acked = self
             .router()
             .acknowledge_feedback(Self::forward(
                 &request,
                 fengqiao_proto::router::AcknowledgeFeedbackRequest {
-                    name: transfer.name.clone(),
-                    etag: transfer.etag,
+                    name: s.referral.transfer.clone(),
+                    etag: String::new(),
                     comment: req.comment.clone(),
-                    request_id: req.request_id.clone(),
+                    request_id: router_rid("AcknowledgeFeedback", &referral_id, &req.request_id),
                 },
             ))
             .await
-            .map_err(Error::Router)?
+            .map_err(|e| routed_error(e, retried, &s.referral, "acknowledge feedback"))?
             .into_inner()
             .transfer;
         let mut tx = self.store.write().await?;
@@ -1348,13 +1532,16 @@ impl PoliceReferral {
             return Ok(r);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut s = load_visible(&mut tx, &who, &req.name).await?;
+        let mut s = load_visible_locked(&mut tx, &who, &req.name).await?;
         s.referral.state = ReferralState::Closed as i32;
         s.referral.transfer_state = acked
             .as_ref()
             .map_or(TransferState::Closed as i32, |t| t.state);
+        s.event_seq = s.event_seq.max(answer_seq(acked.as_ref()));
         let fb = s.referral.feedback.get_or_insert_with(Default::default);
-        fb.reported_time = Some(to_ts(now));
+        if fb.reported_time.is_none() {
+            fb.reported_time = Some(to_ts(now));
+        }
         save(&mut tx, &mut s, now).await?;
         let resp = AcknowledgeFeedbackResponse {
             referral: Some(present(s.referral, now)),
