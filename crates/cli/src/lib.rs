@@ -94,8 +94,13 @@ pub struct Suite {
     /// Metrics of this process.
     pub metrics: Metrics,
     stores: Vec<(ServiceName, Store)>,
+    router: Option<fengqiao_router::Router>,
     admin_trigger: fengqiao_kit::server::ShutdownTrigger,
 }
+
+/// Longest wait, on shutdown, for the router's workers and pull streams to release their
+/// delivery leases before the stores close.
+const WORKERS_STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// The verifier for `config` (its public keys file; none configured means no token verifies).
 pub fn verifier(config: &Config) -> Result<Verifier, SuiteError> {
@@ -143,14 +148,18 @@ async fn open_store(service: ServiceName, url: &str) -> Result<Store, SuiteError
     Ok(store)
 }
 
-/// The router's options from the configuration: policy files, and a push credential signed
-/// with the service key when one is configured.
+/// The router's options from the configuration: policy files, delivery timeout and leases
+/// (`[delivery]`), and a push credential signed with the service key when one is configured.
 pub fn router_options(config: &Config) -> Result<fengqiao_router::RouterOptions, SuiteError> {
     let mut o = fengqiao_router::RouterOptions {
         routes_dir: config.routes_dir.clone(),
         holidays_file: config.holidays_file.clone(),
         ..Default::default()
     };
+    let d = &config.delivery;
+    o.delivery.call_timeout = Duration::from_millis(d.push_timeout_ms);
+    o.delivery.push_lease = Duration::from_millis(d.effective_push_lease_ms());
+    o.delivery.pull_lease = Duration::from_millis(d.pull_lease_ms);
     if let Some(path) = &config.auth.service_key_file {
         let key = std::sync::Arc::new(SigningKey::load(path)?);
         let issuer = config.auth.issuer.clone();
@@ -169,17 +178,16 @@ pub fn router_options(config: &Config) -> Result<fengqiao_router::RouterOptions,
 
 pub use fengqiao_kit::inbox::ROUTER_PRINCIPAL;
 
-/// The channel agency services use to call the router: `peers.router`, or this process when
-/// the router runs here.
+/// The channel agency services use to call the router: `peers.router`, or the in-process
+/// channel (`local`) when the router runs here.
 fn router_channel(
     config: &Config,
-    services: &[ServiceName],
-    self_addr: std::net::SocketAddr,
+    local: Option<&tonic::transport::Channel>,
 ) -> Result<tonic::transport::Channel, SuiteError> {
-    let uri = match &config.peers.router {
-        Some(u) => u.clone(),
-        None if services.contains(&ServiceName::Router) => format!("http://{self_addr}"),
-        None => {
+    let uri = match (&config.peers.router, local) {
+        (Some(u), _) => u.clone(),
+        (None, Some(local)) => return Ok(local.clone()),
+        (None, None) => {
             return Err(SuiteError::Config(
                 "peers.router (FENGQIAO_PEERS_ROUTER) is required when the router runs elsewhere"
                     .into(),
@@ -226,7 +234,18 @@ impl Suite {
         let max = config.limits.max_message_bytes;
         let mut builder = ServerBuilder::new();
         let (trigger, _) = shutdown_pair();
-        let self_addr = listener.local_addr()?;
+        // Co-located agency services reach the router in-process: the same services and guard,
+        // no socket, and still there while the listener drains on SIGTERM.
+        let local = if config.peers.router.is_none()
+            && spec.services.contains(&ServiceName::Router)
+            && spec.services.iter().any(|s| *s != ServiceName::Router)
+        {
+            let (channel, listener) = fengqiao_kit::client::in_process();
+            builder.also_in_process(listener);
+            Some(channel)
+        } else {
+            None
+        };
         let mut inbox = fengqiao_kit::inbox::InboxDispatch::new();
         let mut router = None;
         for (s, store) in &stores {
@@ -241,7 +260,7 @@ impl Suite {
                 ServiceName::PoliceReferral => {
                     let svc = fengqiao_police_referral::PoliceReferral::new(
                         store.clone(),
-                        router_channel(config, &spec.services, self_addr)?,
+                        router_channel(config, local.as_ref())?,
                     );
                     svc.add_to(&mut builder, max);
                     inbox
@@ -251,7 +270,7 @@ impl Suite {
                 ServiceName::Mediation => {
                     let svc = fengqiao_mediation::Mediation::new(
                         store.clone(),
-                        router_channel(config, &spec.services, self_addr)?,
+                        router_channel(config, local.as_ref())?,
                     );
                     svc.add_to(&mut builder, max);
                     inbox
@@ -336,14 +355,23 @@ impl Suite {
             admin_addr,
             metrics,
             stores,
+            router,
             admin_trigger,
         })
     }
 
-    /// Graceful stop: NOT_SERVING, drain in-flight calls within `grace`, close the stores.
+    /// Graceful stop, in order: NOT_SERVING; stop accepting and drain in-flight calls within
+    /// `grace` (co-located services' calls to the router go in-process, which stops only after
+    /// that); the router's workers and pull streams release their delivery leases; then the
+    /// stores close.
     pub async fn shutdown(self, grace: Duration) {
         self.metrics.set_ready(false);
         self.server.shutdown(grace).await;
+        if let Some(r) = &self.router
+            && !r.workers_stopped(WORKERS_STOP_LIMIT).await
+        {
+            tracing::warn!("delivery workers did not stop in time; their leases will expire");
+        }
         for (_, store) in &self.stores {
             store.close().await;
         }

@@ -115,6 +115,42 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Router: store-and-forward delivery settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Deadline of one push (`AgencyInboxService.Deliver`) call.
+    pub push_timeout_ms: u64,
+    /// How long a push worker holds a claimed message. Unset: `push_timeout_ms` + 5000, which
+    /// outlives one push attempt; a message whose push was cut by a crash (and the later
+    /// messages of its case) is pushed again once this lease runs out.
+    pub push_lease_ms: Option<u64>,
+    /// How long a pulled message waits for its acknowledgement before it is streamed again.
+    pub pull_lease_ms: u64,
+}
+
+/// Margin of the derived push lease over the push timeout (recording the outcome after the
+/// call, clock skew between replicas and the database).
+pub const PUSH_LEASE_MARGIN_MS: u64 = 5_000;
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            push_timeout_ms: 10_000,
+            push_lease_ms: None,
+            pull_lease_ms: 60_000,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The push lease in effect: configured, or derived from the push timeout.
+    pub fn effective_push_lease_ms(&self) -> u64 {
+        self.push_lease_ms
+            .unwrap_or_else(|| self.push_timeout_ms.saturating_add(PUSH_LEASE_MARGIN_MS))
+    }
+}
+
 /// Addresses of other services.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +186,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Other services.
     pub peers: PeersConfig,
+    /// Router: delivery (push timeout, push and pull leases).
+    pub delivery: DeliverySettings,
     /// Router: agency registry seed (TOML).
     pub agencies_file: Option<PathBuf>,
     /// Router: directory of route policy files.
@@ -172,6 +210,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             peers: PeersConfig::default(),
+            delivery: DeliverySettings::default(),
             agencies_file: None,
             routes_dir: None,
             holidays_file: None,
@@ -224,6 +263,15 @@ pub struct ConfigArgs {
     /// Holiday calendar file (router).
     #[arg(long, env = "FENGQIAO_HOLIDAYS_FILE")]
     pub holidays_file: Option<PathBuf>,
+    /// Deadline of one push delivery call, ms (router).
+    #[arg(long, env = "FENGQIAO_DELIVERY_PUSH_TIMEOUT_MS")]
+    pub delivery_push_timeout_ms: Option<u64>,
+    /// Push lease, ms (router; default: push timeout + 5000).
+    #[arg(long, env = "FENGQIAO_DELIVERY_PUSH_LEASE_MS")]
+    pub delivery_push_lease_ms: Option<u64>,
+    /// Pull acknowledgement lease, ms (router).
+    #[arg(long, env = "FENGQIAO_DELIVERY_PULL_LEASE_MS")]
+    pub delivery_pull_lease_ms: Option<u64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub dump_config: bool,
@@ -277,6 +325,12 @@ impl Config {
         set_opt(&mut self.agencies_file, &a.agencies_file);
         set_opt(&mut self.routes_dir, &a.routes_dir);
         set_opt(&mut self.holidays_file, &a.holidays_file);
+        set(
+            &mut self.delivery.push_timeout_ms,
+            &a.delivery_push_timeout_ms,
+        );
+        set_opt(&mut self.delivery.push_lease_ms, &a.delivery_push_lease_ms);
+        set(&mut self.delivery.pull_lease_ms, &a.delivery_pull_lease_ms);
         if self.otlp_endpoint.as_deref() == Some("") {
             self.otlp_endpoint = None;
         }
@@ -301,6 +355,27 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_message_bytes",
                 detail: "must be at least 1024".into(),
+            });
+        }
+        let d = &self.delivery;
+        if d.push_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "delivery.push_timeout_ms",
+                detail: "must be at least 1".into(),
+            });
+        }
+        if d.effective_push_lease_ms() <= d.push_timeout_ms {
+            // A lease that can run out during the call lets a second worker push the same
+            // message while the first is still waiting for the answer.
+            return Err(ConfigError::Invalid {
+                key: "delivery.push_lease_ms",
+                detail: "must be longer than delivery.push_timeout_ms".into(),
+            });
+        }
+        if d.pull_lease_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "delivery.pull_lease_ms",
+                detail: "must be at least 1".into(),
             });
         }
         let t = &self.tls;
@@ -371,5 +446,64 @@ mod tests {
         c.tls.client_ca_file = Some("ca.pem".into());
         assert!(c.validate().is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn delivery_leases_from_file_env_flags_and_derived() {
+        let c = Config::default();
+        assert_eq!(c.delivery.push_lease_ms, None);
+        assert_eq!(
+            c.delivery.effective_push_lease_ms(),
+            15_000,
+            "derived: push timeout + margin"
+        );
+        assert_eq!(c.delivery.pull_lease_ms, 60_000);
+        let dir = std::env::temp_dir().join(format!("fq-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[delivery]\npush_timeout_ms = 2000\npull_lease_ms = 9000\n",
+        )
+        .expect("write");
+        let args = ConfigArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = Config::load(&args).expect("load");
+        assert_eq!(c.delivery.effective_push_lease_ms(), 7_000);
+        assert_eq!(c.delivery.pull_lease_ms, 9_000);
+        let dumped = c.to_toml();
+        assert!(dumped.contains("[delivery]"), "{dumped}");
+        assert!(dumped.contains("pull_lease_ms = 9000"), "{dumped}");
+        let args = ConfigArgs {
+            config: Some(f),
+            delivery_push_lease_ms: Some(3_000),
+            delivery_pull_lease_ms: Some(4_000),
+            ..Default::default()
+        };
+        let c = Config::load(&args).expect("load");
+        assert_eq!(c.delivery.effective_push_lease_ms(), 3_000, "flag/env wins");
+        assert_eq!(c.delivery.pull_lease_ms, 4_000);
+        let dumped: Config = toml::from_str(&c.to_toml()).expect("dump parses back");
+        assert_eq!(dumped.delivery, c.delivery);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn push_lease_shorter_than_the_call_is_refused() {
+        let mut c = Config::default();
+        c.delivery.push_lease_ms = Some(10_000);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "delivery.push_lease_ms",
+                ..
+            })
+        ));
+        c.delivery.push_lease_ms = Some(10_001);
+        assert!(c.validate().is_ok());
+        c.delivery.pull_lease_ms = 0;
+        assert!(c.validate().is_err());
     }
 }

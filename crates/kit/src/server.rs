@@ -507,6 +507,7 @@ pub struct ServerBuilder {
     routes: tonic::service::RoutesBuilder,
     health: Health,
     names: Vec<String>,
+    in_process: Option<crate::client::InProcessListener>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -523,6 +524,14 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Health of its services.
     pub health: Health,
+    trigger: ShutdownTrigger,
+    join: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    in_process: Option<InProcessServer>,
+}
+
+/// The in-process side of a server (see [`ServerBuilder::also_in_process`]): its own
+/// shutdown, fired only after the network side has drained.
+struct InProcessServer {
     trigger: ShutdownTrigger,
     join: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -554,7 +563,18 @@ impl ServerBuilder {
                 names: Vec::new(),
             },
             names: Vec::new(),
+            in_process: None,
         }
+    }
+
+    /// Also serves the same services, behind the same middleware, to the in-process channel
+    /// whose other end is `listener` (see [`crate::client::in_process`]). On
+    /// [`RunningServer::shutdown`] the in-process side keeps serving until the network side has
+    /// drained, so calls that co-located services make while finishing their own in-flight
+    /// calls still reach their peer.
+    pub fn also_in_process(&mut self, listener: crate::client::InProcessListener) -> &mut Self {
+        self.in_process = Some(listener);
+        self
     }
 
     /// Health of the services added so far (and later).
@@ -602,6 +622,7 @@ impl ServerBuilder {
             mut routes,
             health,
             names: _,
+            in_process,
         } = self;
         health.set_all(false).await;
         let refl_v1 = tonic_reflection::server::Builder::configure()
@@ -638,7 +659,26 @@ impl ServerBuilder {
                 })
             },
         );
-        let router = server.layer(GuardLayer(guard)).add_routes(routes.routes());
+        let routes = routes.routes();
+        let in_process = in_process.map(|listener| {
+            // No TLS in-process: nothing leaves the process. Same routes, same guard.
+            let router = tonic::transport::Server::builder()
+                .layer(GuardLayer(guard.clone()))
+                .add_routes(routes.clone());
+            let (local_trigger, local_shutdown) = shutdown_pair();
+            let join = tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(listener.into_incoming(), async move {
+                        local_shutdown.wait().await
+                    })
+                    .await
+            });
+            InProcessServer {
+                trigger: local_trigger,
+                join,
+            }
+        });
+        let router = server.layer(GuardLayer(guard)).add_routes(routes);
         let join = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
@@ -649,6 +689,7 @@ impl ServerBuilder {
             health,
             trigger,
             join,
+            in_process,
         })
     }
 }
@@ -659,25 +700,39 @@ impl RunningServer {
         &self.trigger
     }
 
-    /// Graceful stop: NOT_SERVING, stop accepting, let in-flight calls finish within `grace`.
+    /// Graceful stop: NOT_SERVING, stop accepting, let in-flight calls finish within `grace`;
+    /// then the in-process side (if any) stops the same way within what is left of `grace`.
     pub async fn shutdown(self, grace: Duration) {
+        let until = tokio::time::Instant::now() + grace;
         self.health.set_all(false).await;
         self.trigger.trigger();
-        let mut join = self.join;
-        match tokio::time::timeout(grace, &mut join).await {
-            Ok(Ok(Ok(()))) => tracing::info!("server drained"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-            Err(_) => {
-                tracing::warn!("grace period over; closing remaining connections");
-                join.abort();
-            }
+        drain(self.join, until, "server").await;
+        if let Some(local) = self.in_process {
+            local.trigger.trigger();
+            drain(local.join, until, "in-process server").await;
         }
     }
 
     /// Resolves when the server task ends on its own (e.g. after the trigger fired).
     pub async fn wait(&mut self) {
         let _ = (&mut self.join).await;
+    }
+}
+
+/// Waits for a server task until `until`, then aborts it.
+async fn drain(
+    mut join: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    until: tokio::time::Instant,
+    what: &'static str,
+) {
+    match tokio::time::timeout_at(until, &mut join).await {
+        Ok(Ok(Ok(()))) => tracing::info!(what, "drained"),
+        Ok(Ok(Err(e))) => tracing::warn!(what, error = %e, "ended with an error"),
+        Ok(Err(e)) => tracing::warn!(what, error = %e, "task failed"),
+        Err(_) => {
+            tracing::warn!(what, "grace period over; closing remaining connections");
+            join.abort();
+        }
     }
 }
 

@@ -300,6 +300,31 @@ pub async fn release_leases(store: &Store, worker_id: &str) -> Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Make every pending message to `destination` that waits out a backoff due now (the
+/// receiver is reachable again: a push succeeded, it opened a pull stream or acknowledged).
+/// Leases, attempts and dead messages are left as they are (a dead message is an incident for
+/// a human; per-key order still holds). Returns how many became due.
+pub async fn expedite(store: &Store, destination: &str) -> Result<u64> {
+    let mut tx = store.write().await?;
+    let n = expedite_in(&mut tx, destination).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// [`expedite`] in the caller's transaction.
+pub async fn expedite_in(tx: &mut Tx, destination: &str) -> Result<u64> {
+    let now = db_now_micros(tx).await?;
+    let done = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = $2 \
+         WHERE status = 'pending' AND destination = $1 AND next_attempt_at > $2",
+    )
+    .bind(destination)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Number of pending messages `worker_id` holds an unexpired lease on (e.g. a pull stream's
 /// sent but unacknowledged messages).
 pub async fn count_leased(store: &Store, worker_id: &str) -> Result<i64> {

@@ -170,6 +170,29 @@ impl Agencies {
         Ok(())
     }
 
+    /// Inserts `a` under `id` unless an agency with that id exists (`true` if inserted).
+    /// `ON CONFLICT DO NOTHING` on both backends: on PostgreSQL a concurrent inserter's
+    /// uncommitted row makes this wait for its commit and then do nothing.
+    async fn insert_if_absent(tx: &mut Tx, id: &str, a: &Agency) -> Result<bool> {
+        let now = fengqiao_store::db_now_micros(tx).await?;
+        let done = sqlx::query(&format!(
+            "INSERT INTO agencies ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, '', $8, $8, NULL, 1) \
+             ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(id)
+        .bind(i64::from(a.kind))
+        .bind(&a.display_name)
+        .bind(&a.region_code)
+        .bind(a.parent.clone())
+        .bind(i64::from(a.delivery_mode))
+        .bind(&a.endpoint)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(fengqiao_store::Error::from)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Registers an agency.
     pub async fn register(&self, who: &Identity, req: RegisterAgencyRequest) -> Result<Agency> {
         require_admin(who)?;
@@ -425,8 +448,9 @@ impl Agencies {
             if !v.is_empty() {
                 return Err(Error::Invalid(v));
             }
-            if Self::get_in(&mut tx, &s.id).await?.is_none() {
-                Self::insert(&mut tx, &s.id, &a).await?;
+            // Insert-if-absent: replicas started together on a fresh database seed at once;
+            // a concurrent seeder's row (committed or not) makes this a no-op, never an error.
+            if Self::insert_if_absent(&mut tx, &s.id, &a).await? {
                 added += 1;
             }
         }

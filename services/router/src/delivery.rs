@@ -32,6 +32,15 @@
 //!   Unacknowledged messages are streamed again once their lease expires, or at once when the
 //!   stream that held them ends. The request `cursor` is validated and echoed but never
 //!   decides what is sent.
+//! * **Leases and shutdown** — the push lease ([`DeliveryConfig::push_lease`], default the call
+//!   timeout + [`PUSH_LEASE_MARGIN`]) only has to outlive one push attempt: a message whose
+//!   push was cut by a crash, and the later messages of its case behind it, wait at most that
+//!   long. On shutdown workers and pull streams release their leases; [`Delivery::stopped`]
+//!   resolves once they all have, and the process closes its store only after that.
+//! * **A receiver that is back drains at once** — when a push to an agency succeeds, when a
+//!   probe finds a failing agency's endpoint answering again (health, every [`PROBE_EVERY`]),
+//!   or when the agency opens a pull stream or acknowledges, its other messages waiting out a
+//!   backoff become due at once ([`fengqiao_store::outbox::expedite`]); attempts are kept.
 //! * **Receiver** — agency services implement `AgencyInboxService.Deliver` with
 //!   [`receive_once`] or [`receive_in_order`] (see their docs for the pattern).
 //!
@@ -82,6 +91,12 @@ const MAX_MAX_UNACKED: u32 = 1000;
 const MAX_ACK_IDS: usize = 1000;
 /// Most push destinations considered in one worker round.
 const MAX_PUSH_DESTINATIONS: i64 = 1000;
+/// Margin of the default push lease over the push call's timeout: recording the outcome after
+/// the call, and clock differences between router replicas and the database.
+pub const PUSH_LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How often a push worker probes the endpoints of agencies whose pushes are failing, to
+/// notice they are back without waiting out the backoff.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Tuning of delivery. Defaults suit production; tests shorten every duration.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +109,9 @@ pub struct DeliveryConfig {
     pub jitter: f64,
     /// Failed push attempts after which the message is dead and an incident opens.
     pub max_attempts: u32,
-    /// How long a push worker holds a claimed message; longer than [`Self::call_timeout`].
+    /// How long a push worker holds a claimed message; longer than [`Self::call_timeout`]
+    /// (default: the call timeout + [`PUSH_LEASE_MARGIN`]). A message whose push was cut by a
+    /// crash is pushed again once it runs out.
     pub push_lease: Duration,
     /// Deadline of one `Deliver` call.
     pub call_timeout: Duration,
@@ -110,13 +127,14 @@ pub struct DeliveryConfig {
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
+        let call_timeout = Duration::from_secs(10);
         Self {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
             jitter: 0.2,
             max_attempts: 12,
-            push_lease: Duration::from_secs(60),
-            call_timeout: Duration::from_secs(10),
+            push_lease: call_timeout + PUSH_LEASE_MARGIN,
+            call_timeout,
             push_batch: 32,
             pull_lease: Duration::from_secs(60),
             pull_poll: Duration::from_millis(200),
@@ -316,6 +334,28 @@ pub struct Delivery {
     on_delivered: Option<Arc<dyn OnDelivered>>,
     commit: Option<fengqiao_store::GroupCommit>,
     wake: Arc<Notify>,
+    holders: Arc<Holders>,
+    /// Push destinations whose last attempt from this process failed → their endpoint.
+    failing: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// Count of running lease holders (push workers, pull streams) of one [`Delivery`].
+#[derive(Debug, Default)]
+struct Holders {
+    running: std::sync::atomic::AtomicUsize,
+    changed: Notify,
+}
+
+/// Held by a running push worker or pull stream; dropped after it released its leases.
+struct HolderGuard(Arc<Holders>);
+
+impl Drop for HolderGuard {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -464,6 +504,107 @@ impl Delivery {
             on_delivered: None,
             commit: None,
             wake: Arc::new(Notify::new()),
+            holders: Arc::new(Holders::default()),
+            failing: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Registers a lease holder (synchronously, before its task is spawned, so that
+    /// [`Delivery::stopped`] cannot miss it).
+    fn hold(&self) -> HolderGuard {
+        self.holders
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HolderGuard(self.holders.clone())
+    }
+
+    /// Resolves once every push worker and pull stream of this `Delivery` has ended and
+    /// released its leases (after their shutdown signal). Close the store only after this, or
+    /// the leases stay held until they expire.
+    pub async fn stopped(&self) {
+        loop {
+            let changed = self.holders.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self
+                .holders
+                .running
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Makes `agency`'s messages that wait out a backoff due now (the agency is reachable
+    /// again), and brings their failing incidents' next attempt forward. Returns how many.
+    pub async fn expedite(&self, agency: &str) -> Result<u64> {
+        let mut tx = self.store.write().await?;
+        let n = Self::expedite_in(&mut tx, agency).await?;
+        tx.commit().await.map_err(fengqiao_store::Error::from)?;
+        if n > 0 {
+            tracing::info!(
+                to_agency = agency,
+                messages = n,
+                "receiver is back; backlog due now"
+            );
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn expedite_in(tx: &mut Tx, agency: &str) -> Result<u64> {
+        let n = outbox::expedite_in(tx, agency).await?;
+        if n > 0 {
+            let now = db_now_micros(tx).await?;
+            sqlx::query(
+                "UPDATE delivery_incidents SET next_attempt_time = $2, version = version + 1 \
+                 WHERE to_agency = $1 AND state = 'failing' AND next_attempt_time > $2",
+            )
+            .bind(agency)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(fengqiao_store::Error::from)?;
+        }
+        Ok(n)
+    }
+
+    /// Probes the endpoints of destinations whose pushes failed; each that answers again has
+    /// its backlog made due ([`Delivery::expedite`]).
+    async fn probe_failing(&self) {
+        let failing: Vec<(String, String)> = self
+            .failing
+            .lock()
+            .map(|m| m.iter().map(|(d, e)| (d.clone(), e.clone())).collect())
+            .unwrap_or_default();
+        let timeout = self.config.call_timeout.min(Duration::from_secs(2));
+        let mut set = tokio::task::JoinSet::new();
+        for (destination, endpoint) in failing {
+            let Ok(ch) = self.channel_for(&endpoint) else {
+                continue;
+            };
+            set.spawn(async move {
+                let up = fengqiao_kit::client::answers(ch, timeout).await;
+                (destination, up)
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Ok((destination, true)) = done {
+                self.receiver_back(&destination).await;
+            }
+        }
+    }
+
+    /// `destination` answered: forget that it was failing and make its backlog due.
+    async fn receiver_back(&self, destination: &str) {
+        if let Ok(mut f) = self.failing.lock() {
+            f.remove(destination);
+        }
+        if let Err(e) = self.expedite(destination).await {
+            tracing::warn!(to_agency = destination, error = %e, "could not expedite the backlog");
         }
     }
 
@@ -513,12 +654,34 @@ impl Delivery {
     /// until `shutdown`. Idles `poll` (or until [`Delivery::wake`]) when there is nothing to
     /// do. On shutdown, in-flight calls are abandoned and their leases released (the messages
     /// are delivered again later; receivers de-duplicate).
-    pub async fn run_push_worker(self, shutdown: Shutdown, poll: Duration) {
+    ///
+    /// The worker counts for [`Delivery::stopped`] from the moment this is called.
+    pub fn run_push_worker(
+        self,
+        shutdown: Shutdown,
+        poll: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let guard = self.hold();
+        async move {
+            self.push_worker(shutdown, poll).await;
+            drop(guard);
+        }
+    }
+
+    async fn push_worker(self, shutdown: Shutdown, poll: Duration) {
         let worker = format!("push:{}", uuid::Uuid::now_v7());
         tracing::info!(worker, "delivery push worker started");
+        let mut last_probe = Instant::now();
         loop {
             if shutdown.is_triggered() {
                 break;
+            }
+            if last_probe.elapsed() >= PROBE_EVERY {
+                last_probe = Instant::now();
+                tokio::select! {
+                    () = self.probe_failing() => {}
+                    () = shutdown.wait() => break,
+                }
             }
             let round = tokio::select! {
                 r = self.push_round(&worker) => r,
@@ -531,7 +694,7 @@ impl Delivery {
             }
             tokio::select! {
                 () = shutdown.wait() => break,
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(poll.min(PROBE_EVERY)) => {}
                 () = self.wake.notified() => {}
             }
         }
@@ -663,7 +826,17 @@ impl Delivery {
         match result {
             Ok(resp) => {
                 tracing::debug!(message_id = %m.id, duplicate = resp.duplicate, "delivered");
-                self.record_delivered(&m.id, &envelope).await
+                self.record_delivered(&m.id, &envelope).await?;
+                // The receiver is reachable: if it was failing (here, or — when this message
+                // had failed before — for another replica), its backlog need not wait.
+                let was_failing = self
+                    .failing
+                    .lock()
+                    .is_ok_and(|f| f.contains_key(&m.destination));
+                if was_failing || m.attempts > 1 {
+                    self.receiver_back(&m.destination).await;
+                }
+                Ok(())
             }
             Err(status) => {
                 let dead = u32::try_from(m.attempts).unwrap_or(u32::MAX)
@@ -677,6 +850,9 @@ impl Delivery {
                     dead,
                     "push delivery failed"
                 );
+                if let Ok(mut f) = self.failing.lock() {
+                    f.insert(m.destination.clone(), endpoint.clone());
+                }
                 self.record_failure(&m, &envelope, &endpoint, &status, dead)
                     .await
             }
@@ -866,7 +1042,9 @@ impl Delivery {
         follow: bool,
         out: mpsc::Sender<std::result::Result<PullMessagesResponse, Status>>,
         shutdown: Shutdown,
+        guard: HolderGuard,
     ) {
+        let _guard = guard;
         let worker = format!("pull:{}", uuid::Uuid::now_v7());
         let destinations = [agency.clone()];
         let mut cursor = String::new();
@@ -1018,6 +1196,11 @@ impl Delivery {
                 resp.acknowledged_count += 1;
             }
         }
+        let expedited = if resp.acknowledged_count > 0 {
+            Self::expedite_in(&mut tx, &who.agency).await?
+        } else {
+            0
+        };
         idem.save(&mut tx, &resp).await?;
         tx.commit().await.map_err(fengqiao_store::Error::from)?;
         if resp.acknowledged_count > 0
@@ -1029,8 +1212,12 @@ impl Delivery {
             tracing::info!(
                 agency = %who.agency,
                 acknowledged = resp.acknowledged_count,
+                expedited,
                 "messages acknowledged"
             );
+        }
+        if expedited > 0 {
+            self.wake();
         }
         Ok(resp)
     }
@@ -1235,13 +1422,17 @@ impl DeliveryService for DeliveryApi {
             n => n.min(MAX_MAX_UNACKED),
         };
         self.delivery.check_pull_agency(&who.agency).await?;
+        // The agency is here: whatever of its backlog waits out a backoff is due now.
+        self.delivery.expedite(&who.agency).await?;
         let (tx, rx) = mpsc::channel(32);
+        let guard = self.delivery.hold();
         tokio::spawn(self.delivery.clone().pull_loop(
             who.agency,
             max,
             req.follow,
             tx,
             self.shutdown.clone(),
+            guard,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -1307,6 +1498,14 @@ mod tests {
             incident_state_after_failure(Some("resolved"), false),
             "failing"
         );
+    }
+
+    #[test]
+    fn push_lease_outlives_one_push_attempt_only() {
+        let c = DeliveryConfig::default();
+        assert_eq!(c.push_lease, c.call_timeout + PUSH_LEASE_MARGIN);
+        assert!(c.push_lease > c.call_timeout + Duration::from_millis(500));
+        assert!(c.push_lease <= Duration::from_secs(15));
     }
 
     #[test]

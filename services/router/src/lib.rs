@@ -121,6 +121,7 @@ pub struct Router {
     /// Statistics.
     pub statistics: statistics::Statistics,
     timer_every: std::time::Duration,
+    workers: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -174,6 +175,7 @@ impl Router {
             audit: audit::Audit::new(store),
             delivery,
             timer_every: options.timer_every,
+            workers: std::sync::Arc::default(),
         })
     }
 
@@ -217,14 +219,36 @@ impl Router {
         );
     }
 
-    /// Starts the timer and the push worker; both stop on `shutdown`.
+    /// Starts the timer and the push worker; both stop on `shutdown` (then wait for them with
+    /// [`Router::workers_stopped`] before closing the store).
     pub fn start_workers(&self, shutdown: fengqiao_kit::server::Shutdown) {
-        tokio::spawn(
+        let timer = tokio::spawn(
             self.transfers
                 .clone()
                 .run_timer(shutdown.clone(), self.timer_every),
         );
         let poll = self.delivery.config().pull_poll;
-        tokio::spawn(self.delivery.clone().run_push_worker(shutdown, poll));
+        let push = tokio::spawn(self.delivery.clone().run_push_worker(shutdown, poll));
+        if let Ok(mut w) = self.workers.lock() {
+            w.extend([timer, push]);
+        }
+    }
+
+    /// After the shutdown signal: waits (at most `limit`) until the timer, the push worker and
+    /// every pull stream have ended and released their delivery leases. `false` if `limit`
+    /// ran out first (the leases left then expire after their length).
+    pub async fn workers_stopped(&self, limit: std::time::Duration) -> bool {
+        let handles: Vec<_> = self
+            .workers
+            .lock()
+            .map(|mut w| w.drain(..).collect())
+            .unwrap_or_default();
+        let all = async {
+            for h in handles {
+                let _ = h.await;
+            }
+            self.delivery.stopped().await;
+        };
+        tokio::time::timeout(limit, all).await.is_ok()
     }
 }
