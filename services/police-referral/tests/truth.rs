@@ -430,6 +430,7 @@ fn envelope(t: &Transfer, to: &str, kind: MessageKind, seq: u64) -> Envelope {
         }),
         transfer: Some(t.clone()),
         investigation: None,
+        route: None,
     };
     Envelope {
         message_id: rid(),
