@@ -10,6 +10,8 @@
 //! * [`Migration`] and [`Store::migrate`] — a small embedded migration runner with checksums.
 //! * [`idempotency`], [`outbox`] and [`inbox`] — the shared tables every service uses, created
 //!   by [`SHARED_MIGRATIONS`] (service name [`SHARED_SERVICE`]).
+//! * [`deadline`] — deadlines stored with the service's data and one timer per store that
+//!   fires each exactly once at the database's time.
 //!
 //! Column conventions (the `Any` driver only decodes `i64`/`i32`/`f64`/`bool`/`String`/
 //! `Vec<u8>`): every integer column is `BIGINT`, timestamps are `BIGINT` unix microseconds from
@@ -20,6 +22,7 @@
 //!
 //! Errors ([`Error`]) never carry row data, so they are safe to log.
 
+pub mod deadline;
 mod error;
 pub mod group;
 pub mod idempotency;

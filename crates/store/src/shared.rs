@@ -1,5 +1,5 @@
 //! Migrations for the tables this crate owns: `idempotency_keys`, `outbox`, `inbox`,
-//! `inbox_case_sequences`.
+//! `inbox_case_sequences`, `deadlines`.
 
 use crate::migrate::Migration;
 
@@ -113,6 +113,38 @@ CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
     last_sequence BIGINT NOT NULL,
     PRIMARY KEY (consumer, case_id)
 );
+",
+    },
+    Migration {
+        version: 5,
+        name: "deadlines",
+        // One row per scheduled deadline of a service (see `crate::deadline`); times are unix
+        // microseconds from the database clock.
+        sqlite: "CREATE TABLE deadlines (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    due_at BIGINT NOT NULL,
+    payload BLOB,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    fired_at BIGINT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX deadlines_pending ON deadlines (owner, due_at) WHERE fired_at IS NULL;
+",
+        postgres: "CREATE TABLE deadlines (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    due_at BIGINT NOT NULL,
+    payload BYTEA,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    fired_at BIGINT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX deadlines_pending ON deadlines (owner, due_at) WHERE fired_at IS NULL;
 ",
     },
 ];
