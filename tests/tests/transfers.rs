@@ -145,7 +145,7 @@ suite_test!(a_noise_dispute_goes_round_the_loop, |suite| async move {
     let mut c = cast(&suite);
     let t = create(&mut c.officer).await;
     assert_eq!(state(&t), TransferState::Draft);
-    assert_eq!(t.route_version, 1);
+    assert_eq!(t.route_version, 2, "the current version of the route");
     assert!(
         t.case_snapshot
             .as_ref()

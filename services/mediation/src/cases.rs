@@ -1583,7 +1583,7 @@ impl Cases {
                 });
                 out.push(entry(
                     CaseFileEntryKind::Termination,
-                    "上报公安机关",
+                    "上报移送单位",
                     now,
                     m.reason.clone(),
                 ));

@@ -290,19 +290,26 @@ async fn envelopes(store: &Store, name: &str) -> Vec<(Envelope, TransferMessage)
 
 /// Moves the feedback clock's deadline into the past, as time passing would.
 async fn make_feedback_due(store: &Store, name: &str) -> TestResult {
-    let row = sqlx::query("SELECT feedback_clock FROM transfers WHERE id = $1")
+    make_due(store, name, "feedback_clock").await
+}
+
+/// Moves the deadline of the clock in `column` into the past.
+async fn make_due(store: &Store, name: &str, column: &str) -> TestResult {
+    let row = sqlx::query(&format!("SELECT {column} FROM transfers WHERE id = $1"))
         .bind(id_of(name))
         .fetch_one(store.pool())
         .await?;
-    let text: String = row.try_get("feedback_clock")?;
+    let text: String = row.try_get(column)?;
     let mut clock: serde_json::Value = serde_json::from_str(&text)?;
     clock["due_at"] = serde_json::json!(1_000_000);
-    sqlx::query("UPDATE transfers SET feedback_clock = $1, next_due = $2 WHERE id = $3")
-        .bind(clock.to_string())
-        .bind(1_000_000_i64)
-        .bind(id_of(name))
-        .execute(store.pool())
-        .await?;
+    sqlx::query(&format!(
+        "UPDATE transfers SET {column} = $1, next_due = $2 WHERE id = $3"
+    ))
+    .bind(clock.to_string())
+    .bind(1_000_000_i64)
+    .bind(id_of(name))
+    .execute(store.pool())
+    .await?;
     Ok(())
 }
 
@@ -622,6 +629,35 @@ both_backends!(
         assert!(envelopes(&store, &esc.name).await.iter().any(|(e, _)| {
             e.kind == MessageKind::TransferEscalated as i32 && e.to_agency == COURT
         }));
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+);
+
+both_backends!(
+    an_acceptance_expiry_hands_the_case_back_with_a_reason,
+    |store: Store| async move {
+        setup(&store).await?;
+        let c = cast();
+        let t = transfers(&store, Arc::new(RouteCatalog::builtin()?));
+        // 在线调解规则: an offer nobody answers within 3 working days goes back to the court.
+        let d = create(&t, &c.court, "court-to-invited-mediation", COMMITTEE).await;
+        t.submit_transfer(req(
+            &c.court,
+            SubmitTransferRequest {
+                name: d.name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            },
+        ))
+        .await?;
+        make_due(&store, &d.name, "acceptance_clock").await?;
+        assert_eq!(t.fire_due(100).await?, 1);
+        let got = get(&t, &c.court, &d.name).await;
+        assert_eq!(state(&got), TransferState::Expired);
+        let h = got.handback.expect("expiry hand-back");
+        assert!(!h.escalation);
+        assert_eq!(h.reason_code, "ACCEPTANCE_DEADLINE_MISSED");
+        assert!(h.reason_description.contains("受理期限"), "{h:?}");
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
 );
