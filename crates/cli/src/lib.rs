@@ -244,7 +244,9 @@ impl Suite {
                         router_channel(config, &spec.services, self_addr)?,
                     );
                     svc.add_to(&mut builder, max);
-                    inbox.add(svc.inbox_handler());
+                    inbox
+                        .add(svc.inbox_handler())
+                        .map_err(|e| SuiteError::Config(e.to_string()))?;
                 }
                 ServiceName::Mediation => {
                     let svc = fengqiao_mediation::Mediation::new(
@@ -252,7 +254,9 @@ impl Suite {
                         router_channel(config, &spec.services, self_addr)?,
                     );
                     svc.add_to(&mut builder, max);
-                    inbox.add(svc.inbox_handler());
+                    inbox
+                        .add(svc.inbox_handler())
+                        .map_err(|e| SuiteError::Config(e.to_string()))?;
                 }
             }
         }

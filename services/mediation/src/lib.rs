@@ -105,18 +105,45 @@ struct Inbox {
 
 #[tonic::async_trait]
 impl fengqiao_kit::inbox::InboxHandler for Inbox {
-    fn handles(&self, kind: fengqiao_proto::common::AgencyKind) -> bool {
-        use fengqiao_proto::common::AgencyKind;
-        matches!(
-            kind,
-            AgencyKind::MediationCommittee | AgencyKind::StationMediationRoom
-        )
+    /// Cases offered by police (警调对接) and delegated by courts (委派调解).
+    fn receives(&self) -> &[fengqiao_kit::inbox::Receives] {
+        use fengqiao_proto::inbox::RecipientSide;
+        &[
+            ("police-to-station-mediation", RecipientSide::Receiver),
+            ("court-to-invited-mediation", RecipientSide::Receiver),
+        ]
     }
 
     async fn deliver(
         &self,
         envelope: fengqiao_proto::inbox::Envelope,
     ) -> Result<fengqiao_proto::inbox::DeliverResponse, Status> {
+        use fengqiao_proto::inbox::MessageKind as K;
+        use prost::Message as _;
+        // Interim, until the inbox reconciles cases from every router message (issue #9 §3,
+        // agency side): the router now sends every party a copy of every change; apply only
+        // what the receiver was told before (and not copies of its own escalation), so the
+        // case is not touched by the copies. Copies are acknowledged without effect.
+        let kind = K::try_from(envelope.kind).unwrap_or(K::Unspecified);
+        let own_action =
+            fengqiao_proto::router::TransferMessage::decode(envelope.payload.as_slice())
+                .ok()
+                .and_then(|m| m.event?.actor)
+                .is_some_and(|a| a.agency == envelope.to_agency);
+        let applies = match kind {
+            K::TransferOffered
+            | K::TransferWithdrawn
+            | K::TransferExpired
+            | K::InvestigationAnswered
+            | K::FeedbackAcknowledged
+            | K::DeadlineMissed
+            | K::DeadlineApproaching => true,
+            K::TransferEscalated => !own_action,
+            _ => false,
+        };
+        if !applies {
+            return Ok(fengqiao_proto::inbox::DeliverResponse { duplicate: false });
+        }
         self.inner.apply(&envelope).await.map_err(Status::from)
     }
 }

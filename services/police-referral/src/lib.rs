@@ -485,12 +485,14 @@ struct Inbox {
 
 #[tonic::async_trait]
 impl fengqiao_kit::inbox::InboxHandler for Inbox {
-    fn handles(&self, kind: fengqiao_proto::common::AgencyKind) -> bool {
-        use fengqiao_proto::common::AgencyKind;
-        matches!(
-            kind,
-            AgencyKind::PoliceCommandCentre | AgencyKind::PoliceStation
-        )
+    /// 警调对接: the station sends (and its duty chief approves as the sender), the command
+    /// centre approves as the station's parent.
+    fn receives(&self) -> &[fengqiao_kit::inbox::Receives] {
+        use fengqiao_proto::inbox::RecipientSide;
+        &[
+            ("police-to-station-mediation", RecipientSide::Sender),
+            ("police-to-station-mediation", RecipientSide::Approver),
+        ]
     }
 
     async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {

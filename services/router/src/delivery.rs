@@ -22,8 +22,10 @@
 //!   is held across the call), and marks the message delivered (also on `duplicate = true`) or
 //!   failed with exponential backoff and jitter. After [`DeliveryConfig::max_attempts`] failed
 //!   attempts the message is dead and a delivery incident (投递异常) is open; an administrator
-//!   retries it with `RetryDeliveryIncident`. Several workers (router replicas) may run at
-//!   once: the lease makes each claim exclusive for its duration.
+//!   retries it with `RetryDeliveryIncident`. A receiver answering FAILED_PRECONDITION /
+//!   `NO_HANDLER` (nothing at its endpoint keeps records for the envelope's route and
+//!   recipient side) opens the incident at once ([`permanent_refusal`]). Several workers
+//!   (router replicas) may run at once: the lease makes each claim exclusive for its duration.
 //! * **Pull** — [`DeliveryApi`] implements `DeliveryService`: `PullMessages` streams the
 //!   caller's agency's messages (agencies in `DELIVERY_MODE_PULL` only), each claimed with a
 //!   lease ([`DeliveryConfig::pull_lease`]); `AcknowledgeMessages` marks them delivered.
@@ -45,7 +47,9 @@ use fengqiao_kit::metrics::code_name;
 use fengqiao_kit::server::Shutdown;
 use fengqiao_kit::{ApiError, FieldViolation, Identity, validate};
 use fengqiao_proto::inbox::agency_inbox_service_client::AgencyInboxServiceClient;
-use fengqiao_proto::inbox::{DeliverRequest, DeliverResponse, Envelope, MessageKind};
+use fengqiao_proto::inbox::{
+    DeliverRequest, DeliverResponse, Envelope, MessageKind, RecipientSide,
+};
 use fengqiao_proto::router::delivery_service_server::DeliveryService;
 use fengqiao_proto::router::{
     AcknowledgeMessagesRequest, AcknowledgeMessagesResponse, DeliveryIncident,
@@ -324,6 +328,46 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// Whether a receiver refused an envelope for good: no service at its endpoint keeps records
+/// for the envelope's route and recipient side (`NO_HANDLER`). That is a deployment problem
+/// backoff cannot fix, so the incident opens at once; an administrator retries it
+/// (`RetryDeliveryIncident`) once the deployment is fixed.
+pub fn permanent_refusal(status: &Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && fengqiao_kit::error::reason_of(status).as_deref()
+            == Some(fengqiao_kit::inbox::NO_HANDLER)
+}
+
+/// Fills `route`, `route_version` and `recipient_side` of an envelope enqueued before the
+/// envelope carried them, from its `TransferMessage` payload (a recipient that is neither the
+/// sender nor the receiver is the approving agency, the only other party told). Envelopes that
+/// carry a route are returned unchanged.
+pub fn with_route(mut envelope: Envelope) -> Envelope {
+    if !envelope.route.is_empty() {
+        return envelope;
+    }
+    let Some(t) = fengqiao_proto::router::TransferMessage::decode(envelope.payload.as_slice())
+        .ok()
+        .and_then(|m| m.transfer)
+    else {
+        return envelope;
+    };
+    let is = |a: &Option<fengqiao_proto::common::AgencyRef>| {
+        a.as_ref().is_some_and(|a| a.name == envelope.to_agency)
+    };
+    let side = if is(&t.from_agency) {
+        RecipientSide::Sender
+    } else if is(&t.to_agency) {
+        RecipientSide::Receiver
+    } else {
+        RecipientSide::Approver
+    };
+    envelope.route = t.route;
+    envelope.route_version = t.route_version;
+    envelope.recipient_side = side as i32;
+    envelope
+}
+
 /// Where a failed attempt leaves an incident row.
 fn incident_state_after_failure(previous: Option<&str>, dead: bool) -> &'static str {
     match (previous, dead) {
@@ -596,7 +640,7 @@ impl Delivery {
 
     async fn push_one(&self, m: OutboxMessage, endpoint: String) -> Result<()> {
         let envelope = match Envelope::decode(m.payload.as_slice()) {
-            Ok(e) => e,
+            Ok(e) => with_route(e),
             Err(_) => {
                 let st = Status::internal("the stored envelope cannot be decoded");
                 return self
@@ -622,8 +666,9 @@ impl Delivery {
                 self.record_delivered(&m.id, &envelope).await
             }
             Err(status) => {
-                let dead =
-                    u32::try_from(m.attempts).unwrap_or(u32::MAX) >= self.config.max_attempts;
+                let dead = u32::try_from(m.attempts).unwrap_or(u32::MAX)
+                    >= self.config.max_attempts
+                    || permanent_refusal(&status);
                 tracing::warn!(
                     message_id = %m.id,
                     to_agency = %m.destination,
@@ -858,7 +903,7 @@ impl Delivery {
                     };
                     cursor = validate::page_token(&m.seq.to_string());
                     let resp = PullMessagesResponse {
-                        envelope: Some(envelope),
+                        envelope: Some(with_route(envelope)),
                         cursor: cursor.clone(),
                     };
                     if out.send(Ok(resp)).await.is_err() {

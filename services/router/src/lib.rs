@@ -137,7 +137,8 @@ impl delivery::OnDelivered for transfers::Transfers {
         envelope: &fengqiao_proto::inbox::Envelope,
     ) -> Result<()> {
         if envelope.kind == fengqiao_proto::inbox::MessageKind::TransferOffered as i32 {
-            self.note_delivered_in(tx, &envelope.transfer).await?;
+            self.note_delivered_in(tx, &envelope.transfer, &envelope.to_agency)
+                .await?;
         }
         Ok(())
     }

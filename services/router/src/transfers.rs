@@ -16,12 +16,22 @@
 //! Paths outside the committer (the timer, pull acknowledgements) take the event-sequence lock
 //! before any row lock,
 //! the same order as the committer, so the two cannot deadlock.
+//!
+//! **One truth.** The router is the source of truth of every transfer; agency records are
+//! reconciled from its messages. An agency service calls the router first and commits its own
+//! record afterwards; if that commit is lost (cut-off call, crash), the router's message for
+//! the same event reaches the agency and its inbox brings the record in step. So `persist`
+//! tells every party of the transfer about every change ([`parties_to_tell`],
+//! [`with_copies`]): the sender always, the approving agency once the transfer is or was
+//! awaiting its approval, the receiver once it has been offered (never before); and every
+//! envelope names its route, route version and recipient side, which is what agency inboxes
+//! dispatch on (`fengqiao_kit::inbox`).
 
 use std::sync::Arc;
 
 use fengqiao_kit::{FieldViolation, Identity, validate};
 use fengqiao_proto::common::{Actor, AgencyRef, PersonalInfoField};
-use fengqiao_proto::inbox::{Envelope, MessageKind};
+use fengqiao_proto::inbox::{Envelope, MessageKind, RecipientSide};
 use fengqiao_proto::router::{
     ApproverScope, CaseSnapshot, Investigation, Route, Transfer, TransferClock, TransferEvent,
     TransferEventType, TransferMessage, TransferState,
@@ -328,6 +338,86 @@ fn check_approver(who: &Identity, l: &Loaded, route: &Route, step: usize) -> Res
     Ok(())
 }
 
+/// Whether the transfer had been offered to the receiver by the end of a change from `from`
+/// to `to` (APPROVED or later; a withdrawal only if it came after the offer). The receiving
+/// agency hears nothing before the offer.
+pub fn offered(from: TransferState, to: TransferState) -> bool {
+    use TransferState as S;
+    match to {
+        S::Unspecified | S::Draft | S::AwaitingApproval => false,
+        S::Withdrawn => matches!(from, S::Approved | S::Delivered),
+        _ => true,
+    }
+}
+
+/// Whether a change from `from` to `to` alone cannot tell if the approving agency has heard of
+/// the transfer (a draft edited or withdrawn, which may or may not have been submitted before).
+fn approver_in_doubt(from: TransferState, to: TransferState) -> bool {
+    use TransferState as S;
+    matches!(from, S::Unspecified | S::Draft) && matches!(to, S::Draft | S::Withdrawn)
+}
+
+/// The agencies that must hear of a change from `from` to `to`, each once, in this order:
+/// the sender always; the approving agency (of steps scoped to the sender's parent) once the
+/// transfer is or was awaiting its approval (`approver_asked`: it was submitted before, for
+/// the changes [`approver_in_doubt`] cannot tell); the receiver once the transfer has been
+/// [`offered`]. The router is the source of truth: each party's own records are reconciled
+/// from these messages.
+pub fn parties_to_tell<'a>(
+    from: TransferState,
+    to: TransferState,
+    sender: &'a str,
+    approver: Option<&'a str>,
+    approver_asked: bool,
+    receiver: &'a str,
+) -> Vec<&'a str> {
+    let approver_knows = !approver_in_doubt(from, to) || approver_asked;
+    let candidates = [
+        Some(sender),
+        approver.filter(|_| approver_knows),
+        offered(from, to).then_some(receiver),
+    ];
+    let mut out: Vec<&str> = Vec::with_capacity(candidates.len());
+    for a in candidates.into_iter().flatten() {
+        if !a.is_empty() && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// A change's own messages, then one copy for every party in `parties` that has none: of the
+/// kind of the change's first message, or [`MessageKind::TransferUpdated`] when the change had
+/// no message (created, submitted, a step approved, delivered).
+pub fn with_copies(
+    mut messages: Vec<(MessageKind, String)>,
+    parties: &[&str],
+) -> Vec<(MessageKind, String)> {
+    let kind = messages
+        .first()
+        .map_or(MessageKind::TransferUpdated, |(k, _)| *k);
+    for p in parties {
+        if !messages.iter().any(|(_, to)| to == p) {
+            messages.push((kind, (*p).to_string()));
+        }
+    }
+    messages
+}
+
+/// The side of `l` that `agency` is on: the sender (also when it approves a step scoped to
+/// itself), the approving parent agency, or the receiver.
+fn side_of(l: &Loaded, agency: &str) -> RecipientSide {
+    if agency == l.sender() {
+        RecipientSide::Sender
+    } else if l.approver_agency.as_deref() == Some(agency) {
+        RecipientSide::Approver
+    } else if agency == l.receiver() {
+        RecipientSide::Receiver
+    } else {
+        RecipientSide::Unspecified
+    }
+}
+
 impl Transfers {
     /// The service over a migrated `store`, the route catalogue and the holiday calendar.
     pub fn new(store: Store, routes: Arc<RouteCatalog>, calendar: Arc<HolidayCalendar>) -> Self {
@@ -589,7 +679,23 @@ impl Transfers {
         .await?;
 
         let view = l.view(now);
-        for (kind, to) in change.messages {
+        let approver_asked = match l.approver_agency.as_deref() {
+            Some(_) if approver_in_doubt(from_state, l.state()) => {
+                Self::was_submitted(tx, l.id()).await?
+            }
+            _ => false,
+        };
+        let parties = parties_to_tell(
+            from_state,
+            l.state(),
+            l.sender(),
+            l.approver_agency.as_deref(),
+            approver_asked,
+            l.receiver(),
+        );
+        let route = l.transfer.route.clone();
+        for (kind, to) in with_copies(change.messages, &parties) {
+            let side = side_of(l, &to);
             let payload = TransferMessage {
                 event: Some(event.clone()),
                 transfer: Some(view.clone()),
@@ -608,11 +714,28 @@ impl Transfers {
                     occurred_at: Some(to_timestamp(now)),
                     payload: payload.encode_to_vec(),
                     payload_type: "fengqiao.router.v1.TransferMessage".into(),
+                    route: route.clone(),
+                    route_version: l.transfer.route_version,
+                    recipient_side: side as i32,
                 },
             )
             .await?;
         }
         Ok(event)
+    }
+
+    /// Whether the transfer was ever submitted for approval (its approver has heard of it).
+    async fn was_submitted(tx: &mut Tx, id: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS x FROM transfer_events WHERE transfer_id = $1 AND event_type = $2 \
+             LIMIT 1",
+        )
+        .bind(id)
+        .bind(TransferEventType::Submitted as i64)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_err)?;
+        Ok(row.is_some())
     }
 
     /// Creates a draft (起草移送单).
@@ -924,9 +1047,15 @@ impl Transfers {
     }
 
     /// The router marks an offered transfer as delivered (APPROVED → DELIVERED) once its
-    /// offer reached the receiver, inside the transaction that records the delivery.
-    /// Idempotent: any other state is left alone.
-    pub async fn note_delivered_in(&self, tx: &mut Tx, transfer: &str) -> Result<()> {
+    /// offer reached the receiver (`to_agency`; the copies the other parties get do not
+    /// count), inside the transaction that records the delivery. Idempotent: any other state,
+    /// or another recipient, is left alone.
+    pub async fn note_delivered_in(
+        &self,
+        tx: &mut Tx,
+        transfer: &str,
+        to_agency: &str,
+    ) -> Result<()> {
         let Ok(id) = transfer_id("transfer", transfer) else {
             return Ok(());
         };
@@ -934,6 +1063,9 @@ impl Transfers {
         let Some(mut l) = Self::load_for_change(tx, &id).await? else {
             return Ok(());
         };
+        if l.receiver() != to_agency {
+            return Ok(());
+        }
         let from_state = l.state();
         let Some(to) = lifecycle::next(from_state, Action::Delivered) else {
             return Ok(());
@@ -1173,3 +1305,103 @@ fn pick_clock(l: &mut Loaded, which: i32) -> Result<&mut Clock> {
 }
 
 mod rpc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TransferState as S;
+
+    const SENDER: &str = "agencies/station";
+    const APPROVER: &str = "agencies/command";
+    const RECEIVER: &str = "agencies/room";
+
+    fn tell(from: S, to: S, asked: bool) -> Vec<&'static str> {
+        parties_to_tell(from, to, SENDER, Some(APPROVER), asked, RECEIVER)
+    }
+
+    #[test]
+    fn the_receiver_hears_nothing_before_the_offer() {
+        assert_eq!(tell(S::Unspecified, S::Draft, false), [SENDER]);
+        assert_eq!(tell(S::Draft, S::Draft, false), [SENDER]);
+        assert_eq!(
+            tell(S::Draft, S::AwaitingApproval, false),
+            [SENDER, APPROVER]
+        );
+        assert_eq!(
+            tell(S::AwaitingApproval, S::AwaitingApproval, false),
+            [SENDER, APPROVER]
+        );
+        assert_eq!(
+            tell(S::AwaitingApproval, S::Draft, false),
+            [SENDER, APPROVER]
+        );
+        assert_eq!(
+            tell(S::AwaitingApproval, S::Withdrawn, false),
+            [SENDER, APPROVER]
+        );
+        // A draft sent back, then edited or withdrawn: the approver had it before.
+        assert_eq!(tell(S::Draft, S::Draft, true), [SENDER, APPROVER]);
+        assert_eq!(tell(S::Draft, S::Withdrawn, true), [SENDER, APPROVER]);
+        assert_eq!(tell(S::Draft, S::Withdrawn, false), [SENDER]);
+    }
+
+    #[test]
+    fn every_party_hears_of_everything_after_the_offer() {
+        let all = [SENDER, APPROVER, RECEIVER];
+        for (from, to) in [
+            (S::AwaitingApproval, S::Approved),
+            (S::Approved, S::Delivered),
+            (S::Approved, S::InProgress),
+            (S::Delivered, S::Declined),
+            (S::Delivered, S::Expired),
+            (S::Approved, S::Escalated),
+            (S::Approved, S::Withdrawn),
+            (S::Delivered, S::Withdrawn),
+            (S::InProgress, S::InProgress),
+            (S::InProgress, S::FeedbackSubmitted),
+            (S::InProgress, S::Returned),
+            (S::FeedbackSubmitted, S::Closed),
+        ] {
+            assert_eq!(tell(from, to, false), all, "{from:?} → {to:?}");
+        }
+        // A route without a parent-scoped step has no separate approver.
+        assert_eq!(
+            parties_to_tell(S::Approved, S::InProgress, SENDER, None, false, RECEIVER),
+            [SENDER, RECEIVER]
+        );
+        // One agency in two parts is told once.
+        assert_eq!(
+            parties_to_tell(
+                S::Approved,
+                S::InProgress,
+                SENDER,
+                Some(SENDER),
+                false,
+                RECEIVER
+            ),
+            [SENDER, RECEIVER]
+        );
+    }
+
+    #[test]
+    fn copies_take_the_kind_of_the_event_and_skip_who_has_one() {
+        let own = vec![(MessageKind::TransferAccepted, SENDER.to_string())];
+        assert_eq!(
+            with_copies(own, &[SENDER, APPROVER, RECEIVER]),
+            [
+                (MessageKind::TransferAccepted, SENDER.to_string()),
+                (MessageKind::TransferAccepted, APPROVER.to_string()),
+                (MessageKind::TransferAccepted, RECEIVER.to_string()),
+            ]
+        );
+        let offer = vec![
+            (MessageKind::TransferOffered, RECEIVER.to_string()),
+            (MessageKind::TransferOffered, SENDER.to_string()),
+        ];
+        assert_eq!(with_copies(offer, &[SENDER, APPROVER, RECEIVER]).len(), 3);
+        assert_eq!(
+            with_copies(Vec::new(), &[SENDER]),
+            [(MessageKind::TransferUpdated, SENDER.to_string())]
+        );
+    }
+}
