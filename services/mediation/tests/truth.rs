@@ -218,6 +218,32 @@ async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {
     .expect("case")
 }
 
+/// Waits (bounded: one redelivery) until the case and its router transfer agree: the case is
+/// in the state `pairs` gives for the transfer's state.
+async fn agree(
+    suite: &TestSuite,
+    room: &mut Med,
+    case: &str,
+    transfer_name: &str,
+    pairs: &[(TransferState, MediationCaseState)],
+) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut last = (0, 0);
+    for _ in 0..100 {
+        let t = transfer(suite, transfer_name).await;
+        let c = get_case(room, case).await;
+        if pairs
+            .iter()
+            .any(|(ts, cs)| t.state == *ts as i32 && c.state == *cs as i32)
+        {
+            return;
+        }
+        last = (t.state, c.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("case and transfer never agreed: (transfer, case) = {last:?}");
+}
+
 async fn get_case(room: &mut Med, name: &str) -> MediationCase {
     room.get_case(GetCaseRequest { name: name.into() })
         .await
@@ -257,6 +283,18 @@ suite_test!(
         };
         let mut r2 = room.clone();
         cut_off(async |req| r2.accept_case(req).await, &msg).await;
+        // Without any client action, the case and the transfer agree within one redelivery.
+        agree(
+            &suite,
+            &mut room,
+            &c.name,
+            &t.name,
+            &[
+                (TransferState::Delivered, MediationCaseState::Offered),
+                (TransferState::InProgress, MediationCaseState::Accepted),
+            ],
+        )
+        .await;
         // The retry with the same request id returns the first answer, whatever the cut left.
         let first = room
             .accept_case(msg.clone())
@@ -311,6 +349,17 @@ suite_test!(
         };
         let mut r2 = room.clone();
         cut_off(async |req| r2.end_mediation(req).await, &msg).await;
+        agree(
+            &suite,
+            &mut room,
+            &c.name,
+            &t.name,
+            &[
+                (TransferState::InProgress, MediationCaseState::Accepted),
+                (TransferState::FeedbackSubmitted, MediationCaseState::Ended),
+            ],
+        )
+        .await;
         let first = room
             .end_mediation(msg.clone())
             .await
@@ -367,6 +416,9 @@ fn envelope(t: &Transfer, kind: fengqiao_proto::inbox::MessageKind, seq: u64) ->
         to_agency: format!("agencies/{ROOM}"),
         payload: prost::Message::encode_to_vec(&payload),
         payload_type: "fengqiao.router.v1.TransferMessage".into(),
+        route: t.route.clone(),
+        route_version: t.route_version,
+        recipient_side: fengqiao_proto::inbox::RecipientSide::Receiver as i32,
         ..Default::default()
     }
 }

@@ -585,6 +585,7 @@ impl Inbox {
                 TransferState::try_from(t.state).unwrap_or_default(),
             )
         {
+            let before = s.referral.clone();
             if s.referral.transfer != transfer_name {
                 // Our own draft whose local commit was lost, or a new transfer after one came
                 // back: the referral follows it from now on.
@@ -638,7 +639,16 @@ impl Inbox {
             {
                 add_documents(&mut tx, &referral_id, &h.documents, now).await?;
             }
-            save(&mut tx, &mut s, now).await?;
+            if s.referral == before {
+                // Nothing changed: the etag a client holds stays valid.
+                sqlx::query("UPDATE referrals SET event_seq = $1 WHERE id = $2")
+                    .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+                    .bind(&referral_id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                save(&mut tx, &mut s, now).await?;
+            }
         }
         tx.commit().await?;
         Ok(DeliverResponse { duplicate: false })
