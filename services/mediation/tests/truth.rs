@@ -229,7 +229,8 @@ async fn agree(
 ) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut last = (0, 0);
-    for _ in 0..100 {
+    // Bounded: a redelivery after the router's push backoff (1 s, 2 s, 4 s, …).
+    for _ in 0..300 {
         let t = transfer(suite, transfer_name).await;
         let c = get_case(room, case).await;
         if pairs

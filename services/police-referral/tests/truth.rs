@@ -168,7 +168,8 @@ async fn agree(
 ) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut last = (0, 0, 0);
-    for _ in 0..100 {
+    // Bounded: a redelivery after the router's push backoff (1 s, 2 s, 4 s, …).
+    for _ in 0..300 {
         let t = router_transfer(suite, STATION, transfer_name).await;
         let r = get(o, referral).await.expect("get");
         if pairs
@@ -322,7 +323,7 @@ suite_test!(
         // Without any client action, the referral links the transfer the router made, if any.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut healed = false;
-        for _ in 0..100 {
+        for _ in 0..300 {
             let all = transfers_of_case(&suite, &r.case_id).await;
             let now = get(&mut o, &r.name).await.expect("get");
             healed = match all.as_slice() {
