@@ -1048,6 +1048,7 @@ impl PoliceReferral {
             }),
             // The router keys idempotency by method, so the same id is safe to reuse.
             request_id: req.request_id.clone(),
+            submit: false,
         };
         let mut transfer = self
             .router()
