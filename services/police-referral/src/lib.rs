@@ -1221,8 +1221,11 @@ impl PoliceReferral {
                 ..Default::default()
             }),
             request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
+            // Created and submitted in one router change: a cut-off call cannot leave a
+            // created but unsubmitted transfer behind.
+            submit: req.submit,
         };
-        let mut transfer = self
+        let transfer = self
             .router()
             .create_transfer(Self::forward(&request, create))
             .await
@@ -1230,21 +1233,6 @@ impl PoliceReferral {
             .into_inner()
             .transfer
             .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
-        if req.submit {
-            let submit = fengqiao_proto::router::SubmitTransferRequest {
-                name: transfer.name.clone(),
-                etag: String::new(),
-                request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
-            };
-            transfer = self
-                .router()
-                .submit_transfer(Self::forward(&request, submit))
-                .await
-                .map_err(Error::Router)?
-                .into_inner()
-                .transfer
-                .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
-        }
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay(&mut tx).await? {
             return Ok(r);
