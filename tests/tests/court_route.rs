@@ -121,6 +121,7 @@ async fn delegated(suite: &TestSuite) -> (Transfer, MediationCase) {
         .create_transfer(CreateTransferRequest {
             transfer: Some(delegated_case()),
             request_id: rid(),
+            submit: false,
         })
         .await
         .expect("create")

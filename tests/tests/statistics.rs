@@ -98,6 +98,7 @@ async fn approved(c: &mut Cast) -> Transfer {
         c.officer.create_transfer(CreateTransferRequest {
             transfer: Some(noise_dispute()),
             request_id: rid(),
+            submit: false,
         }),
         "create"
     );

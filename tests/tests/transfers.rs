@@ -76,6 +76,7 @@ async fn create(c: &mut Client) -> Transfer {
     c.create_transfer(CreateTransferRequest {
         transfer: Some(noise_dispute()),
         request_id: rid(),
+        submit: false,
     })
     .await
     .expect("create")
@@ -156,11 +157,11 @@ suite_test!(a_noise_dispute_goes_round_the_loop, |suite| async move {
     let case_id = t.case_snapshot.as_ref().expect("case").case_id.clone();
     assert_eq!(state(&t), TransferState::Approved);
     assert_eq!(t.approvals.len(), 2);
-    let acc = t
-        .acceptance_clock
-        .clone()
-        .expect("acceptance clock runs once offered");
-    assert!(acc.due_at.is_some());
+    // The acceptance clock starts on delivery (送达), not on approval.
+    assert!(
+        t.acceptance_clock.is_none(),
+        "acceptance clock before delivery"
+    );
 
     // The mediation room sees it and accepts (受理).
     let seen = get(&mut c.room, &t.name).await;
@@ -569,6 +570,7 @@ suite_test!(refusals, |suite| async move {
         .create_transfer(CreateTransferRequest {
             transfer: Some(bad),
             request_id: rid(),
+            submit: false,
         })
         .await
         .expect_err("invalid");
@@ -598,6 +600,7 @@ suite_test!(refusals, |suite| async move {
         .create_transfer(CreateTransferRequest {
             transfer: Some(noise_dispute()),
             request_id: rid(),
+            submit: false,
         })
         .await
         .expect_err("wrong sender kind");

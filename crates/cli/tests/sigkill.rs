@@ -309,6 +309,7 @@ async fn writer(
         let req = CreateTransferRequest {
             transfer: Some(dispute()),
             request_id: rid.clone(),
+            submit: false,
         };
         let t = until_ok!("create", officer.create_transfer(req.clone()))
             .transfer

@@ -152,6 +152,15 @@ pub fn reason_of(status: &Status) -> Option<String> {
         .map(|i| i.reason.clone())
 }
 
+/// Reads one `ErrorInfo.metadata` entry of a status, e.g. `transfer` of
+/// `OPEN_TRANSFER_EXISTS` (for clients and tests).
+pub fn metadata_of(status: &Status, key: &str) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+}
+
 /// Reads the fields named by a status's `BadRequest` (for clients and tests).
 pub fn bad_fields_of(status: &Status) -> Vec<String> {
     status

@@ -544,13 +544,13 @@ impl Cases {
             &l,
             false,
             |c, now, out| {
-                if state_of(c) != S::Offered {
-                    // The router's message for this acceptance got here first.
-                    return Ok(());
+                // The router's message for this acceptance may have got here first and
+                // accepted the case already (with the same reserved number).
+                if state_of(c) == S::Offered {
+                    c.state = S::Accepted as i32;
+                    c.case_number = number.clone();
+                    c.accept_time = Some(to_timestamp(now));
                 }
-                c.state = S::Accepted as i32;
-                c.case_number = number.clone();
-                c.accept_time = Some(to_timestamp(now));
                 if let Some(t) = &t {
                     c.mediation_clock = t.feedback_clock.clone();
                 }

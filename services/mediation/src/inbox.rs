@@ -56,8 +56,12 @@ impl Inbox {
                 if let Some(t) = &msg.transfer {
                     crate::reconcile::apply(&mut c, t, &l.reserved_number, now, &mut out);
                 }
-                db::save_seq(&mut tx, &l, &mut c, now, seq).await?;
-                db::add_entries(&mut tx, &l.id, &out).await?;
+                if c == l.case && out.is_empty() {
+                    db::note_seq(&mut tx, &l.id, seq).await?;
+                } else {
+                    db::save_seq(&mut tx, &l, &mut c, now, seq).await?;
+                    db::add_entries(&mut tx, &l.id, &out).await?;
+                }
             } else {
                 tracing::debug!(
                     kind = kind.as_str_name(),

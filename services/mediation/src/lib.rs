@@ -126,32 +126,8 @@ impl fengqiao_kit::inbox::InboxHandler for Inbox {
         &self,
         envelope: fengqiao_proto::inbox::Envelope,
     ) -> Result<fengqiao_proto::inbox::DeliverResponse, Status> {
-        use fengqiao_proto::inbox::MessageKind as K;
-        use prost::Message as _;
-        // Interim, until the inbox reconciles cases from every router message (issue #9 §3,
-        // agency side): the router now sends every party a copy of every change; apply only
-        // what the receiver was told before (and not copies of its own escalation), so the
-        // case is not touched by the copies. Copies are acknowledged without effect.
-        let kind = K::try_from(envelope.kind).unwrap_or(K::Unspecified);
-        let own_action =
-            fengqiao_proto::router::TransferMessage::decode(envelope.payload.as_slice())
-                .ok()
-                .and_then(|m| m.event?.actor)
-                .is_some_and(|a| a.agency == envelope.to_agency);
-        let applies = match kind {
-            K::TransferOffered
-            | K::TransferWithdrawn
-            | K::TransferExpired
-            | K::InvestigationAnswered
-            | K::FeedbackAcknowledged
-            | K::DeadlineMissed
-            | K::DeadlineApproaching => true,
-            K::TransferEscalated => !own_action,
-            _ => false,
-        };
-        if !applies {
-            return Ok(fengqiao_proto::inbox::DeliverResponse { duplicate: false });
-        }
+        // Every router message reconciles the case (issue #9): copies of changes the case
+        // already reflects are not newer and change nothing (see `inbox`).
         self.inner.apply(&envelope).await.map_err(Status::from)
     }
 }

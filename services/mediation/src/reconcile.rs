@@ -95,48 +95,42 @@ pub fn apply(
         ));
     }
     match to {
-        S::Declined => {
-            if c.decline.is_none() {
-                let d = t.decline.clone().unwrap_or_default();
-                c.decline = Some(CaseDecline {
-                    reason_code: d.reason_code,
-                    reason: d.reason,
-                    actor: d.actor,
-                    decline_time: d.decline_time.or(Some(to_timestamp(now))),
-                });
-            }
+        S::Declined if c.decline.is_none() => {
+            let d = t.decline.clone().unwrap_or_default();
+            c.decline = Some(CaseDecline {
+                reason_code: d.reason_code,
+                reason: d.reason,
+                actor: d.actor,
+                decline_time: d.decline_time.or(Some(to_timestamp(now))),
+            });
         }
-        S::Escalated => {
-            if c.escalation.is_none() {
-                let h = t.handback.clone().unwrap_or_default();
-                c.escalation = Some(Escalation {
-                    reason_code: h.reason_code,
-                    reason: h.reason,
-                    to_agency: c
-                        .source_agency
-                        .as_ref()
-                        .map(|a| a.name.clone())
-                        .unwrap_or_default(),
-                    actor: h.actor,
-                    escalate_time: h.handback_time.or(Some(to_timestamp(now))),
-                });
-            }
+        S::Escalated if c.escalation.is_none() => {
+            let h = t.handback.clone().unwrap_or_default();
+            c.escalation = Some(Escalation {
+                reason_code: h.reason_code,
+                reason: h.reason,
+                to_agency: c
+                    .source_agency
+                    .as_ref()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default(),
+                actor: h.actor,
+                escalate_time: h.handback_time.or(Some(to_timestamp(now))),
+            });
         }
-        S::Ended => {
-            if c.termination.is_none() {
-                let f = t.feedback.clone().unwrap_or_default();
-                let (reason, detail) = match &t.handback {
-                    Some(h) if transfer == T::Returned => (EndReason::Other, h.reason.clone()),
-                    _ => (end_reason_of(&f.outcome_code), f.summary.clone()),
-                };
-                c.termination = Some(Termination {
-                    reason: reason as i32,
-                    detail,
-                    outcome_code: f.outcome_code,
-                    actor: f.submitted_by,
-                    end_time: f.submit_time.or(Some(to_timestamp(now))),
-                });
-            }
+        S::Ended if c.termination.is_none() => {
+            let f = t.feedback.clone().unwrap_or_default();
+            let (reason, detail) = match &t.handback {
+                Some(h) if transfer == T::Returned => (EndReason::Other, h.reason.clone()),
+                _ => (end_reason_of(&f.outcome_code), f.summary.clone()),
+            };
+            c.termination = Some(Termination {
+                reason: reason as i32,
+                detail,
+                outcome_code: f.outcome_code,
+                actor: f.submitted_by,
+                end_time: f.submit_time.or(Some(to_timestamp(now))),
+            });
         }
         _ => {}
     }

@@ -319,6 +319,20 @@ pub async fn save_seq(
     Ok(())
 }
 
+/// Records that the case reflects the router's events up to `event_seq` without changing the
+/// case (no new version: a client's etag stays valid across messages that change nothing).
+pub async fn note_seq(tx: &mut Tx, id: &str, event_seq: u64) -> Result<()> {
+    sqlx::query(
+        "UPDATE mediation_cases SET event_seq = CASE WHEN event_seq < $1 THEN $1 ELSE event_seq END \
+         WHERE id = $2",
+    )
+    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Reserves the next case number of an agency for the year of `now` (调解案号), e.g.
 /// `调〔2026〕0007号`.
 pub async fn reserve_number(tx: &mut Tx, agency: &str, now: i64) -> Result<String> {

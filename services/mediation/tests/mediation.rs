@@ -129,6 +129,7 @@ async fn offered(suite: &TestSuite) -> (Transfer, MediationCase) {
         .create_transfer(CreateTransferRequest {
             transfer: Some(dispute()),
             request_id: rid(),
+            submit: false,
         })
         .await
         .expect("create")

@@ -13,8 +13,8 @@ use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
 use fengqiao_proto::mediation::*;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{
-    AnswerInvestigationRequest, ApproveTransferRequest, CaseSnapshot, CreateTransferRequest,
-    GetTransferRequest, InvestigationState, SubmitTransferRequest, Transfer, TransferState,
+    ApproveTransferRequest, CaseSnapshot, CreateTransferRequest, GetTransferRequest,
+    SubmitTransferRequest, Transfer, TransferState,
 };
 use fengqiao_testkit::{TestSuite, suite_test};
 use tonic::Code;
@@ -27,7 +27,6 @@ type Med = MediationServiceClient<InterceptedService<Channel, CallInterceptor>>;
 const STATION: &str = "xigang-bayilu-station";
 const COMMAND: &str = "xigang-110";
 const ROOM: &str = "xigang-bayilu-mediation-room";
-const COMMITTEE: &str = "xigang-mediation-committee";
 const ORG: &str = "organizations/bayilu-room";
 
 fn rid() -> String {
@@ -40,10 +39,6 @@ fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Route
 
 fn med(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Med {
     MediationServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
-fn ts(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
 }
 
 /// The room head registers the room and three mediators (two for neighbourhood disputes).
@@ -132,6 +127,7 @@ async fn offered(suite: &TestSuite) -> (Transfer, MediationCase) {
         .create_transfer(CreateTransferRequest {
             transfer: Some(dispute()),
             request_id: rid(),
+            submit: false,
         })
         .await
         .expect("create")
@@ -223,6 +219,33 @@ async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {
     .expect("case")
 }
 
+/// Waits (bounded: one redelivery) until the case and its router transfer agree: the case is
+/// in the state `pairs` gives for the transfer's state.
+async fn agree(
+    suite: &TestSuite,
+    room: &mut Med,
+    case: &str,
+    transfer_name: &str,
+    pairs: &[(TransferState, MediationCaseState)],
+) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut last = (0, 0);
+    // Bounded: a redelivery after the router's push backoff (1 s, 2 s, 4 s, …).
+    for _ in 0..300 {
+        let t = transfer(suite, transfer_name).await;
+        let c = get_case(room, case).await;
+        if pairs
+            .iter()
+            .any(|(ts, cs)| t.state == *ts as i32 && c.state == *cs as i32)
+        {
+            return;
+        }
+        last = (t.state, c.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("case and transfer never agreed: (transfer, case) = {last:?}");
+}
+
 async fn get_case(room: &mut Med, name: &str) -> MediationCase {
     room.get_case(GetCaseRequest { name: name.into() })
         .await
@@ -232,24 +255,20 @@ async fn get_case(room: &mut Med, name: &str) -> MediationCase {
         .expect("case")
 }
 
-/// Sends `msg` with client deadlines of 2, 4, … 10 ms until one call is cut off or one
-/// succeeds; returns whether a call was cut off.
+/// Sends `msg` once with a client deadline of 3 ms (the call is cut off mid-flight when it
+/// takes longer); returns whether it was cut off. Either way the record may or may not have
+/// been committed on each side: what follows must hold in every case.
 async fn cut_off<M: Clone, R>(
     mut call: impl AsyncFnMut(tonic::Request<M>) -> Result<R, tonic::Status>,
     msg: &M,
 ) -> bool {
-    for ms in [2, 4, 6, 8, 10] {
-        let mut req = tonic::Request::new(msg.clone());
-        req.set_timeout(Duration::from_millis(ms));
-        match call(req).await {
-            Ok(_) => return false,
-            Err(e) if e.code() == Code::DeadlineExceeded || e.code() == Code::Cancelled => {
-                return true;
-            }
-            Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
-        }
+    let mut req = tonic::Request::new(msg.clone());
+    req.set_timeout(Duration::from_millis(3));
+    match call(req).await {
+        Ok(_) => false,
+        Err(e) if e.code() == Code::DeadlineExceeded || e.code() == Code::Cancelled => true,
+        Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
     }
-    false
 }
 
 suite_test!(
@@ -266,6 +285,18 @@ suite_test!(
         };
         let mut r2 = room.clone();
         cut_off(async |req| r2.accept_case(req).await, &msg).await;
+        // Without any client action, the case and the transfer agree within one redelivery.
+        agree(
+            &suite,
+            &mut room,
+            &c.name,
+            &t.name,
+            &[
+                (TransferState::Delivered, MediationCaseState::Offered),
+                (TransferState::InProgress, MediationCaseState::Accepted),
+            ],
+        )
+        .await;
         // The retry with the same request id returns the first answer, whatever the cut left.
         let first = room
             .accept_case(msg.clone())
@@ -320,6 +351,17 @@ suite_test!(
         };
         let mut r2 = room.clone();
         cut_off(async |req| r2.end_mediation(req).await, &msg).await;
+        agree(
+            &suite,
+            &mut room,
+            &c.name,
+            &t.name,
+            &[
+                (TransferState::InProgress, MediationCaseState::Accepted),
+                (TransferState::FeedbackSubmitted, MediationCaseState::Ended),
+            ],
+        )
+        .await;
         let first = room
             .end_mediation(msg.clone())
             .await
@@ -377,6 +419,9 @@ fn envelope(t: &Transfer, kind: fengqiao_proto::inbox::MessageKind, seq: u64) ->
         to_agency: format!("agencies/{ROOM}"),
         payload: prost::Message::encode_to_vec(&payload),
         payload_type: "fengqiao.router.v1.TransferMessage".into(),
+        route: t.route.clone(),
+        route_version: t.route_version,
+        recipient_side: fengqiao_proto::inbox::RecipientSide::Receiver as i32,
         ..Default::default()
     }
 }

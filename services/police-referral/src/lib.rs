@@ -585,6 +585,7 @@ impl Inbox {
                 TransferState::try_from(t.state).unwrap_or_default(),
             )
         {
+            let before = s.referral.clone();
             if s.referral.transfer != transfer_name {
                 // Our own draft whose local commit was lost, or a new transfer after one came
                 // back: the referral follows it from now on.
@@ -638,7 +639,16 @@ impl Inbox {
             {
                 add_documents(&mut tx, &referral_id, &h.documents, now).await?;
             }
-            save(&mut tx, &mut s, now).await?;
+            if s.referral == before {
+                // Nothing changed: the etag a client holds stays valid.
+                sqlx::query("UPDATE referrals SET event_seq = $1 WHERE id = $2")
+                    .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+                    .bind(&referral_id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                save(&mut tx, &mut s, now).await?;
+            }
         }
         tx.commit().await?;
         Ok(DeliverResponse { duplicate: false })
@@ -1211,8 +1221,11 @@ impl PoliceReferral {
                 ..Default::default()
             }),
             request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
+            // Created and submitted in one router change: a cut-off call cannot leave a
+            // created but unsubmitted transfer behind.
+            submit: req.submit,
         };
-        let mut transfer = self
+        let transfer = self
             .router()
             .create_transfer(Self::forward(&request, create))
             .await
@@ -1220,21 +1233,6 @@ impl PoliceReferral {
             .into_inner()
             .transfer
             .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
-        if req.submit {
-            let submit = fengqiao_proto::router::SubmitTransferRequest {
-                name: transfer.name.clone(),
-                etag: String::new(),
-                request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
-            };
-            transfer = self
-                .router()
-                .submit_transfer(Self::forward(&request, submit))
-                .await
-                .map_err(Error::Router)?
-                .into_inner()
-                .transfer
-                .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
-        }
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay(&mut tx).await? {
             return Ok(r);

@@ -119,24 +119,20 @@ async fn count(c: &mut Client, incident: &str) -> usize {
     .len()
 }
 
-/// Sends `msg` with client deadlines of 2, 4, … 10 ms until one call is cut off or one
-/// succeeds; returns whether a call was cut off.
+/// Sends `msg` once with a client deadline of 3 ms (the call is cut off mid-flight when it
+/// takes longer); returns whether it was cut off. Either way the record may or may not have
+/// been committed on each side: what follows must hold in every case.
 async fn cut_off<M: Clone, R>(
     mut call: impl AsyncFnMut(tonic::Request<M>) -> Result<R, tonic::Status>,
     msg: &M,
 ) -> bool {
-    for ms in [2, 4, 6, 8, 10] {
-        let mut req = tonic::Request::new(msg.clone());
-        req.set_timeout(Duration::from_millis(ms));
-        match call(req).await {
-            Ok(_) => return false,
-            Err(e) if e.code() == Code::DeadlineExceeded || e.code() == Code::Cancelled => {
-                return true;
-            }
-            Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
-        }
+    let mut req = tonic::Request::new(msg.clone());
+    req.set_timeout(Duration::from_millis(3));
+    match call(req).await {
+        Ok(_) => false,
+        Err(e) if e.code() == Code::DeadlineExceeded || e.code() == Code::Cancelled => true,
+        Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
     }
-    false
 }
 
 async fn transfers_of_case(suite: &TestSuite, case_id: &str) -> Vec<Transfer> {
@@ -159,6 +155,34 @@ async fn router_transfer(suite: &TestSuite, agency: &str, name: &str) -> Transfe
         .into_inner()
         .transfer
         .expect("t")
+}
+
+/// Waits (bounded: one redelivery) until the referral and its router transfer agree: the
+/// referral is in the state `pairs` gives for the transfer's state.
+async fn agree(
+    suite: &TestSuite,
+    o: &mut Client,
+    referral: &str,
+    transfer_name: &str,
+    pairs: &[(TransferState, ReferralState)],
+) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut last = (0, 0, 0);
+    // Bounded: a redelivery after the router's push backoff (1 s, 2 s, 4 s, …).
+    for _ in 0..300 {
+        let t = router_transfer(suite, STATION, transfer_name).await;
+        let r = get(o, referral).await.expect("get");
+        if pairs
+            .iter()
+            .any(|(ts, rs)| t.state == *ts as i32 && r.state == *rs as i32)
+            && r.transfer_state == t.state
+        {
+            return;
+        }
+        last = (t.state, r.state, r.transfer_state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("referral and transfer never agreed: (transfer, referral, seen) = {last:?}");
 }
 
 /// Polls the referral until `done` holds (bounded wait).
@@ -296,6 +320,27 @@ suite_test!(
         let msg = draft_request(&r);
         let mut o2 = o.clone();
         cut_off(async |req| o2.draft_transfer(req).await, &msg).await;
+        // Without any client action, the referral links the transfer the router made, if any.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut healed = false;
+        for _ in 0..300 {
+            let all = transfers_of_case(&suite, &r.case_id).await;
+            let now = get(&mut o, &r.name).await.expect("get");
+            healed = match all.as_slice() {
+                [] => now.state == ReferralState::ReadyToTransfer as i32,
+                [t] => {
+                    now.transfer == t.name
+                        && now.state == ReferralState::TransferPending as i32
+                        && now.transfer_state == t.state
+                }
+                _ => panic!("two transfers for one draft"),
+            };
+            if healed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(healed, "referral and router agree after a cut-off draft");
         let first = o
             .draft_transfer(msg.clone())
             .await
@@ -392,6 +437,20 @@ suite_test!(
         };
         let mut o2 = o.clone();
         cut_off(async |req| o2.acknowledge_feedback(req).await, &msg).await;
+        agree(
+            &suite,
+            &mut o,
+            &r.name,
+            &name,
+            &[
+                (
+                    TransferState::FeedbackSubmitted,
+                    ReferralState::FeedbackReceived,
+                ),
+                (TransferState::Closed, ReferralState::Closed),
+            ],
+        )
+        .await;
         let first = o
             .acknowledge_feedback(msg.clone())
             .await
@@ -441,6 +500,9 @@ fn envelope(t: &Transfer, to: &str, kind: MessageKind, seq: u64) -> Envelope {
         to_agency: format!("agencies/{to}"),
         payload: prost::Message::encode_to_vec(&payload),
         payload_type: "fengqiao.router.v1.TransferMessage".into(),
+        route: t.route.clone(),
+        route_version: t.route_version,
+        recipient_side: fengqiao_proto::inbox::RecipientSide::Approver as i32,
         ..Default::default()
     }
 }
@@ -503,5 +565,73 @@ suite_test!(
             get(&mut o, &r.name).await.expect("get").state,
             ReferralState::TransferPending as i32
         );
+    }
+);
+
+suite_test!(
+    acknowledging_on_the_router_closes_the_referral,
+    |suite| async move {
+        let mut d = dispatch(&suite);
+        let r = create(&mut d, noise_referral("R007"))
+            .await
+            .expect("create");
+        let mut o = officer(&suite);
+        let drafted = o
+            .draft_transfer(draft_request(&r))
+            .await
+            .expect("draft")
+            .into_inner();
+        let name = drafted.transfer.expect("transfer").name;
+        let t = approved_and_delivered(&suite, &name).await;
+        let mut room = router(&suite, ROOM, "mediator-01", &["mediator"]);
+        room.accept_transfer(AcceptTransferRequest {
+            name: t.name.clone(),
+            etag: String::new(),
+            receiver_reference: "调〔2026〕0002号".into(),
+            comment: "受理".into(),
+            request_id: rid(),
+        })
+        .await
+        .expect("accept");
+        room.submit_feedback(SubmitFeedbackRequest {
+            name: t.name.clone(),
+            etag: String::new(),
+            outcome_code: "agreement_reached".into(),
+            summary: "达成调解协议".into(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect("feedback");
+        referral_until(&mut o, &r.name, "FEEDBACK_RECEIVED", |x| {
+            x.state == ReferralState::FeedbackReceived as i32
+        })
+        .await;
+        // The station acknowledges on the router directly, not through this service.
+        router(&suite, STATION, "officer-01", &["officer"])
+            .acknowledge_feedback(fengqiao_proto::router::AcknowledgeFeedbackRequest {
+                name: name.clone(),
+                etag: String::new(),
+                comment: "已反馈指挥室".into(),
+                request_id: rid(),
+            })
+            .await
+            .expect("router acknowledgement");
+        let closed = referral_until(&mut o, &r.name, "CLOSED", |x| {
+            x.state == ReferralState::Closed as i32
+        })
+        .await;
+        assert_eq!(closed.transfer_state, TransferState::Closed as i32);
+        assert!(closed.feedback.and_then(|f| f.reported_time).is_some());
+        // Acknowledging through the service afterwards is the wrong state, not a second close.
+        let e = o
+            .acknowledge_feedback(AcknowledgeFeedbackRequest {
+                name: r.name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("closed already");
+        assert_eq!(e.code(), Code::FailedPrecondition);
     }
 );

@@ -40,6 +40,14 @@ pub enum Error {
     /// A clock operation is not allowed (not pausable, beyond the cap, …).
     #[error("clock refused: {0}")]
     ClockRefused(String),
+    /// A rule refuses the action in the current state, with its own stable reason (e.g.
+    /// `ACCEPTANCE_DEADLINE_PASSED`).
+    #[error("refused: {1}")]
+    Refused(&'static str, String),
+    /// A non-terminal transfer of the same case on the same route from the same sender exists
+    /// (its name).
+    #[error("open transfer {0} exists")]
+    OpenTransferExists(String),
     /// The router's policy data (routes, calendar) is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -113,6 +121,13 @@ impl Error {
             .with_metadata("state", state.clone()),
             Error::Clock(e) => e.api(),
             Error::ClockRefused(msg) => ApiError::failed_precondition("CLOCK_REFUSED", msg.clone()),
+            Error::Refused(reason, msg) => ApiError::failed_precondition(reason, msg.clone()),
+            Error::OpenTransferExists(name) => ApiError::new(
+                Code::AlreadyExists,
+                "OPEN_TRANSFER_EXISTS",
+                format!("{name} is an open transfer of this case on this route from this agency"),
+            )
+            .with_metadata("transfer", name.clone()),
             Error::Config(detail) => ApiError::internal(&format!("configuration: {detail}")),
             Error::Corrupt(detail) => ApiError::internal(&format!("corrupt stored data: {detail}")),
             Error::Precondition(reason, msg) => ApiError::failed_precondition(reason, msg.clone()),

@@ -750,6 +750,50 @@ impl Transfers {
         req: fengqiao_proto::router::CreateTransferRequest,
     ) -> Result<Transfer> {
         let idem = Arc::new(Idem::new(who, "CreateTransfer", &req.request_id, &req)?);
+        match self.create_once(who, req, idem.clone()).await {
+            Err(e) => self
+                .replay_or::<fengqiao_proto::router::CreateTransferResponse>(&idem, e)
+                .await?
+                .transfer
+                .ok_or_else(|| Error::Corrupt("empty stored response".into())),
+            ok => ok,
+        }
+    }
+
+    /// The id of a non-terminal transfer of `case_id` on `route_id` from `from_agency`.
+    async fn open_transfer(
+        conn: &mut AnyConnection,
+        case_id: &str,
+        route_id: &str,
+        from_agency: &str,
+    ) -> Result<Option<String>> {
+        let terminal: Vec<String> = (0..=12)
+            .filter_map(|s| TransferState::try_from(s).ok())
+            .filter(|s| lifecycle::is_terminal(*s))
+            .map(|s| (s as i32).to_string())
+            .collect();
+        let row = sqlx::query(&format!(
+            "SELECT id FROM transfers WHERE case_id = $1 AND route_id = $2 AND from_agency = $3 \
+             AND state NOT IN ({}) ORDER BY create_time LIMIT 1",
+            terminal.join(", ")
+        ))
+        .bind(case_id)
+        .bind(route_id)
+        .bind(from_agency)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_err)?;
+        row.map(|r| r.try_get::<String, _>("id").map_err(store_err))
+            .transpose()
+    }
+
+    async fn create_once(
+        &self,
+        who: &Identity,
+        req: fengqiao_proto::router::CreateTransferRequest,
+        idem: Arc<Idem>,
+    ) -> Result<Transfer> {
+        let submit = req.submit;
         let Some(mut t) = req.transfer.clone() else {
             return Err(FieldViolation::new("transfer", "is required").into());
         };
@@ -775,7 +819,9 @@ impl Transfers {
         if !v.is_empty() {
             return Err(Error::Invalid(v));
         }
-        if case.case_id.is_empty() {
+        // Only a case the caller names can already have an open transfer.
+        let given_case = !case.case_id.is_empty();
+        if !given_case {
             case.case_id = uuid::Uuid::new_v4().to_string();
         }
 
@@ -834,6 +880,14 @@ impl Transfers {
             None
         };
 
+        // At most one open transfer per (case, route, sender): a retry with a new request_id
+        // after a cut-off call adopts the existing one instead of making a second.
+        if given_case
+            && let Some(open) =
+                Self::open_transfer(&mut conn, &case.case_id, &route_id, &from.name).await?
+        {
+            return Err(Error::OpenTransferExists(format!("transfers/{open}")));
+        }
         let now = fengqiao_store::db_now_micros(&mut conn).await?;
         drop(conn);
         let redacted = minimise(&mut case, &route.allowed_personal_info);
@@ -875,6 +929,9 @@ impl Transfers {
             ..Default::default()
         };
         let actor = actor_of(who);
+        let route = route.clone();
+        let calendar = self.calendar.clone();
+        let (case_id, sender) = (l.case_id().to_string(), from.name.clone());
         let view = self
             .commit
             .run(move |tx| {
@@ -888,16 +945,45 @@ impl Transfers {
                             .transfer
                             .ok_or_else(|| Error::Corrupt("empty stored response".into()));
                     }
+                    // Again under the event-sequence lock, which every change (of every
+                    // replica) takes: two creates for one case cannot both pass.
+                    Self::lock_sequence(tx).await?;
+                    if given_case
+                        && let Some(open) =
+                            Self::open_transfer(tx, &case_id, &route_id, &sender).await?
+                    {
+                        return Err(Error::OpenTransferExists(format!("transfers/{open}")));
+                    }
                     Self::persist(
                         tx,
                         &mut l,
                         TransferState::Unspecified,
-                        actor,
+                        actor.clone(),
                         change,
                         now,
                         true,
                     )
                     .await?;
+                    if submit {
+                        // Draft and submission in one change, under one request_id.
+                        let action = Action::Submit {
+                            no_steps: route.approval_steps.is_empty(),
+                        };
+                        let to = lifecycle::next(TransferState::Draft, action)
+                            .ok_or_else(|| Error::Corrupt("a draft cannot be submitted".into()))?;
+                        let submitted = submission(&mut l, &route, &calendar, now)?;
+                        l.transfer.state = to as i32;
+                        Self::persist(
+                            tx,
+                            &mut l,
+                            TransferState::Draft,
+                            actor,
+                            submitted,
+                            now,
+                            false,
+                        )
+                        .await?;
+                    }
                     let view = l.view(now);
                     idem.save(
                         tx,
@@ -957,6 +1043,32 @@ impl Transfers {
         F: Fn(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
     {
         let idem = Arc::new(Idem::new(who, method, request_id, req)?);
+        let once = self
+            .mutate_once(who, method, &idem, name, etag_in, action_of, apply, respond)
+            .await;
+        match once {
+            Err(e) => self.replay_or(&idem, e).await,
+            ok => ok,
+        }
+    }
+
+    /// [`Self::mutate`] once its idempotency key is made.
+    #[allow(clippy::too_many_arguments)]
+    async fn mutate_once<Resp, F>(
+        &self,
+        who: &Identity,
+        method: &'static str,
+        idem: &Arc<Idem>,
+        name: &str,
+        etag_in: &str,
+        action_of: impl Fn(&Loaded, &Route) -> Action,
+        apply: F,
+        respond: fn(Transfer, Option<Investigation>) -> Resp,
+    ) -> Result<Resp>
+    where
+        Resp: prost::Message + Default + Clone + 'static,
+        F: Fn(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
+    {
         let id = transfer_id("name", name)?;
         let mut attempt = 0;
         loop {
@@ -1017,6 +1129,21 @@ impl Transfers {
                 }
             }
             drop(conn);
+            // 送达 before 受理: an acceptance (or decline) can overtake the delivery receipt.
+            // The receiver evidently has the offer, so the DELIVERED event (and the start of
+            // the acceptance clock) is recorded first, in the same change; the late receipt
+            // is then a no-op.
+            let mut pre = None;
+            let mut change_from = from_state;
+            if from_state == TransferState::Approved
+                && matches!(action, Action::Accept | Action::Decline)
+            {
+                let mut d = l.clone();
+                let dc = delivered(&mut d, &route, &self.calendar, now)?;
+                l = d.clone();
+                pre = Some((d, dc));
+                change_from = TransferState::Delivered;
+            }
             let change = apply(&mut l, &route, &self.calendar, now)?;
             l.transfer.state = to_state as i32;
             let investigation = change.investigation.clone();
@@ -1030,7 +1157,12 @@ impl Transfers {
                         if let Some(r) = idem_job.replay::<Resp>(tx).await? {
                             return Ok(r);
                         }
-                        Self::persist(tx, &mut l, from_state, actor, change, now, false).await?;
+                        if let Some((mut d, dc)) = pre {
+                            Self::persist(tx, &mut d, from_state, system_actor(), dc, now, false)
+                                .await?;
+                            l.version = d.version;
+                        }
+                        Self::persist(tx, &mut l, change_from, actor, change, now, false).await?;
                         let resp = respond(l.view(now), investigation);
                         idem_job.save(tx, &resp).await?;
                         Ok(resp)
@@ -1048,6 +1180,23 @@ impl Transfers {
                     return Ok(resp);
                 }
             }
+        }
+    }
+
+    /// A refusal after the idempotency peek may only mean that a concurrent call with the same
+    /// key committed in between (and this one then saw the new state): the key is looked at
+    /// again, and its stored answer, if any, is the answer. Every replay gets the first answer.
+    async fn replay_or<Resp>(&self, idem: &Idem, e: Error) -> Result<Resp>
+    where
+        Resp: prost::Message + Default + Clone + 'static,
+    {
+        if matches!(e, Error::RequestIdReused | Error::Invalid(_)) {
+            return Err(e);
+        }
+        let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
+        match idem.peek::<Resp>(&mut conn).await? {
+            Some(r) => Ok(r),
+            None => Err(e),
         }
     }
 
@@ -1072,15 +1221,13 @@ impl Transfers {
             return Ok(());
         }
         let from_state = l.state();
-        let Some(to) = lifecycle::next(from_state, Action::Delivered) else {
+        // A late receipt (accepted or declined meanwhile) is a no-op.
+        if lifecycle::next(from_state, Action::Delivered).is_none() {
             return Ok(());
-        };
+        }
         let now = fengqiao_store::db_now_micros(tx).await?;
-        l.transfer.state = to as i32;
-        let change = Change {
-            event_type: TransferEventType::Delivered,
-            ..Default::default()
-        };
+        let route = self.route(&l)?.clone();
+        let change = delivered(&mut l, &route, &self.calendar, now)?;
         Self::persist(tx, &mut l, from_state, system_actor(), change, now, false).await?;
         // Watchers are woken by the caller once this commits (OnDelivered::committed).
         Ok(())
@@ -1284,15 +1431,15 @@ fn start_clock(
     }
 }
 
-/// Offers an approved transfer: starts the acceptance clock and tells the receiver.
+/// Offers an approved transfer: tells the receiver. The acceptance clock starts on delivery
+/// ([`delivered`]), not here.
 fn offer(
     l: &mut Loaded,
     route: &Route,
-    cal: &HolidayCalendar,
-    now: i64,
+    _cal: &HolidayCalendar,
+    _now: i64,
     change: &mut Change,
 ) -> Result<()> {
-    l.acceptance = start_clock("acceptance", route.acceptance_clock.as_ref(), now, cal)?;
     change.offered_route = Some(route.clone());
     change
         .messages
@@ -1302,6 +1449,50 @@ fn offer(
         .messages
         .push((MessageKind::TransferOffered, l.sender().to_string()));
     Ok(())
+}
+
+/// Submits a draft (提交审批): from step 0, the approver of the first step is told; a route
+/// without steps approves at once and offers. The caller sets the state.
+fn submission(l: &mut Loaded, route: &Route, cal: &HolidayCalendar, now: i64) -> Result<Change> {
+    let mut change = Change {
+        event_type: TransferEventType::Submitted,
+        ..Default::default()
+    };
+    l.transfer.current_step = 0;
+    l.transfer.approvals.clear();
+    if route.approval_steps.is_empty() {
+        change.event_type = TransferEventType::Approved;
+        offer(l, route, cal, now, &mut change)?;
+    } else {
+        approval_required(l, route, 0, &mut change);
+    }
+    Ok(change)
+}
+
+/// The offer reached the receiver (送达: push receipt or pull acknowledgement): DELIVERED, and
+/// the acceptance clock starts now. It starts on delivery, not on approval, so a pull-mode
+/// agency's time does not run before it has anything; an offer that cannot be delivered
+/// shows as a delivery incident instead.
+fn delivered(l: &mut Loaded, route: &Route, cal: &HolidayCalendar, now: i64) -> Result<Change> {
+    l.transfer.state = TransferState::Delivered as i32;
+    l.acceptance = start_clock("acceptance", route.acceptance_clock.as_ref(), now, cal)?;
+    Ok(Change {
+        event_type: TransferEventType::Delivered,
+        ..Default::default()
+    })
+}
+
+/// Refuses accepting or declining once the acceptance clock is due at `now` (the database's
+/// time of the change): the deadline is the rule, not only the timer. The expiry itself is
+/// left to the timer, which fires it within its interval (`timer_every`).
+fn check_acceptance_deadline(l: &Loaded, now: i64) -> Result<()> {
+    match &l.acceptance {
+        Some(c) if c.is_due(now) => Err(Error::Refused(
+            "ACCEPTANCE_DEADLINE_PASSED",
+            format!("the acceptance deadline of {} has passed", l.transfer.name),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Tells the agency that approves `step` that its approval is awaited.

@@ -82,6 +82,7 @@ async fn in_progress(suite: &TestSuite) -> (Transfer, Client) {
         .create_transfer(CreateTransferRequest {
             transfer: Some(transfer()),
             request_id: rid(),
+            submit: false,
         })
         .await
         .expect("create")

@@ -4,6 +4,11 @@
 //! the receiver once the transfer has been offered and never before. Each party gets one
 //! envelope per event, naming the route, its version and the party's side.
 //!
+//! Also the router's other rules of one truth: DELIVERED (送达) is recorded before an
+//! acceptance that overtakes the receipt; the acceptance clock starts on delivery and its
+//! deadline is enforced on the accepting path; every concurrent replay gets the first answer;
+//! at most one open transfer per (case, route, sender); draft and submission in one change.
+//!
 //! The router runs without network or workers: calls go to the `TransferService`
 //! implementation with a verified `Identity` in the request extensions, and the envelopes are
 //! read back from the outbox.
@@ -22,7 +27,7 @@ use fengqiao_router::{Router, RouterOptions};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
 use prost::Message as _;
-use tonic::Request;
+use tonic::{Code, Request, Status};
 
 type TestResult = std::result::Result<(), String>;
 
@@ -104,6 +109,7 @@ async fn create(r: &Router) -> Result<String, String> {
         .create_transfer(officer(CreateTransferRequest {
             transfer: Some(draft()),
             request_id: rid(),
+            submit: false,
         }))
         .await
         .map_err(err)?
@@ -556,3 +562,388 @@ both_backends!(an_expiry_reaches_every_party, |store| async move {
     )?;
     Ok::<_, String>(())
 });
+
+fn events_of(told: &Told) -> Vec<TransferEventType> {
+    told.values().map(|(t, _)| *t).collect()
+}
+
+async fn accept(r: &Router, name: &str) -> Result<Transfer, Status> {
+    r.transfers
+        .accept_transfer(room(AcceptTransferRequest {
+            name: name.into(),
+            request_id: rid(),
+            ..Default::default()
+        }))
+        .await
+        .map(|t| t.into_inner().transfer.unwrap_or_default())
+}
+
+async fn decline(r: &Router, name: &str) -> Result<Transfer, Status> {
+    r.transfers
+        .decline_transfer(room(DeclineTransferRequest {
+            name: name.into(),
+            reason_code: "outside_jurisdiction".into(),
+            request_id: rid(),
+            ..Default::default()
+        }))
+        .await
+        .map(|t| t.into_inner().transfer.unwrap_or_default())
+}
+
+async fn get(r: &Router, name: &str) -> Result<Transfer, String> {
+    r.transfers
+        .get_transfer(officer(GetTransferRequest { name: name.into() }))
+        .await
+        .map_err(err)?
+        .into_inner()
+        .transfer
+        .ok_or_else(|| "no transfer".to_string())
+}
+
+async fn offered(r: &Router) -> Result<String, String> {
+    let name = create(r).await?;
+    submit(r, &name).await?;
+    approve_both(r, &name).await?;
+    Ok(name)
+}
+
+both_backends!(
+    delivered_comes_before_an_overtaking_acceptance,
+    |store| async move {
+        use TransferEventType as E;
+        let r = router(&store).await?;
+        let a = offered(&r).await?;
+        let t = accept(&r, &a).await.map_err(err)?;
+        assert_eq!(t.state, TransferState::InProgress as i32);
+        // The receipt arriving late changes nothing.
+        delivered(&r, &store, &a).await?;
+        let want = [
+            E::Created,
+            E::Submitted,
+            E::StepApproved,
+            E::Approved,
+            E::Delivered,
+            E::Accepted,
+        ];
+        assert_eq!(events_of(&told(&r, &store, &a).await?), want);
+
+        let d = offered(&r).await?;
+        decline(&r, &d).await.map_err(err)?;
+        delivered(&r, &store, &d).await?;
+        let want = [
+            E::Created,
+            E::Submitted,
+            E::StepApproved,
+            E::Approved,
+            E::Delivered,
+            E::Declined,
+        ];
+        assert_eq!(events_of(&told(&r, &store, &d).await?), want);
+        Ok::<_, String>(())
+    }
+);
+
+both_backends!(
+    the_acceptance_clock_starts_on_delivery,
+    |store| async move {
+        let r = router(&store).await?;
+        let name = offered(&r).await?;
+        let t = get(&r, &name).await?;
+        assert_eq!(t.state, TransferState::Approved as i32);
+        assert!(
+            t.acceptance_clock.is_none(),
+            "clock runs before delivery: {t:?}"
+        );
+        delivered(&r, &store, &name).await?;
+        let t = get(&r, &name).await?;
+        let delivered_at = t.last_event.as_ref().and_then(|e| e.occurred_at);
+        let clock = t.acceptance_clock.ok_or("no clock after delivery")?;
+        assert_eq!(clock.started_at, delivered_at);
+        assert!(clock.due_at.is_some());
+        Ok::<_, String>(())
+    }
+);
+
+/// Makes the acceptance clock of `name` due (started long enough ago), leaving `next_due` so
+/// the timer has not fired.
+async fn acceptance_due(store: &Store, name: &str) -> TestResult {
+    let id = name.trim_start_matches("transfers/").to_string();
+    let mut conn = store.pool().acquire().await.map_err(err)?;
+    let l = Transfers::load(&mut conn, &id)
+        .await
+        .map_err(err)?
+        .ok_or("no transfer")?;
+    drop(conn);
+    let mut clock = l.acceptance.ok_or("no acceptance clock")?;
+    clock.due_at = clock.started_at + 1;
+    sqlx::query("UPDATE transfers SET acceptance_clock = $1 WHERE id = $2")
+        .bind(serde_json::to_string(&clock).map_err(err)?)
+        .bind(&id)
+        .execute(store.pool())
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+both_backends!(
+    accepting_past_the_acceptance_deadline_is_refused,
+    |store| async move {
+        let r = router(&store).await?;
+        let name = offered(&r).await?;
+        delivered(&r, &store, &name).await?;
+        acceptance_due(&store, &name).await?;
+        for result in [accept(&r, &name).await, decline(&r, &name).await] {
+            let st = result
+                .err()
+                .ok_or("accepted or declined past the deadline")?;
+            assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+            assert_eq!(
+                fengqiao_kit::error::reason_of(&st).as_deref(),
+                Some("ACCEPTANCE_DEADLINE_PASSED")
+            );
+        }
+        assert_eq!(get(&r, &name).await?.state, TransferState::Delivered as i32);
+        // The timer carries out the expiry (its next pass; here called at once).
+        let id = name.trim_start_matches("transfers/").to_string();
+        sqlx::query("UPDATE transfers SET next_due = 1 WHERE id = $1")
+            .bind(&id)
+            .execute(store.pool())
+            .await
+            .map_err(err)?;
+        assert_eq!(r.transfers.fire_due(10).await.map_err(err)?, 1);
+        assert_eq!(get(&r, &name).await?.state, TransferState::Expired as i32);
+        Ok::<_, String>(())
+    }
+);
+
+both_backends!(
+    every_concurrent_replay_gets_the_first_answer,
+    |store| async move {
+        let r = router(&store).await?;
+        for _ in 0..6 {
+            let name = create(&r).await?;
+            submit(&r, &name).await?;
+            // 50 identical approvals at once, then 50 identical acceptances.
+            let approve = ApproveTransferRequest {
+                name: name.clone(),
+                step_index: 0,
+                request_id: rid(),
+                ..Default::default()
+            };
+            let mut tasks = Vec::new();
+            for i in 0..50u64 {
+                let (t, req0) = (r.transfers.clone(), approve.clone());
+                tasks.push(tokio::spawn(async move {
+                    // Spread over the first commit: some peek before it and read after.
+                    tokio::time::sleep(std::time::Duration::from_micros(100 * i)).await;
+                    t.approve_transfer(req(COMMAND, "reviewer-01", "command_room_reviewer", req0))
+                        .await
+                        .map(|r| r.into_inner().encode_to_vec())
+                        .map_err(|s| {
+                            format!("{:?} {:?}", s.code(), fengqiao_kit::error::reason_of(&s))
+                        })
+                }));
+            }
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.map_err(err)?);
+            }
+            if answers.iter().any(|a| a != &answers[0]) || answers[0].is_err() {
+                let bad: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+                return Err(format!("approvals differ: {bad:?}"));
+            }
+            r.transfers
+                .approve_transfer(req(
+                    STATION,
+                    "duty-chief-01",
+                    "duty_chief",
+                    ApproveTransferRequest {
+                        name: name.clone(),
+                        step_index: 1,
+                        request_id: rid(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map_err(err)?;
+            let acc = AcceptTransferRequest {
+                name: name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            };
+            let mut tasks = Vec::new();
+            for i in 0..50u64 {
+                let (t, req0) = (r.transfers.clone(), acc.clone());
+                tasks.push(tokio::spawn(async move {
+                    // Spread over the first commit: some peek before it and read after.
+                    tokio::time::sleep(std::time::Duration::from_micros(100 * i)).await;
+                    t.accept_transfer(room(req0))
+                        .await
+                        .map(|r| r.into_inner().encode_to_vec())
+                        .map_err(|s| {
+                            format!("{:?} {:?}", s.code(), fengqiao_kit::error::reason_of(&s))
+                        })
+                }));
+            }
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.map_err(err)?);
+            }
+            if answers.iter().any(|a| a != &answers[0]) || answers[0].is_err() {
+                let bad: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+                return Err(format!("acceptances differ: {bad:?}"));
+            }
+        }
+        Ok::<_, String>(())
+    }
+);
+
+fn draft_of(case_id: &str) -> Transfer {
+    let mut t = draft();
+    if let Some(c) = t.case_snapshot.as_mut() {
+        c.case_id = case_id.into();
+    }
+    t
+}
+
+async fn create_case(r: &Router, case_id: &str, submit: bool) -> Result<Transfer, Status> {
+    r.transfers
+        .create_transfer(officer(CreateTransferRequest {
+            transfer: Some(draft_of(case_id)),
+            request_id: rid(),
+            submit,
+        }))
+        .await
+        .map(|t| t.into_inner().transfer.unwrap_or_default())
+}
+
+both_backends!(
+    one_open_transfer_per_case_route_and_sender,
+    |store| async move {
+        let r = router(&store).await?;
+        let case = uuid::Uuid::new_v4().to_string();
+        let first = create_case(&r, &case, false).await.map_err(err)?;
+        let st = create_case(&r, &case, false)
+            .await
+            .err()
+            .ok_or("a second open transfer for the same case")?;
+        assert_eq!(st.code(), Code::AlreadyExists);
+        assert_eq!(
+            fengqiao_kit::error::reason_of(&st).as_deref(),
+            Some("OPEN_TRANSFER_EXISTS")
+        );
+        let meta = fengqiao_kit::error::metadata_of(&st, "transfer");
+        assert_eq!(meta.as_deref(), Some(first.name.as_str()));
+
+        // Once it is over (withdrawn), the case may travel again.
+        r.transfers
+            .withdraw_transfer(officer(WithdrawTransferRequest {
+                name: first.name.clone(),
+                reason: "重新起草".into(),
+                request_id: rid(),
+                ..Default::default()
+            }))
+            .await
+            .map_err(err)?;
+        create_case(&r, &case, false).await.map_err(err)?;
+
+        // Concurrent creates with different request ids: exactly one wins.
+        let case = uuid::Uuid::new_v4().to_string();
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (r2, c) = (r.clone(), case.clone());
+            tasks.push(tokio::spawn(
+                async move { create_case(&r2, &c, false).await },
+            ));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.map_err(err)? {
+                Ok(_) => ok += 1,
+                Err(s) if s.code() == Code::AlreadyExists => {}
+                Err(s) => return Err(format!("unexpected {s:?}")),
+            }
+        }
+        assert_eq!(ok, 1);
+        Ok::<_, String>(())
+    }
+);
+
+both_backends!(draft_and_submission_are_one_change, |store| async move {
+    use TransferEventType as E;
+    let r = router(&store).await?;
+    let request = CreateTransferRequest {
+        transfer: Some(draft()),
+        request_id: rid(),
+        submit: true,
+    };
+    let t = r
+        .transfers
+        .create_transfer(officer(request.clone()))
+        .await
+        .map_err(err)?
+        .into_inner()
+        .transfer
+        .ok_or("no transfer")?;
+    assert_eq!(t.state, TransferState::AwaitingApproval as i32);
+    let replay = r
+        .transfers
+        .create_transfer(officer(request))
+        .await
+        .map_err(err)?
+        .into_inner()
+        .transfer
+        .ok_or("no transfer")?;
+    assert_eq!(replay, t);
+    check(
+        &told(&r, &store, &t.name).await?,
+        &[(E::Created, &[SENDER]), (E::Submitted, BEFORE_OFFER)],
+    )?;
+    Ok::<_, String>(())
+});
+
+both_backends!(
+    listing_for_another_agency_is_for_platform_admins,
+    |store| async move {
+        let r = router(&store).await?;
+        let name = offered(&r).await?;
+        let list = |agency: &str| ListTransfersRequest {
+            agency: agency.into(),
+            ..Default::default()
+        };
+        let admin = r
+            .transfers
+            .list_transfers(req(
+                "agencies/xigang-justice-bureau",
+                "admin",
+                "platform_admin",
+                list(ROOM),
+            ))
+            .await
+            .map_err(err)?
+            .into_inner();
+        let names: Vec<&str> = admin.transfers.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [name.as_str()]);
+        let st = r
+            .transfers
+            .list_transfers(officer(list(ROOM)))
+            .await
+            .err()
+            .ok_or("an officer listed another agency's transfers")?;
+        assert_eq!(st.code(), Code::PermissionDenied);
+        let st = r
+            .transfers
+            .list_transfers(req(
+                "agencies/xigang-justice-bureau",
+                "admin",
+                "platform_admin",
+                list("xigang-room"),
+            ))
+            .await
+            .err()
+            .ok_or("a malformed agency was accepted")?;
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert_eq!(fengqiao_kit::error::bad_fields_of(&st), ["agency"]);
+        Ok::<_, String>(())
+    }
+);

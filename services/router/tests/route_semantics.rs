@@ -161,6 +161,7 @@ async fn create(t: &Transfers, sender: &Identity, route: &str, to: &str) -> Tran
                 ..Default::default()
             }),
             request_id: rid(),
+            submit: false,
         },
     ))
     .await

@@ -56,7 +56,24 @@ impl Transfers {
         // `sql` collects the filters shared by every part of the query below.
         let mut sql = String::new();
         let mut binds: Vec<Bind> = Vec::new();
-        let me = who.agency.clone();
+        // Platform administrators may list for another agency; nobody else may.
+        let me = if req.agency.is_empty() {
+            who.agency.clone()
+        } else {
+            validate::parse_name("agency", "agencies", &req.agency)?;
+            if !who.has_role(crate::agencies::ROLE_PLATFORM_ADMIN) {
+                self.denied(who, "transfer.list", &req.agency, "ROLE_REQUIRED")
+                    .await;
+                return Err(Error::PermissionDenied(
+                    "ROLE_REQUIRED",
+                    format!(
+                        "listing another agency's transfers needs the role {}",
+                        crate::agencies::ROLE_PLATFORM_ADMIN
+                    ),
+                ));
+            }
+            req.agency.clone()
+        };
         let push = |binds: &mut Vec<Bind>, b: Bind| -> String {
             binds.push(b);
             format!("${}", binds.len())
@@ -381,21 +398,7 @@ impl TransferService for Transfers {
                 |_l: &Loaded, route: &Route| Action::Submit {
                     no_steps: route.approval_steps.is_empty(),
                 },
-                |l, route, cal, now| {
-                    let mut change = Change {
-                        event_type: TransferEventType::Submitted,
-                        ..Default::default()
-                    };
-                    l.transfer.current_step = 0;
-                    l.transfer.approvals.clear();
-                    if route.approval_steps.is_empty() {
-                        change.event_type = TransferEventType::Approved;
-                        offer(l, route, cal, now, &mut change)?;
-                    } else {
-                        super::approval_required(l, route, 0, &mut change);
-                    }
-                    Ok(change)
-                },
+                super::submission,
                 transfer_reply!(SubmitTransferResponse),
             )
             .await?;
@@ -537,7 +540,11 @@ impl TransferService for Transfers {
                 &req.etag,
                 fixed(Action::Withdraw),
                 |l, _route, _cal, now| {
-                    let offered = l.acceptance.is_some();
+                    // Offered once approved (the acceptance clock starts only on delivery).
+                    let offered = matches!(
+                        l.state(),
+                        TransferState::Approved | TransferState::Delivered
+                    );
                     stop_running(&mut l.acceptance, now)?;
                     let mut change = Change {
                         event_type: TransferEventType::Withdrawn,
@@ -573,6 +580,7 @@ impl TransferService for Transfers {
                 &req.etag,
                 fixed(Action::Accept),
                 |l, route, cal, now| {
+                    super::check_acceptance_deadline(l, now)?;
                     stop_running(&mut l.acceptance, now)?;
                     l.feedback = start_clock("feedback", route.feedback_clock.as_ref(), now, cal)?;
                     if !req.receiver_reference.is_empty()
@@ -616,6 +624,7 @@ impl TransferService for Transfers {
                 &req.etag,
                 fixed(Action::Decline),
                 |l, route, _cal, now| {
+                    super::check_acceptance_deadline(l, now)?;
                     let code =
                         allowed_code("reason_code", &req.reason_code, &route.decline_reasons)?;
                     stop_running(&mut l.acceptance, now)?;
