@@ -132,6 +132,7 @@ suite_test!(
             exp,
             nbf: None,
             jti: None,
+            person: None,
         };
         let cases = [
             (

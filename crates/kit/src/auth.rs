@@ -36,6 +36,11 @@ pub struct Claims {
     /// Token id, for audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The natural person acting (`person`), stable across the units of one organisation
+    /// (e.g. the officer's 警号 where the 110 command centre and the station issue different
+    /// actor ids). Four-eyes rules compare it; absent, the actor id (`sub`) is the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
 }
 
 /// How an identity was established.
@@ -58,9 +63,19 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// How the identity was established.
     pub method: AuthMethod,
+    /// The natural person acting, when the token names one (claim `person`).
+    pub person: Option<String>,
 }
 
 impl Identity {
+    /// The person acting, for rules that one person may not do two things (four eyes): the
+    /// token's `person` claim, else the actor id. Approval steps of one transfer are taken
+    /// within one organisation (the sender or its parent agency), where the actor id is the
+    /// officer's stable identifier (警号), so the agency is not part of it.
+    pub fn person(&self) -> &str {
+        self.person.as_deref().unwrap_or(&self.actor)
+    }
+
     /// Whether the actor holds `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
@@ -434,6 +449,7 @@ impl Verifier {
                 actor: claims.sub,
                 roles: claims.roles,
                 method: AuthMethod::Token,
+                person: claims.person.filter(|p| !p.is_empty()),
             },
         })
     }
@@ -465,6 +481,7 @@ pub fn claims(issuer: &str, agency: &str, actor: &str, roles: &[&str], ttl_secs:
         exp: now + ttl_secs,
         nbf: None,
         jti: Some(uuid::Uuid::new_v4().to_string()),
+        person: None,
     }
 }
 

@@ -246,6 +246,7 @@ impl Guard {
                     actor: format!("service:{agency}"),
                     roles: vec!["service".into()],
                     method: AuthMethod::MutualTls,
+                    person: None,
                 });
             }
         }

@@ -45,6 +45,7 @@ pub fn actor_of(id: &Identity) -> Actor {
         actor_id: id.actor.clone(),
         display_name: String::new(),
         roles: id.roles.clone(),
+        person: id.person().to_string(),
     }
 }
 

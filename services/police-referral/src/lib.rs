@@ -102,6 +102,7 @@ fn actor_of(who: &Identity) -> Actor {
         actor_id: who.actor.clone(),
         display_name: String::new(),
         roles: who.roles.clone(),
+        person: who.person().to_string(),
     }
 }
 

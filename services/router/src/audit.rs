@@ -268,6 +268,7 @@ impl Stored {
                 actor_id: self.actor.clone(),
                 display_name: String::new(),
                 roles: Vec::new(),
+                person: String::new(),
             }),
             action: self.action.clone(),
             resource: self.resource.clone(),

@@ -1224,6 +1224,7 @@ description = "调解成功"
             actor: "clerk-01".into(),
             roles: vec!["court_clerk".into()],
             method: AuthMethod::Token,
+            person: None,
         }
     }
 

@@ -117,11 +117,25 @@ impl Loaded {
             .map_or("", |c| c.case_id.as_str())
     }
 
-    /// Whether `agency` takes part in this transfer.
+    /// Whether `agency` may see this transfer: the sender and the approving agency always, the
+    /// receiving agency only once the transfer has been offered to it (minimisation: before the
+    /// offer the draft and its parties are none of its business).
     fn visible_to(&self, agency: &str) -> bool {
         agency == self.sender()
-            || agency == self.receiver()
             || self.approver_agency.as_deref() == Some(agency)
+            || (agency == self.receiver() && self.offered_to_receiver())
+    }
+
+    /// Whether the transfer has been offered to its receiver (its current state is APPROVED or
+    /// later, or it was withdrawn after the offer).
+    fn offered_to_receiver(&self) -> bool {
+        let from = self
+            .transfer
+            .last_event
+            .as_ref()
+            .and_then(|e| TransferState::try_from(e.from_state).ok())
+            .unwrap_or(TransferState::Unspecified);
+        offered(from, self.state())
     }
 
     /// The earliest due time of a running clock.
@@ -190,6 +204,7 @@ fn actor_of(who: &Identity) -> Actor {
         actor_id: who.actor.clone(),
         display_name: String::new(),
         roles: who.roles.clone(),
+        person: who.person().to_string(),
     }
 }
 
@@ -199,6 +214,7 @@ fn system_actor() -> Actor {
         actor_id: "router".into(),
         display_name: "Fengqiao router".into(),
         roles: vec![],
+        person: String::new(),
     }
 }
 
@@ -342,7 +358,8 @@ fn check_approver(who: &Identity, l: &Loaded, route: &Route, step: usize) -> Res
 
 /// Whether the transfer had been offered to the receiver by the end of a change from `from`
 /// to `to` (APPROVED or later; a withdrawal only if it came after the offer). The receiving
-/// agency hears nothing before the offer.
+/// agency hears and sees nothing before the offer: no message, no read, no list entry, no
+/// timeline or watch event.
 pub fn offered(from: TransferState, to: TransferState) -> bool {
     use TransferState as S;
     match to {
@@ -1121,6 +1138,14 @@ impl Transfers {
                 });
             };
             if action.party() == Party::Approver {
+                // A request for another step than the one awaiting approval is the wrong state
+                // (FAILED_PRECONDITION, as the contract says), whoever sends it: the step check
+                // inside `apply` goes first, on a copy (it is pure).
+                if let Err(e @ Error::WrongState { .. }) =
+                    apply(&mut l.clone(), &route, &self.calendar, now)
+                {
+                    return Err(e);
+                }
                 let step = l.transfer.current_step as usize;
                 if let Err(e) = check_approver(who, &l, &route, step) {
                     drop(conn);

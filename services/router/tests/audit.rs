@@ -74,6 +74,7 @@ fn who(roles: &[&str]) -> Identity {
         actor: "staff-7".into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         method: AuthMethod::Token,
+        person: None,
     }
 }
 

@@ -136,6 +136,7 @@ fn identity(agency: &str, roles: &[&str]) -> Identity {
         actor: "tester".into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         method: AuthMethod::Token,
+        person: None,
     }
 }
 

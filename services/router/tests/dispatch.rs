@@ -94,6 +94,7 @@ impl AgencyInboxService for Endpoint {
             actor: "router".into(),
             roles: vec!["router".into()],
             method: AuthMethod::Token,
+            person: None,
         });
         let d = self
             .dispatch
@@ -166,6 +167,7 @@ fn admin() -> Identity {
         actor: "admin".into(),
         roles: vec!["platform_admin".into()],
         method: AuthMethod::Token,
+        person: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn req<T>(agency: &str, actor: &str, role: &str, msg: T) -> Request<T> {
         actor: actor.into(),
         roles: vec![role.into()],
         method: AuthMethod::Token,
+        person: None,
     });
     r
 }
@@ -205,7 +206,8 @@ async fn told(r: &Router, store: &Store, transfer: &str) -> Result<Told, String>
         .transfers
         .events_after(COMMAND, 0, 1000)
         .await
-        .map_err(err)?;
+        .map_err(err)?
+        .1;
     for (_, e) in events.iter().filter(|(_, e)| e.transfer == transfer) {
         let t = TransferEventType::try_from(e.event_type).map_err(err)?;
         out.insert(e.sequence, (t, Vec::new()));
@@ -214,7 +216,8 @@ async fn told(r: &Router, store: &Store, transfer: &str) -> Result<Told, String>
         .transfers
         .events_after(STATION, 0, 1000)
         .await
-        .map_err(err)?;
+        .map_err(err)?
+        .1;
     for (_, e) in station_events
         .iter()
         .filter(|(_, e)| e.transfer == transfer)

@@ -36,6 +36,7 @@ fn who(agency: &str, actor: &str, roles: &[&str]) -> Identity {
         actor: actor.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         method: AuthMethod::Token,
+        person: None,
     }
 }
 

@@ -45,6 +45,23 @@ fn event_from_row(row: &fengqiao_store::sqlx::any::AnyRow) -> Result<TransferEve
     TransferEvent::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("event: {e}")))
 }
 
+/// Whether `agency` may see an event stored in `row` (with its `from_agency`,
+/// `approver_agency` columns): the sender and the approver see every event of their transfers,
+/// the receiver only the events from the offer on.
+fn event_visible_to(
+    row: &fengqiao_store::sqlx::any::AnyRow,
+    e: &TransferEvent,
+    agency: &str,
+) -> Result<bool> {
+    let from: String = row.try_get("from_agency").map_err(store_err)?;
+    let approver: Option<String> = row.try_get("approver_agency").map_err(store_err)?;
+    if from == agency || approver.as_deref() == Some(agency) {
+        return Ok(true);
+    }
+    let state = |v: i32| TransferState::try_from(v).unwrap_or(TransferState::Unspecified);
+    Ok(super::offered(state(e.from_state), state(e.to_state)))
+}
+
 impl Transfers {
     /// Lists transfers the caller's agency sent, received or approves, newest first.
     pub async fn list(
@@ -142,10 +159,18 @@ impl Transfers {
         // every transfer of the agency.
         let order = format!("ORDER BY create_time DESC, id DESC LIMIT {}", size + 1);
         let part = |side: &str| {
+            // The receiver sees a transfer only once it is offered (DRAFT = 1 and
+            // AWAITING_APPROVAL = 2 never; a withdrawal before the offer is filtered below).
+            let offered = if side == "to_agency" {
+                " AND state NOT IN (1, 2)"
+            } else {
+                ""
+            };
             format!(
                 "SELECT id, route_id, route_version, from_agency, to_agency, approver_agency, \
                  case_id, state, body, acceptance_clock, feedback_clock, next_due, overdue, \
-                 create_time, update_time, version FROM transfers WHERE {side} = {p}{sql} {order}"
+                 create_time, update_time, version FROM transfers \
+                 WHERE {side} = {p}{offered}{sql} {order}"
             )
         };
         let sql = if sides.len() == 1 {
@@ -181,7 +206,11 @@ impl Transfers {
             }
         }
         Ok(ListTransfersResponse {
-            transfers: loaded.iter().map(|(_, l)| l.view(now)).collect(),
+            transfers: loaded
+                .iter()
+                .filter(|(_, l)| l.visible_to(&me))
+                .map(|(_, l)| l.view(now))
+                .collect(),
             next_page_token,
         })
     }
@@ -203,7 +232,8 @@ impl Transfers {
             None => 0,
         };
         let rows = sqlx::query(&format!(
-            "SELECT seq, transfer_id, body FROM transfer_events WHERE case_id = $1 AND seq > $2 \
+            "SELECT seq, transfer_id, from_agency, approver_agency, body FROM transfer_events \
+             WHERE case_id = $1 AND seq > $2 \
              AND (from_agency = $3 OR to_agency = $3 OR approver_agency = $3) \
              ORDER BY seq LIMIT {}",
             size + 1
@@ -223,6 +253,9 @@ impl Transfers {
         for r in rows.iter().take(size as usize) {
             let e = event_from_row(r)?;
             last = r.try_get("seq").map_err(store_err)?;
+            if !event_visible_to(r, &e, &who.agency)? {
+                continue;
+            }
             if !transfers.contains(&e.transfer) {
                 transfers.push(e.transfer.clone());
             }
@@ -233,6 +266,10 @@ impl Transfers {
         } else {
             String::new()
         };
+        if events.is_empty() && after == 0 && next_page_token.is_empty() {
+            // Only events from before the offer: as if the case did not exist.
+            return Err(Error::NotFound(format!("case {}", req.case_id)));
+        }
         Ok(GetCaseTimelineResponse {
             events,
             transfers,
@@ -240,15 +277,17 @@ impl Transfers {
         })
     }
 
-    /// Events visible to `agency` after `after`, at most `limit`.
+    /// Events visible to `agency` after `after`, from at most `limit` stored events, and the
+    /// last sequence number read (events the agency may not see yet — a receiver's before the
+    /// offer — are read and skipped, so the next call starts after them).
     pub async fn events_after(
         &self,
         agency: &str,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<(i64, TransferEvent)>> {
+    ) -> Result<(i64, Vec<(i64, TransferEvent)>)> {
         let rows = sqlx::query(&format!(
-            "SELECT seq, body FROM transfer_events WHERE seq > $1 \
+            "SELECT seq, from_agency, approver_agency, body FROM transfer_events WHERE seq > $1 \
              AND (from_agency = $2 OR to_agency = $2 OR approver_agency = $2) \
              ORDER BY seq LIMIT {limit}"
         ))
@@ -257,14 +296,17 @@ impl Transfers {
         .fetch_all(self.store().pool())
         .await
         .map_err(store_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<i64, _>("seq").map_err(store_err)?,
-                    event_from_row(r)?,
-                ))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        let mut last = after;
+        for r in &rows {
+            let seq = r.try_get::<i64, _>("seq").map_err(store_err)?;
+            last = seq;
+            let e = event_from_row(r)?;
+            if event_visible_to(r, &e, agency)? {
+                out.push((seq, e));
+            }
+        }
+        Ok((last, out))
     }
 
     /// The newest event sequence number.
@@ -433,11 +475,19 @@ impl TransferService for Transfers {
                             action: "approve",
                         });
                     }
-                    // One person may not approve two steps of one transfer.
+                    // One person may not approve two steps of one transfer (four eyes): the
+                    // person, not the (agency, actor) pair — one officer may hold tokens of the
+                    // command centre and of the station. Approvals recorded before `person`
+                    // existed compare by actor id.
                     if l.transfer.approvals.iter().any(|a| {
-                        a.approver
-                            .as_ref()
-                            .is_some_and(|p| p.agency == actor.agency && p.actor_id == actor.actor)
+                        a.approver.as_ref().is_some_and(|p| {
+                            let earlier = if p.person.is_empty() {
+                                p.actor_id.as_str()
+                            } else {
+                                p.person.as_str()
+                            };
+                            earlier == actor.person()
+                        })
                     }) {
                         return Err(Error::PermissionDenied(
                             "SAME_APPROVER",
@@ -1090,16 +1140,16 @@ impl TransferService for Transfers {
         let mut changed = self.subscribe();
         tokio::spawn(async move {
             loop {
-                let batch = match me.events_after(&who.agency, after, 100).await {
+                let (read_to, batch) = match me.events_after(&who.agency, after, 100).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
                 };
-                let empty = batch.is_empty();
+                let empty = read_to == after;
+                after = read_to;
                 for (seq, event) in batch {
-                    after = seq;
                     let wanted = (req.case_id.is_empty() || event.case_id == req.case_id)
                         && (req.transfers.is_empty() || req.transfers.contains(&event.transfer));
                     if wanted {
