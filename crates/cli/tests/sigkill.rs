@@ -395,6 +395,29 @@ async fn make_due(url: &str) -> (BTreeSet<String>, i64) {
         .fetch_one(store.pool())
         .await
         .expect("count");
+    // The acceptance clock starts on delivery, and nothing here receives the offers: deliver
+    // the approved ones as the router does on a receipt (its process is down meanwhile).
+    let transfers = fengqiao_router::transfers::Transfers::new(
+        store.clone(),
+        std::sync::Arc::new(fengqiao_router::routes::RouteCatalog::load(None).expect("routes")),
+        std::sync::Arc::new(fengqiao_router::clock::HolidayCalendar::builtin().clone()),
+    );
+    let approved = sqlx::query("SELECT id, to_agency FROM transfers WHERE state = $1")
+        .bind(TransferState::Approved as i64)
+        .fetch_all(store.pool())
+        .await
+        .expect("select approved");
+    for row in approved {
+        let id: String = row.try_get("id").expect("id");
+        let to: String = row.try_get("to_agency").expect("to_agency");
+        let mut tx = store.write().await.expect("write");
+        transfers
+            .note_delivered_in(&mut tx, &format!("transfers/{id}"), &to)
+            .await
+            .expect("deliver");
+        tx.commit().await.expect("commit");
+    }
+    drop(transfers);
     let rows = sqlx::query(
         "SELECT id, acceptance_clock FROM transfers \
          WHERE state IN ($1, $2) AND acceptance_clock IS NOT NULL",

@@ -699,7 +699,11 @@ impl Transfers {
 
         let view = l.view(now);
         let approver_asked = match l.approver_agency.as_deref() {
-            Some(_) if approver_in_doubt(from_state, l.state()) => {
+            // A transfer being created has no earlier submission to look for.
+            Some(_)
+                if from_state != TransferState::Unspecified
+                    && approver_in_doubt(from_state, l.state()) =>
+            {
                 Self::was_submitted(tx, l.id()).await?
             }
             _ => false,
