@@ -659,7 +659,6 @@ async fn kill9_run(urls: [String; 3]) {
 }
 
 #[test]
-#[ignore = "needs #9 agency reconciliation"]
 fn kill9_three_processes_sqlite() {
     let dir = TempDir::new();
     let urls = ["router", "police", "mediation"].map(|s| dir.sqlite_url(&format!("{s}.db")));
@@ -667,7 +666,6 @@ fn kill9_three_processes_sqlite() {
 }
 
 #[test]
-#[ignore = "needs #9 agency reconciliation"]
 fn kill9_three_processes_postgres() {
     let urls = [(), (), ()].map(|_| fengqiao_store::testing::postgres_url());
     let [Some(a), Some(b), Some(c)] = urls else {
