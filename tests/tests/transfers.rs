@@ -310,31 +310,52 @@ suite_test!(refusals, |suite| async move {
     let mut c = cast(&suite);
     let t = create(&mut c.officer).await;
 
-    // Wrong state: accept a draft.
+    // Wrong state: the sender acknowledges feedback on its own draft.
     let e = c
-        .room
+        .officer
+        .acknowledge_feedback(AcknowledgeFeedbackRequest {
+            name: t.name.clone(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no feedback on a draft");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(reason_of(&e).as_deref(), Some("WRONG_STATE"));
+
+    // The receiver cannot see, let alone act on, a transfer not offered to it yet: NOT_FOUND,
+    // as for a missing transfer.
+    for e in [
+        c.room
+            .accept_transfer(AcceptTransferRequest {
+                name: t.name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("draft is not offered"),
+        c.room
+            .submit_transfer(SubmitTransferRequest {
+                name: t.name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("receiver cannot submit"),
+    ] {
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+
+    // Wrong party: the sender cannot accept its own transfer.
+    let e = c
+        .officer
         .accept_transfer(AcceptTransferRequest {
             name: t.name.clone(),
             request_id: rid(),
             ..Default::default()
         })
         .await
-        .expect_err("draft is not offered");
-    // The room cannot even see a draft that was not offered to it yet? It is the receiver:
-    // it sees it, and the state refuses.
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert_eq!(reason_of(&e).as_deref(), Some("WRONG_STATE"));
-
-    // Wrong party: the receiver cannot submit the sender's draft.
-    let e = c
-        .room
-        .submit_transfer(SubmitTransferRequest {
-            name: t.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("receiver cannot submit");
+        .expect_err("sender cannot accept");
     assert_eq!(e.code(), Code::PermissionDenied);
 
     // Another agency: NOT_FOUND, as for a missing transfer.

@@ -226,7 +226,7 @@ async fn told(r: &Router, store: &Store, transfer: &str) -> Result<Told, String>
         out.entry(e.sequence).or_insert((t, Vec::new()));
     }
     for env in envelopes(store, transfer).await? {
-        if env.route != ROUTE || env.route_version != 1 {
+        if env.route != ROUTE || env.route_version != 2 {
             return Err(format!(
                 "envelope {} names route {:?} v{}",
                 env.message_id, env.route, env.route_version

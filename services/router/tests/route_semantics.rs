@@ -652,6 +652,10 @@ both_backends!(
             },
         ))
         .await?;
+        // The acceptance clock starts on delivery (送达).
+        let mut tx = store.write().await?;
+        t.note_delivered_in(&mut tx, &d.name, COMMITTEE).await?;
+        tx.commit().await?;
         make_due(&store, &d.name, "acceptance_clock").await?;
         assert_eq!(t.fire_due(100).await?, 1);
         let got = get(&t, &c.court, &d.name).await;
