@@ -245,6 +245,7 @@ pub async fn entries(tx: &mut Tx, case_ref: &str) -> Result<Vec<CaseFileEntry>> 
 
 /// Inserts a new case, with the route its transfer pinned (from the offer), reflecting the
 /// router's events up to `event_seq`.
+#[allow(clippy::too_many_arguments)]
 pub async fn insert(
     tx: &mut Tx,
     id: &str,
