@@ -128,7 +128,7 @@ async fn delegated(suite: &TestSuite) -> (Transfer, MediationCase) {
         .into_inner()
         .transfer
         .expect("t");
-    assert_eq!(t.route_version, 2);
+    assert_eq!(t.route_version, 3, "v3: the contact_parties named clock");
     let t = judge
         .submit_transfer(SubmitTransferRequest {
             name: t.name.clone(),

@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/0004_delivery.sqlite.sql"),
         postgres: include_str!("../migrations/0004_delivery.postgres.sql"),
     },
+    Migration {
+        version: 5,
+        name: "named_clocks",
+        sqlite: include_str!("../migrations/0005_named_clocks.sqlite.sql"),
+        postgres: include_str!("../migrations/0005_named_clocks.postgres.sql"),
+    },
 ];
 
 /// Applies the shared and the router's migrations.

@@ -8,6 +8,8 @@
 //!  DRAFT / AWAITING_APPROVAL / APPROVED / DELIVERED ──withdraw──► WITHDRAWN
 //!  APPROVED / DELIVERED ──acceptance clock expires──► EXPIRED (return) | ESCALATED (escalate)
 //!  IN_PROGRESS ──feedback clock expires──► EXPIRED (return) | ESCALATED (escalate)
+//!  DELIVERED / IN_PROGRESS ──named clock expires──► EXPIRED (return) | ESCALATED (escalate)
+//!  IN_PROGRESS ──complete a named clock──► IN_PROGRESS
 //!  IN_PROGRESS ──feedback──► FEEDBACK_SUBMITTED ──acknowledge──► CLOSED
 //!  IN_PROGRESS ──return──► RETURNED        IN_PROGRESS ──escalate (人民调解法 Art 25)──► ESCALATED
 //! ```
@@ -61,6 +63,9 @@ pub enum Action {
     Decline,
     /// Pause, resume or extend a clock.
     Clock,
+    /// Record that a named clock's milestone was met (`CompleteClock`), e.g. the parties
+    /// contacted (在线调解规则 Art 15).
+    CompleteClock,
     /// Ask the sender for supplementary investigation.
     RequestInvestigation,
     /// Answer an investigation request.
@@ -93,6 +98,7 @@ impl Action {
             Action::Accept
             | Action::Decline
             | Action::Clock
+            | Action::CompleteClock
             | Action::RequestInvestigation
             | Action::SubmitFeedback
             | Action::Return
@@ -113,6 +119,7 @@ impl Action {
             Action::Accept => "accept",
             Action::Decline => "decline",
             Action::Clock => "change a clock of",
+            Action::CompleteClock => "complete a clock of",
             Action::RequestInvestigation => "request investigation on",
             Action::AnswerInvestigation => "answer investigation on",
             Action::SubmitFeedback => "submit feedback on",
@@ -141,6 +148,9 @@ pub fn next(state: S, action: Action) -> Option<S> {
         (S::Approved | S::Delivered, A::ExpireReturn) => S::Expired,
         (S::Approved | S::Delivered, A::ExpireEscalate) => S::Escalated,
         (S::InProgress, A::Clock) => S::InProgress,
+        // 在线调解规则 Art 15: the milestone (e.g. contacting the parties) is met while the
+        // receiver works on the case.
+        (S::InProgress, A::CompleteClock) => S::InProgress,
         (S::InProgress, A::RequestInvestigation) => S::InProgress,
         (S::InProgress, A::AnswerInvestigation) => S::InProgress,
         (S::InProgress, A::SubmitFeedback) => S::FeedbackSubmitted,
@@ -190,7 +200,7 @@ mod tests {
         S::Escalated,
     ];
 
-    const ALL_ACTIONS: [Action; 19] = [
+    const ALL_ACTIONS: [Action; 20] = [
         A::Update,
         A::Submit { no_steps: false },
         A::Submit { no_steps: true },
@@ -202,6 +212,7 @@ mod tests {
         A::Accept,
         A::Decline,
         A::Clock,
+        A::CompleteClock,
         A::RequestInvestigation,
         A::AnswerInvestigation,
         A::SubmitFeedback,
@@ -239,6 +250,8 @@ mod tests {
         (S::Delivered, A::ExpireReturn, S::Expired),
         (S::Delivered, A::ExpireEscalate, S::Escalated),
         (S::InProgress, A::Clock, S::InProgress),
+        // 在线调解规则 Art 15: a named clock is completed while the case is in progress.
+        (S::InProgress, A::CompleteClock, S::InProgress),
         (S::InProgress, A::RequestInvestigation, S::InProgress),
         (S::InProgress, A::AnswerInvestigation, S::InProgress),
         (S::InProgress, A::SubmitFeedback, S::FeedbackSubmitted),
@@ -298,6 +311,7 @@ mod tests {
         assert_eq!(A::Reject.party(), Party::Approver);
         assert_eq!(A::Accept.party(), Party::Receiver);
         assert_eq!(A::SubmitFeedback.party(), Party::Receiver);
+        assert_eq!(A::CompleteClock.party(), Party::Receiver);
         assert_eq!(A::AcknowledgeFeedback.party(), Party::Sender);
         assert_eq!(A::AnswerInvestigation.party(), Party::Sender);
         assert_eq!(A::ExpireReturn.party(), Party::System);

@@ -44,6 +44,14 @@
 //!   code = "appraisal"
 //!   description = "鉴定"
 //!
+//! [[clocks]]                                 # named clocks (optional), e.g. 在线调解规则 Art 15
+//! name = "contact_parties"                    # [a-z_]{1,40}; not acceptance / feedback; unique
+//! starts_on = "accepted"                      # | "offered" (delivered)
+//! description = "..."                         # required: what must be done, legal basis
+//! unit = "working_day"                        # rule keys as above; not pausable, not extendable
+//! length = 3
+//! expiry_action = "return_to_sender"
+//!
 //! [[decline_reasons]]                         # also [[feedback_outcomes]] (at least one),
 //! code = "not_civil_dispute"                  # [[return_reasons]] and
 //! description = "不属于民间纠纷"                # [[escalation_reasons]]
@@ -78,8 +86,8 @@ use fengqiao_proto::common::{
 };
 use fengqiao_proto::router::route_service_server::RouteService;
 use fengqiao_proto::router::{
-    ApprovalStep, ApproverScope, GetRouteRequest, GetRouteResponse, ListRoutesRequest,
-    ListRoutesResponse, Route,
+    ApprovalStep, ApproverScope, ClockStart, GetRouteRequest, GetRouteResponse, ListRoutesRequest,
+    ListRoutesResponse, NamedClockRule, Route,
 };
 use prost::Message as _;
 use serde::Deserialize;
@@ -109,6 +117,10 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
     (
         "court-to-invited-mediation.v2.toml",
         include_str!("../../../deploy/routes/court-to-invited-mediation.v2.toml"),
+    ),
+    (
+        "court-to-invited-mediation.v3.toml",
+        include_str!("../../../deploy/routes/court-to-invited-mediation.v3.toml"),
     ),
     (
         "mediation-to-court-confirmation.v1.toml",
@@ -273,6 +285,61 @@ struct RouteFile {
     escalation_reasons: Vec<ReasonFile>,
     #[serde(default)]
     allowed_personal_info: Vec<String>,
+    #[serde(default)]
+    clocks: Vec<NamedClockFile>,
+}
+
+/// A `[[clocks]]` entry: a named clock, its rule keys (as in [`ClockFile`]) inline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedClockFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    starts_on: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    unit: String,
+    #[serde(default)]
+    length: u32,
+    #[serde(default)]
+    pausable_reasons: Vec<ReasonFile>,
+    #[serde(default)]
+    extension_rule: Option<String>,
+    #[serde(default)]
+    extension_approver_role: String,
+    #[serde(default)]
+    max_extension: u32,
+    #[serde(default)]
+    hard_cap: u32,
+    #[serde(default)]
+    expiry_action: String,
+    #[serde(default)]
+    holiday_calendar: String,
+}
+
+impl NamedClockFile {
+    fn rule(&self) -> ClockFile {
+        ClockFile {
+            unit: self.unit.clone(),
+            length: self.length,
+            pausable_reasons: self
+                .pausable_reasons
+                .iter()
+                .map(|r| ReasonFile {
+                    code: r.code.clone(),
+                    description: r.description.clone(),
+                })
+                .collect(),
+            extension_rule: self.extension_rule.clone(),
+            extension_approver_role: self.extension_approver_role.clone(),
+            max_extension: self.max_extension,
+            hard_cap: self.hard_cap,
+            expiry_action: self.expiry_action.clone(),
+            holiday_calendar: self.holiday_calendar.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +648,89 @@ fn check_clock(p: &mut Problems, key: &str, clock: Option<&ClockFile>) -> Option
     })
 }
 
+/// Most named clocks a route may declare.
+const MAX_NAMED_CLOCKS: usize = 10;
+/// Longest named-clock name, in characters.
+const MAX_CLOCK_NAME: usize = 40;
+
+/// Whether `name` is a valid named-clock name: `[a-z_]{1,40}`.
+pub fn is_clock_name(name: &str) -> bool {
+    (1..=MAX_CLOCK_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// Checks the `[[clocks]]` of a route: names `[a-z_]{1,40}`, unique and not the built-in
+/// `acceptance` / `feedback`; a start event; a description (it says what must be done, with
+/// its legal basis); the rule as for the other clocks ([`check_clock`]). Named clocks are
+/// neither paused nor extended (`PauseClock` / `ExtendDeadline` address only the acceptance
+/// and feedback clocks), so pausable reasons or an extension rule other than `none` are
+/// refused. Every expiry action is carried out: a named clock runs only while the transfer
+/// is DELIVERED or IN_PROGRESS, where both state-changing expiries have a transition.
+fn check_named_clocks(p: &mut Problems, clocks: &[NamedClockFile]) -> Vec<NamedClockRule> {
+    if clocks.len() > MAX_NAMED_CLOCKS {
+        p.add("clocks", format!("at most {MAX_NAMED_CLOCKS} named clocks"));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(clocks.len());
+    for (i, c) in clocks.iter().enumerate() {
+        let k = format!("clocks[{i}]");
+        if !is_clock_name(&c.name) {
+            p.add(
+                format!("{k}.name"),
+                format!("must be 1-{MAX_CLOCK_NAME} characters of a-z and '_'"),
+            );
+        } else if matches!(c.name.as_str(), "acceptance" | "feedback") {
+            p.add(
+                format!("{k}.name"),
+                format!("{:?} is a built-in clock of every route", c.name),
+            );
+        } else if !seen.insert(c.name.as_str()) {
+            p.add(format!("{k}.name"), format!("{:?} is listed twice", c.name));
+        }
+        let starts_on = match c.starts_on.as_str() {
+            "accepted" => ClockStart::Accepted,
+            "offered" => ClockStart::Offered,
+            "" => {
+                p.add(format!("{k}.starts_on"), "is required: accepted or offered");
+                ClockStart::Unspecified
+            }
+            other => {
+                p.add(
+                    format!("{k}.starts_on"),
+                    format!("unknown event {other:?}; expected accepted or offered"),
+                );
+                ClockStart::Unspecified
+            }
+        };
+        p.text(
+            &format!("{k}.description"),
+            &c.description,
+            true,
+            MAX_TEXT_CHARS,
+        );
+        if c.extension_rule.as_deref().is_some_and(|r| r != "none") {
+            p.add(
+                format!("{k}.extension_rule"),
+                "must be none: named clocks cannot be extended",
+            );
+        }
+        if !c.pausable_reasons.is_empty() {
+            p.add(
+                format!("{k}.pausable_reasons"),
+                "must be empty: named clocks cannot be paused",
+            );
+        }
+        let rule = check_clock(p, &k, Some(&c.rule()));
+        out.push(NamedClockRule {
+            name: c.name.clone(),
+            rule,
+            starts_on: starts_on as i32,
+            description: c.description.trim().to_string(),
+        });
+    }
+    out
+}
+
 /// Refuses acceptance-clock settings the engine cannot carry out: the acceptance clock runs
 /// from the offer until the receiver accepts or declines, and no call pauses or extends it
 /// (`PauseClock` / `ExtendDeadline` refuse the acceptance clock), so a rule that promises
@@ -778,6 +928,7 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
     let feedback_outcomes = check_reasons(&mut p, "feedback_outcomes", &f.feedback_outcomes);
     let return_reasons = check_reasons(&mut p, "return_reasons", &f.return_reasons);
     let escalation_reasons = check_reasons(&mut p, "escalation_reasons", &f.escalation_reasons);
+    let clocks = check_named_clocks(&mut p, &f.clocks);
 
     let mut allowed_personal_info = Vec::new();
     for (i, s) in f.allowed_personal_info.iter().enumerate() {
@@ -822,6 +973,7 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
         publish_time,
         etag: String::new(),
         escalation_reasons,
+        clocks,
     };
     route.etag = route_etag(&route);
     Ok(route)
@@ -1392,7 +1544,7 @@ description = "调解成功"
     fn court_delegation_returns_materials_on_expiry_and_escalates_false_mediation() {
         let c = RouteCatalog::builtin().expect("builtin");
         let r = c.current("court-to-invited-mediation").expect("route");
-        assert_eq!(r.version, 2);
+        assert_eq!(r.version, 3);
         // 特邀调解规定 Art 21: on expiry the materials go back to the court.
         let f = r.feedback_clock.as_ref().expect("feedback");
         assert_eq!(f.expiry_action, ClockExpiryAction::ReturnToSender as i32);
@@ -1410,6 +1562,168 @@ description = "调解成功"
         ] {
             assert!(c.current(gone).is_none(), "{gone} is retired");
         }
+    }
+
+    #[test]
+    fn court_delegation_v3_declares_contact_parties() {
+        let c = RouteCatalog::builtin().expect("builtin");
+        let r = c.current("court-to-invited-mediation").expect("route");
+        // 在线调解规则 Art 15: contact the parties within 3 working days of accepting.
+        let names: Vec<_> = r.clocks.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["contact_parties"]);
+        let k = &r.clocks[0];
+        assert_eq!(k.starts_on, ClockStart::Accepted as i32);
+        assert!(k.description.contains("第十五条"), "{}", k.description);
+        let rule = k.rule.as_ref().expect("rule");
+        assert_eq!(rule.unit, ClockUnit::WorkingDay as i32);
+        assert_eq!(rule.length, 3);
+        assert_eq!(rule.expiry_action, ClockExpiryAction::ReturnToSender as i32);
+        assert_eq!(
+            rule.extension_rule,
+            ClockExtensionRule::NotExtendable as i32
+        );
+        // v2 stays as it was, for the transfers pinned to it.
+        let v2 = c.get("court-to-invited-mediation", 2).expect("v2");
+        assert!(v2.clocks.is_empty() && !v2.current);
+        // The police route declares no named clocks.
+        let police = c.current("police-to-station-mediation").expect("police");
+        assert!(police.clocks.is_empty());
+    }
+
+    const NAMED: &str = "\n[[clocks]]\nname = \"contact_parties\"\nstarts_on = \"accepted\"\n\
+        unit = \"working_day\"\nlength = 3\nexpiry_action = \"return_to_sender\"\n\
+        description = \"三个工作日内联系当事人（在线调解规则第十五条）\"\n";
+
+    #[test]
+    fn named_clocks_are_parsed() {
+        let r = parse_route(BASE_FILE, &format!("{BASE}{NAMED}")).expect("valid");
+        assert_eq!(r.clocks.len(), 1);
+        assert_eq!(r.clocks[0].name, "contact_parties");
+        assert_eq!(r.clocks[0].starts_on, ClockStart::Accepted as i32);
+        assert_eq!(r.clocks[0].rule.as_ref().map(|c| c.length), Some(3));
+        // Every expiry action and both start events are accepted: the engine carries them out.
+        for action in ["return_to_sender", "escalate", "notify_only"] {
+            for start in ["accepted", "offered"] {
+                let text = format!("{BASE}{NAMED}")
+                    .replace(
+                        "expiry_action = \"return_to_sender\"\ndescription",
+                        &format!("expiry_action = \"{action}\"\ndescription"),
+                    )
+                    .replace(
+                        "starts_on = \"accepted\"",
+                        &format!("starts_on = \"{start}\""),
+                    );
+                let r = parse_route(BASE_FILE, &text)
+                    .unwrap_or_else(|e| panic!("{action} {start}: {e}"));
+                assert_eq!(
+                    r.clocks[0].rule.as_ref().map(|c| c.expiry_action),
+                    Some(
+                        ClockExpiryAction::from_str_name(&format!(
+                            "CLOCK_EXPIRY_ACTION_{}",
+                            action.to_ascii_uppercase()
+                        ))
+                        .map(|a| a as i32)
+                        .unwrap_or(-1)
+                    ),
+                    "{action}"
+                );
+            }
+        }
+        // No [[clocks]]: none.
+        assert!(
+            parse_route(BASE_FILE, BASE)
+                .expect("base")
+                .clocks
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn named_clock_refusals() {
+        let named = format!("{BASE}{NAMED}");
+        for (what, text, key) in [
+            (
+                "a name with capitals",
+                named.replace("\"contact_parties\"", "\"Contact\""),
+                "clocks[0].name",
+            ),
+            (
+                "an empty name",
+                named.replace("name = \"contact_parties\"\n", ""),
+                "clocks[0].name",
+            ),
+            (
+                "a name longer than 40",
+                named.replace("\"contact_parties\"", &format!("\"{}\"", "a".repeat(41))),
+                "clocks[0].name",
+            ),
+            (
+                "the built-in acceptance clock",
+                named.replace("\"contact_parties\"", "\"acceptance\""),
+                "clocks[0].name",
+            ),
+            (
+                "the built-in feedback clock",
+                named.replace("\"contact_parties\"", "\"feedback\""),
+                "clocks[0].name",
+            ),
+            ("a duplicate", format!("{named}{NAMED}"), "clocks[1].name"),
+            (
+                "no start event",
+                named.replace("starts_on = \"accepted\"\n", ""),
+                "clocks[0].starts_on",
+            ),
+            (
+                "an unknown start event",
+                named.replace("\"accepted\"", "\"submitted\""),
+                "clocks[0].starts_on",
+            ),
+            (
+                "no description",
+                named.replace(
+                    "description = \"三个工作日内联系当事人（在线调解规则第十五条）\"\n",
+                    "",
+                ),
+                "clocks[0].description",
+            ),
+            (
+                "a zero length (the existing clock validator)",
+                named.replace("length = 3\nexpiry", "length = 0\nexpiry"),
+                "clocks[0].length",
+            ),
+            (
+                "no expiry action",
+                named.replace(
+                    "expiry_action = \"return_to_sender\"\ndescription",
+                    "description",
+                ),
+                "clocks[0].expiry_action",
+            ),
+            (
+                "an extendable named clock (nothing extends it)",
+                format!("{named}extension_rule = \"party_consent\"\nmax_extension = 2\n"),
+                "clocks[0].extension_rule",
+            ),
+            (
+                "a pausable named clock (nothing pauses it)",
+                format!(
+                    "{named}  [[clocks.pausable_reasons]]\n  code = \"appraisal\"\n  description = \"鉴定\"\n"
+                ),
+                "clocks[0].pausable_reasons",
+            ),
+        ] {
+            assert_ne!(text, named, "{what}");
+            let found = problems(BASE_FILE, &text);
+            assert!(
+                found.iter().any(|p| p.key == key),
+                "{what}: expected {key}, got {found:?}"
+            );
+        }
+        // An unknown key in a named clock is a syntax error, as elsewhere.
+        assert!(matches!(
+            parse_route(BASE_FILE, &format!("{named}starts_after = \"x\"\n")),
+            Err(RouteError::Syntax { .. })
+        ));
     }
 
     #[test]

@@ -47,6 +47,7 @@ use crate::lifecycle::{self, Action, Party};
 use crate::routes::RouteCatalog;
 use crate::time::to_timestamp;
 use fengqiao_kit::idem::Idem;
+use fengqiao_proto::router::ClockStart;
 
 /// How often a change is worked out again when the transfer changed between reading it and
 /// writing the change (only when the caller gave no `etag`).
@@ -65,7 +66,7 @@ pub const PAUSE_FOR_INVESTIGATION: &str = "supplementary_investigation";
 
 const COLUMNS: &str = "id, route_id, route_version, from_agency, to_agency, approver_agency, \
     case_id, state, body, acceptance_clock, feedback_clock, next_due, overdue, create_time, \
-    update_time, version";
+    update_time, version, named_clocks";
 
 /// A transfer as loaded for a change.
 #[derive(Debug, Clone)]
@@ -76,6 +77,8 @@ pub struct Loaded {
     pub acceptance: Option<Clock>,
     /// Feedback clock (反馈期限).
     pub feedback: Option<Clock>,
+    /// Named clocks of the pinned route that have started (`Route.clocks`), in its order.
+    pub named: Vec<Clock>,
     /// Agency that approves steps scoped to the sender's parent, if any.
     pub approver_agency: Option<String>,
     /// Row version (the etag).
@@ -143,6 +146,7 @@ impl Loaded {
         [&self.acceptance, &self.feedback]
             .into_iter()
             .flatten()
+            .chain(&self.named)
             .filter(|c| c.stopped_at.is_none() && c.paused_at.is_none() && !c.expired)
             .map(|c| c.due_at)
             .min()
@@ -153,6 +157,14 @@ impl Loaded {
         let mut t = self.transfer.clone();
         t.acceptance_clock = self.acceptance.as_ref().map(Clock::to_proto);
         t.feedback_clock = self.feedback.as_ref().map(Clock::to_proto);
+        t.clocks = self
+            .named
+            .iter()
+            .map(|c| fengqiao_proto::router::NamedClock {
+                name: c.name.clone(),
+                state: Some(c.to_proto()),
+            })
+            .collect();
         t.overdue = self.overdue || self.next_due().is_some_and(|d| d <= now);
         t.etag = etag(self.version);
         t
@@ -184,6 +196,25 @@ fn clock_json(c: &Option<Clock>) -> Result<Option<String>> {
         .transpose()
 }
 
+fn named_from(row: &AnyRow) -> Result<Vec<Clock>> {
+    let text: Option<String> = row.try_get("named_clocks").map_err(store_err)?;
+    match text {
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("named_clocks: {e}")))
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+fn named_json(clocks: &[Clock]) -> Result<Option<String>> {
+    if clocks.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(clocks)
+        .map(Some)
+        .map_err(|e| Error::Corrupt(format!("named_clocks: {e}")))
+}
+
 fn row_to_loaded(row: &AnyRow) -> Result<Loaded> {
     let body: Vec<u8> = row.try_get("body").map_err(store_err)?;
     let transfer =
@@ -192,6 +223,7 @@ fn row_to_loaded(row: &AnyRow) -> Result<Loaded> {
         transfer,
         acceptance: clock_from(row, "acceptance_clock")?,
         feedback: clock_from(row, "feedback_clock")?,
+        named: named_from(row)?,
         approver_agency: row.try_get("approver_agency").map_err(store_err)?,
         version: row.try_get("version").map_err(store_err)?,
         overdue: row.try_get::<i64, _>("overdue").map_err(store_err)? != 0,
@@ -600,13 +632,27 @@ impl Transfers {
             resume_token: seq.to_string(),
         };
         l.transfer.last_event = Some(event.clone());
+        // Clocks run only while the case is with the receiver: whatever ends that (feedback,
+        // decline, return, escalation, withdrawal, expiry of another clock) stops every clock
+        // still running, named ones included, so none fires on a finished transfer.
+        if !matches!(
+            l.state(),
+            TransferState::Approved | TransferState::Delivered | TransferState::InProgress
+        ) {
+            stop_running(&mut l.acceptance, now)?;
+            stop_running(&mut l.feedback, now)?;
+            for c in &mut l.named {
+                stop_named(c, now)?;
+            }
+        }
         let body = l.transfer.encode_to_vec();
         let (acc, fb) = (clock_json(&l.acceptance)?, clock_json(&l.feedback)?);
+        let named = named_json(&l.named)?;
         let next_due = l.next_due();
         if insert {
             sqlx::query(&format!(
                 "INSERT INTO transfers ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, 1)"
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, 1, $15)"
             ))
             .bind(l.id().to_string())
             .bind(l.transfer.route.trim_start_matches("routes/").to_string())
@@ -622,6 +668,7 @@ impl Transfers {
             .bind(next_due)
             .bind(i64::from(l.overdue))
             .bind(now)
+            .bind(named)
             .execute(&mut **tx)
             .await
             .map_err(store_err)?;
@@ -630,7 +677,7 @@ impl Transfers {
             let done = sqlx::query(
                 "UPDATE transfers SET state = $1, body = $2, acceptance_clock = $3, \
                  feedback_clock = $4, next_due = $5, overdue = $6, update_time = $7, \
-                 version = version + 1 WHERE id = $8 AND version = $9",
+                 named_clocks = $8, version = version + 1 WHERE id = $9 AND version = $10",
             )
             .bind(i64::from(l.transfer.state))
             .bind(body)
@@ -639,6 +686,7 @@ impl Transfers {
             .bind(next_due)
             .bind(i64::from(l.overdue))
             .bind(now)
+            .bind(named)
             .bind(l.id().to_string())
             .bind(l.version)
             .execute(&mut **tx)
@@ -934,6 +982,7 @@ impl Transfers {
         t.feedback = None;
         t.handback = None;
         t.investigations.clear();
+        t.clocks.clear();
         t.redacted_fields = redacted;
         t.creator = Some(actor_of(who));
         t.create_time = Some(to_timestamp(now));
@@ -941,6 +990,7 @@ impl Transfers {
             transfer: t,
             acceptance: None,
             feedback: None,
+            named: Vec::new(),
             approver_agency,
             version: 0,
             overdue: false,
@@ -1306,6 +1356,14 @@ impl Transfers {
         // The acceptance clock runs until the receiver answers, the feedback clock until it
         // reports; each one's expiry action is carried out (route validation refuses what
         // could not be).
+        // Named clocks run while the case is with the receiver (they start on delivery or
+        // acceptance) and are carried out like the feedback clock.
+        let named_due = l.named.iter().position(|c| c.is_due(now)).filter(|_| {
+            matches!(
+                from_state,
+                TransferState::Approved | TransferState::Delivered | TransferState::InProgress
+            )
+        });
         let due = if acceptance_due
             && matches!(
                 from_state,
@@ -1314,6 +1372,8 @@ impl Transfers {
             Some((DueClock::Acceptance, l.acceptance.as_mut()))
         } else if feedback_due && from_state == TransferState::InProgress {
             Some((DueClock::Feedback, l.feedback.as_mut()))
+        } else if let Some(i) = named_due {
+            Some((DueClock::Named(i), l.named.get_mut(i)))
         } else {
             None
         };
@@ -1333,8 +1393,9 @@ impl Transfers {
         let expiry = c.mark_expired(now).map_err(clock_error)?;
         l.overdue = true;
         let route = self.route(&l)?;
+        let reason_code = which.reason_code(&l);
         let mut change = Change {
-            reason_code: which.reason_code().into(),
+            reason_code: reason_code.clone(),
             ..Default::default()
         };
         let action = match expiry {
@@ -1356,8 +1417,8 @@ impl Transfers {
                 // (特邀调解规定 Art 21: a failed delegation's materials go back to the court).
                 l.transfer.handback = Some(fengqiao_proto::router::Handback {
                     escalation,
-                    reason_code: which.reason_code().into(),
-                    reason_description: expiry_description(route, which, escalation),
+                    reason_code,
+                    reason_description: expiry_description(route, &l, which, escalation),
                     reason: String::new(),
                     documents: Vec::new(),
                     actor: Some(system_actor()),
@@ -1418,24 +1479,46 @@ enum DueClock {
     Acceptance,
     /// 反馈期限: runs from acceptance until the receiver reports.
     Feedback,
+    /// A named clock of the route (`Route.clocks`), by its index in `Loaded::named`: runs
+    /// from its start event until the receiver completes it or the transfer stops.
+    Named(usize),
 }
 
 impl DueClock {
-    /// The event's (and hand-back's) reason code.
-    fn reason_code(self) -> &'static str {
+    /// The event's (and hand-back's) reason code, e.g. `CLOCK_CONTACT_PARTIES_MISSED` for a
+    /// named clock.
+    fn reason_code(self, l: &Loaded) -> String {
         match self {
-            DueClock::Acceptance => "ACCEPTANCE_DEADLINE_MISSED",
-            DueClock::Feedback => "FEEDBACK_DEADLINE_MISSED",
+            DueClock::Acceptance => "ACCEPTANCE_DEADLINE_MISSED".into(),
+            DueClock::Feedback => "FEEDBACK_DEADLINE_MISSED".into(),
+            DueClock::Named(i) => format!(
+                "CLOCK_{}_MISSED",
+                l.named
+                    .get(i)
+                    .map_or("UNKNOWN", |c| c.name.as_str())
+                    .to_ascii_uppercase()
+            ),
         }
     }
 }
 
 /// The hand-back description of an expiry, from the pinned route: which clock of which route
-/// ran out and what its expiry action did.
-fn expiry_description(route: &Route, which: DueClock, escalation: bool) -> String {
+/// ran out and what its expiry action did (a named clock by its route description).
+fn expiry_description(route: &Route, l: &Loaded, which: DueClock, escalation: bool) -> String {
+    let named;
     let clock = match which {
         DueClock::Acceptance => "受理期限",
         DueClock::Feedback => "反馈（办理）期限",
+        DueClock::Named(i) => {
+            let name = l.named.get(i).map_or("", |c| c.name.as_str());
+            named = match route.clocks.iter().find(|r| r.name == name) {
+                Some(r) if !r.description.is_empty() => {
+                    format!("期限“{name}”（{}）", r.description)
+                }
+                _ => format!("期限“{name}”"),
+            };
+            named.as_str()
+        }
     };
     let action = if escalation {
         "依路径规定上报移送单位"
@@ -1505,6 +1588,7 @@ fn submission(l: &mut Loaded, route: &Route, cal: &HolidayCalendar, now: i64) ->
 fn delivered(l: &mut Loaded, route: &Route, cal: &HolidayCalendar, now: i64) -> Result<Change> {
     l.transfer.state = TransferState::Delivered as i32;
     l.acceptance = start_clock("acceptance", route.acceptance_clock.as_ref(), now, cal)?;
+    start_named(l, route, ClockStart::Offered, now, cal)?;
     Ok(Change {
         event_type: TransferEventType::Delivered,
         ..Default::default()
@@ -1537,6 +1621,34 @@ fn approval_required(l: &Loaded, route: &Route, step: usize, change: &mut Change
     if let Some(a) = agency {
         change.messages.push((MessageKind::ApprovalRequired, a));
     }
+}
+
+/// Starts every named clock of `route` that starts on `event` and has not started yet (a
+/// clock starts once, at the database's `now` of its event).
+fn start_named(
+    l: &mut Loaded,
+    route: &Route,
+    event: ClockStart,
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<()> {
+    for r in route.clocks.iter().filter(|r| r.starts_on == event as i32) {
+        if l.named.iter().any(|c| c.name == r.name) {
+            continue;
+        }
+        if let Some(c) = start_clock(&r.name, r.rule.as_ref(), now, cal)? {
+            l.named.push(c);
+        }
+    }
+    Ok(())
+}
+
+/// Stops a named clock that is still running (a stopped or expired clock stays as it is).
+fn stop_named(c: &mut Clock, now: i64) -> Result<()> {
+    if c.stopped_at.is_none() && !c.expired {
+        c.stop(now).map_err(clock_error)?;
+    }
+    Ok(())
 }
 
 /// Stops a clock that is still running (a stopped or expired clock stays as it is).

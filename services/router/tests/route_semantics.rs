@@ -537,7 +537,7 @@ both_backends!(offers_carry_the_pinned_route, |store: Store| async move {
         let r = m.route.as_ref().expect("the offer carries the route");
         assert_eq!(
             (r.name.as_str(), r.version),
-            ("routes/court-to-invited-mediation", 2)
+            ("routes/court-to-invited-mediation", 3)
         );
         assert!(
             r.feedback_outcomes

@@ -169,7 +169,7 @@ impl Transfers {
             format!(
                 "SELECT id, route_id, route_version, from_agency, to_agency, approver_agency, \
                  case_id, state, body, acceptance_clock, feedback_clock, next_due, overdue, \
-                 create_time, update_time, version FROM transfers \
+                 create_time, update_time, version, named_clocks FROM transfers \
                  WHERE {side} = {p}{offered}{sql} {order}"
             )
         };
@@ -633,6 +633,7 @@ impl TransferService for Transfers {
                     super::check_acceptance_deadline(l, now)?;
                     stop_running(&mut l.acceptance, now)?;
                     l.feedback = start_clock("feedback", route.feedback_clock.as_ref(), now, cal)?;
+                    super::start_named(l, route, ClockStart::Accepted, now, cal)?;
                     if !req.receiver_reference.is_empty()
                         && let Some(case) = l.transfer.case_snapshot.as_mut()
                     {
@@ -802,6 +803,74 @@ impl TransferService for Transfers {
                     })
                 },
                 transfer_reply!(ExtendDeadlineResponse),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn complete_clock(
+        &self,
+        request: Request<CompleteClockRequest>,
+    ) -> Reply<CompleteClockResponse> {
+        let who = who(&request)?;
+        let req = request.into_inner();
+        if !crate::routes::is_clock_name(&req.clock) {
+            return Err(Error::from(FieldViolation::new(
+                "clock",
+                "must name a clock of the transfer's route (a-z and '_', at most 40)",
+            ))
+            .into());
+        }
+        if req.comment.chars().count() > 2000 {
+            return Err(
+                Error::from(FieldViolation::new("comment", "at most 2000 characters")).into(),
+            );
+        }
+        let resp = self
+            .mutate(
+                &who,
+                "CompleteClock",
+                &req.request_id,
+                &req,
+                &req.name,
+                &req.etag,
+                fixed(Action::CompleteClock),
+                |l, route, _cal, now| {
+                    // The clock must be one of the pinned route version's named clocks.
+                    if !route.clocks.iter().any(|r| r.name == req.clock) {
+                        return Err(FieldViolation::new(
+                            "clock",
+                            format!(
+                                "route {} version {} has no clock {:?}",
+                                route.name, route.version, req.clock
+                            ),
+                        )
+                        .into());
+                    }
+                    let Some(c) = l.named.iter_mut().find(|c| c.name == req.clock) else {
+                        return Err(Error::ClockRefused(format!(
+                            "the clock {:?} has not started",
+                            req.clock
+                        )));
+                    };
+                    // The deadline is the rule, not only the timer (as for accepting): once due,
+                    // the expiry is the timer's to carry out.
+                    if c.is_due(now) {
+                        return Err(Error::Refused(
+                            "CLOCK_DEADLINE_PASSED",
+                            format!("the deadline of the clock {:?} has passed", req.clock),
+                        ));
+                    }
+                    c.stop(now).map_err(clock_error)?;
+                    Ok(Change {
+                        event_type: TransferEventType::ClockCompleted,
+                        reason_code: req.clock.clone(),
+                        reason: req.comment.clone(),
+                        messages: vec![(MessageKind::TransferUpdated, l.sender().to_string())],
+                        ..Default::default()
+                    })
+                },
+                transfer_reply!(CompleteClockResponse),
             )
             .await?;
         Ok(Response::new(resp))
