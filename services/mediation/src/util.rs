@@ -27,12 +27,12 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> i64 {
 
 /// The etag of a row version.
 pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
+    fengqiao_kit::etag::etag(version)
 }
 
 /// Refuses a non-empty `given` etag that differs from the row's.
 pub fn check_etag(resource: &str, given: &str, version: i64) -> Result<()> {
-    if !given.is_empty() && given != etag(version) {
+    if !given.is_empty() && !fengqiao_kit::etag::matches(given, version) {
         return Err(Error::EtagMismatch(resource.to_string()));
     }
     Ok(())

@@ -271,7 +271,10 @@ async fn load_visible(tx: &mut Tx, who: &Identity, name: &str) -> Result<Stored>
 }
 
 fn check_etag(etag: &str, current: &str, what: &str) -> Result<()> {
-    if !etag.is_empty() && etag != current {
+    // One etag format for the suite (`fengqiao_kit::etag`): the version in quotes; a client
+    // may send it with or without them.
+    let version = current.trim_matches('"').parse::<i64>().unwrap_or(-1);
+    if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, version) {
         return Err(Error::EtagMismatch(what.to_string()));
     }
     Ok(())
@@ -293,7 +296,7 @@ fn feedback_columns(r: &Referral) -> (Option<i64>, i64) {
 /// Writes a changed referral: bumps the version and etag, sets `update_time`.
 async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     s.version += 1;
-    s.referral.etag = s.version.to_string();
+    s.referral.etag = fengqiao_kit::etag::etag(s.version);
     s.referral.update_time = Some(to_ts(now));
     let r = &s.referral;
     let id = r.name.trim_start_matches("referrals/");
@@ -442,7 +445,7 @@ fn task_of(row: &AnyRow) -> Result<StoredTask> {
 
 async fn save_task(tx: &mut Tx, t: &mut StoredTask) -> Result<()> {
     t.version += 1;
-    t.task.etag = t.version.to_string();
+    t.task.etag = fengqiao_kit::etag::etag(t.version);
     let id = t
         .task
         .name
@@ -690,7 +693,7 @@ impl Inbox {
             answer_evidence: inv.answer_evidence.clone(),
             answered_by: inv.answered_by.clone(),
             answer_time: inv.answer_time,
-            etag: "1".into(),
+            etag: fengqiao_kit::etag::etag(1),
         };
         sqlx::query(
             "INSERT INTO investigation_tasks (id, referral_id, investigation, state, request_time, body, version) \
@@ -871,7 +874,7 @@ impl PoliceReferral {
         r.state = state_for_screening(result) as i32;
         r.create_time = Some(to_ts(now));
         r.update_time = Some(to_ts(now));
-        r.etag = "1".into();
+        r.etag = fengqiao_kit::etag::etag(1);
         let call_time = r.call_time.as_ref().map_or(now, from_ts);
         sqlx::query(
             "INSERT INTO referrals (id, incident_number, case_id, creator_agency, police_station, \

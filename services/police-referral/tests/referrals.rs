@@ -566,3 +566,47 @@ suite_test!(transfer_flow_reflects_router, |suite| async move {
     sorted.sort_unstable();
     assert_eq!(seqs, sorted);
 });
+
+// One etag format across the suite (`fengqiao_kit::etag`): the version in double quotes, as
+// the router and mediation answer; a client may send it with or without the quotes.
+suite_test!(
+    referral_etags_have_the_suites_one_format,
+    |suite| async move {
+        let mut d = dispatch(&suite);
+        let mut r = noise_referral("ETAG1");
+        r.category = DisputeCategory::TrafficAccident as i32;
+        r.summary = "两车剐蹭".into();
+        r.on_scene_handling.clear();
+        let r = create(&mut d, r).await.expect("create");
+        assert_eq!(r.state, ReferralState::PendingReview as i32);
+        assert_eq!(r.etag, "\"1\"");
+        let mut o = officer(&suite);
+        let stale = o
+            .override_screening(OverrideScreeningRequest {
+                name: r.name.clone(),
+                etag: "\"7\"".into(),
+                result: ScreeningResult::CivilDispute as i32,
+                reason: "双方均同意调解".into(),
+                request_id: rid(),
+            })
+            .await
+            .expect_err("stale etag");
+        assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+        // The bare version is the same tag.
+        let done = o
+            .override_screening(OverrideScreeningRequest {
+                name: r.name.clone(),
+                etag: "1".into(),
+                result: ScreeningResult::CivilDispute as i32,
+                reason: "双方均同意调解".into(),
+                request_id: rid(),
+            })
+            .await
+            .expect("bare etag accepted")
+            .into_inner()
+            .referral
+            .expect("referral");
+        assert_eq!(done.etag, "\"2\"");
+        assert_eq!(get(&mut o, &r.name).await.expect("get").etag, "\"2\"");
+    }
+);

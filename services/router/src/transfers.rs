@@ -177,7 +177,7 @@ fn transfer_id(field: &str, name: &str) -> Result<String> {
 }
 
 fn etag(version: i64) -> String {
-    format!("\"{version}\"")
+    fengqiao_kit::etag::etag(version)
 }
 
 fn store_err(e: sqlx::Error) -> Error {
@@ -1180,7 +1180,7 @@ impl Transfers {
                     .to_lowercase(),
                 ));
             }
-            if !etag_in.is_empty() && etag_in != etag(l.version) {
+            if !etag_in.is_empty() && !fengqiao_kit::etag::matches(etag_in, l.version) {
                 return Err(Error::EtagMismatch(l.transfer.name.clone()));
             }
             let from_state = l.state();
