@@ -470,14 +470,8 @@ fn end_on_working_day(end: i64, unit: ClockUnit, cal: &HolidayCalendar) -> Optio
     }
 }
 
-/// A protobuf timestamp from unix microseconds.
-pub fn to_timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(MICROS_PER_SECOND),
-        // 0 <= rem < 1e6, so the nanos fit an i32.
-        nanos: (micros.rem_euclid(MICROS_PER_SECOND) * 1000) as i32,
-    }
-}
+/// A protobuf timestamp from unix microseconds (the kit's one conversion).
+pub use fengqiao_kit::time::to_timestamp;
 
 /// A protobuf duration from microseconds (seconds and nanos share the sign).
 pub fn to_duration(micros: i64) -> prost_types::Duration {

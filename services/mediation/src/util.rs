@@ -10,20 +10,7 @@ pub const ROLE_ADMIN: &str = "mediation_admin";
 /// Role that may act on cases (人民调解员).
 pub const ROLE_MEDIATOR: &str = "mediator";
 
-/// A protobuf timestamp from unix microseconds.
-pub fn to_timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-/// Unix microseconds from a protobuf timestamp.
-pub fn from_timestamp(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(ts.nanos) / 1000)
-}
+pub use fengqiao_kit::time::{from_timestamp, to_timestamp};
 
 /// The etag of a row version.
 pub fn etag(version: i64) -> String {

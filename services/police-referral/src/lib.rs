@@ -83,18 +83,7 @@ const STATION_ROLES: &[&str] = &["officer", "duty_chief"];
 /// Roles that may report the result to the command room (反馈指挥室).
 const ACK_ROLES: &[&str] = &["officer", "duty_chief", "command_room_reviewer"];
 
-fn to_ts(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-fn from_ts(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(ts.nanos) / 1000)
-}
+use fengqiao_kit::time::{from_timestamp as from_ts, to_timestamp as to_ts};
 
 fn actor_of(who: &Identity) -> Actor {
     Actor {
