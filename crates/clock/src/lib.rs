@@ -67,10 +67,9 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use chrono::{Datelike, Days, NaiveDate, Weekday};
-use fengqiao_kit::ApiError;
+use fengqiao_kit::{ApiError, Reason};
 use fengqiao_proto::common;
 use serde::{Deserialize, Serialize};
-use tonic::Code;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_HOUR: i64 = 3_600 * MICROS_PER_SECOND;
@@ -656,7 +655,7 @@ pub enum ClockError {
 
 impl ClockError {
     /// Stable `ErrorInfo.reason`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Self::UnitUnspecified
             | Self::ZeroLength
@@ -664,22 +663,22 @@ impl ClockError {
             | Self::UnknownEnumValue { .. }
             | Self::TooManyUnits { .. }
             | Self::HardCapBelowLength { .. }
-            | Self::MissingApproverRole => "CLOCK_RULE_INVALID",
-            Self::InvalidTime { .. } => "CLOCK_TIME_INVALID",
-            Self::AlreadyPaused => "CLOCK_ALREADY_PAUSED",
-            Self::NotPaused => "CLOCK_NOT_PAUSED",
-            Self::Paused => "CLOCK_PAUSED",
-            Self::ReasonNotPausable { .. } => "CLOCK_REASON_NOT_PAUSABLE",
-            Self::NotExtendable => "CLOCK_NOT_EXTENDABLE",
-            Self::ZeroExtension => "CLOCK_EXTENSION_INVALID",
-            Self::PartyConsentRequired => "CLOCK_PARTY_CONSENT_REQUIRED",
-            Self::WrongRole { .. } => "CLOCK_APPROVER_ROLE_REQUIRED",
-            Self::ExtensionTooLong { .. } => "CLOCK_EXTENSION_TOO_LONG",
-            Self::BeyondHardCap { .. } => "CLOCK_BEYOND_HARD_CAP",
-            Self::Stopped => "CLOCK_STOPPED",
-            Self::Expired => "CLOCK_EXPIRED",
-            Self::NotDue { .. } => "CLOCK_NOT_DUE",
-            Self::OutOfRange => "CLOCK_OUT_OF_RANGE",
+            | Self::MissingApproverRole => Reason::ClockRuleInvalid,
+            Self::InvalidTime { .. } => Reason::ClockTimeInvalid,
+            Self::AlreadyPaused => Reason::ClockAlreadyPaused,
+            Self::NotPaused => Reason::ClockNotPaused,
+            Self::Paused => Reason::ClockPaused,
+            Self::ReasonNotPausable { .. } => Reason::ClockReasonNotPausable,
+            Self::NotExtendable => Reason::ClockNotExtendable,
+            Self::ZeroExtension => Reason::ClockExtensionInvalid,
+            Self::PartyConsentRequired => Reason::ClockPartyConsentRequired,
+            Self::WrongRole { .. } => Reason::ClockApproverRoleRequired,
+            Self::ExtensionTooLong { .. } => Reason::ClockExtensionTooLong,
+            Self::BeyondHardCap { .. } => Reason::ClockBeyondHardCap,
+            Self::Stopped => Reason::ClockStopped,
+            Self::Expired => Reason::ClockExpired,
+            Self::NotDue { .. } => Reason::ClockNotDue,
+            Self::OutOfRange => Reason::ClockOutOfRange,
         }
     }
 
@@ -706,12 +705,15 @@ impl ClockError {
         if let Some(field) = self.field() {
             return ApiError::invalid_field(field, self.to_string());
         }
-        let code = match self {
-            Self::WrongRole { .. } => Code::PermissionDenied,
-            Self::OutOfRange | Self::InvalidTime { .. } => Code::Internal,
-            _ => Code::FailedPrecondition,
-        };
-        ApiError::new(code, self.reason(), self.to_string())
+        // The reason fixes the code: CLOCK_APPROVER_ROLE_REQUIRED is PERMISSION_DENIED, the
+        // time faults INTERNAL, the rest FAILED_PRECONDITION (see the kit's catalogue).
+        ApiError::new(self.reason(), self.to_string())
+    }
+}
+
+impl From<ClockError> for fengqiao_kit::Error {
+    fn from(e: ClockError) -> Self {
+        fengqiao_kit::Error::Api(e.api())
     }
 }
 
@@ -1794,7 +1796,9 @@ mod tests {
     fn want_field_or_reason(rule: &common::ClockRule) -> bool {
         validate_rule(rule).err().is_some_and(|e| {
             let api = e.api();
-            api.code == Code::InvalidArgument && api.violations.len() == 1 && e.field().is_some()
+            api.code() == tonic::Code::InvalidArgument
+                && api.violations.len() == 1
+                && e.field().is_some()
         })
     }
 
@@ -2774,6 +2778,7 @@ mod tests {
 
     #[test]
     fn errors_map_to_status_codes() {
+        use tonic::Code;
         let cases = [
             (
                 ClockError::ReasonNotPausable {
@@ -2842,7 +2847,7 @@ mod tests {
         ];
         for (e, code, reason) in cases {
             let api = e.api();
-            assert_eq!((api.code, api.reason), (code, reason), "{e:?}");
+            assert_eq!((api.code(), api.reason.as_str()), (code, reason), "{e:?}");
         }
         // The pause reason code is input: it is not echoed.
         let e = ClockError::ReasonNotPausable {

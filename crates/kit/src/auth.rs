@@ -82,10 +82,9 @@ impl Identity {
     }
 
     /// The identity of a verified request, or `UNAUTHENTICATED` if the auth layer did not run.
-    pub fn of<T>(req: &tonic::Request<T>) -> Result<&Identity, tonic::Status> {
+    pub fn of<T>(req: &tonic::Request<T>) -> Result<&Identity, crate::error::ApiError> {
         req.extensions().get::<Identity>().ok_or_else(|| {
-            crate::error::ApiError::unauthenticated("UNAUTHENTICATED", "no verified identity")
-                .to_status()
+            crate::error::ApiError::new(crate::Reason::Unauthenticated, "no verified identity")
         })
     }
 }
@@ -118,15 +117,16 @@ pub enum AuthError {
 
 impl AuthError {
     /// Stable `ErrorInfo.reason`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::Reason {
+        use crate::Reason;
         match self {
-            AuthError::Missing => "TOKEN_MISSING",
-            AuthError::Malformed(_) => "TOKEN_MALFORMED",
-            AuthError::UnknownKey => "TOKEN_UNKNOWN_KEY",
-            AuthError::BadSignature => "TOKEN_BAD_SIGNATURE",
-            AuthError::Expired => "TOKEN_EXPIRED",
-            AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
-            AuthError::WrongIssuer => "TOKEN_WRONG_ISSUER",
+            AuthError::Missing => Reason::TokenMissing,
+            AuthError::Malformed(_) => Reason::TokenMalformed,
+            AuthError::UnknownKey => Reason::TokenUnknownKey,
+            AuthError::BadSignature => Reason::TokenBadSignature,
+            AuthError::Expired => Reason::TokenExpired,
+            AuthError::NotYetValid => Reason::TokenNotYetValid,
+            AuthError::WrongIssuer => Reason::TokenWrongIssuer,
         }
     }
 }

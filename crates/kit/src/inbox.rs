@@ -17,13 +17,13 @@ use fengqiao_proto::inbox::{DeliverRequest, DeliverResponse, Envelope, Recipient
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
-use crate::error::ApiError;
+use crate::error::{ApiError, Reason};
 
 /// The principal the router's own calls carry.
 pub const ROUTER_PRINCIPAL: &str = "services/router";
 
 /// Stable `ErrorInfo.reason` of an envelope no service in the process keeps records for.
-pub const NO_HANDLER: &str = "NO_HANDLER";
+pub const NO_HANDLER: &str = Reason::NoHandler.as_str();
 
 /// One (route id, recipient side) pair a service keeps records for, e.g.
 /// `("police-to-station-mediation", RecipientSide::Sender)`.
@@ -121,8 +121,8 @@ impl InboxDispatch {
         let (route, side) = route_and_side(&envelope)?;
         match self.handler_for(route, side) {
             Some(h) => h.deliver(envelope).await,
-            None => Err(ApiError::failed_precondition(
-                NO_HANDLER,
+            None => Err(ApiError::new(
+                Reason::NoHandler,
                 format!(
                     "no service here keeps records for route {route} as {}",
                     side.as_str_name()
@@ -143,8 +143,8 @@ impl AgencyInboxService for InboxDispatch {
     ) -> Result<Response<DeliverResponse>, Status> {
         let who = Identity::of(&request)?;
         if who.agency != ROUTER_PRINCIPAL && !who.has_role("router") {
-            return Err(ApiError::permission_denied(
-                "ROUTER_ONLY",
+            return Err(ApiError::new(
+                Reason::RouterOnly,
                 "only the router delivers to agency inboxes",
             )
             .into());

@@ -4,7 +4,8 @@
 //! - [`telemetry`]: JSON logs, OpenTelemetry spans, W3C trace context in and out;
 //! - [`metrics`]: Prometheus text on the admin port;
 //! - [`auth`]: signed bearer tokens and the verified [`auth::Identity`];
-//! - [`error`]: the one mapping of errors to `tonic::Status` with `google.rpc` details;
+//! - [`error`]: the one mapping of errors to `tonic::Status` with `google.rpc` details, and
+//!   [`reason`]: the one catalogue of stable error reasons;
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
@@ -17,10 +18,11 @@ pub mod etag;
 pub mod idem;
 pub mod inbox;
 pub mod metrics;
+pub mod reason;
 pub mod server;
 pub mod telemetry;
 pub mod time;
 pub mod validate;
 
 pub use auth::Identity;
-pub use error::{ApiError, FieldViolation};
+pub use error::{ApiError, Error, FieldViolation, Reason};

@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::auth::{AuthError, AuthMethod, Identity, Verifier};
 use crate::config::LimitsConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Reason};
 use crate::metrics::{Metrics, code_name};
 
 /// Errors starting a server.
@@ -348,14 +348,13 @@ where
         Box::pin(
             async move {
                 let refuse = |e: ApiError, mut f: Finisher| {
-                    f.finish(e.code);
+                    f.finish(e.code());
                     Ok(e.to_status().into_http::<Body>())
                 };
                 let Ok(permit) = g.permits.clone().try_acquire_owned() else {
                     return refuse(
                         ApiError::new(
-                            Code::ResourceExhausted,
-                            "SERVER_OVERLOADED",
+                            Reason::ServerOverloaded,
                             "server is at its concurrency limit; retry with backoff",
                         ),
                         finisher,
@@ -368,8 +367,7 @@ where
                             if let Err(wait) = g.limiter.take(&id.agency, Instant::now()) {
                                 return refuse(
                                     ApiError::new(
-                                        Code::ResourceExhausted,
-                                        "RATE_LIMITED",
+                                        Reason::RateLimited,
                                         format!(
                                             "agency rate limit exceeded; retry in {} ms",
                                             wait.as_millis().max(1)
@@ -381,11 +379,8 @@ where
                             req.extensions_mut().insert(id);
                         }
                         Err(e) => {
-                            tracing::info!(reason = e.reason(), "call refused: {e}");
-                            return refuse(
-                                ApiError::unauthenticated(e.reason(), e.to_string()),
-                                finisher,
-                            );
+                            tracing::info!(reason = e.reason().as_str(), "call refused: {e}");
+                            return refuse(ApiError::new(e.reason(), e.to_string()), finisher);
                         }
                     }
                 }
@@ -397,8 +392,7 @@ where
                     Err(_) => {
                         return refuse(
                             ApiError::new(
-                                Code::DeadlineExceeded,
-                                "DEADLINE_EXCEEDED",
+                                Reason::DeadlineExceeded,
                                 "the call did not finish within its deadline",
                             ),
                             finisher,

@@ -95,39 +95,42 @@ pub fn page_size(size: i32) -> Result<u32, FieldViolation> {
     }
 }
 
-/// Encodes an opaque page token from a key.
-pub fn page_token(key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(key.as_bytes())
+/// The canonical query of a list request, for [`page_token`] and [`parse_page_token`]: the
+/// calling agency and the request with its `page_size` and `page_token` cleared. A token is then
+/// good only for the same filters, ordering and caller.
+#[macro_export]
+macro_rules! list_query {
+    ($req:expr, $agency:expr) => {{
+        let mut q = ($req).clone();
+        q.page_size = 0;
+        q.page_token = ::std::string::String::new();
+        $crate::validate::query_text(&q, $agency)
+    }};
 }
 
-/// Decodes a page token made by [`page_token`]; empty means the first page.
-pub fn parse_page_token(token: &str) -> Result<Option<String>, FieldViolation> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .map(Some)
-        .ok_or_else(|| FieldViolation::new("page_token", "is not a token this server issued"))
+/// The text [`list_query!`] builds: the agency and the encoded request.
+pub fn query_text(request: &impl prost::Message, agency: &str) -> String {
+    format!(
+        "{agency}\n{}",
+        URL_SAFE_NO_PAD.encode(request.encode_to_vec())
+    )
 }
 
 /// A page token that binds the query it was issued for: `cursor` (the position after the last
 /// row returned) and a digest of `query` (the request's filters and ordering, in a canonical
-/// text the caller builds) and the cursor. [`parse_page_token_for`] refuses a token from another
+/// text the caller builds) and the cursor. [`parse_page_token`] refuses a token from another
 /// query, a garbled one and one this server did not make (its digest does not match); the
 /// cursor itself grants nothing (authorisation applies to every page).
-pub fn page_token_for(query: &str, cursor: &str) -> String {
+pub fn page_token(query: &str, cursor: &str) -> String {
     let mut raw = cursor.as_bytes().to_vec();
     raw.push(b'\n');
     raw.extend_from_slice(&page_digest(query, cursor));
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// The cursor of a token made by [`page_token_for`] for the same `query`; empty means the
+/// The cursor of a token made by [`page_token`] for the same `query`; empty means the
 /// first page. Any other token is INVALID_ARGUMENT on `page_token`.
-pub fn parse_page_token_for(token: &str, query: &str) -> Result<Option<String>, FieldViolation> {
+pub fn parse_page_token(token: &str, query: &str) -> Result<Option<String>, FieldViolation> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -197,13 +200,6 @@ mod tests {
         assert_eq!(page_size(0).ok(), Some(DEFAULT_PAGE_SIZE));
         assert_eq!(page_size(10_000).ok(), Some(MAX_PAGE_SIZE));
         assert!(page_size(-1).is_err());
-        let t = page_token("agencies/x");
-        assert_eq!(
-            parse_page_token(&t).ok().flatten().as_deref(),
-            Some("agencies/x")
-        );
-        assert!(parse_page_token("!!").is_err());
-        assert_eq!(parse_page_token("").ok(), Some(None));
     }
 
     #[test]
@@ -216,30 +212,51 @@ mod tests {
     #[test]
     fn page_tokens_bind_their_query() {
         let q = "states=1,2|agency=agencies/x";
-        let t = page_token_for(q, "1700000000|abc");
+        let t = page_token(q, "1700000000|abc");
         assert_eq!(
-            parse_page_token_for(&t, q).ok().flatten().as_deref(),
+            parse_page_token(&t, q).ok().flatten().as_deref(),
             Some("1700000000|abc")
         );
-        assert_eq!(parse_page_token_for("", q).ok(), Some(None));
+        assert_eq!(parse_page_token("", q).ok(), Some(None));
         // Another query's token, a forged one, a garbled one.
-        assert!(parse_page_token_for(&t, "states=1|agency=agencies/x").is_err());
-        assert!(parse_page_token_for(&page_token("1700000000|abc"), q).is_err());
-        assert!(parse_page_token_for("!!", q).is_err());
+        assert!(parse_page_token(&t, "states=1|agency=agencies/x").is_err());
+        assert!(parse_page_token(&URL_SAFE_NO_PAD.encode("1700000000|abc"), q).is_err());
+        assert!(parse_page_token("!!", q).is_err());
         let mut raw = URL_SAFE_NO_PAD.decode(&t).expect("own token");
         raw[0] ^= 1;
-        assert!(parse_page_token_for(&URL_SAFE_NO_PAD.encode(raw), q).is_err());
+        assert!(parse_page_token(&URL_SAFE_NO_PAD.encode(raw), q).is_err());
         assert_eq!(
-            parse_page_token_for(&t, q).err().map(|e| e.field),
+            parse_page_token(&t, q).err().map(|e| e.field),
             None,
             "own token accepted"
         );
         assert_eq!(
-            parse_page_token_for("AAAA", q)
+            parse_page_token("AAAA", q)
                 .err()
                 .map(|e| e.field)
                 .as_deref(),
             Some("page_token")
         );
+    }
+
+    #[test]
+    fn list_queries_differ_by_filter_and_caller_not_by_page() {
+        let req = fengqiao_proto::router::ListAgenciesRequest {
+            page_size: 5,
+            page_token: "x".into(),
+            ..Default::default()
+        };
+        let next = fengqiao_proto::router::ListAgenciesRequest {
+            page_size: 50,
+            page_token: "y".into(),
+            ..req.clone()
+        };
+        assert_eq!(list_query!(req, "a"), list_query!(next, "a"));
+        assert_ne!(list_query!(req, "a"), list_query!(req, "b"));
+        let filtered = fengqiao_proto::router::ListAgenciesRequest {
+            kind: 1,
+            ..req.clone()
+        };
+        assert_ne!(list_query!(req, "a"), list_query!(filtered, "a"));
     }
 }

@@ -9,6 +9,7 @@
 //! idempotent answer. Router calls carry a `request_id` derived from the caller's, so a
 //! retry after a failed local commit replays the router's answer instead of acting twice.
 
+use fengqiao_kit::Reason;
 use fengqiao_kit::{FieldViolation, Identity, inbox::forward_auth};
 use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Money};
 use fengqiao_proto::mediation::assign_mediator_request::Assignee;
@@ -222,8 +223,8 @@ fn auto_assign(
             return Ok((m.clone(), why));
         }
     }
-    Err(Error::Precondition(
-        "NO_MEDIATOR_MATCHES",
+    Err(Error::Refused(
+        Reason::NoMediatorMatches,
         "no active mediator of the organisation matches the specialty, region and load".into(),
     ))
 }
@@ -295,18 +296,32 @@ fn answer_seq(t: Option<&r::Transfer>) -> u64 {
 
 /// A router refusal of a call whose case already showed its result: the router refused a
 /// new call (not a retry), so the answer is the local wrong state.
+///
+/// `fields` renames the router request's fields that came from the caller's request (so a bad
+/// one is named as the caller sent it); any other bad field is a fault of this service.
 fn routed_error(
     status: tonic::Status,
     retried: bool,
     c: &MediationCase,
     action: &'static str,
+    fields: &'static [(&'static str, &'static str)],
 ) -> Error {
     if retried && status.code() == tonic::Code::FailedPrecondition {
         wrong(c, action)
     } else {
-        Error::Router(status)
+        Error::Upstream(Box::new(status), fields)
     }
 }
+
+/// The caller's fields a decline passes to the router unchanged.
+const REASON_FIELDS: &[(&str, &str)] = &[("reason_code", "reason_code"), ("reason", "reason")];
+
+/// The caller's fields an escalation passes to the router unchanged.
+const ESCALATION_FIELDS: &[(&str, &str)] = &[
+    ("reason_code", "reason_code"),
+    ("reason", "reason"),
+    ("documents", "documents"),
+];
 
 enum Begin<R> {
     Replay(R),
@@ -423,8 +438,9 @@ impl Cases {
     /// the cases read, in chunks, until the page is full.
     pub async fn list(&self, who: &Identity, req: ListCasesRequest) -> Result<ListCasesResponse> {
         let size = fengqiao_kit::validate::page_size(req.page_size)? as usize;
+        let query = fengqiao_kit::list_query!(req, &who.agency);
         let mut after: Option<(i64, String)> =
-            match fengqiao_kit::validate::parse_page_token(&req.page_token)? {
+            match fengqiao_kit::validate::parse_page_token(&req.page_token, &query)? {
                 Some(t) => Some(
                     t.split_once('|')
                         .and_then(|(ct, id)| Some((ct.parse::<i64>().ok()?, id.to_string())))
@@ -482,7 +498,7 @@ impl Cases {
         if page.len() > size {
             page.truncate(size);
             if let Some((ct, id, _)) = page.last() {
-                next = fengqiao_kit::validate::page_token(&format!("{ct}|{id}"));
+                next = fengqiao_kit::validate::page_token(&query, &format!("{ct}|{id}"));
             }
         }
         Ok(ListCasesResponse {
@@ -532,7 +548,7 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(|e| routed_error(e, retried, &l.case, "accept"))?
+            .map_err(|e| routed_error(e, retried, &l.case, "accept", &[]))?
             .into_inner()
             .transfer;
         l.answer_seq = answer_seq(t.as_ref());
@@ -606,7 +622,7 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(|e| routed_error(e, retried, &l.case, "decline"))?
+            .map_err(|e| routed_error(e, retried, &l.case, "decline", REASON_FIELDS))?
             .into_inner()
             .transfer;
         l.answer_seq = answer_seq(t.as_ref());
@@ -725,7 +741,7 @@ impl Cases {
                     },
                 ))
                 .await
-                .map_err(|e| routed_error(e, retried, &l.case, "record consent"))?
+                .map_err(|e| routed_error(e, retried, &l.case, "record consent", &[]))?
                 .into_inner()
                 .transfer;
             l.answer_seq = answer_seq(t.as_ref());
@@ -797,8 +813,8 @@ impl Cases {
     /// Loads the mediators of the case's organisation, with their loads.
     async fn roster_of(&self, c: &MediationCase) -> Result<Vec<Mediator>> {
         if c.organization.is_empty() {
-            return Err(Error::Precondition(
-                "NO_ORGANIZATION",
+            return Err(Error::Refused(
+                Reason::NoOrganization,
                 "no mediation organisation is registered for the receiving agency".into(),
             ));
         }
@@ -832,8 +848,8 @@ impl Cases {
         };
         require_state(&l.case, &[S::Accepted], "assign a mediator")?;
         if l.case.assignment.is_some() {
-            return Err(Error::Precondition(
-                "ALREADY_ASSIGNED",
+            return Err(Error::Refused(
+                Reason::AlreadyAssigned,
                 "the case has a mediator; recuse first".into(),
             ));
         }
@@ -844,8 +860,8 @@ impl Cases {
                     FieldViolation::new("mediator", "is not a mediator of the case's organisation")
                 })?;
                 if !med.active {
-                    return Err(Error::Precondition(
-                        "MEDIATOR_INACTIVE",
+                    return Err(Error::Refused(
+                        Reason::MediatorInactive,
                         "the mediator is not active".into(),
                     ));
                 }
@@ -854,8 +870,8 @@ impl Cases {
                     .iter()
                     .any(|a| &a.mediator == name)
                 {
-                    return Err(Error::Precondition(
-                        "MEDIATOR_RECUSED",
+                    return Err(Error::Refused(
+                        Reason::MediatorRecused,
                         "the mediator was recused from this case".into(),
                     ));
                 }
@@ -913,8 +929,8 @@ impl Cases {
             "recuse the mediator",
         )?;
         let Some(current) = l.case.assignment.clone() else {
-            return Err(Error::Precondition(
-                "NOT_ASSIGNED",
+            return Err(Error::Refused(
+                Reason::NotAssigned,
                 "the case has no mediator".into(),
             ));
         };
@@ -1288,14 +1304,14 @@ impl Cases {
                     .map(|a| a.mediator.clone())
                     .unwrap_or_default();
                 let Some(a) = c.agreement.as_mut() else {
-                    return Err(Error::Precondition(
-                        "NO_AGREEMENT",
+                    return Err(Error::Refused(
+                        Reason::NoAgreement,
                         "no agreement is drafted".into(),
                     ));
                 };
                 if a.effective {
-                    return Err(Error::Precondition(
-                        "ALREADY_EFFECTIVE",
+                    return Err(Error::Refused(
+                        Reason::AlreadyEffective,
                         "the agreement is already effective".into(),
                     ));
                 }
@@ -1334,8 +1350,8 @@ impl Cases {
                         && (kind != SignerKind::Party || s.party_id == sig.party_id)
                 });
                 if dup {
-                    return Err(Error::Precondition(
-                        "ALREADY_SIGNED",
+                    return Err(Error::Refused(
+                        Reason::AlreadySigned,
                         "this signer has already signed".into(),
                     ));
                 }
@@ -1419,8 +1435,8 @@ impl Cases {
         }
         let effective = l.case.agreement.as_ref().filter(|a| a.effective);
         if reason == EndReason::Agreement && effective.is_none() {
-            return Err(Error::Precondition(
-                "NO_EFFECTIVE_AGREEMENT",
+            return Err(Error::Refused(
+                Reason::NoEffectiveAgreement,
                 "ending with an agreement needs an effective agreement (PML Art 29)".into(),
             ));
         }
@@ -1468,7 +1484,7 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(|e| routed_error(e, retried, &l.case, "end the mediation"))?
+            .map_err(|e| routed_error(e, retried, &l.case, "end the mediation", &[]))?
             .into_inner()
             .transfer;
         l.answer_seq = answer_seq(t.as_ref());
@@ -1556,7 +1572,7 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(|e| routed_error(e, retried, &l.case, "escalate"))?
+            .map_err(|e| routed_error(e, retried, &l.case, "escalate", ESCALATION_FIELDS))?
             .into_inner()
             .transfer;
         l.answer_seq = answer_seq(t.as_ref());
@@ -1633,7 +1649,15 @@ impl Cases {
                 },
             ))
             .await
-            .map_err(Error::Router)?
+            .map_err(|e| {
+                Error::Upstream(
+                    Box::new(e),
+                    &[
+                        ("questions", "questions"),
+                        ("requested_due_time", "requested_due_time"),
+                    ],
+                )
+            })?
             .into_inner();
         l.answer_seq = answer_seq(resp.transfer.as_ref());
         let inv = resp.investigation.unwrap_or_default();
@@ -1823,8 +1847,8 @@ impl Cases {
                 };
                 let f = &mut c.follow_ups[idx];
                 if f.state == FollowUpState::Done as i32 {
-                    return Err(Error::Precondition(
-                        "FOLLOW_UP_DONE",
+                    return Err(Error::Refused(
+                        Reason::FollowUpDone,
                         "the follow-up is already recorded".into(),
                     ));
                 }
@@ -1887,7 +1911,7 @@ impl Cases {
                     },
                 ))
                 .await
-                .map_err(Error::Router)?
+                .map_err(Error::upstream)?
                 .into_inner();
             events.extend(page.events);
             if page.next_page_token.is_empty() {

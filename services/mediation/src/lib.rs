@@ -133,7 +133,7 @@ impl fengqiao_kit::inbox::InboxHandler for Inbox {
 }
 
 fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
-    Identity::of(req).cloned()
+    Identity::of(req).cloned().map_err(Into::into)
 }
 
 fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {

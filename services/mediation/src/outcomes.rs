@@ -9,6 +9,7 @@
 //! caller gets FAILED_PRECONDITION and nothing changes.
 
 use fengqiao_kit::FieldViolation;
+use fengqiao_kit::Reason;
 use fengqiao_proto::common::ReasonCode;
 use fengqiao_proto::mediation::EndReason;
 use fengqiao_proto::router::Route;
@@ -45,8 +46,8 @@ pub fn outcome_for(route: &Route, reason: EndReason) -> Result<&ReasonCode> {
         .iter()
         .find_map(|c| route.feedback_outcomes.iter().find(|o| o.code == *c))
         .ok_or_else(|| {
-            Error::Precondition(
-                "NO_ROUTE_OUTCOME",
+            Error::Refused(
+                Reason::NoRouteOutcome,
                 format!(
                     "{} has no feedback outcome for ending {} (looked for: {})",
                     route_label(route),
@@ -62,8 +63,8 @@ pub fn outcome_for(route: &Route, reason: EndReason) -> Result<&ReasonCode> {
 /// `ESCALATION_NOT_ALLOWED`), a code it does not list is INVALID_ARGUMENT on `reason_code`.
 pub fn check_escalation<'a>(route: &'a Route, code: &str) -> Result<&'a ReasonCode> {
     if route.escalation_reasons.is_empty() {
-        return Err(Error::Precondition(
-            "ESCALATION_NOT_ALLOWED",
+        return Err(Error::Refused(
+            Reason::EscalationNotAllowed,
             format!("{} lists no escalation reasons", route_label(route)),
         ));
     }
@@ -88,8 +89,8 @@ pub fn check_escalation<'a>(route: &'a Route, code: &str) -> Result<&'a ReasonCo
 /// and cannot report (FAILED_PRECONDITION `ROUTE_UNKNOWN`).
 pub fn route_of(route: Option<&Route>) -> Result<&Route> {
     route.ok_or_else(|| {
-        Error::Precondition(
-            "ROUTE_UNKNOWN",
+        Error::Refused(
+            Reason::RouteUnknown,
             "the case's offer did not carry its route; its outcome codes are unknown".into(),
         )
     })
@@ -234,13 +235,13 @@ mod tests {
         r.feedback_outcomes = reasons(&["agreement_reached"]);
         let err = outcome_for(&r, EndReason::Unreachable).expect_err("no candidate");
         assert!(
-            matches!(err, Error::Precondition("NO_ROUTE_OUTCOME", ref m) if m.contains("party_unreachable")),
+            matches!(err, Error::Refused(Reason::NoRouteOutcome, ref m) if m.contains("party_unreachable")),
             "{err:?}"
         );
         assert!(outcome_for(&r, EndReason::Unspecified).is_err());
         assert!(matches!(
             route_of(None),
-            Err(Error::Precondition("ROUTE_UNKNOWN", _))
+            Err(Error::Refused(Reason::RouteUnknown, _))
         ));
     }
 
@@ -263,7 +264,7 @@ mod tests {
         none.escalation_reasons.clear();
         assert!(matches!(
             check_escalation(&none, "risk_of_escalation"),
-            Err(Error::Precondition("ESCALATION_NOT_ALLOWED", _))
+            Err(Error::Refused(Reason::EscalationNotAllowed, _))
         ));
     }
 }

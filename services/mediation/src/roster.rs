@@ -2,6 +2,7 @@
 //! mediators. Changes need `mediation_admin` of the organisation's agency; organisations are
 //! a public directory, mediators are listed to the organisation's own agency.
 
+use fengqiao_kit::Reason;
 use fengqiao_kit::{FieldViolation, Identity, validate};
 use fengqiao_proto::mediation::{
     CreateMediatorRequest, CreateMediatorResponse, CreateOrganizationRequest,
@@ -206,8 +207,8 @@ impl Roster {
         }
         violations(v)?;
         if org.agency != who.agency {
-            return Err(Error::PermissionDenied(
-                "OTHER_AGENCY",
+            return Err(Error::Refused(
+                Reason::WrongParty,
                 "an organisation can only be registered by its own agency".into(),
             ));
         }
@@ -261,7 +262,8 @@ impl Roster {
         req: ListOrganizationsRequest,
     ) -> Result<ListOrganizationsResponse> {
         let size = validate::page_size(req.page_size)? as usize;
-        let after = validate::parse_page_token(&req.page_token)?.unwrap_or_default();
+        let query = fengqiao_kit::list_query!(req, "");
+        let after = validate::parse_page_token(&req.page_token, &query)?.unwrap_or_default();
         if !req.agency.is_empty() {
             validate::parse_name("agency", "agencies", &req.agency)?;
         }
@@ -286,7 +288,10 @@ impl Roster {
             if out.len() == size {
                 if let Some(last) = out.last() {
                     let last: &Organization = last;
-                    next = validate::page_token(last.name.trim_start_matches("organizations/"));
+                    next = validate::page_token(
+                        &query,
+                        last.name.trim_start_matches("organizations/"),
+                    );
                 }
                 break;
             }
@@ -306,8 +311,8 @@ impl Roster {
             .await?
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
         if org.agency != who.agency {
-            return Err(Error::PermissionDenied(
-                "OTHER_AGENCY",
+            return Err(Error::Refused(
+                Reason::WrongParty,
                 "the roster of an organisation is kept by its own agency".into(),
             ));
         }
@@ -386,7 +391,8 @@ impl Roster {
         req: ListMediatorsRequest,
     ) -> Result<ListMediatorsResponse> {
         let size = validate::page_size(req.page_size)? as usize;
-        let after = validate::parse_page_token(&req.page_token)?.unwrap_or_default();
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        let after = validate::parse_page_token(&req.page_token, &query)?.unwrap_or_default();
         let mut tx = self.store.read().await?;
         let orgs: Vec<String> = if req.parent == "organizations/-" {
             let rows =
@@ -418,7 +424,7 @@ impl Roster {
             if out.len() == size {
                 if let Some(last) = out.last() {
                     let last: &Mediator = last;
-                    next = validate::page_token(&last.name);
+                    next = validate::page_token(&query, &last.name);
                 }
                 break;
             }

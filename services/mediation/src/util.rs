@@ -1,6 +1,7 @@
 //! Small helpers shared by the roster and the cases: times, etags, actors, roles.
 
 use fengqiao_kit::Identity;
+use fengqiao_kit::Reason;
 use fengqiao_proto::common::Actor;
 
 use crate::error::{Error, Result};
@@ -41,8 +42,8 @@ pub fn require_admin(id: &Identity) -> Result<()> {
     if id.has_role(ROLE_ADMIN) {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "ROLE_REQUIRED",
+        Err(Error::Refused(
+            Reason::RoleRequired,
             format!("changing the roster needs the role {ROLE_ADMIN}"),
         ))
     }
@@ -53,8 +54,8 @@ pub fn require_case_role(id: &Identity) -> Result<()> {
     if id.has_role(ROLE_MEDIATOR) || id.has_role(ROLE_ADMIN) {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "ROLE_REQUIRED",
+        Err(Error::Refused(
+            Reason::RoleRequired,
             format!("acting on a mediation case needs the role {ROLE_MEDIATOR} or {ROLE_ADMIN}"),
         ))
     }

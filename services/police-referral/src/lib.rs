@@ -26,7 +26,7 @@ pub mod validate;
 
 use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::server::ServerBuilder;
-use fengqiao_kit::{FieldViolation, Identity};
+use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::{Actor, EvidenceRef};
 use fengqiao_proto::inbox::{DeliverResponse, Envelope};
 use fengqiao_proto::policereferral::police_referral_service_server::{
@@ -103,8 +103,8 @@ fn need_role(who: &Identity, roles: &[&str], action: &str) -> Result<()> {
     if has_any(who, roles) {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "MISSING_ROLE",
+        Err(Error::Refused(
+            Reason::RoleRequired,
             format!("{action} needs one of the roles {}", roles.join(", ")),
         ))
     }
@@ -216,13 +216,12 @@ fn router_rid(method: &str, referral: &str, request_id: &str) -> String {
 fn routed_error(status: Status, retried: bool, r: &Referral, action: &'static str) -> Error {
     if retried && status.code() == tonic::Code::FailedPrecondition {
         Error::WrongState {
-            reason: "REFERRAL_WRONG_STATE",
             resource: r.name.clone(),
             state: state_name(r.state),
             action,
         }
     } else {
-        Error::Router(status)
+        Error::upstream(status)
     }
 }
 
@@ -238,8 +237,8 @@ fn need_handling_station(who: &Identity, s: &Stored, action: &str) -> Result<()>
     if who.agency == s.referral.police_station {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "NOT_HANDLING_STATION",
+        Err(Error::Refused(
+            Reason::WrongParty,
             format!("only the station handling the referral {action}"),
         ))
     }
@@ -404,8 +403,8 @@ fn bind_all<'q>(
     q
 }
 
-fn parse_cursor(token: &str) -> Result<Option<(i64, String)>> {
-    let Some(key) = fengqiao_kit::validate::parse_page_token(token)? else {
+fn parse_cursor(token: &str, query: &str) -> Result<Option<(i64, String)>> {
+    let Some(key) = fengqiao_kit::validate::parse_page_token(token, query)? else {
         return Ok(None);
     };
     let bad = || FieldViolation::new("page_token", "is not a token this server issued");
@@ -777,7 +776,7 @@ impl PoliceReferral {
         &self,
         request: Request<CreateReferralRequest>,
     ) -> Result<CreateReferralResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.into_inner();
         let mut violations = validate::referral(req.referral.as_ref());
         if !req.request_id.is_empty()
@@ -835,7 +834,10 @@ impl PoliceReferral {
                 }
                 return Ok(resp);
             }
-            return Err(Error::IncidentNumberReused);
+            return Err(Error::Refused(
+                Reason::IncidentNumberReused,
+                "a different referral was already taken in under this incident number".into(),
+            ));
         }
         let id = uuid::Uuid::new_v4().to_string();
         let mut r = input;
@@ -911,7 +913,7 @@ impl PoliceReferral {
     }
 
     async fn get(&self, request: Request<GetReferralRequest>) -> Result<GetReferralResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.into_inner();
         let id = fengqiao_kit::validate::parse_name("name", "referrals", &req.name)?;
         // One statement, no transaction: the row and the database clock it is shown at.
@@ -936,10 +938,11 @@ impl PoliceReferral {
     }
 
     async fn list(&self, request: Request<ListReferralsRequest>) -> Result<ListReferralsResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.into_inner();
         let limit = page_size(req.page_size)?;
-        let cursor = parse_cursor(&req.page_token)?;
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        let cursor = parse_cursor(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut params = vec![Param::Text(who.agency.clone())];
@@ -1022,7 +1025,8 @@ impl PoliceReferral {
                     let last: &Referral = last;
                     let t = last.call_time.as_ref().map_or(0, from_ts);
                     let id = last.name.trim_start_matches("referrals/");
-                    next_page_token = fengqiao_kit::validate::page_token(&format!("{t}|{id}"));
+                    next_page_token =
+                        fengqiao_kit::validate::page_token(&query, &format!("{t}|{id}"));
                 }
                 break;
             }
@@ -1043,7 +1047,7 @@ impl PoliceReferral {
         &self,
         request: Request<OverrideScreeningRequest>,
     ) -> Result<OverrideScreeningResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.into_inner();
         let mut violations = Vec::new();
         let result = ScreeningResult::try_from(req.result).unwrap_or_default();
@@ -1085,7 +1089,6 @@ impl PoliceReferral {
                 | ReferralState::Withdrawn
         ) {
             return Err(Error::WrongState {
-                reason: "REFERRAL_WRONG_STATE",
                 resource: req.name.clone(),
                 state: state_name(s.referral.state),
                 action: "override screening",
@@ -1111,7 +1114,7 @@ impl PoliceReferral {
         &self,
         request: Request<DraftTransferRequest>,
     ) -> Result<DraftTransferResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.get_ref().clone();
         let mut violations = Vec::new();
         if let Err(v) = fengqiao_kit::validate::parse_name("to_agency", "agencies", &req.to_agency)
@@ -1159,7 +1162,6 @@ impl PoliceReferral {
             )
         {
             return Err(Error::WrongState {
-                reason: "REFERRAL_WRONG_STATE",
                 resource: req.name.clone(),
                 state: state_name(s.referral.state),
                 action: "draft a transfer",
@@ -1168,14 +1170,17 @@ impl PoliceReferral {
         let result = s.referral.screening.as_ref().map_or(0, |sc| sc.result);
         if result != ScreeningResult::CivilDispute as i32 {
             // 公安机关治安调解工作规范 Art 4: only civil disputes go to people's mediation.
-            return Err(Error::WrongState {
-                reason: "NOT_CIVIL_DISPUTE",
-                resource: req.name.clone(),
-                state: ScreeningResult::try_from(result)
-                    .map(|r| r.as_str_name().to_string())
-                    .unwrap_or_default(),
-                action: "draft a transfer (screening is not CIVIL_DISPUTE)",
-            });
+            return Err(Error::Refused(
+                Reason::NotCivilDispute,
+                format!(
+                    "{}: the screening result is {}; only a civil dispute is transferred to \
+                     people's mediation",
+                    req.name,
+                    ScreeningResult::try_from(result)
+                        .map(|r| r.as_str_name())
+                        .unwrap_or("unknown")
+                ),
+            ));
         }
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let r = &s.referral;
@@ -1273,10 +1278,11 @@ impl PoliceReferral {
         &self,
         request: Request<ListInvestigationTasksRequest>,
     ) -> Result<ListInvestigationTasksResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.into_inner();
         let limit = page_size(req.page_size)?;
-        let cursor = parse_cursor(&req.page_token)?;
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        let cursor = parse_cursor(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
         let mut params = vec![Param::Text(who.agency.clone())];
         let mut sql = "SELECT t.referral_id AS referral_id, t.version AS version, t.body AS body, \
@@ -1329,7 +1335,8 @@ impl PoliceReferral {
         for (i, row) in rows.iter().enumerate() {
             if i as i64 == limit {
                 if let Some((t, id)) = &last_key {
-                    next_page_token = fengqiao_kit::validate::page_token(&format!("{t}|{id}"));
+                    next_page_token =
+                        fengqiao_kit::validate::page_token(&query, &format!("{t}|{id}"));
                 }
                 break;
             }
@@ -1349,7 +1356,7 @@ impl PoliceReferral {
         &self,
         request: Request<AnswerInvestigationRequest>,
     ) -> Result<AnswerInvestigationResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.get_ref().clone();
         let bad_name = || {
             Error::Invalid(vec![FieldViolation::new(
@@ -1392,7 +1399,6 @@ impl PoliceReferral {
         }
         if !retried && task.task.state != InvestigationState::Open as i32 {
             return Err(Error::WrongState {
-                reason: "INVESTIGATION_NOT_OPEN",
                 resource: req.name.clone(),
                 state: InvestigationState::try_from(task.task.state)
                     .map(|s| s.as_str_name().to_string())
@@ -1417,13 +1423,15 @@ impl PoliceReferral {
             .map_err(|e| {
                 if retried && e.code() == tonic::Code::FailedPrecondition {
                     Error::WrongState {
-                        reason: "INVESTIGATION_NOT_OPEN",
                         resource: req.name.clone(),
                         state: "INVESTIGATION_STATE_ANSWERED".into(),
                         action: "answer",
                     }
                 } else {
-                    Error::Router(e)
+                    Error::Upstream(
+                        Box::new(e),
+                        &[("answer", "answer"), ("evidence", "evidence")],
+                    )
                 }
             })?
             .into_inner();
@@ -1475,7 +1483,7 @@ impl PoliceReferral {
         &self,
         request: Request<AcknowledgeFeedbackRequest>,
     ) -> Result<AcknowledgeFeedbackResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let req = request.get_ref().clone();
         if req.comment.chars().count() > 2000 {
             return Err(FieldViolation::new("comment", "must be at most 2000 characters").into());
@@ -1495,7 +1503,6 @@ impl PoliceReferral {
         }
         if !retried && s.referral.state != ReferralState::FeedbackReceived as i32 {
             return Err(Error::WrongState {
-                reason: "REFERRAL_WRONG_STATE",
                 resource: req.name.clone(),
                 state: state_name(s.referral.state),
                 action: "acknowledge feedback",
@@ -1546,7 +1553,7 @@ impl PoliceReferral {
         &self,
         request: Request<GetReferralFileRequest>,
     ) -> Result<GetReferralFileResponse> {
-        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let who = Identity::of(&request)?.clone();
         let name = request.get_ref().name.clone();
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;

@@ -2,6 +2,7 @@
 //! part in transfers. Registration and changes are a platform administrator's action; any
 //! authenticated agency may look agencies up to address its transfers.
 
+use fengqiao_kit::Reason;
 use std::path::Path;
 
 use fengqiao_kit::validate;
@@ -74,8 +75,8 @@ fn require_admin(id: &Identity) -> Result<()> {
     if id.has_role(ROLE_PLATFORM_ADMIN) {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "ROLE_REQUIRED",
+        Err(Error::Refused(
+            Reason::RoleRequired,
             format!("registering or changing agencies needs the role {ROLE_PLATFORM_ADMIN}"),
         ))
     }
@@ -244,7 +245,8 @@ impl Agencies {
     /// Lists agencies in id order, one page at a time.
     pub async fn list(&self, req: &ListAgenciesRequest) -> Result<ListAgenciesResponse> {
         let size = validate::page_size(req.page_size)?;
-        let after = validate::parse_page_token(&req.page_token)?;
+        let query = fengqiao_kit::list_query!(req, "");
+        let after = validate::parse_page_token(&req.page_token, &query)?;
         let mut sql = format!("SELECT {COLUMNS} FROM agencies WHERE id > $1");
         let mut binds: Vec<String> = vec![after.unwrap_or_default()];
         if req.kind != 0 {
@@ -286,7 +288,7 @@ impl Agencies {
             agencies.truncate(size as usize);
             agencies
                 .last()
-                .map(|a| validate::page_token(a.name.trim_start_matches("agencies/")))
+                .map(|a| validate::page_token(&query, a.name.trim_start_matches("agencies/")))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -554,7 +556,7 @@ impl SeedFile {
 }
 
 fn identity<T>(req: &Request<T>) -> std::result::Result<Identity, Status> {
-    Identity::of(req).cloned()
+    Identity::of(req).cloned().map_err(Into::into)
 }
 
 #[tonic::async_trait]

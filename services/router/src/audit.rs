@@ -40,6 +40,7 @@
 //! only, and a read of personal information is recorded by *which fields* were read
 //! ([`append_with_personal_info`]), never their values.
 
+use fengqiao_kit::Reason;
 use fengqiao_kit::{FieldViolation, Identity};
 use fengqiao_proto::common::{Actor, PersonalInfoField};
 use fengqiao_proto::router::audit_service_server::AuditService;
@@ -612,8 +613,8 @@ impl Audit {
             // Still refused; the failure to record it is an operational problem to see.
             tracing::error!(error = %e, action, "could not record an audit denial");
         }
-        Err(Error::PermissionDenied(
-            "ROLE_REQUIRED",
+        Err(Error::Refused(
+            Reason::RoleRequired,
             format!("the audit trail needs the role {ROLE_AUDITOR} or {ROLE_PLATFORM_ADMIN}"),
         ))
     }
@@ -655,7 +656,8 @@ impl Audit {
             s => u32::try_from(s).unwrap_or(LIST_MAX_PAGE).min(LIST_MAX_PAGE),
         };
         let digest = filter_digest(req);
-        let after: i64 = match fengqiao_kit::validate::parse_page_token(&req.page_token)? {
+        let query = fengqiao_kit::list_query!(req, "");
+        let after: i64 = match fengqiao_kit::validate::parse_page_token(&req.page_token, &query)? {
             None => 0,
             Some(t) => {
                 let bad = || FieldViolation::new("page_token", "is not a token this server issued");
@@ -729,7 +731,7 @@ impl Audit {
             records.truncate(size as usize);
             records
                 .last()
-                .map(|r| fengqiao_kit::validate::page_token(&format!("{}.{digest}", r.seq)))
+                .map(|r| fengqiao_kit::validate::page_token(&query, &format!("{}.{digest}", r.seq)))
                 .unwrap_or_default()
         } else {
             String::new()

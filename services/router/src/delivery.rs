@@ -47,6 +47,7 @@
 //! Personal information: envelopes' payloads are never logged, traced or stored in errors;
 //! logs and incidents carry message ids, case ids (UUIDs), agency names and status codes only.
 
+use fengqiao_kit::Reason;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,8 +277,8 @@ pub enum Receipt {
 impl Receipt {
     /// The status a receiver answers for [`Receipt::OutOfOrder`] (no message content).
     pub fn out_of_order_status() -> Status {
-        ApiError::failed_precondition(
-            "OUT_OF_ORDER",
+        ApiError::new(
+            Reason::OutOfOrder,
             "an envelope with a higher sequence of this case was already applied",
         )
         .to_status()
@@ -474,8 +475,8 @@ fn require_admin(who: &Identity) -> Result<()> {
     if who.has_role(ROLE_PLATFORM_ADMIN) {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(
-            "ROLE_REQUIRED",
+        Err(Error::Refused(
+            Reason::RoleRequired,
             format!("delivery incidents need the role {ROLE_PLATFORM_ADMIN}"),
         ))
     }
@@ -1057,7 +1058,7 @@ impl Delivery {
             loop {
                 if shutdown.is_triggered() {
                     let st =
-                        ApiError::unavailable("SHUTTING_DOWN", "the router is stopping; reconnect")
+                        ApiError::new(Reason::ShuttingDown, "the router is stopping; reconnect")
                             .to_status();
                     let _ = out.send(Err(st)).await;
                     break;
@@ -1082,7 +1083,7 @@ impl Delivery {
                         .await;
                         continue;
                     };
-                    cursor = validate::page_token(&m.seq.to_string());
+                    cursor = validate::page_token(&pull_query(&agency), &m.seq.to_string());
                     let resp = PullMessagesResponse {
                         envelope: Some(with_route(envelope)),
                         cursor: cursor.clone(),
@@ -1235,7 +1236,8 @@ impl Delivery {
     ) -> Result<ListDeliveryIncidentsResponse> {
         require_admin(who)?;
         let size = validate::page_size(req.page_size)?;
-        let after = validate::parse_page_token(&req.page_token)?
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        let after = validate::parse_page_token(&req.page_token, &query)?
             .map(|t| {
                 t.split_once('|')
                     .and_then(|(time, id)| Some((time.parse::<i64>().ok()?, id.to_string())))
@@ -1312,11 +1314,14 @@ impl Delivery {
         for (i, r) in rows.iter().enumerate() {
             if i == size as usize {
                 let last = &rows[i - 1];
-                next_page_token = validate::page_token(&format!(
-                    "{}|{}",
-                    row_i64(last, "last_failure_time")?,
-                    row_str(last, "id")?
-                ));
+                next_page_token = validate::page_token(
+                    &query,
+                    &format!(
+                        "{}|{}",
+                        row_i64(last, "last_failure_time")?,
+                        row_str(last, "id")?
+                    ),
+                );
                 break;
             }
             incidents.push(row_to_incident(r)?);
@@ -1401,8 +1406,13 @@ pub struct DeliveryApi {
     shutdown: Shutdown,
 }
 
+/// The query a pull stream's cursor is bound to: the pulling agency's stream.
+fn pull_query(agency: &str) -> String {
+    format!("pull\n{agency}")
+}
+
 fn identity<T>(req: &Request<T>) -> std::result::Result<Identity, Status> {
-    Identity::of(req).cloned()
+    Identity::of(req).cloned().map_err(Into::into)
 }
 
 #[tonic::async_trait]
@@ -1414,7 +1424,7 @@ impl DeliveryService for DeliveryApi {
         let who = identity(&request)?;
         let req = request.into_inner();
         // The cursor is a position hint only; what is streamed is decided by message state.
-        validate::parse_page_token(&req.cursor).map_err(|_| {
+        validate::parse_page_token(&req.cursor, &pull_query(&who.agency)).map_err(|_| {
             Error::from(FieldViolation::new(
                 "cursor",
                 "is not a cursor this server issued",

@@ -159,10 +159,10 @@ impl Router {
     /// The router over a migrated `store`.
     pub fn new(store: Store, options: RouterOptions) -> Result<Self> {
         let catalog = routes::RouteCatalog::load(options.routes_dir.as_deref())
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(crate::error::config)?;
         let catalog = std::sync::Arc::new(catalog);
         let calendar = match &options.holidays_file {
-            Some(p) => clock::HolidayCalendar::load(p).map_err(Error::Config)?,
+            Some(p) => clock::HolidayCalendar::load(p).map_err(crate::error::config)?,
             None => clock::HolidayCalendar::builtin().clone(),
         };
         let transfers = transfers::Transfers::new(

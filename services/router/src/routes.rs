@@ -1231,7 +1231,8 @@ impl Routes {
         let size = validate::page_size(req.page_size)? as usize;
         check_kind_filter("from_kind", req.from_kind)?;
         check_kind_filter("to_kind", req.to_kind)?;
-        let after = match validate::parse_page_token(&req.page_token)? {
+        let query = fengqiao_kit::list_query!(req, "");
+        let after = match validate::parse_page_token(&req.page_token, &query)? {
             None => None,
             Some(key) => {
                 let bad = || FieldViolation::new("page_token", "is not a token this server issued");
@@ -1265,7 +1266,7 @@ impl Routes {
             routes.truncate(size);
             routes
                 .last()
-                .map(|r| validate::page_token(&token_key(route_id(r), r.version, req)))
+                .map(|r| validate::page_token(&query, &token_key(route_id(r), r.version, req)))
                 .unwrap_or_default()
         } else {
             String::new()

@@ -27,6 +27,7 @@
 //! envelope names its route, route version and recipient side, which is what agency inboxes
 //! dispatch on (`fengqiao_kit::inbox`).
 
+use fengqiao_kit::Reason;
 use std::sync::Arc;
 
 use fengqiao_kit::{FieldViolation, Identity, validate};
@@ -365,8 +366,8 @@ fn check_approver(who: &Identity, l: &Loaded, route: &Route, step: usize) -> Res
     let Some(s) = route.approval_steps.get(step) else {
         return Err(Error::WrongState {
             resource: l.transfer.name.clone(),
-            state: "AWAITING_APPROVAL with no such step".into(),
-            action: "approve",
+            state: "TRANSFER_STATE_AWAITING_APPROVAL".into(),
+            action: "approve a step the route does not have",
         });
     };
     let scope_agency = match ApproverScope::try_from(s.approver_scope) {
@@ -374,14 +375,14 @@ fn check_approver(who: &Identity, l: &Loaded, route: &Route, step: usize) -> Res
         _ => l.sender(),
     };
     if who.agency != scope_agency {
-        return Err(Error::PermissionDenied(
-            "APPROVER_AGENCY",
+        return Err(Error::Refused(
+            Reason::WrongParty,
             format!("step {} is approved by {scope_agency}", s.display_name),
         ));
     }
     if !who.has_role(&s.required_role) {
-        return Err(Error::PermissionDenied(
-            "ROLE_REQUIRED",
+        return Err(Error::Refused(
+            Reason::RoleRequired,
             format!("step {} needs the role {}", s.display_name, s.required_role),
         ));
     }
@@ -910,8 +911,8 @@ impl Transfers {
             drop(conn);
             self.denied(who, "transfer.create", &t.route, "SENDER_NOT_REGISTERED")
                 .await;
-            return Err(Error::PermissionDenied(
-                "SENDER_NOT_REGISTERED",
+            return Err(Error::Refused(
+                Reason::SenderNotRegistered,
                 "the calling agency is not an active registered agency".into(),
             ));
         };
@@ -919,8 +920,8 @@ impl Transfers {
             drop(conn);
             self.denied(who, "transfer.create", &t.route, "ROUTE_FROM_KIND")
                 .await;
-            return Err(Error::PermissionDenied(
-                "ROUTE_NOT_FOR_SENDER",
+            return Err(Error::Refused(
+                Reason::RouteNotForSender,
                 "this route does not start at the calling agency's kind".into(),
             ));
         }
@@ -955,7 +956,9 @@ impl Transfers {
             && let Some(open) =
                 Self::open_transfer(&mut conn, &case.case_id, &route_id, &from.name).await?
         {
-            return Err(Error::OpenTransferExists(format!("transfers/{open}")));
+            return Err(crate::error::open_transfer_exists(format!(
+                "transfers/{open}"
+            )));
         }
         let now = fengqiao_store::db_now_micros(&mut conn).await?;
         drop(conn);
@@ -1023,7 +1026,9 @@ impl Transfers {
                         && let Some(open) =
                             Self::open_transfer(tx, &case_id, &route_id, &sender).await?
                     {
-                        return Err(Error::OpenTransferExists(format!("transfers/{open}")));
+                        return Err(crate::error::open_transfer_exists(format!(
+                            "transfers/{open}"
+                        )));
                     }
                     Self::persist(
                         tx,
@@ -1170,8 +1175,8 @@ impl Transfers {
             if !party_ok {
                 drop(conn);
                 self.denied(who, method, name, "WRONG_PARTY").await;
-                return Err(Error::PermissionDenied(
-                    "WRONG_PARTY",
+                return Err(Error::Refused(
+                    Reason::WrongParty,
                     format!(
                         "only the {:?} agency may {} this transfer",
                         action.party(),
@@ -1187,7 +1192,7 @@ impl Transfers {
             let Some(to_state) = lifecycle::next(from_state, action) else {
                 return Err(Error::WrongState {
                     resource: l.transfer.name.clone(),
-                    state: lifecycle::state_name(from_state).into(),
+                    state: from_state.as_str_name().into(),
                     action: action.verb(),
                 });
             };
@@ -1269,7 +1274,10 @@ impl Transfers {
     where
         Resp: prost::Message + Default + Clone + 'static,
     {
-        if matches!(e, Error::RequestIdReused | Error::Invalid(_)) {
+        if matches!(
+            e,
+            Error::Store(fengqiao_store::Error::IdempotencyConflict) | Error::Invalid(_)
+        ) {
             return Err(e);
         }
         let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
@@ -1601,7 +1609,7 @@ fn delivered(l: &mut Loaded, route: &Route, cal: &HolidayCalendar, now: i64) -> 
 fn check_acceptance_deadline(l: &Loaded, now: i64) -> Result<()> {
     match &l.acceptance {
         Some(c) if c.is_due(now) => Err(Error::Refused(
-            "ACCEPTANCE_DEADLINE_PASSED",
+            Reason::AcceptanceDeadlinePassed,
             format!("the acceptance deadline of {} has passed", l.transfer.name),
         )),
         _ => Ok(()),
@@ -1663,7 +1671,7 @@ fn stop_running(c: &mut Option<Clock>, now: i64) -> Result<()> {
 }
 
 fn clock_error(e: crate::clock::ClockError) -> Error {
-    Error::Clock(e)
+    Error::from(e)
 }
 
 fn pick_clock(l: &mut Loaded, which: i32) -> Result<&mut Clock> {
@@ -1671,9 +1679,9 @@ fn pick_clock(l: &mut Loaded, which: i32) -> Result<&mut Clock> {
         Ok(TransferClock::Feedback) => l
             .feedback
             .as_mut()
-            .ok_or_else(|| Error::ClockRefused("the feedback clock is not running".into())),
-        Ok(TransferClock::Acceptance) => Err(Error::ClockRefused(
-            "the acceptance clock cannot be paused or extended once the case is accepted".into(),
+            .ok_or_else(|| crate::error::clock_not_running("the feedback clock is not running")),
+        Ok(TransferClock::Acceptance) => Err(crate::error::clock_not_running(
+            "the acceptance clock cannot be paused or extended once the case is accepted",
         )),
         _ => Err(FieldViolation::new("clock", "must be ACCEPTANCE or FEEDBACK").into()),
     }

@@ -1,6 +1,7 @@
 //! The `TransferService` gRPC surface over [`Transfers`]: each custom method is one
 //! `Transfers::mutate` with its own rule.
 
+use fengqiao_kit::Reason;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ type WatchStream = Pin<
 >;
 
 fn who<T>(req: &Request<T>) -> std::result::Result<Identity, Status> {
-    Identity::of(req).cloned()
+    Identity::of(req).cloned().map_err(Into::into)
 }
 
 fn required_text(field: &str, text: &str, max: usize) -> Result<()> {
@@ -81,8 +82,8 @@ impl Transfers {
             if !who.has_role(crate::agencies::ROLE_PLATFORM_ADMIN) {
                 self.denied(who, "transfer.list", &req.agency, "ROLE_REQUIRED")
                     .await;
-                return Err(Error::PermissionDenied(
-                    "ROLE_REQUIRED",
+                return Err(Error::Refused(
+                    Reason::RoleRequired,
                     format!(
                         "listing another agency's transfers needs the role {}",
                         crate::agencies::ROLE_PLATFORM_ADMIN
@@ -141,7 +142,8 @@ impl Transfers {
             let p = push(&mut binds, Bind::Int(now));
             sql.push_str(&format!(" AND (overdue = 1 OR next_due <= {p})"));
         }
-        if let Some(token) = validate::parse_page_token(&req.page_token)? {
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        if let Some(token) = validate::parse_page_token(&req.page_token, &query)? {
             let (t, id) = token
                 .split_once('|')
                 .and_then(|(t, id)| t.parse::<i64>().ok().map(|t| (t, id.to_string())))
@@ -202,7 +204,7 @@ impl Transfers {
         if loaded.len() > size as usize {
             loaded.truncate(size as usize);
             if let Some((ct, l)) = loaded.last() {
-                next_page_token = validate::page_token(&format!("{ct}|{}", l.id()));
+                next_page_token = validate::page_token(&query, &format!("{ct}|{}", l.id()));
             }
         }
         Ok(ListTransfersResponse {
@@ -225,7 +227,8 @@ impl Transfers {
             return Err(FieldViolation::new("case_id", "must be a UUID").into());
         }
         let size = validate::page_size(req.page_size)?;
-        let after: i64 = match validate::parse_page_token(&req.page_token)? {
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        let after: i64 = match validate::parse_page_token(&req.page_token, &query)? {
             Some(t) => t.parse().map_err(|_| {
                 FieldViolation::new("page_token", "is not a token this server issued")
             })?,
@@ -262,7 +265,7 @@ impl Transfers {
             events.push(e);
         }
         let next_page_token = if rows.len() > size as usize {
-            validate::page_token(&last.to_string())
+            validate::page_token(&query, &last.to_string())
         } else {
             String::new()
         };
@@ -471,8 +474,8 @@ impl TransferService for Transfers {
                     if l.transfer.current_step != req.step_index {
                         return Err(Error::WrongState {
                             resource: l.transfer.name.clone(),
-                            state: format!("waiting for step {}", l.transfer.current_step),
-                            action: "approve",
+                            state: "TRANSFER_STATE_AWAITING_APPROVAL".into(),
+                            action: "approve a step other than the pending one",
                         });
                     }
                     // One person may not approve two steps of one transfer (four eyes): the
@@ -489,8 +492,8 @@ impl TransferService for Transfers {
                             earlier == actor.person()
                         })
                     }) {
-                        return Err(Error::PermissionDenied(
-                            "SAME_APPROVER",
+                        return Err(Error::Refused(
+                            Reason::SameApprover,
                             "one person may not approve two steps of one transfer".into(),
                         ));
                     }
@@ -525,10 +528,10 @@ impl TransferService for Transfers {
             )
             .await;
         match resp {
-            Err(Error::PermissionDenied("SAME_APPROVER", m)) => {
+            Err(Error::Refused(Reason::SameApprover, m)) => {
                 self.denied(&who, "ApproveTransfer", &req.name, "SAME_APPROVER")
                     .await;
-                Err(Error::PermissionDenied("SAME_APPROVER", m).into())
+                Err(Error::Refused(Reason::SameApprover, m).into())
             }
             r => Ok(Response::new(r?)),
         }
@@ -554,8 +557,8 @@ impl TransferService for Transfers {
                     if l.transfer.current_step != req.step_index {
                         return Err(Error::WrongState {
                             resource: l.transfer.name.clone(),
-                            state: format!("waiting for step {}", l.transfer.current_step),
-                            action: "reject",
+                            state: "TRANSFER_STATE_AWAITING_APPROVAL".into(),
+                            action: "reject at a step other than the pending one",
                         });
                     }
                     l.transfer.approvals.clear();
@@ -848,7 +851,7 @@ impl TransferService for Transfers {
                         .into());
                     }
                     let Some(c) = l.named.iter_mut().find(|c| c.name == req.clock) else {
-                        return Err(Error::ClockRefused(format!(
+                        return Err(crate::error::clock_not_running(format!(
                             "the clock {:?} has not started",
                             req.clock
                         )));
@@ -857,7 +860,7 @@ impl TransferService for Transfers {
                     // the expiry is the timer's to carry out.
                     if c.is_due(now) {
                         return Err(Error::Refused(
-                            "CLOCK_DEADLINE_PASSED",
+                            Reason::ClockDeadlinePassed,
                             format!("the deadline of the clock {:?} has passed", req.clock),
                         ));
                     }
@@ -897,7 +900,7 @@ impl TransferService for Transfers {
                     let n = l.transfer.investigations.len() + 1;
                     if req.pause_feedback_clock {
                         let c = l.feedback.as_mut().ok_or_else(|| {
-                            Error::ClockRefused("the feedback clock is not running".into())
+                            crate::error::clock_not_running("the feedback clock is not running")
                         })?;
                         c.pause(now, PAUSE_FOR_INVESTIGATION).map_err(clock_error)?;
                     }
@@ -971,7 +974,7 @@ impl TransferService for Transfers {
                     if inv.state != InvestigationState::Open as i32 {
                         return Err(Error::WrongState {
                             resource: req.name.clone(),
-                            state: "ANSWERED".into(),
+                            state: "INVESTIGATION_STATE_ANSWERED".into(),
                             action: "answer",
                         });
                     }
@@ -1155,8 +1158,8 @@ impl TransferService for Transfers {
                     // Checked against the pinned route version (`route` is what the transfer
                     // pinned on creation, not the current version).
                     if route.escalation_reasons.is_empty() {
-                        return Err(Error::Precondition(
-                            "ESCALATION_NOT_ALLOWED",
+                        return Err(Error::Refused(
+                            Reason::EscalationNotAllowed,
                             format!(
                                 "route {} version {} lists no escalation reasons; return the \
                                  case or report feedback instead",
