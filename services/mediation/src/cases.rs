@@ -9,6 +9,7 @@
 //! idempotent answer. Router calls carry a `request_id` derived from the caller's, so a
 //! retry after a failed local commit replays the router's answer instead of acting twice.
 
+use crate::lifecycle::{self, Action};
 use fengqiao_kit::Reason;
 use fengqiao_kit::{FieldViolation, Identity, inbox::forward_auth};
 use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Money};
@@ -100,17 +101,6 @@ fn wrong(c: &MediationCase, action: &'static str) -> Error {
         action,
     }
 }
-
-fn require_state(c: &MediationCase, allowed: &[S], action: &'static str) -> Result<()> {
-    if allowed.contains(&state_of(c)) {
-        Ok(())
-    } else {
-        Err(wrong(c, action))
-    }
-}
-
-/// States in which the mediation is open (accepted and not yet over).
-const OPEN: [S; 3] = [S::Accepted, S::InMediation, S::AgreementPendingSignature];
 
 fn is_party(c: &MediationCase, id: &str) -> bool {
     c.parties.iter().any(|p| p.party_id == id)
@@ -277,16 +267,6 @@ fn fwd<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
     forward_auth(incoming, &mut r);
     r
 }
-
-/// States a case can be in once accepted (a retried `AcceptCase` may find any of them).
-const ACCEPTED_OR_LATER: [S; 6] = [
-    S::Accepted,
-    S::InMediation,
-    S::AgreementPendingSignature,
-    S::Ended,
-    S::Escalated,
-    S::ConsentRefused,
-];
 
 /// The router event sequence of an answer's transfer (0 when absent).
 fn answer_seq(t: Option<&r::Transfer>) -> u64 {
@@ -525,15 +505,15 @@ impl Cases {
         require_case_role(who)?;
         let idem = Idem::new(who, "AcceptCase", &m.request_id, m)?;
         let mut l = match self
-            .begin_routed(who, &idem, &m.name, &m.etag, &ACCEPTED_OR_LATER)
+            .begin_routed(who, &idem, &m.name, &m.etag, Action::Accept.retried_in())
             .await?
         {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        let retried = state_of(&l.case) != S::Offered;
+        let retried = lifecycle::maybe_retried(&l.case, Action::Accept);
         if !retried {
-            require_state(&l.case, &[S::Offered], "accept")?;
+            lifecycle::require(&l.case, Action::Accept)?;
         }
         let t = self
             .router()
@@ -599,15 +579,15 @@ impl Cases {
         text(&mut v, "reason", &m.reason, true, 2000);
         violations(v)?;
         let mut l = match self
-            .begin_routed(who, &idem, &m.name, &m.etag, &[S::Declined])
+            .begin_routed(who, &idem, &m.name, &m.etag, Action::Decline.retried_in())
             .await?
         {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        let retried = state_of(&l.case) == S::Declined;
+        let retried = lifecycle::maybe_retried(&l.case, Action::Decline);
         if !retried {
-            require_state(&l.case, &[S::Offered], "decline")?;
+            lifecycle::require(&l.case, Action::Decline)?;
         }
         let t = self
             .router()
@@ -643,7 +623,7 @@ impl Cases {
                     });
                     return Ok(());
                 }
-                require_state(c, &[S::Offered], "decline")?;
+                lifecycle::require(c, Action::Decline)?;
                 c.state = S::Declined as i32;
                 c.decline = Some(CaseDecline {
                     reason_code: m.reason_code.clone(),
@@ -678,10 +658,10 @@ impl Cases {
         let refused = m.decision == ConsentDecision::Refused as i32;
         // A refusal's feedback may have reached the case through the router before the
         // local commit (the case then shows ENDED); the retry completes it.
-        let consent_states: &[S] = if refused {
-            &[S::Accepted, S::InMediation, S::Ended]
+        let consent_action = if refused {
+            Action::RecordRefusal
         } else {
-            &[S::Accepted, S::InMediation]
+            Action::RecordConsent
         };
         let mut v = Vec::new();
         text(&mut v, "party_id", &m.party_id, true, 64);
@@ -701,7 +681,7 @@ impl Cases {
         }
         text(&mut v, "note", &m.note, false, 2000);
         violations(v)?;
-        let done: &[S] = if refused { &[S::Ended] } else { &[] };
+        let done = consent_action.retried_in();
         let mut l = match self
             .begin_routed(who, &idem, &m.name, &m.etag, done)
             .await?
@@ -709,7 +689,7 @@ impl Cases {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, consent_states, "record consent")?;
+        lifecycle::require(&l.case, consent_action)?;
         if !is_party(&l.case, &m.party_id) {
             return Err(FieldViolation::new("party_id", "is not a party of the case").into());
         }
@@ -722,7 +702,7 @@ impl Cases {
         } else {
             String::new()
         };
-        let retried = state_of(&l.case) == S::Ended;
+        let retried = lifecycle::maybe_retried(&l.case, consent_action);
         if refused {
             // PML Art 17: an express refusal by one party ends the mediation; the sender is told.
             let t = self
@@ -752,7 +732,7 @@ impl Cases {
             &l,
             false,
             |c, now, out| {
-                require_state(c, consent_states, "record consent")?;
+                lifecycle::require(c, consent_action)?;
                 c.consents.push(ConsentRecord {
                     party_id: m.party_id.clone(),
                     decision: m.decision,
@@ -846,7 +826,7 @@ impl Cases {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &[S::Accepted], "assign a mediator")?;
+        lifecycle::require(&l.case, Action::AssignMediator)?;
         if l.case.assignment.is_some() {
             return Err(Error::Refused(
                 Reason::AlreadyAssigned,
@@ -895,7 +875,7 @@ impl Cases {
             &l,
             true,
             |c, now, out| {
-                require_state(c, &[S::Accepted], "assign a mediator")?;
+                lifecycle::require(c, Action::AssignMediator)?;
                 set_assignment(c, assignment(&chosen, method, why, who, now), now, out);
                 maybe_start(c);
                 Ok(())
@@ -923,11 +903,7 @@ impl Cases {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(
-            &l.case,
-            &[S::Accepted, S::InMediation],
-            "recuse the mediator",
-        )?;
+        lifecycle::require(&l.case, Action::RecuseMediator)?;
         let Some(current) = l.case.assignment.clone() else {
             return Err(Error::Refused(
                 Reason::NotAssigned,
@@ -961,7 +937,7 @@ impl Cases {
             &l,
             true,
             |c, now, out| {
-                require_state(c, &[S::Accepted, S::InMediation], "recuse the mediator")?;
+                lifecycle::require(c, Action::RecuseMediator)?;
                 let recused = c.assignment.take().map(|a| a.mediator).unwrap_or_default();
                 for a in c
                     .assignment_history
@@ -1037,11 +1013,7 @@ impl Cases {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(
-            &l.case,
-            &[S::InMediation, S::AgreementPendingSignature],
-            "record a session",
-        )?;
+        lifecycle::require(&l.case, Action::RecordSession)?;
         let mut v = Vec::new();
         for (i, p) in s.attendee_party_ids.iter().enumerate() {
             if !is_party(&l.case, p) {
@@ -1067,11 +1039,7 @@ impl Cases {
             &l,
             true,
             |c, now, out| {
-                require_state(
-                    c,
-                    &[S::InMediation, S::AgreementPendingSignature],
-                    "record a session",
-                )?;
+                lifecycle::require(c, Action::RecordSession)?;
                 let mut s = s.clone();
                 s.session_id = sid.clone();
                 s.recorded_by = Some(actor_of(who));
@@ -1189,22 +1157,14 @@ impl Cases {
             ));
         }
         violations(v)?;
-        require_state(
-            &l.case,
-            &[S::InMediation, S::AgreementPendingSignature],
-            "draft an agreement",
-        )?;
+        lifecycle::require(&l.case, Action::DraftAgreement)?;
         self.commit(
             who,
             &idem,
             &l,
             true,
             |c, now, out| {
-                require_state(
-                    c,
-                    &[S::InMediation, S::AgreementPendingSignature],
-                    "draft an agreement",
-                )?;
+                lifecycle::require(c, Action::DraftAgreement)?;
                 let n = c
                     .agreement
                     .as_ref()
@@ -1286,18 +1246,14 @@ impl Cases {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(
-            &l.case,
-            &[S::AgreementPendingSignature],
-            "sign the agreement",
-        )?;
+        lifecycle::require(&l.case, Action::SignAgreement)?;
         self.commit(
             who,
             &idem,
             &l,
             true,
             |c, now, out| {
-                require_state(c, &[S::AgreementPendingSignature], "sign the agreement")?;
+                lifecycle::require(c, Action::SignAgreement)?;
                 let mediator = c
                     .assignment
                     .as_ref()
@@ -1423,15 +1379,15 @@ impl Cases {
         );
         violations(v)?;
         let mut l = match self
-            .begin_routed(who, &idem, &m.name, &m.etag, &[S::Ended])
+            .begin_routed(who, &idem, &m.name, &m.etag, Action::End.retried_in())
             .await?
         {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        let retried = state_of(&l.case) == S::Ended;
+        let retried = lifecycle::maybe_retried(&l.case, Action::End);
         if !retried {
-            require_state(&l.case, &OPEN, "end the mediation")?;
+            lifecycle::require(&l.case, Action::End)?;
         }
         let effective = l.case.agreement.as_ref().filter(|a| a.effective);
         if reason == EndReason::Agreement && effective.is_none() {
@@ -1496,7 +1452,7 @@ impl Cases {
             |c, now, out| {
                 let synced = state_of(c) == S::Ended;
                 if !synced {
-                    require_state(c, &OPEN, "end the mediation")?;
+                    lifecycle::require(c, Action::End)?;
                 }
                 c.state = S::Ended as i32;
                 c.termination = Some(Termination {
@@ -1544,15 +1500,15 @@ impl Cases {
         text(&mut v, "reason", &m.reason, true, 5000);
         violations(v)?;
         let mut l = match self
-            .begin_routed(who, &idem, &m.name, &m.etag, &[S::Escalated])
+            .begin_routed(who, &idem, &m.name, &m.etag, Action::Escalate.retried_in())
             .await?
         {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        let retried = state_of(&l.case) == S::Escalated;
+        let retried = lifecycle::maybe_retried(&l.case, Action::Escalate);
         if !retried {
-            require_state(&l.case, &OPEN, "escalate")?;
+            lifecycle::require(&l.case, Action::Escalate)?;
         }
         // Only with the escalation reasons of the route the case's transfer pinned.
         outcomes::check_escalation(outcomes::route_of(l.route.as_ref())?, &m.reason_code)?;
@@ -1583,7 +1539,7 @@ impl Cases {
             false,
             |c, now, out| {
                 if state_of(c) != S::Escalated {
-                    require_state(c, &OPEN, "escalate")?;
+                    lifecycle::require(c, Action::Escalate)?;
                 }
                 c.state = S::Escalated as i32;
                 c.escalation = Some(Escalation {
@@ -1634,7 +1590,7 @@ impl Cases {
             Begin::Replay(r) => return Ok(r),
             Begin::Case(l) => l,
         };
-        require_state(&l.case, &OPEN, "request an investigation")?;
+        lifecycle::require(&l.case, Action::RequestInvestigation)?;
         let resp = self
             .router()
             .request_investigation(fwd(
@@ -1668,7 +1624,7 @@ impl Cases {
             &l,
             false,
             |c, now, out| {
-                require_state(c, &OPEN, "request an investigation")?;
+                lifecycle::require(c, Action::RequestInvestigation)?;
                 if c.investigations.iter().any(|r| r.investigation == inv.name) {
                     return Ok(());
                 }

@@ -39,6 +39,7 @@
 mod cases;
 mod error;
 mod inbox;
+pub mod lifecycle;
 mod outcomes;
 pub mod reconcile;
 mod roster;

@@ -186,7 +186,7 @@ mod tests {
     /// Every (case state, transfer state) pair that changes the case; every other pair is
     /// "no change".
     fn expected(local: S, t: T) -> Option<S> {
-        const OPEN: [S; 3] = [S::Accepted, S::InMediation, S::AgreementPendingSignature];
+        use crate::lifecycle::OPEN;
         let table: &[(&[S], T, S)] = &[
             (&[S::Offered], T::InProgress, S::Accepted),
             (&[S::Offered], T::Declined, S::Declined),

@@ -18,9 +18,6 @@ use crate::error::{Error, Result};
 use crate::util::{check_etag, etag, require_admin, text, to_timestamp, violations};
 use fengqiao_kit::idem::Idem;
 
-/// Case states that count towards a mediator's load (open cases).
-pub const OPEN_STATES: &str = "(3, 4, 5)";
-
 /// Checks an organisation or mediator id: 4–63 of [a-z0-9-], starting with a letter.
 fn long_id(field: &str, id: &str) -> Result<(), FieldViolation> {
     validate::resource_id(field, id)?;
@@ -82,8 +79,10 @@ pub async fn org_of_agency(tx: &mut Tx, agency: &str) -> Result<Option<Organizat
 
 /// Open cases assigned to a mediator (在办案件数).
 pub async fn load_of(tx: &mut Tx, mediator: &str) -> Result<u32> {
+    // The open states count towards a mediator's load (the lifecycle's one definition).
     let row = sqlx::query(&format!(
-        "SELECT COUNT(*) AS n FROM mediation_cases WHERE mediator = $1 AND state IN {OPEN_STATES}"
+        "SELECT COUNT(*) AS n FROM mediation_cases WHERE mediator = $1 AND state IN {}",
+        crate::lifecycle::open_states_sql()
     ))
     .bind(mediator)
     .fetch_one(&mut **tx)

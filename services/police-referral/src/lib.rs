@@ -20,6 +20,7 @@
 //! `CreateReferral` takes `officer` from the caller's token and assigns each party a UUID.
 
 pub mod error;
+pub mod lifecycle;
 pub mod reconcile;
 pub mod screening;
 pub mod validate;
@@ -107,6 +108,15 @@ fn need_role(who: &Identity, roles: &[&str], action: &str) -> Result<()> {
             Reason::RoleRequired,
             format!("{action} needs one of the roles {}", roles.join(", ")),
         ))
+    }
+}
+
+/// WRONG_STATE for `action` on the referral `name` in `state`.
+fn wrong_state(name: &str, state: i32, action: lifecycle::Action) -> Error {
+    Error::WrongState {
+        resource: name.to_string(),
+        state: state_name(state),
+        action: action.name(),
     }
 }
 
@@ -1079,28 +1089,17 @@ impl PoliceReferral {
         need_role(&who, OVERRIDE_ROLES, "overriding screening")?;
         check_etag(&req.etag, &s.referral.etag, &req.name)?;
         let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
-        // Before a transfer is drafted, or after it came back.
-        if !matches!(
-            state,
-            ReferralState::PendingReview
-                | ReferralState::ReadyToTransfer
-                | ReferralState::PoliceMatter
-                | ReferralState::Returned
-                | ReferralState::Withdrawn
-        ) {
-            return Err(Error::WrongState {
-                resource: req.name.clone(),
-                state: state_name(s.referral.state),
-                action: "override screening",
-            });
-        }
+        let action = lifecycle::Action::OverrideScreening(result);
+        let lifecycle::Decision::To(next) = lifecycle::decide(state, action) else {
+            return Err(wrong_state(&req.name, s.referral.state, action));
+        };
         let sc = s.referral.screening.get_or_insert_with(Default::default);
         sc.result = result as i32;
         sc.overridden = true;
         sc.override_reason = req.reason.trim().to_string();
         sc.overridden_by = Some(actor_of(&who));
         sc.override_time = Some(to_ts(now));
-        s.referral.state = state_for_screening(result) as i32;
+        s.referral.state = next as i32;
         save(&mut tx, &mut s, now).await?;
         let resp = OverrideScreeningResponse {
             referral: Some(present(s.referral, now)),
@@ -1148,24 +1147,14 @@ impl PoliceReferral {
         // decides (the same derived request id replays the first answer; a new one is refused
         // with ALREADY_EXISTS naming the open transfer). The etag then names the version
         // before, so it is not checked.
-        let retried = matches!(
-            state,
-            ReferralState::TransferPending | ReferralState::Transferred
-        ) && !self.drafted_here(&s).await?;
+        let action = lifecycle::Action::DraftTransfer;
+        let retried = match lifecycle::decide(state, action) {
+            lifecycle::Decision::To(_) => false,
+            lifecycle::Decision::MaybeRetried if !self.drafted_here(&s).await? => true,
+            _ => return Err(wrong_state(&req.name, s.referral.state, action)),
+        };
         if !retried {
             check_etag(&req.etag, &s.referral.etag, &req.name)?;
-        }
-        if !retried
-            && !matches!(
-                state,
-                ReferralState::ReadyToTransfer | ReferralState::Returned | ReferralState::Withdrawn
-            )
-        {
-            return Err(Error::WrongState {
-                resource: req.name.clone(),
-                state: state_name(s.referral.state),
-                action: "draft a transfer",
-            });
         }
         let result = s.referral.screening.as_ref().map_or(0, |sc| sc.result);
         if result != ScreeningResult::CivilDispute as i32 {
@@ -1497,16 +1486,17 @@ impl PoliceReferral {
         need_role(&who, ACK_ROLES, "reporting feedback to the command room")?;
         // CLOSED may be this very call retried after its local commit was lost and the
         // router's message closed the referral: the router decides (see DraftTransfer).
-        let retried = s.referral.state == ReferralState::Closed as i32;
+        let action = lifecycle::Action::AcknowledgeFeedback;
+        let state = ReferralState::try_from(s.referral.state).unwrap_or_default();
+        let (retried, closed) = match lifecycle::decide(state, action) {
+            lifecycle::Decision::To(next) => (false, next),
+            lifecycle::Decision::MaybeRetried => (true, state),
+            lifecycle::Decision::Refused => {
+                return Err(wrong_state(&req.name, s.referral.state, action));
+            }
+        };
         if !retried {
             check_etag(&req.etag, &s.referral.etag, &req.name)?;
-        }
-        if !retried && s.referral.state != ReferralState::FeedbackReceived as i32 {
-            return Err(Error::WrongState {
-                resource: req.name.clone(),
-                state: state_name(s.referral.state),
-                action: "acknowledge feedback",
-            });
         }
         // No etag re-read: the router gets the same request on every retry.
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
@@ -1531,7 +1521,7 @@ impl PoliceReferral {
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut s = load_visible_locked(&mut tx, &who, &req.name).await?;
-        s.referral.state = ReferralState::Closed as i32;
+        s.referral.state = closed as i32;
         s.referral.transfer_state = acked
             .as_ref()
             .map_or(TransferState::Closed as i32, |t| t.state);
