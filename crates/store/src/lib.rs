@@ -36,7 +36,7 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use group::{GroupCommit, GroupCommitOptions};
-pub use migrate::{Migration, checksum};
+pub use migrate::{Migration, checksum, to_postgres};
 pub use shared::{SHARED_MIGRATIONS, SHARED_SERVICE};
 pub use store::{
     Backend, Store, StoreConfig, Tx, check_durability, db_now_micros, install_drivers, lock_class,

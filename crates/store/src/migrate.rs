@@ -5,6 +5,7 @@
 //! on that backend. Start-up is refused when an applied migration's script changed, or when the
 //! database holds a migration this binary does not know (a newer binary ran against it).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use sqlx::{Executor as _, Row as _};
@@ -12,28 +13,86 @@ use sqlx::{Executor as _, Row as _};
 use crate::error::{Error, Result};
 use crate::store::{Backend, Store, Tx, lock_class, pg_xact_lock};
 
-/// One schema change, with a script per backend. Scripts may hold several statements separated
-/// by `;`. Never edit a migration once released: add a new one.
+/// One schema change. Scripts may hold several statements separated by `;`. Never edit a
+/// migration once released: add a new one.
+///
+/// Most migrations are one portable script ([`Migration::portable`]): written for SQLite in
+/// the subset both backends share, with PostgreSQL's script derived mechanically by
+/// [`to_postgres`] (the one difference in use: `BLOB` is `BYTEA`). A migration whose backends
+/// differ in more than that (triggers, functions) keeps a script per backend
+/// ([`Migration::pair`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// Version, strictly increasing within a service, starting at 1.
     pub version: i64,
     /// Short human-readable name.
     pub name: &'static str,
-    /// Script for SQLite.
+    /// Script for SQLite (and, translated, for PostgreSQL when `postgres` is `None`).
     pub sqlite: &'static str,
-    /// Script for PostgreSQL.
-    pub postgres: &'static str,
+    /// Script for PostgreSQL, when it is not the translation of the SQLite one.
+    pub postgres: Option<&'static str>,
 }
 
 impl Migration {
-    /// The script for `backend`.
-    pub fn script(&self, backend: Backend) -> &'static str {
-        match backend {
-            Backend::Sqlite => self.sqlite,
-            Backend::Postgres => self.postgres,
+    /// One script for both backends (PostgreSQL's derived by [`to_postgres`]).
+    pub const fn portable(version: i64, name: &'static str, script: &'static str) -> Self {
+        Self {
+            version,
+            name,
+            sqlite: script,
+            postgres: None,
         }
     }
+
+    /// A script per backend, for changes the translation cannot express.
+    pub const fn pair(
+        version: i64,
+        name: &'static str,
+        sqlite: &'static str,
+        postgres: &'static str,
+    ) -> Self {
+        Self {
+            version,
+            name,
+            sqlite,
+            postgres: Some(postgres),
+        }
+    }
+
+    /// The script for `backend`.
+    pub fn script(&self, backend: Backend) -> Cow<'static, str> {
+        match (backend, self.postgres) {
+            (Backend::Sqlite, _) => Cow::Borrowed(self.sqlite),
+            (Backend::Postgres, Some(p)) => Cow::Borrowed(p),
+            (Backend::Postgres, None) => Cow::Owned(to_postgres(self.sqlite)),
+        }
+    }
+}
+
+/// PostgreSQL's form of a portable script: the SQLite type `BLOB` (a whole word, any case)
+/// becomes `BYTEA`; nothing else changes, so a checksum recorded for a hand-written
+/// PostgreSQL script that differed only in that stays valid.
+pub fn to_postgres(sqlite: &str) -> String {
+    let mut out = String::with_capacity(sqlite.len() + 16);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.eq_ignore_ascii_case("blob") {
+            out.push_str("BYTEA");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in sqlite.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -98,7 +157,7 @@ impl Store {
                 continue;
             }
             if !script.trim().is_empty() {
-                tx.execute(sqlx::raw_sql(script)).await.map_err(|e| {
+                tx.execute(sqlx::raw_sql(&script)).await.map_err(|e| {
                     fail(
                         service,
                         m.version,
@@ -261,13 +320,22 @@ mod tests {
     }
 
     #[test]
+    fn portable_scripts_translate_only_blob() {
+        let sql = "CREATE TABLE t (id TEXT, body BLOB NOT NULL, blob_ref TEXT, b blob);\n";
+        assert_eq!(
+            to_postgres(sql),
+            "CREATE TABLE t (id TEXT, body BYTEA NOT NULL, blob_ref TEXT, b BYTEA);\n"
+        );
+        let m = Migration::portable(1, "x", sql);
+        assert_eq!(m.script(Backend::Sqlite), sql);
+        assert_eq!(m.script(Backend::Postgres), to_postgres(sql));
+        let p = Migration::pair(1, "x", "A", "B");
+        assert_eq!(p.script(Backend::Postgres), "B");
+    }
+
+    #[test]
     fn validate_rejects_unordered() {
-        let m = |version| Migration {
-            version,
-            name: "x",
-            sqlite: "",
-            postgres: "",
-        };
+        let m = |version| Migration::portable(version, "x", "");
         assert!(validate("s", &[m(1), m(2), m(5)]).is_ok());
         assert!(validate("s", &[m(1), m(1)]).is_err());
         assert!(validate("s", &[m(2), m(1)]).is_err());

@@ -9,10 +9,10 @@ pub const SHARED_SERVICE: &str = "fengqiao_store";
 /// The store's own tables. Every service runs
 /// `store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS)` before its own migrations.
 pub const SHARED_MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "idempotency_keys",
-        sqlite: "CREATE TABLE idempotency_keys (
+    Migration::portable(
+        1,
+        "idempotency_keys",
+        "CREATE TABLE idempotency_keys (
     caller TEXT NOT NULL,
     method TEXT NOT NULL,
     request_id TEXT NOT NULL,
@@ -23,22 +23,12 @@ pub const SHARED_MIGRATIONS: &[Migration] = &[
 );
 CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
 ",
-        postgres: "CREATE TABLE idempotency_keys (
-    caller TEXT NOT NULL,
-    method TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    response BYTEA NOT NULL,
-    created_at BIGINT NOT NULL,
-    PRIMARY KEY (caller, method, request_id)
-);
-CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
-",
-    },
-    Migration {
-        version: 2,
-        name: "outbox",
-        sqlite: "CREATE TABLE outbox (
+    ),
+    // SQLite's AUTOINCREMENT key is PostgreSQL's BIGSERIAL: not a mechanical translation.
+    Migration::pair(
+        2,
+        "outbox",
+        "CREATE TABLE outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     destination TEXT NOT NULL,
@@ -57,7 +47,7 @@ CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
 CREATE INDEX outbox_claimable ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
 ",
-        postgres: "CREATE TABLE outbox (
+        "CREATE TABLE outbox (
     seq BIGSERIAL PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     destination TEXT NOT NULL,
@@ -76,51 +66,37 @@ CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
 CREATE INDEX outbox_claimable ON outbox (status, next_attempt_at);
 CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
 ",
-    },
-    Migration {
-        version: 3,
-        name: "inbox",
-        sqlite: "CREATE TABLE inbox (
+    ),
+    Migration::portable(
+        3,
+        "inbox",
+        "CREATE TABLE inbox (
     consumer TEXT NOT NULL,
     message_id TEXT NOT NULL,
     received_at BIGINT NOT NULL,
     PRIMARY KEY (consumer, message_id)
 );
 ",
-        postgres: "CREATE TABLE inbox (
-    consumer TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    received_at BIGINT NOT NULL,
-    PRIMARY KEY (consumer, message_id)
-);
-",
-    },
-    Migration {
-        version: 4,
-        name: "inbox_case_sequences",
+    ),
+    Migration::portable(
+        4,
+        "inbox_case_sequences",
         // Receiver side of per-case order: the highest envelope `sequence` a consumer has applied
         // for a case (see the router's `delivery::receive_in_order`).
-        sqlite: "CREATE TABLE inbox_case_sequences (
+        "CREATE TABLE inbox_case_sequences (
     consumer TEXT NOT NULL,
     case_id TEXT NOT NULL,
     last_sequence BIGINT NOT NULL,
     PRIMARY KEY (consumer, case_id)
 );
 ",
-        postgres: "CREATE TABLE inbox_case_sequences (
-    consumer TEXT NOT NULL,
-    case_id TEXT NOT NULL,
-    last_sequence BIGINT NOT NULL,
-    PRIMARY KEY (consumer, case_id)
-);
-",
-    },
-    Migration {
-        version: 5,
-        name: "deadlines",
+    ),
+    Migration::portable(
+        5,
+        "deadlines",
         // One row per scheduled deadline of a service (see `crate::deadline`); times are unix
         // microseconds from the database clock.
-        sqlite: "CREATE TABLE deadlines (
+        "CREATE TABLE deadlines (
     owner TEXT NOT NULL,
     key TEXT NOT NULL,
     due_at BIGINT NOT NULL,
@@ -133,18 +109,5 @@ CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
 );
 CREATE INDEX deadlines_pending ON deadlines (owner, due_at) WHERE fired_at IS NULL;
 ",
-        postgres: "CREATE TABLE deadlines (
-    owner TEXT NOT NULL,
-    key TEXT NOT NULL,
-    due_at BIGINT NOT NULL,
-    payload BYTEA,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    fired_at BIGINT,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (owner, key)
-);
-CREATE INDEX deadlines_pending ON deadlines (owner, due_at) WHERE fired_at IS NULL;
-",
-    },
+    ),
 ];

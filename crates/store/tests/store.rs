@@ -101,22 +101,20 @@ both_backends!(
 
 const SVC: &str = "svc_test";
 
-const M1: Migration = Migration {
-    version: 1,
-    name: "notes",
-    sqlite: "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL);
-             CREATE INDEX notes_body ON notes (body);",
-    postgres: "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL);
-               CREATE INDEX notes_body ON notes (body);",
-};
+const M1: Migration = Migration::portable(
+    1,
+    "notes",
+    "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL, raw BLOB);
+     CREATE INDEX notes_body ON notes (body);",
+);
 
 // Not idempotent on purpose: applying it twice fails on the primary key.
-const M2: Migration = Migration {
-    version: 2,
-    name: "seed",
-    sqlite: "INSERT INTO notes (id, body) VALUES (1, 'seed');",
-    postgres: "INSERT INTO notes (id, body) VALUES (1, 'seed');",
-};
+const M2: Migration = Migration::pair(
+    2,
+    "seed",
+    "INSERT INTO notes (id, body) VALUES (1, 'seed');",
+    "INSERT INTO notes (id, body) VALUES (1, 'seed');",
+);
 
 both_backends!(migrations_apply_once, |store: Store| async move {
     shared(&store).await?;
@@ -155,12 +153,11 @@ both_backends!(migrations_apply_once, |store: Store| async move {
     );
     assert!((applied_at - system_micros()).abs() < 60_000_000);
     // A later binary adds a migration: only that one runs.
-    let m3 = Migration {
-        version: 3,
-        name: "more",
-        sqlite: "INSERT INTO notes (id, body) VALUES (2, 'more');",
-        postgres: "INSERT INTO notes (id, body) VALUES (2, 'more');",
-    };
+    let m3 = Migration::portable(
+        3,
+        "more",
+        "INSERT INTO notes (id, body) VALUES (2, 'more');",
+    );
     store.migrate(SVC, &[M1, M2, m3]).await?;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM notes").await?, 2);
     Ok::<_, Error>(())
@@ -170,11 +167,11 @@ both_backends!(
     migrations_refuse_changed_checksum,
     |store: Store| async move {
         store.migrate(SVC, &[M1, M2]).await?;
-        let edited = Migration {
-            sqlite: "INSERT INTO notes (id, body) VALUES (1, 'edited');",
-            postgres: "INSERT INTO notes (id, body) VALUES (1, 'edited');",
-            ..M2
-        };
+        let edited = Migration::portable(
+            2,
+            "seed",
+            "INSERT INTO notes (id, body) VALUES (1, 'edited');",
+        );
         match store.migrate(SVC, &[M1, edited]).await {
             Err(Error::Migration {
                 service, version, ..
@@ -206,12 +203,11 @@ both_backends!(
 
 both_backends!(failed_migration_is_rolled_back, |store: Store| async move {
     store.migrate(SVC, &[M1]).await?;
-    let bad = Migration {
-        version: 2,
-        name: "bad",
-        sqlite: "CREATE TABLE half (id BIGINT); INSERT INTO no_such_table VALUES (1);",
-        postgres: "CREATE TABLE half (id BIGINT); INSERT INTO no_such_table VALUES (1);",
-    };
+    let bad = Migration::portable(
+        2,
+        "bad",
+        "CREATE TABLE half (id BIGINT); INSERT INTO no_such_table VALUES (1);",
+    );
     match store.migrate(SVC, &[M1, bad]).await {
         Err(Error::Migration { version: 2, .. }) => {}
         other => panic!("expected Migration error, got {other:?}"),

@@ -66,30 +66,26 @@ pub const SERVICE: &str = "mediation";
 
 /// This service's own migrations.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "mediation",
-        sqlite: include_str!("../migrations/0001_mediation.sqlite.sql"),
-        postgres: include_str!("../migrations/0001_mediation.postgres.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "case_lookup",
-        sqlite: include_str!("../migrations/0002_case_lookup.sqlite.sql"),
-        postgres: include_str!("../migrations/0002_case_lookup.postgres.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "case_route",
-        sqlite: include_str!("../migrations/0003_case_route.sqlite.sql"),
-        postgres: include_str!("../migrations/0003_case_route.postgres.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "event_seq",
-        sqlite: include_str!("../migrations/0004_event_seq.sqlite.sql"),
-        postgres: include_str!("../migrations/0004_event_seq.postgres.sql"),
-    },
+    Migration::portable(
+        1,
+        "mediation",
+        include_str!("../migrations/0001_mediation.sql"),
+    ),
+    Migration::portable(
+        2,
+        "case_lookup",
+        include_str!("../migrations/0002_case_lookup.sql"),
+    ),
+    Migration::portable(
+        3,
+        "case_route",
+        include_str!("../migrations/0003_case_route.sql"),
+    ),
+    Migration::portable(
+        4,
+        "event_seq",
+        include_str!("../migrations/0004_event_seq.sql"),
+    ),
 ];
 
 /// Applies the shared migrations, then this service's.

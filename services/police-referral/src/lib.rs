@@ -52,18 +52,16 @@ pub const SERVICE: &str = "police_referral";
 
 /// This service's own migrations.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "referrals",
-        sqlite: include_str!("../migrations/0001_referrals.sqlite.sql"),
-        postgres: include_str!("../migrations/0001_referrals.postgres.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "event_seq",
-        sqlite: include_str!("../migrations/0002_event_seq.sqlite.sql"),
-        postgres: include_str!("../migrations/0002_event_seq.postgres.sql"),
-    },
+    Migration::portable(
+        1,
+        "referrals",
+        include_str!("../migrations/0001_referrals.sql"),
+    ),
+    Migration::portable(
+        2,
+        "event_seq",
+        include_str!("../migrations/0002_event_seq.sql"),
+    ),
 ];
 
 /// The route used when `DraftTransfer.route` is empty.

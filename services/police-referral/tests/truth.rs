@@ -527,11 +527,16 @@ suite_test!(
             .into_inner();
         let name = drafted.transfer.expect("transfer").name;
         approved_and_delivered(&suite, &name).await;
-        let now = referral_until(&mut o, &r.name, "TRANSFERRED", |x| {
-            x.state == ReferralState::Transferred as i32
-        })
-        .await;
+        // Nothing happens on the router after delivery until the receiver answers: once the
+        // referral shows the router's last state, no message of this transfer is in flight.
         let t = router_transfer(&suite, STATION, &name).await;
+        let now = referral_until(
+            &mut o,
+            &r.name,
+            "TRANSFERRED, in step with the router",
+            |x| x.state == ReferralState::Transferred as i32 && x.transfer_state == t.state,
+        )
+        .await;
         let seq = t.last_event.as_ref().expect("last event").sequence;
         // A late "approval required" copy from before the approvals.
         let mut old = t.clone();

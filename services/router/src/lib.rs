@@ -36,36 +36,32 @@ pub const SERVICE: &str = "router";
 
 /// The router's schema, in order.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "agencies",
-        sqlite: include_str!("../migrations/0001_agencies.sqlite.sql"),
-        postgres: include_str!("../migrations/0001_agencies.postgres.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "transfers",
-        sqlite: include_str!("../migrations/0002_transfers.sqlite.sql"),
-        postgres: include_str!("../migrations/0002_transfers.postgres.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "audit",
-        sqlite: include_str!("../migrations/0003_audit.sqlite.sql"),
-        postgres: include_str!("../migrations/0003_audit.postgres.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "delivery",
-        sqlite: include_str!("../migrations/0004_delivery.sqlite.sql"),
-        postgres: include_str!("../migrations/0004_delivery.postgres.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "named_clocks",
-        sqlite: include_str!("../migrations/0005_named_clocks.sqlite.sql"),
-        postgres: include_str!("../migrations/0005_named_clocks.postgres.sql"),
-    },
+    Migration::portable(
+        1,
+        "agencies",
+        include_str!("../migrations/0001_agencies.sql"),
+    ),
+    Migration::portable(
+        2,
+        "transfers",
+        include_str!("../migrations/0002_transfers.sql"),
+    ),
+    Migration::pair(
+        3,
+        "audit",
+        include_str!("../migrations/0003_audit.sqlite.sql"),
+        include_str!("../migrations/0003_audit.postgres.sql"),
+    ),
+    Migration::portable(
+        4,
+        "delivery",
+        include_str!("../migrations/0004_delivery.sql"),
+    ),
+    Migration::portable(
+        5,
+        "named_clocks",
+        include_str!("../migrations/0005_named_clocks.sql"),
+    ),
 ];
 
 /// Applies the shared and the router's migrations.
