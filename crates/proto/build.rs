@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and writes the descriptor set
 //! ourselves: `file_descriptor_set_path()` is ignored when compiling from a descriptor set.
+//! The set keeps the custom options (google.api annotations); see below.
 
 use std::path::{Path, PathBuf};
 
@@ -27,12 +28,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
-    let fds = protox::compile(&files, [&root])?;
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
+        .include_source_info(true)
+        // The vendored google/api/*.proto (and the well-known types) go into the set too,
+        // so reflection clients can resolve the annotations' extensions.
+        .include_imports(true)
+        .open_files(&files)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Encoded by protox itself: a `prost_types::FileDescriptorSet` drops extension options
+    // (unknown fields), which would strip every google.api.field_behavior/resource annotation.
     std::fs::write(
         out.join("fengqiao_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -5,7 +5,8 @@ Usage: reflection_client.py ADDR TOKEN_DISPATCH TOKEN_OFFICER
 
 Checks: reflection lists the services; health is SERVING; a 110 referral is taken in and
 screened as a civil dispute (the state and the created resource come back as reflection
-describes them); the same request id with another payload is ALREADY_EXISTS; bad input is
+describes them); the contracts' google.api annotations come through reflection (Transfer is a
+resource, Transfer.state is OUTPUT_ONLY); the same request id with another payload is ALREADY_EXISTS; bad input is
 INVALID_ARGUMENT naming the field; another agency gets NOT_FOUND; no token is UNAUTHENTICATED.
 Prints one line per check and a closing "N passed, N failed" line; exits non-zero on failure.
 """
@@ -14,6 +15,9 @@ import sys
 import uuid
 
 import grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 from grpc_requests import Client
 
 addr, tok_dispatch, tok_officer = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -52,6 +56,67 @@ check(
 )
 health = client.request("grpc.health.v1.Health", "Check", {"service": ""})
 check("health is SERVING", health.get("status") == "SERVING", health)
+
+# The annotations as a foreign tool sees them: raw FileDescriptorProtos from reflection.
+# google.api.field_behavior is field 1052 of FieldOptions (repeated enum), OUTPUT_ONLY = 3;
+# google.api.resource is field 1053 of MessageOptions.
+db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(addr))
+transfer_file = db.FindFileContainingSymbol("fengqiao.router.v1.Transfer")
+check(
+    "reflection serves the vendored google/api files",
+    db.FindFileByName("google/api/field_behavior.proto").package == "google.api",
+)
+
+
+def field_behaviors(options):
+    """The google.api.field_behavior values in encoded FieldOptions, packed or not."""
+    raw, i, out = options.SerializeToString(), 0, []
+
+    def varint():
+        nonlocal i
+        v = shift = 0
+        while True:
+            b = raw[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+
+    while i < len(raw):
+        key = varint()
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            v = varint()
+            if num == 1052:
+                out.append(v)
+        elif wire == 2:
+            n = varint()
+            end = i + n
+            if num == 1052:
+                while i < end:
+                    out.append(varint())
+            i = end
+        elif wire == 5:
+            i += 4
+        elif wire == 1:
+            i += 8
+        else:
+            break
+    return out
+
+
+msg = next(m for m in transfer_file.message_type if m.name == "Transfer")
+state = next(f for f in msg.field if f.name == "state")
+check(
+    "Transfer.state is OUTPUT_ONLY",
+    field_behaviors(state.options) == [3],
+    field_behaviors(state.options),
+)
+check(
+    "Transfer is a google.api.resource",
+    b"transfers/{transfer}" in msg.options.SerializeToString(),
+)
 
 
 def referral(incident):

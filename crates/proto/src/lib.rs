@@ -50,6 +50,15 @@ pub mod fengqiao {
     }
 }
 
+/// Vendored googleapis annotations (`proto/google/api/`), so that clients can read the
+/// `google.api.field_behavior` and `google.api.resource` options of the descriptor set.
+pub mod google {
+    /// `google.api`
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
 pub use fengqiao::common::v1 as common;
 pub use fengqiao::courtdiversion::v1 as courtdiversion;
 pub use fengqiao::inbox::v1 as inbox;
