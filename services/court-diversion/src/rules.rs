@@ -852,12 +852,12 @@ fn mediation_rule(route: &Route) -> Result<ClockRule, RuleError> {
     Ok(rule)
 }
 
-/// Every deadline of a pre-filing case, for the route the delegations travel on (its
-/// acceptance clock and the mediation clock's extension cap come from it; a route that
-/// disagrees with the statute is refused).
-pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
-    use ClockExpiryAction::{NotifyOnly, ReturnToSender};
-    Ok(vec![
+/// The deadlines this service runs itself with its deadline timer: the joint choice, the
+/// court's designation and the registration decision. The router runs the others
+/// (acceptance, contact, mediation) on the delegation's transfer.
+pub fn court_deadlines() -> [Deadline; 3] {
+    use ClockExpiryAction::NotifyOnly;
+    [
         Deadline {
             name: "joint_choice",
             rule: simple_rule(ClockUnit::WorkingDay, JOINT_CHOICE_WORKING_DAYS, NotifyOnly),
@@ -872,6 +872,25 @@ pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
             expiry: Expiry::Designation,
             basis: "在线调解规则 Art 10, 12",
         },
+        Deadline {
+            name: "registration",
+            rule: simple_rule(ClockUnit::CalendarDay, REGISTRATION_DAYS, NotifyOnly),
+            runs_in: &[S::RegistrationPending],
+            expiry: Expiry::Registration,
+            basis: "民事诉讼法 Art 126",
+        },
+    ]
+}
+
+/// Every deadline of a pre-filing case, for the route the delegations travel on (its
+/// acceptance clock and the mediation clock's extension cap come from it; a route that
+/// disagrees with the statute is refused).
+pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
+    use ClockExpiryAction::ReturnToSender;
+    let [joint_choice, designation, registration] = court_deadlines();
+    Ok(vec![
+        joint_choice,
+        designation,
         Deadline {
             name: "acceptance",
             rule: acceptance_rule(route)?,
@@ -893,13 +912,7 @@ pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
             expiry: Expiry::Mediation,
             basis: "在线调解规则 Art 24–26; 特邀调解规定 Art 27",
         },
-        Deadline {
-            name: "registration",
-            rule: simple_rule(ClockUnit::CalendarDay, REGISTRATION_DAYS, NotifyOnly),
-            runs_in: &[S::RegistrationPending],
-            expiry: Expiry::Registration,
-            basis: "民事诉讼法 Art 126",
-        },
+        registration,
     ])
 }
 
