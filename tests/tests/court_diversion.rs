@@ -784,7 +784,7 @@ suite_test!(
 );
 
 suite_test!(
-    no_answer_in_three_working_days_comes_back_for_redesignation,
+    no_answer_in_three_working_days_redesignated_automatically,
     |suite| async move {
         mediation_roster(&suite, CENTRE).await;
         let c = consented(&suite, 3).await;
@@ -798,25 +798,40 @@ suite_test!(
             (k.length, k.unit),
             (3, fengqiao_proto::common::ClockUnit::WorkingDay as i32)
         );
-        // Three working days pass without an answer (在线调解规则 Art 12).
+        // Three working days pass without an answer (在线调解规则 Art 12): the court's system
+        // designates another organisation on the roster by itself.
         let t = c.delegations[0].transfer.clone();
         move_router_clock(&suite, &t, "acceptance_clock", true, make_due).await;
-        let c = until_state(&suite, &c.name, S::AwaitingDesignation).await;
+        let c = until(&suite, &c.name, "re-designated", |c| {
+            c.delegations.len() == 2 && st(c) == S::Delegated
+        })
+        .await;
         assert_eq!(
             c.delegations[0].result,
             cd::DelegationResult::TimedOut as i32
         );
-        assert!(clock(&c, "designation").stopped_at.is_none());
+        let d = &c.delegations[1];
+        assert_eq!(
+            d.organization,
+            org_name(CENTRE),
+            "the other invited organisation"
+        );
+        assert_eq!(d.method, cd::SelectionMethod::Redesignation as i32);
+        let by = c
+            .selection
+            .as_ref()
+            .and_then(|s| s.selected_by.as_ref())
+            .expect("by");
+        assert_eq!(by.actor_id, "court-diversion");
+        assert!(
+            clock(&c, "designation").stopped_at.is_some(),
+            "designated at once"
+        );
         assert_eq!(
             state_of(&transfer(&suite, &t).await),
             TransferState::Expired
         );
-        // Re-designated to the other organisation, which takes it.
-        let c = designate(&suite, &c, CENTRE).await;
-        assert_eq!(
-            c.delegations[1].method,
-            cd::SelectionMethod::Redesignation as i32
-        );
+        // The second organisation takes it.
         let m = offered(&suite, CENTRE, &c).await;
         accept(&suite, CENTRE, &m).await;
         until_state(&suite, &c.name, S::Contacting).await;

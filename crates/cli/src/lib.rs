@@ -354,10 +354,15 @@ impl Suite {
                         .map_err(|e| SuiteError::Config(e.to_string()))?;
                 }
                 ServiceName::CourtDiversion => {
-                    let svc = fengqiao_court_diversion::CourtDiversion::new(
+                    let mut svc = fengqiao_court_diversion::CourtDiversion::new(
                         store.clone(),
                         router_channel(config, local.as_ref())?,
                     );
+                    // With the service key it re-designates by itself after an acceptance
+                    // timeout (在线调解规则 Art 12); without one the judge does.
+                    if let Some(path) = &config.auth.service_key_file {
+                        svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
+                    }
                     svc.add_to(&mut builder, max);
                     inbox
                         .add(svc.inbox_handler())

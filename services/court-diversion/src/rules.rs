@@ -543,6 +543,43 @@ pub fn check_designee(
     }
 }
 
+/// A roster organisation as the automatic re-designation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// `invitedOrganizations/{invited_organization}`.
+    pub name: &'a str,
+    /// On the roster and taking new delegations (在册有效).
+    pub active: bool,
+    /// Its specialties (`DisputeCategory` values).
+    pub specialties: &'a [i32],
+    /// The court's cases currently with it (在办案件数).
+    pub load: u32,
+}
+
+/// The organisation the court's system designates itself when the last one did not answer
+/// within 3 working days and the [`RedesignationPolicy`] allows another delegation
+/// (在线调解规则 Art 12: the court designates *another*): active, not excluded by the case's
+/// history ([`check_designee`]), specialists in the dispute's category first, then the
+/// lightest load, then by name (a stable choice). `None` when no organisation qualifies: the
+/// case waits for the judge, with the designation clock running.
+pub fn pick_designee<'a>(
+    candidates: &[Candidate<'a>],
+    category: i32,
+    history: &[(&str, DelegationResult)],
+) -> Option<&'a str> {
+    candidates
+        .iter()
+        .filter(|c| c.active && check_designee(c.name, history).is_ok())
+        // Also not one that has this case already (e.g. still pending elsewhere).
+        .filter(|c| {
+            !history
+                .iter()
+                .any(|(o, r)| *o == c.name && *r == DelegationResult::Pending)
+        })
+        .min_by_key(|c| (!c.specialties.contains(&category), c.load, c.name))
+        .map(|c| c.name)
+}
+
 // ---------------------------------------------------------------------------
 // Ending (在线调解规则 Art 25) and what follows
 // ---------------------------------------------------------------------------
@@ -1735,5 +1772,43 @@ mod tests {
             assert_eq!(e.reason(), "ROUTE_MISCONFIGURED", "{what}");
             assert!(!e.is_bad_input());
         }
+    }
+
+    #[test]
+    fn automatic_redesignation_picks_another_active_specialist_with_the_lightest_load() {
+        let neighbourhood = fengqiao_proto::common::DisputeCategory::Neighbourhood as i32;
+        let other = fengqiao_proto::common::DisputeCategory::LabourWages as i32;
+        let spec = [neighbourhood];
+        let none: [i32; 0] = [];
+        let c = |name, active, specialties, load| Candidate {
+            name,
+            active,
+            specialties,
+            load,
+        };
+        let roster = [
+            c("invitedOrganizations/a", true, &spec[..], 0),
+            c("invitedOrganizations/b", true, &spec[..], 2),
+            c("invitedOrganizations/c", true, &none[..], 0),
+            c("invitedOrganizations/d", false, &spec[..], 0),
+        ];
+        // The one that timed out is excluded (在线调解规则 Art 12); the inactive one too.
+        let history = [("invitedOrganizations/a", DelegationResult::TimedOut)];
+        assert_eq!(
+            pick_designee(&roster, neighbourhood, &history),
+            Some("invitedOrganizations/b")
+        );
+        // No specialist for the category: the lightest load.
+        assert_eq!(
+            pick_designee(&roster, other, &history),
+            Some("invitedOrganizations/c")
+        );
+        let all_out = [
+            ("invitedOrganizations/a", DelegationResult::TimedOut),
+            ("invitedOrganizations/b", DelegationResult::Declined),
+            ("invitedOrganizations/c", DelegationResult::Declined),
+        ];
+        assert_eq!(pick_designee(&roster, neighbourhood, &all_out), None);
+        assert_eq!(pick_designee(&[], neighbourhood, &[]), None);
     }
 }

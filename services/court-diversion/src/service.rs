@@ -265,7 +265,27 @@ pub struct CourtDiversion {
     store: Store,
     router: tonic::transport::Channel,
     policy: RedesignationPolicy,
+    signer: Option<std::sync::Arc<Signer>>,
 }
+
+/// The key the service signs its own calls to the router with (the automatic
+/// re-designation acts for the court, not for a caller).
+struct Signer {
+    key: fengqiao_kit::auth::SigningKey,
+    issuer: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("kid", &self.key.kid())
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+/// Actor id of the service when it acts for the court itself.
+pub const SYSTEM_ACTOR: &str = "court-diversion";
 
 impl CourtDiversion {
     /// The service over a migrated `store`, calling the router on `router`.
@@ -274,7 +294,25 @@ impl CourtDiversion {
             store,
             router,
             policy: RedesignationPolicy::default(),
+            signer: None,
         }
+    }
+
+    /// Lets the service act for the court itself, signing its router calls with `key` for
+    /// `issuer`: after an acceptance timeout it re-designates another organisation on its own
+    /// (在线调解规则 Art 12). Without a key the case waits for the judge's designation.
+    pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
+        self.signer = Some(std::sync::Arc::new(Signer {
+            key,
+            issuer: issuer.to_string(),
+        }));
+        self
+    }
+
+    /// Sets the re-designation limit (local practice: 在线调解规则 Art 12 sets no number).
+    pub fn with_policy(mut self, policy: RedesignationPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// This service's side of the process's agency inbox.
@@ -282,6 +320,7 @@ impl CourtDiversion {
         std::sync::Arc::new(Inbox {
             store: self.store.clone(),
             policy: self.policy,
+            service: self.clone(),
         })
     }
 
@@ -1250,6 +1289,117 @@ impl CourtDiversion {
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
+    /// Re-designates a case whose organisation let the acceptance clock run out, as the
+    /// court's system (在线调解规则 Art 12; [`rules::pick_designee`]). The request id is
+    /// derived from the case and the delegation's ordinal, so a second attempt for the same
+    /// timeout (another replica, a redelivery) is the same call.
+    async fn auto_designate(&self, name: &str, court: &str) -> Result<()> {
+        let Some(signer) = self.signer.clone() else {
+            return Ok(());
+        };
+        let who = Identity {
+            agency: court.to_string(),
+            actor: SYSTEM_ACTOR.to_string(),
+            roles: vec![rules::ROLE_JUDGE.to_string()],
+            method: fengqiao_kit::auth::AuthMethod::Token,
+            person: None,
+        };
+        let (s, orgs, loads) = {
+            let mut tx = self.store.read().await?;
+            let s = Self::load_visible(&mut tx, &who, name).await?;
+            let rows =
+                sqlx::query("SELECT body FROM court_organizations WHERE court = $1 ORDER BY id")
+                    .bind(court)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let orgs = rows
+                .iter()
+                .map(db::organization_of)
+                .collect::<Result<Vec<_>>>()?;
+            let mut loads = Vec::new();
+            for o in &orgs {
+                loads.push(db::load_of(&mut tx, court, "organization", &o.name).await?);
+            }
+            tx.rollback().await?;
+            (s, orgs, loads)
+        };
+        if s.state() != S::AwaitingDesignation {
+            return Ok(());
+        }
+        let history: Vec<(&str, DelegationResult)> = s
+            .case
+            .delegations
+            .iter()
+            .map(|d| {
+                (
+                    d.organization.as_str(),
+                    DelegationResult::try_from(d.result).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let candidates: Vec<rules::Candidate<'_>> = orgs
+            .iter()
+            .zip(&loads)
+            .map(|(o, load)| rules::Candidate {
+                name: o.name.as_str(),
+                active: o.active,
+                specialties: &o.specialties,
+                load: *load,
+            })
+            .collect();
+        let Some(organization) = rules::pick_designee(&candidates, s.case.category, &history)
+        else {
+            tracing::info!(case = %name, "no other organisation on the roster; the judge designates");
+            return Ok(());
+        };
+        let organization = organization.to_string();
+        let ordinal = s.case.delegations.len() + 1;
+        let request_id = format!("auto-redesignation-{}-{ordinal}", s.id());
+        let token = signer.key.sign(&fengqiao_kit::auth::claims(
+            &signer.issuer,
+            court,
+            SYSTEM_ACTOR,
+            &[rules::ROLE_JUDGE],
+            300,
+        ));
+        let mut request = Request::new(());
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Corrupt("token is not a header value".into()))?;
+        request.metadata_mut().insert("authorization", bearer);
+        request.extensions_mut().insert(who.clone());
+        let req = DesignateMediatorRequest {
+            name: name.to_string(),
+            organization: organization.clone(),
+            request_id: request_id.clone(),
+            ..Default::default()
+        };
+        let idem = Idem::new(&who, "AutoDesignate", &request_id, &req)?;
+        let selection = MediatorSelection {
+            method: SelectionMethod::Redesignation as i32,
+            organization: organization.clone(),
+            ..Default::default()
+        };
+        self.delegate(
+            &request,
+            "AutoDesignate",
+            name,
+            "",
+            &request_id,
+            Selector::Court {
+                choice_waived: false,
+            },
+            &organization,
+            "",
+            selection,
+            "另行委派：原受邀调解组织未在三个工作日内答复（在线调解规则第十二条）",
+            &idem,
+        )
+        .await?;
+        tracing::info!(case = %name, organization = %organization, "re-designated automatically");
+        Ok(())
+    }
+
     // -----------------------------------------------------------------------
     // Roster
     // -----------------------------------------------------------------------
@@ -1623,6 +1773,7 @@ fn mirror_clocks(c: &mut PreFilingCase, t: &Transfer) {
 struct Inbox {
     store: Store,
     policy: RedesignationPolicy,
+    service: CourtDiversion,
 }
 
 #[tonic::async_trait]
@@ -1790,6 +1941,7 @@ impl Inbox {
             _ => {}
         }
         let view = TransferView::of(&t);
+        let mut timed_out = false;
         for _ in 0..8 {
             let delegations = u32::try_from(s.case.delegations.len()).unwrap_or(u32::MAX);
             let Some(action) = reconcile::next_action(s.state(), &view, delegations, self.policy)
@@ -1800,6 +1952,7 @@ impl Inbox {
             let reason_code = reason_code_of(&t, &event.reason_code);
             db::step(&mut s.case, action, now, &actor, &reason_code, &mut ch)?;
             self.record(&mut s.case, from, action, &t, &event, &actor, now);
+            timed_out |= action == Action::AcceptanceExpired { redesignate: true };
         }
         s.event_seq = s.event_seq.max(event.sequence);
         if s.case == before && ch.is_empty() {
@@ -1813,6 +1966,19 @@ impl Inbox {
             ch.write(&mut tx, &s).await?;
         }
         tx.commit().await?;
+        if timed_out {
+            // 在线调解规则 Art 12: no answer in 3 working days; the court designates another.
+            // Done after the commit (the router is called outside any transaction); if it
+            // cannot be done (no key, nobody qualifies, a crash) the case waits for the
+            // judge, with the designation clock running.
+            let service = self.service.clone();
+            let (name, court) = (s.case.name.clone(), s.court.clone());
+            tokio::spawn(async move {
+                if let Err(e) = service.auto_designate(&name, &court).await {
+                    tracing::warn!(case = %name, error = %e, "automatic re-designation failed; the judge designates");
+                }
+            });
+        }
         Ok(DeliverResponse { duplicate: false })
     }
 
