@@ -1354,3 +1354,107 @@ suite_test!(
         assert_eq!(e.code(), Code::PermissionDenied);
     }
 );
+
+suite_test!(
+    suspected_false_mediation_suspends_and_the_judge_confirms,
+    |suite| async move {
+        mediation_roster(&suite, COMMITTEE).await;
+        let c = designate(&suite, &consented(&suite, 15).await, COMMITTEE).await;
+        let (m, _) = in_mediation(&suite, COMMITTEE, &c).await;
+        // 特邀调解规定 Art 18: the mediator suspects collusion and reports to the court.
+        head(&suite, COMMITTEE)
+            .escalate_case(md::EscalateCaseRequest {
+                name: m.name.clone(),
+                reason_code: "suspected_false_mediation".into(),
+                reason: "双方陈述高度一致且损害第三人利益".into(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("escalate");
+        let c = until_state(&suite, &c.name, S::Suspended).await;
+        let sp = c.suspension.as_ref().expect("suspension");
+        assert!(sp.suspend_time.is_some());
+        // The clerk does not review; the judge does, with reasons.
+        let review = |resolution: cd::SuspensionResolution| cd::ResolveSuspensionRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            resolution: resolution as i32,
+            reason: "经审查，双方恶意串通损害案外人利益".into(),
+            request_id: rid(),
+        };
+        let e = clerk(&suite)
+            .resolve_suspension(review(cd::SuspensionResolution::Confirmed))
+            .await
+            .expect_err("clerk");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let c = judge(&suite)
+            .resolve_suspension(review(cd::SuspensionResolution::Confirmed))
+            .await
+            .expect("confirm")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(st(&c), S::RegistrationPending);
+        assert_eq!(
+            c.materials_return.as_ref().expect("back").cause,
+            cd::ReturnCause::FalseMediation as i32
+        );
+        assert_eq!(
+            c.suspension.as_ref().expect("suspension").resolution,
+            cd::SuspensionResolution::Confirmed as i32
+        );
+        assert!(clock(&c, "registration").stopped_at.is_none());
+        // A second review is the wrong state.
+        let e = judge(&suite)
+            .resolve_suspension(cd::ResolveSuspensionRequest {
+                etag: c.etag.clone(),
+                ..review(cd::SuspensionResolution::Confirmed)
+            })
+            .await
+            .expect_err("not suspended");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+    }
+);
+
+suite_test!(
+    a_pending_delegation_is_withdrawn_on_the_router,
+    |suite| async move {
+        let c = designate(&suite, &consented(&suite, 16).await, COMMITTEE).await;
+        let t = c.delegations[0].transfer.clone();
+        let c = clerk(&suite)
+            .withdraw_case(cd::WithdrawCaseRequest {
+                name: c.name.clone(),
+                etag: c.etag.clone(),
+                reason: "原告撤回起诉".into(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("withdraw")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(st(&c), S::Withdrawn);
+        assert_eq!(
+            c.delegations[0].result,
+            cd::DelegationResult::Withdrawn as i32
+        );
+        assert_eq!(
+            state_of(&transfer(&suite, &t).await),
+            TransferState::Withdrawn
+        );
+        // Terminal: nothing more.
+        let e = judge(&suite)
+            .register_case(cd::RegisterCaseRequest {
+                name: c.name.clone(),
+                etag: c.etag.clone(),
+                docket_number: "(2026)辽0203民初7号".into(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("withdrawn");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+    }
+);

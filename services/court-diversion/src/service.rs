@@ -1114,6 +1114,75 @@ impl CourtDiversion {
         .await
     }
 
+    /// The judge's review of a suspension on suspected false mediation (特邀调解规定 Art 18).
+    /// CONFIRMED ends the mediation: the materials come back and the registration decision
+    /// follows. CLEARED would resume the mediation, but the organisation's escalation ended
+    /// its transfer on the router, so it is not built: the judge delegates again instead
+    /// (not built either: refused with NOT_BUILT).
+    async fn resolve(
+        &self,
+        request: Request<ResolveSuspensionRequest>,
+    ) -> Result<ResolveSuspensionResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        let resolution = SuspensionResolution::try_from(req.resolution).unwrap_or_default();
+        let mut v = Vec::new();
+        if resolution == SuspensionResolution::Unspecified {
+            v.push(FieldViolation::new("resolution", "is required"));
+        }
+        text(&mut v, "reason", &req.reason, 2000);
+        if !v.is_empty() {
+            return Err(Error::Invalid(v));
+        }
+        need_role_for(&who, Action::ConfirmFalseMediation)?;
+        if resolution == SuspensionResolution::Cleared {
+            return Err(Error::NotBuilt(
+                "ResolveSuspension CLEARED: the escalation ended the delegation's transfer; \
+                 resuming needs a new delegation",
+            ));
+        }
+        let idem = Idem::new(&who, "ResolveSuspension", &req.request_id, &req)?;
+        let actor = actor_of(&who);
+        self.local_change(
+            &who,
+            &idem,
+            &req.name,
+            &req.etag,
+            |c, now, ch| {
+                db::step(
+                    c,
+                    Action::ConfirmFalseMediation,
+                    now,
+                    &actor,
+                    "FALSE_MEDIATION_CONFIRMED",
+                    ch,
+                )?;
+                if let Some(sp) = c.suspension.as_mut() {
+                    sp.resolution = resolution as i32;
+                    sp.resolution_reason = req.reason.trim().to_string();
+                    sp.resolved_by = Some(actor.clone());
+                    sp.resolve_time = Some(to_ts(now));
+                }
+                let docs = c
+                    .suspension
+                    .as_ref()
+                    .map(|sp| sp.documents.clone())
+                    .unwrap_or_default();
+                c.materials_return = Some(MaterialsReturn {
+                    cause: ReturnCause::FalseMediation as i32,
+                    reason_code: "suspected_false_mediation".into(),
+                    documents: docs,
+                    return_time: Some(to_ts(now)),
+                });
+                Ok(())
+            },
+            |c| ResolveSuspensionResponse {
+                pre_filing_case: Some(c),
+            },
+        )
+        .await
+    }
+
     async fn statistics(
         &self,
         request: Request<GetCaseStatisticsRequest>,
@@ -2354,9 +2423,9 @@ impl CourtDiversionService for CourtDiversion {
     }
     async fn resolve_suspension(
         &self,
-        _r: Request<ResolveSuspensionRequest>,
+        r: Request<ResolveSuspensionRequest>,
     ) -> Reply<ResolveSuspensionResponse> {
-        Err(Error::NotBuilt("ResolveSuspension (the judge's review of 特邀调解规定 Art 18)").into())
+        Ok(Response::new(self.resolve(r).await?))
     }
     async fn decide_next_step(
         &self,
