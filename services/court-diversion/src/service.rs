@@ -484,12 +484,13 @@ impl CourtDiversion {
         };
         db::insert(&mut tx, &s, now).await?;
         ch.write(&mut tx, &s).await?;
+        let name = s.case.name.clone();
         let resp = CreateCaseResponse {
             pre_filing_case: Some(db::present(s.case, now)),
         };
         idem.save(&mut tx, &resp).await?;
         tx.commit().await?;
-        tracing::info!(case = %s.court, "pre-filing case registered");
+        tracing::info!(case = %name, "pre-filing case registered");
         Ok(resp)
     }
 
