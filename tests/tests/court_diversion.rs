@@ -632,6 +632,17 @@ suite_test!(
             c.delegations[0].result,
             cd::DelegationResult::Accepted as i32
         );
+        // The court's system confirmed receipt of the feedback: the transfer is closed.
+        let t = c.delegations[0].transfer.clone();
+        let mut closed = transfer(&suite, &t).await;
+        for _ in 0..100 {
+            if state_of(&closed) == TransferState::Closed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            closed = transfer(&suite, &t).await;
+        }
+        assert_eq!(state_of(&closed), TransferState::Closed);
 
         // The parties apply for judicial confirmation (诉前调确).
         let c = clerk(&suite)

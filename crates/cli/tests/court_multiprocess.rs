@@ -430,6 +430,29 @@ async fn network_flow(urls: [String; 3]) {
             .iter()
             .any(|k| k.name == "registration" && k.stopped_at.is_none())
     );
+    // The court's process confirmed receipt of the feedback: the transfer is closed.
+    let mut court_router = TransferServiceClient::with_interceptor(
+        ch(rp),
+        token("xigang-court", "judge-01", &["judge"]),
+    );
+    let mut state = 0;
+    for _ in 0..200 {
+        state = court_router
+            .get_transfer(fengqiao_proto::router::GetTransferRequest {
+                name: c.delegations[0].transfer.clone(),
+            })
+            .await
+            .expect("get transfer")
+            .into_inner()
+            .transfer
+            .expect("transfer")
+            .state;
+        if state == fengqiao_proto::router::TransferState::Closed as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, fengqiao_proto::router::TransferState::Closed as i32);
     let c = judge()
         .register_case(cd::RegisterCaseRequest {
             name: c.name.clone(),

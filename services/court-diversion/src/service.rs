@@ -1359,14 +1359,54 @@ impl CourtDiversion {
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
+    /// A request to the router as the court's system itself, signed with the service key.
+    fn as_system<U>(&self, court: &str, msg: U) -> Result<Option<Request<U>>> {
+        let Some(signer) = self.signer.as_ref() else {
+            return Ok(None);
+        };
+        let token = signer.key.sign(&fengqiao_kit::auth::claims(
+            &signer.issuer,
+            court,
+            SYSTEM_ACTOR,
+            &[rules::ROLE_JUDGE],
+            300,
+        ));
+        let mut request = Request::new(msg);
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Corrupt("token is not a header value".into()))?;
+        request.metadata_mut().insert("authorization", bearer);
+        Ok(Some(request))
+    }
+
+    /// Confirms receipt of a delegation's feedback on the router (确认反馈), so the transfer
+    /// closes. The request id is derived from the case and the transfer: a second attempt is
+    /// the same call; an already closed transfer (FAILED_PRECONDITION) is fine.
+    async fn acknowledge(&self, transfer: &str, court: &str, case_id: &str) -> Result<()> {
+        let ack = fengqiao_proto::router::AcknowledgeFeedbackRequest {
+            name: transfer.to_string(),
+            etag: String::new(),
+            comment: "法院已收到调解结果".into(),
+            request_id: router_rid("AcknowledgeFeedback", case_id, transfer),
+        };
+        let Some(request) = self.as_system(court, ack)? else {
+            return Ok(());
+        };
+        match self.router().acknowledge_feedback(request).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => Ok(()),
+            Err(e) => Err(Error::Router(e)),
+        }
+    }
+
     /// Re-designates a case whose organisation let the acceptance clock run out, as the
     /// court's system (在线调解规则 Art 12; [`rules::pick_designee`]). The request id is
     /// derived from the case and the delegation's ordinal, so a second attempt for the same
     /// timeout (another replica, a redelivery) is the same call.
     async fn auto_designate(&self, name: &str, court: &str) -> Result<()> {
-        let Some(signer) = self.signer.clone() else {
+        if self.signer.is_none() {
             return Ok(());
-        };
+        }
         let who = Identity {
             agency: court.to_string(),
             actor: SYSTEM_ACTOR.to_string(),
@@ -1425,18 +1465,9 @@ impl CourtDiversion {
         let organization = organization.to_string();
         let ordinal = s.case.delegations.len() + 1;
         let request_id = format!("auto-redesignation-{}-{ordinal}", s.id());
-        let token = signer.key.sign(&fengqiao_kit::auth::claims(
-            &signer.issuer,
-            court,
-            SYSTEM_ACTOR,
-            &[rules::ROLE_JUDGE],
-            300,
-        ));
-        let mut request = Request::new(());
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::Corrupt("token is not a header value".into()))?;
-        request.metadata_mut().insert("authorization", bearer);
+        let Some(mut request) = self.as_system(court, ())? else {
+            return Ok(());
+        };
         request.extensions_mut().insert(who.clone());
         let req = DesignateMediatorRequest {
             name: name.to_string(),
@@ -2012,6 +2043,7 @@ impl Inbox {
         }
         let view = TransferView::of(&t);
         let mut timed_out = false;
+        let mut ended = false;
         for _ in 0..8 {
             let delegations = u32::try_from(s.case.delegations.len()).unwrap_or(u32::MAX);
             let Some(action) = reconcile::next_action(s.state(), &view, delegations, self.policy)
@@ -2023,6 +2055,7 @@ impl Inbox {
             db::step(&mut s.case, action, now, &actor, &reason_code, &mut ch)?;
             self.record(&mut s.case, from, action, &t, &event, &actor, now);
             timed_out |= action == Action::AcceptanceExpired { redesignate: true };
+            ended |= matches!(action, Action::End(_));
         }
         s.event_seq = s.event_seq.max(event.sequence);
         if s.case == before && ch.is_empty() {
@@ -2036,6 +2069,19 @@ impl Inbox {
             ch.write(&mut tx, &s).await?;
         }
         tx.commit().await?;
+        if ended {
+            // The court's system confirms receipt of the feedback (确认反馈 / 办结): the
+            // transfer closes on the router. After the commit; without the service key the
+            // transfer stays FEEDBACK_SUBMITTED for the court's own system to acknowledge.
+            let service = self.service.clone();
+            let (transfer, court, id) =
+                (transfer_name.clone(), s.court.clone(), s.id().to_string());
+            tokio::spawn(async move {
+                if let Err(e) = service.acknowledge(&transfer, &court, &id).await {
+                    tracing::warn!(transfer = %transfer, error = %e, "feedback not acknowledged on the router");
+                }
+            });
+        }
         if timed_out {
             // 在线调解规则 Art 12: no answer in 3 working days; the court designates another.
             // Done after the commit (the router is called outside any transaction); if it
