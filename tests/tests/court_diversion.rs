@@ -1469,3 +1469,146 @@ suite_test!(
         assert_eq!(e.code(), Code::FailedPrecondition);
     }
 );
+
+suite_test!(
+    the_court_administrator_keeps_the_roster,
+    |suite| async move {
+        let mut admin = as_agency(&suite, COURT, &["court_admin"]);
+        // 特邀调解规定 Art 5–8: the court adds an invited organisation and a mediator.
+        let o = admin
+            .create_invited_organization(cd::CreateInvitedOrganizationRequest {
+                invited_organization: Some(cd::InvitedOrganization {
+                    display_name: "西岗区物业纠纷调解委员会".into(),
+                    agency: "agencies/xigang-bayilu-mediation-room".into(),
+                    specialties: vec![DisputeCategory::PropertyManagement as i32],
+                    region_code: "210203".into(),
+                    active: true,
+                    ..Default::default()
+                }),
+                invited_organization_id: "property-committee".into(),
+                request_id: rid(),
+            })
+            .await
+            .expect("create organisation")
+            .into_inner()
+            .invited_organization
+            .expect("org");
+        assert_eq!(o.name, "invitedOrganizations/property-committee");
+        let m = admin
+            .create_invited_mediator(cd::CreateInvitedMediatorRequest {
+                parent: o.name.clone(),
+                invited_mediator: Some(cd::InvitedMediator {
+                    display_name: "特邀调解员".into(),
+                    actor_id: "room-head".into(),
+                    region_code: "210203".into(),
+                    active: true,
+                    ..Default::default()
+                }),
+                invited_mediator_id: "room-head".into(),
+                request_id: rid(),
+            })
+            .await
+            .expect("create mediator")
+            .into_inner()
+            .invited_mediator
+            .expect("mediator");
+        // The clerk does not keep the roster.
+        let e = clerk(&suite)
+            .update_invited_organization(cd::UpdateInvitedOrganizationRequest {
+                invited_organization: Some(o.clone()),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["active".into()],
+                }),
+                request_id: rid(),
+            })
+            .await
+            .expect_err("clerk");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // The committee leaves the roster (no longer 在册有效); a stale etag is ABORTED.
+        let off = |etag: &str| cd::UpdateInvitedOrganizationRequest {
+            invited_organization: Some(cd::InvitedOrganization {
+                name: org_name(COMMITTEE),
+                active: false,
+                etag: etag.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["active".into()],
+            }),
+            request_id: rid(),
+        };
+        let e = admin
+            .update_invited_organization(off("\"99\""))
+            .await
+            .expect_err("stale");
+        assert_eq!(e.code(), Code::Aborted);
+        let current = admin
+            .get_invited_organization(cd::GetInvitedOrganizationRequest {
+                name: org_name(COMMITTEE),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .invited_organization
+            .expect("org");
+        let updated = admin
+            .update_invited_organization(off(&current.etag))
+            .await
+            .expect("deactivate")
+            .into_inner()
+            .invited_organization
+            .expect("org");
+        assert!(!updated.active);
+        assert_ne!(updated.etag, current.etag);
+        let m = admin
+            .update_invited_mediator(cd::UpdateInvitedMediatorRequest {
+                invited_mediator: Some(cd::InvitedMediator {
+                    max_load: 5,
+                    ..m.clone()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["max_load".into()],
+                }),
+                request_id: rid(),
+            })
+            .await
+            .expect("mediator")
+            .into_inner()
+            .invited_mediator
+            .expect("mediator");
+        assert_eq!(m.max_load, 5);
+        // An organisation off the roster is not designated.
+        let c = consented(&suite, 17).await;
+        let e = judge(&suite)
+            .designate_mediator(cd::DesignateMediatorRequest {
+                name: c.name.clone(),
+                etag: c.etag.clone(),
+                organization: org_name(COMMITTEE),
+                parties_waived_choice: true,
+                evidence: Some(doc("放弃选定声明")),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("inactive");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let active = clerk(&suite)
+            .list_invited_organizations(cd::ListInvitedOrganizationsRequest {
+                active: Some(true),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .invited_organizations;
+        let names: Vec<&str> = active.iter().map(|o| o.name.as_str()).collect();
+        // Ordered by resource name.
+        assert_eq!(
+            names,
+            [
+                "invitedOrganizations/property-committee",
+                org_name(CENTRE).as_str()
+            ]
+        );
+    }
+);

@@ -1716,6 +1716,176 @@ impl CourtDiversion {
         Ok(resp)
     }
 
+    async fn update_org(
+        &self,
+        request: Request<UpdateInvitedOrganizationRequest>,
+    ) -> Result<UpdateInvitedOrganizationResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
+        let given = req.invited_organization.clone().unwrap_or_default();
+        let id = fengqiao_kit::validate::parse_name(
+            "invited_organization.name",
+            "invitedOrganizations",
+            &given.name,
+        )?
+        .to_string();
+        let paths = update_paths(
+            req.update_mask.as_ref(),
+            &["display_name", "specialties", "region_code", "active"],
+        )?;
+        let mut v = Vec::new();
+        if paths.contains(&"display_name") {
+            text(
+                &mut v,
+                "invited_organization.display_name",
+                &given.display_name,
+                200,
+            );
+        }
+        if paths.contains(&"region_code")
+            && let Err(e) = fengqiao_kit::validate::region_code(
+                "invited_organization.region_code",
+                &given.region_code,
+            )
+        {
+            v.push(e);
+        }
+        if !v.is_empty() {
+            return Err(Error::Invalid(v));
+        }
+        let idem = Idem::new(&who, "UpdateInvitedOrganization", &req.request_id, &req)?;
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(r);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut o = db::organization(&mut tx, &who.agency, &id)
+            .await?
+            .ok_or_else(|| Error::NotFound(given.name.clone()))?;
+        check_etag(&given.etag, &o.etag, &given.name)?;
+        for p in &paths {
+            match *p {
+                "display_name" => o.display_name = given.display_name.trim().to_string(),
+                "specialties" => o.specialties = given.specialties.clone(),
+                "region_code" => o.region_code = given.region_code.clone(),
+                "active" => o.active = given.active,
+                _ => {}
+            }
+        }
+        let version = o.etag.trim_matches('"').parse::<i64>().unwrap_or(1) + 1;
+        o.etag = fengqiao_kit::etag::etag(version);
+        o.update_time = Some(to_ts(now));
+        let done = sqlx::query(
+            "UPDATE court_organizations SET active = $1, body = $2, version = $3 \
+             WHERE court = $4 AND id = $5 AND version = $6",
+        )
+        .bind(i64::from(o.active))
+        .bind(o.encode_to_vec())
+        .bind(version)
+        .bind(&who.agency)
+        .bind(&id)
+        .bind(version - 1)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            // Changed concurrently (PostgreSQL): the caller reads again.
+            return Err(Error::EtagMismatch(given.name.clone()));
+        }
+        let resp = UpdateInvitedOrganizationResponse {
+            invited_organization: Some(o),
+        };
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await?;
+        Ok(resp)
+    }
+
+    async fn update_mediator(
+        &self,
+        request: Request<UpdateInvitedMediatorRequest>,
+    ) -> Result<UpdateInvitedMediatorResponse> {
+        let who = Identity::of(&request).map_err(Error::Router)?.clone();
+        let req = request.into_inner();
+        need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
+        let given = req.invited_mediator.clone().unwrap_or_default();
+        let (org, id) = parse_mediator("invited_mediator.name", &given.name)?;
+        let paths = update_paths(
+            req.update_mask.as_ref(),
+            &[
+                "display_name",
+                "specialties",
+                "region_code",
+                "active",
+                "max_load",
+            ],
+        )?;
+        let mut v = Vec::new();
+        if paths.contains(&"display_name") {
+            text(
+                &mut v,
+                "invited_mediator.display_name",
+                &given.display_name,
+                100,
+            );
+        }
+        if paths.contains(&"region_code")
+            && let Err(e) = fengqiao_kit::validate::region_code(
+                "invited_mediator.region_code",
+                &given.region_code,
+            )
+        {
+            v.push(e);
+        }
+        if !v.is_empty() {
+            return Err(Error::Invalid(v));
+        }
+        let idem = Idem::new(&who, "UpdateInvitedMediator", &req.request_id, &req)?;
+        let mut tx = self.store.write().await?;
+        if let Some(r) = idem.replay(&mut tx).await? {
+            return Ok(r);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let mut m = db::mediator(&mut tx, &who.agency, &org, &id)
+            .await?
+            .ok_or_else(|| Error::NotFound(given.name.clone()))?;
+        check_etag(&given.etag, &m.etag, &given.name)?;
+        for p in &paths {
+            match *p {
+                "display_name" => m.display_name = given.display_name.trim().to_string(),
+                "specialties" => m.specialties = given.specialties.clone(),
+                "region_code" => m.region_code = given.region_code.clone(),
+                "active" => m.active = given.active,
+                "max_load" => m.max_load = given.max_load,
+                _ => {}
+            }
+        }
+        let version = m.etag.trim_matches('"').parse::<i64>().unwrap_or(1) + 1;
+        m.etag = fengqiao_kit::etag::etag(version);
+        m.update_time = Some(to_ts(now));
+        let done = sqlx::query(
+            "UPDATE court_mediators SET active = $1, body = $2, version = $3 \
+             WHERE court = $4 AND organization = $5 AND id = $6 AND version = $7",
+        )
+        .bind(i64::from(m.active))
+        .bind(m.encode_to_vec())
+        .bind(version)
+        .bind(&who.agency)
+        .bind(&org)
+        .bind(&id)
+        .bind(version - 1)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(Error::EtagMismatch(given.name.clone()));
+        }
+        let resp = UpdateInvitedMediatorResponse {
+            invited_mediator: Some(m),
+        };
+        idem.save(&mut tx, &resp).await?;
+        tx.commit().await?;
+        Ok(resp)
+    }
+
     async fn list_mediators(
         &self,
         request: Request<ListInvitedMediatorsRequest>,
@@ -1778,6 +1948,32 @@ impl CourtDiversion {
             next_page_token,
         })
     }
+}
+
+/// The paths of an update mask, each one of `allowed` (at least one).
+fn update_paths(
+    mask: Option<&prost_types::FieldMask>,
+    allowed: &[&'static str],
+) -> Result<Vec<&'static str>> {
+    let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(FieldViolation::new("update_mask", "names the fields to update").into());
+    }
+    paths
+        .iter()
+        .map(|p| {
+            allowed
+                .iter()
+                .find(|a| **a == p.as_str())
+                .copied()
+                .ok_or_else(|| {
+                    Error::from(FieldViolation::new(
+                        "update_mask",
+                        format!("allowed paths: {}", allowed.join(", ")),
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// A bound SQL parameter of a dynamically built query.
@@ -2379,12 +2575,9 @@ impl CourtDiversionService for CourtDiversion {
     }
     async fn update_invited_organization(
         &self,
-        _r: Request<UpdateInvitedOrganizationRequest>,
+        r: Request<UpdateInvitedOrganizationRequest>,
     ) -> Reply<UpdateInvitedOrganizationResponse> {
-        Err(
-            Error::NotBuilt("UpdateInvitedOrganization (roster entries are added, not yet edited)")
-                .into(),
-        )
+        Ok(Response::new(self.update_org(r).await?))
     }
     async fn create_invited_mediator(
         &self,
@@ -2400,12 +2593,9 @@ impl CourtDiversionService for CourtDiversion {
     }
     async fn update_invited_mediator(
         &self,
-        _r: Request<UpdateInvitedMediatorRequest>,
+        r: Request<UpdateInvitedMediatorRequest>,
     ) -> Reply<UpdateInvitedMediatorResponse> {
-        Err(
-            Error::NotBuilt("UpdateInvitedMediator (roster entries are added, not yet edited)")
-                .into(),
-        )
+        Ok(Response::new(self.update_mediator(r).await?))
     }
     async fn create_case(&self, r: Request<CreateCaseRequest>) -> Reply<CreateCaseResponse> {
         Ok(Response::new(CourtDiversion::create_case(self, r).await?))
