@@ -643,6 +643,9 @@ suite_test!(
             closed = transfer(&suite, &t).await;
         }
         assert_eq!(state_of(&closed), TransferState::Closed);
+        // The acknowledgement's message changes nothing here: the etag the clerk holds stays.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(get(&suite, &c.name).await.etag, c.etag);
 
         // The parties apply for judicial confirmation (诉前调确).
         let c = clerk(&suite)

@@ -2056,6 +2056,15 @@ fn mirror_clocks(c: &mut PreFilingCase, t: &Transfer) {
         let Some(mut k) = clock.filter(|k| k.started_at.is_some()) else {
             continue;
         };
+        // A stopped clock is final: later messages (e.g. the acknowledgement) do not rewrite
+        // it, so they leave the case, and the etag a client holds, as they were.
+        if k.stopped_at.is_some()
+            && c.clocks
+                .iter()
+                .any(|x| x.name == name && x.stopped_at.is_some())
+        {
+            continue;
+        }
         k.name = name.to_string();
         c.clocks.retain(|x| x.name != name);
         c.clocks.push(k);
