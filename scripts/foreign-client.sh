@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Drives a fresh `fengqiao dev` from outside, as a foreign client would: Python grpcio and
-# grpc-requests (PyPI, pinned) through server reflection only (tests/foreign/reflection_client.py).
+# grpc-requests (PyPI, pinned) through server reflection only (tests/foreign/reflection_client.py,
+# then the README's court-diversion example, tests/foreign/court_example.py).
 # Installs the client into a venv under ${FENGQIAO_TOOLS:-$HOME/.cache/fengqiao-tools}; builds
 # and starts the suite on loopback in a temporary data directory; stops it at the end.
 set -euo pipefail
@@ -29,3 +30,8 @@ done
 dispatch=$("$bin" token --data-dir "$dir/data" --as xigang-110/dispatch-system)
 officer=$("$bin" token --data-dir "$dir/data" --as xigang-bayilu-station/officer-01)
 "$VENV/bin/python" tests/foreign/reflection_client.py "127.0.0.1:$port" "$dispatch" "$officer"
+# The README's worked example of 诉前调解 (court diversion), on the same suite.
+"$VENV/bin/python" tests/foreign/court_example.py "127.0.0.1:$port" \
+  "$("$bin" token --data-dir "$dir/data" --as xigang-court/clerk-01)" \
+  "$("$bin" token --data-dir "$dir/data" --as xigang-court/judge-01)" \
+  "$("$bin" token --data-dir "$dir/data" --as xigang-mediation-committee/director)"

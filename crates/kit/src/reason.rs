@@ -196,6 +196,21 @@ catalogue! {
     PartyConsentRequired = "PARTY_CONSENT_REQUIRED", FailedPrecondition;
     /// The organisation already declined or let this case time out.
     OrganizationExcluded = "ORGANIZATION_EXCLUDED", FailedPrecondition;
+    /// A different case was already registered under this pre-filing number (诉前调 number).
+    PreFilingNumberReused = "PRE_FILING_NUMBER_REUSED", AlreadyExists;
+    /// The parties' joint choice of a mediator has lapsed (在线调解规则 Art 10); the court
+    /// designates.
+    JointChoiceLapsed = "JOINT_CHOICE_LAPSED", FailedPrecondition;
+    /// The parties' joint choice is still open; the court designates only when they waive it
+    /// or it lapses.
+    JointChoiceOpen = "JOINT_CHOICE_OPEN", FailedPrecondition;
+
+    // ── Parts not built ─────────────────────────────────────────────────────────────────────
+    /// The method is in the contract but not built yet; the message says what to do instead.
+    NotBuilt = "NOT_BUILT", Unimplemented;
+    /// The message cannot be applied yet (a local commit it follows is under way); the router
+    /// redelivers it.
+    NotYet = "NOT_YET", Unavailable;
 }
 
 impl std::fmt::Display for Reason {

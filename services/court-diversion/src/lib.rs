@@ -2,10 +2,12 @@
 //! delegated with the parties' consent to invited mediation organisations and back to case
 //! registration on failure. Contract: `proto/fengqiao/courtdiversion/v1`.
 //!
-//! This crate holds the pure domain only: the lifecycle as a transition table
-//! ([`lifecycle`]), the rules and deadlines as data ([`rules`]) and the statistics tally
-//! ([`Tally`]). No gRPC server and no store yet; handlers will validate, call these
-//! functions, persist and reply.
+//! The pure domain: the lifecycle as a transition table ([`lifecycle`]), the rules and
+//! deadlines as data ([`rules`]), the reconciliation of a case from its delegation's router
+//! transfer ([`reconcile`]) and the statistics tally ([`Tally`]). Around it: the store
+//! ([`store`]: cases, roster, event log, sample roster) and the gRPC service, router inbox
+//! and deadline timer ([`CourtDiversion`]); handlers validate, call the domain, persist and
+//! reply.
 //!
 //! # The practice
 //!
@@ -53,8 +55,15 @@
 //! Deadlines are data ([`rules::deadlines`]): each is a [`fengqiao_proto::common::ClockRule`]
 //! for the shared clock engine, the states it runs in and what its expiry does.
 
+pub mod error;
 pub mod lifecycle;
+pub mod reconcile;
 pub mod rules;
+mod service;
+pub mod store;
+
+pub use service::CourtDiversion;
+pub use store::{SERVICE, SeedOrganization, SeedRoster, migrate, seed_rosters};
 
 pub use fengqiao_proto::courtdiversion::{
     CaseStatisticsRow, DelegationResult, EndReason, NextStep, PreFilingCaseState, ReturnCause,

@@ -5,6 +5,7 @@
 //! Nothing here reads a clock, a database or the network. Errors carry no personal
 //! information: party ids and codes only, never names, ID numbers, phones or addresses.
 
+use fengqiao_kit::Reason;
 use fengqiao_proto::common::{
     ClockExpiryAction, ClockExtensionRule, ClockRule, ClockUnit, EvidenceRef, Money, Party,
     PartyRole, ReasonCode,
@@ -92,16 +93,16 @@ impl RuleError {
     }
 
     /// Stable `ErrorInfo.reason`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::InvalidField { .. } => "INVALID_ARGUMENT",
-            Self::AlreadyDecided { .. } => "CONSENT_ALREADY_RECORDED",
-            Self::ConsentIncomplete => "PARTY_CONSENT_REQUIRED",
-            Self::OrganisationExcluded => "ORGANIZATION_EXCLUDED",
-            Self::NotExtendable => "CLOCK_NOT_EXTENDABLE",
-            Self::ExtensionTooLong { .. } => "CLOCK_EXTENSION_TOO_LONG",
-            Self::BeyondHardCap { .. } => "CLOCK_BEYOND_HARD_CAP",
-            Self::RouteDisagrees { .. } => "ROUTE_MISCONFIGURED",
+            Self::InvalidField { .. } => Reason::InvalidArgument,
+            Self::AlreadyDecided { .. } => Reason::ConsentAlreadyRecorded,
+            Self::ConsentIncomplete => Reason::PartyConsentRequired,
+            Self::OrganisationExcluded => Reason::OrganizationExcluded,
+            Self::NotExtendable => Reason::ClockNotExtendable,
+            Self::ExtensionTooLong { .. } => Reason::ClockExtensionTooLong,
+            Self::BeyondHardCap { .. } => Reason::ClockBeyondHardCap,
+            Self::RouteDisagrees { .. } => Reason::RouteMisconfigured,
         }
     }
 
@@ -543,6 +544,43 @@ pub fn check_designee(
     }
 }
 
+/// A roster organisation as the automatic re-designation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// `invitedOrganizations/{invited_organization}`.
+    pub name: &'a str,
+    /// On the roster and taking new delegations (在册有效).
+    pub active: bool,
+    /// Its specialties (`DisputeCategory` values).
+    pub specialties: &'a [i32],
+    /// The court's cases currently with it (在办案件数).
+    pub load: u32,
+}
+
+/// The organisation the court's system designates itself when the last one did not answer
+/// within 3 working days and the [`RedesignationPolicy`] allows another delegation
+/// (在线调解规则 Art 12: the court designates *another*): active, not excluded by the case's
+/// history ([`check_designee`]), specialists in the dispute's category first, then the
+/// lightest load, then by name (a stable choice). `None` when no organisation qualifies: the
+/// case waits for the judge, with the designation clock running.
+pub fn pick_designee<'a>(
+    candidates: &[Candidate<'a>],
+    category: i32,
+    history: &[(&str, DelegationResult)],
+) -> Option<&'a str> {
+    candidates
+        .iter()
+        .filter(|c| c.active && check_designee(c.name, history).is_ok())
+        // Also not one that has this case already (e.g. still pending elsewhere).
+        .filter(|c| {
+            !history
+                .iter()
+                .any(|(o, r)| *o == c.name && *r == DelegationResult::Pending)
+        })
+        .min_by_key(|c| (!c.specialties.contains(&category), c.load, c.name))
+        .map(|c| c.name)
+}
+
 // ---------------------------------------------------------------------------
 // Ending (在线调解规则 Art 25) and what follows
 // ---------------------------------------------------------------------------
@@ -852,12 +890,12 @@ fn mediation_rule(route: &Route) -> Result<ClockRule, RuleError> {
     Ok(rule)
 }
 
-/// Every deadline of a pre-filing case, for the route the delegations travel on (its
-/// acceptance clock and the mediation clock's extension cap come from it; a route that
-/// disagrees with the statute is refused).
-pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
-    use ClockExpiryAction::{NotifyOnly, ReturnToSender};
-    Ok(vec![
+/// The deadlines this service runs itself with its deadline timer: the joint choice, the
+/// court's designation and the registration decision. The router runs the others
+/// (acceptance, contact, mediation) on the delegation's transfer.
+pub fn court_deadlines() -> [Deadline; 3] {
+    use ClockExpiryAction::NotifyOnly;
+    [
         Deadline {
             name: "joint_choice",
             rule: simple_rule(ClockUnit::WorkingDay, JOINT_CHOICE_WORKING_DAYS, NotifyOnly),
@@ -872,6 +910,25 @@ pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
             expiry: Expiry::Designation,
             basis: "在线调解规则 Art 10, 12",
         },
+        Deadline {
+            name: "registration",
+            rule: simple_rule(ClockUnit::CalendarDay, REGISTRATION_DAYS, NotifyOnly),
+            runs_in: &[S::RegistrationPending],
+            expiry: Expiry::Registration,
+            basis: "民事诉讼法 Art 126",
+        },
+    ]
+}
+
+/// Every deadline of a pre-filing case, for the route the delegations travel on (its
+/// acceptance clock and the mediation clock's extension cap come from it; a route that
+/// disagrees with the statute is refused).
+pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
+    use ClockExpiryAction::ReturnToSender;
+    let [joint_choice, designation, registration] = court_deadlines();
+    Ok(vec![
+        joint_choice,
+        designation,
         Deadline {
             name: "acceptance",
             rule: acceptance_rule(route)?,
@@ -893,13 +950,7 @@ pub fn deadlines(route: &Route) -> Result<Vec<Deadline>, RuleError> {
             expiry: Expiry::Mediation,
             basis: "在线调解规则 Art 24–26; 特邀调解规定 Art 27",
         },
-        Deadline {
-            name: "registration",
-            rule: simple_rule(ClockUnit::CalendarDay, REGISTRATION_DAYS, NotifyOnly),
-            runs_in: &[S::RegistrationPending],
-            expiry: Expiry::Registration,
-            basis: "民事诉讼法 Art 126",
-        },
+        registration,
     ])
 }
 
@@ -1162,7 +1213,7 @@ mod tests {
             }
         );
         assert!(!e.is_bad_input());
-        assert_eq!(e.reason(), "CONSENT_ALREADY_RECORDED");
+        assert_eq!(e.reason().as_str(), "CONSENT_ALREADY_RECORDED");
     }
 
     #[test]
@@ -1382,7 +1433,7 @@ mod tests {
             .feedback_outcomes
             .retain(|o| o.code != "party_refused_to_sign");
         let e = check_route_outcomes(&missing).expect_err("refused");
-        assert_eq!(e.reason(), "ROUTE_MISCONFIGURED");
+        assert_eq!(e.reason().as_str(), "ROUTE_MISCONFIGURED");
         assert!(e.to_string().contains("party_refused_to_sign"));
 
         let mut extra = route();
@@ -1719,8 +1770,46 @@ mod tests {
         cases.push(("mediation expiry keeps the case", r));
         for (what, r) in cases {
             let e = deadlines(&r).expect_err(what);
-            assert_eq!(e.reason(), "ROUTE_MISCONFIGURED", "{what}");
+            assert_eq!(e.reason().as_str(), "ROUTE_MISCONFIGURED", "{what}");
             assert!(!e.is_bad_input());
         }
+    }
+
+    #[test]
+    fn automatic_redesignation_picks_another_active_specialist_with_the_lightest_load() {
+        let neighbourhood = fengqiao_proto::common::DisputeCategory::Neighbourhood as i32;
+        let other = fengqiao_proto::common::DisputeCategory::LabourWages as i32;
+        let spec = [neighbourhood];
+        let none: [i32; 0] = [];
+        let c = |name, active, specialties, load| Candidate {
+            name,
+            active,
+            specialties,
+            load,
+        };
+        let roster = [
+            c("invitedOrganizations/a", true, &spec[..], 0),
+            c("invitedOrganizations/b", true, &spec[..], 2),
+            c("invitedOrganizations/c", true, &none[..], 0),
+            c("invitedOrganizations/d", false, &spec[..], 0),
+        ];
+        // The one that timed out is excluded (在线调解规则 Art 12); the inactive one too.
+        let history = [("invitedOrganizations/a", DelegationResult::TimedOut)];
+        assert_eq!(
+            pick_designee(&roster, neighbourhood, &history),
+            Some("invitedOrganizations/b")
+        );
+        // No specialist for the category: the lightest load.
+        assert_eq!(
+            pick_designee(&roster, other, &history),
+            Some("invitedOrganizations/c")
+        );
+        let all_out = [
+            ("invitedOrganizations/a", DelegationResult::TimedOut),
+            ("invitedOrganizations/b", DelegationResult::Declined),
+            ("invitedOrganizations/c", DelegationResult::Declined),
+        ];
+        assert_eq!(pick_designee(&roster, neighbourhood, &all_out), None);
+        assert_eq!(pick_designee(&[], neighbourhood, &[]), None);
     }
 }

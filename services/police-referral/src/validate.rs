@@ -217,7 +217,8 @@ pub fn party(out: &mut Vec<FieldViolation>, field: &str, p: &Party, name_require
     }
 }
 
-fn evidence(out: &mut Vec<FieldViolation>, field: &str, e: &EvidenceRef) {
+/// Checks one evidence reference (name, URI, media type, digest shape).
+pub fn evidence(out: &mut Vec<FieldViolation>, field: &str, e: &EvidenceRef) {
     text(
         out,
         &format!("{field}.display_name"),
