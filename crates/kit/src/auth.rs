@@ -76,6 +76,17 @@ impl Identity {
         self.person.as_deref().unwrap_or(&self.actor)
     }
 
+    /// The actor as recorded on resources and events (agency, actor id, roles, person).
+    pub fn as_actor(&self) -> fengqiao_proto::common::Actor {
+        fengqiao_proto::common::Actor {
+            agency: self.agency.clone(),
+            actor_id: self.actor.clone(),
+            display_name: String::new(),
+            roles: self.roles.clone(),
+            person: self.person().to_string(),
+        }
+    }
+
     /// Whether the actor holds `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)

@@ -41,16 +41,6 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 type WatchStream =
     Pin<Box<dyn Stream<Item = std::result::Result<WatchCasesResponse, Status>> + Send + 'static>>;
 
-fn actor_of(who: &Identity) -> Actor {
-    Actor {
-        agency: who.agency.clone(),
-        actor_id: who.actor.clone(),
-        display_name: String::new(),
-        roles: who.roles.clone(),
-        person: who.person().to_string(),
-    }
-}
-
 fn need_role(who: &Identity, role: &str, action: &str) -> Result<()> {
     if who.has_role(role) {
         Ok(())
@@ -457,7 +447,7 @@ impl CourtDiversion {
         c.create_time = Some(to_ts(now));
         c.update_time = Some(to_ts(now));
         c.etag = fengqiao_kit::etag::etag(1);
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         let mut ch = Change::default();
         ch.event(
             &c,
@@ -630,7 +620,7 @@ impl CourtDiversion {
             .clone()
             .ok_or_else(|| Error::Invalid(vec![FieldViolation::new("consent", "is required")]))?;
         let idem = Idem::new(&who, "RecordConsent", &req.request_id, &req)?;
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         self.local_change(
             &who,
             &idem,
@@ -793,7 +783,7 @@ impl CourtDiversion {
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut s = Self::load_locked(&mut tx, &who, name).await?;
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         let mut ch = Change::default();
         if !s
             .case
@@ -938,7 +928,7 @@ impl CourtDiversion {
             .ok_or_else(|| Error::from(FieldViolation::new("next_step", "is required")))?;
         need_role_for(&who, action)?;
         let idem = Idem::new(&who, "DecideNextStep", &req.request_id, &req)?;
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         self.local_change(
             &who,
             &idem,
@@ -981,7 +971,7 @@ impl CourtDiversion {
         need_role_for(&who, Action::Register)?;
         rules::check_docket_number("docket_number", req.docket_number.trim())?;
         let idem = Idem::new(&who, "RegisterCase", &req.request_id, &req)?;
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         self.local_change(
             &who,
             &idem,
@@ -1019,7 +1009,7 @@ impl CourtDiversion {
             return Err(crate::error::rules(errs));
         }
         let idem = Idem::new(&who, "RefuseRegistration", &req.request_id, &req)?;
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         self.local_change(
             &who,
             &idem,
@@ -1087,7 +1077,7 @@ impl CourtDiversion {
                 .await
                 .map_err(Error::upstream)?;
         }
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         self.local_change(
             &who,
             &idem,
@@ -1144,7 +1134,7 @@ impl CourtDiversion {
             ));
         }
         let idem = Idem::new(&who, "ResolveSuspension", &req.request_id, &req)?;
-        let actor = actor_of(&who);
+        let actor = who.as_actor();
         self.local_change(
             &who,
             &idem,

@@ -28,9 +28,7 @@ use crate::error::{Error, Result};
 use crate::outcomes;
 use crate::roster::{self, parse_mediator_name};
 use crate::store::{self as db, Loaded, state_name, state_of};
-use crate::util::{
-    actor_of, check_etag, from_timestamp, require_case_role, text, to_timestamp, violations,
-};
+use crate::util::{check_etag, from_timestamp, require_case_role, text, to_timestamp, violations};
 use fengqiao_kit::idem::Idem;
 
 use MediationCaseState as S;
@@ -231,7 +229,7 @@ fn assignment(
         mediator_display_name: m.display_name.clone(),
         method: method as i32,
         match_explanation: why,
-        assigned_by: Some(actor_of(who)),
+        assigned_by: Some(who.as_actor()),
         assign_time: Some(to_timestamp(now)),
         ..Default::default()
     }
@@ -618,7 +616,7 @@ impl Cases {
                     c.decline = Some(CaseDecline {
                         reason_code: m.reason_code.clone(),
                         reason: m.reason.clone(),
-                        actor: Some(actor_of(who)),
+                        actor: Some(who.as_actor()),
                         decline_time: c.decline.as_ref().and_then(|d| d.decline_time),
                     });
                     return Ok(());
@@ -628,7 +626,7 @@ impl Cases {
                 c.decline = Some(CaseDecline {
                     reason_code: m.reason_code.clone(),
                     reason: m.reason.clone(),
-                    actor: Some(actor_of(who)),
+                    actor: Some(who.as_actor()),
                     decline_time: Some(to_timestamp(now)),
                 });
                 out.push(entry(
@@ -739,7 +737,7 @@ impl Cases {
                     method: m.method,
                     evidence: m.evidence.clone(),
                     note: m.note.clone(),
-                    recorded_by: Some(actor_of(who)),
+                    recorded_by: Some(who.as_actor()),
                     record_time: Some(to_timestamp(now)),
                 });
                 out.push(entry(
@@ -766,7 +764,7 @@ impl Cases {
                         reason: EndReason::PartyRefusesToContinue as i32,
                         detail: "当事人一方明确拒绝调解（人民调解法第十七条）".into(),
                         outcome_code: refused_code.clone(),
-                        actor: Some(actor_of(who)),
+                        actor: Some(who.as_actor()),
                         end_time: Some(to_timestamp(now)),
                     });
                     if let Some(k) = c.mediation_clock.as_mut() {
@@ -1042,7 +1040,7 @@ impl Cases {
                 lifecycle::require(c, Action::RecordSession)?;
                 let mut s = s.clone();
                 s.session_id = sid.clone();
-                s.recorded_by = Some(actor_of(who));
+                s.recorded_by = Some(who.as_actor());
                 let at = s.start_time.as_ref().map(from_timestamp).unwrap_or(now);
                 out.push(entry(
                     CaseFileEntryKind::SessionRecord,
@@ -1176,7 +1174,7 @@ impl Cases {
                 a.signatures.clear();
                 a.effective = false;
                 a.effective_time = None;
-                a.drafted_by = Some(actor_of(who));
+                a.drafted_by = Some(who.as_actor());
                 a.draft_time = Some(to_timestamp(now));
                 out.push(entry(
                     CaseFileEntryKind::Agreement,
@@ -1314,7 +1312,7 @@ impl Cases {
                 if sig.sign_time.is_none() {
                     sig.sign_time = Some(to_timestamp(now));
                 }
-                sig.recorded_by = Some(actor_of(who));
+                sig.recorded_by = Some(who.as_actor());
                 out.push(entry(
                     CaseFileEntryKind::Agreement,
                     if kind == SignerKind::CommitteeSeal {
@@ -1459,7 +1457,7 @@ impl Cases {
                     reason: m.reason,
                     detail: m.detail.clone(),
                     outcome_code: code.clone(),
-                    actor: Some(actor_of(who)),
+                    actor: Some(who.as_actor()),
                     end_time: Some(to_timestamp(now)),
                 });
                 if let Some(t) = &t {
@@ -1550,7 +1548,7 @@ impl Cases {
                         .as_ref()
                         .map(|a| a.name.clone())
                         .unwrap_or_default(),
-                    actor: Some(actor_of(who)),
+                    actor: Some(who.as_actor()),
                     escalate_time: Some(to_timestamp(now)),
                 });
                 out.push(entry(
@@ -1633,7 +1631,7 @@ impl Cases {
                     questions: m.questions.clone(),
                     pauses_clock: inv.pauses_feedback_clock,
                     state: InvestigationState::Open as i32,
-                    requested_by: Some(actor_of(who)),
+                    requested_by: Some(who.as_actor()),
                     request_time: Some(to_timestamp(now)),
                     ..Default::default()
                 });
@@ -1814,7 +1812,7 @@ impl Cases {
                 f.satisfaction = m.satisfaction;
                 f.result_notes = m.result_notes.clone();
                 f.visit_time = m.visit_time;
-                f.recorded_by = Some(actor_of(who));
+                f.recorded_by = Some(who.as_actor());
                 let at = m.visit_time.as_ref().map(from_timestamp).unwrap_or(now);
                 out.push(entry(
                     CaseFileEntryKind::FollowUp,

@@ -2,7 +2,6 @@
 
 use fengqiao_kit::Identity;
 use fengqiao_kit::Reason;
-use fengqiao_proto::common::Actor;
 
 use crate::error::{Error, Result};
 
@@ -24,17 +23,6 @@ pub fn check_etag(resource: &str, given: &str, version: i64) -> Result<()> {
         return Err(Error::EtagMismatch(resource.to_string()));
     }
     Ok(())
-}
-
-/// The caller as a recorded actor.
-pub fn actor_of(id: &Identity) -> Actor {
-    Actor {
-        agency: id.agency.clone(),
-        actor_id: id.actor.clone(),
-        display_name: String::new(),
-        roles: id.roles.clone(),
-        person: id.person().to_string(),
-    }
 }
 
 /// Checks the caller holds `mediation_admin`.

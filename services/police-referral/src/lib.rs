@@ -28,7 +28,7 @@ pub mod validate;
 use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
-use fengqiao_proto::common::{Actor, EvidenceRef};
+use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::inbox::{DeliverResponse, Envelope};
 use fengqiao_proto::policereferral::police_referral_service_server::{
     PoliceReferralService, PoliceReferralServiceServer,
@@ -83,16 +83,6 @@ const STATION_ROLES: &[&str] = &["officer", "duty_chief"];
 const ACK_ROLES: &[&str] = &["officer", "duty_chief", "command_room_reviewer"];
 
 use fengqiao_kit::time::{from_timestamp as from_ts, to_timestamp as to_ts};
-
-fn actor_of(who: &Identity) -> Actor {
-    Actor {
-        agency: who.agency.clone(),
-        actor_id: who.actor.clone(),
-        display_name: String::new(),
-        roles: who.roles.clone(),
-        person: who.person().to_string(),
-    }
-}
 
 fn has_any(who: &Identity, roles: &[&str]) -> bool {
     roles.iter().any(|r| who.has_role(r))
@@ -859,7 +849,7 @@ impl PoliceReferral {
         }
         // Actors come only from the token: the officer who took the referral in is the
         // caller; a value in the request body is ignored.
-        r.officer = Some(actor_of(&who));
+        r.officer = Some(who.as_actor());
         let rule = screening::screen(r.category, &r.summary, &r.on_scene_handling);
         let result = rule.map_or(ScreeningResult::NeedsReview, |r| r.result);
         r.screening = Some(Screening {
@@ -1095,7 +1085,7 @@ impl PoliceReferral {
         sc.result = result as i32;
         sc.overridden = true;
         sc.override_reason = req.reason.trim().to_string();
-        sc.overridden_by = Some(actor_of(&who));
+        sc.overridden_by = Some(who.as_actor());
         sc.override_time = Some(to_ts(now));
         s.referral.state = next as i32;
         save(&mut tx, &mut s, now).await?;
@@ -1432,7 +1422,7 @@ impl PoliceReferral {
             state: InvestigationState::Answered as i32,
             answer: req.answer.clone(),
             answer_evidence: req.evidence.clone(),
-            answered_by: Some(actor_of(&who)),
+            answered_by: Some(who.as_actor()),
             answer_time: Some(to_ts(now)),
             ..Default::default()
         });

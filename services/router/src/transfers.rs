@@ -231,16 +231,6 @@ fn row_to_loaded(row: &AnyRow) -> Result<Loaded> {
     })
 }
 
-fn actor_of(who: &Identity) -> Actor {
-    Actor {
-        agency: who.agency.clone(),
-        actor_id: who.actor.clone(),
-        display_name: String::new(),
-        roles: who.roles.clone(),
-        person: who.person().to_string(),
-    }
-}
-
 fn system_actor() -> Actor {
     Actor {
         agency: "router".into(),
@@ -987,7 +977,7 @@ impl Transfers {
         t.investigations.clear();
         t.clocks.clear();
         t.redacted_fields = redacted;
-        t.creator = Some(actor_of(who));
+        t.creator = Some(who.as_actor());
         t.create_time = Some(to_timestamp(now));
         let mut l = Loaded {
             transfer: t,
@@ -1002,7 +992,7 @@ impl Transfers {
             event_type: TransferEventType::Created,
             ..Default::default()
         };
-        let actor = actor_of(who);
+        let actor = who.as_actor();
         let route = route.clone();
         let calendar = self.calendar.clone();
         let (case_id, sender) = (l.case_id().to_string(), from.name.clone());
@@ -1231,7 +1221,7 @@ impl Transfers {
             let change = apply(&mut l, &route, &self.calendar, now)?;
             l.transfer.state = to_state as i32;
             let investigation = change.investigation.clone();
-            let actor = actor_of(who);
+            let actor = who.as_actor();
             let idem_job = idem.clone();
             let written = self
                 .commit

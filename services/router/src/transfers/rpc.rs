@@ -506,7 +506,7 @@ impl TransferService for Transfers {
                     l.transfer.approvals.push(Approval {
                         step_index: step,
                         step_name,
-                        approver: Some(super::actor_of(&actor)),
+                        approver: Some(actor.as_actor()),
                         approve_time: Some(to_timestamp(now)),
                         comment: req.comment.clone(),
                     });
@@ -686,7 +686,7 @@ impl TransferService for Transfers {
                         reason_code: code.code.clone(),
                         reason_description: code.description.clone(),
                         reason: req.reason.clone(),
-                        actor: Some(super::actor_of(&actor)),
+                        actor: Some(actor.as_actor()),
                         decline_time: Some(to_timestamp(now)),
                     });
                     Ok(Change {
@@ -910,7 +910,7 @@ impl TransferService for Transfers {
                         requested_due_time: req.requested_due_time,
                         pauses_feedback_clock: req.pause_feedback_clock,
                         state: InvestigationState::Open as i32,
-                        requested_by: Some(super::actor_of(&actor)),
+                        requested_by: Some(actor.as_actor()),
                         request_time: Some(to_timestamp(now)),
                         ..Default::default()
                     };
@@ -981,7 +981,7 @@ impl TransferService for Transfers {
                     inv.state = InvestigationState::Answered as i32;
                     inv.answer = req.answer.clone();
                     inv.answer_evidence = req.evidence.clone();
-                    inv.answered_by = Some(super::actor_of(&actor));
+                    inv.answered_by = Some(actor.as_actor());
                     inv.answer_time = Some(to_timestamp(now));
                     let answered = inv.clone();
                     let still_pausing = l.transfer.investigations.iter().any(|i| {
@@ -1040,7 +1040,7 @@ impl TransferService for Transfers {
                         summary: req.summary.clone(),
                         documents: req.documents.clone(),
                         amount: req.amount.clone(),
-                        submitted_by: Some(super::actor_of(&actor)),
+                        submitted_by: Some(actor.as_actor()),
                         submit_time: Some(to_timestamp(now)),
                         ..Default::default()
                     });
@@ -1075,7 +1075,7 @@ impl TransferService for Transfers {
                 fixed(Action::AcknowledgeFeedback),
                 |l, _route, _cal, now| {
                     if let Some(f) = l.transfer.feedback.as_mut() {
-                        f.acknowledged_by = Some(super::actor_of(&actor));
+                        f.acknowledged_by = Some(actor.as_actor());
                         f.acknowledge_time = Some(to_timestamp(now));
                         f.acknowledge_comment = req.comment.clone();
                     }
@@ -1120,7 +1120,7 @@ impl TransferService for Transfers {
                         reason_description: code.description.clone(),
                         reason: req.reason.clone(),
                         documents: req.documents.clone(),
-                        actor: Some(super::actor_of(&actor)),
+                        actor: Some(actor.as_actor()),
                         handback_time: Some(to_timestamp(now)),
                     });
                     Ok(Change {
@@ -1177,7 +1177,7 @@ impl TransferService for Transfers {
                         reason_description: code.description.clone(),
                         reason: req.reason.clone(),
                         documents: req.documents.clone(),
-                        actor: Some(super::actor_of(&actor)),
+                        actor: Some(actor.as_actor()),
                         handback_time: Some(to_timestamp(now)),
                     });
                     Ok(Change {
