@@ -36,6 +36,7 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use group::{GroupCommit, GroupCommitOptions};
+pub mod bind;
 pub use migrate::{Migration, checksum, to_postgres};
 pub use shared::{SHARED_MIGRATIONS, SHARED_SERVICE};
 pub use store::{

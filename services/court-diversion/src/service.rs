@@ -8,6 +8,7 @@
 //! from the method, the case and the client's `request_id` (a retry after a lost commit gets
 //! the router's first answer), then commit the case.
 
+use fengqiao_store::bind::{Bind, bind_all};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -515,12 +516,12 @@ impl CourtDiversion {
             .transpose()?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut params: Vec<Param> = vec![Param::Text(who.agency.clone())];
+        let mut params: Vec<Bind> = vec![Bind::Text(who.agency.clone())];
         let mut sql = format!(
             "SELECT {}, create_time FROM court_cases WHERE court = $1",
             db::COLUMNS
         );
-        let mut add = |sql: &mut String, clause: &str, p: Param| {
+        let mut add = |sql: &mut String, clause: &str, p: Bind| {
             params.push(p);
             sql.push_str(&clause.replace('?', &format!("${}", params.len())));
         };
@@ -536,47 +537,47 @@ impl CourtDiversion {
             add(
                 &mut sql,
                 " AND next_due IS NOT NULL AND next_due <= ?",
-                Param::Int(now),
+                Bind::Int(now),
             );
         }
         if !req.organization.is_empty() {
             add(
                 &mut sql,
                 " AND organization = ?",
-                Param::Text(req.organization.clone()),
+                Bind::Text(req.organization.clone()),
             );
         }
         if !req.mediator.is_empty() {
             add(
                 &mut sql,
                 " AND mediator = ?",
-                Param::Text(req.mediator.clone()),
+                Bind::Text(req.mediator.clone()),
             );
         }
         if req.category != 0 {
             add(
                 &mut sql,
                 " AND category = ?",
-                Param::Int(i64::from(req.category)),
+                Bind::Int(i64::from(req.category)),
             );
         }
         if !req.pre_filing_number.is_empty() {
             add(
                 &mut sql,
                 " AND pre_filing_number = ?",
-                Param::Text(req.pre_filing_number.trim().to_string()),
+                Bind::Text(req.pre_filing_number.trim().to_string()),
             );
         }
         if let Some(t) = &req.create_time_start {
-            add(&mut sql, " AND create_time >= ?", Param::Int(from_ts(t)));
+            add(&mut sql, " AND create_time >= ?", Bind::Int(from_ts(t)));
         }
         if let Some(t) = &req.create_time_end {
-            add(&mut sql, " AND create_time < ?", Param::Int(from_ts(t)));
+            add(&mut sql, " AND create_time < ?", Bind::Int(from_ts(t)));
         }
         if let Some((t, id)) = cursor {
-            add(&mut sql, " AND (create_time < ?", Param::Int(t));
-            add(&mut sql, " OR (create_time = ?", Param::Int(t));
-            add(&mut sql, " AND id < ?))", Param::Text(id));
+            add(&mut sql, " AND (create_time < ?", Bind::Int(t));
+            add(&mut sql, " OR (create_time = ?", Bind::Int(t));
+            add(&mut sql, " AND id < ?))", Bind::Text(id));
         }
         sql.push_str(&format!(
             " ORDER BY create_time DESC, id DESC LIMIT {}",
@@ -1968,23 +1969,6 @@ fn update_paths(
 }
 
 /// A bound SQL parameter of a dynamically built query.
-enum Param {
-    Int(i64),
-    Text(String),
-}
-
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    params: &'q [Param],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for p in params {
-        q = match p {
-            Param::Int(i) => q.bind(*i),
-            Param::Text(s) => q.bind(s.as_str()),
-        };
-    }
-    q
-}
 
 /// What the statistics need of one case (业绩档案, 特邀调解规定 Art 5–10).
 fn summary_of(c: &PreFilingCase) -> crate::CaseSummary {

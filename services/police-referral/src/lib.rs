@@ -39,6 +39,7 @@ use fengqiao_proto::router::{
     CaseSnapshot, GetCaseTimelineRequest, Investigation, InvestigationState, Transfer,
     TransferEvent, TransferEventType, TransferMessage, TransferState,
 };
+use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
 use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
 use prost::Message as _;
@@ -383,23 +384,6 @@ fn page_size(size: i32) -> Result<i64> {
 }
 
 /// A bound SQL parameter of a dynamically built query.
-enum Param {
-    Int(i64),
-    Text(String),
-}
-
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    params: &'q [Param],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for p in params {
-        q = match p {
-            Param::Int(i) => q.bind(*i),
-            Param::Text(s) => q.bind(s.as_str()),
-        };
-    }
-    q
-}
 
 fn parse_cursor(token: &str, query: &str) -> Result<Option<(i64, String)>> {
     let Some(key) = fengqiao_kit::validate::parse_page_token(token, query)? else {
@@ -943,11 +927,11 @@ impl PoliceReferral {
         let cursor = parse_cursor(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut params = vec![Param::Text(who.agency.clone())];
+        let mut params = vec![Bind::Text(who.agency.clone())];
         let mut sql = format!(
             "SELECT {COLUMNS}, call_time FROM referrals WHERE (creator_agency = $1 OR police_station = $1)"
         );
-        let mut add = |sql: &mut String, clause: &str, p: Param| {
+        let mut add = |sql: &mut String, clause: &str, p: Bind| {
             params.push(p);
             sql.push_str(&clause.replace('?', &format!("${}", params.len())));
         };
@@ -966,47 +950,47 @@ impl PoliceReferral {
                     " AND (feedback_overdue = 1 OR (state = {} AND feedback_due IS NOT NULL AND feedback_due < ?))",
                     ReferralState::Transferred as i32
                 ),
-                Param::Int(now),
+                Bind::Int(now),
             );
         }
         if req.screening_result != 0 {
             add(
                 &mut sql,
                 " AND screening_result = ?",
-                Param::Int(i64::from(req.screening_result)),
+                Bind::Int(i64::from(req.screening_result)),
             );
         }
         if req.category != 0 {
             add(
                 &mut sql,
                 " AND category = ?",
-                Param::Int(i64::from(req.category)),
+                Bind::Int(i64::from(req.category)),
             );
         }
         if !req.police_station.is_empty() {
             add(
                 &mut sql,
                 " AND police_station = ?",
-                Param::Text(req.police_station.clone()),
+                Bind::Text(req.police_station.clone()),
             );
         }
         if !req.incident_number.is_empty() {
             add(
                 &mut sql,
                 " AND incident_number = ?",
-                Param::Text(req.incident_number.clone()),
+                Bind::Text(req.incident_number.clone()),
             );
         }
         if let Some(t) = &req.call_time_start {
-            add(&mut sql, " AND call_time >= ?", Param::Int(from_ts(t)));
+            add(&mut sql, " AND call_time >= ?", Bind::Int(from_ts(t)));
         }
         if let Some(t) = &req.call_time_end {
-            add(&mut sql, " AND call_time < ?", Param::Int(from_ts(t)));
+            add(&mut sql, " AND call_time < ?", Bind::Int(from_ts(t)));
         }
         if let Some((t, id)) = cursor {
-            add(&mut sql, " AND (call_time < ?", Param::Int(t));
-            add(&mut sql, " OR (call_time = ?", Param::Int(t));
-            add(&mut sql, " AND id < ?))", Param::Text(id));
+            add(&mut sql, " AND (call_time < ?", Bind::Int(t));
+            add(&mut sql, " OR (call_time = ?", Bind::Int(t));
+            add(&mut sql, " AND id < ?))", Bind::Text(id));
         }
         sql.push_str(&format!(
             " ORDER BY call_time DESC, id DESC LIMIT {}",
@@ -1261,7 +1245,7 @@ impl PoliceReferral {
         let query = fengqiao_kit::list_query!(req, &who.agency);
         let cursor = parse_cursor(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
-        let mut params = vec![Param::Text(who.agency.clone())];
+        let mut params = vec![Bind::Text(who.agency.clone())];
         let mut sql = "SELECT t.referral_id AS referral_id, t.version AS version, t.body AS body, \
              t.request_time AS request_time, t.id AS id FROM investigation_tasks t \
              JOIN referrals r ON r.id = t.referral_id \
@@ -1277,7 +1261,7 @@ impl PoliceReferral {
                     )]),
                     e => e,
                 })?;
-            params.push(Param::Text(
+            params.push(Bind::Text(
                 s.referral.name.trim_start_matches("referrals/").to_string(),
             ));
             sql.push_str(&format!(" AND t.referral_id = ${}", params.len()));
@@ -1291,9 +1275,9 @@ impl PoliceReferral {
             sql.push_str(&format!(" AND t.state IN ({})", list.join(", ")));
         }
         if let Some((t, id)) = cursor {
-            params.push(Param::Int(t));
+            params.push(Bind::Int(t));
             let a = params.len();
-            params.push(Param::Text(id));
+            params.push(Bind::Text(id));
             let b = params.len();
             sql.push_str(&format!(
                 " AND (t.request_time > ${a} OR (t.request_time = ${a} AND t.id > ${b}))"

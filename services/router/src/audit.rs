@@ -48,6 +48,7 @@ use fengqiao_proto::router::{
     AuditRecord, ListAuditRecordsRequest, ListAuditRecordsResponse, VerifyAuditChainRequest,
     VerifyAuditChainResponse,
 };
+use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
 use fengqiao_store::{Store, Tx};
 use tonic::{Request, Response, Status};
@@ -555,10 +556,6 @@ pub async fn verify_range(store: &Store, start: i64, end: Option<i64>) -> Result
 }
 
 /// One bound value of a dynamically built query.
-enum Bind {
-    I(i64),
-    S(String),
-}
 
 /// The audit trail's gRPC service (`AuditService`): verify and list, for auditors and
 /// platform administrators only.
@@ -673,7 +670,7 @@ impl Audit {
             }
         };
         let mut violations = Vec::new();
-        let mut binds = vec![Bind::I(after)];
+        let mut binds = vec![Bind::Int(after)];
         let mut sql = format!("SELECT {COLUMNS} FROM audit_records WHERE seq > $1");
         let mut add = |binds: &mut Vec<Bind>, clause: &str, b: Bind| {
             binds.push(b);
@@ -681,13 +678,17 @@ impl Audit {
         };
         if !req.case_id.is_empty() {
             match uuid::Uuid::parse_str(&req.case_id) {
-                Ok(u) => add(&mut binds, "case_id =", Bind::S(u.hyphenated().to_string())),
+                Ok(u) => add(
+                    &mut binds,
+                    "case_id =",
+                    Bind::Text(u.hyphenated().to_string()),
+                ),
                 Err(_) => violations.push(FieldViolation::new("case_id", "must be a UUID")),
             }
         }
         if !req.agency.is_empty() {
             match fengqiao_kit::validate::parse_name("agency", "agencies", &req.agency) {
-                Ok(_) => add(&mut binds, "agency =", Bind::S(req.agency.clone())),
+                Ok(_) => add(&mut binds, "agency =", Bind::Text(req.agency.clone())),
                 Err(v) => violations.push(v),
             }
         }
@@ -700,29 +701,25 @@ impl Audit {
                 continue;
             }
             match short_filter(field, value, 256) {
-                Ok(()) => add(&mut binds, column, Bind::S(value.clone())),
+                Ok(()) => add(&mut binds, column, Bind::Text(value.clone())),
                 Err(Error::Invalid(v)) => violations.extend(v),
                 Err(e) => return Err(e),
             }
         }
         if let Some(t) = &req.start_time {
-            add(&mut binds, "recorded_at >=", Bind::I(from_timestamp(t)));
+            add(&mut binds, "recorded_at >=", Bind::Int(from_timestamp(t)));
         }
         if let Some(t) = &req.end_time {
-            add(&mut binds, "recorded_at <", Bind::I(from_timestamp(t)));
+            add(&mut binds, "recorded_at <", Bind::Int(from_timestamp(t)));
         }
         if !violations.is_empty() {
             return Err(Error::Invalid(violations));
         }
         sql.push_str(&format!(" ORDER BY seq LIMIT {}", size + 1));
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = match b {
-                Bind::I(v) => q.bind(*v),
-                Bind::S(s) => q.bind(s.as_str()),
-            };
-        }
-        let rows = q.fetch_all(self.store.pool()).await.map_err(db)?;
+        let rows = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(db)?;
         let mut records = rows
             .iter()
             .map(Stored::from_row)

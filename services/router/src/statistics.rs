@@ -5,6 +5,7 @@
 //! `statistician`), plus their approval, acceptance and feedback events. Aggregation is done
 //! in Rust over those rows, bounded by [`MAX_WINDOW_DAYS`] and [`MAX_ROWS`].
 
+use fengqiao_store::bind::{Bind, bind_all};
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Datelike as _, NaiveDate};
@@ -521,26 +522,6 @@ impl Statistics {
             compute_time: Some(to_timestamp(now)),
         })
     }
-}
-
-/// A bound parameter.
-#[derive(Debug, Clone)]
-enum Bind {
-    Text(String),
-    Int(i64),
-}
-
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    binds: &[Bind],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for b in binds {
-        q = match b {
-            Bind::Text(s) => q.bind(s.clone()),
-            Bind::Int(i) => q.bind(*i),
-        };
-    }
-    q
 }
 
 #[tonic::async_trait]

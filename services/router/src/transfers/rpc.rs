@@ -2,6 +2,7 @@
 //! `Transfers::mutate` with its own rule.
 
 use fengqiao_kit::Reason;
+use fengqiao_store::bind::{Bind, bind_all};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -185,14 +186,10 @@ impl Transfers {
                 .collect();
             format!("{} {order}", parts.join(" UNION "))
         };
-        let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s.clone()),
-                Bind::Int(i) => q.bind(*i),
-            };
-        }
-        let rows = q.fetch_all(self.store().pool()).await.map_err(store_err)?;
+        let rows = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(self.store().pool())
+            .await
+            .map_err(store_err)?;
         let mut loaded = rows
             .iter()
             .map(|r| {
@@ -320,11 +317,6 @@ impl Transfers {
             .map_err(store_err)?;
         row.try_get::<i64, _>("last").map_err(store_err)
     }
-}
-
-enum Bind {
-    Text(String),
-    Int(i64),
 }
 
 macro_rules! transfer_reply {
