@@ -437,12 +437,8 @@ pub mod lock_class {
     pub const SEQUENCE: i32 = 0x4651_0004;
 }
 
-/// Take a transaction-scoped advisory lock on PostgreSQL (no-op on SQLite, whose write
-/// transactions are already serialised). `parts` are hashed into the second key.
-pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) -> Result<()> {
-    if Backend::of(conn) != Backend::Postgres {
-        return Ok(());
-    }
+/// The second advisory-lock key of `parts` (hashed).
+fn lock_key(parts: &[&str]) -> i32 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
         ctx.update(&(p.len() as u64).to_le_bytes());
@@ -451,7 +447,49 @@ pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) 
     let digest = ctx.finish();
     let mut key = [0u8; 4];
     key.copy_from_slice(&digest.as_ref()[..4]);
-    let key = i32::from_le_bytes(key);
+    i32::from_le_bytes(key)
+}
+
+/// [`pg_xact_lock`] on several single-part keys of one class in one statement, in the order
+/// given (callers that may take overlapping sets concurrently should sort them). Keys already
+/// held in this transaction are skipped.
+pub async fn pg_xact_lock_each(conn: &mut AnyConnection, class: i32, keys: &[&str]) -> Result<()> {
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
+    let mut wanted: Vec<i32> = Vec::with_capacity(keys.len());
+    for k in keys {
+        let key = lock_key(&[k]);
+        if !crate::group::lock_held(conn, class, key) && !wanted.contains(&key) {
+            wanted.push(key);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // pg_advisory_xact_lock returns `void`, which the Any driver cannot decode: cast to text.
+    let calls: Vec<String> = (0..wanted.len())
+        .map(|i| format!("CAST(pg_advisory_xact_lock($1, ${}) AS TEXT)", i + 2))
+        .collect();
+    let sql = format!("SELECT {}", calls.join(", "));
+    let mut q = sqlx::query(&sql).bind(class);
+    for key in &wanted {
+        q = q.bind(*key);
+    }
+    q.execute(&mut *conn).await?;
+    for key in wanted {
+        crate::group::note_lock(conn, class, key);
+    }
+    Ok(())
+}
+
+/// Take a transaction-scoped advisory lock on PostgreSQL (no-op on SQLite, whose write
+/// transactions are already serialised). `parts` are hashed into the second key.
+pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) -> Result<()> {
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
+    let key = lock_key(parts);
     if crate::group::lock_held(conn, class, key) {
         // Taken earlier in this same shared transaction (group commit): still held.
         return Ok(());
