@@ -323,17 +323,46 @@ impl Store {
     /// Begin a write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up front,
     /// waiting up to `busy_timeout`, so the transaction cannot fail later on lock upgrade);
     /// plain `BEGIN` (READ COMMITTED) on PostgreSQL.
+    ///
+    /// Cancel-safe: if the caller goes away while the transaction is beginning, it is rolled
+    /// back and its connection returned clean (see [`Store::begin_detached`]).
     pub async fn write(&self) -> Result<Tx> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        self.begin_detached(match self.backend {
+            Backend::Sqlite => Some("BEGIN IMMEDIATE"),
+            Backend::Postgres => None,
         })
+        .await
     }
 
     /// Begin a read transaction (deferred `BEGIN`). Do not write in it: on SQLite a deferred
     /// transaction that starts writing can fail with `SQLITE_BUSY` without waiting.
+    /// Cancel-safe like [`Store::write`].
     pub async fn read(&self) -> Result<Tx> {
-        Ok(self.pool.begin().await?)
+        self.begin_detached(None).await
+    }
+
+    /// Begins a transaction on a task of its own, so that a caller cancelled meanwhile (a
+    /// client deadline cutting a call off, a `select!`) cannot leave it half-begun. sqlx 0.8
+    /// constructs its `Transaction`, whose drop rolls back, only after the last await of the
+    /// begin; a future dropped before that — on SQLite after `BEGIN IMMEDIATE` already took
+    /// the write lock, on PostgreSQL after `BEGIN` reached the server — put the connection back
+    /// into the pool inside a transaction nobody ends. On SQLite that connection kept the write
+    /// lock: every later write failed ("database is locked", or a nested custom `BEGIN`
+    /// refused) until the connection was recycled. Here the begin always runs to the end; if
+    /// no one waits for it any more, the finished `Transaction` is dropped and rolls back.
+    async fn begin_detached(&self, statement: Option<&'static str>) -> Result<Tx> {
+        let pool = self.pool.clone();
+        let begin = tokio::spawn(async move {
+            match statement {
+                Some(s) => pool.begin_with(s).await,
+                None => pool.begin().await,
+            }
+        });
+        match begin.await {
+            Ok(r) => Ok(r?),
+            // Only if the runtime is shutting down (or the begin panicked).
+            Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
+        }
     }
 
     /// Check that the database runs durably (see [`check_durability`]); in-memory SQLite
