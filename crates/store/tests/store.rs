@@ -991,14 +991,14 @@ fn sqlite_store_creates_missing_directories() {
 // ---------------------------------------------------------------------------------------------
 // Cancelled transactions
 
-/// A `write()` (or `read()`) whose caller goes away while it is beginning — a client deadline
-/// cutting a call off, a `select!` — leaves no transaction behind on the pooled connection.
-/// sqlx 0.8 constructs its `Transaction` (whose drop rolls back) only after every await of the
-/// begin: on SQLite the `BEGIN IMMEDIATE` of `write()` has already taken the write lock when
-/// the last of them is cancelled, and the connection went back to the pool inside it, holding
-/// the lock (every later writer: "database is locked", or refused as a nested custom BEGIN);
-/// on PostgreSQL the session stays in a transaction no one ends. Found through a cut-off
-/// `AcknowledgeFeedback` whose referral never healed (police-referral `truth.rs`).
+// A `write()` (or `read()`) whose caller goes away while it is beginning — a client deadline
+// cutting a call off, a `select!` — leaves no transaction behind on the pooled connection.
+// sqlx 0.8 constructs its `Transaction` (whose drop rolls back) only after every await of the
+// begin: on SQLite the `BEGIN IMMEDIATE` of `write()` has already taken the write lock when
+// the last of them is cancelled, and the connection went back to the pool inside it, holding
+// the lock (every later writer: "database is locked", or refused as a nested custom BEGIN);
+// on PostgreSQL the session stays in a transaction no one ends. Found through a cut-off
+// `AcknowledgeFeedback` whose referral never healed (police-referral `truth.rs`).
 both_backends!(
     a_begin_cancelled_at_any_point_leaves_no_transaction,
     |store: Store| async move {

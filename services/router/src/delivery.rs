@@ -115,7 +115,7 @@ pub struct DeliveryConfig {
     pub push_lease: Duration,
     /// Deadline of one `Deliver` call.
     pub call_timeout: Duration,
-    /// Most messages a push worker claims (and delivers concurrently) per round. 128: every
+    /// Most pushes a push worker has in flight at once (and claims per [`Delivery::push_round`]). 128: every
     /// state change now reaches every party, about three envelopes per 110 intake, and with 32
     /// a burst of intakes left a backlog the offers queued behind (bench: full cycles after
     /// an intake burst fell to 0 within the 15 s poll; 128 restores them).
@@ -235,11 +235,10 @@ pub async fn enqueue_all(tx: &mut Tx, mut envelopes: Vec<Envelope>) -> Result<Ve
         .fetch_one(&mut **tx)
         .await
         .map_err(fengqiao_store::Error::from)?;
-        let mut next = last - n + 1;
-        for envelope in envelopes.iter_mut().filter(|e| e.case_id == *case_id) {
+        let numbered = envelopes.iter_mut().filter(|e| e.case_id == *case_id);
+        for (next, envelope) in (last - n + 1..).zip(numbered) {
             envelope.sequence =
                 u64::try_from(next).map_err(|_| Error::Corrupt("negative case sequence".into()))?;
-            next += 1;
         }
     }
     let msgs: Vec<NewMessage> = envelopes
