@@ -381,6 +381,11 @@ impl Suite {
             );
         }
         let server = builder.serve(listener, guard, tls, trigger.clone()).await?;
+        // Pushes to agencies served here (seeded with endpoint `self`) go in-process too.
+        if let (Some(r), Some(local)) = (&router, &local) {
+            r.delivery
+                .use_channel(&format!("http://{}", server.addr), local.clone());
+        }
 
         let admin_addr = admin.local_addr()?;
         let (admin_trigger, admin_shutdown) = shutdown_pair();

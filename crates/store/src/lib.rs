@@ -41,7 +41,7 @@ pub use migrate::{Migration, checksum, to_postgres};
 pub use shared::{SHARED_MIGRATIONS, SHARED_SERVICE};
 pub use store::{
     Backend, Store, StoreConfig, Tx, check_durability, db_now_micros, install_drivers, lock_class,
-    pg_xact_lock,
+    pg_xact_lock, pg_xact_lock_each,
 };
 
 /// Re-export of sqlx, so callers use the same version and the `Any` types.

@@ -186,6 +186,47 @@ pub async fn enqueue(tx: &mut Tx, msg: &NewMessage) -> Result<i64> {
     Ok(seq)
 }
 
+/// [`enqueue`] of several messages in the caller's transaction, with one lock statement and
+/// one insert: the ordering keys are locked in the order of first appearance (as one
+/// [`enqueue`] per message would), and the messages get increasing `seq` in the order given.
+pub async fn enqueue_many(tx: &mut Tx, msgs: &[NewMessage]) -> Result<()> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = msgs.iter().map(|m| m.ordering_key.as_str()).collect();
+    crate::store::pg_xact_lock_each(tx, lock_class::OUTBOX_KEY, &keys).await?;
+    let now = Backend::of(tx).now_expr();
+    let rows: Vec<String> = (0..msgs.len())
+        .map(|i| {
+            let b = i * 5;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, {now}, 'pending', 0, {now})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO outbox (id, destination, ordering_key, kind, payload, created_at, status, \
+         attempts, next_attempt_at) VALUES {}",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for m in msgs {
+        q = q
+            .bind(&m.id)
+            .bind(&m.destination)
+            .bind(&m.ordering_key)
+            .bind(&m.kind)
+            .bind(&m.payload);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// Claim up to `limit` deliverable messages for `worker_id`, leasing them for `lease`
 /// (attempts + 1). A claimed message is not handed out again until its lease expires or it is
 /// marked failed. Returns them in `seq` order, at most one per ordering key.
@@ -258,30 +299,37 @@ async fn claim_filtered(
         query = query.bind(d);
     }
     let rows = query.fetch_all(&mut *tx).await?;
-    let mut claimed = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut msg = from_row(row)?;
-        // Guarded update: on PostgreSQL a concurrent claimer may have leased the row since our
-        // snapshot; the re-checked WHERE then matches nothing and we skip it.
-        let done = sqlx::query(
-            "UPDATE outbox SET lease_until = $1, lease_owner = $2, attempts = attempts + 1 \
-             WHERE seq = $3 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $4)",
-        )
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let mut selected = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    // One guarded update for all of them: on PostgreSQL a concurrent claimer may have leased a
+    // row since our snapshot; the re-checked WHERE then skips it (RETURNING says which won).
+    let params: Vec<String> = (0..selected.len()).map(|i| format!("${}", i + 4)).collect();
+    let sql = format!(
+        "UPDATE outbox SET lease_until = $1, lease_owner = $2, attempts = attempts + 1 \
+         WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
+           AND seq IN ({}) RETURNING seq",
+        params.join(", ")
+    );
+    let mut update = sqlx::query_scalar::<_, i64>(&sql)
         .bind(lease_until)
         .bind(worker_id)
-        .bind(msg.seq)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            msg.lease_until = Some(lease_until);
-            msg.lease_owner = Some(worker_id.to_string());
-            msg.attempts += 1;
-            claimed.push(msg);
-        }
+        .bind(now);
+    for m in &selected {
+        update = update.bind(m.seq);
     }
+    let won: std::collections::HashSet<i64> =
+        update.fetch_all(&mut *tx).await?.into_iter().collect();
     tx.commit().await?;
-    Ok(claimed)
+    selected.retain(|m| won.contains(&m.seq));
+    for msg in &mut selected {
+        msg.lease_until = Some(lease_until);
+        msg.lease_owner = Some(worker_id.to_string());
+        msg.attempts += 1;
+    }
+    Ok(selected)
 }
 
 /// Release every unexpired lease held by `worker_id` on pending messages (e.g. a pull stream
@@ -382,6 +430,32 @@ pub async fn mark_delivered_in(tx: &mut Tx, id: &str) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+/// [`mark_delivered_in`], also telling whether a failed attempt was ever recorded for the
+/// message (`last_error` set, by [`mark_failed`] or [`mark_dead`]): `None` when it already
+/// was delivered, `Some(failed_before)` when this call delivered it. Lets a caller skip
+/// bookkeeping that only failed messages have, without another statement.
+/// `Error::NotFound` if there is no such message.
+pub async fn mark_delivered_noting_failures_in(tx: &mut Tx, id: &str) -> Result<Option<bool>> {
+    let sql = format!(
+        "UPDATE outbox SET status = 'delivered', delivered_at = {}, lease_until = NULL \
+         WHERE id = $1 AND status <> 'delivered' RETURNING last_error",
+        Backend::of(tx).now_expr()
+    );
+    let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await?;
+    if let Some(row) = row {
+        let last_error: Option<String> = row.try_get(0)?;
+        return Ok(Some(last_error.is_some()));
+    }
+    let exists = sqlx::query("SELECT 1 FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_none() {
+        return Err(Error::NotFound("outbox message"));
+    }
+    Ok(None)
 }
 
 /// Record a failed delivery of pending message `id` and schedule the next attempt at

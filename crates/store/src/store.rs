@@ -323,17 +323,46 @@ impl Store {
     /// Begin a write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up front,
     /// waiting up to `busy_timeout`, so the transaction cannot fail later on lock upgrade);
     /// plain `BEGIN` (READ COMMITTED) on PostgreSQL.
+    ///
+    /// Cancel-safe: if the caller goes away while the transaction is beginning, it is rolled
+    /// back and its connection returned clean (see [`Store::begin_detached`]).
     pub async fn write(&self) -> Result<Tx> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        self.begin_detached(match self.backend {
+            Backend::Sqlite => Some("BEGIN IMMEDIATE"),
+            Backend::Postgres => None,
         })
+        .await
     }
 
     /// Begin a read transaction (deferred `BEGIN`). Do not write in it: on SQLite a deferred
     /// transaction that starts writing can fail with `SQLITE_BUSY` without waiting.
+    /// Cancel-safe like [`Store::write`].
     pub async fn read(&self) -> Result<Tx> {
-        Ok(self.pool.begin().await?)
+        self.begin_detached(None).await
+    }
+
+    /// Begins a transaction on a task of its own, so that a caller cancelled meanwhile (a
+    /// client deadline cutting a call off, a `select!`) cannot leave it half-begun. sqlx 0.8
+    /// constructs its `Transaction`, whose drop rolls back, only after the last await of the
+    /// begin; a future dropped before that — on SQLite after `BEGIN IMMEDIATE` already took
+    /// the write lock, on PostgreSQL after `BEGIN` reached the server — put the connection back
+    /// into the pool inside a transaction nobody ends. On SQLite that connection kept the write
+    /// lock: every later write failed ("database is locked", or a nested custom `BEGIN`
+    /// refused) until the connection was recycled. Here the begin always runs to the end; if
+    /// no one waits for it any more, the finished `Transaction` is dropped and rolls back.
+    async fn begin_detached(&self, statement: Option<&'static str>) -> Result<Tx> {
+        let pool = self.pool.clone();
+        let begin = tokio::spawn(async move {
+            match statement {
+                Some(s) => pool.begin_with(s).await,
+                None => pool.begin().await,
+            }
+        });
+        match begin.await {
+            Ok(r) => Ok(r?),
+            // Only if the runtime is shutting down (or the begin panicked).
+            Err(_) => Err(Error::Database(sqlx::Error::PoolClosed)),
+        }
     }
 
     /// Check that the database runs durably (see [`check_durability`]); in-memory SQLite
@@ -437,12 +466,8 @@ pub mod lock_class {
     pub const SEQUENCE: i32 = 0x4651_0004;
 }
 
-/// Take a transaction-scoped advisory lock on PostgreSQL (no-op on SQLite, whose write
-/// transactions are already serialised). `parts` are hashed into the second key.
-pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) -> Result<()> {
-    if Backend::of(conn) != Backend::Postgres {
-        return Ok(());
-    }
+/// The second advisory-lock key of `parts` (hashed).
+fn lock_key(parts: &[&str]) -> i32 {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
         ctx.update(&(p.len() as u64).to_le_bytes());
@@ -451,7 +476,49 @@ pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) 
     let digest = ctx.finish();
     let mut key = [0u8; 4];
     key.copy_from_slice(&digest.as_ref()[..4]);
-    let key = i32::from_le_bytes(key);
+    i32::from_le_bytes(key)
+}
+
+/// [`pg_xact_lock`] on several single-part keys of one class in one statement, in the order
+/// given (callers that may take overlapping sets concurrently should sort them). Keys already
+/// held in this transaction are skipped.
+pub async fn pg_xact_lock_each(conn: &mut AnyConnection, class: i32, keys: &[&str]) -> Result<()> {
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
+    let mut wanted: Vec<i32> = Vec::with_capacity(keys.len());
+    for k in keys {
+        let key = lock_key(&[k]);
+        if !crate::group::lock_held(conn, class, key) && !wanted.contains(&key) {
+            wanted.push(key);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // pg_advisory_xact_lock returns `void`, which the Any driver cannot decode: cast to text.
+    let calls: Vec<String> = (0..wanted.len())
+        .map(|i| format!("CAST(pg_advisory_xact_lock($1, ${}) AS TEXT)", i + 2))
+        .collect();
+    let sql = format!("SELECT {}", calls.join(", "));
+    let mut q = sqlx::query(&sql).bind(class);
+    for key in &wanted {
+        q = q.bind(*key);
+    }
+    q.execute(&mut *conn).await?;
+    for key in wanted {
+        crate::group::note_lock(conn, class, key);
+    }
+    Ok(())
+}
+
+/// Take a transaction-scoped advisory lock on PostgreSQL (no-op on SQLite, whose write
+/// transactions are already serialised). `parts` are hashed into the second key.
+pub async fn pg_xact_lock(conn: &mut AnyConnection, class: i32, parts: &[&str]) -> Result<()> {
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(());
+    }
+    let key = lock_key(parts);
     if crate::group::lock_held(conn, class, key) {
         // Taken earlier in this same shared transaction (group commit): still held.
         return Ok(());

@@ -983,3 +983,68 @@ fn sqlite_store_creates_missing_directories() {
     });
     assert!(dir.path().join("a/b/c.db").is_file());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cancelled transactions
+
+// A `write()` (or `read()`) whose caller goes away while it is beginning — a client deadline
+// cutting a call off, a `select!` — leaves no transaction behind on the pooled connection.
+// sqlx 0.8 constructs its `Transaction` (whose drop rolls back) only after every await of the
+// begin: on SQLite the `BEGIN IMMEDIATE` of `write()` has already taken the write lock when
+// the last of them is cancelled, and the connection went back to the pool inside it, holding
+// the lock (every later writer: "database is locked", or refused as a nested custom BEGIN);
+// on PostgreSQL the session stays in a transaction no one ends. Found through a cut-off
+// `AcknowledgeFeedback` whose referral never healed (police-referral `truth.rs`).
+both_backends!(
+    a_begin_cancelled_at_any_point_leaves_no_transaction,
+    |store: Store| async move {
+        let mut config = store.config().clone();
+        // One connection: whatever the cancelled begin left on it, the next one gets.
+        config.max_connections = 1;
+        config.acquire_timeout = Duration::from_secs(5);
+        let one = Store::connect(config).await?;
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for polls in 1..=12u32 {
+            for pause_us in [0u64, 20, 50, 100, 200, 400, 800] {
+                for write in [true, false] {
+                    {
+                        let mut begin = if write {
+                            Box::pin(one.write()) as std::pin::Pin<Box<dyn Future<Output = _>>>
+                        } else {
+                            Box::pin(one.read())
+                        };
+                        for _ in 0..polls {
+                            if begin.as_mut().poll(&mut cx).is_ready() {
+                                break;
+                            }
+                            // The driver works on its own thread (SQLite) or socket meanwhile.
+                            std::thread::sleep(Duration::from_micros(pause_us));
+                        }
+                        // Dropped here, wherever it was.
+                    }
+                    let mut tx = tokio::time::timeout(Duration::from_secs(10), one.write())
+                        .await
+                        .map_err(|_| Error::Durability(format!("write() hung after a cancelled begin ({polls} polls, {pause_us} µs)")))??;
+                    // A fresh transaction sees no open one around it.
+                    if one.backend() == Backend::Postgres {
+                        let level: i64 = sqlx::query_scalar(
+                            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                               AND state LIKE 'idle in transaction%'",
+                        )
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        assert_eq!(
+                            level, 0,
+                            "a session left in a transaction ({polls} polls, {pause_us} µs)"
+                        );
+                    }
+                    tx.commit().await?;
+                }
+            }
+        }
+        one.close().await;
+        Ok::<_, Error>(())
+    }
+);

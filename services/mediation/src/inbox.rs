@@ -44,10 +44,7 @@ impl Inbox {
         let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
         if kind == MessageKind::TransferOffered {
             offer(&mut tx, envelope, &msg, now).await?;
-        } else if let Some(l) = {
-            db::lock_case(&mut tx, "transfer", &envelope.transfer).await?;
-            db::load_by_transfer(&mut tx, &envelope.transfer).await?
-        } {
+        } else if let Some(l) = db::load_by_transfer_locked(&mut tx, &envelope.transfer).await? {
             let seq = event_seq(&msg);
             if is_newer(seq, l.event_seq) {
                 let mut c = l.case.clone();

@@ -127,6 +127,23 @@ pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Load
     row.as_ref().map(decode).transpose()
 }
 
+/// [`load_by_transfer`] with the row locked for the rest of the transaction on PostgreSQL
+/// (what [`lock_case`] by `transfer` does, in the same statement).
+pub async fn load_by_transfer_locked(tx: &mut Tx, transfer: &str) -> Result<Option<Loaded>> {
+    let lock = if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM mediation_cases WHERE transfer = $1{lock}"
+    ))
+    .bind(transfer)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(decode).transpose()
+}
+
 /// What [`list_page`] selects by column (the other list filters look into the case).
 #[derive(Debug, Default)]
 pub struct CaseQuery<'a> {

@@ -497,10 +497,16 @@ impl Inbox {
         };
         // The referral is found by the case id it gave its transfer (`CaseSnapshot.case_id`),
         // so a transfer whose local link was lost still finds its referral.
-        lock_referral(&mut tx, "case_id", &case_id).await?;
+        // Read and locked in one statement (the row lock of `lock_referral`; SQLite's write
+        // transactions are serialised already).
+        let lock = if fengqiao_store::Backend::of(&tx) == fengqiao_store::Backend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM referrals WHERE case_id = $1 \
-             AND (police_station = $2 OR creator_agency = $2)"
+             AND (police_station = $2 OR creator_agency = $2){lock}"
         ))
         .bind(&case_id)
         .bind(&envelope.to_agency)
@@ -514,27 +520,18 @@ impl Inbox {
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let occurred = event.occurred_at.as_ref().map_or(now, from_ts);
         if !event.event_id.is_empty() {
-            let exists = sqlx::query(
-                "SELECT 1 AS x FROM referral_events WHERE referral_id = $1 AND event_id = $2",
+            // Once per event: the copies the referral's other agency gets carry the same one.
+            sqlx::query(
+                "INSERT INTO referral_events (referral_id, event_id, sequence, occurred_at, body) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (referral_id, event_id) DO NOTHING",
             )
             .bind(&referral_id)
             .bind(&event.event_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-            if !exists {
-                sqlx::query(
-                    "INSERT INTO referral_events (referral_id, event_id, sequence, occurred_at, body) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&referral_id)
-                .bind(&event.event_id)
-                .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
-                .bind(occurred)
-                .bind(event.encode_to_vec())
-                .execute(&mut *tx)
-                .await?;
-            }
+            .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+            .bind(occurred)
+            .bind(event.encode_to_vec())
+            .execute(&mut *tx)
+            .await?;
         }
         let transfer_name = if event.transfer.is_empty() {
             envelope.transfer.clone()

@@ -756,6 +756,7 @@ impl Transfers {
             l.receiver(),
         );
         let route = l.transfer.route.clone();
+        let mut envelopes = Vec::new();
         for (kind, to) in with_copies(change.messages, &parties) {
             let side = side_of(l, &to);
             let payload = TransferMessage {
@@ -766,26 +767,24 @@ impl Transfers {
                     .then(|| change.offered_route.clone())
                     .flatten(),
             };
-            crate::delivery::enqueue(
-                tx,
-                Envelope {
-                    message_id: String::new(),
-                    case_id: l.case_id().to_string(),
-                    sequence: 0,
-                    transfer: l.transfer.name.clone(),
-                    kind: kind as i32,
-                    from_agency: l.sender().to_string(),
-                    to_agency: to,
-                    occurred_at: Some(to_timestamp(now)),
-                    payload: payload.encode_to_vec(),
-                    payload_type: "fengqiao.router.v1.TransferMessage".into(),
-                    route: route.clone(),
-                    route_version: l.transfer.route_version,
-                    recipient_side: side as i32,
-                },
-            )
-            .await?;
+            envelopes.push(Envelope {
+                message_id: String::new(),
+                case_id: l.case_id().to_string(),
+                sequence: 0,
+                transfer: l.transfer.name.clone(),
+                kind: kind as i32,
+                from_agency: l.sender().to_string(),
+                to_agency: to,
+                occurred_at: Some(to_timestamp(now)),
+                payload: payload.encode_to_vec(),
+                payload_type: "fengqiao.router.v1.TransferMessage".into(),
+                route: route.clone(),
+                route_version: l.transfer.route_version,
+                recipient_side: side as i32,
+            });
         }
+        // Every party's copy in one counter update and one outbox insert.
+        crate::delivery::enqueue_all(tx, envelopes).await?;
         Ok(event)
     }
 
