@@ -1968,8 +1968,6 @@ fn update_paths(
         .collect()
 }
 
-/// A bound SQL parameter of a dynamically built query.
-
 /// What the statistics need of one case (业绩档案, 特邀调解规定 Art 5–10).
 fn summary_of(c: &PreFilingCase) -> crate::CaseSummary {
     let last = c.delegations.last();

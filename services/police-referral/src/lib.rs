@@ -383,8 +383,6 @@ fn page_size(size: i32) -> Result<i64> {
     Ok(i64::from(fengqiao_kit::validate::page_size(size)?))
 }
 
-/// A bound SQL parameter of a dynamically built query.
-
 fn parse_cursor(token: &str, query: &str) -> Result<Option<(i64, String)>> {
     let Some(key) = fengqiao_kit::validate::parse_page_token(token, query)? else {
         return Ok(None);

@@ -555,8 +555,6 @@ pub async fn verify_range(store: &Store, start: i64, end: Option<i64>) -> Result
     })
 }
 
-/// One bound value of a dynamically built query.
-
 /// The audit trail's gRPC service (`AuditService`): verify and list, for auditors and
 /// platform administrators only.
 #[derive(Clone, Debug)]
