@@ -1492,8 +1492,25 @@ impl Delivery {
         who: &Identity,
         req: RetryDeliveryIncidentRequest,
     ) -> Result<DeliveryIncident> {
+        // The push worker may update the same message at the same moment; on PostgreSQL the
+        // loser of that race gets a serialization failure. The whole call is one transaction,
+        // so it is run again (a few times) instead of answering ABORTED to an administrator.
+        let mut attempts = 0;
+        loop {
+            match self.retry_incident_once(who, &req).await {
+                Err(Error::Store(e)) if e.is_retryable() && attempts < 4 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn retry_incident_once(
+        &self,
+        who: &Identity,
+        req: &RetryDeliveryIncidentRequest,
+    ) -> Result<DeliveryIncident> {
         require_admin(who)?;
-        let idem = Idem::new(who, "RetryDeliveryIncident", &req.request_id, &req)?;
+        let idem = Idem::new(who, "RetryDeliveryIncident", &req.request_id, req)?;
         let id = validate::parse_name("name", "deliveryIncidents", &req.name)?.to_string();
         let mut tx = self.store.write().await?;
         if let Some(r) = idem
