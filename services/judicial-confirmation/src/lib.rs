@@ -25,6 +25,7 @@
 //! 5. **After**: objections (民诉法解释 Art 372; [`rules::check_objection`]), enforcement
 //!    handoff, report of non-confirmations (Art 12; [`rules::report_non_confirmation`]).
 
+pub mod application;
 pub mod lifecycle;
 pub mod rules;
 
