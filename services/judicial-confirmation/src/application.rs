@@ -383,4 +383,4 @@ pub fn ground(r: &Record) -> Option<&ReasonCode> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -28,6 +28,7 @@
 pub mod application;
 pub mod lifecycle;
 pub mod rules;
+pub mod store;
 
 pub use fengqiao_proto::judicialconfirmation::{
     ApplicationSource, ApplicationState, GetApplicationStatisticsResponse, ObjectorKind,

@@ -3,10 +3,10 @@ use chrono::{FixedOffset, TimeZone};
 use fengqiao_proto::judicialconfirmation::PackageItemKind as K;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const COURT: &str = "agencies/xigang-court";
-const OTHER_COURT: &str = "agencies/zhongshan-court";
+pub(crate) const COURT: &str = "agencies/xigang-court";
+pub(crate) const OTHER_COURT: &str = "agencies/zhongshan-court";
 
-fn at(y: i32, m: u32, d: u32, h: u32) -> i64 {
+pub(crate) fn at(y: i32, m: u32, d: u32, h: u32) -> i64 {
     FixedOffset::east_opt(8 * 3600)
         .expect("offset")
         .with_ymd_and_hms(y, m, d, h, 0, 0)
@@ -15,11 +15,11 @@ fn at(y: i32, m: u32, d: u32, h: u32) -> i64 {
         .timestamp_micros()
 }
 
-fn cal() -> HolidayCalendar {
+pub(crate) fn cal() -> HolidayCalendar {
     HolidayCalendar::weekdays_only("test")
 }
 
-fn doc() -> EvidenceRef {
+pub(crate) fn doc() -> EvidenceRef {
     EvidenceRef {
         display_name: "调解协议书".into(),
         media_type: "application/pdf".into(),
@@ -66,7 +66,7 @@ fn intake() -> Intake {
     }
 }
 
-fn received(now: i64) -> Record {
+pub(crate) fn received(now: i64) -> Record {
     receive("applications/x", COURT, &intake(), now, &cal()).expect("received")
 }
 
