@@ -28,6 +28,7 @@
 pub mod application;
 pub mod lifecycle;
 pub mod rules;
+mod service;
 pub mod store;
 
 pub use fengqiao_proto::judicialconfirmation::{
@@ -35,6 +36,8 @@ pub use fengqiao_proto::judicialconfirmation::{
     RulingOutcome,
 };
 pub use lifecycle::{Action, Side};
+pub use service::JudicialConfirmation;
+pub use store::{SERVICE, migrate};
 
 use std::collections::BTreeMap;
 
