@@ -114,7 +114,7 @@ both_backends!(
         let e = svc
             .get_application(get("agencies/xigang-committee"))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::NotFound);
         let accept = |agency: &str, roles: &[&str], etag: &str| {
             req(
@@ -131,18 +131,18 @@ both_backends!(
         let e = svc
             .accept_application(accept("agencies/other-court", &["judge"], ""))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::NotFound);
         // Without the role: PERMISSION_DENIED; stale etag: ABORTED.
         let e = svc
             .accept_application(accept(COURT, &["mediator"], ""))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::PermissionDenied);
         let e = svc
             .accept_application(accept(COURT, &["clerk"], "\"9\""))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::Aborted);
         let acc = svc
             .accept_application(accept(COURT, &["clerk"], &a.etag))
@@ -166,12 +166,15 @@ both_backends!(
                 },
             )
         };
-        let e = svc.extend_review(extend(&["judge"], 10)).await.unwrap_err();
+        let e = svc
+            .extend_review(extend(&["judge"], 10))
+            .await
+            .expect_err("refused");
         assert_eq!(e.code(), Code::PermissionDenied);
         let e = svc
             .extend_review(extend(&["court_president"], 11))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::FailedPrecondition);
         let ext = svc
             .extend_review(extend(&["court_president"], 10))
@@ -210,7 +213,7 @@ both_backends!(
                 },
             ))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::FailedPrecondition);
 
         // A second one, not accepted on an Art 355 ground.
@@ -274,7 +277,7 @@ both_backends!(
                 },
             ))
             .await
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.code(), Code::InvalidArgument);
         let stats = svc
             .get_application_statistics(req(COURT, &["clerk"], Default::default()))
