@@ -40,7 +40,7 @@ pub const PRESIDENT_ROLE: &str = "court_president";
 /// The role that rules and refuses acceptance.
 pub const JUDGE_ROLE: &str = "judge";
 /// The role that records the court's clerical acts.
-pub const CLERK_ROLE: &str = "clerk";
+pub const CLERK_ROLE: &str = "court_clerk";
 /// The pause reason of the decision clocks (2011 rules Art 6: 补充陈述或者补充证明材料).
 pub const PAUSE_SUPPLEMENT: &str = "supplementary_materials";
 

@@ -140,12 +140,12 @@ both_backends!(
             .expect_err("refused");
         assert_eq!(e.code(), Code::PermissionDenied);
         let e = svc
-            .accept_application(accept(COURT, &["clerk"], "\"9\""))
+            .accept_application(accept(COURT, &["court_clerk"], "\"9\""))
             .await
             .expect_err("refused");
         assert_eq!(e.code(), Code::Aborted);
         let acc = svc
-            .accept_application(accept(COURT, &["clerk"], &a.etag))
+            .accept_application(accept(COURT, &["court_clerk"], &a.etag))
             .await?
             .into_inner()
             .application
@@ -205,7 +205,7 @@ both_backends!(
         let e = svc
             .withdraw_application(req(
                 COURT,
-                &["clerk"],
+                &["court_clerk"],
                 WithdrawApplicationRequest {
                     name: a.name.clone(),
                     etag: String::new(),
@@ -242,7 +242,7 @@ both_backends!(
         let list = svc
             .list_applications(req(
                 COURT,
-                &["clerk"],
+                &["court_clerk"],
                 ListApplicationsRequest {
                     page_size: 1,
                     ..Default::default()
@@ -255,7 +255,7 @@ both_backends!(
         let rest = svc
             .list_applications(req(
                 COURT,
-                &["clerk"],
+                &["court_clerk"],
                 ListApplicationsRequest {
                     page_size: 1,
                     page_token: list.next_page_token.clone(),
@@ -269,7 +269,7 @@ both_backends!(
         let e = svc
             .list_applications(req(
                 "agencies/other-court",
-                &["clerk"],
+                &["court_clerk"],
                 ListApplicationsRequest {
                     page_size: 1,
                     page_token: list.next_page_token,
@@ -280,7 +280,7 @@ both_backends!(
             .expect_err("refused");
         assert_eq!(e.code(), Code::InvalidArgument);
         let stats = svc
-            .get_application_statistics(req(COURT, &["clerk"], Default::default()))
+            .get_application_statistics(req(COURT, &["court_clerk"], Default::default()))
             .await?
             .into_inner();
         assert_eq!(
@@ -293,7 +293,11 @@ both_backends!(
         );
         assert_eq!(stats.ground_counts.get("not_voluntary"), Some(&1));
         let other = svc
-            .get_application_statistics(req("agencies/other-court", &["clerk"], Default::default()))
+            .get_application_statistics(req(
+                "agencies/other-court",
+                &["court_clerk"],
+                Default::default(),
+            ))
             .await?
             .into_inner();
         assert_eq!(other.application_count, 0);
