@@ -3,11 +3,12 @@
 //! court's only: any other agency gets NOT_FOUND.
 //!
 //! Not built yet: the router inbox that takes applications in from the committee's transfer
-//! and the feedback of the ruling onto it (see the README); `request_id` is validated but a
-//! replay is not recognised (it answers as a new call would: usually WRONG_STATE).
+//! and the feedback of the ruling onto it (see the README). Every act is idempotent by
+//! `request_id` (the kit's [`Idem`]): a replay returns the first answer.
 
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::auth::Identity;
+use fengqiao_kit::idem::Idem;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
@@ -94,19 +95,26 @@ impl JudicialConfirmation {
         Ok(s.record.application)
     }
 
-    /// Loads, sweeps overdue clocks, applies `f` at the database's time, saves.
-    async fn act(
+    /// Replays an earlier answer to `request_id`, or loads, sweeps overdue clocks, applies
+    /// `f` at the database's time, saves and records the answer, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn act<M: prost::Message>(
         &self,
         who: &Identity,
+        method: &str,
+        request: &M,
         name: &str,
         etag: &str,
         request_id: &str,
         f: impl FnOnce(&Record, i64, &HolidayCalendar) -> Result<Record, Error>,
     ) -> Result<ConfirmationApplication, Error> {
         let name = name_of(name)?;
-        validate::request_id(request_id)?;
+        let idem = Idem::new(who, method, request_id, request)?;
         let cal = HolidayCalendar::builtin();
         let mut tx = self.store.write().await?;
+        if let Some(answer) = idem.replay::<ConfirmationApplication>(&mut tx).await? {
+            return Ok(answer);
+        }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let s = db::load(&mut tx, &who.agency, name)
             .await?
@@ -118,6 +126,7 @@ impl JudicialConfirmation {
         app::sweep(&mut current, now, cal)?;
         let next = f(&current, now, cal)?;
         let saved = db::save(&mut tx, &s, &next, now).await?;
+        idem.save(&mut tx, &saved.record.application).await?;
         tx.commit().await?;
         Ok(saved.record.application)
     }
@@ -278,9 +287,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
-            self.act(&w, &r.name, &r.etag, &r.request_id, |rec, now, cal| {
-                app::accept(rec, &r.confirmation_number, now, cal)
-            })
+            self.act(
+                &w,
+                "AcceptApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::accept(rec, &r.confirmation_number, now, cal),
+            )
             .await
         }
         .await;
@@ -297,9 +312,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, &[rules::JUDGE_ROLE])?;
-            self.act(&w, &r.name, &r.etag, &r.request_id, |rec, now, cal| {
-                app::reject(rec, &r.ground_code, now, cal)
-            })
+            self.act(
+                &w,
+                "RejectApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::reject(rec, &r.ground_code, now, cal),
+            )
             .await
         }
         .await;
@@ -316,9 +337,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, &[rules::JUDGE_ROLE])?;
-            self.act(&w, &r.name, &r.etag, &r.request_id, |rec, now, cal| {
-                app::request_supplement(rec, &r.description, now, cal)
-            })
+            self.act(
+                &w,
+                "RequestSupplement",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::request_supplement(rec, &r.description, now, cal),
+            )
             .await
         }
         .await;
@@ -335,8 +362,16 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
-            self.act(&w, &r.name, &r.etag, &r.request_id, app::receive_supplement)
-                .await
+            self.act(
+                &w,
+                "ReceiveSupplement",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                app::receive_supplement,
+            )
+            .await
         }
         .await;
         reply(result.map(|a| ReceiveSupplementResponse {
@@ -352,9 +387,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
                 return Err(FieldViolation::new("reason", "required").into());
             }
             // The clock engine refuses without the president's role (2011 rules Art 5).
-            self.act(&w, &r.name, &r.etag, &r.request_id, |rec, now, cal| {
-                app::extend(rec, r.days, &w.roles, now, cal)
-            })
+            self.act(
+                &w,
+                "ExtendReview",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::extend(rec, r.days, &w.roles, now, cal),
+            )
             .await
         }
         .await;
@@ -372,9 +413,17 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let result = async {
             need_role(&w, &[rules::JUDGE_ROLE])?;
             let outcome = RulingOutcome::try_from(r.outcome).unwrap_or_default();
-            self.act(&w, &r.name, &r.etag, &r.request_id, |rec, now, cal| {
-                app::rule(rec, outcome, &r.ground_code, r.document.as_ref(), now, cal)
-            })
+            self.act(
+                &w,
+                "RuleOnApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| {
+                    app::rule(rec, outcome, &r.ground_code, r.document.as_ref(), now, cal)
+                },
+            )
             .await
         }
         .await;
@@ -391,8 +440,16 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
-            self.act(&w, &r.name, &r.etag, &r.request_id, app::withdraw)
-                .await
+            self.act(
+                &w,
+                "WithdrawApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                app::withdraw,
+            )
+            .await
         }
         .await;
         reply(result.map(|a| WithdrawApplicationResponse {
@@ -411,9 +468,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
                 .ok_or_else(|| FieldViolation::new("known_time", "required"))?;
             let known = fengqiao_kit::time::parse_timestamp("known_time", known)?;
             let objector = ObjectorKind::try_from(r.objector).unwrap_or_default();
-            self.act(&w, &r.name, &r.etag, &r.request_id, |rec, now, cal| {
-                app::object(rec, objector, known, &r.grounds, now, cal)
-            })
+            self.act(
+                &w,
+                "FileObjection",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::object(rec, objector, known, &r.grounds, now, cal),
+            )
             .await
         }
         .await;

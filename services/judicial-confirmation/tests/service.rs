@@ -144,13 +144,29 @@ both_backends!(
             .await
             .expect_err("refused");
         assert_eq!(e.code(), Code::Aborted);
+        let first = accept(COURT, &["court_clerk"], &a.etag);
+        let first_id = first.get_ref().request_id.clone();
+        let replayed = req(COURT, &["court_clerk"], first.get_ref().clone());
         let acc = svc
-            .accept_application(accept(COURT, &["court_clerk"], &a.etag))
+            .accept_application(first)
             .await?
             .into_inner()
             .application
             .expect("application");
         assert_eq!(acc.state, ApplicationState::UnderReview as i32);
+        // The same request_id again: the first answer, not WRONG_STATE.
+        let again = svc
+            .accept_application(replayed)
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(again, acc);
+        // The same request_id with another request: ALREADY_EXISTS.
+        let mut other = accept(COURT, &["court_clerk"], "");
+        other.get_mut().request_id = first_id;
+        let e = svc.accept_application(other).await.expect_err("reused");
+        assert_eq!(e.code(), Code::AlreadyExists);
         assert_eq!(acc.clocks.len(), 2);
 
         let extend = |roles: &[&str], days: u32| {
