@@ -218,8 +218,6 @@ catalogue! {
     ObjectionPeriodLapsed = "OBJECTION_PERIOD_LAPSED", FailedPrecondition;
     /// A different application was already accepted under this 调确 number.
     ConfirmationNumberReused = "CONFIRMATION_NUMBER_REUSED", AlreadyExists;
-    /// The agreement's content digest does not match the document the parties signed.
-    AgreementDigestMismatch = "AGREEMENT_DIGEST_MISMATCH", FailedPrecondition;
 
     // ── Parts not built ─────────────────────────────────────────────────────────────────────
     /// The method is in the contract but not built yet; the message says what to do instead.
