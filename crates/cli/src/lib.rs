@@ -25,15 +25,18 @@ pub enum ServiceName {
     Mediation,
     /// Court diversion (诉前调解 / 委派调解).
     CourtDiversion,
+    /// Judicial confirmation (司法确认).
+    JudicialConfirmation,
 }
 
 impl ServiceName {
     /// Every service.
-    pub const ALL: [ServiceName; 4] = [
+    pub const ALL: [ServiceName; 5] = [
         ServiceName::Router,
         ServiceName::PoliceReferral,
         ServiceName::Mediation,
         ServiceName::CourtDiversion,
+        ServiceName::JudicialConfirmation,
     ];
 
     /// The name used in flags and file names.
@@ -43,6 +46,7 @@ impl ServiceName {
             ServiceName::PoliceReferral => "police-referral",
             ServiceName::Mediation => "mediation",
             ServiceName::CourtDiversion => "court-diversion",
+            ServiceName::JudicialConfirmation => "judicial-confirmation",
         }
     }
 }
@@ -369,6 +373,12 @@ impl Suite {
                         .map_err(|e| SuiteError::Config(e.to_string()))?;
                     court = Some(svc);
                 }
+                ServiceName::JudicialConfirmation => {
+                    // No router inbox yet: applications over `mediation-to-court-confirmation`
+                    // are not taken in (see services/judicial-confirmation/README.md).
+                    fengqiao_judicial_confirmation::JudicialConfirmation::new(store.clone())
+                        .add_to(&mut builder, max);
+                }
             }
         }
         if !inbox.is_empty() {
@@ -417,6 +427,12 @@ impl Suite {
                 ServiceName::CourtDiversion => {
                     court_migrate_and_seed(store, agency_seed(&spec)?.as_ref()).await
                 }
+                ServiceName::JudicialConfirmation => fengqiao_judicial_confirmation::migrate(store)
+                    .await
+                    .map_err(|source| SuiteError::Store {
+                        service: s.as_str(),
+                        source,
+                    }),
             };
             if let Err(e) = r {
                 server.shutdown(Duration::from_secs(1)).await;

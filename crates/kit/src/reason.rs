@@ -205,6 +205,20 @@ catalogue! {
     /// or it lapses.
     JointChoiceOpen = "JOINT_CHOICE_OPEN", FailedPrecondition;
 
+    // ── Judicial confirmation (司法确认) ──────────────────────────────────────────────────────
+    /// The application is not joint: every party to the agreement must apply (人民调解法
+    /// Art 33; 民事诉讼法 Art 205).
+    NotJointApplication = "NOT_JOINT_APPLICATION", FailedPrecondition;
+    /// The 30 days from the agreement taking effect have passed (人民调解法 Art 33).
+    ApplicationPeriodLapsed = "APPLICATION_PERIOD_LAPSED", FailedPrecondition;
+    /// The application went to a court that is not competent for it (法释〔2011〕5号 Art 2).
+    WrongCourt = "WRONG_COURT", FailedPrecondition;
+    /// The objection window has closed (民诉法解释 Art 372: a party 15 days, an interested
+    /// person 6 months).
+    ObjectionPeriodLapsed = "OBJECTION_PERIOD_LAPSED", FailedPrecondition;
+    /// A different application was already accepted under this 调确 number.
+    ConfirmationNumberReused = "CONFIRMATION_NUMBER_REUSED", AlreadyExists;
+
     // ── Parts not built ─────────────────────────────────────────────────────────────────────
     /// The method is in the contract but not built yet; the message says what to do instead.
     NotBuilt = "NOT_BUILT", Unimplemented;

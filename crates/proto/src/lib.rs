@@ -48,6 +48,13 @@ pub mod fengqiao {
             tonic::include_proto!("fengqiao.courtdiversion.v1");
         }
     }
+    /// `fengqiao.judicialconfirmation.v1`
+    pub mod judicialconfirmation {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.judicialconfirmation.v1");
+        }
+    }
 }
 
 /// Vendored googleapis annotations (`proto/google/api/`), so that clients can read the
@@ -62,6 +69,7 @@ pub mod google {
 pub use fengqiao::common::v1 as common;
 pub use fengqiao::courtdiversion::v1 as courtdiversion;
 pub use fengqiao::inbox::v1 as inbox;
+pub use fengqiao::judicialconfirmation::v1 as judicialconfirmation;
 pub use fengqiao::mediation::v1 as mediation;
 pub use fengqiao::policereferral::v1 as policereferral;
 pub use fengqiao::router::v1 as router;

@@ -1,0 +1,495 @@
+//! The gRPC service: each handler validates, calls the domain ([`crate::application`]) at the
+//! database's time, persists ([`crate::store`]) and replies. Applications are the caller's
+//! court's only: any other agency gets NOT_FOUND.
+//!
+//! Not built yet: the router inbox that takes applications in from the committee's transfer
+//! and the feedback of the ruling onto it (see the README). Every act is idempotent by
+//! `request_id` (the kit's [`Idem`]): a replay returns the first answer.
+
+use fengqiao_clock::HolidayCalendar;
+use fengqiao_kit::auth::Identity;
+use fengqiao_kit::idem::Idem;
+use fengqiao_kit::server::ServerBuilder;
+use fengqiao_kit::{Error, FieldViolation, Reason, validate};
+use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
+    JudicialConfirmationService, JudicialConfirmationServiceServer,
+};
+use fengqiao_proto::judicialconfirmation::*;
+use fengqiao_store::Store;
+use tonic::{Request, Response, Status};
+
+use crate::application::{self as app, Record};
+use crate::store as db;
+use crate::{ApplicationSummary, Tally, rules};
+
+/// The judicial confirmation service over one store.
+#[derive(Clone)]
+pub struct JudicialConfirmation {
+    store: Store,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
+    Identity::of(req).cloned().map_err(Into::into)
+}
+
+fn reply<T>(r: Result<T, Error>) -> R<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+fn need_role(who: &Identity, roles: &[&str]) -> Result<(), Error> {
+    if roles.iter().any(|r| who.has_role(r)) {
+        Ok(())
+    } else {
+        Err(Error::Refused(
+            Reason::RoleRequired,
+            format!("this action needs one of the roles {}", roles.join(", ")),
+        ))
+    }
+}
+
+fn name_of(name: &str) -> Result<&str, Error> {
+    let id = name
+        .strip_prefix("applications/")
+        .ok_or_else(|| FieldViolation::new("name", "expected applications/{application}"))?;
+    validate::resource_id("name", id)?;
+    Ok(name)
+}
+
+impl JudicialConfirmation {
+    /// A service over `store` (migrated with [`crate::store::migrate`]).
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Adds the gRPC service to a server.
+    pub fn add_to(&self, b: &mut ServerBuilder, max_message_bytes: usize) {
+        b.add(
+            JudicialConfirmationServiceServer::new(self.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
+    }
+
+    /// Takes in an application for `court` (the domain checks of [`app::receive`]) and
+    /// stores it; the entry point of the router inbox once built. Returns the stored
+    /// application (the existing one for a transfer already taken in).
+    pub async fn take_in(
+        &self,
+        court: &str,
+        intake: &app::Intake,
+    ) -> Result<ConfirmationApplication, Error> {
+        let mut tx = self.store.write().await?;
+        if let Some(s) = db::load_by_transfer(&mut tx, &intake.transfer).await? {
+            return Ok(s.record.application);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let name = format!("applications/{}", uuid_v4());
+        let record = app::receive(&name, court, intake, now, HolidayCalendar::builtin())?;
+        db::insert(&mut tx, court, &record).await?;
+        let s = db::load(&mut tx, court, &name)
+            .await?
+            .ok_or_else(|| Error::Internal("inserted application vanished".into()))?;
+        tx.commit().await?;
+        Ok(s.record.application)
+    }
+
+    /// Replays an earlier answer to `request_id`, or loads, sweeps overdue clocks, applies
+    /// `f` at the database's time, saves and records the answer, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn act<M: prost::Message>(
+        &self,
+        who: &Identity,
+        method: &str,
+        request: &M,
+        name: &str,
+        etag: &str,
+        request_id: &str,
+        f: impl FnOnce(&Record, i64, &HolidayCalendar) -> Result<Record, Error>,
+    ) -> Result<ConfirmationApplication, Error> {
+        let name = name_of(name)?;
+        let idem = Idem::new(who, method, request_id, request)?;
+        let cal = HolidayCalendar::builtin();
+        let mut tx = self.store.write().await?;
+        if let Some(answer) = idem.replay::<ConfirmationApplication>(&mut tx).await? {
+            return Ok(answer);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let s = db::load(&mut tx, &who.agency, name)
+            .await?
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, s.version) {
+            return Err(Error::EtagMismatch(name.to_owned()));
+        }
+        let mut current = s.record.clone();
+        app::sweep(&mut current, now, cal)?;
+        let next = f(&current, now, cal)?;
+        let saved = db::save(&mut tx, &s, &next, now).await?;
+        idem.save(&mut tx, &saved.record.application).await?;
+        tx.commit().await?;
+        Ok(saved.record.application)
+    }
+
+    async fn get(&self, who: &Identity, name: &str) -> Result<ConfirmationApplication, Error> {
+        let name = name_of(name)?;
+        let mut tx = self.store.read().await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let s = db::load(&mut tx, &who.agency, name)
+            .await?
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let mut r = s.record;
+        // Shown as of now; the sweep is persisted by the next write.
+        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        Ok(r.application)
+    }
+
+    async fn list(
+        &self,
+        who: &Identity,
+        req: &ListApplicationsRequest,
+    ) -> Result<ListApplicationsResponse, Error> {
+        let size = validate::page_size(req.page_size)?;
+        let query = fengqiao_kit::list_query!(req, &who.agency);
+        let after = match validate::parse_page_token(&req.page_token, &query)? {
+            None => None,
+            Some(c) => {
+                let (t, id) = c
+                    .split_once(':')
+                    .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_owned())))
+                    .ok_or_else(|| FieldViolation::new("page_token", "malformed"))?;
+                Some((t, id))
+            }
+        };
+        let states: Vec<ApplicationState> = req.states().collect();
+        let mut tx = self.store.read().await?;
+        let rows = db::list(
+            &mut tx,
+            &who.agency,
+            &states,
+            req.overdue_only,
+            after,
+            size + 1,
+        )
+        .await?;
+        let more = rows.len() > size as usize;
+        let page: Vec<ConfirmationApplication> = rows
+            .into_iter()
+            .take(size as usize)
+            .map(|s| s.record.application)
+            .collect();
+        let next_page_token = match page.last() {
+            Some(last) if more => {
+                let t = last
+                    .create_time
+                    .as_ref()
+                    .map_or(0, fengqiao_kit::time::from_timestamp);
+                let id = last.name.trim_start_matches("applications/");
+                validate::page_token(&query, &format!("{t}:{id}"))
+            }
+            _ => String::new(),
+        };
+        Ok(ListApplicationsResponse {
+            applications: page,
+            next_page_token,
+        })
+    }
+
+    async fn statistics(
+        &self,
+        who: &Identity,
+        req: &GetApplicationStatisticsRequest,
+    ) -> Result<GetApplicationStatisticsResponse, Error> {
+        let from = req
+            .create_time_start
+            .as_ref()
+            .map(|t| fengqiao_kit::time::parse_timestamp("create_time_start", t))
+            .transpose()?;
+        let to = req
+            .create_time_end
+            .as_ref()
+            .map(|t| fengqiao_kit::time::parse_timestamp("create_time_end", t))
+            .transpose()?;
+        let mut tx = self.store.read().await?;
+        let mut tally = Tally::default();
+        let mut after = None;
+        loop {
+            let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
+            let Some(last) = rows.last() else { break };
+            let a = &last.record.application;
+            after = Some((
+                a.create_time
+                    .as_ref()
+                    .map_or(0, fengqiao_kit::time::from_timestamp),
+                a.name.trim_start_matches("applications/").to_owned(),
+            ));
+            for s in &rows {
+                let a = &s.record.application;
+                let created = a
+                    .create_time
+                    .as_ref()
+                    .map_or(0, fengqiao_kit::time::from_timestamp);
+                if from.is_some_and(|f| created < f) || to.is_some_and(|t| created >= t) {
+                    continue;
+                }
+                tally.add(&ApplicationSummary {
+                    state: s.record.state(),
+                    ground: app::ground(&s.record)
+                        .map(|g| g.code.clone())
+                        .unwrap_or_default(),
+                    overdue: a.overdue || s.record.clocks.iter().any(|c| c.expired),
+                    days_to_decision: a.ruling.as_ref().and_then(|r| {
+                        let t = fengqiao_kit::time::from_timestamp(r.rule_time.as_ref()?);
+                        Some(rules::days_between(created, t))
+                    }),
+                });
+            }
+        }
+        Ok(tally.response())
+    }
+}
+
+fn uuid_v4() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+const CLERK_OR_JUDGE: &[&str] = &[rules::CLERK_ROLE, rules::JUDGE_ROLE];
+
+#[tonic::async_trait]
+impl JudicialConfirmationService for JudicialConfirmation {
+    async fn get_application(
+        &self,
+        req: Request<GetApplicationRequest>,
+    ) -> R<GetApplicationResponse> {
+        let w = who(&req)?;
+        reply(
+            self.get(&w, &req.get_ref().name)
+                .await
+                .map(|a| GetApplicationResponse {
+                    application: Some(a),
+                }),
+        )
+    }
+
+    async fn list_applications(
+        &self,
+        req: Request<ListApplicationsRequest>,
+    ) -> R<ListApplicationsResponse> {
+        let w = who(&req)?;
+        reply(self.list(&w, req.get_ref()).await)
+    }
+
+    async fn accept_application(
+        &self,
+        req: Request<AcceptApplicationRequest>,
+    ) -> R<AcceptApplicationResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, CLERK_OR_JUDGE)?;
+            self.act(
+                &w,
+                "AcceptApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::accept(rec, &r.confirmation_number, now, cal),
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| AcceptApplicationResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn reject_application(
+        &self,
+        req: Request<RejectApplicationRequest>,
+    ) -> R<RejectApplicationResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, &[rules::JUDGE_ROLE])?;
+            self.act(
+                &w,
+                "RejectApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::reject(rec, &r.ground_code, now, cal),
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| RejectApplicationResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn request_supplement(
+        &self,
+        req: Request<RequestSupplementRequest>,
+    ) -> R<RequestSupplementResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, &[rules::JUDGE_ROLE])?;
+            self.act(
+                &w,
+                "RequestSupplement",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::request_supplement(rec, &r.description, now, cal),
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| RequestSupplementResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn receive_supplement(
+        &self,
+        req: Request<ReceiveSupplementRequest>,
+    ) -> R<ReceiveSupplementResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, CLERK_OR_JUDGE)?;
+            self.act(
+                &w,
+                "ReceiveSupplement",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                app::receive_supplement,
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| ReceiveSupplementResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn extend_review(&self, req: Request<ExtendReviewRequest>) -> R<ExtendReviewResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            if r.reason.trim().is_empty() {
+                return Err(FieldViolation::new("reason", "required").into());
+            }
+            // The clock engine refuses without the president's role (2011 rules Art 5).
+            self.act(
+                &w,
+                "ExtendReview",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::extend(rec, r.days, &w.roles, now, cal),
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| ExtendReviewResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn rule_on_application(
+        &self,
+        req: Request<RuleOnApplicationRequest>,
+    ) -> R<RuleOnApplicationResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, &[rules::JUDGE_ROLE])?;
+            let outcome = RulingOutcome::try_from(r.outcome).unwrap_or_default();
+            self.act(
+                &w,
+                "RuleOnApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| {
+                    app::rule(rec, outcome, &r.ground_code, r.document.as_ref(), now, cal)
+                },
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| RuleOnApplicationResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn withdraw_application(
+        &self,
+        req: Request<WithdrawApplicationRequest>,
+    ) -> R<WithdrawApplicationResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, CLERK_OR_JUDGE)?;
+            self.act(
+                &w,
+                "WithdrawApplication",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                app::withdraw,
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| WithdrawApplicationResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn file_objection(&self, req: Request<FileObjectionRequest>) -> R<FileObjectionResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, CLERK_OR_JUDGE)?;
+            let known = r
+                .known_time
+                .as_ref()
+                .ok_or_else(|| FieldViolation::new("known_time", "required"))?;
+            let known = fengqiao_kit::time::parse_timestamp("known_time", known)?;
+            let objector = ObjectorKind::try_from(r.objector).unwrap_or_default();
+            self.act(
+                &w,
+                "FileObjection",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| app::object(rec, objector, known, &r.grounds, now, cal),
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| FileObjectionResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn get_application_statistics(
+        &self,
+        req: Request<GetApplicationStatisticsRequest>,
+    ) -> R<GetApplicationStatisticsResponse> {
+        let w = who(&req)?;
+        reply(self.statistics(&w, req.get_ref()).await)
+    }
+}

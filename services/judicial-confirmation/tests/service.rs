@@ -1,0 +1,322 @@
+//! The service's handlers in-process on both backends: the court's acts through the gRPC
+//! trait with a verified identity, persisted, and another agency's NOT_FOUND.
+
+use fengqiao_judicial_confirmation::application::Intake;
+use fengqiao_judicial_confirmation::{JudicialConfirmation, migrate};
+use fengqiao_kit::auth::{AuthMethod, Identity};
+use fengqiao_proto::common::{EvidenceRef, Party};
+use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::JudicialConfirmationService as _;
+use fengqiao_proto::judicialconfirmation::*;
+use fengqiao_store::{Store, both_backends};
+use tonic::{Code, Request};
+
+const COURT: &str = "agencies/xigang-court";
+const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn req<T>(agency: &str, roles: &[&str], msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(Identity {
+        agency: agency.into(),
+        actor: "a1".into(),
+        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+        method: AuthMethod::Token,
+        person: None,
+    });
+    r
+}
+
+fn doc() -> EvidenceRef {
+    EvidenceRef {
+        display_name: "文书".into(),
+        media_type: "application/pdf".into(),
+        sha256: SHA.into(),
+        ..EvidenceRef::default()
+    }
+}
+
+fn intake(transfer: &str, days_ago: i64) -> Intake {
+    use PackageItemKind as K;
+    let item = |kind: K, party: &str| PackageItem {
+        kind: kind as i32,
+        document: Some(doc()),
+        party_id: party.into(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    Intake {
+        case_id: "c1".into(),
+        transfer: transfer.into(),
+        committee: "agencies/xigang-committee".into(),
+        committee_court: COURT.into(),
+        delegating_court: None,
+        source: ApplicationSource::PeoplesMediation,
+        parties: ["p1", "p2"]
+            .iter()
+            .map(|id| Party {
+                party_id: (*id).into(),
+                ..Party::default()
+            })
+            .collect(),
+        applicants: vec!["p1".into(), "p2".into()],
+        represented: vec![],
+        agreement: Some(doc()),
+        agreement_effective_at: now - days_ago * 86_400_000_000,
+        package: vec![
+            item(K::Application, ""),
+            item(K::IdentityProof, "p1"),
+            item(K::ServiceAddress, "p1"),
+            item(K::IdentityProof, "p2"),
+            item(K::ServiceAddress, "p2"),
+        ],
+    }
+}
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+both_backends!(
+    the_court_accepts_extends_and_rules_others_get_not_found,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = JudicialConfirmation::new(store.clone());
+        let a = svc.take_in(COURT, &intake("transfers/t1", 10)).await?;
+        assert_eq!(a.state, ApplicationState::Received as i32);
+        // The same transfer again: the same application.
+        assert_eq!(
+            svc.take_in(COURT, &intake("transfers/t1", 10)).await?.name,
+            a.name
+        );
+        // Out of time (人民调解法 Art 33) and at the wrong court are refused.
+        assert!(
+            svc.take_in(COURT, &intake("transfers/t2", 60))
+                .await
+                .is_err()
+        );
+        assert!(
+            svc.take_in("agencies/other-court", &intake("transfers/t3", 10))
+                .await
+                .is_err()
+        );
+
+        // Another agency: NOT_FOUND for reads and acts alike.
+        let get = |agency: &str| {
+            req(
+                agency,
+                &["judge"],
+                GetApplicationRequest {
+                    name: a.name.clone(),
+                },
+            )
+        };
+        let e = svc
+            .get_application(get("agencies/xigang-committee"))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::NotFound);
+        let accept = |agency: &str, roles: &[&str], etag: &str| {
+            req(
+                agency,
+                roles,
+                AcceptApplicationRequest {
+                    name: a.name.clone(),
+                    etag: etag.into(),
+                    confirmation_number: "(2026)辽0203民特调确12号".into(),
+                    request_id: rid(),
+                },
+            )
+        };
+        let e = svc
+            .accept_application(accept("agencies/other-court", &["judge"], ""))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::NotFound);
+        // Without the role: PERMISSION_DENIED; stale etag: ABORTED.
+        let e = svc
+            .accept_application(accept(COURT, &["mediator"], ""))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = svc
+            .accept_application(accept(COURT, &["court_clerk"], "\"9\""))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::Aborted);
+        let first = accept(COURT, &["court_clerk"], &a.etag);
+        let first_id = first.get_ref().request_id.clone();
+        let replayed = req(COURT, &["court_clerk"], first.get_ref().clone());
+        let acc = svc
+            .accept_application(first)
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(acc.state, ApplicationState::UnderReview as i32);
+        // The same request_id again: the first answer, not WRONG_STATE.
+        let again = svc
+            .accept_application(replayed)
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(again, acc);
+        // The same request_id with another request: ALREADY_EXISTS.
+        let mut other = accept(COURT, &["court_clerk"], "");
+        other.get_mut().request_id = first_id;
+        let e = svc.accept_application(other).await.expect_err("reused");
+        assert_eq!(e.code(), Code::AlreadyExists);
+        assert_eq!(acc.clocks.len(), 2);
+
+        let extend = |roles: &[&str], days: u32| {
+            req(
+                COURT,
+                roles,
+                ExtendReviewRequest {
+                    name: a.name.clone(),
+                    etag: String::new(),
+                    days,
+                    reason: "案情复杂".into(),
+                    request_id: rid(),
+                },
+            )
+        };
+        let e = svc
+            .extend_review(extend(&["judge"], 10))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = svc
+            .extend_review(extend(&["court_president"], 11))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        let ext = svc
+            .extend_review(extend(&["court_president"], 10))
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(ext.clocks[1].extended_by, 10);
+
+        let ruled = svc
+            .rule_on_application(req(
+                COURT,
+                &["judge"],
+                RuleOnApplicationRequest {
+                    name: a.name.clone(),
+                    etag: ext.etag.clone(),
+                    outcome: RulingOutcome::Dismissed as i32,
+                    ground_code: "not_voluntary".into(),
+                    document: Some(doc()),
+                    request_id: rid(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(ruled.state, ApplicationState::Dismissed as i32);
+        let e = svc
+            .withdraw_application(req(
+                COURT,
+                &["court_clerk"],
+                WithdrawApplicationRequest {
+                    name: a.name.clone(),
+                    etag: String::new(),
+                    request_id: rid(),
+                },
+            ))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+
+        // A second one, not accepted on an Art 355 ground.
+        let b = svc.take_in(COURT, &intake("transfers/t4", 5)).await?;
+        let rej = svc
+            .reject_application(req(
+                COURT,
+                &["judge"],
+                RejectApplicationRequest {
+                    name: b.name.clone(),
+                    etag: String::new(),
+                    ground_code: "ownership_confirmation".into(),
+                    request_id: rid(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(
+            rej.rejection.map(|g| g.code).as_deref(),
+            Some("ownership_confirmation")
+        );
+
+        // List and statistics are the court's.
+        let list = svc
+            .list_applications(req(
+                COURT,
+                &["court_clerk"],
+                ListApplicationsRequest {
+                    page_size: 1,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(list.applications.len(), 1);
+        assert!(!list.next_page_token.is_empty());
+        let rest = svc
+            .list_applications(req(
+                COURT,
+                &["court_clerk"],
+                ListApplicationsRequest {
+                    page_size: 1,
+                    page_token: list.next_page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(rest.applications.len(), 1);
+        assert_ne!(rest.applications[0].name, list.applications[0].name);
+        let e = svc
+            .list_applications(req(
+                "agencies/other-court",
+                &["court_clerk"],
+                ListApplicationsRequest {
+                    page_size: 1,
+                    page_token: list.next_page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let stats = svc
+            .get_application_statistics(req(COURT, &["court_clerk"], Default::default()))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (
+                stats.application_count,
+                stats.dismissed_count,
+                stats.not_accepted_count
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(stats.ground_counts.get("not_voluntary"), Some(&1));
+        let other = svc
+            .get_application_statistics(req(
+                "agencies/other-court",
+                &["court_clerk"],
+                Default::default(),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(other.application_count, 0);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
