@@ -20,8 +20,8 @@ use fengqiao_proto::mediation as md;
 use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{
-    CompleteClockRequest, ExtendDeadlineRequest, GetTransferRequest, PauseClockRequest,
-    ResumeClockRequest, Transfer, TransferClock, TransferState,
+    CompleteClockRequest, ExtendDeadlineRequest, GetTransferRequest, ListTransfersRequest,
+    PauseClockRequest, ResumeClockRequest, Transfer, TransferClock, TransferState,
 };
 use fengqiao_scenarios::rid;
 use fengqiao_store::sqlx::{self, Row as _};
@@ -1613,5 +1613,102 @@ suite_test!(
                 org_name(CENTRE).as_str()
             ]
         );
+    }
+);
+
+/// Transfers of the case on the router, as the court sees them.
+async fn transfers_of_case(suite: &TestSuite, case_id: &str) -> Vec<Transfer> {
+    TransferServiceClient::with_interceptor(
+        suite.channel(),
+        suite.caller(COURT, "judge-01", &["judge"]),
+    )
+    .list_transfers(ListTransfersRequest {
+        case_id: case_id.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("list transfers")
+    .into_inner()
+    .transfers
+}
+
+// A designation cut off mid-flight (client deadline 3 ms: the router call, the court's commit,
+// or neither may have happened) is completed by its retry with the same request_id: one
+// transfer on the router, the court's case DELEGATED on it, and the retry answers the same
+// thing twice. A new request id is a second designation: refused, still one transfer.
+suite_test!(
+    a_cut_off_designation_is_completed_by_its_retry,
+    |suite| async move {
+        let c = consented(&suite, 90).await;
+        let msg = cd::DesignateMediatorRequest {
+            name: c.name.clone(),
+            etag: c.etag.clone(),
+            organization: org_name(COMMITTEE),
+            mediator: mediator_name(COMMITTEE),
+            parties_waived_choice: true,
+            evidence: Some(doc("放弃选定调解员声明")),
+            note: "诉前委派调解".into(),
+            request_id: rid(),
+        };
+        let mut req = tonic::Request::new(msg.clone());
+        req.set_timeout(Duration::from_millis(3));
+        let cut = match judge(&suite).designate_mediator(req).await {
+            Ok(_) => false,
+            Err(e) if matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled) => true,
+            Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
+        };
+        eprintln!("designation cut off mid-flight: {cut}");
+        // Never two transfers, whatever was cut.
+        assert!(transfers_of_case(&suite, &c.case_id).await.len() <= 1);
+        let first = judge(&suite)
+            .designate_mediator(msg.clone())
+            .await
+            .expect("retry")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(st(&first), S::Delegated);
+        let again = judge(&suite)
+            .designate_mediator(msg.clone())
+            .await
+            .expect("second retry")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(again.name, first.name);
+        assert_eq!(st(&again), S::Delegated);
+        assert_eq!(again.delegations, first.delegations);
+        let all = transfers_of_case(&suite, &c.case_id).await;
+        assert_eq!(all.len(), 1, "one transfer for the case");
+        let linked: Vec<&str> = first
+            .delegations
+            .iter()
+            .map(|d| d.transfer.as_str())
+            .collect();
+        assert_eq!(
+            linked,
+            vec![all[0].name.as_str()],
+            "the case names the router's transfer"
+        );
+        // The court's case and the router agree once the router's messages have arrived.
+        let now = until(&suite, &c.name, "in step with the router", |x| {
+            st(x) == S::Delegated && x.delegations.len() == 1
+        })
+        .await;
+        assert_eq!(now.delegations[0].transfer, all[0].name);
+        // A new request id is a second designation: refused, and still one transfer.
+        let e = judge(&suite)
+            .designate_mediator(cd::DesignateMediatorRequest {
+                request_id: rid(),
+                etag: String::new(),
+                ..msg
+            })
+            .await
+            .expect_err("second designation");
+        assert!(
+            matches!(e.code(), Code::FailedPrecondition | Code::AlreadyExists),
+            "{e:?}"
+        );
+        assert_eq!(transfers_of_case(&suite, &c.case_id).await.len(), 1);
     }
 );
