@@ -7,7 +7,7 @@
 //! too large), the materials come back to the court with the 7-day registration clock
 //! (民事诉讼法 Art 126), and the judge registers the case.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fengqiao_kit::auth::{PublicKeyFile, SigningKey};
@@ -21,65 +21,10 @@ use fengqiao_proto::router::CompleteClockRequest;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_store::testing::TempDir;
 
-const ISSUER: &str = "fengqiao-court-multiprocess-test";
+mod common;
+use common::{ISSUER, Procs, free_port, serve, wait_serving};
+
 const COMMITTEE: &str = "xigang-mediation-committee";
-
-/// Kills the child processes when the test ends, however it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-        }
-        for c in &mut self.0 {
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
-}
-
-fn serve(service: &str, port: u16, url: &str, dir: &std::path::Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .args(["serve", "--service", service])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--database-url", url])
-        .args(["--data-dir", &dir.display().to_string()])
-        .args(["--auth-issuer", ISSUER])
-        .args(["--config", &dir.join("config.toml").display().to_string()])
-        .args(["--log-format", "json"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {service}: {e}"))
-}
-
-async fn wait_serving(port: u16) {
-    for _ in 0..300 {
-        let ok = Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-            .args(["healthcheck", "--addr", &format!("http://127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("port {port} never reported SERVING");
-}
 
 fn doc(name: &str) -> EvidenceRef {
     EvidenceRef {
