@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drives a fresh `fengqiao dev` from outside, as a foreign client would: Python grpcio and
 # grpc-requests (PyPI, pinned) through server reflection only (tests/foreign/reflection_client.py,
-# then the README's court-diversion example, tests/foreign/court_example.py).
+# then the README's worked examples: tests/foreign/referral_example.py (警调对接, a 110 referral
+# from intake to closed) and tests/foreign/court_example.py (court diversion)).
 # Installs the client into a venv under ${FENGQIAO_TOOLS:-$HOME/.cache/fengqiao-tools}; builds
 # and starts the suite on loopback in a temporary data directory; stops it at the end.
 set -euo pipefail
@@ -30,6 +31,8 @@ done
 dispatch=$("$bin" token --data-dir "$dir/data" --as xigang-110/dispatch-system)
 officer=$("$bin" token --data-dir "$dir/data" --as xigang-bayilu-station/officer-01)
 "$VENV/bin/python" tests/foreign/reflection_client.py "127.0.0.1:$port" "$dispatch" "$officer"
+# The README's worked example of 警调对接: one 110 referral from intake to CLOSED.
+FENGQIAO_BIN="$bin" "$VENV/bin/python" tests/foreign/referral_example.py "127.0.0.1:$port" "$dir/data"
 # The README's worked example of 诉前调解 (court diversion), on the same suite.
 "$VENV/bin/python" tests/foreign/court_example.py "127.0.0.1:$port" \
   "$("$bin" token --data-dir "$dir/data" --as xigang-court/clerk-01)" \

@@ -78,19 +78,17 @@ def in_mediation(case):
                       "decision": "CONSENT_DECISION_CONSENTED", "method": "CONSENT_METHOD_WRITTEN",
                       "request_id": rid()}, metadata=head)["mediation_case"]
     m = c.request(MED, "AssignMediator", {"name": m["name"], "request_id": rid(),
-                  "mediator": f"organizations/{COMMITTEE}/mediators/invited-01"},
+                  "mediator": f"organizations/{COMMITTEE}/mediators/director"},
                   metadata=head)["mediation_case"]
     return m
 
 
-# The committee's own roster on the mediation service (once).
-c.request(MED, "CreateOrganization", {"organization_id": COMMITTEE, "request_id": rid(),
-          "organization": {"display_name": "西岗区人民调解委员会", "kind": "ORGANIZATION_KIND_COMMITTEE",
-                           "region_code": "210203", "agency": f"agencies/{COMMITTEE}"}}, metadata=head)
-c.request(MED, "CreateMediator", {"parent": f"organizations/{COMMITTEE}", "mediator_id": "invited-01",
-          "request_id": rid(), "mediator": {"display_name": "特邀调解员", "actor_id": "director",
-          "specialties": ["MEDIATOR_SPECIALTY_NEIGHBOURHOOD"], "region_code": "210203", "max_load": 10}},
-          metadata=head)
+# The committee's own roster on the mediation service is seeded by `fengqiao dev`
+# (organisation = agency id, mediators = its actors with the role `mediator`).
+orgs = c.request(MED, "ListMediators", {"parent": f"organizations/{COMMITTEE}"},
+                 metadata=head).get("mediators", [])
+step("fengqiao dev seeded the committee's mediators",
+     any(m["name"] == f"organizations/{COMMITTEE}/mediators/director" for m in orgs), orgs)
 
 roster = c.request(CD, "ListInvitedOrganizations", {}, metadata=clerk).get("invited_organizations", [])
 step("the court's roster lists the committee",

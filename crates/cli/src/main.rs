@@ -58,12 +58,30 @@ enum Command {
         /// Issuer; must match the server's `auth.issuer`.
         #[arg(long, env = "FENGQIAO_AUTH_ISSUER", default_value = "fengqiao")]
         issuer: String,
-        /// Data directory holding the dev key.
+        /// Data directory holding the dev key (written by `fengqiao dev`).
         #[arg(long, env = "FENGQIAO_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// Sign with this key file (from `fengqiao keygen`) instead of the dev key.
+        #[arg(long, env = "FENGQIAO_SIGNING_KEY_FILE")]
+        key_file: Option<PathBuf>,
         /// List the sample actors instead.
         #[arg(long)]
         list: bool,
+    },
+    /// Make a token signing key for a deployment: the private key file (mode 0600, kept by
+    /// whoever issues tokens, or mounted as the router's `auth.service_key_file`) and the
+    /// public key set every server verifies with (`auth.public_keys_file`). An existing public
+    /// key set is kept and the new key added, so old tokens stay valid during a rotation.
+    Keygen {
+        /// Key id written into every token's header (e.g. `2026-12`).
+        #[arg(long)]
+        kid: String,
+        /// Where to write the private key; refuses to overwrite.
+        #[arg(long)]
+        private_key_out: PathBuf,
+        /// The public key set to create or add to.
+        #[arg(long)]
+        public_keys_out: PathBuf,
     },
     /// Verify the router's hash-chained audit log; exits non-zero at the first broken link.
     AuditVerify {
@@ -118,10 +136,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ttl_secs,
             issuer,
             data_dir,
+            key_file,
             list,
         } => token(
-            as_actor, agency, actor, roles, ttl_secs, &issuer, &data_dir, list,
+            as_actor,
+            agency,
+            actor,
+            roles,
+            ttl_secs,
+            &issuer,
+            &signing_key_path(&data_dir, key_file),
+            list,
         ),
+        Command::Keygen {
+            kid,
+            private_key_out,
+            public_keys_out,
+        } => keygen(&kid, &private_key_out, &public_keys_out),
         Command::Healthcheck {
             addr,
             service,
@@ -187,6 +218,7 @@ async fn run_suite(
     };
     let suite = Suite::start(spec, listener, admin).await?;
     if banner {
+        seed_mediation_rosters(&config, &suite).await?;
         print_banner(&config, &suite)?;
     }
     fengqiao_kit::server::os_signal().await;
@@ -197,10 +229,6 @@ async fn run_suite(
 
 async fn dev(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&args)?;
-    if args.dump_config {
-        print!("{}", config.to_toml());
-        return Ok(ExitCode::SUCCESS);
-    }
     let from_file = args.config.is_some();
     if !from_file && args.listen.is_none() {
         config.listen = "127.0.0.1:50051".into();
@@ -211,13 +239,18 @@ async fn dev(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     if !from_file && args.log_format.is_none() {
         config.log_format = LogFormat::Text;
     }
-    ensure_dev_key(&config.data_dir)?;
     if config.auth.public_keys_file.is_none() {
         config.auth.public_keys_file = Some(dev_key_paths(&config.data_dir).1);
     }
     if config.auth.service_key_file.is_none() {
         config.auth.service_key_file = Some(dev_key_paths(&config.data_dir).0);
     }
+    // What dev runs with, dev defaults applied (not the production defaults of `serve`).
+    if args.dump_config {
+        print!("{}", config.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    ensure_dev_key(&config.data_dir)?;
     run_suite(
         config,
         ServiceName::ALL.to_vec(),
@@ -234,6 +267,103 @@ async fn serve(service: ServiceName, args: ConfigArgs) -> anyhow::Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     run_suite(config, vec![service], None, false).await
+}
+
+/// `fengqiao dev` only: every sample mediation committee and station mediation room registers
+/// itself on the mediation service (CreateOrganization, organisation id = agency id) with its
+/// actors holding the role `mediator` as mediators (mediator id = actor id), through the public
+/// API as its own admin would, so that `AssignMediator` works on a fresh suite. Fixed request
+/// ids make a restart on the same data directory a replay; an organisation or mediator that
+/// already exists (registered by hand) is left as it is.
+async fn seed_mediation_rosters(config: &Config, suite: &Suite) -> anyhow::Result<()> {
+    use fengqiao_proto::mediation::{
+        CreateMediatorRequest, CreateOrganizationRequest, Mediator, MediatorSpecialty,
+        Organization, OrganizationKind, mediation_service_client::MediationServiceClient,
+    };
+    let key = fengqiao_kit::auth::SigningKey::load(&dev_key_paths(&config.data_dir).0)?;
+    let channel = fengqiao_kit::client::channel(&format!("http://{}", suite.server.addr), None)?;
+    let already = |e: &tonic::Status| e.code() == tonic::Code::AlreadyExists;
+    let mut seeded = 0;
+    for a in &seed()?.agency {
+        let kind = match a.kind.as_str() {
+            "mediation_committee" => OrganizationKind::Committee,
+            "station_mediation_room" => OrganizationKind::StationMediationRoom,
+            _ => continue,
+        };
+        let Some(admin) = a
+            .actor
+            .iter()
+            .find(|x| x.roles.iter().any(|r| r == "mediation_admin"))
+        else {
+            continue;
+        };
+        let agency = format!("agencies/{}", a.id);
+        let token = key.sign(&fengqiao_kit::auth::claims(
+            &config.auth.issuer,
+            &agency,
+            &admin.id,
+            &["mediation_admin"],
+            300,
+        ));
+        let mut client = MediationServiceClient::with_interceptor(
+            channel.clone(),
+            fengqiao_kit::client::CallInterceptor::new(Some(token)),
+        );
+        let org = client
+            .create_organization(CreateOrganizationRequest {
+                organization: Some(Organization {
+                    display_name: a.display_name.clone(),
+                    kind: kind as i32,
+                    region_code: a.region_code.clone(),
+                    agency: agency.clone(),
+                    ..Default::default()
+                }),
+                organization_id: a.id.clone(),
+                request_id: format!("dev-seed-organization-{}", a.id),
+            })
+            .await;
+        match org {
+            Ok(_) => seeded += 1,
+            Err(e) if already(&e) => {}
+            Err(e) => anyhow::bail!("dev roster seed: organisation {}: {}", a.id, e.message()),
+        }
+        for m in a
+            .actor
+            .iter()
+            .filter(|x| x.roles.iter().any(|r| r == "mediator"))
+        {
+            let r = client
+                .create_mediator(CreateMediatorRequest {
+                    parent: format!("organizations/{}", a.id),
+                    mediator: Some(Mediator {
+                        display_name: m.title.clone(),
+                        actor_id: m.id.clone(),
+                        specialties: vec![
+                            MediatorSpecialty::Neighbourhood as i32,
+                            MediatorSpecialty::Family as i32,
+                        ],
+                        region_code: a.region_code.clone(),
+                        max_load: 50,
+                        ..Default::default()
+                    }),
+                    mediator_id: m.id.clone(),
+                    request_id: format!("dev-seed-mediator-{}-{}", a.id, m.id),
+                })
+                .await;
+            match r {
+                Ok(_) => seeded += 1,
+                Err(e) if already(&e) => {}
+                Err(e) => anyhow::bail!(
+                    "dev roster seed: mediator {}/{}: {}",
+                    a.id,
+                    m.id,
+                    e.message()
+                ),
+            }
+        }
+    }
+    tracing::info!(seeded, "dev mediation rosters seeded");
+    Ok(())
 }
 
 fn print_banner(config: &Config, suite: &Suite) -> anyhow::Result<()> {
@@ -280,7 +410,7 @@ fn token(
     mut roles: Vec<String>,
     ttl_secs: i64,
     issuer: &str,
-    data_dir: &std::path::Path,
+    key_path: &std::path::Path,
     list: bool,
 ) -> anyhow::Result<ExitCode> {
     let seed = seed()?;
@@ -315,7 +445,16 @@ fn token(
     if ttl_secs <= 0 {
         bail!("--ttl-secs must be positive");
     }
-    let key = ensure_dev_key(data_dir)?;
+    // Never make a key here: a token signed by a key no server knows only fails later, as
+    // "token signature is invalid", far from the cause.
+    if !key_path.exists() {
+        bail!(
+            "no signing key at {}: run `fengqiao dev` first (it writes its dev key under its --data-dir) and pass the same --data-dir here, or pass --key-file from `fengqiao keygen`",
+            key_path.display()
+        );
+    }
+    let key = fengqiao_kit::auth::SigningKey::load(key_path)
+        .with_context(|| format!("signing key {}", key_path.display()))?;
     let role_refs: Vec<&str> = roles.iter().map(String::as_str).collect();
     let claims = fengqiao_kit::auth::claims(
         issuer,
@@ -325,6 +464,55 @@ fn token(
         ttl_secs,
     );
     println!("{}", key.sign(&claims));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key `fengqiao token` signs with: `--key-file`, or the dev key under the data directory.
+fn signing_key_path(data_dir: &std::path::Path, key_file: Option<PathBuf>) -> PathBuf {
+    key_file.unwrap_or_else(|| dev_key_paths(data_dir).0)
+}
+
+fn keygen(
+    kid: &str,
+    private_out: &std::path::Path,
+    public_out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use fengqiao_kit::auth::{PublicKeyFile, SigningKey};
+    if kid.is_empty()
+        || !kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("--kid takes letters, digits, '-', '_' and '.' (e.g. 2026-12)");
+    }
+    if private_out.exists() {
+        bail!(
+            "{} exists: refusing to overwrite a signing key",
+            private_out.display()
+        );
+    }
+    let mut set = if public_out.exists() {
+        PublicKeyFile::load(public_out)
+            .with_context(|| format!("public key set {}", public_out.display()))?
+    } else {
+        PublicKeyFile::default()
+    };
+    if set.keys.iter().any(|k| k.kid == kid) {
+        bail!(
+            "{} already has a key with id {kid}: choose a new --kid",
+            public_out.display()
+        );
+    }
+    let key = SigningKey::generate(kid)?;
+    key.save(private_out)?;
+    set.keys.push(key.public_entry());
+    set.save(public_out)?;
+    println!(
+        "signing key {kid}: private key {} (keep it secret), public key set {} ({} key(s))",
+        private_out.display(),
+        public_out.display(),
+        set.keys.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
