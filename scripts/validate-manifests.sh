@@ -102,6 +102,120 @@ for f in k8s/base/secrets.example.yaml k8s/overlays/*/*.example.yaml; do
   validate_file "$f" "$f"
 done
 
+# ---------------------------------------------------------------- network policy reachability
+# Evaluates the rendered NetworkPolicies (default deny) as a CNI would, for every pair of
+# Fengqiao pods and the outside peers they need, and checks the intended graph: every service
+# reaches DNS, PostgreSQL and the collector and is scraped from `monitoring`; the router and
+# each agency service reach each other on gRPC; no agency service reaches another one directly
+# (every hand-over goes through the router).
+log "network policies: who can reach whom (rendered, default deny)"
+if "$PY" -c 'import yaml' 2>/dev/null; then
+  for k in "${kustomizations[@]}"; do
+    rendered="$WORK/$(tr '/' '_' <<<"$k").yaml"
+    [[ -f "$rendered" ]] || continue
+    if ! "$PY" - "$rendered" "$k" <<'PYEOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+label = sys.argv[2]
+ns_labels = {d["metadata"]["name"]: dict(d["metadata"].get("labels") or {}, **{
+    "kubernetes.io/metadata.name": d["metadata"]["name"]}) for d in docs if d["kind"] == "Namespace"}
+pols = [d for d in docs if d["kind"] == "NetworkPolicy"]
+pods = {}
+for d in docs:
+    if d["kind"] == "Deployment":
+        ns = d["metadata"].get("namespace", "default")
+        pods[d["metadata"]["name"]] = (ns, d["spec"]["template"]["metadata"].get("labels", {}))
+
+def matches(sel, labels):
+    if sel is None:
+        return False
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in sel.get("matchExpressions") or []:
+        has, val = e["key"] in labels, labels.get(e["key"])
+        op = e["operator"]
+        if op == "In" and val not in e["values"]: return False
+        if op == "NotIn" and has and val in e["values"]: return False
+        if op == "Exists" and not has: return False
+        if op == "DoesNotExist" and has: return False
+    return True
+
+def peer_ok(peer, own_ns, target):
+    # target: ("pod", ns, labels) or ("ns", ns_labels) for "any pod in a namespace"
+    # or ("ip",) for an address outside the cluster.
+    if "ipBlock" in peer:
+        return target[0] == "ip"
+    if target[0] == "ip":
+        return False
+    if "namespaceSelector" in peer:
+        tns_labels = target[2] if target[0] == "ns" else ns_labels.get(target[1], {"kubernetes.io/metadata.name": target[1]})
+        if not matches(peer["namespaceSelector"], tns_labels) and peer["namespaceSelector"] != {}:
+            return False
+    elif target[0] != "pod" or target[1] != own_ns:
+        return False
+    if "podSelector" in peer:
+        return target[0] == "ns" and peer["podSelector"] == {} or \
+            (target[0] == "pod" and matches(peer["podSelector"], target[2])) or peer["podSelector"] == {}
+    return True
+
+def port_ok(rule, port, proto):
+    ports = rule.get("ports")
+    return not ports or any(p.get("port") == port and p.get("protocol", "TCP") == proto for p in ports)
+
+def allowed(direction, pod, target, port, proto="TCP"):
+    ns, labels = pod
+    key = "egress" if direction == "Egress" else "ingress"
+    side = "to" if key == "egress" else "from"
+    selecting = [p for p in pols if p["metadata"].get("namespace", "default") == ns
+                 and direction in p["spec"].get("policyTypes", ["Ingress"])
+                 and (p["spec"]["podSelector"] == {} or matches(p["spec"]["podSelector"], labels))]
+    if not selecting:
+        return True  # not isolated
+    for p in selecting:
+        for rule in p["spec"].get(key) or []:
+            peers = rule.get(side)
+            if (not peers or any(peer_ok(x, ns, target) for x in peers)) and port_ok(rule, port, proto):
+                return True
+    return False
+
+def connects(a, b, port):
+    pa, pb = pods[a], pods[b]
+    return allowed("Egress", pa, ("pod",) + pb, port) and allowed("Ingress", pb, ("pod",) + pa, port)
+
+errors = []
+ext = lambda name: ("ns", name, {"kubernetes.io/metadata.name": name})
+for name, pod in sorted(pods.items()):
+    if not allowed("Egress", pod, ext("kube-system"), 53, "UDP"):
+        errors.append(f"{name}: no DNS (kube-system UDP 53)")
+    if not allowed("Egress", pod, ("ip",), 5432) and not allowed("Egress", pod, ext("postgres"), 5432):
+        errors.append(f"{name}: cannot reach PostgreSQL (TCP 5432)")
+    if not allowed("Egress", pod, ext("observability"), 4317):
+        errors.append(f"{name}: cannot reach the OTLP collector (observability TCP 4317)")
+    if not allowed("Ingress", pod, ext("monitoring"), 9090):
+        errors.append(f"{name}: metrics not scrapable from monitoring (TCP 9090)")
+agencies = [n for n in pods if n != "router"]
+for a in agencies:
+    if not connects(a, "router", 50051):
+        errors.append(f"{a} cannot call the router (TCP 50051)")
+    if not connects("router", a, 50051):
+        errors.append(f"the router cannot push to {a} (TCP 50051)")
+    for b in agencies:
+        if a != b and connects(a, b, 50051):
+            errors.append(f"{a} reaches {b} directly: hand-overs must go through the router")
+for e in errors:
+    print(f"    FAIL {label}: {e}")
+if not errors:
+    print(f"    ok   {label}: {len(pods)} services, {len(pols)} policies: router <-> each agency service, "
+          f"no agency-to-agency path, DNS/PostgreSQL/OTLP/metrics for all")
+sys.exit(1 if errors else 0)
+PYEOF
+    then
+      failures=$((failures + 1))
+    fi
+  done
+fi
+
 # ---------------------------------------------------------------- compose, collector, configs
 log "deploy/: compose.yaml, otel-collector.yaml, TOML configs, JSON key sets"
 if "$PY" -c 'import yaml' 2>/dev/null; then
