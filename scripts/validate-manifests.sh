@@ -155,8 +155,8 @@ def peer_ok(peer, own_ns, target):
     elif target[0] != "pod" or target[1] != own_ns:
         return False
     if "podSelector" in peer:
-        return target[0] == "ns" and peer["podSelector"] == {} or \
-            (target[0] == "pod" and matches(peer["podSelector"], target[2])) or peer["podSelector"] == {}
+        return peer["podSelector"] == {} or \
+            (target[0] == "pod" and matches(peer["podSelector"], target[2]))
     return True
 
 def port_ok(rule, port, proto):
