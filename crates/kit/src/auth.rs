@@ -357,6 +357,10 @@ pub struct Verifier {
     verified: std::sync::Arc<std::sync::Mutex<HashMap<String, Verified>>>,
 }
 
+/// Clock skew allowed on a token's `exp` and `nbf`: a token is refused from `exp + 5 s` on,
+/// and accepted from `nbf - 5 s` (documented in the README, "Calling the services").
+pub const TOKEN_LEEWAY_SECS: i64 = 5;
+
 /// Most verified tokens a [`Verifier`] remembers; when full it forgets them all and starts
 /// over (cheap, and a burst of distinct tokens cannot grow memory).
 pub const VERIFIED_CACHE: usize = 4096;
@@ -390,7 +394,7 @@ impl Verifier {
         Ok(Self {
             keys: map,
             issuer: issuer.into(),
-            leeway_secs: 30,
+            leeway_secs: TOKEN_LEEWAY_SECS,
             verified: Default::default(),
         })
     }
@@ -568,6 +572,40 @@ mod tests {
             v.verify(&t, unix_now()).expect("valid");
         }
         assert!(v.verified.lock().expect("lock").len() <= VERIFIED_CACHE);
+    }
+
+    #[test]
+    fn expiry_leeway_is_five_seconds() {
+        let (key, v) = setup();
+        let now = unix_now();
+        let at = |exp: i64| Claims {
+            exp,
+            ..claims("fengqiao-test", "agencies/a", "o", &[], 60)
+        };
+        // Accepted up to exp + 5 s, refused from exp + 6 s (and 30 s, the old leeway).
+        assert!(
+            v.verify(&key.sign(&at(now - TOKEN_LEEWAY_SECS)), now)
+                .is_ok()
+        );
+        for late in [TOKEN_LEEWAY_SECS + 1, 30] {
+            assert_eq!(
+                v.verify(&key.sign(&at(now - late)), now),
+                Err(AuthError::Expired),
+                "{late} s after exp"
+            );
+        }
+        // The same token, remembered as verified, expires on time too.
+        let t = key.sign(&at(now));
+        assert!(v.verify(&t, now + TOKEN_LEEWAY_SECS).is_ok());
+        assert_eq!(
+            v.verify(&t, now + TOKEN_LEEWAY_SECS + 1),
+            Err(AuthError::Expired)
+        );
+        let nbf = Claims {
+            nbf: Some(now + TOKEN_LEEWAY_SECS + 1),
+            ..at(now + 60)
+        };
+        assert_eq!(v.verify(&key.sign(&nbf), now), Err(AuthError::NotYetValid));
     }
 
     #[test]

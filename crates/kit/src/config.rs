@@ -100,6 +100,16 @@ pub struct LimitsConfig {
     pub per_agency_burst: f64,
     /// Time given to in-flight calls on SIGTERM before the server stops anyway.
     pub shutdown_grace_ms: u64,
+    /// Open streams (`Watch…`, reflection) at once, over all callers; beyond it a new stream is
+    /// refused with RESOURCE_EXHAUSTED / `SERVER_OVERLOADED`. Streams do not count against
+    /// `max_concurrency` once their headers are sent.
+    pub max_streams: usize,
+    /// Open streams one agency may hold at once; beyond it RESOURCE_EXHAUSTED /
+    /// `TOO_MANY_STREAMS`.
+    pub max_streams_per_agency: usize,
+    /// Time a new connection has to send the HTTP/2 preface (its first bytes); a connection
+    /// that trickles it is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -111,6 +121,9 @@ impl Default for LimitsConfig {
             per_agency_rps: 50.0,
             per_agency_burst: 100.0,
             shutdown_grace_ms: 25_000,
+            max_streams: 512,
+            max_streams_per_agency: 64,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -349,6 +362,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.per_agency_rps",
                 detail: "rate must be positive and burst at least 1".into(),
+            });
+        }
+        if l.max_streams == 0 || l.max_streams_per_agency == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_streams",
+                detail: "max_streams and max_streams_per_agency must be at least 1".into(),
+            });
+        }
+        if l.handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.handshake_timeout_ms",
+                detail: "must be at least 1".into(),
             });
         }
         if l.max_message_bytes < 1024 {

@@ -15,6 +15,9 @@ pub use crate::reason::Reason;
 /// `ErrorInfo.domain` of every Fengqiao error.
 pub const ERROR_DOMAIN: &str = "fengqiao";
 
+/// Most `BadRequest` field violations one answer carries (see [`ApiError::invalid`]).
+pub const MAX_VIOLATIONS: usize = 20;
+
 /// One invalid field of a request (`google.rpc.BadRequest.FieldViolation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -67,8 +70,21 @@ impl ApiError {
         self.reason.code()
     }
 
-    /// `INVALID_ARGUMENT` naming every bad field.
-    pub fn invalid(violations: Vec<FieldViolation>) -> Self {
+    /// `INVALID_ARGUMENT` naming the bad fields: at most [`MAX_VIOLATIONS`] entries, so one
+    /// request cannot make the answer grow with it (a request with 250 000 bad repeated values
+    /// answers 20 entries). Beyond the limit, the last entry names the next bad field and says
+    /// how many more were not listed.
+    pub fn invalid(mut violations: Vec<FieldViolation>) -> Self {
+        if violations.len() > MAX_VIOLATIONS {
+            let more = violations.len() - MAX_VIOLATIONS;
+            violations.truncate(MAX_VIOLATIONS);
+            if let Some(last) = violations.last_mut() {
+                last.description = format!(
+                    "{}; and {more} more invalid field(s) not listed",
+                    last.description
+                );
+            }
+        }
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
         let message = format!("invalid request: {}", fields.join(", "));
         Self {
@@ -390,6 +406,38 @@ pub fn bad_fields_of(status: &Status) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn violations_are_capped_with_a_count_of_the_rest() {
+        let many: Vec<FieldViolation> = (0..250_000)
+            .map(|i| FieldViolation::new(format!("group_by[{i}]"), "is not a known value"))
+            .collect();
+        let s = ApiError::invalid(many).to_status();
+        let fields = bad_fields_of(&s);
+        assert_eq!(fields.len(), MAX_VIOLATIONS);
+        assert_eq!(fields[0], "group_by[0]");
+        assert_eq!(fields[MAX_VIOLATIONS - 1], "group_by[19]");
+        let details = s.get_error_details();
+        let last = details
+            .bad_request()
+            .and_then(|b| b.field_violations.last().cloned())
+            .expect("last violation");
+        assert!(
+            last.description.contains("249980 more"),
+            "{}",
+            last.description
+        );
+        assert!(s.message().len() < 400, "message stays small");
+        assert!(s.details().len() < 4096, "details stay small");
+        // At the limit nothing is folded.
+        let exact: Vec<FieldViolation> = (0..MAX_VIOLATIONS)
+            .map(|i| FieldViolation::new(format!("f{i}"), "bad"))
+            .collect();
+        let s = ApiError::invalid(exact).to_status();
+        let details = s.get_error_details();
+        let b = details.bad_request().expect("bad request");
+        assert!(b.field_violations.iter().all(|v| v.description == "bad"));
+    }
 
     #[test]
     fn invalid_carries_reason_and_fields() {

@@ -86,6 +86,16 @@ catalogue! {
     RateLimited = "RATE_LIMITED", ResourceExhausted;
     /// The server is at its limit of calls in flight; retry shortly.
     ServerOverloaded = "SERVER_OVERLOADED", ResourceExhausted;
+    /// The caller's agency already holds as many open streams (`Watch…`) as one agency may;
+    /// close one first.
+    TooManyStreams = "TOO_MANY_STREAMS", ResourceExhausted;
+    /// The request body is not a valid encoding of the method's message (bad wire type, invalid
+    /// UTF-8, truncated field, nesting too deep, broken gRPC framing).
+    MalformedMessage = "MALFORMED_MESSAGE", InvalidArgument;
+    /// The request message is larger than the server accepts (`metadata["limit_bytes"]`).
+    MessageTooLarge = "MESSAGE_TOO_LARGE", ResourceExhausted;
+    /// The request's metadata (headers) is larger than the server accepts.
+    HeadersTooLarge = "HEADERS_TOO_LARGE", InvalidArgument;
     /// The server is stopping; reconnect (to another replica).
     ShuttingDown = "SHUTTING_DOWN", Unavailable;
     /// A service this call depends on (the router) could not be reached; retry with the same

@@ -2,21 +2,21 @@
 //! per-agency rate limit, deadline), gRPC health and reflection on every server, and graceful
 //! shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::Frame;
-use tokio::sync::{Semaphore, watch};
-use tonic::Code;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::body::Body;
 use tonic::service::Routes;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::Instrument as _;
@@ -188,8 +188,215 @@ struct GuardInner {
     metrics: Metrics,
     limits: LimitsConfig,
     permits: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    agency_streams: Mutex<HashMap<String, usize>>,
     limiter: RateLimiter,
     peer_agencies: BTreeMap<String, String>,
+}
+
+/// Largest `authorization` header accepted (a token is a few hundred bytes); a larger one is
+/// refused on its stream with UNAUTHENTICATED / `TOKEN_MALFORMED`.
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+/// Largest request metadata accepted (names + values + 32 bytes per entry, as HTTP/2 counts
+/// it); beyond it the call is refused on its stream with INVALID_ARGUMENT /
+/// `HEADERS_TOO_LARGE`, the connection's other calls go on.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` the server announces: larger than
+/// [`MAX_HEADER_BYTES`] so that metadata between the two reaches the middleware and is refused
+/// with a gRPC status. A header block larger than this is refused by the HTTP/2 layer itself
+/// (HTTP 431 on the stream, or GOAWAY if the block keeps coming).
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 128 * 1024;
+/// The `method` label of every call to a path no service of this suite serves, so made-up
+/// method names cannot create new metric series.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The methods of the suite's contracts (and health, reflection), and which of them stream.
+struct Methods {
+    known: HashSet<String>,
+    streaming: HashSet<String>,
+}
+
+fn methods() -> &'static Methods {
+    static METHODS: OnceLock<Methods> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let mut m = Methods {
+            known: HashSet::new(),
+            streaming: HashSet::new(),
+        };
+        for set in [
+            fengqiao_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(set) else {
+                continue;
+            };
+            for file in &set.file {
+                let package = file.package();
+                for svc in &file.service {
+                    for method in &svc.method {
+                        let path = if package.is_empty() {
+                            format!("/{}/{}", svc.name(), method.name())
+                        } else {
+                            format!("/{package}.{}/{}", svc.name(), method.name())
+                        };
+                        if method.server_streaming() || method.client_streaming() {
+                            m.streaming.insert(path.clone());
+                        }
+                        m.known.insert(path);
+                    }
+                }
+            }
+        }
+        for v in ["v1", "v1alpha"] {
+            let path = format!("/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo");
+            m.streaming.insert(path.clone());
+            m.known.insert(path);
+        }
+        m
+    })
+}
+
+/// The metric and span label of a request path: the path itself when a service of the suite
+/// serves it, [`UNKNOWN_METHOD`] otherwise.
+pub fn method_label(path: &str) -> &str {
+    if methods().known.contains(path) {
+        path
+    } else {
+        UNKNOWN_METHOD
+    }
+}
+
+/// Whether `path` is a streaming method (it then takes a stream slot, see
+/// [`LimitsConfig::max_streams`]).
+pub fn is_streaming(path: &str) -> bool {
+    methods().streaming.contains(path)
+}
+
+/// One open stream: a slot of the total and, for an authenticated caller, of its agency's.
+struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    agency: Option<String>,
+    guard: Arc<GuardInner>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(agency) = &self.agency {
+            let mut map = self
+                .guard
+                .agency_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(agency) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(agency);
+                }
+            }
+        }
+    }
+}
+
+impl GuardInner {
+    /// Takes a stream slot for `agency` (`None`: an unauthenticated public stream).
+    fn open_stream(self: &Arc<Self>, agency: Option<&str>) -> Result<StreamSlot, ApiError> {
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                Reason::ServerOverloaded,
+                "the server is at its limit of open streams; retry with backoff",
+            )
+        })?;
+        if let Some(agency) = agency {
+            let mut map = self
+                .agency_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(agency.to_string()).or_insert(0);
+            if *n >= self.limits.max_streams_per_agency {
+                return Err(ApiError::new(
+                    Reason::TooManyStreams,
+                    format!(
+                        "the agency already holds {} open streams, its limit; close one first",
+                        self.limits.max_streams_per_agency
+                    ),
+                ));
+            }
+            *n += 1;
+        }
+        Ok(StreamSlot {
+            _permit: permit,
+            agency: agency.map(str::to_string),
+            guard: self.clone(),
+        })
+    }
+}
+
+/// Refuses metadata too large to be a real call (see [`MAX_HEADER_BYTES`]).
+fn check_header_size(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .map_or(0, |v| v.len());
+    if auth > MAX_AUTHORIZATION_BYTES {
+        return Err(ApiError::new(
+            Reason::TokenMalformed,
+            format!("the authorization header is larger than {MAX_AUTHORIZATION_BYTES} bytes"),
+        ));
+    }
+    let total: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum();
+    if total > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            Reason::HeadersTooLarge,
+            format!("the request metadata is larger than {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// What tonic answers, without details, when the request body cannot be read as the method's
+/// message: a fault of the client, so INVALID_ARGUMENT / `MALFORMED_MESSAGE` (or
+/// RESOURCE_EXHAUSTED / `MESSAGE_TOO_LARGE`) with `ErrorInfo`, not INTERNAL / OUT_OF_RANGE.
+/// `None` for every other answer (errors the services built carry details already).
+fn client_fault(headers: &http::HeaderMap, limit_bytes: usize) -> Option<ApiError> {
+    let status = Status::from_header_map(headers)?;
+    if !status.details().is_empty() {
+        return None;
+    }
+    let msg = status.message();
+    match status.code() {
+        Code::Internal
+            if [
+                "failed to decode Protobuf message",
+                "Missing request message",
+                "Unexpected EOF decoding stream",
+                "protocol error:",
+                "Error decompressing",
+            ]
+            .iter()
+            .any(|p| msg.starts_with(p)) =>
+        {
+            // prost's messages name the message and field, never the bytes.
+            Some(ApiError::new(
+                Reason::MalformedMessage,
+                format!("the request body is not a valid message of this method: {msg}"),
+            ))
+        }
+        Code::OutOfRange | Code::ResourceExhausted
+            if msg.starts_with("Error, decoded message length too large")
+                || msg.starts_with("Error decompressing: size limit") =>
+        {
+            Some(
+                ApiError::new(
+                    Reason::MessageTooLarge,
+                    format!("the request message is larger than {limit_bytes} bytes"),
+                )
+                .with_metadata("limit_bytes", limit_bytes.to_string()),
+            )
+        }
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Guard {
@@ -209,6 +416,8 @@ impl Guard {
         Self {
             inner: Arc::new(GuardInner {
                 permits: Arc::new(Semaphore::new(limits.max_concurrency)),
+                streams: Arc::new(Semaphore::new(limits.max_streams)),
+                agency_streams: Mutex::new(HashMap::new()),
                 limiter: RateLimiter::new(limits.per_agency_rps, limits.per_agency_burst),
                 verifier,
                 metrics,
@@ -224,14 +433,8 @@ impl Guard {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if let Some(h) = header {
-            let token = h
-                .strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-                .ok_or(AuthError::Malformed("expected a Bearer token"))?;
-            return self
-                .inner
-                .verifier
-                .verify(token.trim(), crate::auth::unix_now());
+            let token = bearer_token(h).ok_or(AuthError::Malformed("expected a Bearer token"))?;
+            return self.inner.verifier.verify(token, crate::auth::unix_now());
         }
         // No token: a client certificate mapped to an agency identifies a peer service.
         if let Some(info) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -252,6 +455,19 @@ impl Guard {
         }
         Err(AuthError::Missing)
     }
+}
+
+/// The token of an `authorization` value `Bearer <token>`. The scheme is matched without
+/// regard to case (RFC 9110 §11.1: `bearer`, `BEARER` are the same scheme; `Bearer` is the
+/// canonical spelling); one or more spaces separate it from the token; nothing else is a
+/// bearer token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
 /// Paths that need no token: health checks and reflection.
@@ -323,12 +539,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
         let path = req.uri().path().to_string();
+        let label = method_label(&path).to_string();
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %path,
+            otel.name = %label,
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.method = %path,
+            rpc.method = %label,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             agency = tracing::field::Empty,
@@ -339,10 +556,11 @@ where
         g.metrics.rpc_in_flight.inc();
         let finisher = Finisher {
             metrics: g.metrics.clone(),
-            method: path.clone(),
+            method: label,
             start,
             span: span.clone(),
             done: false,
+            slot: None,
         };
 
         Box::pin(
@@ -351,6 +569,11 @@ where
                     f.finish(e.code());
                     Ok(e.to_status().into_http::<Body>())
                 };
+                if let Err(e) = check_header_size(req.headers()) {
+                    tracing::info!(reason = e.reason.as_str(), "call refused: {}", e.message);
+                    return refuse(e, finisher);
+                }
+                let mut finisher = finisher;
                 let Ok(permit) = g.permits.clone().try_acquire_owned() else {
                     return refuse(
                         ApiError::new(
@@ -376,12 +599,23 @@ where
                                     finisher,
                                 );
                             }
+                            if is_streaming(&path) {
+                                match g.open_stream(Some(&id.agency)) {
+                                    Ok(slot) => finisher.slot = Some(slot),
+                                    Err(e) => return refuse(e, finisher),
+                                }
+                            }
                             req.extensions_mut().insert(id);
                         }
                         Err(e) => {
                             tracing::info!(reason = e.reason().as_str(), "call refused: {e}");
                             return refuse(ApiError::new(e.reason(), e.to_string()), finisher);
                         }
+                    }
+                } else if is_streaming(&path) {
+                    match g.open_stream(None) {
+                        Ok(slot) => finisher.slot = Some(slot),
+                        Err(e) => return refuse(e, finisher),
                     }
                 }
                 let default = Duration::from_millis(g.limits.request_timeout_ms);
@@ -400,6 +634,10 @@ where
                     }
                 };
                 drop(permit);
+                // A body tonic could not decode is the client's fault (see `client_fault`).
+                if let Some(e) = client_fault(resp.headers(), g.limits.max_message_bytes) {
+                    return refuse(e, finisher);
+                }
                 // An error answered before any message carries its status in the headers.
                 if let Some(code) = header_code(resp.headers()) {
                     let mut f = finisher;
@@ -432,6 +670,8 @@ struct Finisher {
     start: Instant,
     span: tracing::Span,
     done: bool,
+    /// The stream slot a streaming call holds until it ends.
+    slot: Option<StreamSlot>,
 }
 
 impl Finisher {
@@ -440,6 +680,7 @@ impl Finisher {
             return;
         }
         self.done = true;
+        self.slot = None;
         self.metrics.rpc_in_flight.dec();
         self.metrics
             .observe(&self.method, code, self.start.elapsed().as_secs_f64());
@@ -494,6 +735,99 @@ impl http_body::Body for MeteredBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Bytes a client sends first on a plain-text connection: the HTTP/2 preface (24 bytes) and
+/// the header of its SETTINGS frame (9 bytes). Over TLS the ClientHello is longer than this.
+const HANDSHAKE_BYTES: usize = 24 + 9;
+
+/// A connection that must deliver its first [`HANDSHAKE_BYTES`] within a deadline, else reads
+/// fail with `TimedOut` and the connection is closed: hyper has no header-read timeout for
+/// HTTP/2, and its keep-alive pings start only after the preface, so a client trickling the
+/// preface would otherwise hold a connection for ever.
+pub struct HandshakeDeadline {
+    io: tokio::net::TcpStream,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    missing: usize,
+}
+
+impl HandshakeDeadline {
+    /// Wraps an accepted connection; the clock starts now.
+    pub fn new(io: tokio::net::TcpStream, within: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            missing: HANDSHAKE_BYTES,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for HandshakeDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(deadline) = this.deadline.as_mut() {
+            if let Poll::Ready(Ok(())) = &polled {
+                this.missing = this
+                    .missing
+                    .saturating_sub(buf.filled().len().saturating_sub(before));
+                if this.missing == 0 {
+                    this.deadline = None;
+                    return polled;
+                }
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not send the HTTP/2 preface in time",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for HandshakeDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for HandshakeDeadline {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
@@ -636,21 +970,23 @@ impl ServerBuilder {
         let addr = listener.local_addr()?;
         let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
         if let Some(tls) = tls {
             server = server
                 .tls_config(tls)
                 .map_err(|e| ServeError::Tls(e.to_string()))?;
         }
         let shutdown = trigger.subscribe();
+        let handshake = Duration::from_millis(guard.inner.limits.handshake_timeout_ms);
         // Small gRPC frames must not wait for Nagle's algorithm (a ~40 ms stall per call
         // against delayed ACKs): every accepted connection gets TCP_NODELAY.
         let incoming = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |conn| {
+            move |conn| {
                 conn.and_then(|s| {
                     s.set_nodelay(true)?;
-                    Ok(s)
+                    Ok(HandshakeDeadline::new(s, handshake))
                 })
             },
         );
@@ -658,6 +994,7 @@ impl ServerBuilder {
         let in_process = in_process.map(|listener| {
             // No TLS in-process: nothing leaves the process. Same routes, same guard.
             let router = tonic::transport::Server::builder()
+                .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
                 .layer(GuardLayer(guard.clone()))
                 .add_routes(routes.clone());
             let (local_trigger, local_shutdown) = shutdown_pair();
@@ -764,6 +1101,118 @@ mod tests {
         assert!(
             l.take("a", t0 + Duration::from_millis(150)).is_ok(),
             "refilled"
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_nothing_else() {
+        assert_eq!(bearer_token("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer   abc  "), Some("abc"));
+        for bad in [
+            "Basic abc",
+            "Bearerabc",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "abc",
+            "",
+        ] {
+            assert_eq!(bearer_token(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn methods_come_from_the_contracts() {
+        let watch = "/fengqiao.router.v1.TransferService/WatchTransfers";
+        assert_eq!(method_label(watch), watch);
+        assert!(is_streaming(watch));
+        let get = "/fengqiao.router.v1.TransferService/GetTransfer";
+        assert_eq!(method_label(get), get);
+        assert!(!is_streaming(get));
+        assert!(is_streaming(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        for made_up in [
+            "/fengqiao.router.v1.TransferService/Nope",
+            "/x.Y/Z",
+            "/",
+            "/fengqiao.router.v1.TransferService/GetTransfer/extra",
+        ] {
+            assert_eq!(method_label(made_up), UNKNOWN_METHOD, "{made_up}");
+        }
+    }
+
+    fn trailers_only(status: Status) -> http::HeaderMap {
+        status.into_http::<Body>().headers().clone()
+    }
+
+    #[test]
+    fn undecodable_bodies_are_the_clients_fault() {
+        let decode = <prost_types::Timestamp as prost::Message>::decode(
+            &[0x0a, 0x04, 0xff, 0xfe, 0xc3, 0x28][..],
+        )
+        .expect_err("a string where an int64 belongs");
+        let e = client_fault(&trailers_only(Status::internal(format!("{decode}"))), 4096)
+            .expect("mapped");
+        assert_eq!(e.reason, Reason::MalformedMessage);
+        assert_eq!(e.to_status().code(), Code::InvalidArgument);
+        for m in [
+            "Missing request message.",
+            "Unexpected EOF decoding stream.",
+        ] {
+            let e = client_fault(&trailers_only(Status::internal(m)), 4096).expect(m);
+            assert_eq!(e.reason, Reason::MalformedMessage);
+        }
+        let big = Status::out_of_range(
+            "Error, decoded message length too large: found 5000 bytes, the limit is: 4096 bytes",
+        );
+        let e = client_fault(&trailers_only(big), 4096).expect("mapped");
+        assert_eq!(e.reason, Reason::MessageTooLarge);
+        assert_eq!(e.to_status().code(), Code::ResourceExhausted);
+        assert_eq!(
+            e.metadata.get("limit_bytes").map(String::as_str),
+            Some("4096")
+        );
+        // A server fault stays one, and errors the services built are left alone.
+        assert!(client_fault(&trailers_only(Status::internal("poisoned")), 4096).is_none());
+        let built = ApiError::internal(&"failed to decode Protobuf message: stored row");
+        assert!(client_fault(&trailers_only(built.to_status()), 4096).is_none());
+        assert!(client_fault(&http::HeaderMap::new(), 4096).is_none());
+    }
+
+    #[test]
+    fn oversized_metadata_is_refused() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer abc"),
+        );
+        assert!(check_header_size(&h).is_ok());
+        let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_BYTES));
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&long).expect("value"),
+        );
+        assert_eq!(
+            check_header_size(&h).err().map(|e| e.reason),
+            Some(Reason::TokenMalformed)
+        );
+        let mut h = http::HeaderMap::new();
+        for i in 0..4 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-pad-{i}").as_bytes()).expect("name"),
+                http::HeaderValue::from_str(&"p".repeat(MAX_HEADER_BYTES / 4)).expect("value"),
+            );
+        }
+        assert_eq!(
+            check_header_size(&h).err().map(|e| e.reason),
+            Some(Reason::HeadersTooLarge)
         );
     }
 

@@ -86,6 +86,75 @@ pub fn request_id(id: &str) -> Result<(), FieldViolation> {
     Ok(())
 }
 
+/// Most values a repeated field of a request may hold unless a method documents its own cap
+/// (filters such as `states`, `group_by`): beyond it the whole field is refused at once, so
+/// validating one request stays cheap.
+pub const MAX_REPEATED: usize = 100;
+
+/// Checks that the repeated field `field` holds at most `max` values.
+pub fn max_items(field: &str, len: usize, max: usize) -> Result<(), FieldViolation> {
+    if len > max {
+        Err(FieldViolation::new(
+            field,
+            format!("must hold at most {max} values"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A closed enum value of a request: a value the contract does not define is refused on
+/// `field` (proto3 keeps unknown numbers, so `direction = 99` decodes without error).
+pub fn enum_value<T: TryFrom<i32>>(field: &str, value: i32) -> Result<T, FieldViolation> {
+    T::try_from(value).map_err(|_| FieldViolation::new(field, "is not a known value"))
+}
+
+/// Checks every value of a repeated enum field (at most `max` values), naming the first bad
+/// one as `field[i]`.
+pub fn enum_values<T: TryFrom<i32>>(
+    field: &str,
+    values: &[i32],
+    max: usize,
+) -> Result<Vec<T>, FieldViolation> {
+    max_items(field, values.len(), max)?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| enum_value(&format!("{field}[{i}]"), *v))
+        .collect()
+}
+
+/// Checks a free-text filter or identifier: at most `max_len` bytes and no control characters
+/// (C0, DEL, C1), which no identifier or filter of the contracts contains.
+pub fn plain_text(field: &str, value: &str, max_len: usize) -> Result<(), FieldViolation> {
+    if value.len() > max_len {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max_len} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a UUID in its canonical hyphenated text form (case ids, request ids of peers).
+pub fn uuid(field: &str, value: &str) -> Result<(), FieldViolation> {
+    let ok = value.len() == 36 && uuid::Uuid::try_parse(value).is_ok();
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(
+            field,
+            "must be a UUID (8-4-4-4-12 hexadecimal digits)",
+        ))
+    }
+}
+
 /// Page size: 0 means the default; larger than the maximum is clamped; negative is refused.
 pub fn page_size(size: i32) -> Result<u32, FieldViolation> {
     match size {
@@ -200,6 +269,42 @@ mod tests {
         assert_eq!(page_size(0).ok(), Some(DEFAULT_PAGE_SIZE));
         assert_eq!(page_size(10_000).ok(), Some(MAX_PAGE_SIZE));
         assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn enums_repeated_text_and_uuids() {
+        use fengqiao_proto::common::AgencyKind;
+        assert!(enum_value::<AgencyKind>("kind", 1).is_ok());
+        for bad in [99, 999, -1] {
+            let e = enum_value::<AgencyKind>("kind", bad).err().map(|e| e.field);
+            assert_eq!(e.as_deref(), Some("kind"), "{bad}");
+        }
+        assert_eq!(
+            enum_values::<AgencyKind>("kinds", &[1, 2, 999], 10)
+                .err()
+                .map(|e| e.field)
+                .as_deref(),
+            Some("kinds[2]")
+        );
+        assert_eq!(
+            enum_values::<AgencyKind>("kinds", &[1; 11], 10)
+                .err()
+                .map(|e| e.field)
+                .as_deref(),
+            Some("kinds")
+        );
+        assert!(enum_values::<AgencyKind>("kinds", &[1, 2], 10).is_ok());
+        assert!(max_items("f", 100, MAX_REPEATED).is_ok());
+        assert!(max_items("f", 101, MAX_REPEATED).is_err());
+        assert!(plain_text("q", "西岗-110", 64).is_ok());
+        assert!(plain_text("q", "a\u{0}b", 64).is_err());
+        assert!(plain_text("q", "a\nb", 64).is_err());
+        assert!(plain_text("q", "a\u{85}b", 64).is_err(), "C1 control");
+        assert!(plain_text("q", &"a".repeat(65), 64).is_err());
+        assert!(uuid("case_id", "0b6f7c1e-0000-4000-8000-000000000000").is_ok());
+        assert!(uuid("case_id", "0b6f7c1e000040008000000000000000").is_err());
+        assert!(uuid("case_id", "not-a-uuid").is_err());
+        assert!(uuid("case_id", "").is_err());
     }
 
     #[test]

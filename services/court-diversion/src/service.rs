@@ -526,6 +526,7 @@ impl CourtDiversion {
             sql.push_str(&clause.replace('?', &format!("${}", params.len())));
         };
         if !req.states.is_empty() {
+            fengqiao_kit::validate::enum_values::<S>("states", &req.states, 32)?;
             let list: Vec<String> = req
                 .states
                 .iter()

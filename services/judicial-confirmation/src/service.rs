@@ -161,7 +161,8 @@ impl JudicialConfirmation {
                 Some((t, id))
             }
         };
-        let states: Vec<ApplicationState> = req.states().collect();
+        // Checked, not filtered: `states()` would drop unknown values and so list everything.
+        let states: Vec<ApplicationState> = validate::enum_values("states", &req.states, 32)?;
         let mut tx = self.store.read().await?;
         let rows = db::list(
             &mut tx,

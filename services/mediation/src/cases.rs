@@ -814,7 +814,8 @@ impl Cases {
         let idem = Idem::new(who, "AssignMediator", &m.request_id, m)?;
         if m.assignee.is_none() {
             return Err(
-                FieldViolation::new("assignee", "mediator or automatic is required").into(),
+                // `assignee` is a oneof, not a field: name the field to set.
+                FieldViolation::new("mediator", "is required (or automatic)").into(),
             );
         }
         if let Some(Assignee::Mediator(name)) = &m.assignee {
@@ -865,7 +866,9 @@ impl Cases {
                 let (med, why) = auto_assign(&l.case, &roster, crit)?;
                 (med, AssignmentMethod::Automatic, why)
             }
-            None => return Err(FieldViolation::new("assignee", "is required").into()),
+            None => {
+                return Err(FieldViolation::new("mediator", "is required (or automatic)").into());
+            }
         };
         self.commit(
             who,

@@ -931,6 +931,7 @@ impl PoliceReferral {
             sql.push_str(&clause.replace('?', &format!("${}", params.len())));
         };
         if !req.states.is_empty() {
+            fengqiao_kit::validate::enum_values::<ReferralState>("states", &req.states, 32)?;
             let list: Vec<String> = req
                 .states
                 .iter()
@@ -1262,6 +1263,7 @@ impl PoliceReferral {
             sql.push_str(&format!(" AND t.referral_id = ${}", params.len()));
         }
         if !req.states.is_empty() {
+            fengqiao_kit::validate::enum_values::<InvestigationState>("states", &req.states, 32)?;
             let list: Vec<String> = req
                 .states
                 .iter()

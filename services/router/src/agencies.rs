@@ -250,6 +250,7 @@ impl Agencies {
         let mut sql = format!("SELECT {COLUMNS} FROM agencies WHERE id > $1");
         let mut binds: Vec<String> = vec![after.unwrap_or_default()];
         if req.kind != 0 {
+            validate::enum_value::<AgencyKind>("kind", req.kind)?;
             binds.push(req.kind.to_string());
             sql.push_str(&format!(" AND CAST(kind AS TEXT) = ${}", binds.len()));
         }

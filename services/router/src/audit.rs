@@ -55,7 +55,7 @@ use tonic::{Request, Response, Status};
 
 pub use crate::agencies::ROLE_PLATFORM_ADMIN;
 use crate::error::{Error, Result};
-use crate::time::{from_timestamp, to_timestamp};
+use crate::time::to_timestamp;
 
 /// Role allowed to read and verify the audit trail (besides [`ROLE_PLATFORM_ADMIN`]).
 pub const ROLE_AUDITOR: &str = "auditor";
@@ -567,6 +567,10 @@ fn short_filter(field: &str, value: &str, max: usize) -> Result<()> {
     if value.chars().count() > max {
         return Err(FieldViolation::new(field, format!("must be at most {max} characters")).into());
     }
+    // No actor, action or resource name holds a control character.
+    if value.chars().any(char::is_control) {
+        return Err(FieldViolation::new(field, "must not contain control characters").into());
+    }
     Ok(())
 }
 
@@ -704,11 +708,16 @@ impl Audit {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(t) = &req.start_time {
-            add(&mut binds, "recorded_at >=", Bind::Int(from_timestamp(t)));
-        }
-        if let Some(t) = &req.end_time {
-            add(&mut binds, "recorded_at <", Bind::Int(from_timestamp(t)));
+        for (field, column, t) in [
+            ("start_time", "recorded_at >=", &req.start_time),
+            ("end_time", "recorded_at <", &req.end_time),
+        ] {
+            if let Some(t) = t {
+                match fengqiao_kit::time::parse_timestamp(field, t) {
+                    Ok(t) => add(&mut binds, column, Bind::Int(t)),
+                    Err(v) => violations.push(v),
+                }
+            }
         }
         if !violations.is_empty() {
             return Err(Error::Invalid(violations));

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::time::{from_timestamp, to_timestamp};
+use crate::time::to_timestamp;
 
 /// Role that sees statistics over all transfers (统计人员).
 pub const ROLE_STATISTICIAN: &str = "statistician";
@@ -81,16 +81,26 @@ fn enum_field<T: TryFrom<i32>>(field: &str, value: i32, v: &mut Vec<FieldViolati
     }
 }
 
+/// Dimensions a statistics request can group by (`StatisticsDimension` without UNSPECIFIED).
+const MAX_GROUP_BY: usize = 7;
+
 fn validate_request(req: &GetTransferStatisticsRequest) -> Result<Query> {
     let mut v = Vec::new();
-    let start = req.start_time.as_ref().map(from_timestamp);
-    let end = req.end_time.as_ref().map(from_timestamp);
-    if start.is_none() {
-        v.push(FieldViolation::new("start_time", "is required"));
-    }
-    if end.is_none() {
-        v.push(FieldViolation::new("end_time", "is required"));
-    }
+    let mut time = |field: &str, t: Option<&prost_types::Timestamp>| match t {
+        None => {
+            v.push(FieldViolation::new(field, "is required"));
+            None
+        }
+        Some(t) => match fengqiao_kit::time::parse_timestamp(field, t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.push(e);
+                None
+            }
+        },
+    };
+    let start = time("start_time", req.start_time.as_ref());
+    let end = time("end_time", req.end_time.as_ref());
     if let (Some(s), Some(e)) = (start, end) {
         if e <= s {
             v.push(FieldViolation::new("end_time", "must be after start_time"));
@@ -102,6 +112,11 @@ fn validate_request(req: &GetTransferStatisticsRequest) -> Result<Query> {
         }
     }
     let mut group_by = Vec::new();
+    // Each dimension at most once: more values than dimensions is refused as a whole, before
+    // any value is looked at (a request with 250 000 values answers one violation).
+    if let Err(e) = validate::max_items("group_by", req.group_by.len(), MAX_GROUP_BY) {
+        return Err(Error::Invalid(vec![e]));
+    }
     for (i, d) in req.group_by.iter().enumerate() {
         let field = format!("group_by[{i}]");
         match enum_field::<StatisticsDimension>(&field, *d, &mut v) {

@@ -172,6 +172,17 @@ impl Loaded {
     }
 }
 
+/// The request field that names the transfer a method acts on, for its `BadRequest`:
+/// `transfer.name` in `UpdateTransfer`, `parent` in `RequestInvestigation`, `name` (the
+/// investigation's, whose transfer part is checked) in `AnswerInvestigation` and the others.
+fn name_field(method: &str) -> &'static str {
+    match method {
+        "UpdateTransfer" => "transfer.name",
+        "RequestInvestigation" => "parent",
+        _ => "name",
+    }
+}
+
 /// Parses `transfers/{uuid}`.
 fn transfer_id(field: &str, name: &str) -> Result<String> {
     Ok(validate::parse_name(field, "transfers", name)?.to_string())
@@ -1134,7 +1145,7 @@ impl Transfers {
         Resp: prost::Message + Default + Clone + 'static,
         F: Fn(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
     {
-        let id = transfer_id("name", name)?;
+        let id = transfer_id(name_field(method), name)?;
         let mut attempt = 0;
         loop {
             attempt += 1;

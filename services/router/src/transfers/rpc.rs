@@ -21,7 +21,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::Action;
-use crate::time::{from_timestamp, to_timestamp};
+use crate::time::to_timestamp;
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 type WatchStream = Pin<
@@ -98,22 +98,15 @@ impl Transfers {
             format!("${}", binds.len())
         };
         let p = push(&mut binds, Bind::Text(me.clone()));
-        let sides: &[&str] = match TransferDirection::try_from(req.direction)
-            .unwrap_or(TransferDirection::Unspecified)
-        {
+        let sides: &[&str] = match validate::enum_value("direction", req.direction)? {
             TransferDirection::Outgoing => &["from_agency"],
             TransferDirection::Incoming => &["to_agency"],
             TransferDirection::Unspecified => &["from_agency", "to_agency", "approver_agency"],
         };
         if !req.states.is_empty() {
+            // At most one entry per state; each a state the contract defines.
+            validate::enum_values::<TransferState>("states", &req.states, 32)?;
             let list: Vec<String> = req.states.iter().map(|s| s.to_string()).collect();
-            if req
-                .states
-                .iter()
-                .any(|s| TransferState::try_from(*s).is_err())
-            {
-                return Err(FieldViolation::new("states", "unknown state").into());
-            }
             sql.push_str(&format!(" AND state IN ({})", list.join(",")));
         }
         if !req.route.is_empty() {
@@ -127,15 +120,18 @@ impl Transfers {
             sql.push_str(&format!(" AND (from_agency = {p} OR to_agency = {p})"));
         }
         if !req.case_id.is_empty() {
+            validate::uuid("case_id", &req.case_id)?;
             let p = push(&mut binds, Bind::Text(req.case_id.clone()));
             sql.push_str(&format!(" AND case_id = {p}"));
         }
         if let Some(t) = &req.create_time_start {
-            let p = push(&mut binds, Bind::Int(from_timestamp(t)));
+            let t = fengqiao_kit::time::parse_timestamp("create_time_start", t)?;
+            let p = push(&mut binds, Bind::Int(t));
             sql.push_str(&format!(" AND create_time >= {p}"));
         }
         if let Some(t) = &req.create_time_end {
-            let p = push(&mut binds, Bind::Int(from_timestamp(t)));
+            let t = fengqiao_kit::time::parse_timestamp("create_time_end", t)?;
+            let p = push(&mut binds, Bind::Int(t));
             sql.push_str(&format!(" AND create_time < {p}"));
         }
         let now = self.store().now_micros_pool().await?;
