@@ -37,6 +37,7 @@
 //! Case numbers are taken with one atomic upsert of the counter row.
 
 mod cases;
+pub mod confirmation;
 mod error;
 mod inbox;
 pub mod lifecycle;
@@ -116,6 +117,8 @@ impl fengqiao_kit::inbox::InboxHandler for Inbox {
         &[
             ("police-to-station-mediation", RecipientSide::Receiver),
             ("court-to-invited-mediation", RecipientSide::Receiver),
+            // The committee's applications for judicial confirmation (司法确认).
+            (confirmation::ROUTE, RecipientSide::Sender),
         ]
     }
 
@@ -311,6 +314,14 @@ impl MediationService for Mediation {
     ) -> Result<Response<RecordFollowUpResponse>, Status> {
         let id = who(&req)?;
         reply(self.cases.record_follow_up(&id, &req).await)
+    }
+
+    async fn apply_for_confirmation(
+        &self,
+        req: Request<ApplyForConfirmationRequest>,
+    ) -> Result<Response<ApplyForConfirmationResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.apply_for_confirmation(&id, &req).await)
     }
 
     async fn get_case_file(
