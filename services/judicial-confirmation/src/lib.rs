@@ -27,6 +27,7 @@
 
 pub mod application;
 pub mod lifecycle;
+pub mod routed;
 pub mod rules;
 mod service;
 pub mod store;

@@ -70,6 +70,7 @@ fn intake(transfer: &str, days_ago: i64) -> Intake {
             item(K::IdentityProof, "p2"),
             item(K::ServiceAddress, "p2"),
         ],
+        submitted_at: 0,
     }
 }
 
