@@ -807,7 +807,6 @@ suite_test!(
                 name: a.name.clone(),
                 etag: String::new(),
                 request_id: rid(),
-                ..Default::default()
             })
             .await
             .expect("withdrawn")

@@ -122,7 +122,7 @@ impl JudicialConfirmation {
     }
 
     /// Takes in an application for `court` (the domain checks of [`app::receive`]) and
-    /// stores it; the entry point of the router inbox once built. Returns the stored
+    /// stores it; the router inbox's entry point. Returns the stored
     /// application (the existing one for a transfer already taken in).
     pub async fn take_in(
         &self,

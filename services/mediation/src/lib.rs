@@ -24,6 +24,12 @@
 //! | `EscalateCase`                         | ESCALATED         | EscalateTransfer → ESCALATED    |
 //! | transfer withdrawn / expired unanswered| WITHDRAWN / EXPIRED | —                             |
 //!
+//! **Judicial confirmation** (司法确认, [`confirmation`]): on a case with an effective
+//! agreement, `ApplyForConfirmation` sends the parties' joint application to the competent
+//! court on its own transfer (`mediation-to-court-confirmation`, this service the SENDER);
+//! the court's acceptance, non-acceptance and ruling come back in the router's messages and
+//! show on the case's `confirmation`.
+//!
 //! **One truth** (issue #9): the router is the source of truth of the transfer; a case is
 //! reconciled from the router's messages. A call the sender must know of calls the router
 //! first (request id derived only from the method, the case and the client's `request_id`)
