@@ -930,3 +930,50 @@ suite_test!(
         assert_eq!(t.state, TransferState::FeedbackSubmitted as i32);
     }
 );
+
+// Withdrawal before acceptance (撤回申请, RECEIVED): recorded by the court; the transfer is not
+// accepted, so nothing goes back on it — the committee withdraws its transfer on the router
+// and its case shows the application WITHDRAWN; the parties may apply again.
+suite_test!(
+    withdrawn_before_acceptance_the_committee_withdraws_its_transfer,
+    |suite| async move {
+        mediation_roster(&suite).await;
+        let m = agreement(&suite, 7).await;
+        let sent = apply(&suite, &m).await;
+        let a = received(&suite, &m.case_id).await;
+        let w = clerk(&suite)
+            .withdraw_application(jc::WithdrawApplicationRequest {
+                name: a.name.clone(),
+                etag: String::new(),
+                request_id: rid(),
+            })
+            .await
+            .expect("withdrawn")
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(w.state, jc::ApplicationState::Withdrawn as i32);
+        let t = &confirmation_transfers(&suite, &m.case_id).await[0];
+        assert_eq!(
+            t.state,
+            TransferState::Delivered as i32,
+            "not on the router"
+        );
+        let transfer = sent.confirmation.expect("confirmation").transfer;
+        committee_router(&suite)
+            .withdraw_transfer(fengqiao_proto::router::WithdrawTransferRequest {
+                name: transfer,
+                reason: "当事人撤回司法确认申请".into(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("the committee withdraws its transfer");
+        committee_sees(&suite, &m.name, P::Withdrawn).await;
+        let again = apply(&suite, &m).await;
+        assert_eq!(
+            again.confirmation.map(|c| c.progress),
+            Some(P::Submitted as i32)
+        );
+    }
+);
