@@ -977,3 +977,79 @@ suite_test!(
         );
     }
 );
+
+// An application the court's intake refuses (here one party alone, sent on the router
+// directly, past the committee's own check) is not taken in: the court's system declines the
+// transfer with the route's reason `not_joint_application` (人民调解法 Art 33).
+suite_test!(
+    an_offer_the_court_refuses_is_declined_with_the_routes_reason,
+    |suite| async move {
+        let case_id = rid();
+        let mut pkg = application(
+            &md::MediationCase {
+                name: "cases/none".into(),
+                ..Default::default()
+            },
+            &["p1"],
+        );
+        let snapshot = fengqiao_proto::router::CaseSnapshot {
+            case_id: case_id.clone(),
+            category: DisputeCategory::Neighbourhood as i32,
+            summary: "司法确认申请：相邻关系纠纷".into(),
+            parties: vec![
+                party("p1", PartyRole::Applicant, "王某"),
+                party("p2", PartyRole::Respondent, "赵某"),
+            ],
+            region_code: "210203".into(),
+            confirmation: Some(fengqiao_proto::router::ConfirmationPackage {
+                agreement: Some(doc("调解协议书")),
+                agreement_effective_time: Some(fengqiao_kit::time::to_timestamp(
+                    now_micros() - DAY,
+                )),
+                agreement_party_ids: vec!["p1".into(), "p2".into()],
+                applicant_party_ids: std::mem::take(&mut pkg.applicant_party_ids),
+                committee_court: format!("agencies/{COURT}"),
+                items: std::mem::take(&mut pkg.items),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = committee_router(&suite)
+            .create_transfer(fengqiao_proto::router::CreateTransferRequest {
+                transfer: Some(Transfer {
+                    route: ROUTE.into(),
+                    to_agency: Some(fengqiao_proto::common::AgencyRef {
+                        name: format!("agencies/{COURT}"),
+                        ..Default::default()
+                    }),
+                    case_snapshot: Some(snapshot),
+                    ..Default::default()
+                }),
+                request_id: rid(),
+                submit: true,
+            })
+            .await
+            .expect("created on the router")
+            .into_inner()
+            .transfer
+            .expect("transfer");
+        let declined = until("the court's system declines the offer", || async {
+            confirmation_transfers(&suite, &case_id)
+                .await
+                .into_iter()
+                .find(|x| x.name == t.name && x.state == TransferState::Declined as i32)
+        })
+        .await;
+        assert_eq!(
+            declined.decline.map(|d| d.reason_code),
+            Some("not_joint_application".to_string())
+        );
+        let apps = judge(&suite)
+            .list_applications(jc::ListApplicationsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .applications;
+        assert!(apps.iter().all(|a| a.case_id != case_id), "not taken in");
+    }
+);

@@ -95,6 +95,20 @@ pub fn router_call(before: S, after: &ConfirmationApplication) -> Option<RouterC
     }
 }
 
+/// The route's decline reason for an offer the court's intake checks refuse, when the court's
+/// system declines it by itself: one party alone or out of time → `not_joint_application`
+/// (人民调解法 Art 33; 民事诉讼法 Art 205), not the competent court → `not_competent_court`
+/// (民诉法解释 Art 355; 法释〔2011〕5号 Art 2). Anything else (an incomplete package) waits
+/// for the court.
+pub fn decline_for_refusal(reason: fengqiao_kit::Reason) -> Option<&'static str> {
+    use fengqiao_kit::Reason as R;
+    match reason {
+        R::NotJointApplication | R::ApplicationPeriodLapsed => Some("not_joint_application"),
+        R::WrongCourt => Some("not_competent_court"),
+        _ => None,
+    }
+}
+
 /// The application the committee's offered transfer carries, or `None` when the transfer
 /// has no confirmation package. The submission time is the router's creation time of the
 /// transfer (the committee's submission; 人民调解法 Art 33 counts to it).
@@ -211,6 +225,29 @@ mod tests {
             (S::Dismissed, S::Dismissed),
         ] {
             assert_eq!(router_call(before, &app(after)), None, "{before:?}");
+        }
+    }
+
+    #[test]
+    fn refused_intakes_are_declined_with_the_routes_reasons() {
+        use fengqiao_kit::Reason as R;
+        assert_eq!(
+            decline_for_refusal(R::NotJointApplication),
+            Some("not_joint_application")
+        );
+        assert_eq!(
+            decline_for_refusal(R::ApplicationPeriodLapsed),
+            Some("not_joint_application")
+        );
+        assert_eq!(
+            decline_for_refusal(R::WrongCourt),
+            Some("not_competent_court")
+        );
+        assert_eq!(decline_for_refusal(R::NotBuilt), None);
+        // Every code is a decline reason of the route (民诉法解释 Art 355).
+        for r in [R::NotJointApplication, R::WrongCourt] {
+            let code = decline_for_refusal(r).unwrap_or_default();
+            assert!(rules::not_accepted_ground("g", code).is_ok(), "{code}");
         }
     }
 

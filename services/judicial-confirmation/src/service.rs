@@ -36,7 +36,18 @@ use crate::{ApplicationSummary, Tally, rules};
 pub struct JudicialConfirmation {
     store: Store,
     router: Option<tonic::transport::Channel>,
+    signer: Option<std::sync::Arc<Signer>>,
 }
+
+/// The key the service signs its own router calls with (declining an offer its intake
+/// checks refuse acts for the court, not for a caller).
+struct Signer {
+    key: fengqiao_kit::auth::SigningKey,
+    issuer: String,
+}
+
+/// Actor id of the service when it acts for the court itself.
+pub const SYSTEM_ACTOR: &str = "judicial-confirmation";
 
 /// The metadata of the caller's request, kept to forward its token to the router.
 type Caller = tonic::metadata::MetadataMap;
@@ -96,6 +107,60 @@ impl JudicialConfirmation {
         Self {
             store,
             router: None,
+            signer: None,
+        }
+    }
+
+    /// Lets the service act for the court itself, signing its router calls with `key` for
+    /// `issuer`: an offer its intake checks refuse (one party alone, out of time, not the
+    /// competent court) is declined on the router with the route's reason
+    /// ([`routed::decline_for_refusal`]). Without a key it stays offered for the court.
+    pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
+        self.signer = Some(std::sync::Arc::new(Signer {
+            key,
+            issuer: issuer.to_string(),
+        }));
+        self
+    }
+
+    /// Declines `transfer` for `court` as the court's system with the route's `code`; the
+    /// request id is derived from the transfer, so a redelivered offer makes the same call.
+    async fn decline_as_system(
+        &self,
+        court: &str,
+        transfer: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let (Some(signer), Some(router)) = (self.signer.as_ref(), self.router.as_ref()) else {
+            return Ok(());
+        };
+        let token = signer.key.sign(&fengqiao_kit::auth::claims(
+            &signer.issuer,
+            court,
+            SYSTEM_ACTOR,
+            &[rules::JUDGE_ROLE],
+            300,
+        ));
+        let mut request = Request::new(rt::DeclineTransferRequest {
+            name: transfer.to_string(),
+            etag: String::new(),
+            reason_code: code.to_string(),
+            reason: reason.to_string(),
+            request_id: router_rid("DeclineOffer", transfer, "intake"),
+        });
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Internal("token is not a header value".into()))?;
+        request.metadata_mut().insert("authorization", bearer);
+        match TransferServiceClient::new(router.clone())
+            .decline_transfer(request)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already declined (or withdrawn meanwhile): nothing to do.
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => Ok(()),
+            Err(e) => Err(Error::Upstream(Box::new(e), &[])),
         }
     }
 
@@ -688,10 +753,31 @@ impl Inbox {
             Ok(_) => Ok(DeliverResponse { duplicate: false }),
             // An application the court's intake checks refuse (one party alone, day 31, not
             // the competent court, an incomplete package) is not taken in; the committee's
-            // sender side refuses the same before sending. The transfer stays offered for the
-            // court to decline (not automated: see the README).
+            // sender side refuses the same before sending. With the service key the court's
+            // system declines it with the route's reason; an incomplete package (or no key)
+            // stays offered for the court.
             Err(e @ (Error::Refused(..) | Error::Invalid(_))) => {
                 tracing::warn!(transfer = %intake.transfer, error = %e, "application not taken in");
+                if let Error::Refused(reason, message) = &e
+                    && let Some(code) = routed::decline_for_refusal(*reason)
+                {
+                    // After this delivery is answered: the router is not called from inside
+                    // its own push.
+                    let (svc, court, transfer, message) = (
+                        self.svc.clone(),
+                        envelope.to_agency.clone(),
+                        intake.transfer.clone(),
+                        message.clone(),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = svc
+                            .decline_as_system(&court, &transfer, code, &message)
+                            .await
+                        {
+                            tracing::warn!(transfer = %transfer, error = %e, "refused offer not declined on the router");
+                        }
+                    });
+                }
                 Ok(DeliverResponse { duplicate: false })
             }
             Err(e) => Err(e),
