@@ -585,6 +585,28 @@ suite_test!(
             .expect_err("not the court");
         assert_eq!(e.code(), Code::NotFound);
 
+        // Another committee: the case and its application are NOT_FOUND to it.
+        let mut centre = MediationServiceClient::with_interceptor(
+            suite.channel(),
+            suite.caller(
+                "xigang-jinyaoshi-mediation-centre",
+                "centre-head",
+                &["mediation_admin", "mediator"],
+            ),
+        );
+        let e = centre
+            .apply_for_confirmation(application(&m, &["p1", "p2"]))
+            .await
+            .expect_err("not its case");
+        assert_eq!(e.code(), Code::NotFound);
+        let e = centre
+            .get_case(md::GetCaseRequest {
+                name: m.name.clone(),
+            })
+            .await
+            .expect_err("not its case");
+        assert_eq!(e.code(), Code::NotFound);
+
         accept(&suite, &a, 1).await;
         let s = committee_sees(&suite, &m.name, P::Accepted).await;
         assert_eq!(s.confirmation_number, "(2026)辽0203民特调确1号");
