@@ -374,10 +374,19 @@ impl Suite {
                     court = Some(svc);
                 }
                 ServiceName::JudicialConfirmation => {
-                    // No router inbox yet: applications over `mediation-to-court-confirmation`
-                    // are not taken in (see services/judicial-confirmation/README.md).
-                    fengqiao_judicial_confirmation::JudicialConfirmation::new(store.clone())
-                        .add_to(&mut builder, max);
+                    // The court's inbox for `mediation-to-court-confirmation`; its acts are
+                    // reflected on the committee's transfers.
+                    let mut svc =
+                        fengqiao_judicial_confirmation::JudicialConfirmation::new(store.clone())
+                            .with_router(router_channel(config, local.as_ref())?);
+                    // With the service key it declines an offer its intake checks refuse.
+                    if let Some(path) = &config.auth.service_key_file {
+                        svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
+                    }
+                    svc.add_to(&mut builder, max);
+                    inbox
+                        .add(svc.inbox_handler())
+                        .map_err(|e| SuiteError::Config(e.to_string()))?;
                 }
             }
         }

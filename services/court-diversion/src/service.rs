@@ -753,6 +753,8 @@ impl CourtDiversion {
             occurred_at: None,
             location: None,
             amount_in_dispute: None,
+            // Only the committee's 司法确认 applications carry a package.
+            confirmation: None,
         };
         let create = fengqiao_proto::router::CreateTransferRequest {
             transfer: Some(Transfer {

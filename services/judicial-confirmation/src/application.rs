@@ -43,6 +43,10 @@ pub struct Intake {
     pub agreement_effective_at: i64,
     /// The Art 3 package.
     pub package: Vec<PackageItem>,
+    /// When the committee submitted the application (unix µs; the router's time of the
+    /// transfer): the 30-day period of 人民调解法 Art 33 is counted to here, not to the
+    /// court's receipt. 0: at receipt.
+    pub submitted_at: i64,
 }
 
 /// An application with its running clocks (the clocks are kept beside the protobuf, which
@@ -115,7 +119,13 @@ pub fn receive(
     let ids: Vec<&str> = intake.parties.iter().map(|p| p.party_id.as_str()).collect();
     let applicants: Vec<&str> = intake.applicants.iter().map(String::as_str).collect();
     rules::check_joint(&ids, &applicants)?;
-    rules::check_application_period(intake.agreement_effective_at, now, cal)?;
+    // 人民调解法 Art 33: the committee's submission decides, not the court's receipt.
+    let applied_at = if intake.submitted_at > 0 {
+        intake.submitted_at
+    } else {
+        now
+    };
+    rules::check_application_period(intake.agreement_effective_at, applied_at, cal)?;
     rules::check_court(
         court,
         &intake.committee_court,

@@ -4,8 +4,11 @@
 //!
 //! This crate holds the pure domain: the lifecycle as a transition table ([`lifecycle`]),
 //! the rules, grounds and clocks as data and plain functions citing their articles
-//! ([`rules`]) and the statistics tally ([`Tally`]). The store, the gRPC handlers, the router
-//! inbox and the mediation service's sender side are not built yet (see the README).
+//! ([`rules`]) and the statistics tally ([`Tally`]); around it the store ([`store`]), the gRPC
+//! handlers and the court's router inbox ([`JudicialConfirmation`]), and what of the court's
+//! acts goes back to the committee on its transfer ([`routed`]). The committee's sender side
+//! is `MediationService.ApplyForConfirmation` in the mediation service. Not built: the
+//! pre-filing path, enforcement handoff, the Art 12 report (see the README).
 //!
 //! # The practice
 //!
@@ -27,6 +30,7 @@
 
 pub mod application;
 pub mod lifecycle;
+pub mod routed;
 pub mod rules;
 mod service;
 pub mod store;

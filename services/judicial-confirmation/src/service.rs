@@ -2,9 +2,13 @@
 //! database's time, persists ([`crate::store`]) and replies. Applications are the caller's
 //! court's only: any other agency gets NOT_FOUND.
 //!
-//! Not built yet: the router inbox that takes applications in from the committee's transfer
-//! and the feedback of the ruling onto it (see the README). Every act is idempotent by
-//! `request_id` (the kit's [`Idem`]): a replay returns the first answer.
+//! With a router ([`JudicialConfirmation::with_router`]) the court's inbox takes applications
+//! in from the committee's transfers on `mediation-to-court-confirmation`, and the acts the
+//! committee must see (acceptance, non-acceptance, ruling, withdrawal under review:
+//! [`crate::routed::router_call`]) are made on the router FOR the caller first (request id
+//! derived from the method, the application and the caller's `request_id`, so a retry after
+//! a cut-off call gets the router's first answer), then committed here. Every act is
+//! idempotent by `request_id` (the kit's [`Idem`]): a replay returns the first answer.
 
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::auth::Identity;
@@ -18,7 +22,12 @@ use fengqiao_proto::judicialconfirmation::*;
 use fengqiao_store::Store;
 use tonic::{Request, Response, Status};
 
+use fengqiao_proto::inbox::{DeliverResponse, Envelope, MessageKind, RecipientSide};
+use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
+use fengqiao_proto::router::{self as rt, TransferMessage};
+
 use crate::application::{self as app, Record};
+use crate::routed::{self, RouterCall};
 use crate::store as db;
 use crate::{ApplicationSummary, Tally, rules};
 
@@ -26,6 +35,41 @@ use crate::{ApplicationSummary, Tally, rules};
 #[derive(Clone)]
 pub struct JudicialConfirmation {
     store: Store,
+    router: Option<tonic::transport::Channel>,
+    signer: Option<std::sync::Arc<Signer>>,
+}
+
+/// The key the service signs its own router calls with (declining an offer its intake
+/// checks refuse acts for the court, not for a caller).
+struct Signer {
+    key: fengqiao_kit::auth::SigningKey,
+    issuer: String,
+}
+
+/// Actor id of the service when it acts for the court itself.
+pub const SYSTEM_ACTOR: &str = "judicial-confirmation";
+
+/// The metadata of the caller's request, kept to forward its token to the router.
+type Caller = tonic::metadata::MetadataMap;
+
+/// The request id of a router call made for a client's call: derived only from the method,
+/// the application and the client's `request_id`, so a retry sends the router the same
+/// request.
+fn router_rid(method: &str, name: &str, request_id: &str) -> String {
+    let h = fengqiao_store::idempotency::hash_request(
+        format!("{method}\n{name}\n{request_id}").as_bytes(),
+    );
+    let mut s = format!("court-jc-{h}");
+    s.truncate(120);
+    s
+}
+
+fn forward<U>(caller: &Caller, msg: U) -> Request<U> {
+    let mut carrier = Request::new(());
+    *carrier.metadata_mut() = caller.clone();
+    let mut out = Request::new(msg);
+    fengqiao_kit::inbox::forward_auth(&carrier, &mut out);
+    out
 }
 
 type R<T> = Result<Response<T>, Status>;
@@ -60,7 +104,77 @@ fn name_of(name: &str) -> Result<&str, Error> {
 impl JudicialConfirmation {
     /// A service over `store` (migrated with [`crate::store::migrate`]).
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            router: None,
+            signer: None,
+        }
+    }
+
+    /// Lets the service act for the court itself, signing its router calls with `key` for
+    /// `issuer`: an offer its intake checks refuse (one party alone, out of time, not the
+    /// competent court) is declined on the router with the route's reason
+    /// ([`routed::decline_for_refusal`]). Without a key it stays offered for the court.
+    pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
+        self.signer = Some(std::sync::Arc::new(Signer {
+            key,
+            issuer: issuer.to_string(),
+        }));
+        self
+    }
+
+    /// Declines `transfer` for `court` as the court's system with the route's `code`; the
+    /// request id is derived from the transfer, so a redelivered offer makes the same call.
+    async fn decline_as_system(
+        &self,
+        court: &str,
+        transfer: &str,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let (Some(signer), Some(router)) = (self.signer.as_ref(), self.router.as_ref()) else {
+            return Ok(());
+        };
+        let token = signer.key.sign(&fengqiao_kit::auth::claims(
+            &signer.issuer,
+            court,
+            SYSTEM_ACTOR,
+            &[rules::JUDGE_ROLE],
+            300,
+        ));
+        let mut request = Request::new(rt::DeclineTransferRequest {
+            name: transfer.to_string(),
+            etag: String::new(),
+            reason_code: code.to_string(),
+            reason: reason.to_string(),
+            request_id: router_rid("DeclineOffer", transfer, "intake"),
+        });
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Internal("token is not a header value".into()))?;
+        request.metadata_mut().insert("authorization", bearer);
+        match TransferServiceClient::new(router.clone())
+            .decline_transfer(request)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already declined (or withdrawn meanwhile): nothing to do.
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => Ok(()),
+            Err(e) => Err(Error::Upstream(Box::new(e), &[])),
+        }
+    }
+
+    /// Reflects the court's acts on the committee's router transfers (the served suite).
+    /// Without a router the acts are recorded here only (the library's tests).
+    pub fn with_router(mut self, router: tonic::transport::Channel) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// The court's side of the process's agency inbox: applications offered on
+    /// `mediation-to-court-confirmation`.
+    pub fn inbox_handler(&self) -> std::sync::Arc<dyn fengqiao_kit::inbox::InboxHandler> {
+        std::sync::Arc::new(Inbox { svc: self.clone() })
     }
 
     /// Adds the gRPC service to a server.
@@ -73,7 +187,7 @@ impl JudicialConfirmation {
     }
 
     /// Takes in an application for `court` (the domain checks of [`app::receive`]) and
-    /// stores it; the entry point of the router inbox once built. Returns the stored
+    /// stores it; the router inbox's entry point. Returns the stored
     /// application (the existing one for a transfer already taken in).
     pub async fn take_in(
         &self,
@@ -129,6 +243,100 @@ impl JudicialConfirmation {
         idem.save(&mut tx, &saved.record.application).await?;
         tx.commit().await?;
         Ok(saved.record.application)
+    }
+
+    /// [`Self::act`] for an act the committee must see: the act is tried on a read first, the
+    /// router call it needs ([`routed::router_call`]) is made for the caller, then the act
+    /// is committed.
+    #[allow(clippy::too_many_arguments)]
+    async fn act_routed<M: prost::Message>(
+        &self,
+        caller: &Caller,
+        who: &Identity,
+        method: &str,
+        request: &M,
+        name: &str,
+        etag: &str,
+        request_id: &str,
+        f: impl Fn(&Record, i64, &HolidayCalendar) -> Result<Record, Error>,
+    ) -> Result<ConfirmationApplication, Error> {
+        if let Some(router) = &self.router {
+            let name = name_of(name)?;
+            let idem = Idem::new(who, method, request_id, request)?;
+            let cal = HolidayCalendar::builtin();
+            let mut tx = self.store.read().await?;
+            if let Some(answer) = idem.replay::<ConfirmationApplication>(&mut tx).await? {
+                return Ok(answer);
+            }
+            let now = fengqiao_store::db_now_micros(&mut tx).await?;
+            let s = db::load(&mut tx, &who.agency, name)
+                .await?
+                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            tx.rollback().await?;
+            if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, s.version) {
+                return Err(Error::EtagMismatch(name.to_owned()));
+            }
+            let mut current = s.record.clone();
+            app::sweep(&mut current, now, cal)?;
+            let next = f(&current, now, cal)?;
+            let transfer = current.application.transfer.clone();
+            if let Some(call) = routed::router_call(current.state(), &next.application)
+                && !transfer.is_empty()
+            {
+                let rid = router_rid(method, name, request_id);
+                let mut r = TransferServiceClient::new(router.clone());
+                let sent = match call {
+                    RouterCall::Accept { number } => r
+                        .accept_transfer(forward(
+                            caller,
+                            rt::AcceptTransferRequest {
+                                name: transfer,
+                                etag: String::new(),
+                                receiver_reference: number,
+                                comment: "受理司法确认申请（法释〔2011〕5号 Art 4）".into(),
+                                request_id: rid,
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                    RouterCall::Decline { code, reason } => r
+                        .decline_transfer(forward(
+                            caller,
+                            rt::DeclineTransferRequest {
+                                name: transfer,
+                                etag: String::new(),
+                                reason_code: code,
+                                reason,
+                                request_id: rid,
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                    RouterCall::Feedback {
+                        outcome,
+                        summary,
+                        documents,
+                    } => r
+                        .submit_feedback(forward(
+                            caller,
+                            rt::SubmitFeedbackRequest {
+                                name: transfer,
+                                etag: String::new(),
+                                outcome_code: outcome.into(),
+                                summary,
+                                documents,
+                                amount: None,
+                                request_id: rid,
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                };
+                sent.map_err(|e| Error::Upstream(Box::new(e), &[]))?;
+            }
+        }
+        self.act(who, method, request, name, etag, request_id, f)
+            .await
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<ConfirmationApplication, Error> {
@@ -285,10 +493,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<AcceptApplicationRequest>,
     ) -> R<AcceptApplicationResponse> {
         let w = who(&req)?;
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
-            self.act(
+            self.act_routed(
+                &caller,
                 &w,
                 "AcceptApplication",
                 &r,
@@ -310,10 +520,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<RejectApplicationRequest>,
     ) -> R<RejectApplicationResponse> {
         let w = who(&req)?;
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
             need_role(&w, &[rules::JUDGE_ROLE])?;
-            self.act(
+            self.act_routed(
+                &caller,
                 &w,
                 "RejectApplication",
                 &r,
@@ -410,11 +622,13 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<RuleOnApplicationRequest>,
     ) -> R<RuleOnApplicationResponse> {
         let w = who(&req)?;
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
             need_role(&w, &[rules::JUDGE_ROLE])?;
             let outcome = RulingOutcome::try_from(r.outcome).unwrap_or_default();
-            self.act(
+            self.act_routed(
+                &caller,
                 &w,
                 "RuleOnApplication",
                 &r,
@@ -438,10 +652,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<WithdrawApplicationRequest>,
     ) -> R<WithdrawApplicationResponse> {
         let w = who(&req)?;
+        let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
-            self.act(
+            self.act_routed(
+                &caller,
                 &w,
                 "WithdrawApplication",
                 &r,
@@ -492,5 +708,80 @@ impl JudicialConfirmationService for JudicialConfirmation {
     ) -> R<GetApplicationStatisticsResponse> {
         let w = who(&req)?;
         reply(self.statistics(&w, req.get_ref()).await)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Router messages (the court is the RECEIVER on mediation-to-court-confirmation)
+// ---------------------------------------------------------------------------
+
+/// The court's inbox for the committee's applications.
+struct Inbox {
+    svc: JudicialConfirmation,
+}
+
+#[tonic::async_trait]
+impl fengqiao_kit::inbox::InboxHandler for Inbox {
+    fn receives(&self) -> &[fengqiao_kit::inbox::Receives] {
+        &[(rules::ROUTE_ID, RecipientSide::Receiver)]
+    }
+
+    async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {
+        self.apply(&envelope).await.map_err(Status::from)
+    }
+}
+
+impl Inbox {
+    /// An offer becomes an application of the addressed court (every intake check of
+    /// [`app::receive`], the committee's submission time counting for the 30 days); taking
+    /// in the same transfer again changes nothing. Other messages on the route change
+    /// nothing here: the court's own acts make them.
+    async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse, Error> {
+        let kind = MessageKind::try_from(envelope.kind).unwrap_or_default();
+        if kind != MessageKind::TransferOffered {
+            return Ok(DeliverResponse { duplicate: false });
+        }
+        let msg = <TransferMessage as prost::Message>::decode(envelope.payload.as_slice())
+            .map_err(|_| FieldViolation::new("envelope.payload", "not a TransferMessage"))?;
+        let Some(intake) = msg.transfer.as_ref().and_then(routed::intake_of) else {
+            return Err(FieldViolation::new(
+                "envelope.payload",
+                "the transfer carries no confirmation package (case_snapshot.confirmation)",
+            )
+            .into());
+        };
+        match self.svc.take_in(&envelope.to_agency, &intake).await {
+            Ok(_) => Ok(DeliverResponse { duplicate: false }),
+            // An application the court's intake checks refuse (one party alone, day 31, not
+            // the competent court, an incomplete package) is not taken in; the committee's
+            // sender side refuses the same before sending. With the service key the court's
+            // system declines it with the route's reason; an incomplete package (or no key)
+            // stays offered for the court.
+            Err(e @ (Error::Refused(..) | Error::Invalid(_))) => {
+                tracing::warn!(transfer = %intake.transfer, error = %e, "application not taken in");
+                if let Error::Refused(reason, message) = &e
+                    && let Some(code) = routed::decline_for_refusal(*reason)
+                {
+                    // After this delivery is answered: the router is not called from inside
+                    // its own push.
+                    let (svc, court, transfer, message) = (
+                        self.svc.clone(),
+                        envelope.to_agency.clone(),
+                        intake.transfer.clone(),
+                        message.clone(),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = svc
+                            .decline_as_system(&court, &transfer, code, &message)
+                            .await
+                        {
+                            tracing::warn!(transfer = %transfer, error = %e, "refused offer not declined on the router");
+                        }
+                    });
+                }
+                Ok(DeliverResponse { duplicate: false })
+            }
+            Err(e) => Err(e),
+        }
     }
 }

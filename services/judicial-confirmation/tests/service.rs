@@ -70,6 +70,7 @@ fn intake(transfer: &str, days_ago: i64) -> Intake {
             item(K::IdentityProof, "p2"),
             item(K::ServiceAddress, "p2"),
         ],
+        submitted_at: 0,
     }
 }
 
@@ -317,6 +318,134 @@ both_backends!(
             .await?
             .into_inner();
         assert_eq!(other.application_count, 0);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
+
+/// An offer on `mediation-to-court-confirmation` as the router delivers it to the court.
+fn offer(transfer: &str, applicants: &[&str]) -> fengqiao_proto::inbox::Envelope {
+    use fengqiao_proto::router::{
+        CaseSnapshot, ConfirmationPackage, ConfirmationPackageItem,
+        ConfirmationPackageItemKind as K, Transfer, TransferMessage,
+    };
+    let item = |kind: K, party: &str| ConfirmationPackageItem {
+        kind: kind as i32,
+        document: Some(doc()),
+        party_id: party.into(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    let t = Transfer {
+        name: transfer.into(),
+        from_agency: Some(fengqiao_proto::common::AgencyRef {
+            name: "agencies/xigang-committee".into(),
+            ..Default::default()
+        }),
+        create_time: Some(fengqiao_kit::time::to_timestamp(now)),
+        case_snapshot: Some(CaseSnapshot {
+            case_id: "c9".into(),
+            parties: ["p1", "p2"]
+                .iter()
+                .map(|id| Party {
+                    party_id: (*id).into(),
+                    ..Party::default()
+                })
+                .collect(),
+            confirmation: Some(ConfirmationPackage {
+                agreement: Some(doc()),
+                agreement_effective_time: Some(fengqiao_kit::time::to_timestamp(
+                    now - 3 * 86_400_000_000,
+                )),
+                agreement_party_ids: vec!["p1".into(), "p2".into()],
+                applicant_party_ids: applicants.iter().map(|s| (*s).to_string()).collect(),
+                committee_court: COURT.into(),
+                items: vec![
+                    item(K::Application, ""),
+                    item(K::IdentityProof, "p1"),
+                    item(K::ServiceAddress, "p1"),
+                    item(K::IdentityProof, "p2"),
+                    item(K::ServiceAddress, "p2"),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    fengqiao_proto::inbox::Envelope {
+        message_id: rid(),
+        transfer: transfer.into(),
+        kind: fengqiao_proto::inbox::MessageKind::TransferOffered as i32,
+        to_agency: COURT.into(),
+        route: "routes/mediation-to-court-confirmation".into(),
+        recipient_side: fengqiao_proto::inbox::RecipientSide::Receiver as i32,
+        payload: prost::Message::encode_to_vec(&TransferMessage {
+            transfer: Some(t),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+both_backends!(
+    the_inbox_takes_an_offer_in_once_and_leaves_a_refused_one_out,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = JudicialConfirmation::new(store.clone());
+        let inbox = svc.inbox_handler();
+        assert_eq!(
+            inbox.receives(),
+            [(
+                "mediation-to-court-confirmation",
+                fengqiao_proto::inbox::RecipientSide::Receiver
+            )]
+        );
+        let list = || req(COURT, &["judge"], ListApplicationsRequest::default());
+        // Delivered twice (a redelivery has a new message id): one application.
+        for _ in 0..2 {
+            inbox
+                .deliver(offer("transfers/ok", &["p1", "p2"]))
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        let apps = svc
+            .list_applications(list())
+            .await?
+            .into_inner()
+            .applications;
+        assert_eq!(apps.len(), 1);
+        assert_eq!(apps[0].transfer, "transfers/ok");
+        assert_eq!(apps[0].state, ApplicationState::Received as i32);
+        // One party alone: the intake refuses it; the message is taken (not retried), no
+        // application.
+        inbox
+            .deliver(offer("transfers/alone", &["p1"]))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let apps = svc
+            .list_applications(list())
+            .await?
+            .into_inner()
+            .applications;
+        assert_eq!(apps.len(), 1);
+        // An offer without a package is a malformed envelope.
+        let mut bare = offer("transfers/bare", &["p1", "p2"]);
+        bare.payload =
+            prost::Message::encode_to_vec(&fengqiao_proto::router::TransferMessage::default());
+        let e = inbox.deliver(bare).await.expect_err("no package");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        // Another message kind changes nothing.
+        let mut other = offer("transfers/ok", &["p1", "p2"]);
+        other.kind = fengqiao_proto::inbox::MessageKind::TransferWithdrawn as i32;
+        inbox.deliver(other).await.map_err(|e| format!("{e:?}"))?;
+        let apps = svc
+            .list_applications(list())
+            .await?
+            .into_inner()
+            .applications;
+        assert_eq!(apps[0].state, ApplicationState::Received as i32);
         Ok::<(), Box<dyn std::error::Error>>(())
     }
 );

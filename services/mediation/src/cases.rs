@@ -1886,3 +1886,161 @@ impl Cases {
         })
     }
 }
+
+impl Cases {
+    /// Submits the parties' joint application for judicial confirmation (人民调解法 Art 33)
+    /// of the case's effective agreement to the competent court (法释〔2011〕5号 Art 2): checks
+    /// on a read (the database's time deciding the 30 days), the router transfer on
+    /// `mediation-to-court-confirmation` (request id derived from the case and the caller's
+    /// `request_id`, so a retry after a cut-off call gets the router's first transfer), then
+    /// the case's `confirmation`.
+    pub async fn apply_for_confirmation(
+        &self,
+        who: &Identity,
+        req: &Request<ApplyForConfirmationRequest>,
+    ) -> Result<ApplyForConfirmationResponse> {
+        use crate::confirmation as cf;
+        use fengqiao_proto::router::agency_service_client::AgencyServiceClient;
+        let m = req.get_ref();
+        require_case_role(who)?;
+        let idem = Idem::new(who, "ApplyForConfirmation", &m.request_id, m)?;
+        fengqiao_kit::validate::parse_name("court", "agencies", &m.court)?;
+        let (l, now) = {
+            let mut tx = self.store.read().await?;
+            if let Some(r) = idem.replay::<ApplyForConfirmationResponse>(&mut tx).await? {
+                return Ok(r);
+            }
+            let l = db::load_for(&mut tx, who, &m.name).await?;
+            let now = fengqiao_store::db_now_micros(&mut tx).await?;
+            tx.commit().await?;
+            (l, now)
+        };
+        let open = cf::open_application(&l.case).cloned();
+        if open.is_none() {
+            check_etag(&m.name, &m.etag, l.version)?;
+        }
+        // The court of the committee's area, from the router's agency register (the seed
+        // deploy/dev/agencies.toml in the dev suite).
+        let mut agencies = AgencyServiceClient::new(self.router.clone());
+        let committee = agencies
+            .get_agency(fwd(
+                req,
+                r::GetAgencyRequest {
+                    name: who.agency.clone(),
+                },
+            ))
+            .await
+            .map_err(|e| Error::Upstream(Box::new(e), &[]))?
+            .into_inner()
+            .agency
+            .unwrap_or_default();
+        let courts = agencies
+            .list_agencies(fwd(
+                req,
+                r::ListAgenciesRequest {
+                    page_size: 500,
+                    kind: fengqiao_proto::common::AgencyKind::Court as i32,
+                    region_code_prefix: committee.region_code.clone(),
+                    active: Some(true),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(|e| Error::Upstream(Box::new(e), &[]))?
+            .into_inner()
+            .agencies;
+        let committee_court = cf::committee_court(&committee, &courts).unwrap_or_default();
+        let cal = fengqiao_clock::HolidayCalendar::builtin();
+        let package = cf::prepare(&l.case, m, &committee_court, now, cal)?;
+        let c = &l.case;
+        let snapshot = r::CaseSnapshot {
+            case_id: c.case_id.clone(),
+            external_references: [(who.agency.clone(), c.case_number.clone())]
+                .into_iter()
+                .filter(|(_, n)| !n.is_empty())
+                .collect(),
+            category: c.category,
+            summary: format!("司法确认申请：{}", c.summary),
+            parties: c
+                .agreement
+                .as_ref()
+                .map(|a| a.parties.clone())
+                .unwrap_or_default(),
+            evidence: package.agreement.iter().cloned().collect(),
+            region_code: c.region_code.clone(),
+            confirmation: Some(package),
+            ..Default::default()
+        };
+        let answer = self
+            .router()
+            .create_transfer(fwd(
+                req,
+                r::CreateTransferRequest {
+                    transfer: Some(r::Transfer {
+                        route: format!("routes/{}", cf::ROUTE),
+                        to_agency: Some(fengqiao_proto::common::AgencyRef {
+                            name: m.court.clone(),
+                            ..Default::default()
+                        }),
+                        case_snapshot: Some(snapshot),
+                        note: "双方当事人共同申请司法确认（人民调解法第三十三条）".into(),
+                        ..Default::default()
+                    }),
+                    request_id: router_rid("ApplyForConfirmation", &l.id, &m.request_id),
+                    submit: true,
+                },
+            ))
+            .await;
+        let transfer = match (answer, &open) {
+            (Ok(t), _) => t
+                .into_inner()
+                .transfer
+                .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?,
+            // A new application while one is open (the router keeps one open transfer per
+            // case and route): the local wrong state.
+            (Err(e), Some(o))
+                if fengqiao_kit::error::reason_of(&e).as_deref()
+                    == Some(Reason::OpenTransferExists.as_str()) =>
+            {
+                return Err(cf::already_open(&l.case, o));
+            }
+            (Err(e), _) => return Err(Error::Upstream(Box::new(e), &[])),
+        };
+        if let Some(o) = &open
+            && o.transfer != transfer.name
+        {
+            return Err(cf::already_open(&l.case, o));
+        }
+        let transfer = Some(transfer);
+        self.commit(
+            who,
+            &idem,
+            &l,
+            false,
+            |c, now, out| {
+                let Some(t) = &transfer else {
+                    // Already recorded (by the router's message or an earlier commit).
+                    return Ok(());
+                };
+                if c.confirmation
+                    .as_ref()
+                    .is_some_and(|s| s.transfer == t.name)
+                {
+                    return Ok(());
+                }
+                c.confirmation = cf::status_from(None, t, now);
+                out.push(entry(
+                    CaseFileEntryKind::Other,
+                    "司法确认申请",
+                    now,
+                    format!("双方当事人共同申请司法确认，转交 {}", m.court),
+                ));
+                Ok(())
+            },
+            |c| ApplyForConfirmationResponse {
+                mediation_case: Some(c.clone()),
+            },
+        )
+        .await
+    }
+}

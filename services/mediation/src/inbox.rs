@@ -42,7 +42,12 @@ impl Inbox {
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
-        if kind == MessageKind::TransferOffered {
+        if envelope.route.strip_prefix("routes/") == Some(crate::confirmation::ROUTE) {
+            // The committee's application for judicial confirmation: the court's answers.
+            if let Some(t) = &msg.transfer {
+                confirmation(&mut tx, envelope, t, now).await?;
+            }
+        } else if kind == MessageKind::TransferOffered {
             offer(&mut tx, envelope, &msg, now).await?;
         } else if let Some(l) = db::load_by_transfer_locked(&mut tx, &envelope.transfer).await? {
             let seq = event_seq(&msg);
@@ -76,6 +81,77 @@ impl Inbox {
         tx.commit().await?;
         Ok(DeliverResponse { duplicate: false })
     }
+}
+
+/// A message on the committee's application for judicial confirmation: the case (the
+/// sender's, by shared case id) shows the court's answer ([`crate::confirmation::status_from`]).
+/// A case whose own commit of the application was lost adopts the transfer here.
+async fn confirmation(
+    tx: &mut Tx,
+    envelope: &Envelope,
+    t: &fengqiao_proto::router::Transfer,
+    now: i64,
+) -> Result<()> {
+    let agency = t
+        .from_agency
+        .as_ref()
+        .map(|a| a.name.clone())
+        .unwrap_or_default();
+    let case_id = t
+        .case_snapshot
+        .as_ref()
+        .map(|c| c.case_id.clone())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| envelope.case_id.clone());
+    let cases = db::load_by_case_id_locked(tx, &agency, &case_id).await?;
+    let mine = cases
+        .iter()
+        .find(|l| {
+            l.case
+                .confirmation
+                .as_ref()
+                .is_some_and(|c| c.transfer == t.name)
+        })
+        .or_else(|| {
+            cases.iter().find(|l| {
+                l.case.agreement.as_ref().is_some_and(|a| a.effective)
+                    && crate::confirmation::open_application(&l.case).is_none()
+            })
+        });
+    let Some(l) = mine else {
+        tracing::debug!("confirmation message for a transfer without a mediation case");
+        return Ok(());
+    };
+    let prev = l
+        .case
+        .confirmation
+        .as_ref()
+        .filter(|c| c.transfer == t.name);
+    let Some(next) = crate::confirmation::status_from(prev, t, now) else {
+        return Ok(());
+    };
+    let same = prev.is_some_and(|p| {
+        let mut a = p.clone();
+        let mut b = next.clone();
+        a.update_time = None;
+        b.update_time = None;
+        a == b
+    });
+    if same {
+        return Ok(());
+    }
+    let mut c = l.case.clone();
+    let title = crate::confirmation::progress_title(next.progress);
+    let detail = crate::confirmation::progress_detail(&next);
+    c.confirmation = Some(next);
+    db::save_seq(tx, l, &mut c, now, l.event_seq).await?;
+    db::add_entries(
+        tx,
+        &l.id,
+        &[entry(CaseFileEntryKind::Other, title, now, detail)],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The router event sequence of a message (0 when it carries no event).

@@ -24,6 +24,12 @@
 //! | `EscalateCase`                         | ESCALATED         | EscalateTransfer → ESCALATED    |
 //! | transfer withdrawn / expired unanswered| WITHDRAWN / EXPIRED | —                             |
 //!
+//! **Judicial confirmation** (司法确认, [`confirmation`]): on a case with an effective
+//! agreement, `ApplyForConfirmation` sends the parties' joint application to the competent
+//! court on its own transfer (`mediation-to-court-confirmation`, this service the SENDER);
+//! the court's acceptance, non-acceptance and ruling come back in the router's messages and
+//! show on the case's `confirmation`.
+//!
 //! **One truth** (issue #9): the router is the source of truth of the transfer; a case is
 //! reconciled from the router's messages. A call the sender must know of calls the router
 //! first (request id derived only from the method, the case and the client's `request_id`)
@@ -37,6 +43,7 @@
 //! Case numbers are taken with one atomic upsert of the counter row.
 
 mod cases;
+pub mod confirmation;
 mod error;
 mod inbox;
 pub mod lifecycle;
@@ -116,6 +123,8 @@ impl fengqiao_kit::inbox::InboxHandler for Inbox {
         &[
             ("police-to-station-mediation", RecipientSide::Receiver),
             ("court-to-invited-mediation", RecipientSide::Receiver),
+            // The committee's applications for judicial confirmation (司法确认).
+            (confirmation::ROUTE, RecipientSide::Sender),
         ]
     }
 
@@ -311,6 +320,14 @@ impl MediationService for Mediation {
     ) -> Result<Response<RecordFollowUpResponse>, Status> {
         let id = who(&req)?;
         reply(self.cases.record_follow_up(&id, &req).await)
+    }
+
+    async fn apply_for_confirmation(
+        &self,
+        req: Request<ApplyForConfirmationRequest>,
+    ) -> Result<Response<ApplyForConfirmationResponse>, Status> {
+        let id = who(&req)?;
+        reply(self.cases.apply_for_confirmation(&id, &req).await)
     }
 
     async fn get_case_file(

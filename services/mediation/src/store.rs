@@ -127,6 +127,28 @@ pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Load
     row.as_ref().map(decode).transpose()
 }
 
+/// The cases of `agency` with the shared case id `case_id`, rows locked for the rest of the
+/// transaction on PostgreSQL (router messages on the committee's own transfers).
+pub async fn load_by_case_id_locked(
+    tx: &mut Tx,
+    agency: &str,
+    case_id: &str,
+) -> Result<Vec<Loaded>> {
+    let lock = if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {COLS} FROM mediation_cases WHERE case_id = $1 AND agency = $2 ORDER BY id{lock}"
+    ))
+    .bind(case_id)
+    .bind(agency)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(decode).collect()
+}
+
 /// [`load_by_transfer`] with the row locked for the rest of the transaction on PostgreSQL
 /// (what [`lock_case`] by `transfer` does, in the same statement).
 pub async fn load_by_transfer_locked(tx: &mut Tx, transfer: &str) -> Result<Option<Loaded>> {

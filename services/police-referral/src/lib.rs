@@ -1158,6 +1158,8 @@ impl PoliceReferral {
             occurred_at: r.call_time,
             location: r.location.clone(),
             amount_in_dispute: None,
+            // Only the committee's 司法确认 applications carry a package.
+            confirmation: None,
         };
         let route = if req.route.is_empty() {
             DEFAULT_ROUTE.to_string()

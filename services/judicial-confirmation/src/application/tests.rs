@@ -63,6 +63,7 @@ fn intake() -> Intake {
             item(K::IdentityProof, "b"),
             item(K::ServiceAddress, "b"),
         ],
+        submitted_at: 0,
     }
 }
 
@@ -144,6 +145,23 @@ fn day_30_is_received_day_31_refused_one_party_alone_and_the_wrong_court_too() {
             &c
         )),
         Some(Reason::NotBuilt)
+    );
+    // The committee's submission time counts, not the court's receipt (人民调解法 Art 33):
+    // submitted on day 30, received on day 31, in time; submitted on day 31, refused.
+    let mut submitted = intake();
+    submitted.submitted_at = at(2026, 4, 1, 16);
+    let late_receipt = receive("applications/x", COURT, &submitted, at(2026, 4, 2, 9), &c);
+    assert_eq!(late_receipt.map(|r| r.state()).ok(), Some(S::Received));
+    submitted.submitted_at = at(2026, 4, 2, 9);
+    assert_eq!(
+        reason(receive(
+            "applications/x",
+            COURT,
+            &submitted,
+            at(2026, 4, 2, 10),
+            &c
+        )),
+        Some(Reason::ApplicationPeriodLapsed)
     );
     let mut no_digest = intake();
     no_digest.agreement = None;
