@@ -38,6 +38,8 @@ pub struct Intake {
     pub evidence: Vec<EvidenceRef>,
     /// In 行政复议: when the review accepted the application (unix µs).
     pub review_accept_at: Option<i64>,
+    /// Region code (GB/T 2260).
+    pub region_code: String,
 }
 
 /// A dispute with its running clocks (kept beside the protobuf, which shows them as
@@ -188,6 +190,9 @@ pub fn intake(
     if !i.organ.starts_with("agencies/") {
         bad.push(FieldViolation::new("organ", "expected agencies/{agency}"));
     }
+    if let Err(e) = fengqiao_kit::validate::region_code("region_code", &i.region_code) {
+        bad.push(e);
+    }
     if i.stage == DisputeStage::Unspecified {
         bad.push(FieldViolation::new("stage", "required"));
     }
@@ -236,6 +241,7 @@ pub fn intake(
             claims: i.claims.clone(),
             evidence: i.evidence.clone(),
             scope: Some(rules::scope(&kinds)),
+            region_code: i.region_code.clone(),
             create_time: Some(to_timestamp(now)),
             ..Dispute::default()
         },

@@ -211,6 +211,15 @@ pub async fn list(
     rows.iter().map(stored_of).collect()
 }
 
+/// Whether a dispute with the shared case id `case_id` is recorded.
+pub async fn case_exists(tx: &mut Tx, case_id: &str) -> Result<bool, Error> {
+    let row = sqlx::query("SELECT id FROM ad_disputes WHERE case_id = $1")
+        .bind(case_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Records that the facts with `digest` were withdrawn after a settlement (行政复议法 Art 74).
 pub async fn record_withdrawn_facts(tx: &mut Tx, digest: &str, name: &str) -> Result<(), Error> {
     sqlx::query(

@@ -61,6 +61,7 @@ pub(crate) fn intake_of(stage: DisputeStage, kinds: &[ClaimKind]) -> Intake {
             .collect(),
         evidence: vec![doc()],
         review_accept_at: None,
+        region_code: "210203".into(),
     }
 }
 
