@@ -641,11 +641,9 @@ impl Inbox {
                     db::save(&mut tx, &s, &n, now).await?;
                 }
             }
-            (REFERRAL_ROUTE, RecipientSide::Receiver, None) => {
-                if state_is_open(state) {
-                    let r = referral(envelope, &t, now, cal)?;
-                    db::insert(&mut tx, &r, "").await?;
-                }
+            (REFERRAL_ROUTE, RecipientSide::Receiver, None) if state_is_open(state) => {
+                let r = referral(envelope, &t, now, cal)?;
+                db::insert(&mut tx, &r, "").await?;
             }
             // Later messages of a referral already taken in, or a route this handler does not
             // keep: recorded as received, nothing to change.
