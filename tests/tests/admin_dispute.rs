@@ -970,3 +970,72 @@ suite_test!(
         assert_eq!(transfers_of_case(&suite, &d.case_id).await.len(), 1);
     }
 );
+
+// 9. A procuratorate that declines with one of the route's decline reasons: the refusal shows
+//    on the dispute and the centre may ask again.
+suite_test!(
+    a_declined_request_shows_on_the_dispute_and_may_be_made_again,
+    |suite| async move {
+        use fengqiao_proto::router::DeclineTransferRequest;
+        let d = create(
+            &suite,
+            intake(
+                ad::DisputeStage::InSupervision,
+                &[ad::ClaimKind::Legality],
+                "不属监督",
+            ),
+        )
+        .await;
+        let asked = coordinator(&suite)
+            .ask_procuratorate(ask_req(&d))
+            .await
+            .expect("asked")
+            .into_inner()
+            .dispute
+            .expect("d");
+        let transfer = asked.procuratorate.expect("p").transfer;
+        router(&suite, PROCURATORATE, "prosecutor-01", &["prosecutor"])
+            .decline_transfer(DeclineTransferRequest {
+                name: transfer.clone(),
+                reason_code: "not_procuratorate_matter".into(),
+                reason: "不属于法律监督职责范围".into(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("declined");
+        let centre = coordinator(&suite);
+        let declined = eventually("the refusal on the dispute", || {
+            let mut c = centre.clone();
+            let name = d.name.clone();
+            async move {
+                let x = get(&mut c, &name).await;
+                x.procuratorate
+                    .as_ref()
+                    .is_some_and(|p| p.outcome.is_some())
+                    .then_some(x)
+            }
+        })
+        .await;
+        let p = declined.procuratorate.as_ref().expect("p");
+        assert_eq!(
+            p.outcome.as_ref().map(|o| o.code.as_str()),
+            Some("declined:not_procuratorate_matter")
+        );
+        assert_eq!(st(&declined), S::Open);
+        let again = coordinator(&suite)
+            .ask_procuratorate(ad::AskProcuratorateRequest {
+                kind: ad::ProcuratorateRequestKind::Examine as i32,
+                ..ask_req(&d)
+            })
+            .await
+            .expect("asked again")
+            .into_inner()
+            .dispute
+            .expect("d");
+        let p2 = again.procuratorate.expect("p");
+        assert_ne!(p2.transfer, transfer);
+        assert!(p2.outcome.is_none());
+        assert_eq!(transfers_of_case(&suite, &d.case_id).await.len(), 2);
+    }
+);

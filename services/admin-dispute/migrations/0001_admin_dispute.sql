@@ -18,6 +18,13 @@ CREATE TABLE ad_disputes (
 );
 CREATE INDEX ad_disputes_create ON ad_disputes (create_time);
 
+-- Every router transfer of a dispute (the procuratorate asked, or referring), current and
+-- earlier, so a late message of an earlier one finds its dispute.
+CREATE TABLE ad_transfers (
+    transfer    TEXT PRIMARY KEY,
+    dispute_id  TEXT NOT NULL
+);
+
 -- Who takes part in a dispute and so sees it (行诉解释 Art 86: mediation is not public).
 CREATE TABLE ad_participants (
     dispute_id  TEXT NOT NULL,

@@ -446,17 +446,9 @@ impl AdminDispute {
                 .ok_or_else(|| Error::NotFound(name.to_owned()))?;
             tx.rollback().await?;
             centre(&who, &s.record, "asking the procuratorate")?;
-            let pending = s
-                .record
-                .dispute
-                .procuratorate
-                .as_ref()
-                .is_some_and(|p| p.outcome.is_none());
-            // A retry after a lost commit finds the transfer recorded by the inbox: go on to
-            // the router, which answers the same transfer.
-            if !pending {
-                dom::ask_procuratorate(&s.record, &req.procuratorate, "", kind, now, cal)?;
-            }
+            // A retry after a lost commit is answered by the replay above; the checks refuse
+            // a second request while one is unanswered.
+            dom::ask_procuratorate(&s.record, &req.procuratorate, "", kind, now, cal)?;
             s
         };
         let d = &s.record.dispute;
@@ -585,10 +577,18 @@ impl Inbox {
                     .as_ref()
                     .map(|c| c.case_id.clone())
                     .unwrap_or_default();
-                if state_is_open(state) && db::case_exists(&mut tx, &case_id).await? {
+                if !state_is_final(state) && db::case_exists(&mut tx, &case_id).await? {
                     return Err(not_yet("the request of this transfer is not recorded yet"));
                 }
             }
+            // A message of an earlier request of the dispute (already answered or handed back):
+            // the current request is another transfer.
+            (ASK_ROUTE, RecipientSide::Sender, Some(s))
+                if s.record
+                    .dispute
+                    .procuratorate
+                    .as_ref()
+                    .is_none_or(|p| p.transfer != t.name) => {}
             (ASK_ROUTE, RecipientSide::Sender, Some(s)) => {
                 let event = msg.event.clone().unwrap_or_default();
                 let kind = TransferEventType::try_from(event.event_type).unwrap_or_default();
@@ -625,6 +625,23 @@ impl Inbox {
                             cal,
                         )?)
                     }
+                    // Handed back without an answer: the acceptance clock ran out (the route's
+                    // return to sender), or withdrawn; the centre may ask again.
+                    (
+                        TransferState::Expired
+                        | TransferState::Returned
+                        | TransferState::Escalated
+                        | TransferState::Withdrawn,
+                        _,
+                    ) => Some(dom::procuratorate_answered(
+                        &s.record,
+                        ReasonCode {
+                            code: format!("handed_back:{}", state.as_str_name()),
+                            description: event.reason.clone(),
+                        },
+                        now,
+                        cal,
+                    )?),
                     (TransferState::InProgress, _) => {
                         // 2016 rules Art 12: the procuratorate's review runs from its
                         // acceptance.
@@ -652,6 +669,19 @@ impl Inbox {
         tx.commit().await?;
         Ok(DeliverResponse { duplicate: false })
     }
+}
+
+/// A transfer state after which nothing more comes from the procuratorate.
+fn state_is_final(state: TransferState) -> bool {
+    matches!(
+        state,
+        TransferState::Declined
+            | TransferState::Closed
+            | TransferState::Expired
+            | TransferState::Returned
+            | TransferState::Withdrawn
+            | TransferState::Escalated
+    )
 }
 
 fn state_is_open(state: TransferState) -> bool {

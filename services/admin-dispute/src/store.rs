@@ -70,6 +70,16 @@ fn transfer_of(r: &Record) -> Option<String> {
 }
 
 async fn add_participants(tx: &mut Tx, r: &Record) -> Result<(), Error> {
+    if let Some(t) = transfer_of(r) {
+        sqlx::query(
+            "INSERT INTO ad_transfers (transfer, dispute_id) VALUES ($1, $2) \
+             ON CONFLICT (transfer) DO NOTHING",
+        )
+        .bind(t)
+        .bind(id_of(&r.dispute.name))
+        .execute(&mut **tx)
+        .await?;
+    }
     for agency in r.participants() {
         sqlx::query(
             "INSERT INTO ad_participants (dispute_id, agency) VALUES ($1, $2) \
@@ -130,10 +140,12 @@ pub async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<Stored
     row.as_ref().map(stored_of).transpose()
 }
 
-/// Loads the dispute the procuratorate transfer `transfer` belongs to (for the inbox).
+/// Loads the dispute the procuratorate transfer `transfer` (current or earlier) belongs to
+/// (for the inbox).
 pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Stored>, Error> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM ad_disputes d WHERE d.procuratorate_transfer = $1"
+        "SELECT {COLUMNS} FROM ad_disputes d JOIN ad_transfers t ON t.dispute_id = d.id \
+         WHERE t.transfer = $1"
     ))
     .bind(transfer)
     .fetch_optional(&mut **tx)
