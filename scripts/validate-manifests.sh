@@ -171,6 +171,7 @@ TABLES = {
     "limits": {"request_timeout_ms", "max_message_bytes", "max_concurrency",
                "per_agency_rps", "per_agency_burst", "shutdown_grace_ms"},
     "peers": {"router"},
+    "admin_dispute": {"procuratorate_review_months"},
 }
 ROUTER_DATA = {"agencies_file", "routes_dir", "holidays_file"}
 # Service configs: deploy/config/*.toml, k8s/**/fengqiao.toml,

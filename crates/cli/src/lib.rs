@@ -389,6 +389,9 @@ impl Suite {
                     let svc = fengqiao_admin_dispute::AdminDispute::new(
                         store.clone(),
                         router_channel(config, local.as_ref())?,
+                    )
+                    .with_procuratorate_review_months(
+                        config.admin_dispute.procuratorate_review_months,
                     );
                     svc.add_to(&mut builder, max);
                     inbox
