@@ -670,7 +670,8 @@ suite_test!(
 
 // 5. The procuratorate's own referral (procuratorate-to-coordination, approved by its
 //    department head) arrives at the centre as a dispute in procuratorial supervision, seen
-//    by the centre and the procuratorate, by nobody else.
+//    by the centre, the organ and the procuratorate, by nobody else; once the organ has
+//    corrected its act the centre reports the result back with the route's outcome.
 suite_test!(
     the_procuratorates_own_referral_arrives_as_a_dispute,
     |suite| async move {
@@ -772,6 +773,87 @@ suite_test!(
             .dispute
             .expect("d");
         assert_eq!(st(&c), S::Coordinating);
+        let report = ad::ReportToProcuratorateRequest {
+            name: d.name.clone(),
+            request_id: rid(),
+            summary: "行政机关自行纠正，当事人认可".into(),
+        };
+        // Nothing to report while the dispute is open.
+        let e = coordinator(&suite)
+            .report_to_procuratorate(report.clone())
+            .await
+            .expect_err("open");
+        assert_eq!(reason_of(&e).as_deref(), Some("WRONG_STATE"));
+        // The centre accepts the referral on the router; the organ corrects its act.
+        router(&suite, CENTRE, "coordinator-01", &["coordinator"])
+            .accept_transfer(AcceptTransferRequest {
+                name: t.name.clone(),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect("centre accepts");
+        let done = liaison(&suite)
+            .record_correction(ad::RecordCorrectionRequest {
+                name: d.name.clone(),
+                request_id: rid(),
+                document: Some(doc("撤销决定书")),
+                etag: String::new(),
+            })
+            .await
+            .expect("corrected")
+            .into_inner()
+            .dispute
+            .expect("d");
+        assert_eq!(st(&done), S::Resolved);
+        // Only the centre reports.
+        let e = liaison(&suite)
+            .report_to_procuratorate(ad::ReportToProcuratorateRequest {
+                request_id: rid(),
+                ..report.clone()
+            })
+            .await
+            .expect_err("not the centre");
+        assert_eq!(reason_of(&e).as_deref(), Some("WRONG_PARTY"));
+        let reported = coordinator(&suite)
+            .report_to_procuratorate(report.clone())
+            .await
+            .expect("reported")
+            .into_inner()
+            .dispute
+            .expect("d");
+        let p = reported.procuratorate.as_ref().expect("p");
+        assert!(p.reported);
+        assert_eq!(
+            p.outcome.as_ref().map(|o| o.code.as_str()),
+            Some("administrative_action_corrected")
+        );
+        // A replay answers the same; the procuratorate sees the route's outcome on the router.
+        let replay = coordinator(&suite)
+            .report_to_procuratorate(report)
+            .await
+            .expect("replay")
+            .into_inner()
+            .dispute
+            .expect("d");
+        assert_eq!(replay.etag, reported.etag);
+        let on_router = prosecutor
+            .get_transfer(fengqiao_proto::router::GetTransferRequest {
+                name: t.name.clone(),
+            })
+            .await
+            .expect("transfer")
+            .into_inner()
+            .transfer
+            .expect("t");
+        assert_eq!(
+            on_router.state(),
+            fengqiao_proto::router::TransferState::FeedbackSubmitted
+        );
+        assert_eq!(
+            on_router.feedback.as_ref().map(|f| f.outcome_code.as_str()),
+            Some("administrative_action_corrected")
+        );
     }
 );
 
@@ -1037,5 +1119,152 @@ suite_test!(
         assert_ne!(p2.transfer, transfer);
         assert!(p2.outcome.is_none());
         assert_eq!(transfers_of_case(&suite, &d.case_id).await.len(), 2);
+    }
+);
+
+/// A referral from the procuratorate, approved, taken in as a dispute, accepted by the centre
+/// on the router and resolved by the organ's correction.
+async fn resolved_referral(suite: &TestSuite) -> (ad::Dispute, Transfer) {
+    let case_id = rid();
+    let t = router(suite, PROCURATORATE, "prosecutor-01", &["prosecutor"])
+        .create_transfer(CreateTransferRequest {
+            transfer: Some(Transfer {
+                route: "routes/procuratorate-to-coordination".into(),
+                to_agency: Some(AgencyRef {
+                    name: agency(CENTRE),
+                    ..AgencyRef::default()
+                }),
+                case_snapshot: Some(CaseSnapshot {
+                    case_id: case_id.clone(),
+                    external_references: [("organ".to_owned(), agency(ORGAN))]
+                        .into_iter()
+                        .collect(),
+                    category: DisputeCategory::Administrative as i32,
+                    summary: "征收补偿争议".into(),
+                    region_code: "210203".into(),
+                    ..CaseSnapshot::default()
+                }),
+                ..Transfer::default()
+            }),
+            request_id: rid(),
+            submit: true,
+        })
+        .await
+        .expect("created")
+        .into_inner()
+        .transfer
+        .expect("transfer");
+    router(
+        suite,
+        PROCURATORATE,
+        "department-head",
+        &["department_head"],
+    )
+    .approve_transfer(ApproveTransferRequest {
+        name: t.name.clone(),
+        request_id: rid(),
+        ..Default::default()
+    })
+    .await
+    .expect("approved");
+    let centre = coordinator(suite);
+    let d = eventually("the referral as a dispute", || {
+        let mut c = centre.clone();
+        let case_id = case_id.clone();
+        async move {
+            c.list_disputes(ad::ListDisputesRequest::default())
+                .await
+                .expect("list")
+                .into_inner()
+                .disputes
+                .into_iter()
+                .find(|d| d.case_id == case_id)
+        }
+    })
+    .await;
+    router(suite, CENTRE, "coordinator-01", &["coordinator"])
+        .accept_transfer(AcceptTransferRequest {
+            name: t.name.clone(),
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect("centre accepts");
+    let done = liaison(suite)
+        .record_correction(ad::RecordCorrectionRequest {
+            name: d.name.clone(),
+            request_id: rid(),
+            document: Some(doc("撤销决定书")),
+            etag: String::new(),
+        })
+        .await
+        .expect("corrected")
+        .into_inner()
+        .dispute
+        .expect("d");
+    (done, t)
+}
+
+// 10. ReportToProcuratorate cut off mid-flight (3 ms) is completed by its retry with the same
+//     request_id: one feedback on the referral's transfer, the dispute reported once.
+suite_test!(
+    a_cut_off_report_to_the_procuratorate_is_completed_by_its_retry,
+    |suite| async move {
+        let (d, t) = resolved_referral(&suite).await;
+        let msg = ad::ReportToProcuratorateRequest {
+            name: d.name.clone(),
+            request_id: rid(),
+            summary: "行政机关自行纠正".into(),
+        };
+        let mut req = tonic::Request::new(msg.clone());
+        req.set_timeout(Duration::from_millis(3));
+        let cut = match coordinator(&suite).report_to_procuratorate(req).await {
+            Ok(_) => false,
+            Err(e) if matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled) => true,
+            Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
+        };
+        eprintln!("report cut off mid-flight: {cut}");
+        let first = coordinator(&suite)
+            .report_to_procuratorate(msg.clone())
+            .await
+            .expect("retry")
+            .into_inner()
+            .dispute
+            .expect("d");
+        assert!(first.procuratorate.as_ref().is_some_and(|p| p.reported));
+        let again = coordinator(&suite)
+            .report_to_procuratorate(msg.clone())
+            .await
+            .expect("second retry")
+            .into_inner()
+            .dispute
+            .expect("d");
+        assert_eq!(again.etag, first.etag);
+        let on_router = router(&suite, PROCURATORATE, "prosecutor-01", &["prosecutor"])
+            .get_transfer(fengqiao_proto::router::GetTransferRequest {
+                name: t.name.clone(),
+            })
+            .await
+            .expect("transfer")
+            .into_inner()
+            .transfer
+            .expect("t");
+        assert_eq!(
+            on_router.state(),
+            fengqiao_proto::router::TransferState::FeedbackSubmitted
+        );
+        assert_eq!(
+            on_router.feedback.as_ref().map(|f| f.outcome_code.as_str()),
+            Some("administrative_action_corrected")
+        );
+        // A new request id: reported already, refused; the transfer unchanged.
+        let e = coordinator(&suite)
+            .report_to_procuratorate(ad::ReportToProcuratorateRequest {
+                request_id: rid(),
+                ..msg
+            })
+            .await
+            .expect_err("twice");
+        assert_eq!(e.code(), Code::AlreadyExists);
     }
 );

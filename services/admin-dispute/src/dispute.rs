@@ -586,6 +586,7 @@ pub fn ask_procuratorate(
         referred_by_procuratorate: false,
         request_kind: kind as i32,
         outcome: None,
+        reported: false,
     });
     r.touch(now, to, cal)?;
     Ok(r)
@@ -638,6 +639,45 @@ pub fn procuratorate_answered(
     }
     r.touch(now, state, cal)?;
     Ok(r)
+}
+
+/// The centre reports the result of a referred dispute back to the procuratorate (feedback
+/// on the referral's transfer): final states only, referrals only, once. Returns the record
+/// and the route outcome code ([`rules::referral_outcome`]).
+pub fn report_back(
+    r: &Record,
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<(Record, &'static str), Error> {
+    let to = r.require(Action::ReportBack)?;
+    let p = r
+        .dispute
+        .procuratorate
+        .as_ref()
+        .filter(|p| p.referred_by_procuratorate)
+        .ok_or_else(|| {
+            Error::Refused(
+                Reason::WrongParty,
+                "only a dispute the procuratorate referred is reported back".into(),
+            )
+        })?;
+    if p.reported {
+        return Err(Error::AlreadyExists(format!(
+            "the report of {}",
+            r.dispute.name
+        )));
+    }
+    let code = rules::referral_outcome(r.dispute.result());
+    let mut r = r.clone();
+    if let Some(p) = r.dispute.procuratorate.as_mut() {
+        p.reported = true;
+        p.outcome = Some(ReasonCode {
+            code: code.into(),
+            description: String::new(),
+        });
+    }
+    r.touch(now, to, cal)?;
+    Ok((r, code))
 }
 
 /// Marks running clocks past their deadline as expired (notify-only: the state stays);

@@ -39,6 +39,8 @@ pub enum Action {
     Close,
     /// The procuratorate is asked, or answers (2016 rules Art 12).
     Procuratorate,
+    /// The result of a referred dispute is reported back to the procuratorate (same state).
+    ReportBack,
 }
 
 impl Action {
@@ -55,12 +57,13 @@ impl Action {
             Action::ExtendReview => "extend the review of",
             Action::Close => "close",
             Action::Procuratorate => "involve the procuratorate in",
+            Action::ReportBack => "report the result of",
         }
     }
 }
 
 /// Every action, for the exhaustive tests.
-pub const ACTIONS: [Action; 11] = [
+pub const ACTIONS: [Action; 12] = [
     Action::StartMediation,
     Action::StartCoordination,
     Action::WithdrawConsent,
@@ -72,6 +75,7 @@ pub const ACTIONS: [Action; 11] = [
     Action::ExtendReview,
     Action::Close,
     Action::Procuratorate,
+    Action::ReportBack,
 ];
 
 /// The state after `action` in `state`, or `None` when the action is not allowed there.
@@ -98,11 +102,13 @@ pub fn next(state: S, action: Action) -> Option<S> {
             S::Open | S::Mediating | S::Coordinating | S::AgreementPending,
             A::ExtendReview | A::Procuratorate,
         ) => state,
+        // The result goes back on the referral once there is one.
+        (S::Resolved | S::Withdrawn | S::Closed, A::ReportBack) => state,
         _ => return None,
     })
 }
 
-/// Whether no state change can follow.
+/// Whether no state change can follow (only the report back of the result).
 pub fn is_final(state: S) -> bool {
     matches!(state, S::Resolved | S::Withdrawn | S::Closed)
 }
@@ -146,6 +152,9 @@ mod tests {
         (S::AgreementPending, A::AgreementEffective, S::Resolved),
         (S::AgreementPending, A::ExtendReview, S::AgreementPending),
         (S::AgreementPending, A::Procuratorate, S::AgreementPending),
+        (S::Resolved, A::ReportBack, S::Resolved),
+        (S::Withdrawn, A::ReportBack, S::Withdrawn),
+        (S::Closed, A::ReportBack, S::Closed),
     ];
 
     const STATES: [S; 8] = [
@@ -173,11 +182,12 @@ mod tests {
     }
 
     #[test]
-    fn final_states_allow_nothing_and_refusals_name_the_state() {
+    fn final_states_allow_only_the_report_and_refusals_name_the_state() {
         for s in STATES.into_iter().filter(|s| is_final(*s)) {
-            for a in ACTIONS {
+            for a in ACTIONS.into_iter().filter(|a| *a != A::ReportBack) {
                 assert_eq!(next(s, a), None, "{s:?} + {a:?}");
             }
+            assert_eq!(next(s, A::ReportBack), Some(s));
         }
         let e = require("disputes/x", S::Resolved, A::StartMediation).expect_err("final");
         let api = e.api();

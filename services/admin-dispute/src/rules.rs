@@ -146,6 +146,19 @@ pub fn procuratorate_rule(start: i64, months: u32) -> ClockRule {
     }
 }
 
+/// The outcome code of `procuratorate-to-coordination` (deploy/routes, v1 `feedback_outcomes`)
+/// for a dispute's result: an agreement or a settlement is `agreement_reached` (行政诉讼法
+/// Art 60; 行政复议法 Art 73, 74), the organ's correction `administrative_action_corrected`,
+/// anything else `not_resolved` (back to the procuratorate's review).
+pub fn referral_outcome(result: fengqiao_proto::admindispute::DisputeResult) -> &'static str {
+    use fengqiao_proto::admindispute::DisputeResult as D;
+    match result {
+        D::MediationAgreement | D::SettledWithdrawn => "agreement_reached",
+        D::OrganCorrection => "administrative_action_corrected",
+        D::Decided | D::NotResolved | D::Unspecified => "not_resolved",
+    }
+}
+
 /// Collapses whitespace so that the same facts typed twice compare equal.
 fn normalize(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -279,6 +292,35 @@ mod tests {
         assert_ne!(a, d(b"k1", &["p1"], "征收补偿 标准过低"));
         assert_ne!(a, d(b"k1", &["p1", "p2"], "另一事实"));
         assert!(!a.contains("征收"));
+    }
+
+    #[test]
+    fn results_map_to_the_referral_routes_outcomes() {
+        use fengqiao_proto::admindispute::DisputeResult as D;
+        let route: toml::Value = toml::from_str(include_str!(
+            "../../../deploy/routes/procuratorate-to-coordination.v1.toml"
+        ))
+        .expect("route");
+        let codes: Vec<&str> = route["feedback_outcomes"]
+            .as_array()
+            .expect("outcomes")
+            .iter()
+            .filter_map(|o| o["code"].as_str())
+            .collect();
+        for r in [
+            D::Unspecified,
+            D::MediationAgreement,
+            D::OrganCorrection,
+            D::SettledWithdrawn,
+            D::Decided,
+            D::NotResolved,
+        ] {
+            assert!(codes.contains(&referral_outcome(r)), "{r:?}");
+        }
+        assert_eq!(
+            referral_outcome(D::OrganCorrection),
+            "administrative_action_corrected"
+        );
     }
 
     #[test]

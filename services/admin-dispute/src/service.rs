@@ -520,6 +520,89 @@ impl AdminDispute {
     }
 }
 
+impl AdminDispute {
+    /// Reports a referred dispute's result on the referral's transfer: the router first
+    /// (feedback with the route's outcome, request id derived from the method, the dispute
+    /// and the client's id), then the local commit; a cut-off call is completed by its retry.
+    async fn report(
+        &self,
+        request: &Request<ReportToProcuratorateRequest>,
+    ) -> Result<Dispute, Error> {
+        let who = Identity::of(request)?.clone();
+        let req = request.get_ref();
+        let name = name_of(&req.name)?;
+        let idem = Idem::new(&who, "ReportToProcuratorate", &req.request_id, req)?;
+        let summary = req.summary.trim();
+        if summary.is_empty() || summary.chars().count() > 4000 {
+            return Err(FieldViolation::new("summary", "required, at most 4000 characters").into());
+        }
+        let cal = HolidayCalendar::builtin();
+        let (s, code) = {
+            let mut tx = self.store.read().await?;
+            if let Some(answer) = idem.replay::<Dispute>(&mut tx).await? {
+                return Ok(answer);
+            }
+            let now = fengqiao_store::db_now_micros(&mut tx).await?;
+            let s = db::load(&mut tx, &who.agency, name)
+                .await?
+                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            tx.rollback().await?;
+            centre(&who, &s.record, "reporting to the procuratorate")?;
+            let (_, code) = dom::report_back(&s.record, now, cal)?;
+            (s, code)
+        };
+        let d = &s.record.dispute;
+        let transfer = d
+            .procuratorate
+            .as_ref()
+            .map(|p| p.transfer.clone())
+            .unwrap_or_default();
+        let documents: Vec<_> = d
+            .result_document
+            .iter()
+            .chain(d.agreement.as_ref().and_then(|a| a.document.as_ref()))
+            .cloned()
+            .collect();
+        let feedback = fengqiao_proto::router::SubmitFeedbackRequest {
+            name: transfer,
+            outcome_code: code.into(),
+            summary: summary.to_owned(),
+            documents,
+            request_id: router_rid("ReportToProcuratorate", name, &req.request_id),
+            ..Default::default()
+        };
+        let mut out = Request::new(feedback);
+        forward_auth(request, &mut out);
+        self.router()
+            .submit_feedback(out)
+            .await
+            .map_err(Error::upstream)?;
+        let mut tx = self.store.write().await?;
+        if let Some(answer) = idem.replay::<Dispute>(&mut tx).await? {
+            return Ok(answer);
+        }
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let s = db::load(&mut tx, &who.agency, name)
+            .await?
+            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let reported = s
+            .record
+            .dispute
+            .procuratorate
+            .as_ref()
+            .is_some_and(|p| p.reported);
+        let dispute = if reported {
+            s.record.dispute.clone()
+        } else {
+            let (next, _) = dom::report_back(&s.record, now, cal)?;
+            db::save(&mut tx, &s, &next, now).await?.record.dispute
+        };
+        idem.save(&mut tx, &dispute).await?;
+        tx.commit().await?;
+        Ok(dispute)
+    }
+}
+
 /// The centre's side of the router: the procuratorate's answers on `coordination-to-
 /// procuratorate` (the centre is the sender) and its referrals on `procuratorate-to-
 /// coordination` (the centre receives).
@@ -1014,6 +1097,17 @@ impl AdminDisputeService for AdminDispute {
             self.ask(&req)
                 .await
                 .map(|d| AskProcuratorateResponse { dispute: Some(d) }),
+        )
+    }
+
+    async fn report_to_procuratorate(
+        &self,
+        req: Request<ReportToProcuratorateRequest>,
+    ) -> R<ReportToProcuratorateResponse> {
+        reply(
+            self.report(&req)
+                .await
+                .map(|d| ReportToProcuratorateResponse { dispute: Some(d) }),
         )
     }
 

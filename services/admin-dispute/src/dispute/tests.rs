@@ -315,6 +315,52 @@ fn the_review_extends_by_thirty_days_only_with_the_review_heads_approval() {
 }
 
 #[test]
+fn a_referred_dispute_reports_its_result_once_when_finished() {
+    let t0 = at(2026, 3, 2, 9);
+    let mut r = taken_in(DisputeStage::InSupervision, &[ClaimKind::Legality], t0);
+    r.dispute.procuratorate = Some(ProcuratorateInvolvement {
+        procuratorate: agency("agencies/xigang-procuratorate"),
+        transfer: "transfers/t1".into(),
+        referred_by_procuratorate: true,
+        ..ProcuratorateInvolvement::default()
+    });
+    assert_eq!(
+        reason(report_back(&r, t0, cal()).expect_err("open")),
+        Reason::WrongState
+    );
+    let c = start_coordination(&r, CoordinationMethod::Correction, t0, cal()).expect("c");
+    let done = record_correction(&c, Some(&doc()), t0, cal()).expect("corrected");
+    let (reported, code) = report_back(&done, t0 + 1, cal()).expect("reported");
+    assert_eq!(code, "administrative_action_corrected");
+    let p = reported.dispute.procuratorate.as_ref().expect("p");
+    assert!(p.reported);
+    assert_eq!(p.outcome.as_ref().map(|o| o.code.as_str()), Some(code));
+    assert_eq!(reported.state(), S::Resolved);
+    assert_eq!(
+        reason(report_back(&reported, t0 + 2, cal()).expect_err("twice")),
+        Reason::AlreadyExists
+    );
+    // A dispute not referred has nothing to report.
+    let own = record_correction(
+        &start_coordination(
+            &taken_in(DisputeStage::BeforeReview, &[ClaimKind::Legality], t0),
+            CoordinationMethod::Correction,
+            t0,
+            cal(),
+        )
+        .expect("c"),
+        Some(&doc()),
+        t0,
+        cal(),
+    )
+    .expect("corrected");
+    assert_eq!(
+        reason(report_back(&own, t0, cal()).expect_err("not referred")),
+        Reason::WrongParty
+    );
+}
+
+#[test]
 fn settlement_withdraws_the_dispute() {
     let t0 = at(2026, 3, 2, 9);
     let r = taken_in(DisputeStage::InReview, &[ClaimKind::Compensation], t0);
