@@ -759,6 +759,26 @@ suite_test!(
             .await
             .expect_err("not a participant");
         assert_eq!(e.code(), Code::NotFound);
+        // The referral carries no claims: mediation is refused until the centre records them.
+        assert!(!d.scope.as_ref().expect("scope").mediation_allowed);
+        let amended = coordinator(&suite)
+            .amend_claims(ad::AmendClaimsRequest {
+                name: d.name.clone(),
+                request_id: rid(),
+                claims: vec![ad::Claim {
+                    kind: ad::ClaimKind::Indemnification as i32,
+                    description: "提高补偿".into(),
+                    amount: None,
+                }],
+                act: None,
+                etag: String::new(),
+            })
+            .await
+            .expect("amended")
+            .into_inner()
+            .dispute
+            .expect("d");
+        assert!(amended.scope.as_ref().expect("scope").mediation_allowed);
         // The centre can coordinate it (explanation, correction, withdrawal).
         let c = coordinator(&suite)
             .start_coordination(ad::StartCoordinationRequest {

@@ -251,6 +251,30 @@ pub fn intake(
     Ok(r)
 }
 
+/// Records the claims (and the act, if given) while OPEN and decides the scope again
+/// (行政诉讼法 Art 60): for a referral, whose snapshot carries no claims.
+pub fn amend_claims(
+    r: &Record,
+    claims: &[Claim],
+    act: Option<&AdministrativeAct>,
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<Record, Error> {
+    let to = r.require(Action::AmendClaims)?;
+    if claims.is_empty() {
+        return Err(FieldViolation::new("claims", "at least one claim").into());
+    }
+    let mut r = r.clone();
+    let kinds: Vec<_> = claims.iter().map(|c| c.kind()).collect();
+    r.dispute.claims = claims.to_vec();
+    r.dispute.scope = Some(rules::scope(&kinds));
+    if let Some(a) = act {
+        r.dispute.act = Some(a.clone());
+    }
+    r.touch(now, to, cal)?;
+    Ok(r)
+}
+
 /// Starts mediation: only within the scope of 行政诉讼法 Art 60 (refused naming the article),
 /// with every applicant's and the organ's consent (行诉解释 Art 84: 征得当事人双方同意). In
 /// 行政复议 the review is suspended with a written notice (行政复议法 Art 39(6)) and its clock

@@ -41,6 +41,8 @@ pub enum Action {
     Procuratorate,
     /// The result of a referred dispute is reported back to the procuratorate (same state).
     ReportBack,
+    /// The claims are recorded again and the scope decided again (same state).
+    AmendClaims,
 }
 
 impl Action {
@@ -58,12 +60,13 @@ impl Action {
             Action::Close => "close",
             Action::Procuratorate => "involve the procuratorate in",
             Action::ReportBack => "report the result of",
+            Action::AmendClaims => "amend the claims of",
         }
     }
 }
 
 /// Every action, for the exhaustive tests.
-pub const ACTIONS: [Action; 12] = [
+pub const ACTIONS: [Action; 13] = [
     Action::StartMediation,
     Action::StartCoordination,
     Action::WithdrawConsent,
@@ -76,6 +79,7 @@ pub const ACTIONS: [Action; 12] = [
     Action::Close,
     Action::Procuratorate,
     Action::ReportBack,
+    Action::AmendClaims,
 ];
 
 /// The state after `action` in `state`, or `None` when the action is not allowed there.
@@ -86,6 +90,8 @@ pub fn next(state: S, action: Action) -> Option<S> {
         // in 行政复议 it suspends the review.
         (S::Open, A::StartMediation) => S::Mediating,
         (S::Open, A::StartCoordination) => S::Coordinating,
+        // Before anything is under way the claims (of a referral) may be recorded.
+        (S::Open, A::AmendClaims) => S::Open,
         // ARL Art 73 ¶2: a party backing out before the 调解书 takes effect: the review
         // resumes and the organ decides.
         (S::Mediating | S::AgreementPending, A::WithdrawConsent) => S::Open,
@@ -132,6 +138,7 @@ mod tests {
     const ALLOWED: &[(S, Action, S)] = &[
         (S::Open, A::StartMediation, S::Mediating),
         (S::Open, A::StartCoordination, S::Coordinating),
+        (S::Open, A::AmendClaims, S::Open),
         (S::Open, A::RecordCorrection, S::Resolved),
         (S::Open, A::RecordSettlement, S::Withdrawn),
         (S::Open, A::Close, S::Closed),

@@ -780,7 +780,7 @@ fn state_is_open(state: TransferState) -> bool {
 /// A dispute from the procuratorate's referral (行政诉讼监督 → 行政争议化解中心): in
 /// procuratorial supervision, the procuratorate a participant. The snapshot carries no claims
 /// (the route's data has none), so the scope for mediation is left undecided (refused) until
-/// the centre takes the dispute in with its claims; the organ is named in
+/// the centre records them (`AmendClaims`); the organ is named in
 /// `external_references["organ"]` when the procuratorate gives it.
 fn referral(
     envelope: &Envelope,
@@ -860,6 +860,7 @@ macro_rules! target {
 }
 
 target!(
+    AmendClaimsRequest,
     StartMediationRequest,
     StartCoordinationRequest,
     WithdrawConsentRequest,
@@ -912,6 +913,7 @@ macro_rules! from_dispute {
 }
 
 from_dispute!(
+    AmendClaimsResponse,
     StartMediationResponse,
     StartCoordinationResponse,
     WithdrawConsentResponse,
@@ -947,6 +949,14 @@ impl AdminDisputeService for AdminDispute {
     async fn list_disputes(&self, req: Request<ListDisputesRequest>) -> R<ListDisputesResponse> {
         let w = who(&req)?;
         reply(self.list(&w, req.get_ref()).await)
+    }
+
+    async fn amend_claims(&self, req: Request<AmendClaimsRequest>) -> R<AmendClaimsResponse> {
+        self.run(req, "AmendClaims", |w, r, rec, now, cal| {
+            centre(w, rec, "amending the claims")?;
+            dom::amend_claims(rec, &r.claims, r.act.as_ref(), now, cal)
+        })
+        .await
     }
 
     async fn start_mediation(

@@ -361,6 +361,34 @@ fn a_referred_dispute_reports_its_result_once_when_finished() {
 }
 
 #[test]
+fn amended_claims_decide_the_scope_again_while_open_only() {
+    let t0 = at(2026, 3, 2, 9);
+    let r = taken_in(DisputeStage::InSupervision, &[ClaimKind::Legality], t0);
+    assert!(!r.dispute.scope.as_ref().expect("s").mediation_allowed);
+    assert!(amend_claims(&r, &[], None, t0, cal()).is_err());
+    let claim = Claim {
+        kind: ClaimKind::Compensation as i32,
+        ..Claim::default()
+    };
+    let act = AdministrativeAct {
+        document_number: "新文号".into(),
+        ..AdministrativeAct::default()
+    };
+    let a = amend_claims(&r, std::slice::from_ref(&claim), Some(&act), t0, cal()).expect("amended");
+    assert!(a.dispute.scope.as_ref().expect("s").mediation_allowed);
+    assert_eq!(
+        a.dispute.act.as_ref().map(|x| x.document_number.as_str()),
+        Some("新文号")
+    );
+    assert!(start_mediation(&a, &consents(), true, None, t0, cal()).is_ok());
+    let c = start_coordination(&a, CoordinationMethod::Explanation, t0, cal()).expect("c");
+    assert_eq!(
+        reason(amend_claims(&c, &[claim], None, t0, cal()).expect_err("under way")),
+        Reason::WrongState
+    );
+}
+
+#[test]
 fn settlement_withdraws_the_dispute() {
     let t0 = at(2026, 3, 2, 9);
     let r = taken_in(DisputeStage::InReview, &[ClaimKind::Compensation], t0);
