@@ -193,7 +193,7 @@ suite_test!(sample_agencies_are_seeded_and_paged, |suite| async move {
         }
         token = r.next_page_token;
     }
-    assert_eq!(seen.len(), 9, "{seen:?}");
+    assert_eq!(seen.len(), 11, "{seen:?}");
     let mut sorted = seen.clone();
     sorted.sort();
     assert_eq!(seen, sorted, "stable id order across pages");

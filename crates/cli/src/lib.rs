@@ -27,16 +27,19 @@ pub enum ServiceName {
     CourtDiversion,
     /// Judicial confirmation (司法确认).
     JudicialConfirmation,
+    /// Administrative dispute coordination (行政争议实质性化解).
+    AdminDispute,
 }
 
 impl ServiceName {
     /// Every service.
-    pub const ALL: [ServiceName; 5] = [
+    pub const ALL: [ServiceName; 6] = [
         ServiceName::Router,
         ServiceName::PoliceReferral,
         ServiceName::Mediation,
         ServiceName::CourtDiversion,
         ServiceName::JudicialConfirmation,
+        ServiceName::AdminDispute,
     ];
 
     /// The name used in flags and file names.
@@ -47,6 +50,7 @@ impl ServiceName {
             ServiceName::Mediation => "mediation",
             ServiceName::CourtDiversion => "court-diversion",
             ServiceName::JudicialConfirmation => "judicial-confirmation",
+            ServiceName::AdminDispute => "admin-dispute",
         }
     }
 }
@@ -388,6 +392,21 @@ impl Suite {
                         .add(svc.inbox_handler())
                         .map_err(|e| SuiteError::Config(e.to_string()))?;
                 }
+                ServiceName::AdminDispute => {
+                    // The centre's side of coordination-to-procuratorate (sender) and
+                    // procuratorate-to-coordination (receiver).
+                    let svc = fengqiao_admin_dispute::AdminDispute::new(
+                        store.clone(),
+                        router_channel(config, local.as_ref())?,
+                    )
+                    .with_procuratorate_review_months(
+                        config.admin_dispute.procuratorate_review_months,
+                    );
+                    svc.add_to(&mut builder, max);
+                    inbox
+                        .add(svc.inbox_handler())
+                        .map_err(|e| SuiteError::Config(e.to_string()))?;
+                }
             }
         }
         if !inbox.is_empty() {
@@ -442,6 +461,14 @@ impl Suite {
                         service: s.as_str(),
                         source,
                     }),
+                ServiceName::AdminDispute => {
+                    fengqiao_admin_dispute::migrate(store)
+                        .await
+                        .map_err(|source| SuiteError::Store {
+                            service: s.as_str(),
+                            source,
+                        })
+                }
             };
             if let Err(e) = r {
                 server.shutdown(Duration::from_secs(1)).await;

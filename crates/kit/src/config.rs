@@ -172,6 +172,23 @@ pub struct PeersConfig {
     pub router: Option<String>,
 }
 
+/// Administrative dispute coordination (admin-dispute).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminDisputeSettings {
+    /// The procuratorate's review period in calendar months (人民检察院行政诉讼监督规则 2016
+    /// Art 12: 3 months; configuration, as the 2021 revision's numbering is not verified).
+    pub procuratorate_review_months: u32,
+}
+
+impl Default for AdminDisputeSettings {
+    fn default() -> Self {
+        Self {
+            procuratorate_review_months: 3,
+        }
+    }
+}
+
 /// The configuration of a Fengqiao process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -207,6 +224,8 @@ pub struct Config {
     pub routes_dir: Option<PathBuf>,
     /// Router: holiday calendar file.
     pub holidays_file: Option<PathBuf>,
+    /// admin-dispute settings.
+    pub admin_dispute: AdminDisputeSettings,
 }
 
 impl Default for Config {
@@ -227,6 +246,7 @@ impl Default for Config {
             agencies_file: None,
             routes_dir: None,
             holidays_file: None,
+            admin_dispute: AdminDisputeSettings::default(),
         }
     }
 }
@@ -351,6 +371,12 @@ impl Config {
 
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=24).contains(&self.admin_dispute.procuratorate_review_months) {
+            return Err(ConfigError::Invalid {
+                key: "admin_dispute.procuratorate_review_months",
+                detail: "must be 1 to 24 months".into(),
+            });
+        }
         let l = &self.limits;
         if l.max_concurrency == 0 {
             return Err(ConfigError::Invalid {
@@ -530,5 +556,18 @@ mod tests {
         assert!(c.validate().is_ok());
         c.delivery.pull_lease_ms = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_procuratorates_review_months_default_to_three_and_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.admin_dispute.procuratorate_review_months, 3);
+        let mut c: Config =
+            toml::from_str("[admin_dispute]\nprocuratorate_review_months = 4\n").expect("parse");
+        assert_eq!(c.admin_dispute.procuratorate_review_months, 4);
+        assert!(c.validate().is_ok());
+        c.admin_dispute.procuratorate_review_months = 0;
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("[admin_dispute]\nmonths = 4\n").is_err());
     }
 }

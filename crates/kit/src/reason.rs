@@ -229,6 +229,15 @@ catalogue! {
     /// A different application was already accepted under this 调确 number.
     ConfirmationNumberReused = "CONFIRMATION_NUMBER_REUSED", AlreadyExists;
 
+    // ── Administrative disputes (行政争议实质性化解) ─────────────────────────────────────────
+    /// Mediation is not allowed for this dispute: only administrative compensation,
+    /// compensation and matters of discretionary power may be mediated (行政诉讼法 Art 60);
+    /// the message names the article. Coordination without an agreement is still possible.
+    OutsideMediationScope = "OUTSIDE_MEDIATION_SCOPE", FailedPrecondition;
+    /// An application on the same facts and reasons was withdrawn after a settlement and
+    /// cannot be brought again (行政复议法 Art 74).
+    SameFactsWithdrawn = "SAME_FACTS_WITHDRAWN", FailedPrecondition;
+
     // ── Parts not built ─────────────────────────────────────────────────────────────────────
     /// The method is in the contract but not built yet; the message says what to do instead.
     NotBuilt = "NOT_BUILT", Unimplemented;

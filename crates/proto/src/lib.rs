@@ -55,6 +55,13 @@ pub mod fengqiao {
             tonic::include_proto!("fengqiao.judicialconfirmation.v1");
         }
     }
+    /// `fengqiao.admindispute.v1`
+    pub mod admindispute {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("fengqiao.admindispute.v1");
+        }
+    }
 }
 
 /// Vendored googleapis annotations (`proto/google/api/`), so that clients can read the
@@ -66,6 +73,7 @@ pub mod google {
     }
 }
 
+pub use fengqiao::admindispute::v1 as admindispute;
 pub use fengqiao::common::v1 as common;
 pub use fengqiao::courtdiversion::v1 as courtdiversion;
 pub use fengqiao::inbox::v1 as inbox;
