@@ -66,7 +66,7 @@ CALLS = {
     ),
     "admin-dispute": (
         "/fengqiao.admindispute.v1.AdminDisputeService/ListDisputes",
-        "xigang-coordination-centre/coordinator-01",
+        "xigang-admin-dispute-centre/coordinator-01",
     ),
 }
 
