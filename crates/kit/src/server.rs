@@ -323,12 +323,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
         let path = req.uri().path().to_string();
+        // OTel semantic conventions for gRPC server spans (telemetry: issue #15).
+        let (rpc_service, rpc_method) = crate::telemetry::split_grpc_path(&path);
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %path,
+            otel.name = %path.trim_start_matches('/'),
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.method = %path,
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             agency = tracing::field::Empty,

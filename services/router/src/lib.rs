@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "named_clocks",
         include_str!("../migrations/0005_named_clocks.sql"),
     ),
+    Migration::portable(
+        6,
+        "outbox_trace",
+        include_str!("../migrations/0006_outbox_trace.sql"),
+    ),
 ];
 
 /// Applies the shared and the router's migrations.
