@@ -1059,7 +1059,9 @@ impl Delivery {
         envelope: Envelope,
         span: tracing::Span,
     ) -> Result<()> {
+        let started = Instant::now();
         let result = self.call_deliver(&endpoint, envelope.clone()).await;
+        let seconds = started.elapsed().as_secs_f64();
         let code = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
@@ -1069,6 +1071,7 @@ impl Delivery {
         }
         match result {
             Ok(resp) => {
+                crate::metrics::record_push(&m.destination, "delivered", seconds);
                 tracing::debug!(message_id = %m.id, duplicate = resp.duplicate, "delivered");
                 self.record_delivered(&m.id, &envelope).await?;
                 // The receiver is reachable: if it was failing (here, or — when this message
@@ -1086,6 +1089,11 @@ impl Delivery {
                 let dead = u32::try_from(m.attempts).unwrap_or(u32::MAX)
                     >= self.config.max_attempts
                     || permanent_refusal(&status);
+                crate::metrics::record_push(
+                    &m.destination,
+                    crate::metrics::push_outcome(false, dead),
+                    seconds,
+                );
                 tracing::warn!(
                     message_id = %m.id,
                     to_agency = %m.destination,

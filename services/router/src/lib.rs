@@ -16,6 +16,7 @@ pub mod clock;
 pub mod delivery;
 pub mod error;
 pub mod lifecycle;
+pub mod metrics;
 pub mod routes;
 pub mod statistics;
 pub mod time;

@@ -4,7 +4,9 @@
 //! server spans carry OTel's gRPC attributes and none of the noisy ones; the police process's
 //! call to the router is one trace across both processes; the delivery push (a CLIENT span) is
 //! in the trace of the approval that caused it, and the receiving process's Deliver span is
-//! its child; JSON log lines inside a span carry that span's `trace_id`/`span_id`. SQLite and
+//! its child; JSON log lines inside a span carry that span's `trace_id`/`span_id`. Then the
+//! router's admin port is scraped: the work (deliveries by recipient and outcome, backlog and
+//! its age, incidents, transfers by state), `process_*` and `fengqiao_build_info`. SQLite and
 //! PostgreSQL.
 
 use std::collections::HashMap;
@@ -151,9 +153,11 @@ fn referral() -> Referral {
 
 /// `fengqiao serve --service <service>` exporting to `otlp`, JSON logs (stdout) at `info` into
 /// `log`.
+#[allow(clippy::too_many_arguments)]
 fn serve_traced(
     service: &str,
     port: u16,
+    admin: u16,
     url: &str,
     dir: &std::path::Path,
     otlp: &str,
@@ -164,7 +168,7 @@ fn serve_traced(
     Command::new(env!("CARGO_BIN_EXE_fengqiao"))
         .args(["serve", "--service", service])
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--database-url", url])
         .args(["--data-dir", &dir.display().to_string()])
         .args(["--auth-issuer", ISSUER])
@@ -213,7 +217,7 @@ async fn traced_flow(urls: [String; 2]) {
         ),
     )
     .expect("config");
-    let (rp, pp, nobody) = (free_port(), free_port(), free_port());
+    let (rp, pp, nobody, admin) = (free_port(), free_port(), free_port(), free_port());
     // Police agencies are pushed to the police process; the others to a port nobody serves
     // (their pushes fail, and are traced all the same).
     let mut out = String::new();
@@ -242,6 +246,7 @@ async fn traced_flow(urls: [String; 2]) {
     procs.0.push(serve_traced(
         "router",
         rp,
+        admin,
         &urls[0],
         dir.path(),
         &otlp,
@@ -251,6 +256,7 @@ async fn traced_flow(urls: [String; 2]) {
     procs.0.push(serve_traced(
         "police-referral",
         pp,
+        0,
         &urls[1],
         dir.path(),
         &otlp,
@@ -341,6 +347,7 @@ async fn traced_flow(urls: [String; 2]) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    check_metrics(admin).await;
     // Stopping flushes what is left.
     drop(procs);
     let spans = receiver.spans();
@@ -466,6 +473,97 @@ async fn traced_flow(urls: [String; 2]) {
             "log line {l} does not name its push span"
         );
     }
+}
+
+/// `GET /metrics` on the admin port.
+fn scrape(admin: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).expect("admin port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the first sample of exactly `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// After the approvals: the offer to the mediation room (whose endpoint nobody serves) waits
+/// in the backlog with failed attempts and an incident; the station's copies were delivered.
+async fn check_metrics(admin: u16) {
+    const ROOM: &str = "agencies/xigang-bayilu-mediation-room";
+    const STATION: &str = "agencies/xigang-bayilu-station";
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(admin);
+        if sample(
+            &text,
+            &format!("fengqiao_delivery_attempts_total{{recipient=\"{ROOM}\",outcome=\"failed\"}}"),
+        )
+        .is_some()
+            && sample(
+                &text,
+                &format!("fengqiao_outbox_backlog{{recipient=\"{ROOM}\"}}"),
+            )
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got =
+        |series: String| sample(&text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert!(
+        got(format!(
+            "fengqiao_delivery_attempts_total{{recipient=\"{STATION}\",outcome=\"delivered\"}}"
+        )) >= 1.0
+    );
+    assert!(
+        got(format!(
+            "fengqiao_delivery_attempts_total{{recipient=\"{ROOM}\",outcome=\"failed\"}}"
+        )) >= 1.0
+    );
+    assert!(
+        got(format!(
+            "fengqiao_delivery_duration_seconds_count{{recipient=\"{STATION}\"}}"
+        )) >= 1.0
+    );
+    assert!(got(format!("fengqiao_outbox_backlog{{recipient=\"{ROOM}\"}}")) >= 1.0);
+    assert!(
+        got(format!(
+            "fengqiao_outbox_oldest_age_seconds{{recipient=\"{ROOM}\"}}"
+        )) >= 0.0
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "fengqiao_delivery_incidents{{recipient=\"{ROOM}\""
+        ))),
+        "no incident for the room in\n{text}"
+    );
+    // The offer never reached the room: the transfer stays APPROVED.
+    assert_eq!(got("fengqiao_transfers{state=\"approved\"}".into()), 1.0);
+    assert_eq!(got("fengqiao_transfers{state=\"closed\"}".into()), 0.0);
+    assert_eq!(
+        got(format!(
+            "fengqiao_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    for p in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(got(p.to_string()) > 0.0, "{p}");
+    }
+    assert!(got("process_cpu_seconds_total".into()) >= 0.0);
 }
 
 #[test]
