@@ -2,7 +2,7 @@
 //! export spans over OTLP/gRPC to an in-process receiver while a referral is drafted,
 //! submitted and approved. Checked: every span's resource names its service (and version);
 //! server spans carry OTel's gRPC attributes and none of the noisy ones; the police process's
-//! call to the router is one trace across both processes; the delivery push (a CLIENT span) is
+//! call to the router is a CLIENT span whose child is the router's SERVER span; the delivery push (a CLIENT span) is
 //! in the trace of the approval that caused it, and the receiving process's Deliver span is
 //! its child; JSON log lines inside a span carry that span's `trace_id`/`span_id`. Then the
 //! router's admin port is scraped: the work (deliveries by recipient and outcome, backlog and
@@ -398,15 +398,39 @@ async fn traced_flow(urls: [String; 2]) {
         "fengqiao.policereferral.v1.PoliceReferralService/CreateReferral"
     );
 
-    // DraftTransfer on the police process calls the router: one trace across both.
+    // DraftTransfer on the police process calls the router: one trace across both, through a
+    // CLIENT span of the police process whose child is the router's SERVER span.
     let draft = server_span("police-referral", "DraftTransfer");
     let draft = draft.first().expect("the DraftTransfer server span");
+    let calls: Vec<&Got> = spans
+        .iter()
+        .filter(|s| {
+            s.service == "police-referral"
+                && s.kind == SpanKind::Client as i32
+                && s.trace_id == draft.trace_id
+                && s.parent_span_id == draft.span_id
+        })
+        .collect();
     assert!(
-        spans.iter().any(|s| s.service == "router"
-            && s.kind == SpanKind::Server as i32
-            && s.trace_id == draft.trace_id),
-        "the router's part of DraftTransfer is not in its trace"
+        !calls.is_empty(),
+        "no CLIENT span for the call to the router"
     );
+    for call in &calls {
+        assert_eq!(call.attrs["rpc.system"], "grpc");
+        assert_eq!(
+            call.attrs["rpc.service"],
+            "fengqiao.router.v1.TransferService"
+        );
+        assert_eq!(call.attrs["rpc.grpc.status_code"], "0", "{call:?}");
+        assert!(
+            spans.iter().any(|s| s.service == "router"
+                && s.kind == SpanKind::Server as i32
+                && s.trace_id == draft.trace_id
+                && s.parent_span_id == call.span_id
+                && s.attrs.get("rpc.method") == call.attrs.get("rpc.method")),
+            "the router's SERVER span is not the child of {call:?}"
+        );
+    }
 
     // The approval's pushes continue its trace: CLIENT spans on the router, the police
     // process's Deliver span their child.
