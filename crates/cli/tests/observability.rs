@@ -461,12 +461,12 @@ async fn traced_flow(urls: [String; 2]) {
     assert_eq!(push.attrs["rpc.system"], "grpc");
     assert_eq!(push.attrs["rpc.grpc.status_code"], "0");
     let received = server_span("police-referral", "Deliver");
-    assert!(
-        received
-            .iter()
-            .any(|d| d.trace_id == push.trace_id && d.parent_span_id == push.span_id),
-        "the police process's Deliver span is not the push's child"
-    );
+    let child = received
+        .iter()
+        .find(|d| d.trace_id == push.trace_id && d.parent_span_id == push.span_id)
+        .expect("the police process's Deliver span is the push's child");
+    assert_eq!(push.attrs["rpc.service"], child.attrs["rpc.service"]);
+    assert_eq!(push.name, child.name);
     // Every push to an agency follows the trace of a change (none starts a trace of its own).
     for p in &pushes {
         assert!(

@@ -1030,10 +1030,10 @@ impl Delivery {
         // message (its stored trace context), with OTel's gRPC attributes.
         let span = tracing::info_span!(
             "delivery.push",
-            otel.name = "fengqiao.router.v1.AgencyInboxService/Deliver",
+            otel.name = "fengqiao.inbox.v1.AgencyInboxService/Deliver",
             otel.kind = "client",
             rpc.system = "grpc",
-            rpc.service = "fengqiao.router.v1.AgencyInboxService",
+            rpc.service = "fengqiao.inbox.v1.AgencyInboxService",
             rpc.method = "Deliver",
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
