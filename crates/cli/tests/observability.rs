@@ -1,6 +1,7 @@
 //! Traces as shipped (issue #15): two `fengqiao serve` processes (router, police-referral)
 //! export spans over OTLP/gRPC to an in-process receiver while a referral is drafted,
-//! submitted and approved. Checked: every span's resource names its service (and version);
+//! submitted and approved (the police process logs at `warn`: spans are exported whatever the
+//! log level). Checked: every span's resource names its service (and version);
 //! server spans carry OTel's gRPC attributes and none of the noisy ones; the police process's
 //! call to the router is a CLIENT span whose child is the router's SERVER span; the delivery push (a CLIENT span) is
 //! in the trace of the approval that caused it, and the receiving process's Deliver span is
@@ -151,8 +152,8 @@ fn referral() -> Referral {
     }
 }
 
-/// `fengqiao serve --service <service>` exporting to `otlp`, JSON logs (stdout) at `info` into
-/// `log`.
+/// `fengqiao serve --service <service>` exporting to `otlp`, JSON logs (stdout) at `level`
+/// into `log`.
 #[allow(clippy::too_many_arguments)]
 fn serve_traced(
     service: &str,
@@ -161,7 +162,7 @@ fn serve_traced(
     url: &str,
     dir: &std::path::Path,
     otlp: &str,
-    log: &std::path::Path,
+    (log, level): (&std::path::Path, &str),
     extra: &[&str],
 ) -> Child {
     let log = std::fs::File::create(log).expect("log file");
@@ -176,7 +177,7 @@ fn serve_traced(
         .args(["--log-format", "json"])
         .args(["--otlp-endpoint", otlp])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", level)
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .stdout(log)
         .stderr(Stdio::inherit())
@@ -250,7 +251,7 @@ async fn traced_flow(urls: [String; 2]) {
         &urls[0],
         dir.path(),
         &otlp,
-        &router_log,
+        (&router_log, "info"),
         &["--agencies-file", &agencies_file.display().to_string()],
     ));
     procs.0.push(serve_traced(
@@ -260,7 +261,8 @@ async fn traced_flow(urls: [String; 2]) {
         &urls[1],
         dir.path(),
         &otlp,
-        &police_log,
+        // Spans are exported whatever the log level.
+        (&police_log, "warn"),
         &["--router", &router_uri],
     ));
     for p in [rp, pp] {
