@@ -59,6 +59,7 @@ impl TraceService for Receiver {
 struct Got {
     service: String,
     version: String,
+    environment: String,
     name: String,
     kind: i32,
     trace_id: String,
@@ -103,6 +104,10 @@ impl Receiver {
                         out.push(Got {
                             service: res.get("service.name").cloned().unwrap_or_default(),
                             version: res.get("service.version").cloned().unwrap_or_default(),
+                            environment: res
+                                .get("deployment.environment.name")
+                                .cloned()
+                                .unwrap_or_default(),
                             name: s.name.clone(),
                             kind: s.kind,
                             trace_id: hex(&s.trace_id),
@@ -179,6 +184,10 @@ fn serve_traced(
         .args(extra)
         .env("RUST_LOG", level)
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=observability-test",
+        )
         .stdout(log)
         .stderr(Stdio::inherit())
         .spawn()
@@ -365,6 +374,7 @@ async fn traced_flow(urls: [String; 2]) {
             s.service
         );
         assert_eq!(s.version, env!("CARGO_PKG_VERSION"), "span {}", s.name);
+        assert_eq!(s.environment, "observability-test", "span {}", s.name);
         for noisy in [
             "code.file.path",
             "code.filepath",
