@@ -7,8 +7,8 @@
 //! in the trace of the approval that caused it, and the receiving process's Deliver span is
 //! its child; JSON log lines inside a span carry that span's `trace_id`/`span_id`. Then the
 //! router's admin port is scraped: the work (deliveries by recipient and outcome, backlog and
-//! its age, incidents, transfers by state), `process_*` and `fengqiao_build_info`. SQLite and
-//! PostgreSQL.
+//! its age, incidents, transfers by state), `process_*` and `fengqiao_build_info`, and every
+//! metric `deploy/grafana-dashboard.json` queries. SQLite and PostgreSQL.
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
@@ -600,6 +600,53 @@ async fn check_metrics(admin: u16) {
         assert!(got(p.to_string()) > 0.0, "{p}");
     }
     assert!(got("process_cpu_seconds_total".into()) >= 0.0);
+    dashboard_queries_exposed_metrics(&text);
+}
+
+const ROUTER_METRICS_SOURCE: &str = include_str!("../../../services/router/src/metrics.rs");
+const KIT_METRICS_SOURCE: &str = include_str!("../../kit/src/metrics.rs");
+
+/// Every metric `deploy/grafana-dashboard.json` queries is one the router exposes.
+fn dashboard_queries_exposed_metrics(text: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana-dashboard.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("json");
+    let mut names = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr
+                .match_indices("fengqiao_")
+                .chain(expr.match_indices("process_"))
+            {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        // A family without samples yet (no expiry, nothing overdue) is not in the exposition:
+        // then it must be one the router registers.
+        let registered = base.strip_prefix("fengqiao_").is_some_and(|short| {
+            ROUTER_METRICS_SOURCE.contains(&format!("\"{short}\""))
+                || KIT_METRICS_SOURCE.contains(&format!("\"{short}\""))
+        });
+        assert!(
+            text.contains(&format!("# TYPE {base} ")) || registered,
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+    }
 }
 
 #[test]
