@@ -339,6 +339,7 @@ impl Suite {
                         .map_err(|e| SuiteError::Router(e.to_string()))?;
                     r.add_to(&mut builder, max, trigger.subscribe());
                     metrics.register_group_commit("router", r.transfers.group_commit().clone());
+                    fengqiao_router::metrics::register(&metrics, store.clone());
                     router = Some(r);
                 }
                 ServiceName::PoliceReferral => {

@@ -194,8 +194,16 @@ async fn run_suite(
     agency_seed: Option<String>,
     banner: bool,
 ) -> anyhow::Result<ExitCode> {
+    // One service per process: the resource's service.name is that service. Several services
+    // in one process (`dev`) share one resource, service.name `fengqiao`; their server spans
+    // tell them apart by `rpc.service`.
+    let resource_name = match services.as_slice() {
+        [one] => one.as_str(),
+        _ => "fengqiao",
+    };
     let telemetry = fengqiao_kit::telemetry::init(
-        "fengqiao",
+        resource_name,
+        banner.then_some("dev"),
         config.log_format,
         &config.log_level,
         config.otlp_endpoint.as_deref(),

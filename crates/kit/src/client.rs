@@ -121,3 +121,157 @@ pub async fn answers(channel: Channel, timeout: Duration) -> bool {
         Err(_) => false,
     }
 }
+
+/// A [`Channel`] whose calls are CLIENT spans (`rpc.system=grpc`, `rpc.service`, `rpc.method`,
+/// `rpc.grpc.status_code`, OTel's semantic conventions) carrying their own W3C trace context
+/// to the server, so that the callee's SERVER span is the child of the call, not of the
+/// caller's SERVER span. The span lasts until the response's status (its trailers) arrives.
+#[derive(Clone, Debug)]
+pub struct TracedChannel(Channel);
+
+impl TracedChannel {
+    /// Traces the calls made on `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self(channel)
+    }
+}
+
+impl From<Channel> for TracedChannel {
+    fn from(channel: Channel) -> Self {
+        Self(channel)
+    }
+}
+
+/// Writes W3C trace context into HTTP/2 headers.
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn record_status(span: &tracing::Span, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    if code != 0 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        use tracing::Instrument as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let path = req.uri().path().to_string();
+        let (service, method) = crate::telemetry::split_grpc_path(&path);
+        let span = tracing::info_span!(
+            "rpc.client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let cx = span.context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+        });
+        let call = tower::Service::call(&mut self.0, req);
+        let inner_span = span.clone();
+        Box::pin(
+            async move {
+                match call.await {
+                    Ok(resp) => {
+                        // A trailers-only answer (an error) has its status in the headers.
+                        if let Some(code) = status_of(resp.headers()) {
+                            record_status(&inner_span, code);
+                            return Ok(resp);
+                        }
+                        let (parts, body) = resp.into_parts();
+                        Ok(http::Response::from_parts(
+                            parts,
+                            tonic::body::Body::new(TracedBody {
+                                inner: body,
+                                span: Some(inner_span),
+                            }),
+                        ))
+                    }
+                    Err(e) => {
+                        record_status(&inner_span, tonic::Code::Unavailable as i32);
+                        Err(e)
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// A response body that ends its call's span when the status arrives.
+struct TracedBody {
+    inner: tonic::body::Body,
+    span: Option<tracing::Span>,
+}
+
+impl TracedBody {
+    fn finish(&mut self, code: i32) {
+        if let Some(span) = self.span.take() {
+            record_status(&span, code);
+        }
+    }
+}
+
+impl http_body::Body for TracedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(status_of(trailers).unwrap_or(0));
+                }
+            }
+            Poll::Ready(Some(Err(status))) => this.finish(status.code() as i32),
+            Poll::Ready(None) => this.finish(0),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -29,11 +29,23 @@ fn latency_histogram() -> Histogram {
     ])
 }
 
+/// Work run before each scrape of `/metrics` (e.g. reading gauges from a database).
+pub type ScrapeHook =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static>;
+
+/// How long a scrape waits for its [`Metrics::on_scrape`] hooks before answering with what it
+/// has.
+pub const SCRAPE_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The metrics of one process: RPC counts and latencies by method and status, in-flight calls,
-/// plus whatever services register.
+/// plus whatever services register; and, unprefixed, the standard `process_*` metrics (read
+/// from `/proc` at each scrape) and `fengqiao_build_info`.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
+    /// Metrics with names of their own (`process_*`): no `fengqiao_` prefix.
+    unprefixed: Arc<RwLock<Registry>>,
+    hooks: Arc<RwLock<Vec<ScrapeHook>>>,
     /// Finished RPCs by method and status.
     pub rpc_total: Family<RpcLabels, Counter>,
     /// RPC latency in seconds by method and status.
@@ -75,8 +87,21 @@ impl Metrics {
             "gRPC calls in flight",
             rpc_in_flight.clone(),
         );
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running binary: its version (always 1)",
+            build_info,
+        );
+        let mut unprefixed = Registry::default();
+        unprefixed.register_collector(Box::new(ProcessCollector));
         Self {
             registry: Arc::new(RwLock::new(registry)),
+            unprefixed: Arc::new(RwLock::new(unprefixed)),
+            hooks: Arc::default(),
             rpc_total,
             rpc_seconds,
             rpc_in_flight,
@@ -103,6 +128,29 @@ impl Metrics {
         }
     }
 
+    /// Runs `hook` before each scrape of `/metrics` (at most [`SCRAPE_HOOK_TIMEOUT`]), e.g. to
+    /// refresh gauges read from a database.
+    pub fn on_scrape(
+        &self,
+        hook: impl Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut h) = self.hooks.write() {
+            h.push(Arc::new(hook));
+        }
+    }
+
+    /// Runs the [`Metrics::on_scrape`] hooks (concurrently, each bounded by
+    /// [`SCRAPE_HOOK_TIMEOUT`]).
+    pub async fn refresh(&self) {
+        let hooks: Vec<ScrapeHook> = self.hooks.read().map(|h| h.clone()).unwrap_or_default();
+        futures::future::join_all(
+            hooks
+                .iter()
+                .map(|h| tokio::time::timeout(SCRAPE_HOOK_TIMEOUT, h())),
+        )
+        .await;
+    }
+
     /// Records one finished call.
     pub fn observe(&self, method: &str, code: tonic::Code, seconds: f64) {
         let labels = RpcLabels {
@@ -113,12 +161,18 @@ impl Metrics {
         self.rpc_seconds.get_or_create(&labels).observe(seconds);
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (without running the scrape hooks: see
+    /// [`Metrics::refresh`]).
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         if let Ok(r) = self.registry.read() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+            let _ = encode_registry(&mut out, &r);
         }
+        if let Ok(r) = self.unprefixed.read() {
+            let _ = encode_registry(&mut out, &r);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 
@@ -142,9 +196,14 @@ impl Metrics {
             let Ok((stream, _)) = accepted else { continue };
             let me = self.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
                     let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.answer(&req)) }
+                    async move {
+                        if req.uri().path() == "/metrics" {
+                            me.refresh().await;
+                        }
+                        Ok::<_, Infallible>(me.answer(&req))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -226,6 +285,167 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("fengqiao_rpc_total{method=\"/x.v1.S/M\",code=\"NOT_FOUND\"} 1"));
         assert!(text.contains("fengqiao_rpc_duration_seconds_bucket"));
+        assert!(text.contains(&format!(
+            "fengqiao_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn process_metrics_come_from_proc() {
+        let text = Metrics::new().encode();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        assert!(value("process_resident_memory_bytes") > 1e5);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "start {start}, now {now}"
+        );
+    }
+
+    #[test]
+    fn proc_stat_fields_after_the_command() {
+        // The command may contain spaces and parentheses.
+        let line = "1234 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 4200 999 77";
+        let f = stat_fields(line).expect("fields");
+        assert_eq!(f.first().copied(), Some("S"));
+        assert_eq!(f.get(11).copied(), Some("250"));
+        assert_eq!(f.get(19).copied(), Some("4200"));
+    }
+
+    #[tokio::test]
+    async fn scrape_hooks_run_before_a_scrape() {
+        let m = Metrics::new();
+        let g = Gauge::<i64>::default();
+        m.register("hooked", "set by a hook", g.clone());
+        let g2 = g.clone();
+        m.on_scrape(move || {
+            let g = g2.clone();
+            Box::pin(async move {
+                g.set(7);
+            })
+        });
+        assert!(m.encode().contains("fengqiao_hooked 0"));
+        m.refresh().await;
+        assert!(m.encode().contains("fengqiao_hooked 7"));
+    }
+}
+
+/// Linux's `USER_HZ`: the unit of the CPU times in `/proc/<pid>/stat` (100 on every
+/// architecture Linux runs on, whatever the kernel's internal tick).
+const USER_HZ: f64 = 100.0;
+
+/// The fields of `/proc/self/stat` after the command (`(…)`), starting with the state (field 3
+/// of proc(5) is index 0 here).
+fn stat_fields(line: &str) -> Option<Vec<&str>> {
+    let after = &line[line.rfind(')')? + 1..];
+    Some(after.split_whitespace().collect())
+}
+
+/// A `kB` line of `/proc/self/status` (e.g. `VmRSS:`), in bytes.
+fn status_kb(status: &str, key: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb * 1024.0)
+}
+
+/// The standard `process_*` metrics of this process, read from `/proc` at each scrape
+/// (absent where there is no `/proc`).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields = stat_fields(&stat).unwrap_or_default();
+        let num = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mut gauges: Vec<(&str, &str, Option<f64>)> = vec![
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                status_kb(&status, "VmRSS:"),
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                status_kb(&status, "VmSize:"),
+            ),
+        ];
+        #[allow(clippy::cast_precision_loss)]
+        let open = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64);
+        gauges.push(("process_open_fds", "Open file descriptors", open));
+        let max = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .find_map(|x| x.strip_prefix("Max open files"))
+                    .and_then(|v| v.split_whitespace().next().map(str::to_string))
+            })
+            .and_then(|v| v.parse::<f64>().ok());
+        gauges.push((
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            max,
+        ));
+        // Start time: boot time (`btime` of /proc/stat) plus field 22 (starttime, in ticks).
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        let start = boot.zip(num(19)).map(|(b, t)| b + t / USER_HZ);
+        gauges.push((
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            start,
+        ));
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v);
+                let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+                g.encode(m)?;
+            }
+        }
+        // utime + stime: fields 14 and 15.
+        if let (Some(u), Some(s)) = (num(11), num(12)) {
+            let c = ConstCounter::new((u + s) / USER_HZ);
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(m)?;
+        }
+        Ok(())
     }
 }
 

@@ -540,12 +540,16 @@ where
         let guard = self.guard.clone();
         let path = req.uri().path().to_string();
         let label = method_label(&path).to_string();
+        // OTel semantic conventions for gRPC server spans (telemetry: issue #15); an unknown
+        // method shares one label value (bounded series, issue #14).
+        let (rpc_service, rpc_method) = crate::telemetry::split_grpc_path(&label);
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %label,
+            otel.name = %label.trim_start_matches('/'),
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.method = %label,
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             agency = tracing::field::Empty,

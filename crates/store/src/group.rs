@@ -207,7 +207,11 @@ impl GroupCommit {
         F: for<'c> FnOnce(&'c mut Tx) -> JobFuture<'c, T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Typed { f: job, reply });
+        let job: Box<dyn Job> = Box::new(Typed {
+            f: job,
+            span: tracing::Span::current(),
+            reply,
+        });
         if self.queue.send(job).await.is_err() {
             return Err(Error::GroupCommit("the group-commit thread is not running".into()).into());
         }
@@ -241,6 +245,9 @@ trait Finish: Send {
 
 struct Typed<T, E, F> {
     f: F,
+    /// The caller's span: the job runs in it on the committer thread, so that what it logs
+    /// and the trace context it reads (e.g. to store with an outbox message) are the caller's.
+    span: tracing::Span,
     reply: oneshot::Sender<std::result::Result<T, E>>,
 }
 
@@ -258,9 +265,9 @@ where
         self: Box<Self>,
         tx: &'c mut Tx,
     ) -> Pin<Box<dyn Future<Output = Box<dyn Finish>> + Send + 'c>> {
-        let Typed { f, reply } = *self;
+        let Typed { f, span, reply } = *self;
         Box::pin(async move {
-            let result = f(tx).await;
+            let result = tracing::Instrument::instrument(f(tx), span).await;
             Box::new(Done { result, reply }) as Box<dyn Finish>
         })
     }

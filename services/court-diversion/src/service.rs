@@ -253,7 +253,8 @@ fn record_consent(
 #[derive(Clone, Debug)]
 pub struct CourtDiversion {
     store: Store,
-    router: tonic::transport::Channel,
+    /// Calls to the router are CLIENT spans (issue #15).
+    router: fengqiao_kit::client::TracedChannel,
     policy: RedesignationPolicy,
     signer: Option<std::sync::Arc<Signer>>,
 }
@@ -282,7 +283,7 @@ impl CourtDiversion {
     pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
         Self {
             store,
-            router,
+            router: router.into(),
             policy: RedesignationPolicy::default(),
             signer: None,
         }
@@ -336,7 +337,7 @@ impl CourtDiversion {
         tokio::spawn(timer.run(shutdown));
     }
 
-    fn router(&self) -> TransferServiceClient<tonic::transport::Channel> {
+    fn router(&self) -> TransferServiceClient<fengqiao_kit::client::TracedChannel> {
         TransferServiceClient::new(self.router.clone())
     }
 

@@ -310,16 +310,20 @@ enum Begin<R> {
 #[derive(Clone, Debug)]
 pub struct Cases {
     store: Store,
-    router: Channel,
+    /// Calls to the router are CLIENT spans (issue #15).
+    router: fengqiao_kit::client::TracedChannel,
 }
 
 impl Cases {
     /// Cases over `store`, calling the router on `router`.
     pub fn new(store: Store, router: Channel) -> Self {
-        Self { store, router }
+        Self {
+            store,
+            router: router.into(),
+        }
     }
 
-    fn router(&self) -> TransferServiceClient<Channel> {
+    fn router(&self) -> TransferServiceClient<fengqiao_kit::client::TracedChannel> {
         TransferServiceClient::new(self.router.clone())
     }
 

@@ -446,7 +446,8 @@ fn apply_investigation(task: &mut InvestigationTask, inv: &Investigation) {
 #[derive(Clone, Debug)]
 pub struct PoliceReferral {
     store: Store,
-    router: tonic::transport::Channel,
+    /// Calls to the router are CLIENT spans (issue #15).
+    router: fengqiao_kit::client::TracedChannel,
 }
 
 /// Receives the router's messages for the agencies whose records this service keeps.
@@ -719,7 +720,10 @@ impl PoliceReferral {
 
     /// The service over a migrated `store`.
     pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
-        Self { store, router }
+        Self {
+            store,
+            router: router.into(),
+        }
     }
 
     /// This service's side of the process's agency inbox.
@@ -738,7 +742,7 @@ impl PoliceReferral {
         );
     }
 
-    fn router(&self) -> TransferServiceClient<tonic::transport::Channel> {
+    fn router(&self) -> TransferServiceClient<fengqiao_kit::client::TracedChannel> {
         TransferServiceClient::new(self.router.clone())
     }
 

@@ -165,6 +165,15 @@ pub trait OnDelivered: Send + Sync {
     fn committed(&self) {}
 }
 
+/// Where and in which trace a claimed message is pushed.
+#[derive(Debug, Clone, Default)]
+struct Push {
+    /// The receiving agency's endpoint.
+    endpoint: String,
+    /// The stored `traceparent` of the change that enqueued it.
+    trace: Option<String>,
+}
+
 /// The outbox ordering key of an envelope: per receiving agency and case.
 pub fn ordering_key(to_agency: &str, case_id: &str) -> String {
     format!("{to_agency}|{case_id}")
@@ -256,7 +265,54 @@ pub async fn enqueue_all(tx: &mut Tx, mut envelopes: Vec<Envelope>) -> Result<Ve
         })
         .collect();
     outbox::enqueue_many(tx, &msgs).await?;
+    if let Some(traceparent) = fengqiao_kit::telemetry::current_traceparent() {
+        store_trace_context(tx, &msgs, &traceparent).await?;
+    }
     Ok(envelopes)
+}
+
+/// Stores the enqueuing change's trace context with its messages (`outbox.trace_context`):
+/// their delivery pushes continue that trace.
+async fn store_trace_context(tx: &mut Tx, msgs: &[NewMessage], traceparent: &str) -> Result<()> {
+    for chunk in msgs.chunks(500) {
+        let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE outbox SET trace_context = $1 WHERE id IN ({})",
+            params.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(traceparent);
+        for m in chunk {
+            q = q.bind(&m.id);
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(fengqiao_store::Error::from)?;
+    }
+    Ok(())
+}
+
+/// The stored trace contexts of `ids` (those that have one).
+async fn trace_contexts(store: &Store, ids: &[&str]) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+        let sql = format!(
+            "SELECT id, trace_context FROM outbox WHERE trace_context IS NOT NULL AND id IN ({})",
+            params.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q
+            .fetch_all(store.pool())
+            .await
+            .map_err(fengqiao_store::Error::from)?
+        {
+            out.insert(row_str(&row, "id")?, row_str(&row, "trace_context")?);
+        }
+    }
+    Ok(out)
 }
 
 /// What is wrong with an envelope to be enqueued.
@@ -792,9 +848,9 @@ impl Delivery {
                 };
                 match claimed {
                     Ok(messages) => {
-                        for (m, endpoint) in messages {
+                        for (m, push) in messages {
                             let this = self.clone();
-                            inflight.spawn(async move { this.push_one(m, endpoint).await });
+                            inflight.spawn(async move { this.push_one(m, push).await });
                         }
                     }
                     Err(e) => tracing::warn!(worker, error = %e, "claiming deliveries failed"),
@@ -839,7 +895,7 @@ impl Delivery {
         worker: &str,
         limit: usize,
         targets: &mut TargetCache,
-    ) -> Result<Vec<(OutboxMessage, String)>> {
+    ) -> Result<Vec<(OutboxMessage, Push)>> {
         let fresh = targets
             .at
             .is_some_and(|at| at.elapsed() < TARGETS_FOR && !targets.map.is_empty());
@@ -859,11 +915,18 @@ impl Delivery {
             self.config.push_lease,
         )
         .await?;
+        let ids: Vec<&str> = claimed.iter().map(|m| m.id.as_str()).collect();
+        let mut traces = if ids.is_empty() || !fengqiao_kit::telemetry::exporting() {
+            HashMap::new()
+        } else {
+            trace_contexts(&self.store, &ids).await?
+        };
         Ok(claimed
             .into_iter()
             .map(|m| {
                 let endpoint = targets.map.get(&m.destination).cloned().unwrap_or_default();
-                (m, endpoint)
+                let trace = traces.remove(&m.id);
+                (m, Push { endpoint, trace })
             })
             .collect())
     }
@@ -878,9 +941,9 @@ impl Delivery {
         let claimed = self.claim_push(worker, limit, &mut targets).await?;
         let n = claimed.len();
         let mut set = tokio::task::JoinSet::new();
-        for (m, endpoint) in claimed {
+        for (m, push) in claimed {
             let this = self.clone();
-            set.spawn(async move { this.push_one(m, endpoint).await });
+            set.spawn(async move { this.push_one(m, push).await });
         }
         while let Some(done) = set.join_next().await {
             log_push_outcome(done);
@@ -952,7 +1015,8 @@ impl Delivery {
         }
     }
 
-    async fn push_one(&self, m: OutboxMessage, endpoint: String) -> Result<()> {
+    async fn push_one(&self, m: OutboxMessage, push: Push) -> Result<()> {
+        let Push { endpoint, trace } = push;
         let envelope = match Envelope::decode(m.payload.as_slice()) {
             Ok(e) => with_route(e),
             Err(_) => {
@@ -962,20 +1026,52 @@ impl Delivery {
                     .await;
             }
         };
+        // The CLIENT span of the Deliver call, in the trace of the change that enqueued the
+        // message (its stored trace context), with OTel's gRPC attributes.
         let span = tracing::info_span!(
             "delivery.push",
+            otel.name = "fengqiao.inbox.v1.AgencyInboxService/Deliver",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "fengqiao.inbox.v1.AgencyInboxService",
+            rpc.method = "Deliver",
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             message_id = %m.id,
             case_id = %envelope.case_id,
             to_agency = %m.destination,
             kind = %m.kind,
             attempt = m.attempts,
         );
-        let result = self
-            .call_deliver(&endpoint, envelope.clone())
+        if let Some(tp) = trace.as_deref() {
+            fengqiao_kit::telemetry::set_parent_traceparent(&span, tp);
+        }
+        self.push_traced(m, endpoint, envelope, span.clone())
             .instrument(span)
-            .await;
+            .await
+    }
+
+    /// [`Self::push_one`] inside its span: the call, then its outcome recorded.
+    async fn push_traced(
+        &self,
+        m: OutboxMessage,
+        endpoint: String,
+        envelope: Envelope,
+        span: tracing::Span,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let result = self.call_deliver(&endpoint, envelope.clone()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
         match result {
             Ok(resp) => {
+                crate::metrics::record_push(&m.destination, "delivered", seconds);
                 tracing::debug!(message_id = %m.id, duplicate = resp.duplicate, "delivered");
                 self.record_delivered(&m.id, &envelope).await?;
                 // The receiver is reachable: if it was failing (here, or — when this message
@@ -993,6 +1089,11 @@ impl Delivery {
                 let dead = u32::try_from(m.attempts).unwrap_or(u32::MAX)
                     >= self.config.max_attempts
                     || permanent_refusal(&status);
+                crate::metrics::record_push(
+                    &m.destination,
+                    crate::metrics::push_outcome(false, dead),
+                    seconds,
+                );
                 tracing::warn!(
                     message_id = %m.id,
                     to_agency = %m.destination,

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod delivery;
 pub mod error;
 pub mod lifecycle;
+pub mod metrics;
 pub mod routes;
 pub mod statistics;
 pub mod time;
@@ -61,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         5,
         "named_clocks",
         include_str!("../migrations/0005_named_clocks.sql"),
+    ),
+    Migration::portable(
+        6,
+        "outbox_trace",
+        include_str!("../migrations/0006_outbox_trace.sql"),
     ),
 ];
 

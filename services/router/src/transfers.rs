@@ -1399,6 +1399,11 @@ impl Transfers {
             return Ok(false);
         };
         let expiry = c.mark_expired(now).map_err(clock_error)?;
+        let clock_label = match which {
+            DueClock::Acceptance => "acceptance".to_string(),
+            DueClock::Feedback => "feedback".to_string(),
+            DueClock::Named(_) => c.name.clone(),
+        };
         l.overdue = true;
         let route = self.route(&l)?;
         let reason_code = which.reason_code(&l);
@@ -1459,6 +1464,7 @@ impl Transfers {
         .await?;
         tx.commit().await.map_err(store_err)?;
         self.events.send_modify(|v| *v += 1);
+        crate::metrics::record_expiry(&l.transfer.route, &clock_label);
         Ok(true)
     }
 

@@ -526,3 +526,67 @@ both_backends!(
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
 );
+
+/// The first sample of `name{labels}` in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+// The router's work metrics (issue #15): transfers by state, overdue transfers by route (read
+// from the database at scrape time), clock expiries by route and clock (counted by the timer).
+both_backends!(
+    work_metrics_count_states_overdue_transfers_and_expiries,
+    |store: Store| async move {
+        setup(&store).await?;
+        let c = cast();
+        let t = transfers(&store, Arc::new(RouteCatalog::builtin()?));
+        let tr = court_in_progress(&t, &c, "court-to-invited-mediation").await;
+        // A fresh registration reads the database at its first scrape.
+        let scrape = || async {
+            let m = fengqiao_kit::metrics::Metrics::new();
+            fengqiao_router::metrics::register(&m, store.clone());
+            m.refresh().await;
+            m.encode()
+        };
+        let route = "routes/court-to-invited-mediation";
+        let overdue = format!("fengqiao_transfers_overdue{{route=\"{route}\"}}");
+        let expiries =
+            format!("fengqiao_clock_expiries_total{{route=\"{route}\",clock=\"{CONTACT}\"}}");
+        let text = scrape().await;
+        assert_eq!(
+            sample(&text, "fengqiao_transfers{state=\"in_progress\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "fengqiao_transfers{state=\"expired\"}"),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, &overdue), None, "{text}");
+        let expired_before = sample(&text, &expiries).unwrap_or(0.0);
+
+        // Its deadline passes: overdue while the timer has not yet carried out the expiry.
+        make_named_due(&store, &tr.name, CONTACT).await?;
+        let text = scrape().await;
+        assert_eq!(sample(&text, &overdue), Some(1.0), "{text}");
+
+        // The timer fires it: counted once; the transfer is EXPIRED (terminal), not overdue.
+        assert_eq!(t.fire_due(100).await?, 1);
+        let text = scrape().await;
+        let expired_after = sample(&text, &expiries).unwrap_or(0.0);
+        // Other tests of this binary may fire expiries on this route concurrently.
+        assert!(expired_after >= expired_before + 1.0, "{text}");
+        assert_eq!(sample(&text, &overdue), None, "{text}");
+        assert_eq!(
+            sample(&text, "fengqiao_transfers{state=\"expired\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "fengqiao_transfers{state=\"in_progress\"}"),
+            Some(0.0)
+        );
+        TestResult::Ok(())
+    }
+);
