@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use fengqiao::{SAMPLE_AGENCIES, ServiceName, Suite, SuiteSpec, dev_key_paths, ensure_dev_key};
 use fengqiao_kit::config::{Config, ConfigArgs, LogFormat};
 
+mod ops;
+
 #[derive(Parser)]
 #[command(
     name = "fengqiao",
@@ -89,6 +91,12 @@ enum Command {
         #[arg(long, env = "FENGQIAO_DATABASE_URL")]
         database_url: String,
     },
+    /// Operator commands against a running suite: list and show transfers, referrals, cases,
+    /// pre-filing cases, applications; a case's timeline; overdue transfers; delivery incidents
+    /// and retrying one; statistics. With `--token` (or `--as` in dev), tables or `--output
+    /// json`.
+    #[command(flatten)]
+    Ops(ops::Ops),
     /// Exit 0 when the server's gRPC health reports SERVING (for container probes).
     Healthcheck {
         /// Server address.
@@ -159,6 +167,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout_ms,
         } => healthcheck(&addr, &service, timeout_ms).await,
         Command::AuditVerify { database_url } => audit_verify(&database_url).await,
+        Command::Ops(cmd) => match ops::run(cmd).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("fengqiao: {e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
     }
 }
 
@@ -410,51 +425,38 @@ fn print_banner(config: &Config, suite: &Suite) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn token(
-    as_actor: Option<String>,
-    agency: Option<String>,
-    actor: Option<String>,
-    mut roles: Vec<String>,
+/// A sample actor `<agency>/<actor>` of the dev agencies: (agency id, actor id, its roles).
+fn sample_actor(spec: &str) -> anyhow::Result<(String, String, Vec<String>)> {
+    let seed = seed()?;
+    let (ag, ac) = spec
+        .split_once('/')
+        .context("--as takes <agency-id>/<actor-id>")?;
+    let a = seed
+        .agency
+        .iter()
+        .find(|a| a.id == ag)
+        .with_context(|| format!("no sample agency {ag} (see `fengqiao token --list`)"))?;
+    let sample = a
+        .actor
+        .iter()
+        .find(|x| x.id == ac)
+        .with_context(|| format!("no sample actor {ac} in {ag} (see `fengqiao token --list`)"))?;
+    Ok((ag.to_string(), ac.to_string(), sample.roles.clone()))
+}
+
+/// Signs a token with the key at `key_path`; never makes a key (a token signed by a key no
+/// server knows only fails later, as "token signature is invalid", far from the cause).
+fn sign_token(
+    agency: &str,
+    actor: &str,
+    roles: &[String],
     ttl_secs: i64,
     issuer: &str,
     key_path: &std::path::Path,
-    list: bool,
-) -> anyhow::Result<ExitCode> {
-    let seed = seed()?;
-    if list {
-        for a in &seed.agency {
-            for actor in &a.actor {
-                println!("{}/{}\t{}", a.id, actor.id, actor.roles.join(","));
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (agency, actor) = match (as_actor, agency, actor) {
-        (Some(spec), _, _) => {
-            let (ag, ac) = spec
-                .split_once('/')
-                .context("--as takes <agency-id>/<actor-id>")?;
-            let a =
-                seed.agency.iter().find(|a| a.id == ag).with_context(|| {
-                    format!("no sample agency {ag} (see `fengqiao token --list`)")
-                })?;
-            let sample = a.actor.iter().find(|x| x.id == ac).with_context(|| {
-                format!("no sample actor {ac} in {ag} (see `fengqiao token --list`)")
-            })?;
-            if roles.is_empty() {
-                roles.clone_from(&sample.roles);
-            }
-            (ag.to_string(), ac.to_string())
-        }
-        (None, Some(ag), Some(ac)) => (ag, ac),
-        _ => bail!("say who the token is for: --as <agency>/<actor>, or --agency and --actor"),
-    };
+) -> anyhow::Result<String> {
     if ttl_secs <= 0 {
         bail!("--ttl-secs must be positive");
     }
-    // Never make a key here: a token signed by a key no server knows only fails later, as
-    // "token signature is invalid", far from the cause.
     if !key_path.exists() {
         bail!(
             "no signing key at {}: run `fengqiao dev` first (it writes its dev key under its --data-dir) and pass the same --data-dir here, or pass --key-file from `fengqiao keygen`",
@@ -467,11 +469,65 @@ fn token(
     let claims = fengqiao_kit::auth::claims(
         issuer,
         &format!("agencies/{agency}"),
-        &actor,
+        actor,
         &role_refs,
         ttl_secs,
     );
-    println!("{}", key.sign(&claims));
+    Ok(key.sign(&claims))
+}
+
+/// A short-lived token for a sample actor, signed with the dev key under `data_dir` (the
+/// operator commands' `--as`).
+pub(crate) fn dev_token(
+    spec: &str,
+    data_dir: &std::path::Path,
+    issuer: &str,
+) -> anyhow::Result<String> {
+    let (agency, actor, roles) = sample_actor(spec)?;
+    sign_token(
+        &agency,
+        &actor,
+        &roles,
+        3600,
+        issuer,
+        &dev_key_paths(data_dir).0,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token(
+    as_actor: Option<String>,
+    agency: Option<String>,
+    actor: Option<String>,
+    mut roles: Vec<String>,
+    ttl_secs: i64,
+    issuer: &str,
+    key_path: &std::path::Path,
+    list: bool,
+) -> anyhow::Result<ExitCode> {
+    if list {
+        for a in &seed()?.agency {
+            for actor in &a.actor {
+                println!("{}/{}\t{}", a.id, actor.id, actor.roles.join(","));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (agency, actor) = match (as_actor, agency, actor) {
+        (Some(spec), _, _) => {
+            let (ag, ac, sample_roles) = sample_actor(&spec)?;
+            if roles.is_empty() {
+                roles = sample_roles;
+            }
+            (ag, ac)
+        }
+        (None, Some(ag), Some(ac)) => (ag, ac),
+        _ => bail!("say who the token is for: --as <agency>/<actor>, or --agency and --actor"),
+    };
+    println!(
+        "{}",
+        sign_token(&agency, &actor, &roles, ttl_secs, issuer, key_path)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
