@@ -436,11 +436,10 @@ fn sample_actor(spec: &str) -> anyhow::Result<(String, String, Vec<String>)> {
         .iter()
         .find(|a| a.id == ag)
         .with_context(|| format!("no sample agency {ag} (see `fengqiao token --list`)"))?;
-    let sample = a
-        .actor
-        .iter()
-        .find(|x| x.id == ac)
-        .with_context(|| format!("no sample actor {ac} in {ag} (see `fengqiao token --list`)"))?;
+    let sample =
+        a.actor.iter().find(|x| x.id == ac).with_context(|| {
+            format!("no sample actor {ac} in {ag} (see `fengqiao token --list`)")
+        })?;
     Ok((ag.to_string(), ac.to_string(), sample.roles.clone()))
 }
 

@@ -40,7 +40,12 @@ pub struct Conn {
     #[arg(long = "as", global = true, conflicts_with = "token")]
     pub as_actor: Option<String>,
     /// Data directory of `fengqiao dev` (its dev key), for `--as`.
-    #[arg(long, env = "FENGQIAO_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "FENGQIAO_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Token issuer for `--as`; must match the server's `auth.issuer`.
     #[arg(
@@ -505,9 +510,9 @@ impl Client {
         let token = match (&conn.token, &conn.as_actor) {
             (Some(t), _) => t.clone(),
             (None, Some(actor)) => crate::dev_token(actor, &conn.data_dir, &conn.issuer)?,
-            (None, None) => bail!(
-                "no token: pass --token (or FENGQIAO_TOKEN), or in dev --as <agency>/<actor>"
-            ),
+            (None, None) => {
+                bail!("no token: pass --token (or FENGQIAO_TOKEN), or in dev --as <agency>/<actor>")
+            }
         };
         let pool = DescriptorPool::decode(fengqiao_proto::FILE_DESCRIPTOR_SET)
             .context("the contracts' descriptor set")?;

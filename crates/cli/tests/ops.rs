@@ -73,7 +73,13 @@ async fn start(dir: &std::path::Path) -> (Dev, String) {
 }
 
 fn token(dir: &std::path::Path, actor: &str) -> String {
-    let o = fengqiao(&["token", "--data-dir", &dir.display().to_string(), "--as", actor]);
+    let o = fengqiao(&[
+        "token",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--as",
+        actor,
+    ]);
     assert!(o.status.success(), "{}", err(&o));
     out(&o).trim().to_string()
 }
@@ -144,7 +150,14 @@ async fn operator_commands_show_what_the_api_answers() {
         .transfer
         .expect("transfer");
 
-    let officer = ["--addr", &addr, "--data-dir", &data, "--as", "xigang-bayilu-station/officer-01"];
+    let officer = [
+        "--addr",
+        &addr,
+        "--data-dir",
+        &data,
+        "--as",
+        "xigang-bayilu-station/officer-01",
+    ];
     let run = |cmd: &[&str], who: &[&str]| {
         let mut args: Vec<&str> = cmd.to_vec();
         args.extend_from_slice(who);
@@ -167,7 +180,10 @@ async fn operator_commands_show_what_the_api_answers() {
     assert!(row.contains("xigang-bayilu-mediation-room"), "{row}");
 
     // --output json is the API's answer (GetTransfer over gRPC says the same).
-    let o = run(&["transfers", "show", &t.name, "--output", "json"], &officer);
+    let o = run(
+        &["transfers", "show", &t.name, "--output", "json"],
+        &officer,
+    );
     assert!(o.status.success(), "{}", err(&o));
     let json: serde_json::Value = serde_json::from_str(&out(&o)).expect("json");
     let mut router = TransferServiceClient::with_interceptor(
@@ -185,7 +201,10 @@ async fn operator_commands_show_what_the_api_answers() {
         .expect("transfer");
     assert_eq!(json["name"], got.name);
     assert_eq!(json["state"], "TRANSFER_STATE_AWAITING_APPROVAL");
-    assert_eq!(json["case_snapshot"]["case_id"], got.case_snapshot.expect("snapshot").case_id);
+    assert_eq!(
+        json["case_snapshot"]["case_id"],
+        got.case_snapshot.expect("snapshot").case_id
+    );
     assert_eq!(json["etag"], got.etag);
 
     // `show` as a table: one `field  value` line per leaf.
@@ -202,11 +221,20 @@ async fn operator_commands_show_what_the_api_answers() {
     let o = run(&["transfers", "list", "--state", "closed"], &officer);
     assert!(out(&o).contains("(none)"), "{}", out(&o));
     let o = run(&["overdue"], &officer);
-    assert!(o.status.success() && out(&o).contains("(none)"), "{}", out(&o));
-    // A filter the server refuses is the server's error, with its reason, and exit 1.
+    assert!(
+        o.status.success() && out(&o).contains("(none)"),
+        "{}",
+        out(&o)
+    );
+    // A state the contracts do not have is refused before any call, naming the value.
     let o = run(&["transfers", "list", "--state", "bogus"], &officer);
     assert!(!o.status.success());
+    assert!(err(&o).contains("TRANSFER_STATE_BOGUS"), "{}", err(&o));
+    // A request the server refuses is the server's error with its reason and field, exit 1.
+    let o = run(&["transfers", "show", "referrals/x"], &officer);
+    assert!(!o.status.success());
     assert!(err(&o).contains("InvalidArgument"), "{}", err(&o));
+    assert!(err(&o).contains("name:"), "{}", err(&o));
 
     // The case's timeline: created and submitted, in order.
     let o = run(&["timeline", &r.case_id], &officer);
@@ -219,34 +247,77 @@ async fn operator_commands_show_what_the_api_answers() {
     // The referral, as the station sees it.
     let o = run(&["referrals", "list"], &officer);
     assert!(out(&o).contains(&r.name), "{}", out(&o));
-    let o = run(&["referrals", "show", &r.name, "--output", "json"], &officer);
+    let o = run(
+        &["referrals", "show", &r.name, "--output", "json"],
+        &officer,
+    );
     let json: serde_json::Value = serde_json::from_str(&out(&o)).expect("json");
     assert_eq!(json["incident_number"], "OPS2026000001");
 
     // Visibility is the server's: the mediation room does not see the transfer before the
     // offer (NOT_FOUND, exit 1).
-    let room = ["--addr", &addr, "--data-dir", &data, "--as", "xigang-bayilu-mediation-room/mediator-01"];
+    let room = [
+        "--addr",
+        &addr,
+        "--data-dir",
+        &data,
+        "--as",
+        "xigang-bayilu-mediation-room/mediator-01",
+    ];
     let o = run(&["transfers", "show", &t.name], &room);
     assert!(!o.status.success());
     assert!(err(&o).contains("NotFound"), "{}", err(&o));
     let o = run(&["cases", "list"], &room);
-    assert!(o.status.success() && out(&o).contains("(none)"), "{}", out(&o));
+    assert!(
+        o.status.success() && out(&o).contains("(none)"),
+        "{}",
+        out(&o)
+    );
 
     // Statistics: only the dimensions grouped by are printed.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let at = |secs: i64| {
+        prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        }
+        .to_string()
+    };
+    let (from, to) = (at(now - 30 * 86_400), at(now + 86_400));
     let o = run(
-        &["stats", "--from", "2020-01-01", "--to", "2100-01-01", "--group-by", "route"],
+        &["stats", "--from", &from, "--to", &to, "--group-by", "route"],
         &officer,
     );
     assert!(o.status.success(), "{}", err(&o));
     let st = out(&o);
     assert!(st.contains("police-to-station-mediation"), "{st}");
-    assert!(!st.lines().next().unwrap_or_default().contains("REGION"), "{st}");
+    assert!(
+        !st.lines().next().unwrap_or_default().contains("REGION"),
+        "{st}"
+    );
 
     // Incidents: an unknown one is NOT_FOUND.
-    let admin = ["--addr", &addr, "--data-dir", &data, "--as", "xigang-justice-bureau/admin"];
+    let admin = [
+        "--addr",
+        &addr,
+        "--data-dir",
+        &data,
+        "--as",
+        "xigang-justice-bureau/admin",
+    ];
     let o = run(&["incidents", "list"], &admin);
     assert!(o.status.success(), "{}", err(&o));
-    let o = run(&["incidents", "retry", "deliveryIncidents/00000000-0000-0000-0000-000000000000"], &admin);
+    let o = run(
+        &[
+            "incidents",
+            "retry",
+            "deliveryIncidents/00000000-0000-0000-0000-000000000000",
+        ],
+        &admin,
+    );
     assert!(!o.status.success());
     assert!(err(&o).contains("NotFound"), "{}", err(&o));
 
