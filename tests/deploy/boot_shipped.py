@@ -394,6 +394,9 @@ def boot(target, units, bin_path, key_file, work, pki):
         for u in units:
             start(u, root, ports, admin, bin_path)
             wait_ready(u, admin[u.service])
+            # The prod overlay promises mutual TLS between all services.
+            if pki and not u.tls:
+                raise RuntimeError(f"{u.service}: no [tls] in the prod config")
         for u in units:
             if u.service not in CALLS:
                 raise RuntimeError(f"no call known for service {u.service}: add one to CALLS")
