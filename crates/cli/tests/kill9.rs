@@ -8,6 +8,8 @@
 //! case numbers), zero reverted states (each transfer ends where its last answered step put it).
 //! On SQLite and on PostgreSQL.
 
+mod common;
+use common::sample_referral;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,38 +149,6 @@ impl Rng {
     }
 }
 
-fn referral(n: usize, run: u64) -> Referral {
-    Referral {
-        incident_number: format!("K9{run:x}-{n:05}"),
-        call_time: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        location: Some(Address {
-            region_code: "210203".into(),
-            detail: "八一路某小区".into(),
-            location: None,
-        }),
-        category: DisputeCategory::Neighbourhood as i32,
-        summary: "楼上住户夜间噪音扰民，双方发生口角".into(),
-        parties: vec![
-            Party {
-                role: PartyRole::Applicant as i32,
-                name: "张某".into(),
-                ..Default::default()
-            },
-            Party {
-                role: PartyRole::Respondent as i32,
-                name: "李某".into(),
-                ..Default::default()
-            },
-        ],
-        on_scene_handling: "民警到场劝解，双方同意调解".into(),
-        police_station: "agencies/xigang-bayilu-station".into(),
-        ..Default::default()
-    }
-}
-
 /// Codes a real client retries with the same `request_id`: the call may or may not have
 /// happened (cut off, process gone, overloaded, conflict).
 fn retryable(code: Code) -> bool {
@@ -282,7 +252,7 @@ async fn drive(ctx: Arc<Ctx>, n: usize, run: u64, accept: bool) -> Driven {
         let mut c =
             PoliceReferralServiceClient::with_interceptor(ctx.channel(POLICE), dispatch.clone());
         let req = ctx.request(CreateReferralRequest {
-            referral: Some(referral(n, run)),
+            referral: Some(sample_referral(&format!("K9{run:x}-{n:05}"))),
             request_id: id.clone(),
         });
         async move { c.create_referral(req).await }

@@ -20,41 +20,7 @@ use fengqiao_proto::router::{ApproveTransferRequest, TransferState};
 use fengqiao_store::testing::TempDir;
 
 mod common;
-use common::{ISSUER, Procs, free_port, serve, wait_serving};
-
-fn referral() -> Referral {
-    Referral {
-        incident_number: "LN21020320261122001".into(),
-        call_time: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        location: Some(Address {
-            region_code: "210203".into(),
-            detail: "八一路某小区".into(),
-            location: None,
-        }),
-        category: DisputeCategory::Neighbourhood as i32,
-        summary: "楼上住户夜间噪音扰民，双方发生口角".into(),
-        parties: vec![
-            Party {
-                role: PartyRole::Applicant as i32,
-                name: "张某".into(),
-                id_type: IdType::ResidentIdCard as i32,
-                id_number: "11010519491231002X".into(),
-                ..Default::default()
-            },
-            Party {
-                role: PartyRole::Respondent as i32,
-                name: "李某".into(),
-                ..Default::default()
-            },
-        ],
-        on_scene_handling: "民警到场劝解，双方同意调解".into(),
-        police_station: "agencies/xigang-bayilu-station".into(),
-        ..Default::default()
-    }
-}
+use common::{ISSUER, Procs, free_port, sample_referral_with_id, serve, wait_serving};
 
 async fn network_flow(urls: [String; 3]) {
     let dir = TempDir::new();
@@ -144,7 +110,7 @@ async fn network_flow(urls: [String; 3]) {
     );
     let r = dispatch
         .create_referral(CreateReferralRequest {
-            referral: Some(referral()),
+            referral: Some(sample_referral_with_id("LN21020320261122001")),
             request_id: rid(),
         })
         .await

@@ -34,7 +34,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 mod common;
-use common::{ISSUER, Procs, free_port, wait_serving};
+use common::{ISSUER, Procs, free_port, sample_referral_with_id, wait_serving};
 
 /// An OTLP/gRPC trace receiver keeping what it is sent.
 #[derive(Clone, Default)]
@@ -120,40 +120,6 @@ impl Receiver {
             }
         }
         out
-    }
-}
-
-fn referral() -> Referral {
-    Referral {
-        incident_number: "LN21020320261122001".into(),
-        call_time: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        location: Some(Address {
-            region_code: "210203".into(),
-            detail: "八一路某小区".into(),
-            location: None,
-        }),
-        category: DisputeCategory::Neighbourhood as i32,
-        summary: "楼上住户夜间噪音扰民，双方发生口角".into(),
-        parties: vec![
-            Party {
-                role: PartyRole::Applicant as i32,
-                name: "张某".into(),
-                id_type: IdType::ResidentIdCard as i32,
-                id_number: "11010519491231002X".into(),
-                ..Default::default()
-            },
-            Party {
-                role: PartyRole::Respondent as i32,
-                name: "李某".into(),
-                ..Default::default()
-            },
-        ],
-        on_scene_handling: "民警到场劝解，双方同意调解".into(),
-        police_station: "agencies/xigang-bayilu-station".into(),
-        ..Default::default()
     }
 }
 
@@ -296,7 +262,7 @@ async fn traced_flow(urls: [String; 2]) {
         token("xigang-110", "dispatch-system", &["dispatcher"]),
     )
     .create_referral(CreateReferralRequest {
-        referral: Some(referral()),
+        referral: Some(sample_referral_with_id("LN21020320261122001")),
         request_id: rid(),
     })
     .await
@@ -345,15 +311,31 @@ async fn traced_flow(urls: [String; 2]) {
     .await
     .expect("approve");
 
-    // Wait until the approval's push to the station has reached the police process.
-    let deliver_in_police = |spans: &[Got]| {
-        spans.iter().any(|s| {
-            s.service == "police-referral"
-                && s.attrs.get("rpc.method").is_some_and(|m| m == "Deliver")
+    // Wait until an approval's push to the station has reached the police process (the
+    // router's push span in an ApproveTransfer's trace, and the police Deliver span under it):
+    // earlier copies (the draft's) arrive first and do not count.
+    let approval_push_in_police = |spans: &[Got]| {
+        let method = |s: &Got, m: &str| s.attrs.get("rpc.method").is_some_and(|x| x == m);
+        spans.iter().any(|p| {
+            p.service == "router"
+                && p.kind == SpanKind::Client as i32
+                && method(p, "Deliver")
+                && p.attrs.get("to_agency").is_some_and(|a| a.contains("station"))
+                && spans.iter().any(|a| {
+                    a.service == "router"
+                        && a.kind == SpanKind::Server as i32
+                        && method(a, "ApproveTransfer")
+                        && a.trace_id == p.trace_id
+                })
+                && spans.iter().any(|d| {
+                    d.service == "police-referral"
+                        && method(d, "Deliver")
+                        && d.parent_span_id == p.span_id
+                })
         })
     };
-    for _ in 0..200 {
-        if deliver_in_police(&receiver.spans()) {
+    for _ in 0..400 {
+        if approval_push_in_police(&receiver.spans()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,8 +3,7 @@
 //! NOT_FOUND), errors name their code and reason and exit non-zero, and nothing runs without a
 //! token.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use fengqiao_kit::client::CallInterceptor;
 use fengqiao_proto::common::{Address, DisputeCategory, Party, PartyRole};
@@ -14,23 +13,8 @@ use fengqiao_proto::router::GetTransferRequest;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_store::testing::TempDir;
 
-struct Dev(Child);
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
-}
+mod common;
+use common::{Procs, free_port, start_dev, wait_serving};
 
 fn fengqiao(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fengqiao"))
@@ -49,27 +33,11 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-async fn start(dir: &std::path::Path) -> (Dev, String) {
+async fn start(dir: &std::path::Path) -> (Procs, String) {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .arg("dev")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--data-dir", &dir.display().to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn fengqiao dev: {e}"));
-    let dev = Dev(child);
-    let addr = format!("http://127.0.0.1:{port}");
-    for _ in 0..300 {
-        if fengqiao(&["healthcheck", "--addr", &addr]).status.success() {
-            return (dev, addr);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fengqiao dev never reported SERVING");
+    let dev = Procs(vec![start_dev(port, dir)]);
+    wait_serving(port).await;
+    (dev, format!("http://127.0.0.1:{port}"))
 }
 
 fn token(dir: &std::path::Path, actor: &str) -> String {

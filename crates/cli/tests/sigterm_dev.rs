@@ -13,77 +13,10 @@ use fengqiao_proto::common::{Address, DisputeCategory, Party, PartyRole};
 use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
 use fengqiao_proto::policereferral::{CreateReferralRequest, DraftTransferRequest, Referral};
 use fengqiao_store::testing::TempDir;
+
+mod common;
+use common::{free_port, sample_referral, start_dev, wait_serving};
 use tonic::Code;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
-}
-
-fn start_dev(port: u16, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .arg("dev")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--data-dir", &dir.display().to_string()])
-        .args(["--config", &dir.join("config.toml").display().to_string()])
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn fengqiao dev: {e}"))
-}
-
-async fn wait_serving(port: u16) {
-    for _ in 0..300 {
-        let ok = Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-            .args(["healthcheck", "--addr", &format!("http://127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("port {port} never reported SERVING");
-}
-
-fn referral(n: usize) -> Referral {
-    Referral {
-        incident_number: format!("LN2102032026{n:07}"),
-        call_time: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        location: Some(Address {
-            region_code: "210203".into(),
-            detail: "八一路某小区".into(),
-            location: None,
-        }),
-        category: DisputeCategory::Neighbourhood as i32,
-        summary: "楼上住户夜间噪音扰民，双方发生口角".into(),
-        parties: vec![
-            Party {
-                role: PartyRole::Applicant as i32,
-                name: "张某".into(),
-                ..Default::default()
-            },
-            Party {
-                role: PartyRole::Respondent as i32,
-                name: "李某".into(),
-                ..Default::default()
-            },
-        ],
-        on_scene_handling: "民警到场劝解，双方同意调解".into(),
-        police_station: "agencies/xigang-bayilu-station".into(),
-        ..Default::default()
-    }
-}
 
 /// An UNAVAILABLE the server itself answered (a response with gRPC headers), as opposed to the
 /// client failing to reach it (connection refused once the listener closed: not accepted).
@@ -135,7 +68,7 @@ fn sigterm_in_dev_fails_no_accepted_call_unavailable() {
                     let n = next.fetch_add(1, Ordering::SeqCst);
                     let r = dispatch
                         .create_referral(CreateReferralRequest {
-                            referral: Some(referral(n)),
+                            referral: Some(sample_referral(&format!("LN2102032026{n:07}"))),
                             request_id: uuid::Uuid::new_v4().to_string(),
                         })
                         .await;

@@ -6,6 +6,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
+use fengqiao_proto::policereferral::Referral;
+
 /// The token issuer the multi-process tests configure.
 pub const ISSUER: &str = "fengqiao-multiprocess-test";
 
@@ -64,4 +67,66 @@ pub async fn wait_serving(port: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("port {port} never reported SERVING");
+}
+
+/// The sample 110 referral of the multi-process tests (a neighbourhood noise dispute at the
+/// 八一路 station), with `incident` as its incident number.
+pub fn sample_referral(incident: &str) -> Referral {
+    Referral {
+        incident_number: incident.into(),
+        call_time: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        }),
+        location: Some(Address {
+            region_code: "210203".into(),
+            detail: "八一路某小区".into(),
+            location: None,
+        }),
+        category: DisputeCategory::Neighbourhood as i32,
+        summary: "楼上住户夜间噪音扰民，双方发生口角".into(),
+        parties: vec![
+            Party {
+                role: PartyRole::Applicant as i32,
+                name: "张某".into(),
+                ..Default::default()
+            },
+            Party {
+                role: PartyRole::Respondent as i32,
+                name: "李某".into(),
+                ..Default::default()
+            },
+        ],
+        on_scene_handling: "民警到场劝解，双方同意调解".into(),
+        police_station: "agencies/xigang-bayilu-station".into(),
+        ..Default::default()
+    }
+}
+
+/// [`sample_referral`] whose applicant carries a valid GB 11643 resident ID number.
+pub fn sample_referral_with_id(incident: &str) -> Referral {
+    let mut r = sample_referral(incident);
+    r.parties[0].id_type = IdType::ResidentIdCard as i32;
+    r.parties[0].id_number = "11010519491231002X".into();
+    r
+}
+
+/// `fengqiao dev` on `port` with its data under `dir` (and `dir/config.toml` if the test wrote
+/// one), logging warnings to the test's stderr.
+pub fn start_dev(port: u16, dir: &std::path::Path) -> Child {
+    let config = dir.join("config.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+    cmd.arg("dev")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--data-dir", &dir.display().to_string()]);
+    if config.exists() {
+        cmd.args(["--config", &config.display().to_string()]);
+    }
+    cmd.args(["--log-format", "json"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn fengqiao dev: {e}"))
 }
