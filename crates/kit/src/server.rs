@@ -969,6 +969,8 @@ impl ServerBuilder {
 
         let addr = listener.local_addr()?;
         let mut server = tonic::transport::Server::builder()
+            // HTTP/1.1 for the JSON gateway (crate::gateway); gRPC stays HTTP/2.
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
@@ -1010,7 +1012,13 @@ impl ServerBuilder {
                 join,
             }
         });
-        let router = server.layer(GuardLayer(guard)).add_routes(routes);
+        // Outermost: JSON over HTTP goes through the gateway, which calls the guarded routes
+        // (the same middleware and services) as gRPC; gRPC passes straight through.
+        let gateway = crate::gateway::layer(guard.inner.limits.max_message_bytes.saturating_mul(4));
+        let router = server
+            .layer(gateway)
+            .layer(GuardLayer(guard))
+            .add_routes(routes);
         let join = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })

@@ -1,0 +1,461 @@
+//! JSON over HTTP (crates/kit/src/gateway.rs), on SQLite and PostgreSQL, against the real
+//! suite on its one port: every unary RPC of the contracts called over HTTP/1.1 answers what
+//! the same request answers over gRPC (HTTP status per AIP-193, the same `google.rpc.Status`
+//! and details, the same message), with and without a token; a 110 referral created and read
+//! back over HTTP only; a call cut off by its deadline and retried with the same `request_id`
+//! makes exactly one referral; streaming methods answer 501 / `NOT_BUILT`.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf as _, BufMut as _};
+use fengqiao_kit::gateway::{http_status, status_json, table};
+use fengqiao_scenarios::rid;
+use fengqiao_testkit::{TestSuite, suite_test};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use serde_json::{Value, json};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, JSON body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+) -> (u16, Value) {
+    let method = method.to_string();
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in &headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || method != "GET" {
+            req.push_str("Content-Type: application/json\r\n");
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read");
+        let text = String::from_utf8(raw).expect("utf-8 answer");
+        let (head, mut rest) = text.split_once("\r\n\r\n").expect("a header block");
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status line");
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let mut body = String::new();
+        if chunked {
+            while let Some((len, tail)) = rest.split_once("\r\n") {
+                let n = usize::from_str_radix(len.trim(), 16).expect("chunk size");
+                if n == 0 {
+                    break;
+                }
+                body.push_str(&tail[..n]);
+                rest = &tail[n + 2..];
+            }
+        } else {
+            body = rest.to_string();
+        }
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+        };
+        (status, json)
+    })
+    .await
+    .expect("http task")
+}
+
+fn bearer(token: &str) -> Vec<(String, String)> {
+    vec![("Authorization".into(), format!("Bearer {token}"))]
+}
+
+/// Bytes in, bytes out: a gRPC call of any method with an encoded message.
+#[derive(Clone, Default)]
+struct Raw;
+struct RawCoder;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+async fn grpc(
+    suite: &TestSuite,
+    path: &str,
+    token: Option<&str>,
+    msg: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    let mut client = tonic::client::Grpc::new(suite.channel());
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("metadata"),
+        );
+    }
+    let path = path.parse().expect("path");
+    client
+        .unary(req, path, Raw)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A rule's path with every variable filled in (`*` → `gw-none`), and the variables.
+fn fill(template: &str) -> (String, Vec<(String, String)>) {
+    let mut path = String::new();
+    let mut vars = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        path.push_str(&rest[..i]);
+        let end = rest[i..].find('}').expect("closing brace") + i;
+        let inner = &rest[i + 1..end];
+        let (field, pat) = inner.split_once('=').unwrap_or((inner, "*"));
+        let value = pat.replace('*', "gw-none");
+        path.push_str(&value);
+        vars.push((field.to_string(), value));
+        rest = &rest[end + 1..];
+    }
+    path.push_str(rest);
+    (path, vars)
+}
+
+fn set(root: &mut Value, dotted: &str, value: Value) {
+    let mut cur = root;
+    let parts: Vec<&str> = dotted.split('.').collect();
+    for p in &parts[..parts.len() - 1] {
+        cur = cur
+            .as_object_mut()
+            .expect("object")
+            .entry(p.to_string())
+            .or_insert_with(|| json!({}));
+    }
+    cur.as_object_mut()
+        .expect("object")
+        .insert(parts[parts.len() - 1].to_string(), value);
+}
+
+fn to_json(m: &DynamicMessage) -> Value {
+    m.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+        .expect("serialisable")
+}
+
+/// Every unary RPC, the same minimal request both ways (path variables filled in, an empty
+/// body): the same answer. `token` None: every call is UNAUTHENTICATED / 401 both ways.
+async fn walk(suite: &TestSuite, token: Option<&str>) -> std::collections::BTreeMap<u16, usize> {
+    let t = table();
+    let mut checked = std::collections::BTreeMap::new();
+    for rule in &t.rules {
+        if rule.method.is_server_streaming() || rule.method.is_client_streaming() {
+            continue;
+        }
+        let (path, vars) = fill(&rule.path);
+        let mut root = json!({});
+        let body = match rule.body.as_str() {
+            "" => None,
+            "*" => Some("{}".to_string()),
+            field => {
+                set(&mut root, field, json!({}));
+                Some("{}".to_string())
+            }
+        };
+        for (f, v) in &vars {
+            set(&mut root, f, Value::String(v.clone()));
+        }
+        let input = DynamicMessage::deserialize(rule.method.input(), root).expect("request");
+        let over_grpc = grpc(suite, &rule.grpc_path(), token, input.encode_to_vec()).await;
+        let headers = token.map(bearer).unwrap_or_default();
+        let (status, answer) = http(suite.addr, rule.verb.as_str(), &path, headers, body).await;
+        let what = format!("{} {} ({})", rule.verb, path, rule.grpc_path());
+        match over_grpc {
+            Ok(bytes) => {
+                let out = DynamicMessage::decode(rule.method.output(), bytes.as_slice())
+                    .expect("answer decodes");
+                assert_eq!(status, 200, "{what}: {answer}");
+                assert_eq!(answer, to_json(&out), "{what}");
+            }
+            Err(s) => {
+                assert_eq!(status, http_status(s.code()).as_u16(), "{what}: {answer}");
+                assert_eq!(answer, status_json(&t.pool, &s), "{what}");
+                assert_eq!(answer["code"], s.code() as i32, "{what}");
+                if token.is_none() {
+                    assert_eq!(s.code(), Code::Unauthenticated, "{what}");
+                }
+            }
+        }
+        *checked.entry(status).or_insert(0) += 1;
+        // Stay under the per-agency rate limit (50/s, burst 100): two calls per method.
+        if token.is_some() {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    checked
+}
+
+suite_test!(
+    every_unary_rpc_answers_over_http_what_it_answers_over_grpc,
+    |suite| async move {
+        let admin = suite.token("xigang-justice-bureau", "admin", &["platform_admin"]);
+        let by_status = walk(&suite, Some(&admin)).await;
+        let n: usize = by_status.values().sum();
+        assert!(n >= 95, "only {n} unary methods walked: {by_status:?}");
+        // Both kinds of answer were compared: messages, and errors of several codes.
+        assert!(
+            by_status.get(&200).copied().unwrap_or(0) >= 5,
+            "{by_status:?}"
+        );
+        assert!(by_status.len() >= 4, "{by_status:?}");
+        eprintln!("walked {n} unary methods with a token, by HTTP status: {by_status:?}");
+        let by_status = walk(&suite, None).await;
+        assert_eq!(
+            by_status.keys().collect::<Vec<_>>(),
+            [&401],
+            "{by_status:?}"
+        );
+        assert!(by_status[&401] >= 95, "{by_status:?}");
+    }
+);
+
+fn referral_json(incident: &str) -> Value {
+    json!({
+        "incidentNumber": incident,
+        "callTime": "2026-01-01T08:00:00Z",
+        "caller": {"name": "王某", "phone": "13912345678"},
+        "location": {"regionCode": "210203", "detail": "八一路某小区"},
+        "category": "DISPUTE_CATEGORY_NEIGHBOURHOOD",
+        "summary": "楼上住户夜间噪音扰民，双方发生口角",
+        "parties": [
+            {"role": "PARTY_ROLE_APPLICANT", "name": "张某", "idType": "ID_TYPE_RESIDENT_ID_CARD",
+             "idNumber": "11010519491231002X", "phone": "13812345678"},
+            {"role": "PARTY_ROLE_RESPONDENT", "name": "李某", "phone": "0411-82345678"}
+        ],
+        "onSceneHandling": "民警到场劝解，双方情绪平稳，同意调解",
+        "policeStation": "agencies/xigang-bayilu-station"
+    })
+}
+
+suite_test!(
+    a_referral_created_and_read_back_over_http_only,
+    |suite| async move {
+        let dispatch = suite.token("xigang-110", "dispatch-system", &["dispatcher"]);
+        let body = json!({"requestId": rid(), "referral": referral_json("J20260101080000")});
+        // The rule's body is the `referral` field; the request id is a query parameter.
+        let (status, created) = http(
+            suite.addr,
+            "POST",
+            &format!(
+                "/v1/policereferral/referrals?requestId={}",
+                body["requestId"].as_str().expect("id")
+            ),
+            bearer(&dispatch),
+            Some(body["referral"].to_string()),
+        )
+        .await;
+        assert_eq!(status, 200, "{created}");
+        let name = created["referral"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_string();
+        assert!(name.starts_with("referrals/"), "{name}");
+        let (status, got) = http(
+            suite.addr,
+            "GET",
+            &format!("/v1/policereferral/{name}"),
+            bearer(&dispatch),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["referral"]["name"], name.as_str());
+        assert_eq!(got["referral"]["state"], created["referral"]["state"]);
+        assert_eq!(got["referral"]["incidentNumber"], "J20260101080000");
+        // Listed with query parameters.
+        let (status, list) = http(
+            suite.addr,
+            "GET",
+            "/v1/policereferral/referrals?pageSize=10",
+            bearer(&dispatch),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{list}");
+        assert!(list.to_string().contains(&name), "{list}");
+
+        // A bad ID check digit: 400 with the same BadRequest detail gRPC carries.
+        let mut bad = referral_json("J20260101080001");
+        bad["parties"][0]["idNumber"] = json!("110105194912310021");
+        let (status, err) = http(
+            suite.addr,
+            "POST",
+            &format!("/v1/policereferral/referrals?requestId={}", rid()),
+            bearer(&dispatch),
+            Some(bad.to_string()),
+        )
+        .await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["code"], Code::InvalidArgument as i32);
+        let types: Vec<&str> = err["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter_map(|d| d["@type"].as_str())
+            .collect();
+        assert!(
+            types.contains(&"type.googleapis.com/google.rpc.BadRequest"),
+            "{err}"
+        );
+        assert!(
+            types.contains(&"type.googleapis.com/google.rpc.ErrorInfo"),
+            "{err}"
+        );
+
+        // No token: 401; a malformed JSON body: 400 MALFORMED_MESSAGE; unknown path: 404;
+        // a known path with the wrong method: 405.
+        let (status, err) = http(
+            suite.addr,
+            "GET",
+            &format!("/v1/policereferral/{name}"),
+            vec![],
+            None,
+        )
+        .await;
+        assert_eq!((status, err["code"].as_i64()), (401, Some(16)), "{err}");
+        let (status, err) = http(
+            suite.addr,
+            "POST",
+            "/v1/policereferral/referrals",
+            bearer(&dispatch),
+            Some("{not json".into()),
+        )
+        .await;
+        assert_eq!(status, 400, "{err}");
+        assert!(err.to_string().contains("MALFORMED_MESSAGE"), "{err}");
+        let (status, _) = http(
+            suite.addr,
+            "GET",
+            "/v1/nothing/here",
+            bearer(&dispatch),
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _) = http(
+            suite.addr,
+            "DELETE",
+            &format!("/v1/policereferral/{name}"),
+            bearer(&dispatch),
+            None,
+        )
+        .await;
+        assert_eq!(status, 405);
+    }
+);
+
+suite_test!(
+    a_call_cut_off_by_its_deadline_and_retried_makes_one_referral,
+    |suite| async move {
+        let dispatch = suite.token("xigang-110", "dispatch-system", &["dispatcher"]);
+        let request_id = rid();
+        let path = format!("/v1/policereferral/referrals?requestId={request_id}");
+        let body = referral_json("J20260101090000").to_string();
+        let mut cut = bearer(&dispatch);
+        cut.push(("grpc-timeout".into(), "3m".into()));
+        let (status, first) = http(suite.addr, "POST", &path, cut, Some(body.clone())).await;
+        assert!(status == 504 || status == 200, "{status} {first}");
+        if status == 504 {
+            assert_eq!(first["code"], Code::DeadlineExceeded as i32, "{first}");
+        }
+        // X-Server-Timeout (seconds) is the HTTP spelling of a deadline.
+        let mut timed = bearer(&dispatch);
+        timed.push(("X-Server-Timeout".into(), "0.003".into()));
+        let (status, _) = http(suite.addr, "POST", &path, timed, Some(body.clone())).await;
+        assert!(status == 504 || status == 200, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, retried) =
+            http(suite.addr, "POST", &path, bearer(&dispatch), Some(body)).await;
+        assert_eq!(status, 200, "{retried}");
+        let name = retried["referral"]["name"].as_str().expect("name");
+        let (_, list) = http(
+            suite.addr,
+            "GET",
+            "/v1/policereferral/referrals?pageSize=100",
+            bearer(&dispatch),
+            None,
+        )
+        .await;
+        let same: Vec<&Value> = list["referrals"]
+            .as_array()
+            .expect("referrals")
+            .iter()
+            .filter(|r| r["incidentNumber"] == "J20260101090000")
+            .collect();
+        assert_eq!(same.len(), 1, "exactly one referral: {list}");
+        assert_eq!(same[0]["name"], name);
+    }
+);
+
+suite_test!(streaming_methods_answer_not_built, |suite| async move {
+    let token = suite.token("xigang-bayilu-station", "officer-01", &["officer"]);
+    for (method, path) in [
+        ("GET", "/v1/transfers:watch"),
+        ("POST", "/v1/messages:pull"),
+        ("GET", "/v1/courtdiversion/cases:watch"),
+    ] {
+        let body = (method == "POST").then(|| "{}".to_string());
+        let (status, err) = http(suite.addr, method, path, bearer(&token), body).await;
+        assert_eq!(status, 501, "{path}: {err}");
+        assert_eq!(err["code"], Code::Unimplemented as i32);
+        assert!(err.to_string().contains("NOT_BUILT"), "{err}");
+    }
+    // gRPC on the same port is untouched (a health check with no token).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(suite.channel());
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health over gRPC");
+    assert_eq!(answer.into_inner().status, 1);
+});
