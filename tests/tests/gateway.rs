@@ -27,58 +27,133 @@ async fn http(
     headers: Vec<(String, String)>,
     body: Option<String>,
 ) -> (u16, Value) {
-    let method = method.to_string();
-    let path = path.to_string();
+    let (status, _, body) = http_raw(addr, method, path, headers, body).await;
+    let json = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    };
+    (status, json)
+}
+
+fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str("Content-Type: application/json\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    req.into_bytes()
+}
+
+/// The status, the content type and the body (de-chunked) of a complete answer in `raw`, or
+/// the part of the body complete so far.
+fn parse_answer(raw: &[u8]) -> Option<(u16, String, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, mut rest) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    let lower = head.to_ascii_lowercase();
+    let content_type = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or("")
+        .to_string();
+    let mut body = String::new();
+    if lower.contains("transfer-encoding: chunked") {
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+                break;
+            };
+            if n == 0 || tail.len() < n + 2 {
+                break;
+            }
+            body.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+    } else {
+        body = rest.to_string();
+    }
+    Some((status, content_type, body))
+}
+
+/// One HTTP/1.1 exchange read to the end: (status, content type, body).
+async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+) -> (u16, String, String) {
+    let req = request_bytes(addr, method, path, &headers, &body.unwrap_or_default());
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (k, v) in &headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let body = body.unwrap_or_default();
-        if !body.is_empty() || method != "GET" {
-            req.push_str("Content-Type: application/json\r\n");
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        s.write_all(req.as_bytes()).expect("write");
+        s.write_all(&req).expect("write");
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).expect("read");
-        let text = String::from_utf8(raw).expect("utf-8 answer");
-        let (head, mut rest) = text.split_once("\r\n\r\n").expect("a header block");
-        let status: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status line");
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        let mut body = String::new();
-        if chunked {
-            while let Some((len, tail)) = rest.split_once("\r\n") {
-                let n = usize::from_str_radix(len.trim(), 16).expect("chunk size");
-                if n == 0 {
-                    break;
-                }
-                body.push_str(&tail[..n]);
-                rest = &tail[n + 2..];
-            }
-        } else {
-            body = rest.to_string();
-        }
-        let json = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-        };
-        (status, json)
+        parse_answer(&raw).expect("an HTTP answer")
     })
     .await
     .expect("http task")
+}
+
+/// Opens a stream (GET `path`), says on `ready` when its headers arrived, and returns the
+/// first `n` NDJSON lines whose `result` carries an `event` (heartbeats are skipped).
+fn watch_events(
+    addr: SocketAddr,
+    path: String,
+    token: String,
+    n: usize,
+    ready: std::sync::mpsc::Sender<u16>,
+) -> Vec<Value> {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s.write_all(&request_bytes(addr, "GET", &path, &bearer(&token), ""))
+        .expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut raw = Vec::new();
+    let mut said_ready = false;
+    let mut buf = [0u8; 8192];
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => raw.extend_from_slice(&buf[..k]),
+            Err(_) => {}
+        }
+        let Some((status, content_type, body)) = parse_answer(&raw) else {
+            continue;
+        };
+        if !said_ready {
+            said_ready = true;
+            let _ = ready.send(status);
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(content_type, "application/x-ndjson");
+        }
+        let events: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .filter(|v| !v["result"]["event"].is_null())
+            .collect();
+        if events.len() >= n {
+            return events;
+        }
+    }
+    panic!(
+        "the stream gave fewer than {n} events: {}",
+        String::from_utf8_lossy(&raw)
+    );
 }
 
 fn bearer(token: &str) -> Vec<(String, String)> {
@@ -438,24 +513,92 @@ suite_test!(
     }
 );
 
-suite_test!(streaming_methods_answer_not_built, |suite| async move {
-    let token = suite.token("xigang-bayilu-station", "officer-01", &["officer"]);
-    for (method, path) in [
-        ("GET", "/v1/transfers:watch"),
-        ("POST", "/v1/messages:pull"),
-        ("GET", "/v1/courtdiversion/cases:watch"),
-    ] {
-        let body = (method == "POST").then(|| "{}".to_string());
-        let (status, err) = http(suite.addr, method, path, bearer(&token), body).await;
-        assert_eq!(status, 501, "{path}: {err}");
-        assert_eq!(err["code"], Code::Unimplemented as i32);
-        assert!(err.to_string().contains("NOT_BUILT"), "{err}");
+suite_test!(
+    streams_are_ndjson_and_resume_with_the_same_tokens,
+    |suite| async move {
+        let station = suite.token("xigang-bayilu-station", "officer-01", &["officer"]);
+        let dispatch = suite.token("xigang-110", "dispatch-system", &["dispatcher"]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (addr, tok) = (suite.addr, station.clone());
+        let watch = tokio::task::spawn_blocking(move || {
+            watch_events(addr, "/v1/transfers:watch".into(), tok, 2, tx)
+        });
+        let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)));
+        assert_eq!(ready.await.expect("join").expect("stream opened"), 200);
+        // A referral and its transfer, drafted and submitted: two events, over HTTP only.
+        let (status, created) = http(
+            suite.addr,
+            "POST",
+            &format!("/v1/policereferral/referrals?requestId={}", rid()),
+            bearer(&dispatch),
+            Some(referral_json("J20260101100000").to_string()),
+        )
+        .await;
+        assert_eq!(status, 200, "{created}");
+        let name = created["referral"]["name"].as_str().expect("name");
+        let (status, drafted) = http(
+            suite.addr,
+            "POST",
+            &format!("/v1/policereferral/{name}:draftTransfer"),
+            bearer(&station),
+            Some(
+                json!({"toAgency": "agencies/xigang-bayilu-mediation-room", "note": "建议调解",
+                       "submit": true, "requestId": rid()})
+                .to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{drafted}");
+        let events = watch.await.expect("watch");
+        let first = &events[0]["result"];
+        let token = first["resumeToken"].as_str().expect("a resume token");
+        // Resumed after the first event: the stream goes on with the second.
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let (addr, tok) = (suite.addr, station.clone());
+        let path = format!("/v1/transfers:watch?resumeToken={token}");
+        let resumed = tokio::task::spawn_blocking(move || watch_events(addr, path, tok, 1, tx))
+            .await
+            .expect("resumed watch");
+        assert_eq!(
+            resumed[0]["result"]["event"], events[1]["result"]["event"],
+            "resumed right after the first event"
+        );
+
+        // A stream that ends (follow = false) ends the HTTP answer too; an unknown resume
+        // (malformed) token fails before the stream starts: a plain error answer.
+        // The justice bureau pulls its messages (deploy/dev/agencies.toml: delivery = "pull").
+        let bureau = suite.token("xigang-justice-bureau", "admin", &["platform_admin"]);
+        let (status, content_type, body) = http_raw(
+            suite.addr,
+            "POST",
+            "/v1/messages:pull",
+            bearer(&bureau),
+            Some(r#"{"follow": false}"#.into()),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(content_type, "application/x-ndjson");
+        for line in body.lines() {
+            let v: Value = serde_json::from_str(line).expect("a JSON line");
+            assert!(v.get("result").is_some(), "{line}");
+        }
+        let (status, err) = http(
+            suite.addr,
+            "GET",
+            "/v1/transfers:watch?resumeToken=not-a-token",
+            bearer(&station),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["code"], Code::InvalidArgument as i32, "{err}");
+
+        // gRPC on the same port is untouched (a health check with no token).
+        let mut health = tonic_health::pb::health_client::HealthClient::new(suite.channel());
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("health over gRPC");
+        assert_eq!(answer.into_inner().status, 1);
     }
-    // gRPC on the same port is untouched (a health check with no token).
-    let mut health = tonic_health::pb::health_client::HealthClient::new(suite.channel());
-    let answer = health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .expect("health over gRPC");
-    assert_eq!(answer.into_inner().status, 1);
-});
+);

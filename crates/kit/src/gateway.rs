@@ -14,8 +14,9 @@
 //!
 //! Deadlines: a `grpc-timeout` header is passed on as it is; `X-Server-Timeout: <seconds>`
 //! (Google's HTTP convention, decimal seconds) becomes one. Server-streaming methods
-//! (`Watch…`, `PullMessages`) are not built over HTTP: they answer 501 with
-//! `UNIMPLEMENTED` / `NOT_BUILT` (use gRPC for them).
+//! (`Watch…`, `PullMessages`) answer newline-delimited JSON (`application/x-ndjson`: one
+//! `{"result": …}` line per message, a last `{"error": …}` line if the stream fails), resumable with the same cursors as over gRPC. The contracts have no
+//! client-streaming method; one would answer 501 `UNIMPLEMENTED` / `NOT_BUILT`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -390,13 +391,13 @@ where
         }
         return resp;
     };
-    if rule.method.is_server_streaming() || rule.method.is_client_streaming() {
+    if rule.method.is_client_streaming() {
         return error_response(
             &t.pool,
             &ApiError::new(
                 Reason::NotBuilt,
                 format!(
-                    "{} streams; streaming over HTTP is not built, call it over gRPC",
+                    "{} takes a stream of requests, which HTTP/JSON does not carry; call it over gRPC",
                     rule.grpc_path()
                 ),
             )
@@ -472,6 +473,19 @@ where
     if let Some(status) = Status::from_header_map(&rparts.headers) {
         return status_or_ok(&t.pool, status, None, rule);
     }
+    if rule.method.is_server_streaming() {
+        let mut resp = http::Response::new(Body::new(NdjsonBody {
+            inner: rbody,
+            buf: bytes::BytesMut::new(),
+            output: rule.method.output(),
+            done: false,
+        }));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        return resp;
+    }
     match rbody.collect().await {
         Err(status) => error_response(&t.pool, &status),
         Ok(collected) => {
@@ -482,6 +496,117 @@ where
                 .and_then(Status::from_header_map)
                 .unwrap_or_else(|| Status::internal("the call ended without a status"));
             status_or_ok(&t.pool, status, Some(data), rule)
+        }
+    }
+}
+
+/// A server stream as newline-delimited JSON: one `{"result": <message>}` line per message,
+/// and, when the stream ends with an error, a last `{"error": <google.rpc.Status>}` line (the
+/// HTTP status, sent before the first message, is 200 then). Resuming works as over gRPC:
+/// pass the last message's cursor (`resumeToken`, `cursor`) in the next request.
+struct NdjsonBody {
+    inner: Body,
+    buf: bytes::BytesMut,
+    output: MessageDescriptor,
+    done: bool,
+}
+
+impl NdjsonBody {
+    /// The JSON lines of the complete gRPC frames in `buf`.
+    fn lines(&mut self) -> Result<Vec<u8>, Status> {
+        let mut out = Vec::new();
+        while self.buf.len() >= 5 {
+            let len =
+                u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+            if self.buf.len() < 5 + len {
+                break;
+            }
+            if self.buf[0] != 0 {
+                return Err(Status::internal("a compressed message in the stream"));
+            }
+            let frame = self.buf.split_to(5 + len);
+            let msg = DynamicMessage::decode(self.output.clone(), &frame[5..])
+                .map_err(|e| Status::internal(format!("a stream message undecodable: {e}")))?;
+            let v = msg
+                .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                .map_err(|e| Status::internal(format!("a stream message not JSON: {e}")))?;
+            out.extend_from_slice(
+                &serde_json::to_vec(&serde_json::json!({ "result": v })).unwrap_or_default(),
+            );
+            out.push(b'\n');
+        }
+        Ok(out)
+    }
+
+    fn error_line(status: &Status) -> Bytes {
+        let mut v =
+            serde_json::to_vec(&serde_json::json!({ "error": status_json(&table().pool, status) }))
+                .unwrap_or_default();
+        v.push(b'\n');
+        Bytes::from(v)
+    }
+}
+
+impl http_body::Body for NdjsonBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(Self::error_line(
+                        &status,
+                    )))));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.buf.extend_from_slice(&data);
+                        match this.lines() {
+                            Ok(lines) if lines.is_empty() => continue,
+                            Ok(lines) => {
+                                return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(
+                                    lines,
+                                )))));
+                            }
+                            Err(status) => {
+                                this.done = true;
+                                return Poll::Ready(Some(Ok(http_body::Frame::data(
+                                    Self::error_line(&status),
+                                ))));
+                            }
+                        }
+                    }
+                    Err(frame) => {
+                        this.done = true;
+                        let status = frame
+                            .trailers_ref()
+                            .and_then(Status::from_header_map)
+                            .unwrap_or_else(|| {
+                                Status::internal("the stream ended without a status")
+                            });
+                        if status.code() == Code::Ok {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(http_body::Frame::data(Self::error_line(
+                            &status,
+                        )))));
+                    }
+                },
+            }
         }
     }
 }
