@@ -12,6 +12,8 @@
 //! (`code`, `message` and the same `details`: `ErrorInfo`, `BadRequest`,
 //! `PreconditionFailure`, ...) under the HTTP status AIP-193 maps the gRPC code to.
 //!
+//! The OpenAPI 3 document of all of it is served at [`openapi::PATH`] (`/openapi.json`).
+//!
 //! Deadlines: a `grpc-timeout` header is passed on as it is; `X-Server-Timeout: <seconds>`
 //! (Google's HTTP convention, decimal seconds) becomes one. Server-streaming methods
 //! (`Watch…`, `PullMessages`) answer newline-delimited JSON (`application/x-ndjson`: one
@@ -35,6 +37,8 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::error::{ApiError, Reason};
+
+pub mod openapi;
 
 /// The HTTP status AIP-193 maps a gRPC code to.
 pub fn http_status(code: Code) -> http::StatusCode {
@@ -365,6 +369,12 @@ where
 {
     let t = table();
     let path = req.uri().path().to_string();
+    if path == openapi::PATH && req.method() == http::Method::GET {
+        return plain(
+            http::StatusCode::OK,
+            Bytes::from_static(openapi::document_bytes()),
+        );
+    }
     let mut path_known = false;
     let mut found = None;
     for rule in &t.rules {
