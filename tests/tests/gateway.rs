@@ -428,6 +428,12 @@ suite_test!(
             "{err}"
         );
 
+        // The OpenAPI document is public, like reflection.
+        let (status, doc) = http(suite.addr, "GET", "/openapi.json", vec![], None).await;
+        assert_eq!(status, 200);
+        assert_eq!(doc["openapi"], "3.0.3");
+        assert!(doc["paths"]["/v1/policereferral/referrals"]["post"].is_object());
+
         // No token: 401; a malformed JSON body: 400 MALFORMED_MESSAGE; unknown path: 404;
         // a known path with the wrong method: 405.
         let (status, err) = http(
