@@ -428,6 +428,22 @@ suite_test!(
             "{err}"
         );
 
+        // No origin is allowed by default: a browser's preflight is refused.
+        let addr = suite.addr;
+        let (status, _, _) = tokio::task::spawn_blocking(move || {
+            exchange(
+                addr,
+                format!(
+                    "OPTIONS /v1/routes HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                     Origin: {CONSOLE}\r\nAccess-Control-Request-Method: GET\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+        })
+        .await
+        .expect("join");
+        assert_eq!(status, 403);
+
         // The OpenAPI document is public, like reflection.
         let (status, doc) = http(suite.addr, "GET", "/openapi.json", vec![], None).await;
         assert_eq!(status, 200);
@@ -608,3 +624,161 @@ suite_test!(
         assert_eq!(answer.into_inner().status, 1);
     }
 );
+
+/// One HTTP/1.1 exchange of raw bytes: (status, headers lower-cased, body de-chunked).
+fn exchange(addr: SocketAddr, req: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(req).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    let mut rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        let mut body = Vec::new();
+        while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..i]).trim(), 16)
+                .expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[i + 2..i + 2 + n]);
+            rest = &rest[i + 2 + n + 2..];
+        }
+        body
+    } else {
+        rest.to_vec()
+    };
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+const CONSOLE: &str = "https://console.example.cn";
+
+/// gRPC-Web (tonic-web) and CORS for the configured origin, on a suite whose
+/// `http.cors_allowed_origins` lists [`CONSOLE`].
+async fn grpc_web_and_cors(suite: &TestSuite) {
+    let token = suite.token("xigang-bayilu-station", "officer-01", &["officer"]);
+    let addr = suite.addr;
+    // A browser's gRPC-Web call over HTTP/1.1: an empty ListRoutesRequest, framed.
+    let mut req = format!(
+        "POST /fengqiao.router.v1.RouteService/ListRoutes HTTP/1.1\r\nHost: {addr}\r\n\
+         Connection: close\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+         Origin: {CONSOLE}\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&[0, 0, 0, 0, 0]);
+    let (status, headers, body) = tokio::task::spawn_blocking(move || exchange(addr, &req))
+        .await
+        .expect("join");
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some(CONSOLE)
+    );
+    assert!(
+        header(&headers, "content-type").is_some_and(|c| c.starts_with("application/grpc-web")),
+        "{headers:?}"
+    );
+    // Frames: the message (flag 0), then the trailers (flag 0x80) with grpc-status 0.
+    let mut b = bytes::Bytes::from(body);
+    assert_eq!(b.get_u8(), 0, "a message frame first");
+    let len = b.get_u32() as usize;
+    let routes = fengqiao_proto::router::ListRoutesResponse::decode(b.split_to(len))
+        .expect("a ListRoutesResponse");
+    assert!(!routes.routes.is_empty(), "the sample routes");
+    assert_eq!(b.get_u8(), 0x80, "a trailer frame last");
+    let len = b.get_u32() as usize;
+    let trailers = String::from_utf8_lossy(&b[..len]).to_ascii_lowercase();
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+
+    // Preflight: the configured origin may call with a token; another may not.
+    for (origin, expect) in [(CONSOLE, 204), ("https://elsewhere.example", 403)] {
+        let req = format!(
+            "OPTIONS /v1/routes HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Origin: {origin}\r\nAccess-Control-Request-Method: GET\r\n\
+             Access-Control-Request-Headers: authorization\r\n\r\n"
+        );
+        let (status, headers, _) =
+            tokio::task::spawn_blocking(move || exchange(addr, req.as_bytes()))
+                .await
+                .expect("join");
+        assert_eq!(status, expect, "{origin}: {headers:?}");
+        if expect == 204 {
+            assert_eq!(
+                header(&headers, "access-control-allow-origin"),
+                Some(CONSOLE)
+            );
+            assert!(
+                header(&headers, "access-control-allow-headers")
+                    .is_some_and(|h| h.contains("authorization")),
+                "{headers:?}"
+            );
+        }
+    }
+    // JSON over HTTP from the configured origin carries the CORS answer; from another, not.
+    for (origin, allowed) in [(CONSOLE, true), ("https://elsewhere.example", false)] {
+        let req = format!(
+            "GET /v1/routes HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nOrigin: {origin}\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        let (status, headers, _) =
+            tokio::task::spawn_blocking(move || exchange(addr, req.as_bytes()))
+                .await
+                .expect("join");
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "access-control-allow-origin").is_some(),
+            allowed,
+            "{origin}: {headers:?}"
+        );
+    }
+}
+
+fn with_console_origin(db: fengqiao_testkit::Db) {
+    fengqiao_testkit::block_on(async move {
+        let Some(suite) = TestSuite::start_with(db, &fengqiao_testkit::ServiceName::ALL, |c| {
+            c.http.cors_allowed_origins = vec![CONSOLE.into()];
+        })
+        .await
+        else {
+            return;
+        };
+        grpc_web_and_cors(&suite).await;
+        suite.stop().await;
+    });
+}
+
+#[test]
+fn grpc_web_and_cors_for_the_configured_origin_sqlite() {
+    with_console_origin(fengqiao_testkit::Db::Sqlite);
+}
+
+#[test]
+fn grpc_web_and_cors_for_the_configured_origin_postgres() {
+    with_console_origin(fengqiao_testkit::Db::Postgres);
+}

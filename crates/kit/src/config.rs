@@ -172,6 +172,15 @@ pub struct PeersConfig {
     pub router: Option<String>,
 }
 
+/// The JSON/HTTP gateway and gRPC-Web (crate::gateway), served on the gRPC port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Browser origins (exactly as sent in `Origin`, e.g. `https://console.example.cn`) allowed
+    /// to call JSON over HTTP and gRPC-Web across origins (CORS). Empty (the default): none.
+    pub cors_allowed_origins: Vec<String>,
+}
+
 /// The configuration of a Fengqiao process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -207,6 +216,8 @@ pub struct Config {
     pub routes_dir: Option<PathBuf>,
     /// Router: holiday calendar file.
     pub holidays_file: Option<PathBuf>,
+    /// JSON over HTTP and gRPC-Web: CORS.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -227,6 +238,7 @@ impl Default for Config {
             agencies_file: None,
             routes_dir: None,
             holidays_file: None,
+            http: HttpConfig::default(),
         }
     }
 }

@@ -837,6 +837,7 @@ pub struct ServerBuilder {
     health: Health,
     names: Vec<String>,
     in_process: Option<crate::client::InProcessListener>,
+    cors_allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -893,7 +894,14 @@ impl ServerBuilder {
             },
             names: Vec::new(),
             in_process: None,
+            cors_allowed_origins: Vec::new(),
         }
+    }
+
+    /// Browser origins allowed to call the JSON gateway and gRPC-Web (`http.cors_allowed_origins`).
+    pub fn cors_allowed_origins(&mut self, origins: Vec<String>) -> &mut Self {
+        self.cors_allowed_origins = origins;
+        self
     }
 
     /// Also serves the same services, behind the same middleware, to the in-process channel
@@ -952,6 +960,7 @@ impl ServerBuilder {
             health,
             names: _,
             in_process,
+            cors_allowed_origins,
         } = self;
         health.set_all(false).await;
         let refl_v1 = tonic_reflection::server::Builder::configure()
@@ -1014,7 +1023,10 @@ impl ServerBuilder {
         });
         // Outermost: JSON over HTTP goes through the gateway, which calls the guarded routes
         // (the same middleware and services) as gRPC; gRPC passes straight through.
-        let gateway = crate::gateway::layer(guard.inner.limits.max_message_bytes.saturating_mul(4));
+        let gateway = crate::gateway::layer(
+            guard.inner.limits.max_message_bytes.saturating_mul(4),
+            cors_allowed_origins,
+        );
         let router = server
             .layer(gateway)
             .layer(GuardLayer(guard))

@@ -12,6 +12,11 @@
 //! (`code`, `message` and the same `details`: `ErrorInfo`, `BadRequest`,
 //! `PreconditionFailure`, ...) under the HTTP status AIP-193 maps the gRPC code to.
 //!
+//! gRPC-Web (`application/grpc-web…`, HTTP/1.1 or 2) is translated by tonic-web into the same
+//! middleware. Browsers of the origins listed in `http.cors_allowed_origins` may call both
+//! (CORS preflight answered, `Access-Control-Allow-Origin` echoed); none is listed by default,
+//! and a preflight from any other origin is 403.
+//!
 //! The OpenAPI 3 document of all of it is served at [`openapi::PATH`] (`/openapi.json`).
 //!
 //! Deadlines: a `grpc-timeout` header is passed on as it is; `X-Server-Timeout: <seconds>`
@@ -22,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, Bytes};
@@ -291,42 +296,98 @@ pub fn table() -> &'static Table {
     })
 }
 
-/// The layer putting the gateway in front of a gRPC service stack.
+/// The layer putting the gateway (and gRPC-Web, and CORS) in front of a gRPC service stack.
 #[derive(Debug, Clone)]
 pub struct GatewayLayer {
     max_body_bytes: usize,
+    cors: Arc<Vec<String>>,
 }
 
 impl GatewayLayer {
-    /// A gateway reading JSON bodies of at most `max_body_bytes`.
-    pub fn new(max_body_bytes: usize) -> Self {
-        Self { max_body_bytes }
-    }
-}
-
-impl<S> tower::Layer<S> for GatewayLayer {
-    type Service = GatewayService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        GatewayService {
-            inner,
-            max_body_bytes: self.max_body_bytes,
+    /// A gateway reading JSON bodies of at most `max_body_bytes`; browsers of the listed
+    /// origins (exactly as the browser sends `Origin`, e.g. `https://console.example.cn`) may
+    /// call it and gRPC-Web across origins; no origin is allowed by default.
+    pub fn new(max_body_bytes: usize, cors_allowed_origins: Vec<String>) -> Self {
+        Self {
+            max_body_bytes,
+            cors: Arc::new(cors_allowed_origins),
         }
     }
 }
 
-/// gRPC through, everything else through the JSON gateway (into the same `inner`).
+impl<S: Clone> tower::Layer<S> for GatewayLayer {
+    type Service = GatewayService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GatewayService {
+            web: tonic_web::GrpcWebLayer::new().layer(inner.clone()),
+            inner,
+            max_body_bytes: self.max_body_bytes,
+            cors: self.cors.clone(),
+        }
+    }
+}
+
+/// gRPC through; gRPC-Web translated by tonic-web; everything else through the JSON gateway;
+/// all three into the same `inner`. CORS answered for the allowed origins.
 #[derive(Debug, Clone)]
 pub struct GatewayService<S> {
     inner: S,
+    web: tonic_web::GrpcWebService<S>,
     max_body_bytes: usize,
+    cors: Arc<Vec<String>>,
 }
 
-/// Whether a request is gRPC (or gRPC-Web), which the gateway leaves alone.
+/// Whether a request is gRPC (or gRPC-Web), which the JSON gateway leaves alone.
 pub fn is_grpc(req: &http::Request<Body>) -> bool {
+    content_type(req).is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn content_type(req: &http::Request<Body>) -> Option<&str> {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Response headers a browser script may read: the gRPC status (gRPC-Web) and the request id.
+const EXPOSE: &str = "grpc-status,grpc-message,grpc-status-details-bin,content-type";
+
+fn allowed_origin(cors: &[String], req: &http::Request<Body>) -> Option<http::HeaderValue> {
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let o = origin.to_str().ok()?;
+    cors.iter().any(|a| a == o).then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`): 204 with
+/// the permissions for an allowed origin, 403 for any other.
+fn preflight(origin: Option<http::HeaderValue>, req: &http::Request<Body>) -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::empty());
+    let Some(origin) = origin else {
+        *resp.status_mut() = http::StatusCode::FORBIDDEN;
+        return resp;
+    };
+    *resp.status_mut() = http::StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(http::header::VARY, http::HeaderValue::from_static("origin"));
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_METHODS,
+        http::HeaderValue::from_static("GET, POST, PATCH, PUT, DELETE"),
+    );
+    let asked = req
+        .headers()
+        .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| http::HeaderValue::from_static("authorization, content-type"));
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    h.insert(
+        http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        http::HeaderValue::from_static(EXPOSE),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_MAX_AGE,
+        http::HeaderValue::from_static("600"),
+    );
+    resp
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -350,11 +411,49 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let origin = allowed_origin(&self.cors, &req);
+        if req.method() == http::Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let resp = preflight(origin, &req);
+            return Box::pin(async move { Ok(resp) });
+        }
+        let with_cors = move |mut resp: http::Response<Body>| {
+            if let Some(o) = origin {
+                let h = resp.headers_mut();
+                h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+                h.append(http::header::VARY, http::HeaderValue::from_static("origin"));
+                h.insert(
+                    http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    http::HeaderValue::from_static(EXPOSE),
+                );
+            }
+            resp
+        };
+        if content_type(&req).is_some_and(|v| v.starts_with("application/grpc-web")) {
+            // tonic-web answers 403 itself when the request has an Origin it was not told
+            // about; the origin check is ours (above), so it sees no Origin.
+            let mut req = req;
+            req.headers_mut().remove(http::header::ORIGIN);
+            let mut web = self.web.clone();
+            return Box::pin(async move {
+                let resp = match tower::ServiceExt::<http::Request<Body>>::ready(&mut web).await {
+                    Ok(w) => w.call(req).await,
+                    Err(never) => match never {},
+                };
+                match resp {
+                    Ok(r) => Ok(with_cors(r)),
+                    Err(never) => match never {},
+                }
+            });
+        }
         if is_grpc(&req) {
             return Box::pin(inner.call(req));
         }
         let max = self.max_body_bytes;
-        Box::pin(async move { Ok(serve(inner, req, max).await) })
+        Box::pin(async move { Ok(with_cors(serve(inner, req, max).await)) })
     }
 }
 
@@ -830,9 +929,9 @@ pub fn routes() -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Wraps a server stack so it also answers JSON over HTTP (see the module docs).
-pub fn layer(max_body_bytes: usize) -> GatewayLayer {
-    GatewayLayer::new(max_body_bytes)
+/// Wraps a server stack so it also answers JSON over HTTP and gRPC-Web (see the module docs).
+pub fn layer(max_body_bytes: usize, cors_allowed_origins: Vec<String>) -> GatewayLayer {
+    GatewayLayer::new(max_body_bytes, cors_allowed_origins)
 }
 
 #[cfg(test)]
