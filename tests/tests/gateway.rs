@@ -765,12 +765,29 @@ fn with_console_origin(db: fengqiao_testkit::Db) {
     fengqiao_testkit::block_on(async move {
         let Some(suite) = TestSuite::start_with(db, &fengqiao_testkit::ServiceName::ALL, |c| {
             c.http.cors_allowed_origins = vec![CONSOLE.into()];
+            // JSON bodies up to 4 × this are read.
+            c.limits.max_message_bytes = 64 * 1024;
         })
         .await
         else {
             return;
         };
         grpc_web_and_cors(&suite).await;
+        // A JSON body larger than 4 × limits.max_message_bytes is not read: 429
+        // RESOURCE_EXHAUSTED / MESSAGE_TOO_LARGE, as an oversized message over gRPC.
+        let dispatch = suite.token("xigang-110", "dispatch-system", &["dispatcher"]);
+        let mut big = referral_json("J20260101110000");
+        big["summary"] = json!("噪".repeat(90 * 1024));
+        let (status, err) = http(
+            suite.addr,
+            "POST",
+            &format!("/v1/policereferral/referrals?requestId={}", rid()),
+            bearer(&dispatch),
+            Some(big.to_string()),
+        )
+        .await;
+        assert_eq!(status, 429, "{err}");
+        assert!(err.to_string().contains("MESSAGE_TOO_LARGE"), "{err}");
         suite.stop().await;
     });
 }
