@@ -2,7 +2,9 @@
 # Drives a fresh `fengqiao dev` from outside, as a foreign client would: Python grpcio and
 # grpc-requests (PyPI, pinned) through server reflection only (tests/foreign/reflection_client.py,
 # then the README's worked examples: tests/foreign/referral_example.py (警调对接, a 110 referral
-# from intake to closed) and tests/foreign/court_example.py (court diversion)).
+# from intake to closed) and tests/foreign/court_example.py (court diversion)), then the same
+# 警调对接 example over JSON/HTTP only (tests/foreign/referral_example_http.py, standard library
+# urllib) after validating /openapi.json with openapi-spec-validator (PyPI, pinned).
 # Installs the client into a venv under ${FENGQIAO_TOOLS:-$HOME/.cache/fengqiao-tools}; builds
 # and starts the suite on loopback in a temporary data directory; stops it at the end.
 set -euo pipefail
@@ -14,6 +16,10 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import grpc_request
   echo "==> installing grpcio==1.85.3 and grpc-requests==0.1.21 into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet grpcio==1.85.3 grpcio-reflection==1.85.1 grpc-requests==0.1.21
+fi
+if ! "$VENV/bin/python" -c "import openapi_spec_validator" 2>/dev/null; then
+  echo "==> installing openapi-spec-validator==0.9.0 into $VENV"
+  "$VENV/bin/pip" install --quiet openapi-spec-validator==0.9.0
 fi
 
 cargo build --locked -q -p fengqiao
@@ -38,3 +44,6 @@ FENGQIAO_BIN="$bin" "$VENV/bin/python" tests/foreign/referral_example.py "127.0.
   "$("$bin" token --data-dir "$dir/data" --as xigang-court/clerk-01)" \
   "$("$bin" token --data-dir "$dir/data" --as xigang-court/judge-01)" \
   "$("$bin" token --data-dir "$dir/data" --as xigang-mediation-committee/director)"
+# The 警调对接 example again, over JSON/HTTP only, after validating the OpenAPI document.
+REQUIRE_OPENAPI_VALIDATOR=1 FENGQIAO_BIN="$bin" "$VENV/bin/python" \
+  tests/foreign/referral_example_http.py "http://127.0.0.1:$port" "$dir/data"

@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest.join("../../proto").canonicalize()?;
     println!("cargo:rerun-if-changed={}", root.display());
+    println!("cargo:rerun-if-changed={}", root.join("google").display());
 
     let mut files = Vec::new();
     collect(&root.join("fengqiao"), &mut files)?;
@@ -43,6 +44,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
     let fds = compiler.file_descriptor_set();
+
+    // google.rpc.Status and its error details, for the JSON/HTTP gateway's error bodies: no
+    // contract imports them, so they get a set (and no generated code) of their own.
+    let mut rpc = protox::Compiler::new([&root])?;
+    rpc.include_imports(true).open_files([
+        root.join("google/rpc/status.proto"),
+        root.join("google/rpc/error_details.proto"),
+    ])?;
+    std::fs::write(
+        out.join("google_rpc_descriptor.bin"),
+        rpc.encode_file_descriptor_set(),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -419,6 +419,7 @@ impl Suite {
                 .max_encoding_message_size(max),
             );
         }
+        builder.cors_allowed_origins(config.http.cors_allowed_origins.clone());
         let server = builder.serve(listener, guard, tls, trigger.clone()).await?;
         // Pushes to agencies served here (seeded with endpoint `self`) go in-process too.
         if let (Some(r), Some(local)) = (&router, &local) {

@@ -189,6 +189,15 @@ impl Default for AdminDisputeSettings {
     }
 }
 
+/// The JSON/HTTP gateway and gRPC-Web (crate::gateway), served on the gRPC port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Browser origins (exactly as sent in `Origin`, e.g. `https://console.example.cn`) allowed
+    /// to call JSON over HTTP and gRPC-Web across origins (CORS). Empty (the default): none.
+    pub cors_allowed_origins: Vec<String>,
+}
+
 /// The configuration of a Fengqiao process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -226,6 +235,8 @@ pub struct Config {
     pub holidays_file: Option<PathBuf>,
     /// admin-dispute settings.
     pub admin_dispute: AdminDisputeSettings,
+    /// JSON over HTTP and gRPC-Web: CORS.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -247,6 +258,7 @@ impl Default for Config {
             routes_dir: None,
             holidays_file: None,
             admin_dispute: AdminDisputeSettings::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`auth`]: signed bearer tokens and the verified [`auth::Identity`];
 //! - [`error`]: the one mapping of errors to `tonic::Status` with `google.rpc` details, and
 //!   [`reason`]: the one catalogue of stable error reasons;
+//! - [`gateway`]: JSON over HTTP for every RPC, from the contracts' `google.api.http` rules;
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod etag;
+pub mod gateway;
 pub mod idem;
 pub mod inbox;
 pub mod metrics;

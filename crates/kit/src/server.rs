@@ -841,6 +841,7 @@ pub struct ServerBuilder {
     health: Health,
     names: Vec<String>,
     in_process: Option<crate::client::InProcessListener>,
+    cors_allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -897,7 +898,14 @@ impl ServerBuilder {
             },
             names: Vec::new(),
             in_process: None,
+            cors_allowed_origins: Vec::new(),
         }
+    }
+
+    /// Browser origins allowed to call the JSON gateway and gRPC-Web (`http.cors_allowed_origins`).
+    pub fn cors_allowed_origins(&mut self, origins: Vec<String>) -> &mut Self {
+        self.cors_allowed_origins = origins;
+        self
     }
 
     /// Also serves the same services, behind the same middleware, to the in-process channel
@@ -956,6 +964,7 @@ impl ServerBuilder {
             health,
             names: _,
             in_process,
+            cors_allowed_origins,
         } = self;
         health.set_all(false).await;
         let refl_v1 = tonic_reflection::server::Builder::configure()
@@ -973,6 +982,8 @@ impl ServerBuilder {
 
         let addr = listener.local_addr()?;
         let mut server = tonic::transport::Server::builder()
+            // HTTP/1.1 for the JSON gateway (crate::gateway); gRPC stays HTTP/2.
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
@@ -1014,7 +1025,16 @@ impl ServerBuilder {
                 join,
             }
         });
-        let router = server.layer(GuardLayer(guard)).add_routes(routes);
+        // Outermost: JSON over HTTP goes through the gateway, which calls the guarded routes
+        // (the same middleware and services) as gRPC; gRPC passes straight through.
+        let gateway = crate::gateway::layer(
+            guard.inner.limits.max_message_bytes.saturating_mul(4),
+            cors_allowed_origins,
+        );
+        let router = server
+            .layer(gateway)
+            .layer(GuardLayer(guard))
+            .add_routes(routes);
         let join = tokio::spawn(async move {
             router
                 .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })

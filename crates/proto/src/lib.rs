@@ -85,3 +85,8 @@ pub use fengqiao::router::v1 as router;
 /// The encoded `FileDescriptorSet` of every Fengqiao proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fengqiao_descriptor.bin"));
+
+/// The encoded `FileDescriptorSet` of `google.rpc.Status` and `google/rpc/error_details.proto`
+/// (vendored under `proto/google/rpc/`), for writing error details as JSON.
+pub const RPC_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));

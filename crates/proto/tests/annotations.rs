@@ -22,6 +22,31 @@ struct File {
     name: String,
     #[prost(message, repeated, tag = "4")]
     message_type: Vec<Msg>,
+    #[prost(message, repeated, tag = "6")]
+    service: Vec<Svc>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Svc {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, repeated, tag = "2")]
+    method: Vec<Method>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Method {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, optional, tag = "4")]
+    options: Option<MethodOptions>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct MethodOptions {
+    /// `google.api.http` (google/api/annotations.proto).
+    #[prost(message, optional, tag = "72295728")]
+    http: Option<fengqiao_proto::google::api::HttpRule>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -91,6 +116,8 @@ fn descriptor_set_carries_the_vendored_google_api_files() {
     for f in [
         "google/api/field_behavior.proto",
         "google/api/resource.proto",
+        "google/api/http.proto",
+        "google/api/annotations.proto",
     ] {
         assert!(
             fds.file.iter().any(|x| x.name == f),
@@ -203,4 +230,48 @@ fn annotations_agree_with_the_comments() {
         "only {output_only} Output-only fields found"
     );
     assert!(request_ids > 30, "only {request_ids} request ids found");
+}
+
+/// Every method of every Fengqiao service has a `google.api.http` rule (written by
+/// `scripts/http-annotations.py`), so the JSON/HTTP gateway serves every RPC; an AIP-127 path
+/// under `/v1/`, a body for every POST and PATCH and none for GET.
+#[test]
+fn every_method_has_an_http_rule() {
+    use fengqiao_proto::google::api::http_rule::Pattern;
+    let fds = fds();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut count = 0;
+    for f in fds.file.iter().filter(|f| f.name.starts_with("fengqiao/")) {
+        for svc in &f.service {
+            for m in &svc.method {
+                let rule = m
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.http.as_ref())
+                    .unwrap_or_else(|| {
+                        panic!("{}.{} has no google.api.http rule", svc.name, m.name)
+                    });
+                let (verb, path) = match rule.pattern.as_ref().expect("a pattern") {
+                    Pattern::Get(p) => ("GET", p),
+                    Pattern::Post(p) => ("POST", p),
+                    Pattern::Patch(p) => ("PATCH", p),
+                    other => panic!("{}.{}: unexpected pattern {other:?}", svc.name, m.name),
+                };
+                assert!(path.starts_with("/v1/"), "{}.{}: {path}", svc.name, m.name);
+                assert_eq!(
+                    rule.body.is_empty(),
+                    verb == "GET",
+                    "{}.{}: GET has no body, POST/PATCH have one",
+                    svc.name,
+                    m.name
+                );
+                assert!(
+                    seen.insert((verb, path.clone())),
+                    "{verb} {path} is used twice"
+                );
+                count += 1;
+            }
+        }
+    }
+    assert!(count >= 100, "only {count} methods found");
 }
