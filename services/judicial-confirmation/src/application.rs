@@ -43,6 +43,9 @@ pub struct Intake {
     pub agreement_effective_at: i64,
     /// The Art 3 package.
     pub package: Vec<PackageItem>,
+    /// For a pre-filing application (诉前调确): the court diversion case (`cases/{case}`)
+    /// it comes from; then `transfer` is empty.
+    pub pre_filing_case: String,
     /// When the committee submitted the application (unix µs; the router's time of the
     /// transfer): the 30-day period of 人民调解法 Art 33 is counted to here, not to the
     /// court's receipt. 0: at receipt.
@@ -108,12 +111,21 @@ pub fn receive(
     cal: &HolidayCalendar,
 ) -> Result<Record, Error> {
     if intake.source == ApplicationSource::PreFiling {
-        return Err(Error::Refused(
-            Reason::NotBuilt,
-            "pre-filing applications (诉前调确) from court diversion are not built yet; \
-             the court records them in its case system"
-                .into(),
-        ));
+        // 诉前调确: handed over by the court's own court diversion service; 法释〔2011〕5号
+        // Art 2: for a 委派 mediation the competent court is the delegating court itself.
+        if intake.pre_filing_case.is_empty() || !intake.transfer.is_empty() {
+            return Err(Error::Invalid(vec![FieldViolation::new(
+                "pre_filing_case",
+                "a pre-filing application comes from a court diversion case, not a transfer",
+            )]));
+        }
+        if intake.delegating_court.as_deref() != Some(court) {
+            return Err(Error::Refused(
+                Reason::WrongCourt,
+                "法释〔2011〕5号 Art 2: a pre-filing agreement is confirmed by the delegating court"
+                    .into(),
+            ));
+        }
     }
     rules::check_digest("agreement", intake.agreement.as_ref())?;
     let ids: Vec<&str> = intake.parties.iter().map(|p| p.party_id.as_str()).collect();
@@ -145,6 +157,7 @@ pub fn receive(
             court: Some(agency(court)),
             committee: Some(agency(&intake.committee)),
             transfer: intake.transfer.clone(),
+            pre_filing_case: intake.pre_filing_case.clone(),
             source: intake.source as i32,
             parties: intake.parties.clone(),
             agreement: intake.agreement.clone(),

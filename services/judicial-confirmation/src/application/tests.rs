@@ -41,6 +41,7 @@ fn intake() -> Intake {
     Intake {
         case_id: "c1".into(),
         transfer: "transfers/t1".into(),
+        pre_filing_case: String::new(),
         committee: "agencies/xigang-committee".into(),
         committee_court: COURT.into(),
         delegating_court: None,
@@ -134,18 +135,46 @@ fn day_30_is_received_day_31_refused_one_party_alone_and_the_wrong_court_too() {
         )
         .is_ok()
     );
+    // 诉前调确: from the court's own court diversion case, the delegating court itself
+    // (法释〔2011〕5号 Art 2); not on a transfer, not at another court.
     let mut pre = intake();
     pre.source = ApplicationSource::PreFiling;
+    pre.transfer = String::new();
+    pre.pre_filing_case = "cases/c1".into();
+    pre.delegating_court = Some(COURT.into());
+    let taken = receive("applications/x", COURT, &pre, at(2026, 3, 3, 9), &c).expect("pre-filing");
+    assert_eq!(taken.state(), S::Received);
+    assert_eq!(taken.application.pre_filing_case, "cases/c1");
+    assert!(taken.application.transfer.is_empty());
+    let mut elsewhere = pre.clone();
+    elsewhere.delegating_court = Some(OTHER_COURT.into());
     assert_eq!(
         reason(receive(
             "applications/x",
             COURT,
-            &pre,
+            &elsewhere,
             at(2026, 3, 3, 9),
             &c
         )),
-        Some(Reason::NotBuilt)
+        Some(Reason::WrongCourt)
     );
+    let mut on_transfer = pre.clone();
+    on_transfer.transfer = "transfers/t1".into();
+    assert!(matches!(
+        receive("applications/x", COURT, &on_transfer, at(2026, 3, 3, 9), &c),
+        Err(Error::Invalid(_))
+    ));
+    let mut no_case = pre.clone();
+    no_case.pre_filing_case = String::new();
+    assert!(matches!(
+        receive("applications/x", COURT, &no_case, at(2026, 3, 3, 9), &c),
+        Err(Error::Invalid(_))
+    ));
+    // A pre-filing application is accepted with a 诉前调确 number only (2022 statistics rule).
+    assert!(accept(&taken, "(2026)辽0203民特调确1号", at(2026, 3, 3, 10), &c).is_err());
+    let accepted =
+        accept(&taken, "(2026)辽0203诉前调确1号", at(2026, 3, 3, 10), &c).expect("accept");
+    assert_eq!(accepted.state(), S::UnderReview);
     // The committee's submission time counts, not the court's receipt (人民调解法 Art 33):
     // submitted on day 30, received on day 31, in time; submitted on day 31, refused.
     let mut submitted = intake();
