@@ -709,6 +709,51 @@ suite_test!(
             .expect("application");
         assert_eq!(taken.objections.len(), 1);
 
+        // 申请执行 (民事诉讼法 Art 206 ¶1): a party's application handed to the enforcement
+        // division, recorded once per party; the committee cannot.
+        let hand = jc::HandOffForEnforcementRequest {
+            name: a.name.clone(),
+            etag: String::new(),
+            applicant_party_id: "p1".into(),
+            document: Some(doc("申请执行书")),
+            enforcement_reference: "(2026)辽0203执1号".into(),
+            request_id: rid(),
+        };
+        let e = jc_client(&suite, COMMITTEE, "director", &["court_clerk"])
+            .hand_off_for_enforcement(hand.clone())
+            .await
+            .expect_err("not the court");
+        assert_eq!(e.code(), Code::NotFound);
+        let handed = clerk(&suite)
+            .hand_off_for_enforcement(hand.clone())
+            .await
+            .expect("handed off")
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(handed.state, jc::ApplicationState::Confirmed as i32);
+        assert_eq!(handed.enforcement_handoffs.len(), 1);
+        assert_eq!(handed.enforcement_handoffs[0].applicant_party_id, "p1");
+        let e = clerk(&suite)
+            .hand_off_for_enforcement(jc::HandOffForEnforcementRequest {
+                request_id: rid(),
+                ..hand.clone()
+            })
+            .await
+            .expect_err("the same party twice");
+        assert_eq!(e.code(), Code::AlreadyExists);
+        let e = judge(&suite)
+            .report_non_confirmation(jc::ReportNonConfirmationRequest {
+                name: a.name.clone(),
+                justice_bureau: "agencies/xigang-justice-bureau".into(),
+                document: Some(doc("司法确认情况通报")),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("confirmed: nothing to report");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+
         let stats = clerk(&suite)
             .get_application_statistics(jc::GetApplicationStatisticsRequest::default())
             .await
@@ -745,6 +790,70 @@ suite_test!(
         assert_eq!(s.outcome_code, "dismissed");
         assert_eq!(s.dismissal_ground_code, "not_voluntary");
         assert!(s.ruling_summary.contains("Art 358"), "{}", s.ruling_summary);
+
+        // 法释〔2011〕5号 Art 12: the judge reports the non-confirmation to the justice bureau
+        // and the committee (a record); a clerk may not; once only; no enforcement of it.
+        let report = jc::ReportNonConfirmationRequest {
+            name: a.name.clone(),
+            etag: String::new(),
+            justice_bureau: "agencies/xigang-justice-bureau".into(),
+            document: Some(doc("司法确认情况通报")),
+            note: "调解协议非自愿达成".into(),
+            request_id: rid(),
+        };
+        let e = clerk(&suite)
+            .report_non_confirmation(report.clone())
+            .await
+            .expect_err("clerk");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let reported = judge(&suite)
+            .report_non_confirmation(report.clone())
+            .await
+            .expect("reported")
+            .into_inner()
+            .application
+            .expect("application");
+        let r = reported.non_confirmation_report.clone().expect("report");
+        let to: Vec<String> = r.recipients.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(
+            to,
+            [
+                "agencies/xigang-justice-bureau".to_string(),
+                format!("agencies/{COMMITTEE}")
+            ]
+        );
+        assert_eq!(reported.state, jc::ApplicationState::Dismissed as i32);
+        // A replay answers the same; a new request is ALREADY_EXISTS.
+        let again = judge(&suite)
+            .report_non_confirmation(report.clone())
+            .await
+            .expect("replayed")
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(
+            again.non_confirmation_report,
+            reported.non_confirmation_report
+        );
+        let e = judge(&suite)
+            .report_non_confirmation(jc::ReportNonConfirmationRequest {
+                request_id: rid(),
+                ..report
+            })
+            .await
+            .expect_err("twice");
+        assert_eq!(e.code(), Code::AlreadyExists);
+        let e = clerk(&suite)
+            .hand_off_for_enforcement(jc::HandOffForEnforcementRequest {
+                name: a.name.clone(),
+                applicant_party_id: "p1".into(),
+                document: Some(doc("申请执行书")),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("dismissed: nothing to enforce");
+        assert_eq!(e.code(), Code::FailedPrecondition);
     }
 );
 

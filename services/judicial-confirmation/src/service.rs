@@ -819,6 +819,81 @@ impl JudicialConfirmationService for JudicialConfirmation {
         }))
     }
 
+    async fn hand_off_for_enforcement(
+        &self,
+        req: Request<HandOffForEnforcementRequest>,
+    ) -> R<HandOffForEnforcementResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, CLERK_OR_JUDGE)?;
+            let actor = w.as_actor();
+            self.act(
+                &w,
+                "HandOffForEnforcement",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| {
+                    app::hand_off_for_enforcement(
+                        rec,
+                        &r.applicant_party_id,
+                        r.document.as_ref(),
+                        &r.enforcement_reference,
+                        actor,
+                        now,
+                        cal,
+                    )
+                },
+            )
+            .await
+        }
+        .await;
+        if result.is_ok() {
+            tracing::info!(application = %r.name, "handed off for enforcement");
+        }
+        reply(result.map(|a| HandOffForEnforcementResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn report_non_confirmation(
+        &self,
+        req: Request<ReportNonConfirmationRequest>,
+    ) -> R<ReportNonConfirmationResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, &[rules::JUDGE_ROLE])?;
+            let actor = w.as_actor();
+            self.act(
+                &w,
+                "ReportNonConfirmation",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| {
+                    app::report_non_confirmation(
+                        rec,
+                        &r.justice_bureau,
+                        r.document.as_ref(),
+                        &r.note,
+                        actor,
+                        now,
+                        cal,
+                    )
+                },
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| ReportNonConfirmationResponse {
+            application: Some(a),
+        }))
+    }
+
     async fn get_application_statistics(
         &self,
         req: Request<GetApplicationStatisticsRequest>,

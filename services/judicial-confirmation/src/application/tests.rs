@@ -512,3 +512,135 @@ fn overdue_clocks_notify_without_changing_the_state() {
     assert_eq!(a.state(), S::UnderReview);
     assert!(!a.application.overdue);
 }
+
+fn clerk() -> Actor {
+    Actor {
+        agency: COURT.into(),
+        actor_id: "clerk-01".into(),
+        ..Default::default()
+    }
+}
+
+fn confirmed_and_dismissed() -> (Record, Record) {
+    let c = cal();
+    let r = received(at(2026, 3, 2, 9));
+    let r = accept(&r, "(2026)辽0203民特调确12号", at(2026, 3, 2, 10), &c).expect("accepted");
+    let confirmed = rule(
+        &r,
+        RulingOutcome::Confirmed,
+        "",
+        Some(&doc()),
+        at(2026, 3, 5, 9),
+        &c,
+    )
+    .expect("confirmed");
+    let dismissed = rule(
+        &r,
+        RulingOutcome::Dismissed,
+        "not_voluntary",
+        Some(&doc()),
+        at(2026, 3, 5, 9),
+        &c,
+    )
+    .expect("dismissed");
+    (confirmed, dismissed)
+}
+
+#[test]
+fn a_confirmed_agreement_is_handed_off_for_enforcement_once_per_party() {
+    let c = cal();
+    let (confirmed, dismissed) = confirmed_and_dismissed();
+    let now = at(2026, 4, 1, 9);
+    let hand = |r: &Record, party: &str, d: Option<&EvidenceRef>| {
+        hand_off_for_enforcement(r, party, d, "(2026)辽0203执1号", clerk(), now, &c)
+    };
+    // 民事诉讼法 Art 206 ¶1: a confirmed agreement only.
+    assert!(is_wrong_state(hand(&dismissed, "a", Some(&doc()))));
+    assert!(is_wrong_state(hand(
+        &received(at(2026, 3, 2, 9)),
+        "a",
+        Some(&doc())
+    )));
+    // A party to the agreement, with the application's digest.
+    assert!(matches!(
+        hand(&confirmed, "x", Some(&doc())),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        hand(&confirmed, "a", None),
+        Err(Error::Invalid(_))
+    ));
+    let mut undigested = doc();
+    undigested.sha256 = String::new();
+    assert!(matches!(
+        hand(&confirmed, "a", Some(&undigested)),
+        Err(Error::Invalid(_))
+    ));
+    let h = hand(&confirmed, "a", Some(&doc())).expect("handed off");
+    assert_eq!(h.state(), S::Confirmed, "the state does not change");
+    assert_eq!(h.application.enforcement_handoffs.len(), 1);
+    let got = &h.application.enforcement_handoffs[0];
+    assert_eq!(got.applicant_party_id, "a");
+    assert_eq!(got.enforcement_reference, "(2026)辽0203执1号");
+    assert_eq!(
+        got.recorded_by.as_ref().map(|a| a.actor_id.as_str()),
+        Some("clerk-01")
+    );
+    assert_eq!(got.handoff_time, Some(to_timestamp(now)));
+    // Once per party; the other party may too.
+    assert_eq!(
+        reason(hand(&h, "a", Some(&doc()))),
+        Some(Reason::AlreadyExists)
+    );
+    let both = hand(&h, "b", Some(&doc())).expect("the other party");
+    assert_eq!(both.application.enforcement_handoffs.len(), 2);
+}
+
+#[test]
+fn a_non_confirmation_is_reported_to_the_justice_bureau_and_the_committee_once() {
+    let c = cal();
+    let (confirmed, dismissed) = confirmed_and_dismissed();
+    let now = at(2026, 3, 6, 9);
+    let bureau = "agencies/xigang-justice-bureau";
+    let report = |r: &Record, b: &str, d: Option<&EvidenceRef>| {
+        report_non_confirmation(r, b, d, "协议非自愿", clerk(), now, &c)
+    };
+    // 法释〔2011〕5号 Art 12: not for a confirmed or undecided application.
+    assert!(is_wrong_state(report(&confirmed, bureau, Some(&doc()))));
+    assert!(is_wrong_state(report(
+        &received(at(2026, 3, 2, 9)),
+        bureau,
+        Some(&doc())
+    )));
+    assert!(matches!(
+        report(&dismissed, "xigang-justice-bureau", Some(&doc())),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        report(&dismissed, bureau, None),
+        Err(Error::Invalid(_))
+    ));
+    let r = report(&dismissed, bureau, Some(&doc())).expect("reported");
+    assert_eq!(r.state(), S::Dismissed, "the state does not change");
+    let got = r
+        .application
+        .non_confirmation_report
+        .clone()
+        .expect("report");
+    let to: Vec<&str> = got.recipients.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(to, [bureau, "agencies/xigang-committee"]);
+    assert_eq!(got.report_time, Some(to_timestamp(now)));
+    assert_eq!(
+        reason(report(&r, bureau, Some(&doc()))),
+        Some(Reason::AlreadyExists)
+    );
+    // Not accepted (民诉法解释 Art 355) is reportable too.
+    let not_accepted = reject(
+        &received(at(2026, 3, 2, 9)),
+        "ownership_confirmation",
+        at(2026, 3, 3, 9),
+        &c,
+    )
+    .expect("not accepted");
+    assert!(report(&not_accepted, bureau, Some(&doc())).is_ok());
+}
