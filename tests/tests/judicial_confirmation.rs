@@ -1438,3 +1438,83 @@ suite_test!(
         assert_eq!(e.code(), Code::NotFound);
     }
 );
+
+/// Sets the end of the court diversion case's mediation (with the agreement: when it took
+/// effect) `days` days back in the court's store (as days passing would).
+async fn mediation_ended_days_ago(suite: &TestSuite, c: &cd::PreFilingCase, days: i64) {
+    let store = Store::connect(StoreConfig::new(
+        suite.stores[&ServiceName::CourtDiversion].clone(),
+    ))
+    .await
+    .expect("court store");
+    let id = c.name.trim_start_matches("cases/");
+    let row = sqlx::query("SELECT body FROM court_cases WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .expect("row");
+    let body: Vec<u8> = row.try_get("body").expect("body");
+    let mut case = cd::PreFilingCase::decode(body.as_slice()).expect("case");
+    if let Some(e) = case.ending.as_mut() {
+        e.end_time = Some(fengqiao_kit::time::to_timestamp(now_micros() - days * DAY));
+    }
+    sqlx::query("UPDATE court_cases SET body = $1 WHERE id = $2")
+        .bind(case.encode_to_vec())
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .expect("update");
+    store.close().await;
+}
+
+// 诉前调确 within 30 days of the agreement taking effect (人民调解法 Art 33): day 31 is
+// refused naming the article and the case stays AGREEMENT_FILED; day 30 is taken in.
+suite_test!(
+    a_pre_filing_application_on_day_31_is_refused_and_on_day_30_taken,
+    |suite| async move {
+        mediation_roster(&suite).await;
+        let _m = agreement(&suite, 42).await;
+        let c = filed_case(&suite, 42).await;
+        let mut d = diversion(&suite, "clerk-01", "court_clerk");
+        // Day 31 after a period whose last day is a working day (民事诉讼法 Art 85 moves a
+        // period ending on a holiday to the next working day; then the test goes further back).
+        let cal = fengqiao_clock::HolidayCalendar::builtin();
+        let mut back = 31;
+        while fengqiao_judicial_confirmation::rules::application_deadline(
+            now_micros() - back * DAY,
+            cal,
+        ) > now_micros()
+        {
+            back += 1;
+        }
+        mediation_ended_days_ago(&suite, &c, back).await;
+        let e = d
+            .decide_next_step(pre_filing_application(&c, &["p1", "p2"]))
+            .await
+            .expect_err("day 31");
+        assert_eq!(
+            reason_of(&e).as_deref(),
+            Some("APPLICATION_PERIOD_LAPSED"),
+            "{e:?}"
+        );
+        assert!(e.message().contains("Art 33"), "{}", e.message());
+        assert!(pre_filing_applications(&suite, &c.case_id).await.is_empty());
+        assert_eq!(
+            diversion_case(&suite, &c.name).await.state,
+            cd::PreFilingCaseState::AgreementFiled as i32
+        );
+        mediation_ended_days_ago(&suite, &c, 30).await;
+        let got = d
+            .decide_next_step(pre_filing_application(&c, &["p1", "p2"]))
+            .await
+            .expect("day 30")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(
+            got.state,
+            cd::PreFilingCaseState::ConfirmationApplied as i32
+        );
+        assert_eq!(pre_filing_applications(&suite, &c.case_id).await.len(), 1);
+    }
+);
