@@ -1325,6 +1325,13 @@ suite_test!(
         let e = d.decide_next_step(wrong).await.expect_err("wrong step");
         assert_eq!(e.code(), Code::InvalidArgument);
 
+        // A stale etag: ABORTED, nothing taken in.
+        let mut stale = pre_filing_application(&c, &["p1", "p2"]);
+        stale.etag = "\"999\"".into();
+        let e = d.decide_next_step(stale).await.expect_err("stale etag");
+        assert_eq!(e.code(), Code::Aborted);
+        assert!(pre_filing_applications(&suite, &c.case_id).await.is_empty());
+
         // Cut off mid-flight, then retried with the same request_id: one application.
         let msg = pre_filing_application(&c, &["p1", "p2"]);
         let mut req = tonic::Request::new(msg.clone());

@@ -961,6 +961,10 @@ impl CourtDiversion {
         let Some(f) = c.agreement_filing.as_ref() else {
             return Ok(None);
         };
+        // A stale etag takes nothing in (the case's own change would be ABORTED after it).
+        if S::try_from(c.state).unwrap_or_default() == S::AgreementFiled {
+            check_etag(&req.etag, &c.etag, &req.name)?;
+        }
         if S::try_from(c.state).unwrap_or_default() != S::AgreementFiled
             || !f
                 .offered_next_steps
