@@ -654,8 +654,26 @@ suite_test!(
             s.ruling_document.map(|d| d.display_name),
             Some("民事裁定书".to_string())
         );
-        let t = &confirmation_transfers(&suite, &m.case_id).await[0];
-        assert_eq!(t.state, TransferState::FeedbackSubmitted as i32);
+        // The committee's system acknowledges the ruling on arrival: the transfer closes,
+        // and the committee's case still shows the ruling.
+        let t = until("the committee acknowledges the ruling", || async {
+            confirmation_transfers(&suite, &m.case_id)
+                .await
+                .into_iter()
+                .find(|t| t.state == TransferState::Closed as i32)
+        })
+        .await;
+        assert!(
+            t.feedback
+                .is_some_and(|f| f.outcome_code == "confirmed_valid")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = get_case(&suite, &m.name)
+            .await
+            .confirmation
+            .expect("status");
+        assert_eq!(after.progress, P::Confirmed as i32);
+        assert_eq!(after.outcome_code, "confirmed_valid");
 
         // A second application while this one stands: refused, still one transfer.
         let e = h
@@ -690,6 +708,51 @@ suite_test!(
             .application
             .expect("application");
         assert_eq!(taken.objections.len(), 1);
+
+        // 申请执行 (民事诉讼法 Art 206 ¶1): a party's application handed to the enforcement
+        // division, recorded once per party; the committee cannot.
+        let hand = jc::HandOffForEnforcementRequest {
+            name: a.name.clone(),
+            etag: String::new(),
+            applicant_party_id: "p1".into(),
+            document: Some(doc("申请执行书")),
+            enforcement_reference: "(2026)辽0203执1号".into(),
+            request_id: rid(),
+        };
+        let e = jc_client(&suite, COMMITTEE, "director", &["court_clerk"])
+            .hand_off_for_enforcement(hand.clone())
+            .await
+            .expect_err("not the court");
+        assert_eq!(e.code(), Code::NotFound);
+        let handed = clerk(&suite)
+            .hand_off_for_enforcement(hand.clone())
+            .await
+            .expect("handed off")
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(handed.state, jc::ApplicationState::Confirmed as i32);
+        assert_eq!(handed.enforcement_handoffs.len(), 1);
+        assert_eq!(handed.enforcement_handoffs[0].applicant_party_id, "p1");
+        let e = clerk(&suite)
+            .hand_off_for_enforcement(jc::HandOffForEnforcementRequest {
+                request_id: rid(),
+                ..hand.clone()
+            })
+            .await
+            .expect_err("the same party twice");
+        assert_eq!(e.code(), Code::AlreadyExists);
+        let e = judge(&suite)
+            .report_non_confirmation(jc::ReportNonConfirmationRequest {
+                name: a.name.clone(),
+                justice_bureau: "agencies/xigang-justice-bureau".into(),
+                document: Some(doc("司法确认情况通报")),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("confirmed: nothing to report");
+        assert_eq!(e.code(), Code::FailedPrecondition);
 
         let stats = clerk(&suite)
             .get_application_statistics(jc::GetApplicationStatisticsRequest::default())
@@ -727,6 +790,70 @@ suite_test!(
         assert_eq!(s.outcome_code, "dismissed");
         assert_eq!(s.dismissal_ground_code, "not_voluntary");
         assert!(s.ruling_summary.contains("Art 358"), "{}", s.ruling_summary);
+
+        // 法释〔2011〕5号 Art 12: the judge reports the non-confirmation to the justice bureau
+        // and the committee (a record); a clerk may not; once only; no enforcement of it.
+        let report = jc::ReportNonConfirmationRequest {
+            name: a.name.clone(),
+            etag: String::new(),
+            justice_bureau: "agencies/xigang-justice-bureau".into(),
+            document: Some(doc("司法确认情况通报")),
+            note: "调解协议非自愿达成".into(),
+            request_id: rid(),
+        };
+        let e = clerk(&suite)
+            .report_non_confirmation(report.clone())
+            .await
+            .expect_err("clerk");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let reported = judge(&suite)
+            .report_non_confirmation(report.clone())
+            .await
+            .expect("reported")
+            .into_inner()
+            .application
+            .expect("application");
+        let r = reported.non_confirmation_report.clone().expect("report");
+        let to: Vec<String> = r.recipients.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(
+            to,
+            [
+                "agencies/xigang-justice-bureau".to_string(),
+                format!("agencies/{COMMITTEE}")
+            ]
+        );
+        assert_eq!(reported.state, jc::ApplicationState::Dismissed as i32);
+        // A replay answers the same; a new request is ALREADY_EXISTS.
+        let again = judge(&suite)
+            .report_non_confirmation(report.clone())
+            .await
+            .expect("replayed")
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(
+            again.non_confirmation_report,
+            reported.non_confirmation_report
+        );
+        let e = judge(&suite)
+            .report_non_confirmation(jc::ReportNonConfirmationRequest {
+                request_id: rid(),
+                ..report
+            })
+            .await
+            .expect_err("twice");
+        assert_eq!(e.code(), Code::AlreadyExists);
+        let e = clerk(&suite)
+            .hand_off_for_enforcement(jc::HandOffForEnforcementRequest {
+                name: a.name.clone(),
+                applicant_party_id: "p1".into(),
+                document: Some(doc("申请执行书")),
+                request_id: rid(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("dismissed: nothing to enforce");
+        assert_eq!(e.code(), Code::FailedPrecondition);
     }
 );
 
@@ -948,8 +1075,16 @@ suite_test!(
         }
         let s = committee_sees(&suite, &m.name, P::Confirmed).await;
         assert_eq!(s.outcome_code, "confirmed_valid");
-        let t = &confirmation_transfers(&suite, &m.case_id).await[0];
-        assert_eq!(t.state, TransferState::FeedbackSubmitted as i32);
+        let all = confirmation_transfers(&suite, &m.case_id).await;
+        assert_eq!(all.len(), 1);
+        // The feedback once; the committee's system may already have acknowledged it.
+        assert!(
+            [TransferState::FeedbackSubmitted, TransferState::Closed]
+                .iter()
+                .any(|s| *s as i32 == all[0].state),
+            "{:?}",
+            all[0].state
+        );
     }
 );
 
@@ -1073,5 +1208,320 @@ suite_test!(
             .into_inner()
             .applications;
         assert!(apps.iter().all(|a| a.case_id != case_id), "not taken in");
+    }
+);
+
+// ---------------------------------------------------------------------------
+// Pre-filing applications (诉前调确): court diversion hands over in-process
+// ---------------------------------------------------------------------------
+
+/// The court diversion case `(2026)辽0203诉前调{number}号` once its agreement is filed.
+async fn filed_case(suite: &TestSuite, number: u32) -> cd::PreFilingCase {
+    let d = diversion(suite, "clerk-01", "court_clerk");
+    until("the agreement filed with the court", || {
+        let mut d = d.clone();
+        async move {
+            d.list_cases(cd::ListCasesRequest {
+                pre_filing_number: format!("(2026)辽0203诉前调{number}号"),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .pre_filing_cases
+            .into_iter()
+            .find(|c| c.state == cd::PreFilingCaseState::AgreementFiled as i32)
+        }
+    })
+    .await
+}
+
+fn jc_item(kind: jc::PackageItemKind, party: &str) -> jc::PackageItem {
+    jc::PackageItem {
+        kind: kind as i32,
+        document: Some(doc("申请材料")),
+        party_id: party.into(),
+    }
+}
+
+/// The parties' joint application on the court diversion case (诉前调确).
+fn pre_filing_application(c: &cd::PreFilingCase, applicants: &[&str]) -> cd::DecideNextStepRequest {
+    use jc::PackageItemKind as Pk;
+    cd::DecideNextStepRequest {
+        name: c.name.clone(),
+        etag: String::new(),
+        next_step: cd::NextStep::JudicialConfirmation as i32,
+        applicant_party_ids: applicants.iter().map(|s| (*s).to_string()).collect(),
+        items: vec![
+            jc_item(Pk::Application, ""),
+            jc_item(Pk::IdentityProof, "p1"),
+            jc_item(Pk::ServiceAddress, "p1"),
+            jc_item(Pk::IdentityProof, "p2"),
+            jc_item(Pk::ServiceAddress, "p2"),
+        ],
+        request_id: rid(),
+        ..Default::default()
+    }
+}
+
+async fn pre_filing_applications(
+    suite: &TestSuite,
+    case_id: &str,
+) -> Vec<jc::ConfirmationApplication> {
+    judge(suite)
+        .list_applications(jc::ListApplicationsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .applications
+        .into_iter()
+        .filter(|a| a.case_id == case_id)
+        .collect()
+}
+
+async fn diversion_case(suite: &TestSuite, name: &str) -> cd::PreFilingCase {
+    diversion(suite, "clerk-01", "court_clerk")
+        .get_case(cd::GetCaseRequest { name: name.into() })
+        .await
+        .expect("get case")
+        .into_inner()
+        .pre_filing_case
+        .expect("case")
+}
+
+// 诉前调确: after a delegated mediation ends with a filed agreement, the parties' joint
+// application on the court diversion case is handed over in-process to the same court's
+// judicial confirmation service (no router transfer) with the filed agreement and its digest;
+// one party alone is refused (人民调解法 Art 33); a cut-off call (3 ms) then its retry end in
+// exactly one application; it is accepted with a 诉前调确 number only, confirmed, and the court
+// diversion case shows the application's state and ruling.
+suite_test!(
+    a_pre_filing_agreement_is_handed_over_confirmed_and_shown_on_the_diversion_case,
+    |suite| async move {
+        mediation_roster(&suite).await;
+        let _m = agreement(&suite, 41).await;
+        let c = filed_case(&suite, 41).await;
+        let filed = c.agreement_filing.clone().expect("filing");
+        let mut d = diversion(&suite, "clerk-01", "court_clerk");
+
+        // One party alone: refused by the court's intake, the case stays AGREEMENT_FILED.
+        let e = d
+            .decide_next_step(pre_filing_application(&c, &["p1"]))
+            .await
+            .expect_err("one party alone");
+        assert_eq!(
+            reason_of(&e).as_deref(),
+            Some("NOT_JOINT_APPLICATION"),
+            "{e:?}"
+        );
+        assert_eq!(
+            diversion_case(&suite, &c.name).await.state,
+            cd::PreFilingCaseState::AgreementFiled as i32
+        );
+        assert!(pre_filing_applications(&suite, &c.case_id).await.is_empty());
+        // Not another next step with applicants.
+        let mut wrong = pre_filing_application(&c, &["p1", "p2"]);
+        wrong.next_step = cd::NextStep::MediationDocument as i32;
+        let e = d.decide_next_step(wrong).await.expect_err("wrong step");
+        assert_eq!(e.code(), Code::InvalidArgument);
+
+        // A stale etag: ABORTED, nothing taken in.
+        let mut stale = pre_filing_application(&c, &["p1", "p2"]);
+        stale.etag = "\"999\"".into();
+        let e = d.decide_next_step(stale).await.expect_err("stale etag");
+        assert_eq!(e.code(), Code::Aborted);
+        assert!(pre_filing_applications(&suite, &c.case_id).await.is_empty());
+
+        // Cut off mid-flight, then retried with the same request_id: one application.
+        let msg = pre_filing_application(&c, &["p1", "p2"]);
+        let mut req = tonic::Request::new(msg.clone());
+        req.set_timeout(Duration::from_millis(3));
+        match d.decide_next_step(req).await {
+            Ok(_) => eprintln!("hand-over not cut off"),
+            Err(e) if matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                eprintln!("hand-over cut off mid-flight")
+            }
+            Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
+        }
+        assert!(pre_filing_applications(&suite, &c.case_id).await.len() <= 1);
+        let got = d
+            .decide_next_step(msg.clone())
+            .await
+            .expect("retry")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        let again = d
+            .decide_next_step(msg.clone())
+            .await
+            .expect("second retry")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(
+            got.state,
+            cd::PreFilingCaseState::ConfirmationApplied as i32
+        );
+        let f = got.agreement_filing.clone().expect("filing");
+        assert_eq!(
+            again
+                .agreement_filing
+                .as_ref()
+                .map(|f| &f.confirmation_application),
+            Some(&f.confirmation_application)
+        );
+        assert_eq!(f.confirmation_state, jc::ApplicationState::Received as i32);
+        let apps = pre_filing_applications(&suite, &c.case_id).await;
+        assert_eq!(apps.len(), 1, "exactly one application for the case");
+        let a = apps[0].clone();
+        assert_eq!(f.confirmation_application, a.name);
+        assert_eq!(a.source, jc::ApplicationSource::PreFiling as i32);
+        assert_eq!(a.pre_filing_case, c.name);
+        assert!(a.transfer.is_empty(), "in-process: no router transfer");
+        assert_eq!(a.state, jc::ApplicationState::Received as i32);
+        // The court reviews exactly what was filed: the agreement and its digest.
+        let agreement = a.agreement.clone().expect("agreement");
+        assert_eq!(Some(&agreement), filed.agreement.as_ref());
+        assert_eq!(agreement.sha256.len(), 64);
+        assert_eq!(
+            a.committee.as_ref().map(|x| x.name.as_str()),
+            Some(format!("agencies/{COMMITTEE}").as_str())
+        );
+        // Another application on the decided case: the lifecycle refuses it.
+        let e = d
+            .decide_next_step(pre_filing_application(&c, &["p1", "p2"]))
+            .await
+            .expect_err("already decided");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(pre_filing_applications(&suite, &c.case_id).await.len(), 1);
+
+        // Accepted with a 诉前调确 number only (2022 statistics rule).
+        let mut accept = jc::AcceptApplicationRequest {
+            name: a.name.clone(),
+            etag: String::new(),
+            confirmation_number: "(2026)辽0203民特调确41号".into(),
+            request_id: rid(),
+        };
+        let e = clerk(&suite)
+            .accept_application(accept.clone())
+            .await
+            .expect_err("a 民特调确 number for a pre-filing application");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        accept.confirmation_number = "(2026)辽0203诉前调确41号".into();
+        accept.request_id = rid();
+        clerk(&suite)
+            .accept_application(accept)
+            .await
+            .expect("accepted");
+        let shown = diversion_case(&suite, &c.name).await;
+        let f = shown.agreement_filing.expect("filing");
+        assert_eq!(
+            f.confirmation_state,
+            jc::ApplicationState::UnderReview as i32
+        );
+        assert_eq!(f.confirmation_number, "(2026)辽0203诉前调确41号");
+        assert!(f.confirmation_ruling.is_none());
+
+        // Confirmed: the diversion case shows the ruling.
+        let ruled = judge(&suite)
+            .rule_on_application(rule(&a, jc::RulingOutcome::Confirmed, ""))
+            .await
+            .expect("ruled")
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(ruled.state, jc::ApplicationState::Confirmed as i32);
+        let shown = diversion_case(&suite, &c.name).await;
+        let f = shown.agreement_filing.expect("filing");
+        assert_eq!(f.confirmation_state, jc::ApplicationState::Confirmed as i32);
+        assert_eq!(f.confirmation_ruling, ruled.ruling);
+        // The committee that mediated never sees the court's application.
+        let e = jc_client(&suite, COMMITTEE, "director", &["mediation_admin"])
+            .get_application(jc::GetApplicationRequest {
+                name: a.name.clone(),
+            })
+            .await
+            .expect_err("not the court");
+        assert_eq!(e.code(), Code::NotFound);
+    }
+);
+
+/// Sets the end of the court diversion case's mediation (with the agreement: when it took
+/// effect) `days` days back in the court's store (as days passing would).
+async fn mediation_ended_days_ago(suite: &TestSuite, c: &cd::PreFilingCase, days: i64) {
+    let store = Store::connect(StoreConfig::new(
+        suite.stores[&ServiceName::CourtDiversion].clone(),
+    ))
+    .await
+    .expect("court store");
+    let id = c.name.trim_start_matches("cases/");
+    let row = sqlx::query("SELECT body FROM court_cases WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .expect("row");
+    let body: Vec<u8> = row.try_get("body").expect("body");
+    let mut case = cd::PreFilingCase::decode(body.as_slice()).expect("case");
+    if let Some(e) = case.ending.as_mut() {
+        e.end_time = Some(fengqiao_kit::time::to_timestamp(now_micros() - days * DAY));
+    }
+    sqlx::query("UPDATE court_cases SET body = $1 WHERE id = $2")
+        .bind(case.encode_to_vec())
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .expect("update");
+    store.close().await;
+}
+
+// 诉前调确 within 30 days of the agreement taking effect (人民调解法 Art 33): day 31 is
+// refused naming the article and the case stays AGREEMENT_FILED; day 30 is taken in.
+suite_test!(
+    a_pre_filing_application_on_day_31_is_refused_and_on_day_30_taken,
+    |suite| async move {
+        mediation_roster(&suite).await;
+        let _m = agreement(&suite, 42).await;
+        let c = filed_case(&suite, 42).await;
+        let mut d = diversion(&suite, "clerk-01", "court_clerk");
+        // Day 31 after a period whose last day is a working day (民事诉讼法 Art 85 moves a
+        // period ending on a holiday to the next working day; then the test goes further back).
+        let cal = fengqiao_clock::HolidayCalendar::builtin();
+        let mut back = 31;
+        while fengqiao_judicial_confirmation::rules::application_deadline(
+            now_micros() - back * DAY,
+            cal,
+        ) > now_micros()
+        {
+            back += 1;
+        }
+        mediation_ended_days_ago(&suite, &c, back).await;
+        let e = d
+            .decide_next_step(pre_filing_application(&c, &["p1", "p2"]))
+            .await
+            .expect_err("day 31");
+        assert_eq!(
+            reason_of(&e).as_deref(),
+            Some("APPLICATION_PERIOD_LAPSED"),
+            "{e:?}"
+        );
+        assert!(e.message().contains("Art 33"), "{}", e.message());
+        assert!(pre_filing_applications(&suite, &c.case_id).await.is_empty());
+        assert_eq!(
+            diversion_case(&suite, &c.name).await.state,
+            cd::PreFilingCaseState::AgreementFiled as i32
+        );
+        mediation_ended_days_ago(&suite, &c, 30).await;
+        let got = d
+            .decide_next_step(pre_filing_application(&c, &["p1", "p2"]))
+            .await
+            .expect("day 30")
+            .into_inner()
+            .pre_filing_case
+            .expect("case");
+        assert_eq!(
+            got.state,
+            cd::PreFilingCaseState::ConfirmationApplied as i32
+        );
+        assert_eq!(pre_filing_applications(&suite, &c.case_id).await.len(), 1);
     }
 );

@@ -329,6 +329,23 @@ impl Suite {
         } else {
             None
         };
+        // The court's judicial confirmation service, built first: court diversion in the
+        // same process hands pre-filing applications (诉前调确) over to it in-process.
+        let mut confirmation = None;
+        for (s, store) in &stores {
+            if *s == ServiceName::JudicialConfirmation {
+                // The court's inbox for `mediation-to-court-confirmation`; its acts are
+                // reflected on the committee's transfers.
+                let mut svc =
+                    fengqiao_judicial_confirmation::JudicialConfirmation::new(store.clone())
+                        .with_router(router_channel(config, local.as_ref())?);
+                // With the service key it declines an offer its intake checks refuse.
+                if let Some(path) = &config.auth.service_key_file {
+                    svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
+                }
+                confirmation = Some(svc);
+            }
+        }
         let mut inbox = fengqiao_kit::inbox::InboxDispatch::new();
         let mut router = None;
         let mut court = None;
@@ -353,10 +370,14 @@ impl Suite {
                         .map_err(|e| SuiteError::Config(e.to_string()))?;
                 }
                 ServiceName::Mediation => {
-                    let svc = fengqiao_mediation::Mediation::new(
+                    let mut svc = fengqiao_mediation::Mediation::new(
                         store.clone(),
                         router_channel(config, local.as_ref())?,
                     );
+                    // With the service key it acknowledges the court's confirmation rulings.
+                    if let Some(path) = &config.auth.service_key_file {
+                        svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
+                    }
                     svc.add_to(&mut builder, max);
                     inbox
                         .add(svc.inbox_handler())
@@ -372,6 +393,9 @@ impl Suite {
                     if let Some(path) = &config.auth.service_key_file {
                         svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
                     }
+                    if let Some(jc) = &confirmation {
+                        svc = svc.with_confirmation(jc.clone());
+                    }
                     svc.add_to(&mut builder, max);
                     inbox
                         .add(svc.inbox_handler())
@@ -379,15 +403,9 @@ impl Suite {
                     court = Some(svc);
                 }
                 ServiceName::JudicialConfirmation => {
-                    // The court's inbox for `mediation-to-court-confirmation`; its acts are
-                    // reflected on the committee's transfers.
-                    let mut svc =
-                        fengqiao_judicial_confirmation::JudicialConfirmation::new(store.clone())
-                            .with_router(router_channel(config, local.as_ref())?);
-                    // With the service key it declines an offer its intake checks refuse.
-                    if let Some(path) = &config.auth.service_key_file {
-                        svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
-                    }
+                    let Some(svc) = confirmation.as_ref() else {
+                        continue;
+                    };
                     svc.add_to(&mut builder, max);
                     inbox
                         .add(svc.inbox_handler())
@@ -493,6 +511,11 @@ impl Suite {
         if let Some(c) = &court {
             let stop = trigger.subscribe();
             c.start_timer(async move { stop.wait().await });
+        }
+        if let Some(j) = &confirmation {
+            // Marks overdue decision clocks (2011 rules Art 4–5) without waiting for a read.
+            let stop = trigger.subscribe();
+            j.start_timer(Duration::from_secs(30), async move { stop.wait().await });
         }
         server.health.set_all(true).await;
         metrics.set_ready(true);

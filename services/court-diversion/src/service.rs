@@ -257,6 +257,7 @@ pub struct CourtDiversion {
     router: fengqiao_kit::client::TracedChannel,
     policy: RedesignationPolicy,
     signer: Option<std::sync::Arc<Signer>>,
+    confirmation: Option<fengqiao_judicial_confirmation::JudicialConfirmation>,
 }
 
 /// The key the service signs its own calls to the router with (the automatic
@@ -286,7 +287,20 @@ impl CourtDiversion {
             router: router.into(),
             policy: RedesignationPolicy::default(),
             signer: None,
+            confirmation: None,
         }
+    }
+
+    /// The court's judicial confirmation service in this process: `DecideNextStep
+    /// JUDICIAL_CONFIRMATION` with the applicants hands the application over to it (诉前调确)
+    /// and `GetCase` shows its state and ruling. In-process, not over the router: both are the
+    /// same court's systems, and the router's routes join different agencies.
+    pub fn with_confirmation(
+        mut self,
+        service: fengqiao_judicial_confirmation::JudicialConfirmation,
+    ) -> Self {
+        self.confirmation = Some(service);
+        self
     }
 
     /// Lets the service act for the court itself, signing its router calls with `key` for
@@ -492,8 +506,10 @@ impl CourtDiversion {
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let s = Self::load_visible(&mut tx, &who, &req.name).await?;
         tx.rollback().await?;
+        let mut c = db::present(s.case, now);
+        self.show_confirmation(&who.agency, &mut c).await?;
         Ok(GetCaseResponse {
-            pre_filing_case: Some(db::present(s.case, now)),
+            pre_filing_case: Some(c),
         })
     }
 
@@ -922,6 +938,100 @@ impl CourtDiversion {
         .await
     }
 
+    /// Hands the parties' joint application over to the court's judicial confirmation
+    /// service (诉前调确) while the case is AGREEMENT_FILED: the filed agreement with its
+    /// digest, the parties, the delegating court as the competent court (法释〔2011〕5号
+    /// Art 2). That service checks everything again (人民调解法 Art 33: joint, within 30
+    /// days) and keeps one application per case, so a retry after a cut-off call finds the
+    /// first. `None` when the case has moved on (a replay, or a refusal by the lifecycle).
+    async fn hand_over(
+        &self,
+        who: &Identity,
+        req: &DecideNextStepRequest,
+    ) -> Result<Option<String>> {
+        let Some(jc) = self.confirmation.as_ref() else {
+            return Err(crate::error::not_built(
+                "pre-filing judicial confirmation without the court's judicial confirmation \
+                 service in this process",
+            ));
+        };
+        let mut tx = self.store.read().await?;
+        let s = Self::load_visible(&mut tx, who, &req.name).await?;
+        tx.rollback().await?;
+        let c = s.case;
+        let Some(f) = c.agreement_filing.as_ref() else {
+            return Ok(None);
+        };
+        // A stale etag takes nothing in (the case's own change would be ABORTED after it).
+        if S::try_from(c.state).unwrap_or_default() == S::AgreementFiled {
+            check_etag(&req.etag, &c.etag, &req.name)?;
+        }
+        if S::try_from(c.state).unwrap_or_default() != S::AgreementFiled
+            || !f
+                .offered_next_steps
+                .contains(&(NextStep::JudicialConfirmation as i32))
+        {
+            return Ok(None);
+        }
+        let committee = c
+            .delegations
+            .iter()
+            .rev()
+            .find(|d| d.result == DelegationResult::Accepted as i32)
+            .and_then(|d| d.organization.strip_prefix("invitedOrganizations/"))
+            .map(|a| format!("agencies/{a}"))
+            .unwrap_or_default();
+        // The agreement took effect when the mediation ended with it (the parties signed).
+        let effective = c
+            .ending
+            .as_ref()
+            .and_then(|e| e.end_time.as_ref())
+            .or(f.file_time.as_ref())
+            .map_or(0, from_ts);
+        let intake = fengqiao_judicial_confirmation::application::Intake {
+            case_id: c.case_id.clone(),
+            transfer: String::new(),
+            pre_filing_case: c.name.clone(),
+            committee,
+            committee_court: who.agency.clone(),
+            delegating_court: Some(who.agency.clone()),
+            source: fengqiao_judicial_confirmation::ApplicationSource::PreFiling,
+            parties: c.plaintiffs.iter().chain(&c.defendants).cloned().collect(),
+            applicants: req.applicant_party_ids.clone(),
+            represented: req.represented_party_ids.clone(),
+            agreement: f.agreement.clone(),
+            agreement_effective_at: effective,
+            package: req.items.clone(),
+            submitted_at: 0,
+        };
+        let a = jc.take_in(&who.agency, &intake).await?;
+        tracing::info!(case = %c.name, application = %a.name, "pre-filing application handed over");
+        Ok(Some(a.name))
+    }
+
+    /// Shows the state, number and ruling of the case's application on the court's judicial
+    /// confirmation service (read now: the case follows the application without storing it).
+    async fn show_confirmation(&self, court: &str, c: &mut PreFilingCase) -> Result<()> {
+        let Some(jc) = self.confirmation.as_ref() else {
+            return Ok(());
+        };
+        let Some(f) = c.agreement_filing.as_mut() else {
+            return Ok(());
+        };
+        if f.confirmation_application.is_empty() {
+            return Ok(());
+        }
+        if let Some(a) = jc
+            .application_of(court, &f.confirmation_application)
+            .await?
+        {
+            f.confirmation_state = a.state;
+            f.confirmation_number = a.confirmation_number;
+            f.confirmation_ruling = a.ruling;
+        }
+        Ok(())
+    }
+
     async fn decide_next_step(
         &self,
         request: Request<DecideNextStepRequest>,
@@ -932,39 +1042,65 @@ impl CourtDiversion {
         let action = rules::next_step_action(step)
             .ok_or_else(|| Error::from(FieldViolation::new("next_step", "is required")))?;
         need_role_for(&who, action)?;
+        let hand_over = !req.applicant_party_ids.is_empty();
+        if hand_over && step != NextStep::JudicialConfirmation {
+            return Err(FieldViolation::new(
+                "applicant_party_ids",
+                "only with NEXT_STEP_JUDICIAL_CONFIRMATION",
+            )
+            .into());
+        }
+        if hand_over && !req.confirmation_application.is_empty() {
+            return Err(FieldViolation::new(
+                "confirmation_application",
+                "not with applicant_party_ids (the application is made here)",
+            )
+            .into());
+        }
         let idem = Idem::new(&who, "DecideNextStep", &req.request_id, &req)?;
         let actor = who.as_actor();
-        self.local_change(
-            &who,
-            &idem,
-            &req.name,
-            &req.etag,
-            |c, now, ch| {
-                let offered = c
-                    .agreement_filing
-                    .as_ref()
-                    .is_some_and(|f| f.offered_next_steps.contains(&(step as i32)));
-                if S::try_from(c.state).unwrap_or_default() == S::AgreementFiled && !offered {
-                    return Err(FieldViolation::new(
-                        "next_step",
-                        "must be one of the offered next steps",
-                    )
-                    .into());
-                }
-                db::step(c, action, now, &actor, "", ch)?;
-                if let Some(f) = c.agreement_filing.as_mut() {
-                    f.next_step = step as i32;
-                    f.confirmation_application = req.confirmation_application.clone();
-                    f.decided_by = Some(actor.clone());
-                    f.decide_time = Some(to_ts(now));
-                }
-                Ok(())
-            },
-            |c| DecideNextStepResponse {
-                pre_filing_case: Some(c),
-            },
-        )
-        .await
+        let handed = if hand_over {
+            self.hand_over(&who, &req).await?
+        } else {
+            None
+        };
+        let application = handed.unwrap_or_else(|| req.confirmation_application.clone());
+        let mut resp = self
+            .local_change(
+                &who,
+                &idem,
+                &req.name,
+                &req.etag,
+                |c, now, ch| {
+                    let offered = c
+                        .agreement_filing
+                        .as_ref()
+                        .is_some_and(|f| f.offered_next_steps.contains(&(step as i32)));
+                    if S::try_from(c.state).unwrap_or_default() == S::AgreementFiled && !offered {
+                        return Err(FieldViolation::new(
+                            "next_step",
+                            "must be one of the offered next steps",
+                        )
+                        .into());
+                    }
+                    db::step(c, action, now, &actor, "", ch)?;
+                    if let Some(f) = c.agreement_filing.as_mut() {
+                        f.next_step = step as i32;
+                        f.confirmation_application = application;
+                        f.decided_by = Some(actor.clone());
+                        f.decide_time = Some(to_ts(now));
+                    }
+                    Ok(())
+                },
+                |c| DecideNextStepResponse {
+                    pre_filing_case: Some(c),
+                },
+            )
+            .await?;
+        if let Some(c) = resp.pre_filing_case.as_mut() {
+            self.show_confirmation(&who.agency, c).await?;
+        }
+        Ok(resp)
     }
 
     async fn register(

@@ -6,10 +6,11 @@
 use fengqiao_clock::{Clock, HolidayCalendar};
 use fengqiao_kit::time::to_timestamp;
 use fengqiao_kit::{Error, FieldViolation, Reason};
-use fengqiao_proto::common::{EvidenceRef, Party, ReasonCode};
+use fengqiao_proto::common::{Actor, EvidenceRef, Party, ReasonCode};
 use fengqiao_proto::judicialconfirmation::{
-    ApplicationSource, ApplicationState as S, ConfirmationApplication, Objection, ObjectorKind,
-    PackageItem, Ruling, RulingOutcome, SupplementRequest,
+    ApplicationSource, ApplicationState as S, ConfirmationApplication, EnforcementHandoff,
+    NonConfirmationReport, Objection, ObjectorKind, PackageItem, Ruling, RulingOutcome,
+    SupplementRequest,
 };
 
 use crate::lifecycle::{Action, require};
@@ -43,6 +44,9 @@ pub struct Intake {
     pub agreement_effective_at: i64,
     /// The Art 3 package.
     pub package: Vec<PackageItem>,
+    /// For a pre-filing application (诉前调确): the court diversion case (`cases/{case}`)
+    /// it comes from; then `transfer` is empty.
+    pub pre_filing_case: String,
     /// When the committee submitted the application (unix µs; the router's time of the
     /// transfer): the 30-day period of 人民调解法 Art 33 is counted to here, not to the
     /// court's receipt. 0: at receipt.
@@ -108,12 +112,21 @@ pub fn receive(
     cal: &HolidayCalendar,
 ) -> Result<Record, Error> {
     if intake.source == ApplicationSource::PreFiling {
-        return Err(Error::Refused(
-            Reason::NotBuilt,
-            "pre-filing applications (诉前调确) from court diversion are not built yet; \
-             the court records them in its case system"
-                .into(),
-        ));
+        // 诉前调确: handed over by the court's own court diversion service; 法释〔2011〕5号
+        // Art 2: for a 委派 mediation the competent court is the delegating court itself.
+        if intake.pre_filing_case.is_empty() || !intake.transfer.is_empty() {
+            return Err(Error::Invalid(vec![FieldViolation::new(
+                "pre_filing_case",
+                "a pre-filing application comes from a court diversion case, not a transfer",
+            )]));
+        }
+        if intake.delegating_court.as_deref() != Some(court) {
+            return Err(Error::Refused(
+                Reason::WrongCourt,
+                "法释〔2011〕5号 Art 2: a pre-filing agreement is confirmed by the delegating court"
+                    .into(),
+            ));
+        }
     }
     rules::check_digest("agreement", intake.agreement.as_ref())?;
     let ids: Vec<&str> = intake.parties.iter().map(|p| p.party_id.as_str()).collect();
@@ -145,6 +158,7 @@ pub fn receive(
             court: Some(agency(court)),
             committee: Some(agency(&intake.committee)),
             transfer: intake.transfer.clone(),
+            pre_filing_case: intake.pre_filing_case.clone(),
             source: intake.source as i32,
             parties: intake.parties.clone(),
             agreement: intake.agreement.clone(),
@@ -358,6 +372,99 @@ pub fn object(
         known_time: Some(to_timestamp(known_at)),
         file_time: Some(to_timestamp(now)),
         grounds: grounds.trim().into(),
+    });
+    r.touch(now, to, cal)?;
+    Ok(r)
+}
+
+/// Records a party's application to enforce the confirmed agreement and its handoff to the
+/// court's enforcement division (申请执行, 民事诉讼法 Art 206 ¶1: if a party refuses to perform
+/// or does not perform it in full, the other may apply to the court for enforcement):
+/// CONFIRMED only, by a party to the agreement, with the application's digest; once per
+/// party (a second is ALREADY_EXISTS). A record, not an enforcement system.
+pub fn hand_off_for_enforcement(
+    r: &Record,
+    party_id: &str,
+    document: Option<&EvidenceRef>,
+    reference: &str,
+    actor: Actor,
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<Record, Error> {
+    let to = r.require(Action::HandOffForEnforcement)?;
+    let party_id = party_id.trim();
+    if !r.application.parties.iter().any(|p| p.party_id == party_id) {
+        return Err(Error::Invalid(vec![FieldViolation::new(
+            "applicant_party_id",
+            "must be a party to the agreement",
+        )]));
+    }
+    rules::check_digest("document", document)?;
+    fengqiao_kit::validate::plain_text("enforcement_reference", reference.trim(), 100)?;
+    if r.application
+        .enforcement_handoffs
+        .iter()
+        .any(|h| h.applicant_party_id == party_id)
+    {
+        return Err(Error::Refused(
+            Reason::AlreadyExists,
+            "this party's application for enforcement is already handed off".into(),
+        ));
+    }
+    let mut r = r.clone();
+    r.application.enforcement_handoffs.push(EnforcementHandoff {
+        applicant_party_id: party_id.into(),
+        document: document.cloned(),
+        enforcement_reference: reference.trim().into(),
+        recorded_by: Some(actor),
+        handoff_time: Some(to_timestamp(now)),
+    });
+    r.touch(now, to, cal)?;
+    Ok(r)
+}
+
+/// Records the report of a non-confirmation (not accepted or dismissed) to the justice
+/// bureau `bureau` and the committee (法释〔2011〕5号 Art 12; [`rules::report_non_confirmation`]),
+/// with the report's digest; once per application (a second is ALREADY_EXISTS).
+pub fn report_non_confirmation(
+    r: &Record,
+    bureau: &str,
+    document: Option<&EvidenceRef>,
+    note: &str,
+    actor: Actor,
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<Record, Error> {
+    let to = r.require(Action::ReportNonConfirmation)?;
+    fengqiao_kit::validate::parse_name("justice_bureau", "agencies", bureau)?;
+    rules::check_digest("document", document)?;
+    fengqiao_kit::validate::plain_text("note", note.trim(), 2000)?;
+    if r.application.non_confirmation_report.is_some() {
+        return Err(Error::Refused(
+            Reason::AlreadyExists,
+            "the non-confirmation is already reported".into(),
+        ));
+    }
+    let agency = |n: &str| fengqiao_proto::common::AgencyRef {
+        name: n.into(),
+        ..Default::default()
+    };
+    let mut recipients = vec![agency(bureau)];
+    if let Some(c) = r
+        .application
+        .committee
+        .as_ref()
+        .filter(|c| !c.name.is_empty())
+    {
+        recipients.push(agency(&c.name));
+    }
+    let mut r = r.clone();
+    r.application.non_confirmation_report = Some(NonConfirmationReport {
+        recipients,
+        document: document.cloned(),
+        note: note.trim().into(),
+        reported_by: Some(actor),
+        report_time: Some(to_timestamp(now)),
     });
     r.touch(now, to, cal)?;
     Ok(r)

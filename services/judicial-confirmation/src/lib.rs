@@ -7,8 +7,10 @@
 //! ([`rules`]) and the statistics tally ([`Tally`]); around it the store ([`store`]), the gRPC
 //! handlers and the court's router inbox ([`JudicialConfirmation`]), and what of the court's
 //! acts goes back to the committee on its transfer ([`routed`]). The committee's sender side
-//! is `MediationService.ApplyForConfirmation` in the mediation service. Not built: the
-//! pre-filing path, enforcement handoff, the Art 12 report (see the README).
+//! is `MediationService.ApplyForConfirmation` in the mediation service. Pre-filing
+//! applications (诉前调确) come in-process from the same court's court diversion service
+//! ([`JudicialConfirmation::take_in`]); overdue clocks are swept by a timer
+//! ([`JudicialConfirmation::sweep_overdue`]). What is not built: see the README.
 //!
 //! # The practice
 //!
@@ -26,7 +28,8 @@
 //! 4. **Ruling**: confirmed (民事诉讼法 Art 206) or dismissed on a ground of 民诉法解释 Art 358
 //!    ([`rules::DISMISSAL_GROUNDS`]); no fee ([`rules::fee`], Art 11).
 //! 5. **After**: objections (民诉法解释 Art 372; [`rules::check_objection`]), enforcement
-//!    handoff, report of non-confirmations (Art 12; [`rules::report_non_confirmation`]).
+//!    handoff ([`application::hand_off_for_enforcement`], 民事诉讼法 Art 206), report of
+//!    non-confirmations (Art 12; [`application::report_non_confirmation`]).
 
 pub mod application;
 pub mod lifecycle;

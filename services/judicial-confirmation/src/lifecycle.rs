@@ -48,6 +48,9 @@ pub enum Action {
     Object,
     /// A confirmed agreement is handed on for enforcement (申请执行, CPL Art 206 ¶2).
     HandOffForEnforcement,
+    /// A non-confirmation is reported to the justice bureau and the committee
+    /// (法释〔2011〕5号 Art 12).
+    ReportNonConfirmation,
     /// The 3-day acceptance decision is overdue (notification only).
     AcceptanceOverdue,
     /// The review decision is overdue (notification only).
@@ -64,7 +67,8 @@ impl Action {
             | Action::ReceiveSupplement
             | Action::ExtendReview
             | Action::Confirm
-            | Action::Dismiss => Side::Court,
+            | Action::Dismiss
+            | Action::ReportNonConfirmation => Side::Court,
             Action::Withdraw | Action::Object | Action::HandOffForEnforcement => Side::Parties,
             Action::AcceptanceOverdue | Action::ReviewOverdue => Side::System,
         }
@@ -82,6 +86,7 @@ impl Action {
             Action::Withdraw => "withdraw",
             Action::Object => "object to the ruling on",
             Action::HandOffForEnforcement => "hand on for enforcement",
+            Action::ReportNonConfirmation => "report the non-confirmation of",
             Action::AcceptanceOverdue => "mark acceptance overdue on",
             Action::ReviewOverdue => "mark review overdue on",
         }
@@ -110,6 +115,9 @@ pub fn next(state: S, action: Action) -> Option<S> {
         (S::Confirmed | S::Dismissed, A::Object) => state,
         // 民事诉讼法 Art 206 ¶1: a confirmed agreement may be enforced on application.
         (S::Confirmed, A::HandOffForEnforcement) => S::Confirmed,
+        // 法释〔2011〕5号 Art 12: not accepted or dismissed, reported to the justice bureau and
+        // the committee.
+        (S::NotAccepted | S::Dismissed, A::ReportNonConfirmation) => state,
         _ => return None,
     })
 }
@@ -142,7 +150,7 @@ pub const ALL_STATES: [S; 7] = [
 ];
 
 /// Every action.
-pub const ALL_ACTIONS: [Action; 12] = [
+pub const ALL_ACTIONS: [Action; 13] = [
     Action::Accept,
     Action::Reject,
     Action::RequestSupplement,
@@ -153,6 +161,7 @@ pub const ALL_ACTIONS: [Action; 12] = [
     Action::Withdraw,
     Action::Object,
     Action::HandOffForEnforcement,
+    Action::ReportNonConfirmation,
     Action::AcceptanceOverdue,
     Action::ReviewOverdue,
 ];
@@ -190,6 +199,8 @@ mod tests {
         (S::Confirmed, A::Object, S::Confirmed),
         (S::Confirmed, A::HandOffForEnforcement, S::Confirmed),
         (S::Dismissed, A::Object, S::Dismissed),
+        (S::NotAccepted, A::ReportNonConfirmation, S::NotAccepted),
+        (S::Dismissed, A::ReportNonConfirmation, S::Dismissed),
     ];
 
     #[test]
@@ -238,7 +249,10 @@ mod tests {
                     && let Some(to) = next(s, a)
                 {
                     assert_eq!(to, s, "{s:?} + {a:?} leaves a final state");
-                    assert!(matches!(a, A::Object | A::HandOffForEnforcement));
+                    assert!(matches!(
+                        a,
+                        A::Object | A::HandOffForEnforcement | A::ReportNonConfirmation
+                    ));
                 }
             }
         }
@@ -255,5 +269,14 @@ mod tests {
         assert_eq!(A::Withdraw.side(), Side::Parties);
         assert_eq!(A::ReviewOverdue.side(), Side::System);
         assert_eq!(A::ExtendReview.side(), Side::Court);
+        assert_eq!(A::ReportNonConfirmation.side(), Side::Court);
+        // The lifecycle and the Art 12 rule agree on what is reportable.
+        for &s in &ALL_STATES {
+            assert_eq!(
+                next(s, A::ReportNonConfirmation).is_some(),
+                crate::rules::report_non_confirmation(s),
+                "{s:?}"
+            );
+        }
     }
 }

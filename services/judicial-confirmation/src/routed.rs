@@ -118,6 +118,7 @@ pub fn intake_of(t: &Transfer) -> Option<Intake> {
     Some(Intake {
         case_id: snap.case_id.clone(),
         transfer: t.name.clone(),
+        pre_filing_case: String::new(),
         committee: t
             .from_agency
             .as_ref()

@@ -39,6 +39,15 @@ pub struct JudicialConfirmation {
     signer: Option<std::sync::Arc<Signer>>,
 }
 
+impl std::fmt::Debug for JudicialConfirmation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JudicialConfirmation")
+            .field("router", &self.router.is_some())
+            .field("signer", &self.signer.as_ref().map(|s| s.issuer.as_str()))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The key the service signs its own router calls with (declining an offer its intake
 /// checks refuse acts for the court, not for a caller).
 struct Signer {
@@ -194,8 +203,16 @@ impl JudicialConfirmation {
         court: &str,
         intake: &app::Intake,
     ) -> Result<ConfirmationApplication, Error> {
+        let key = if intake.transfer.is_empty() {
+            &intake.pre_filing_case
+        } else {
+            &intake.transfer
+        };
+        if key.is_empty() {
+            return Err(FieldViolation::new("transfer", "is required").into());
+        }
         let mut tx = self.store.write().await?;
-        if let Some(s) = db::load_by_transfer(&mut tx, &intake.transfer).await? {
+        if let Some(s) = db::load_by_transfer(&mut tx, key).await? {
             return Ok(s.record.application);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
@@ -337,6 +354,106 @@ impl JudicialConfirmation {
         }
         self.act(who, method, request, name, etag, request_id, f)
             .await
+    }
+
+    /// One pass of the deadline sweep at `now` (unix µs; the database's time when `None`):
+    /// every application whose running decision clock (acceptance 3 days, 2011 rules Art 4;
+    /// review 15/+10, Art 5, cap 30, 民事诉讼法 Art 187) has passed its deadline is marked
+    /// overdue and saved ([`app::sweep`]; notify-only clocks: nothing else changes), so lists
+    /// and statistics show it without anyone reading the application first. Returns how many
+    /// were marked. A paused clock is not due. Concurrent writers: the save is optimistic; a
+    /// lost race is left to the next pass.
+    pub async fn sweep_overdue(&self, now: Option<i64>, page: u32) -> Result<usize, Error> {
+        let mut marked = 0;
+        let mut after = String::new();
+        loop {
+            let candidates = {
+                let mut tx = self.store.read().await?;
+                let c = db::sweep_candidates(&mut tx, &after, page.max(1)).await?;
+                tx.rollback().await?;
+                c
+            };
+            let Some((_, last)) = candidates.last() else {
+                return Ok(marked);
+            };
+            after = last.clone();
+            marked += self.sweep_page(now, candidates).await?;
+        }
+    }
+
+    async fn sweep_page(
+        &self,
+        now: Option<i64>,
+        candidates: Vec<(String, String)>,
+    ) -> Result<usize, Error> {
+        let cal = HolidayCalendar::builtin();
+        let mut marked = 0;
+        for (court, id) in candidates {
+            let name = format!("applications/{id}");
+            let mut tx = self.store.write().await?;
+            let at = match now {
+                Some(t) => t,
+                None => fengqiao_store::db_now_micros(&mut tx).await?,
+            };
+            let Some(s) = db::load(&mut tx, &court, &name).await? else {
+                continue;
+            };
+            let mut r = s.record.clone();
+            if !app::sweep(&mut r, at, cal)? {
+                continue;
+            }
+            match db::save(&mut tx, &s, &r, at).await {
+                Ok(_) => {
+                    tx.commit().await?;
+                    marked += 1;
+                    tracing::info!(application = %name, "decision clock overdue");
+                }
+                Err(Error::EtagMismatch(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(marked)
+    }
+
+    /// Runs the deadline sweep every `every` until `shutdown` resolves (like the router's
+    /// timer): see [`Self::sweep_overdue`].
+    pub fn start_timer(
+        &self,
+        every: std::time::Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = svc.sweep_overdue(None, 200).await {
+                    tracing::warn!(error = %e, "deadline sweep failed; will retry");
+                }
+            }
+        });
+    }
+
+    /// The application `name` of `court` as of now, for the court's own systems (court
+    /// diversion shows its 诉前调确 application's state and ruling on the case); `None` when
+    /// the court has no such application.
+    pub async fn application_of(
+        &self,
+        court: &str,
+        name: &str,
+    ) -> Result<Option<ConfirmationApplication>, Error> {
+        let name = name_of(name)?;
+        let mut tx = self.store.read().await?;
+        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let Some(s) = db::load(&mut tx, court, name).await? else {
+            return Ok(None);
+        };
+        let mut r = s.record;
+        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        Ok(Some(r.application))
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<ConfirmationApplication, Error> {
@@ -698,6 +815,81 @@ impl JudicialConfirmationService for JudicialConfirmation {
         }
         .await;
         reply(result.map(|a| FileObjectionResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn hand_off_for_enforcement(
+        &self,
+        req: Request<HandOffForEnforcementRequest>,
+    ) -> R<HandOffForEnforcementResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, CLERK_OR_JUDGE)?;
+            let actor = w.as_actor();
+            self.act(
+                &w,
+                "HandOffForEnforcement",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| {
+                    app::hand_off_for_enforcement(
+                        rec,
+                        &r.applicant_party_id,
+                        r.document.as_ref(),
+                        &r.enforcement_reference,
+                        actor,
+                        now,
+                        cal,
+                    )
+                },
+            )
+            .await
+        }
+        .await;
+        if result.is_ok() {
+            tracing::info!(application = %r.name, "handed off for enforcement");
+        }
+        reply(result.map(|a| HandOffForEnforcementResponse {
+            application: Some(a),
+        }))
+    }
+
+    async fn report_non_confirmation(
+        &self,
+        req: Request<ReportNonConfirmationRequest>,
+    ) -> R<ReportNonConfirmationResponse> {
+        let w = who(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            need_role(&w, &[rules::JUDGE_ROLE])?;
+            let actor = w.as_actor();
+            self.act(
+                &w,
+                "ReportNonConfirmation",
+                &r,
+                &r.name,
+                &r.etag,
+                &r.request_id,
+                |rec, now, cal| {
+                    app::report_non_confirmation(
+                        rec,
+                        &r.justice_bureau,
+                        r.document.as_ref(),
+                        &r.note,
+                        actor,
+                        now,
+                        cal,
+                    )
+                },
+            )
+            .await
+        }
+        .await;
+        reply(result.map(|a| ReportNonConfirmationResponse {
             application: Some(a),
         }))
     }

@@ -67,6 +67,17 @@ fn number(r: &Record) -> Option<&str> {
     Some(r.application.confirmation_number.as_str()).filter(|n| !n.is_empty())
 }
 
+/// What makes an application unique (the `transfer` column): its router transfer, or for a
+/// pre-filing application the court diversion case (`cases/{case}`) it came from; one
+/// application per source, so a redelivered or retried handover writes nothing.
+pub fn source_key(a: &ConfirmationApplication) -> &str {
+    if a.transfer.is_empty() {
+        &a.pre_filing_case
+    } else {
+        &a.transfer
+    }
+}
+
 /// Inserts a received application of `court` at version 1. `false` when its transfer is
 /// already recorded (a redelivered application: nothing written).
 pub async fn insert(tx: &mut Tx, court: &str, r: &Record) -> Result<bool, Error> {
@@ -81,7 +92,7 @@ pub async fn insert(tx: &mut Tx, court: &str, r: &Record) -> Result<bool, Error>
     .bind(id_of(&a.name))
     .bind(court)
     .bind(&a.case_id)
-    .bind(&a.transfer)
+    .bind(source_key(&a))
     .bind(i64::from(a.state))
     .bind(number(r))
     .bind(i64::from(a.overdue))
@@ -109,7 +120,8 @@ pub async fn load(tx: &mut Tx, court: &str, name: &str) -> Result<Option<Stored>
     row.as_ref().map(stored_of).transpose()
 }
 
-/// Loads the application carried by a router transfer (`transfers/{transfer}`).
+/// Loads the application carried by a router transfer (`transfers/{transfer}`), or handed
+/// over from a court diversion case (`cases/{case}`): its [`source_key`].
 pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Stored>, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM jc_applications WHERE transfer = $1"
@@ -169,6 +181,32 @@ pub async fn save(tx: &mut Tx, s: &Stored, r: &Record, now: i64) -> Result<Store
 
 /// The court's applications, newest first (ties by name), optionally in `states` and only
 /// overdue, after the cursor `(create_time, id)`; at most `limit`.
+/// Applications whose decision clock runs and which are not marked overdue yet (RECEIVED or
+/// UNDER_REVIEW, `overdue = 0`), by id after `after_id`, at most `limit`: what the deadline
+/// sweep looks at, page by page. `(court, id)` pairs.
+pub async fn sweep_candidates(
+    tx: &mut Tx,
+    after_id: &str,
+    limit: u32,
+) -> Result<Vec<(String, String)>, Error> {
+    let sql = format!(
+        "SELECT court, id FROM jc_applications WHERE state IN ({}, {}) AND overdue = 0 \
+         AND id > $1 ORDER BY id LIMIT {limit}",
+        ApplicationState::Received as i32,
+        ApplicationState::UnderReview as i32,
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("id")?;
+            Ok((r.try_get("court")?, id))
+        })
+        .collect()
+}
+
 pub async fn list(
     tx: &mut Tx,
     court: &str,

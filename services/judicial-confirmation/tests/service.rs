@@ -48,6 +48,7 @@ fn intake(transfer: &str, days_ago: i64) -> Intake {
     Intake {
         case_id: "c1".into(),
         transfer: transfer.into(),
+        pre_filing_case: String::new(),
         committee: "agencies/xigang-committee".into(),
         committee_court: COURT.into(),
         delegating_court: None,
@@ -446,6 +447,125 @@ both_backends!(
             .into_inner()
             .applications;
         assert_eq!(apps[0].state, ApplicationState::Received as i32);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
+
+const DAY: i64 = 86_400_000_000;
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64
+}
+
+async fn overdue_count(svc: &JudicialConfirmation) -> u64 {
+    svc.get_application_statistics(req(
+        COURT,
+        &["judge"],
+        GetApplicationStatisticsRequest::default(),
+    ))
+    .await
+    .expect("statistics")
+    .into_inner()
+    .overdue_count
+}
+
+// The deadline sweep (time given to it): nothing is due at once; past the 3-day acceptance
+// clock (2011 rules Art 4) the received applications are marked overdue and stored, so the
+// statistics show it before anyone reads them; once marked, a later pass marks nothing again;
+// an accepted application is marked only past its review clock (Art 5), a paused clock
+// (supplementary materials awaited, Art 6) never, a decided one never. Page size 1: every
+// page is swept.
+both_backends!(
+    the_deadline_sweep_marks_overdue_and_the_statistics_show_it,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = JudicialConfirmation::new(store.clone());
+        let a = svc.take_in(COURT, &intake("transfers/s1", 1)).await?;
+        let b = svc.take_in(COURT, &intake("transfers/s2", 1)).await?;
+        let c = svc.take_in(COURT, &intake("transfers/s3", 1)).await?;
+        let d = svc.take_in(COURT, &intake("transfers/s4", 1)).await?;
+        let e = svc.take_in(COURT, &intake("transfers/s5", 1)).await?;
+        let now = now_micros();
+        // c accepted (review clock 15 days), d awaiting supplements (paused), e not accepted.
+        svc.accept_application(req(
+            COURT,
+            &["court_clerk"],
+            AcceptApplicationRequest {
+                name: c.name.clone(),
+                etag: String::new(),
+                confirmation_number: "(2026)辽0203民特调确31号".into(),
+                request_id: rid(),
+            },
+        ))
+        .await?;
+        svc.request_supplement(req(
+            COURT,
+            &["judge"],
+            RequestSupplementRequest {
+                name: d.name.clone(),
+                etag: String::new(),
+                description: "补充身份证明".into(),
+                request_id: rid(),
+            },
+        ))
+        .await?;
+        svc.reject_application(req(
+            COURT,
+            &["judge"],
+            RejectApplicationRequest {
+                name: e.name.clone(),
+                etag: String::new(),
+                ground_code: "ownership_confirmation".into(),
+                request_id: rid(),
+            },
+        ))
+        .await?;
+
+        assert_eq!(svc.sweep_overdue(Some(now), 1).await?, 0, "nothing due yet");
+        assert_eq!(overdue_count(&svc).await, 0);
+        // Past the acceptance clock (3 days, however the weekend falls: 8 days on).
+        assert_eq!(svc.sweep_overdue(Some(now + 8 * DAY), 1).await?, 2);
+        assert_eq!(overdue_count(&svc).await, 2);
+        for x in [&a, &b] {
+            let got = svc
+                .get_application(req(
+                    COURT,
+                    &["judge"],
+                    GetApplicationRequest {
+                        name: x.name.clone(),
+                    },
+                ))
+                .await?
+                .into_inner()
+                .application
+                .expect("application");
+            assert!(got.overdue, "stored as overdue");
+            assert_eq!(got.state, ApplicationState::Received as i32, "notify-only");
+        }
+        // Marked once: the next pass marks nothing again.
+        assert_eq!(svc.sweep_overdue(Some(now + 9 * DAY), 1).await?, 0);
+        // Past the review clock (15 days + weekends and holidays: 40 days on): c only.
+        assert_eq!(svc.sweep_overdue(Some(now + 40 * DAY), 1).await?, 1);
+        assert_eq!(overdue_count(&svc).await, 3);
+        let got = |name: String| {
+            let svc = svc.clone();
+            async move {
+                svc.get_application(req(COURT, &["judge"], GetApplicationRequest { name }))
+                    .await
+                    .expect("get")
+                    .into_inner()
+                    .application
+                    .expect("application")
+            }
+        };
+        assert!(
+            !got(d.name.clone()).await.overdue,
+            "a paused clock is not due"
+        );
+        assert!(!got(e.name.clone()).await.overdue, "decided: no clock runs");
         Ok::<(), Box<dyn std::error::Error>>(())
     }
 );

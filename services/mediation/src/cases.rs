@@ -1410,6 +1410,12 @@ impl Cases {
                 if let Some(d) = &a.document {
                     documents.insert(0, d.clone());
                 }
+                // First the signed agreement record with its SHA-256 content digest (as it
+                // travels for judicial confirmation): a delegating court files exactly it
+                // (特邀调解规定 Art 19) and hands it on for 诉前调确 (人民调解法 Art 33).
+                if let Some(d) = crate::confirmation::agreement_document(&l.case) {
+                    documents.insert(0, d);
+                }
                 let terms: Vec<&str> = a.terms.iter().map(|t| t.description.as_str()).collect();
                 (
                     format!(
@@ -1922,6 +1928,16 @@ impl Cases {
         let open = cf::open_application(&l.case).cloned();
         if open.is_none() {
             check_etag(&m.name, &m.etag, l.version)?;
+        }
+        // Ruled on (confirmed or dismissed): refused here, not left to the router's one open
+        // transfer per case and route — once the committee's system has acknowledged the
+        // ruling the transfer is CLOSED and the router would take a second application for
+        // the same agreement (after a dismissal the parties change the agreement or sue,
+        // 民事诉讼法 Art 206; they do not apply again with it).
+        if let Some(o) = &open
+            && cf::is_ruled(o)
+        {
+            return Err(cf::already_open(&l.case, o));
         }
         // The court of the committee's area, from the router's agency register (the seed
         // deploy/dev/agencies.toml in the dev suite).

@@ -84,6 +84,15 @@ pub fn open_application(case: &MediationCase) -> Option<&ConfirmationStatus> {
     })
 }
 
+/// Whether the court has ruled on the application (CONFIRMED or DISMISSED): final for the
+/// committee.
+pub fn is_ruled(status: &ConfirmationStatus) -> bool {
+    matches!(
+        P::try_from(status.progress).unwrap_or_default(),
+        P::Confirmed | P::Dismissed
+    )
+}
+
 /// The refusal of a second application while one is open.
 pub fn already_open(case: &MediationCase, open: &ConfirmationStatus) -> Error {
     let p = P::try_from(open.progress).unwrap_or_default();

@@ -23,12 +23,95 @@ use crate::util::to_timestamp;
 #[derive(Clone, Debug)]
 pub struct Inbox {
     store: Store,
+    acknowledger: Option<Acknowledger>,
+}
+
+/// The committee's system acting by itself on the router (signed with the service key): it
+/// acknowledges the court's feedback on a judicial confirmation application (the ruling, or
+/// the withdrawal under review) when it arrives, so the transfer ends CLOSED — as the court's
+/// system acknowledges a delegation's feedback.
+#[derive(Clone)]
+pub struct Acknowledger {
+    router: tonic::transport::Channel,
+    key: std::sync::Arc<fengqiao_kit::auth::SigningKey>,
+    issuer: String,
+}
+
+impl std::fmt::Debug for Acknowledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acknowledger")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Actor id of the committee's system when it acts by itself.
+pub const SYSTEM_ACTOR: &str = "mediation";
+
+impl Acknowledger {
+    /// Acknowledges on `router`, signing for `issuer` with `key`.
+    pub fn new(
+        router: tonic::transport::Channel,
+        key: fengqiao_kit::auth::SigningKey,
+        issuer: &str,
+    ) -> Self {
+        Self {
+            router,
+            key: std::sync::Arc::new(key),
+            issuer: issuer.to_string(),
+        }
+    }
+
+    /// Confirms receipt of the court's feedback on `transfer` for `committee`. The request
+    /// id is derived from the transfer, so a second attempt is the same call; a transfer
+    /// already closed (FAILED_PRECONDITION) is fine.
+    pub async fn acknowledge(&self, committee: &str, transfer: &str) -> Result<()> {
+        let token = self.key.sign(&fengqiao_kit::auth::claims(
+            &self.issuer,
+            committee,
+            SYSTEM_ACTOR,
+            &["mediation_admin"],
+            300,
+        ));
+        let h = fengqiao_store::idempotency::hash_request(
+            format!("AcknowledgeFeedback\n{transfer}").as_bytes(),
+        );
+        let mut request = tonic::Request::new(fengqiao_proto::router::AcknowledgeFeedbackRequest {
+            name: transfer.to_string(),
+            etag: String::new(),
+            comment: "调解委员会已收到司法确认结果".into(),
+            request_id: format!("committee-ack-{}", &h[..h.len().min(100)]),
+        });
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Corrupt("token is not a header value".into()))?;
+        request.metadata_mut().insert("authorization", bearer);
+        match fengqiao_proto::router::transfer_service_client::TransferServiceClient::new(
+            self.router.clone(),
+        )
+        .acknowledge_feedback(request)
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => Ok(()),
+            Err(e) => Err(Error::Upstream(Box::new(e), &[])),
+        }
+    }
 }
 
 impl Inbox {
     /// The inbox over `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            acknowledger: None,
+        }
+    }
+
+    /// Acknowledges the court's feedback on confirmation applications on arrival.
+    pub fn with_acknowledger(mut self, a: Acknowledger) -> Self {
+        self.acknowledger = Some(a);
+        self
     }
 
     /// Applies one envelope exactly once.
@@ -42,10 +125,16 @@ impl Inbox {
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
+        let mut acknowledge = None;
         if envelope.route.strip_prefix("routes/") == Some(crate::confirmation::ROUTE) {
             // The committee's application for judicial confirmation: the court's answers.
             if let Some(t) = &msg.transfer {
                 confirmation(&mut tx, envelope, t, now).await?;
+                if t.state == fengqiao_proto::router::TransferState::FeedbackSubmitted as i32
+                    && let Some(from) = t.from_agency.as_ref()
+                {
+                    acknowledge = Some((from.name.clone(), t.name.clone()));
+                }
             }
         } else if kind == MessageKind::TransferOffered {
             offer(&mut tx, envelope, &msg, now).await?;
@@ -79,6 +168,15 @@ impl Inbox {
             );
         }
         tx.commit().await?;
+        // The committee's system confirms receipt of the ruling (确认反馈): after the
+        // commit, outside the transaction; the transfer closes on the router.
+        if let (Some(a), Some((committee, transfer))) = (self.acknowledger.clone(), acknowledge) {
+            tokio::spawn(async move {
+                if let Err(e) = a.acknowledge(&committee, &transfer).await {
+                    tracing::warn!(transfer = %transfer, error = %e, "confirmation feedback not acknowledged on the router");
+                }
+            });
+        }
         Ok(DeliverResponse { duplicate: false })
     }
 }

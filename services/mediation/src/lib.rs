@@ -107,6 +107,8 @@ pub struct Mediation {
     store: Store,
     roster: roster::Roster,
     cases: cases::Cases,
+    router: tonic::transport::Channel,
+    acknowledger: Option<inbox::Acknowledger>,
 }
 
 /// Receives the router's messages for the agencies whose records this service keeps.
@@ -344,16 +346,29 @@ impl Mediation {
     pub fn new(store: Store, router: tonic::transport::Channel) -> Self {
         Self {
             roster: roster::Roster::new(store.clone()),
-            cases: cases::Cases::new(store.clone(), router),
+            cases: cases::Cases::new(store.clone(), router.clone()),
             store,
+            router,
+            acknowledger: None,
         }
+    }
+
+    /// Lets the committee's system act by itself on the router, signing with `key` for
+    /// `issuer`: it acknowledges the court's feedback on its judicial confirmation
+    /// applications when it arrives (确认反馈), so the transfer ends CLOSED. Without a key the
+    /// transfer stays FEEDBACK_SUBMITTED for the committee's own system to acknowledge.
+    pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
+        self.acknowledger = Some(inbox::Acknowledger::new(self.router.clone(), key, issuer));
+        self
     }
 
     /// This service's side of the process's agency inbox.
     pub fn inbox_handler(&self) -> Arc<dyn fengqiao_kit::inbox::InboxHandler> {
-        Arc::new(Inbox {
-            inner: inbox::Inbox::new(self.store.clone()),
-        })
+        let mut inner = inbox::Inbox::new(self.store.clone());
+        if let Some(a) = &self.acknowledger {
+            inner = inner.with_acknowledger(a.clone());
+        }
+        Arc::new(Inbox { inner })
     }
 
     /// Adds the service to a server.

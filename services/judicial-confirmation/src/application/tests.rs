@@ -41,6 +41,7 @@ fn intake() -> Intake {
     Intake {
         case_id: "c1".into(),
         transfer: "transfers/t1".into(),
+        pre_filing_case: String::new(),
         committee: "agencies/xigang-committee".into(),
         committee_court: COURT.into(),
         delegating_court: None,
@@ -134,18 +135,46 @@ fn day_30_is_received_day_31_refused_one_party_alone_and_the_wrong_court_too() {
         )
         .is_ok()
     );
+    // 诉前调确: from the court's own court diversion case, the delegating court itself
+    // (法释〔2011〕5号 Art 2); not on a transfer, not at another court.
     let mut pre = intake();
     pre.source = ApplicationSource::PreFiling;
+    pre.transfer = String::new();
+    pre.pre_filing_case = "cases/c1".into();
+    pre.delegating_court = Some(COURT.into());
+    let taken = receive("applications/x", COURT, &pre, at(2026, 3, 3, 9), &c).expect("pre-filing");
+    assert_eq!(taken.state(), S::Received);
+    assert_eq!(taken.application.pre_filing_case, "cases/c1");
+    assert!(taken.application.transfer.is_empty());
+    let mut elsewhere = pre.clone();
+    elsewhere.delegating_court = Some(OTHER_COURT.into());
     assert_eq!(
         reason(receive(
             "applications/x",
             COURT,
-            &pre,
+            &elsewhere,
             at(2026, 3, 3, 9),
             &c
         )),
-        Some(Reason::NotBuilt)
+        Some(Reason::WrongCourt)
     );
+    let mut on_transfer = pre.clone();
+    on_transfer.transfer = "transfers/t1".into();
+    assert!(matches!(
+        receive("applications/x", COURT, &on_transfer, at(2026, 3, 3, 9), &c),
+        Err(Error::Invalid(_))
+    ));
+    let mut no_case = pre.clone();
+    no_case.pre_filing_case = String::new();
+    assert!(matches!(
+        receive("applications/x", COURT, &no_case, at(2026, 3, 3, 9), &c),
+        Err(Error::Invalid(_))
+    ));
+    // A pre-filing application is accepted with a 诉前调确 number only (2022 statistics rule).
+    assert!(accept(&taken, "(2026)辽0203民特调确1号", at(2026, 3, 3, 10), &c).is_err());
+    let accepted =
+        accept(&taken, "(2026)辽0203诉前调确1号", at(2026, 3, 3, 10), &c).expect("accept");
+    assert_eq!(accepted.state(), S::UnderReview);
     // The committee's submission time counts, not the court's receipt (人民调解法 Art 33):
     // submitted on day 30, received on day 31, in time; submitted on day 31, refused.
     let mut submitted = intake();
@@ -482,4 +511,136 @@ fn overdue_clocks_notify_without_changing_the_state() {
     let a = accept(&r, "(2026)辽0203民特调确12号", at(2026, 3, 9, 9), &c).expect("late acceptance");
     assert_eq!(a.state(), S::UnderReview);
     assert!(!a.application.overdue);
+}
+
+fn clerk() -> Actor {
+    Actor {
+        agency: COURT.into(),
+        actor_id: "clerk-01".into(),
+        ..Default::default()
+    }
+}
+
+fn confirmed_and_dismissed() -> (Record, Record) {
+    let c = cal();
+    let r = received(at(2026, 3, 2, 9));
+    let r = accept(&r, "(2026)辽0203民特调确12号", at(2026, 3, 2, 10), &c).expect("accepted");
+    let confirmed = rule(
+        &r,
+        RulingOutcome::Confirmed,
+        "",
+        Some(&doc()),
+        at(2026, 3, 5, 9),
+        &c,
+    )
+    .expect("confirmed");
+    let dismissed = rule(
+        &r,
+        RulingOutcome::Dismissed,
+        "not_voluntary",
+        Some(&doc()),
+        at(2026, 3, 5, 9),
+        &c,
+    )
+    .expect("dismissed");
+    (confirmed, dismissed)
+}
+
+#[test]
+fn a_confirmed_agreement_is_handed_off_for_enforcement_once_per_party() {
+    let c = cal();
+    let (confirmed, dismissed) = confirmed_and_dismissed();
+    let now = at(2026, 4, 1, 9);
+    let hand = |r: &Record, party: &str, d: Option<&EvidenceRef>| {
+        hand_off_for_enforcement(r, party, d, "(2026)辽0203执1号", clerk(), now, &c)
+    };
+    // 民事诉讼法 Art 206 ¶1: a confirmed agreement only.
+    assert!(is_wrong_state(hand(&dismissed, "a", Some(&doc()))));
+    assert!(is_wrong_state(hand(
+        &received(at(2026, 3, 2, 9)),
+        "a",
+        Some(&doc())
+    )));
+    // A party to the agreement, with the application's digest.
+    assert!(matches!(
+        hand(&confirmed, "x", Some(&doc())),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        hand(&confirmed, "a", None),
+        Err(Error::Invalid(_))
+    ));
+    let mut undigested = doc();
+    undigested.sha256 = String::new();
+    assert!(matches!(
+        hand(&confirmed, "a", Some(&undigested)),
+        Err(Error::Invalid(_))
+    ));
+    let h = hand(&confirmed, "a", Some(&doc())).expect("handed off");
+    assert_eq!(h.state(), S::Confirmed, "the state does not change");
+    assert_eq!(h.application.enforcement_handoffs.len(), 1);
+    let got = &h.application.enforcement_handoffs[0];
+    assert_eq!(got.applicant_party_id, "a");
+    assert_eq!(got.enforcement_reference, "(2026)辽0203执1号");
+    assert_eq!(
+        got.recorded_by.as_ref().map(|a| a.actor_id.as_str()),
+        Some("clerk-01")
+    );
+    assert_eq!(got.handoff_time, Some(to_timestamp(now)));
+    // Once per party; the other party may too.
+    assert_eq!(
+        reason(hand(&h, "a", Some(&doc()))),
+        Some(Reason::AlreadyExists)
+    );
+    let both = hand(&h, "b", Some(&doc())).expect("the other party");
+    assert_eq!(both.application.enforcement_handoffs.len(), 2);
+}
+
+#[test]
+fn a_non_confirmation_is_reported_to_the_justice_bureau_and_the_committee_once() {
+    let c = cal();
+    let (confirmed, dismissed) = confirmed_and_dismissed();
+    let now = at(2026, 3, 6, 9);
+    let bureau = "agencies/xigang-justice-bureau";
+    let report = |r: &Record, b: &str, d: Option<&EvidenceRef>| {
+        report_non_confirmation(r, b, d, "协议非自愿", clerk(), now, &c)
+    };
+    // 法释〔2011〕5号 Art 12: not for a confirmed or undecided application.
+    assert!(is_wrong_state(report(&confirmed, bureau, Some(&doc()))));
+    assert!(is_wrong_state(report(
+        &received(at(2026, 3, 2, 9)),
+        bureau,
+        Some(&doc())
+    )));
+    assert!(matches!(
+        report(&dismissed, "xigang-justice-bureau", Some(&doc())),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        report(&dismissed, bureau, None),
+        Err(Error::Invalid(_))
+    ));
+    let r = report(&dismissed, bureau, Some(&doc())).expect("reported");
+    assert_eq!(r.state(), S::Dismissed, "the state does not change");
+    let got = r
+        .application
+        .non_confirmation_report
+        .clone()
+        .expect("report");
+    let to: Vec<&str> = got.recipients.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(to, [bureau, "agencies/xigang-committee"]);
+    assert_eq!(got.report_time, Some(to_timestamp(now)));
+    assert_eq!(
+        reason(report(&r, bureau, Some(&doc()))),
+        Some(Reason::AlreadyExists)
+    );
+    // Not accepted (民诉法解释 Art 355) is reportable too.
+    let not_accepted = reject(
+        &received(at(2026, 3, 2, 9)),
+        "ownership_confirmation",
+        at(2026, 3, 3, 9),
+        &c,
+    )
+    .expect("not accepted");
+    assert!(report(&not_accepted, bureau, Some(&doc())).is_ok());
 }

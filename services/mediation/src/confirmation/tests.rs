@@ -308,3 +308,17 @@ fn only_unfinished_applications_block_a_new_one() {
         assert_eq!(open_application(&c).is_some(), open, "{p:?}");
     }
 }
+
+#[test]
+fn only_a_ruled_application_is_final_for_the_committee() {
+    let status = |p: P| ConfirmationStatus {
+        progress: p as i32,
+        ..Default::default()
+    };
+    for p in [P::Confirmed, P::Dismissed] {
+        assert!(is_ruled(&status(p)), "{p:?}");
+    }
+    for p in [P::Submitted, P::Accepted, P::NotAccepted, P::Withdrawn] {
+        assert!(!is_ruled(&status(p)), "{p:?}");
+    }
+}
