@@ -39,6 +39,8 @@ officer=$("$bin" token --data-dir "$dir/data" --as xigang-bayilu-station/officer
 "$VENV/bin/python" tests/foreign/reflection_client.py "127.0.0.1:$port" "$dispatch" "$officer"
 # The README's worked example of 警调对接: one 110 referral from intake to CLOSED.
 FENGQIAO_BIN="$bin" "$VENV/bin/python" tests/foreign/referral_example.py "127.0.0.1:$port" "$dir/data"
+# The README's worked example of 行政争议实质性化解 (administrative dispute).
+FENGQIAO_BIN="$bin" "$VENV/bin/python" tests/foreign/admin_example.py "127.0.0.1:$port" "$dir/data"
 # The README's worked example of 诉前调解 (court diversion), on the same suite.
 "$VENV/bin/python" tests/foreign/court_example.py "127.0.0.1:$port" \
   "$("$bin" token --data-dir "$dir/data" --as xigang-court/clerk-01)" \
