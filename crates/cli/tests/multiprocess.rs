@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use fengqiao_kit::auth::{PublicKeyFile, SigningKey};
 use fengqiao_kit::client::CallInterceptor;
-use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
 use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
 use fengqiao_proto::mediation::{DeclineCaseRequest, ListCasesRequest};
 use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
 use fengqiao_proto::policereferral::{
-    CreateReferralRequest, DraftTransferRequest, GetReferralRequest, Referral, ReferralState,
+    CreateReferralRequest, DraftTransferRequest, GetReferralRequest, ReferralState,
 };
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{ApproveTransferRequest, TransferState};

@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use fengqiao_kit::auth::{PublicKeyFile, SigningKey};
 use fengqiao_kit::client::CallInterceptor;
-use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
 use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
-use fengqiao_proto::policereferral::{CreateReferralRequest, DraftTransferRequest, Referral};
+use fengqiao_proto::policereferral::{CreateReferralRequest, DraftTransferRequest};
 use fengqiao_proto::router::ApproveTransferRequest;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_store::testing::TempDir;
@@ -320,7 +319,9 @@ async fn traced_flow(urls: [String; 2]) {
             p.service == "router"
                 && p.kind == SpanKind::Client as i32
                 && method(p, "Deliver")
-                && p.attrs.get("to_agency").is_some_and(|a| a.contains("station"))
+                && p.attrs
+                    .get("to_agency")
+                    .is_some_and(|a| a.contains("station"))
                 && spans.iter().any(|a| {
                     a.service == "router"
                         && a.kind == SpanKind::Server as i32

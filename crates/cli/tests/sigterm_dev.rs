@@ -3,15 +3,14 @@
 //! fails UNAVAILABLE. Co-located services reach the router in-process, and that path stays up
 //! until the agency services have drained (issue #9 §3).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fengqiao_kit::client::CallInterceptor;
-use fengqiao_proto::common::{Address, DisputeCategory, Party, PartyRole};
 use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
-use fengqiao_proto::policereferral::{CreateReferralRequest, DraftTransferRequest, Referral};
+use fengqiao_proto::policereferral::{CreateReferralRequest, DraftTransferRequest};
 use fengqiao_store::testing::TempDir;
 
 mod common;
