@@ -70,12 +70,16 @@ impl Inbox {
                     db::add_entries(&mut tx, &l.id, &out).await?;
                 }
             } else {
+                // Not newer after all (our own call committed since the read of `is_stale`):
+                // nothing to keep, not even the inbox row; no commit to wait for.
                 tracing::debug!(
                     kind = kind.as_str_name(),
                     seq,
                     reflected = l.event_seq,
                     "message not newer than the case: no change"
                 );
+                tx.rollback().await?;
+                return Ok(DeliverResponse { duplicate: false });
             }
         } else {
             tracing::debug!(

@@ -251,17 +251,19 @@ async fn record_answer_event(
         e,
         e.occurred_at.as_ref().map_or(now, from_ts),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
-/// Inserts one router event into a referral's history unless it is there already.
+/// Inserts one router event into a referral's history unless it is there already; `true`
+/// when it was not.
 async fn insert_event(
     tx: &mut Tx,
     referral_id: &str,
     event: &fengqiao_proto::router::TransferEvent,
     occurred: i64,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<bool> {
+    let done = sqlx::query(
         "INSERT INTO referral_events (referral_id, event_id, sequence, occurred_at, body) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (referral_id, event_id) DO NOTHING",
     )
@@ -272,7 +274,7 @@ async fn insert_event(
     .bind(event.encode_to_vec())
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Loads a referral visible to `who`, or NOT_FOUND (also when it exists but is not theirs).
@@ -567,9 +569,18 @@ impl Inbox {
         };
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let occurred = event.occurred_at.as_ref().map_or(now, from_ts);
-        if !event.event_id.is_empty() {
-            // Once per event: the copies the referral's other agency gets carry the same one.
-            insert_event(&mut tx, &referral_id, &event, occurred).await?;
+        // Once per event: the copies the referral's other agency gets carry the same one.
+        let new_event = !event.event_id.is_empty()
+            && insert_event(&mut tx, &referral_id, &event, occurred).await?;
+        if event.sequence != 0
+            && event.sequence <= s.event_seq
+            && !new_event
+            && msg.investigation.is_none()
+        {
+            // Stale after all (the other party's copy, or our own call, committed since the
+            // read of `is_stale`): nothing to keep, not even the inbox row; no commit to wait for.
+            tx.rollback().await?;
+            return Ok(DeliverResponse { duplicate: false });
         }
         let transfer_name = if event.transfer.is_empty() {
             envelope.transfer.clone()
