@@ -1385,3 +1385,188 @@ suite_test!(
         }
     }
 );
+
+/// The router's outbox: every delivered envelope of the case.
+async fn delivered_envelopes(
+    suite: &TestSuite,
+    case_id: &str,
+) -> Vec<fengqiao_proto::inbox::Envelope> {
+    use fengqiao_store::sqlx::{self, Row as _};
+    use prost::Message as _;
+    let store = fengqiao_store::Store::connect(fengqiao_store::StoreConfig::new(
+        suite.stores[&fengqiao_testkit::ServiceName::Router].clone(),
+    ))
+    .await
+    .expect("router store");
+    let rows = sqlx::query("SELECT payload FROM outbox WHERE status = 'delivered' ORDER BY seq")
+        .fetch_all(store.pool())
+        .await
+        .expect("outbox");
+    store.close().await;
+    rows.iter()
+        .map(|row| {
+            let payload: Vec<u8> = row.get("payload");
+            fengqiao_proto::inbox::Envelope::decode(payload.as_slice()).expect("envelope")
+        })
+        .filter(|e| e.case_id == case_id)
+        .collect()
+}
+
+/// The transfer message an envelope carries.
+fn message_of(e: &fengqiao_proto::inbox::Envelope) -> fengqiao_proto::router::TransferMessage {
+    prost::Message::decode(e.payload.as_slice()).expect("transfer message")
+}
+
+/// Waits until the router delivered the copy of `event` to `to` as `side`.
+async fn delivered_copy(
+    suite: &TestSuite,
+    case_id: &str,
+    to: &str,
+    side: fengqiao_proto::inbox::RecipientSide,
+    event: TransferEventType,
+) -> fengqiao_proto::inbox::Envelope {
+    eventually(&format!("{event:?} delivered to {to}"), || async move {
+        delivered_envelopes(suite, case_id)
+            .await
+            .into_iter()
+            .find(|e| {
+                e.to_agency == format!("agencies/{to}")
+                    && e.recipient_side == side as i32
+                    && message_of(e)
+                        .event
+                        .is_some_and(|ev| ev.event_type == event as i32)
+            })
+    })
+    .await
+}
+
+/// How many inbox rows the service keeps for `message_id` (every write transaction applying a
+/// message records it there first).
+async fn inbox_rows(
+    suite: &TestSuite,
+    service: fengqiao_testkit::ServiceName,
+    message_id: &str,
+) -> i64 {
+    use fengqiao_store::sqlx::{self, Row as _};
+    let store = fengqiao_store::Store::connect(fengqiao_store::StoreConfig::new(
+        suite.stores[&service].clone(),
+    ))
+    .await
+    .expect("store");
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM inbox WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(store.pool())
+        .await
+        .expect("inbox")
+        .get("n");
+    store.close().await;
+    n
+}
+
+/// Delivers `e` to the suite's inbox as the router would, under a fresh message id, and
+/// answers that id.
+async fn redeliver(suite: &TestSuite, mut e: fengqiao_proto::inbox::Envelope) -> String {
+    use fengqiao_proto::inbox::agency_inbox_service_client::AgencyInboxServiceClient;
+    e.message_id = uuid::Uuid::now_v7().to_string();
+    let id = e.message_id.clone();
+    AgencyInboxServiceClient::with_interceptor(
+        suite.channel(),
+        suite.caller("xigang-justice-bureau", "router", &["router"]),
+    )
+    .deliver(fengqiao_proto::inbox::DeliverRequest { envelope: Some(e) })
+    .await
+    .expect("delivered");
+    id
+}
+
+// A copy of a change an agency's own service made (it recorded the router's answer, and its
+// event, in its own transaction) carries nothing new: the receiver answers it from a read and
+// opens no write transaction (no inbox row). Checked on the station's copy of SUBMITTED (its
+// own DraftTransfer) and the room's copy of ACCEPTED (its own AcceptCase), each delivered once
+// more under a fresh message id once everything settled (the router's own first push may race
+// the service's commit, and then rightly applies). The same envelope with something new in it
+// (an event the history lacks, a newer sequence) is applied in a write transaction as before.
+suite_test!(
+    copies_of_an_agencys_own_changes_open_no_write_transaction,
+    |suite| async move {
+        use fengqiao_proto::inbox::RecipientSide;
+        use fengqiao_testkit::ServiceName;
+        let mut cast = Cast::of(&suite);
+        the_mediation_room_is_set_up(&mut cast).await;
+        let (r, _, c) = a_noise_call_reaches_the_room(&mut cast, "J2102032026112200091").await;
+        let c = the_room_accepts(&mut cast, &c).await;
+        referral_reaches(
+            &cast.officer,
+            &r.name,
+            ReferralState::Transferred,
+            TransferState::InProgress,
+        )
+        .await;
+
+        let submitted = delivered_copy(
+            &suite,
+            &r.case_id,
+            STATION,
+            RecipientSide::Sender,
+            TransferEventType::Submitted,
+        )
+        .await;
+        let id = redeliver(&suite, submitted.clone()).await;
+        assert_eq!(
+            inbox_rows(&suite, ServiceName::PoliceReferral, &id).await,
+            0,
+            "the station's copy of its own SUBMITTED opened a write transaction"
+        );
+        // The history has every event once, its own ones included.
+        let file = referral_file(&cast.officer, &r.name).await;
+        for t in [
+            TransferEventType::Created,
+            TransferEventType::Submitted,
+            TransferEventType::Accepted,
+        ] {
+            let n = file
+                .events
+                .iter()
+                .filter(|e| e.event_type == t as i32)
+                .count();
+            assert_eq!(n, 1, "{t:?} in the referral's history");
+        }
+        // An event the history lacks is new: applied.
+        let mut unknown = submitted.clone();
+        let mut msg = message_of(&unknown);
+        if let Some(ev) = msg.event.as_mut() {
+            ev.event_id = uuid::Uuid::now_v7().to_string();
+        }
+        unknown.payload = prost::Message::encode_to_vec(&msg);
+        let id = redeliver(&suite, unknown).await;
+        assert_eq!(
+            inbox_rows(&suite, ServiceName::PoliceReferral, &id).await,
+            1
+        );
+
+        let accepted = delivered_copy(
+            &suite,
+            &r.case_id,
+            ROOM,
+            RecipientSide::Receiver,
+            TransferEventType::Accepted,
+        )
+        .await;
+        let id = redeliver(&suite, accepted.clone()).await;
+        assert_eq!(
+            inbox_rows(&suite, ServiceName::Mediation, &id).await,
+            0,
+            "the room's copy of its own ACCEPTED opened a write transaction"
+        );
+        assert_eq!(case(&cast, &c.name).await.etag, c.etag, "nothing changed");
+        // A newer sequence is new: applied.
+        let mut newer = accepted;
+        let mut msg = message_of(&newer);
+        if let Some(ev) = msg.event.as_mut() {
+            ev.sequence += 1_000_000;
+        }
+        newer.payload = prost::Message::encode_to_vec(&msg);
+        let id = redeliver(&suite, newer).await;
+        assert_eq!(inbox_rows(&suite, ServiceName::Mediation, &id).await, 1);
+    }
+);

@@ -118,6 +118,11 @@ impl Inbox {
     pub async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse> {
         let msg = TransferMessage::decode(envelope.payload.as_slice())
             .map_err(|e| Error::Corrupt(format!("transfer message: {e}")))?;
+        if self.is_stale(envelope, &msg).await? {
+            // Nothing to apply (typically the copy of a change this service made itself and
+            // recorded with the router's answer): answered from a read, no write transaction.
+            return Ok(DeliverResponse { duplicate: false });
+        }
         let mut tx = self.store.write().await?;
         if !fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await? {
             tx.commit().await?;
@@ -154,12 +159,16 @@ impl Inbox {
                     db::add_entries(&mut tx, &l.id, &out).await?;
                 }
             } else {
+                // Not newer after all (our own call committed since the read of `is_stale`):
+                // nothing to keep, not even the inbox row; no commit to wait for.
                 tracing::debug!(
                     kind = kind.as_str_name(),
                     seq,
                     reflected = l.event_seq,
                     "message not newer than the case: no change"
                 );
+                tx.rollback().await?;
+                return Ok(DeliverResponse { duplicate: false });
             }
         } else {
             tracing::debug!(
@@ -178,6 +187,26 @@ impl Inbox {
             });
         }
         Ok(DeliverResponse { duplicate: false })
+    }
+}
+
+impl Inbox {
+    /// Whether `msg` is a later message (not an offer, not the confirmation route) whose event
+    /// is not newer than what its case already reflects. Applying it would change nothing but
+    /// the inbox row: the case's `event_seq` only grows, so the answer of one read stays true,
+    /// and a redelivery is answered the same way. Offers, confirmation messages and messages
+    /// without an event (sequence 0) always take the write path.
+    async fn is_stale(&self, envelope: &Envelope, msg: &TransferMessage) -> Result<bool> {
+        let seq = event_seq(msg);
+        let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
+        if seq == 0
+            || kind == MessageKind::TransferOffered
+            || envelope.route.strip_prefix("routes/") == Some(crate::confirmation::ROUTE)
+        {
+            return Ok(false);
+        }
+        let held = db::event_seq_of_transfer(self.store.pool(), &envelope.transfer).await?;
+        Ok(held.is_some_and(|held| !is_newer(seq, held)))
     }
 }
 

@@ -127,6 +127,20 @@ pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Load
     row.as_ref().map(decode).transpose()
 }
 
+/// The router event sequence the case of `transfer` reflects, if there is such a case. One
+/// statement outside any transaction (the inbox's check for a message that is not newer).
+pub async fn event_seq_of_transfer(pool: &sqlx::AnyPool, transfer: &str) -> Result<Option<u64>> {
+    let row = sqlx::query("SELECT event_seq FROM mediation_cases WHERE transfer = $1")
+        .bind(transfer)
+        .fetch_optional(pool)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let seq: i64 = row.try_get("event_seq")?;
+    Ok(Some(u64::try_from(seq).unwrap_or(0)))
+}
+
 /// The cases of `agency` with the shared case id `case_id`, rows locked for the rest of the
 /// transaction on PostgreSQL (router messages on the committee's own transfers).
 pub async fn load_by_case_id_locked(

@@ -230,6 +230,53 @@ fn answer_seq(t: Option<&Transfer>) -> u64 {
         .map_or(0, |e| e.sequence)
 }
 
+/// Records the router's answer's last event in the referral's history, in the transaction of
+/// the call that made it, once per event (the router's copy of the same event finds it there
+/// and is then answered from a read, see `Inbox::is_stale`).
+async fn record_answer_event(
+    tx: &mut Tx,
+    referral_id: &str,
+    t: Option<&Transfer>,
+    now: i64,
+) -> Result<()> {
+    let Some(e) = t.and_then(|t| t.last_event.as_ref()) else {
+        return Ok(());
+    };
+    if e.event_id.is_empty() {
+        return Ok(());
+    }
+    insert_event(
+        tx,
+        referral_id,
+        e,
+        e.occurred_at.as_ref().map_or(now, from_ts),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts one router event into a referral's history unless it is there already; `true`
+/// when it was not.
+async fn insert_event(
+    tx: &mut Tx,
+    referral_id: &str,
+    event: &fengqiao_proto::router::TransferEvent,
+    occurred: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO referral_events (referral_id, event_id, sequence, occurred_at, body) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (referral_id, event_id) DO NOTHING",
+    )
+    .bind(referral_id)
+    .bind(&event.event_id)
+    .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+    .bind(occurred)
+    .bind(event.encode_to_vec())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Loads a referral visible to `who`, or NOT_FOUND (also when it exists but is not theirs).
 /// Only the station handling a referral acts on its transfer.
 fn need_handling_station(who: &Identity, s: &Stored, action: &str) -> Result<()> {
@@ -481,6 +528,11 @@ impl Inbox {
                 "must be a TransferMessage",
             )])
         })?;
+        if self.is_stale(envelope, &msg).await? {
+            // Nothing to apply (typically the copy of a change this service made itself and
+            // recorded with the router's answer): answered from a read, no write transaction.
+            return Ok(DeliverResponse { duplicate: false });
+        }
         let mut tx = self.store.write().await?;
         let fresh =
             fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await?;
@@ -518,19 +570,18 @@ impl Inbox {
         };
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let occurred = event.occurred_at.as_ref().map_or(now, from_ts);
-        if !event.event_id.is_empty() {
-            // Once per event: the copies the referral's other agency gets carry the same one.
-            sqlx::query(
-                "INSERT INTO referral_events (referral_id, event_id, sequence, occurred_at, body) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (referral_id, event_id) DO NOTHING",
-            )
-            .bind(&referral_id)
-            .bind(&event.event_id)
-            .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
-            .bind(occurred)
-            .bind(event.encode_to_vec())
-            .execute(&mut *tx)
-            .await?;
+        // Once per event: the copies the referral's other agency gets carry the same one.
+        let new_event = !event.event_id.is_empty()
+            && insert_event(&mut tx, &referral_id, &event, occurred).await?;
+        if event.sequence != 0
+            && event.sequence <= s.event_seq
+            && !new_event
+            && msg.investigation.is_none()
+        {
+            // Stale after all (the other party's copy, or our own call, committed since the
+            // read of `is_stale`): nothing to keep, not even the inbox row; no commit to wait for.
+            tx.rollback().await?;
+            return Ok(DeliverResponse { duplicate: false });
         }
         let transfer_name = if event.transfer.is_empty() {
             envelope.transfer.clone()
@@ -622,6 +673,41 @@ impl Inbox {
         }
         tx.commit().await?;
         Ok(DeliverResponse { duplicate: false })
+    }
+
+    /// Whether applying `msg` would change nothing but the inbox row, decided by one read
+    /// outside any transaction: no referral of ours has the transfer's case (the write path
+    /// would only record the message), or the message carries no investigation, its event is
+    /// not newer than the referral reflects and is already in the referral's history. Each
+    /// fact only ever stays true (`event_seq` only grows, history rows are never deleted, a
+    /// referral's case id and agencies never change), so a redelivery is answered the same way.
+    async fn is_stale(&self, envelope: &Envelope, msg: &TransferMessage) -> Result<bool> {
+        let event = msg.event.clone().unwrap_or_default();
+        let case_id = if event.case_id.is_empty() {
+            &envelope.case_id
+        } else {
+            &event.case_id
+        };
+        let row = sqlx::query(
+            "SELECT r.event_seq, (SELECT COUNT(*) FROM referral_events e \
+             WHERE e.referral_id = r.id AND e.event_id = $3) AS known \
+             FROM referrals r WHERE r.case_id = $1 \
+             AND (r.police_station = $2 OR r.creator_agency = $2)",
+        )
+        .bind(case_id)
+        .bind(&envelope.to_agency)
+        .bind(&event.event_id)
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(true);
+        };
+        if event.sequence == 0 || msg.investigation.is_some() {
+            return Ok(false);
+        }
+        let held = u64::try_from(row.try_get::<i64, _>("event_seq")?).unwrap_or(0);
+        let known = event.event_id.is_empty() || row.try_get::<i64, _>("known")? > 0;
+        Ok(event.sequence <= held && known)
     }
 
     async fn apply_task(
@@ -1216,6 +1302,7 @@ impl PoliceReferral {
             s.event_seq = s.event_seq.max(seq);
         }
         save(&mut tx, &mut s, now).await?;
+        record_answer_event(&mut tx, &referral_id, Some(&transfer), now).await?;
         add_documents(
             &mut tx,
             &referral_id,
@@ -1506,6 +1593,7 @@ impl PoliceReferral {
             fb.reported_time = Some(to_ts(now));
         }
         save(&mut tx, &mut s, now).await?;
+        record_answer_event(&mut tx, &referral_id, acked.as_ref(), now).await?;
         let resp = AcknowledgeFeedbackResponse {
             referral: Some(present(s.referral, now)),
         };
