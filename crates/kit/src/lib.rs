@@ -18,6 +18,7 @@ pub mod etag;
 pub mod idem;
 pub mod inbox;
 pub mod metrics;
+pub mod pull;
 pub mod reason;
 pub mod server;
 pub mod telemetry;
