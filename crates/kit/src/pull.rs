@@ -227,6 +227,228 @@ impl Worker {
 mod tests {
     use super::*;
 
+    use std::sync::Mutex;
+
+    use fengqiao_proto::inbox::{DeliverResponse, Envelope, RecipientSide};
+    use fengqiao_proto::router::delivery_service_server::{DeliveryService, DeliveryServiceServer};
+    use fengqiao_proto::router::{
+        AcknowledgeMessagesResponse, ListDeliveryIncidentsRequest, ListDeliveryIncidentsResponse,
+        PullMessagesResponse, RetryDeliveryIncidentRequest, RetryDeliveryIncidentResponse,
+    };
+    use tonic::codegen::BoxStream;
+    use tonic::{Request, Response, Status};
+
+    use crate::inbox::{InboxHandler, Receives};
+
+    const ROUTE: &[Receives] = &[("police-to-station-mediation", RecipientSide::Sender)];
+
+    /// Records what it applied; refuses the envelope `refuse`.
+    struct Recorder {
+        applied: Arc<Mutex<Vec<String>>>,
+        refuse: &'static str,
+    }
+
+    #[tonic::async_trait]
+    impl InboxHandler for Recorder {
+        fn receives(&self) -> &[Receives] {
+            ROUTE
+        }
+
+        async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {
+            if envelope.message_id == self.refuse {
+                return Err(Status::unavailable("store down"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // the transaction
+            self.applied
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?
+                .push(envelope.message_id);
+            Ok(DeliverResponse { duplicate: false })
+        }
+    }
+
+    /// A router streaming `ids` to the first stream and nothing to later ones; each
+    /// acknowledgement is recorded with what the handler had applied at that moment, and
+    /// the agency of every call's token.
+    struct FakeRouter {
+        ids: Vec<&'static str>,
+        opened: Mutex<u32>,
+        acks: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+        applied: Arc<Mutex<Vec<String>>>,
+        agencies: Arc<Mutex<Vec<String>>>,
+        verifier: crate::auth::Verifier,
+    }
+
+    impl FakeRouter {
+        fn caller<T>(&self, r: &Request<T>) -> Result<(), Status> {
+            let token = r
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::server::bearer_token)
+                .ok_or_else(|| Status::unauthenticated("no token"))?;
+            let who = self
+                .verifier
+                .verify(token, crate::auth::unix_now())
+                .map_err(|_| Status::unauthenticated("bad token"))?;
+            if let Ok(mut a) = self.agencies.lock() {
+                a.push(who.agency);
+            }
+            Ok(())
+        }
+    }
+
+    #[tonic::async_trait]
+    impl DeliveryService for FakeRouter {
+        async fn pull_messages(
+            &self,
+            request: Request<PullMessagesRequest>,
+        ) -> Result<Response<BoxStream<PullMessagesResponse>>, Status> {
+            self.caller(&request)?;
+            let first = {
+                let mut n = self
+                    .opened
+                    .lock()
+                    .map_err(|_| Status::internal("poisoned"))?;
+                *n += 1;
+                *n == 1
+            };
+            let items: Vec<Result<PullMessagesResponse, Status>> = if first {
+                self.ids
+                    .iter()
+                    .map(|id| {
+                        Ok(PullMessagesResponse {
+                            envelope: Some(Envelope {
+                                message_id: (*id).to_string(),
+                                route: "routes/police-to-station-mediation".into(),
+                                recipient_side: RecipientSide::Sender as i32,
+                                ..Default::default()
+                            }),
+                            cursor: String::new(),
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // Stays open after the envelopes (follow mode).
+            let s = tokio_stream::iter(items).chain(tokio_stream::pending());
+            Ok(Response::new(Box::pin(s)))
+        }
+
+        async fn acknowledge_messages(
+            &self,
+            request: Request<AcknowledgeMessagesRequest>,
+        ) -> Result<Response<AcknowledgeMessagesResponse>, Status> {
+            self.caller(&request)?;
+            let applied = self
+                .applied
+                .lock()
+                .map(|a| a.clone())
+                .map_err(|_| Status::internal("poisoned"))?;
+            let req = request.into_inner();
+            assert!(!req.request_id.is_empty());
+            let mut acks = self.acks.lock().map_err(|_| Status::internal("poisoned"))?;
+            for id in req.message_ids {
+                acks.push((id, applied.clone()));
+            }
+            Ok(Response::new(AcknowledgeMessagesResponse {
+                acknowledged_count: 1,
+                unknown_message_ids: Vec::new(),
+            }))
+        }
+
+        async fn list_delivery_incidents(
+            &self,
+            _: Request<ListDeliveryIncidentsRequest>,
+        ) -> Result<Response<ListDeliveryIncidentsResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+
+        async fn retry_delivery_incident(
+            &self,
+            _: Request<RetryDeliveryIncidentRequest>,
+        ) -> Result<Response<RetryDeliveryIncidentResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledges_only_what_the_handler_recorded_and_stops_on_shutdown() {
+        let key = SigningKey::generate("k1").expect("key");
+        let keys = crate::auth::PublicKeyFile {
+            keys: vec![key.public_entry()],
+        };
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let agencies = Arc::new(Mutex::new(Vec::new()));
+        let fake = FakeRouter {
+            ids: vec!["a", "b", "c"],
+            opened: Mutex::new(0),
+            acks: acks.clone(),
+            applied: applied.clone(),
+            agencies: agencies.clone(),
+            verifier: crate::auth::Verifier::new("iss", &keys).expect("verifier"),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DeliveryServiceServer::new(fake))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut dispatch = InboxDispatch::new();
+        let recorder = Arc::new(Recorder {
+            applied: applied.clone(),
+            refuse: "b",
+        });
+        assert!(dispatch.add(recorder).is_ok());
+        let (trigger, shutdown) = crate::server::shutdown_pair();
+        let channel = crate::client::channel(&format!("http://{addr}"), None).expect("channel");
+        let workers = start(
+            channel,
+            dispatch,
+            &["xigang-110".to_string()],
+            PullCredentials::new(key, "iss"),
+            shutdown,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while acks.lock().map(|a| a.len()).unwrap_or(0) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "two acknowledgements"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let acks = acks.lock().map(|a| a.clone()).unwrap_or_default();
+        let acked: Vec<&str> = acks.iter().map(|(id, _)| id.as_str()).collect();
+        // "b" was refused by its handler: not acknowledged (the router streams it again).
+        assert_eq!(acked, ["a", "c"]);
+        for (id, applied_then) in &acks {
+            assert!(
+                applied_then.contains(id),
+                "{id} acknowledged before it was recorded"
+            );
+        }
+        let agencies = agencies.lock().map(|a| a.clone()).unwrap_or_default();
+        assert!(
+            agencies.iter().all(|a| a == "agencies/xigang-110"),
+            "{agencies:?}"
+        );
+        trigger.trigger();
+        for w in workers {
+            assert!(
+                tokio::time::timeout(Duration::from_secs(2), w)
+                    .await
+                    .is_ok(),
+                "the worker stops on shutdown"
+            );
+        }
+    }
+
     #[test]
     fn backoff_doubles_and_is_capped() {
         assert_eq!(backoff(0), BACKOFF_MIN);
