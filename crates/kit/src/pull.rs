@@ -267,13 +267,16 @@ mod tests {
         }
     }
 
+    /// Each acknowledged id with what the handler had applied when it came.
+    type Acks = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
     /// A router streaming `ids` to the first stream and nothing to later ones; each
     /// acknowledgement is recorded with what the handler had applied at that moment, and
     /// the agency of every call's token.
     struct FakeRouter {
         ids: Vec<&'static str>,
         opened: Mutex<u32>,
-        acks: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+        acks: Acks,
         applied: Arc<Mutex<Vec<String>>>,
         agencies: Arc<Mutex<Vec<String>>>,
         verifier: crate::auth::Verifier,
