@@ -522,3 +522,46 @@ fn pull_survives_kill9_mid_stream_postgres() {
         fengqiao_store::testing::block_on(kill9_mid_stream(urls));
     }
 }
+
+/// `inbox.pull_agencies` in a process without an agency service, or without the service key
+/// that signs the worker's tokens, is refused at start-up.
+#[test]
+fn pull_agencies_need_an_agency_service_and_the_service_key() {
+    let dir = TempDir::new();
+    let key = SigningKey::generate("k").expect("key");
+    let service_key = dir.path().join("service-key.json");
+    key.save(&service_key).expect("service key");
+    let with_key = dir.path().join("with-key.toml");
+    std::fs::write(
+        &with_key,
+        format!(
+            "[auth]\nservice_key_file = \"{}\"\n[inbox]\npull_agencies = [\"xigang-110\"]\n",
+            service_key.display()
+        ),
+    )
+    .expect("config");
+    let without_key = dir.path().join("without-key.toml");
+    std::fs::write(&without_key, "[inbox]\npull_agencies = [\"xigang-110\"]\n").expect("config");
+    for (service, config, says) in [
+        (
+            "router",
+            &with_key,
+            "no agency service runs in this process",
+        ),
+        ("police-referral", &without_key, "auth.service_key_file"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fengqiao"))
+            .args(["serve", "--service", service])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--database-url", &dir.sqlite_url(&format!("{service}.db"))])
+            .args(["--data-dir", &dir.path().display().to_string()])
+            .args(["--router", "http://127.0.0.1:9"])
+            .args(["--config", &config.display().to_string()])
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{service} started: {text}");
+        assert!(text.contains(says), "{service}: {text}");
+    }
+}
