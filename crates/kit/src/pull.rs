@@ -173,9 +173,12 @@ impl Worker {
             .await?
             .into_inner();
         tracing::info!(agency = %self.agency, "pull stream open");
-        *failures = 0;
         while let Some(item) = stream.next().await {
-            let Some(envelope) = item?.envelope else {
+            let item = item?;
+            // Healthy once the router sent something (an envelope or a heartbeat): a stream
+            // that fails right after opening keeps backing off.
+            *failures = 0;
+            let Some(envelope) = item.envelope else {
                 continue; // heartbeat
             };
             let id = envelope.message_id.clone();
