@@ -4,7 +4,7 @@
 # PostgreSQL cluster, and makes one authenticated call through each service
 # (tests/deploy/boot_shipped.py says exactly what it substitutes and why).
 #
-#   scripts/boot-shipped.sh [compose|k8s-dev|k8s-prod ...]     (default: all three)
+#   scripts/boot-shipped.sh [compose|k8s-dev|k8s-prod|k8s-zones ...]     (default: all four)
 #
 # Needs kubectl, openssl, the PostgreSQL server binaries (scripts/install-deps.sh) and
 # Python 3.11; installs grpcio and PyYAML (pinned) into a venv under

@@ -105,9 +105,11 @@ done
 # ---------------------------------------------------------------- network policy reachability
 # Evaluates the rendered NetworkPolicies (default deny) as a CNI would, for every pair of
 # Fengqiao pods and the outside peers they need, and checks the intended graph: every service
-# reaches DNS, PostgreSQL and the collector and is scraped from `monitoring`; the router and
-# each agency service reach each other on gRPC; no agency service reaches another one directly
-# (every hand-over goes through the router).
+# reaches DNS, PostgreSQL and the collector and is scraped from `monitoring`; on gRPC exactly
+# the pairs of the overlay's intended-graph.yaml connect (k8s/overlays/zones: police and court
+# services call the router and are not called, the router and the gov zone both ways, nothing
+# zone-to-zone), or without one the router and each agency service both ways; no agency
+# service reaches another one directly (every hand-over goes through the router).
 log "network policies: who can reach whom (rendered, default deny)"
 if "$PY" -c 'import yaml' 2>/dev/null; then
   for k in "${kustomizations[@]}"; do
@@ -194,20 +196,37 @@ for name, pod in sorted(pods.items()):
         errors.append(f"{name}: cannot reach the OTLP collector (observability TCP 4317)")
     if not allowed("Ingress", pod, ext("monitoring"), 9090):
         errors.append(f"{name}: metrics not scrapable from monitoring (TCP 9090)")
-agencies = [n for n in pods if n != "router"]
-for a in agencies:
-    if not connects(a, "router", 50051):
-        errors.append(f"{a} cannot call the router (TCP 50051)")
-    if not connects("router", a, 50051):
-        errors.append(f"the router cannot push to {a} (TCP 50051)")
-    for b in agencies:
-        if a != b and connects(a, b, 50051):
-            errors.append(f"{a} reaches {b} directly: hand-overs must go through the router")
+# The intended gRPC graph: the overlay's intended-graph.yaml (caller: [callees]) when it has
+# one, else the router <-> every agency service. Every other pair must be unreachable.
+import os
+graph_file = os.path.join(label, "intended-graph.yaml")
+if os.path.isfile(graph_file):
+    intended = {(a, b) for a, bs in (yaml.safe_load(open(graph_file)) or {}).items() for b in bs}
+    for a, b in sorted(intended):
+        for n in (a, b):
+            if n not in pods:
+                errors.append(f"{graph_file} names {n}, which this overlay does not deploy")
+    graph_text = ", ".join(f"{a}->{b}" for a, b in sorted(intended))
+else:
+    agencies = [n for n in pods if n != "router"]
+    intended = {(a, "router") for a in agencies} | {("router", a) for a in agencies}
+    graph_text = "router <-> each agency service"
+for a in sorted(pods):
+    for b in sorted(pods):
+        if a == b:
+            continue
+        can = connects(a, b, 50051)
+        if (a, b) in intended and not can:
+            errors.append(f"{a} cannot call {b} (TCP 50051), which the intended graph needs")
+        elif (a, b) not in intended and can:
+            via = "hand-overs must go through the router" if "router" not in (a, b) \
+                else "not in the intended graph"
+            errors.append(f"{a} reaches {b} (TCP 50051): {via}")
 for e in errors:
     print(f"    FAIL {label}: {e}")
 if not errors:
-    print(f"    ok   {label}: {len(pods)} services, {len(pols)} policies: router <-> each agency service, "
-          f"no agency-to-agency path, DNS/PostgreSQL/OTLP/metrics for all")
+    print(f"    ok   {label}: {len(pods)} services, {len(pols)} policies: exactly {graph_text}; "
+          f"DNS/PostgreSQL/OTLP/metrics for all")
 sys.exit(1 if errors else 0)
 PYEOF
     then
@@ -280,12 +299,14 @@ if len(errors) == n:
 # `--dump-config` on every config, deny_unknown_fields); here only the deployment rules.
 ROUTER_DATA = {"agencies_file", "routes_dir", "holidays_file"}
 # Service configs: deploy/config/*.toml, k8s/**/fengqiao.toml,
-# k8s/overlays/*/config/*.toml. Other TOML files (router data: agency seed,
+# k8s/overlays/*/config/*.toml, k8s/overlays/zones/<zone>/<service>.toml. Other TOML files (router data: agency seed,
 # holiday calendar, routes) are only parsed here; the boot test starts the router on them.
 import glob
 cfgs = set(glob.glob(os.path.join(root, "deploy/config/*.toml")))
 cfgs |= set(glob.glob(os.path.join(root, "k8s/**/fengqiao.toml"), recursive=True))
 cfgs |= set(glob.glob(os.path.join(root, "k8s/overlays/*/config/*.toml")))
+# The zones overlay: one kustomization per zone, each service's config next to it.
+cfgs |= set(glob.glob(os.path.join(root, "k8s/overlays/zones/*/*.toml")))
 data = set(glob.glob(os.path.join(root, "deploy/**/*.toml"), recursive=True)) \
      | set(glob.glob(os.path.join(root, "k8s/**/*.toml"), recursive=True))
 for p in sorted(data - cfgs):
@@ -376,7 +397,7 @@ check_config() { # FILE SERVICE
   fi
   printf '    ok   %s (%s)\n' "$1" "$2"
 }
-for f in deploy/config/*.toml k8s/overlays/*/config/*.toml; do
+for f in deploy/config/*.toml k8s/overlays/*/config/*.toml k8s/overlays/zones/*/*.toml; do
   check_config "$f" "$(basename "$f" .toml)"
 done
 for f in k8s/base/*/fengqiao.toml; do

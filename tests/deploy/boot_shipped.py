@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boots the shipped deployment configs for real and makes one authenticated call per service.
 
-    boot_shipped.py <fengqiao binary> <repository root> [compose|k8s-dev|k8s-prod ...]
+    boot_shipped.py <fengqiao binary> <repository root> [compose|k8s-dev|k8s-prod|k8s-zones ...]
 
 For each target — deploy/compose.yaml, and every k8s overlay rendered by `kubectl kustomize` —
 this starts each service as its own `fengqiao serve` process with the config the target ships
@@ -15,9 +15,13 @@ is the documented bootstrap of the README ("Deploying"), not a test-only shortcu
   replaces the (empty) shipped one — for k8s through an overlay that replaces the ConfigMap
   `fengqiao-auth-keys`, as an operator's site overlay does;
 * agency registry: the sample agencies (deploy/dev/agencies.toml) replace the (empty) seed —
-  for k8s the ConfigMap `router-data`, again by a site overlay;
-* Secrets: `<service>-database` URLs point at the throwaway cluster; for the prod overlay a CA
-  and one certificate per service (openssl) stand in for `<service>-tls` (cert-manager's shape);
+  for k8s the ConfigMap `router-data`, again by a site overlay; for the zones overlay its
+  k8s/overlays/zones/agencies.example.toml (police and court agencies `delivery = "pull"`);
+* Secrets: `<service>-database` URLs point at the throwaway cluster (with `{service}` for a
+  process running several services); for the prod overlay a CA and one certificate per service
+  (openssl) stand in for `<service>-tls` (cert-manager's shape); the zones overlay's pulling
+  services get the keygen signing key as `<service>-service-key` (its public half is in the
+  key set, as the README's bootstrap says);
 * network: each mount path is placed under a per-service root directory, and the names the
   configs dial (`router:50051`, `router.fengqiao.svc:50051`, `postgres:5432`) and listen on
   (`0.0.0.0:50051`, `0.0.0.0:9090`) are mapped to loopback ports. `otlp_endpoint` is dropped:
@@ -136,7 +140,9 @@ class Unit:
     """One service process: its config text, the files mounted into it, its environment."""
 
     def __init__(self, service, args, env):
-        self.service = service
+        # `--service a,b`: one process running several services; named after the first.
+        self.services = service.split(",")
+        self.service = self.services[0]
         self.args = args
         self.env = env
         self.files = {}  # absolute container path -> bytes
@@ -189,7 +195,8 @@ def start(unit, root, ports, admin_ports, bin_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FENGQIAO_")}
     env.update(unit.env)
     env.pop("FENGQIAO_OTLP_ENDPOINT", None)
-    env["RUST_LOG"] = "warn"
+    # The pull worker says at info when its streams are open (wait_pulling).
+    env["RUST_LOG"] = "warn,fengqiao_kit::pull=info"
     unit.log = os.path.join(base, "log")
     unit.proc = subprocess.Popen([bin_path] + args, cwd=os.path.join(base, "var/lib/fengqiao"),
                                  env=env, stdout=open(unit.log, "wb"), stderr=subprocess.STDOUT)
@@ -213,8 +220,22 @@ def wait_ready(unit, admin_port, timeout=60):
     raise RuntimeError(f"{unit.service} not ready after {timeout} s")
 
 
-def call(unit, port, token, creds):
-    method, _ = CALLS[unit.service]
+def wait_pulling(unit, admin_port, streams, timeout=30):
+    """The pull worker has opened one `PullMessages` stream per configured agency (its log
+    says so; a refused stream fails the boot)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = open(unit.log, "rb").read().decode(errors="replace")
+        if text.count("pull stream open") >= streams:
+            return
+        if "pull stream failed" in text:
+            raise RuntimeError(f"{unit.service}: a pull stream failed")
+        time.sleep(0.2)
+    raise RuntimeError(f"{unit.service}: {streams} pull streams not open after {timeout} s")
+
+
+def call(unit, service, port, token, creds):
+    method, _ = CALLS[service]
     target = f"127.0.0.1:{port}"
     if unit.tls:
         channel = grpc.secure_channel(
@@ -289,25 +310,32 @@ def compose_units(root, pg, public_keys, agencies):
     return units
 
 
-def k8s_units(root, overlay, work, pg, public_keys, agencies, pki):
+def k8s_units(root, overlay, work, pg, public_keys, agencies, pki, service_key=None):
     site = os.path.join(work, f"site-{overlay}")
     os.makedirs(site)
     open(os.path.join(site, "public_keys.json"), "wb").write(public_keys)
     open(os.path.join(site, "agencies.toml"), "wb").write(agencies)
     shutil.copy(os.path.join(root, "k8s/base/router/data/holidays.toml"), site)
     # The documented site overlay (README, "Deploying"): the shipped overlay plus this
-    # deployment's public keys and agency registry.
+    # deployment's public keys and agency registry. The zones overlay has one key set per
+    # zone namespace and the registry in the hub's.
+    zones = ["hub", "police", "court", "gov"] if overlay == "zones" else [None]
+    gens = ""
+    for z in zones:
+        ns = f"\n    namespace: fengqiao-{z}" if z else ""
+        gens += f"""  - name: fengqiao-auth-keys{ns}
+    behavior: replace
+    files:
+      - public_keys.json
+"""
+    hub = "\n    namespace: fengqiao-hub" if overlay == "zones" else ""
     with open(os.path.join(site, "kustomization.yaml"), "w") as f:
         f.write(f"""apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - {os.path.relpath(os.path.join(root, 'k8s/overlays', overlay), site)}
 configMapGenerator:
-  - name: fengqiao-auth-keys
-    behavior: replace
-    files:
-      - public_keys.json
-  - name: router-data
+{gens}  - name: router-data{hub}
     behavior: replace
     files:
       - agencies.toml
@@ -316,7 +344,8 @@ configMapGenerator:
     rendered = subprocess.run(["kubectl", "kustomize", site], check=True,
                               capture_output=True).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
-    cms = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    cms = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d
+           for d in docs if d["kind"] == "ConfigMap"}
     units = []
     for d in docs:
         if d["kind"] != "Deployment":
@@ -324,9 +353,12 @@ configMapGenerator:
         pod = d["spec"]["template"]["spec"]
         (c,) = [c for c in pod["containers"] if c["name"] == d["metadata"]["name"]]
         vols = {v["name"]: v for v in pod.get("volumes", [])}
-        service = c["args"][c["args"].index("--service") + 1]
+        ns = d["metadata"].get("namespace")
+        services = c["args"][c["args"].index("--service") + 1].split(",")
+        service = services[0]
         env = {}
-        db = f"{overlay}_{service}".replace("-", "_")
+        dbs = [f"{overlay}_{s}".replace("-", "_") for s in services]
+        db = dbs[0] if len(services) == 1 else f"{overlay}_{{service}}"
         database_secret = {
             "FENGQIAO_DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg.port}/{db}"
         }
@@ -346,14 +378,15 @@ configMapGenerator:
             elif "valueFrom" in e:
                 pass  # fieldRef (pod name, namespace): informational only
         if "FENGQIAO_DATABASE_URL" in env:
-            pg.sql(f"CREATE DATABASE {db};")
-        unit = Unit(service, c["args"], env)
+            for one in dbs:
+                pg.sql(f"CREATE DATABASE {one};")
+        unit = Unit(",".join(services), c["args"], env)
         for m in c.get("volumeMounts", []):
             v = vols[m["name"]]
             if "configMap" in v:
                 if not m.get("subPath"):
                     unit.dirs.add(m["mountPath"])
-                data = cms[v["configMap"]["name"]].get("data", {})
+                data = cms[(ns, v["configMap"]["name"])].get("data", {})
                 items = v["configMap"].get("items")
                 pairs = [(i["key"], i["path"]) for i in items] if items else \
                     [(k, k) for k in data]
@@ -365,10 +398,13 @@ configMapGenerator:
                         unit.files[os.path.join(m["mountPath"], rel)] = data[key].encode()
             elif "secret" in v:
                 name = v["secret"]["secretName"]
+                if name == f"{service}-service-key" and service_key is not None:
+                    unit.files[os.path.join(m["mountPath"], "service-key.json")] = service_key
+                    continue
                 if name != f"{service}-tls":
                     raise RuntimeError(f"{service}: unknown secret {name}")
-                for key, content in pki[service].items():
-                    unit.files[os.path.join(m["mountPath"], key)] = content
+                for k, content in pki[service].items():
+                    unit.files[os.path.join(m["mountPath"], k)] = content
             elif "emptyDir" in v:
                 pass
             else:
@@ -398,17 +434,22 @@ def boot(target, units, bin_path, key_file, work, pki):
             if pki and not u.tls:
                 raise RuntimeError(f"{u.service}: no [tls] in the prod config")
         for u in units:
-            if u.service not in CALLS:
-                raise RuntimeError(f"no call known for service {u.service}: add one to CALLS")
-            _, actor = CALLS[u.service]
-            issuer = u.doc.get("auth", {}).get("issuer", "fengqiao")
-            token = subprocess.run(
-                [bin_path, "token", "--key-file", key_file, "--issuer", issuer, "--as", actor],
-                check=True, capture_output=True, text=True,
-            ).stdout.strip()
-            call(u, ports[u.service], token, creds)
-            log(f"ok   {target}: {u.service} ({'mTLS' if u.tls else 'plaintext'}) answered "
-                f"{CALLS[u.service][0].rsplit('/', 1)[1]} as {actor}")
+            for svc in u.services:
+                if svc not in CALLS:
+                    raise RuntimeError(f"no call known for service {svc}: add one to CALLS")
+                _, actor = CALLS[svc]
+                issuer = u.doc.get("auth", {}).get("issuer", "fengqiao")
+                token = subprocess.run(
+                    [bin_path, "token", "--key-file", key_file, "--issuer", issuer, "--as", actor],
+                    check=True, capture_output=True, text=True,
+                ).stdout.strip()
+                call(u, svc, ports[u.service], token, creds)
+                log(f"ok   {target}: {svc} ({'mTLS' if u.tls else 'plaintext'}) answered "
+                    f"{CALLS[svc][0].rsplit('/', 1)[1]} as {actor}")
+            pulls = u.doc.get("inbox", {}).get("pull_agencies", [])
+            if pulls:
+                wait_pulling(u, admin[u.service], len(pulls))
+                log(f"ok   {target}: {u.service} pulls for {', '.join(pulls)}")
     except Exception as e:  # noqa: BLE001 — report which service and its log, then fail
         print(f"    FAIL {target}: {e}", flush=True)
         for u in units:
@@ -432,7 +473,7 @@ def boot(target, units, bin_path, key_file, work, pki):
 def main():
     bin_path = os.path.abspath(sys.argv[1])
     root = os.path.abspath(sys.argv[2])
-    targets = sys.argv[3:] or ["compose", "k8s-dev", "k8s-prod"]
+    targets = sys.argv[3:] or ["compose", "k8s-dev", "k8s-prod", "k8s-zones"]
     work = tempfile.mkdtemp(prefix="fengqiao-boot-")
     os.chmod(work, 0o755)
     pg = None
@@ -453,7 +494,13 @@ def main():
                 rendered_services = [s for s in CALLS]
                 pki = certs(os.path.join(work, overlay), rendered_services) \
                     if overlay == "prod" else None
-                units = k8s_units(root, overlay, work, pg, public_keys, agencies, pki)
+                if overlay == "zones":
+                    seed = open(os.path.join(root, "k8s/overlays/zones/agencies.example.toml"),
+                                "rb").read()
+                    units = k8s_units(root, overlay, work, pg, public_keys, seed, pki,
+                                      service_key=open(key_file, "rb").read())
+                else:
+                    units = k8s_units(root, overlay, work, pg, public_keys, agencies, pki)
             else:
                 sys.exit(f"unknown target {target}")
             names = sorted(u.service for u in units)

@@ -107,6 +107,7 @@ pub struct Suite {
     pub metrics: Metrics,
     stores: Vec<(ServiceName, Store)>,
     router: Option<fengqiao_router::Router>,
+    pullers: Vec<tokio::task::JoinHandle<()>>,
     admin_trigger: fengqiao_kit::server::ShutdownTrigger,
 }
 
@@ -428,6 +429,13 @@ impl Suite {
                 }
             }
         }
+        if !config.inbox.pull_agencies.is_empty() && inbox.is_empty() {
+            return Err(SuiteError::Config(
+                "inbox.pull_agencies is set but no agency service runs in this process".into(),
+            ));
+        }
+        // The pull workers hand envelopes to the same dispatcher as pushes.
+        let pull_inbox = inbox.clone();
         if !inbox.is_empty() {
             builder.add(
                 fengqiao_proto::inbox::agency_inbox_service_server::AgencyInboxServiceServer::new(
@@ -517,6 +525,24 @@ impl Suite {
             let stop = trigger.subscribe();
             j.start_timer(Duration::from_secs(30), async move { stop.wait().await });
         }
+        let mut pullers = Vec::new();
+        if !config.inbox.pull_agencies.is_empty() {
+            // Agencies on a network the router cannot call (DESIGN.md §1): pull their messages.
+            let key_file = config.auth.service_key_file.as_ref().ok_or_else(|| {
+                SuiteError::Config("inbox.pull_agencies needs auth.service_key_file".into())
+            })?;
+            let credentials = fengqiao_kit::pull::PullCredentials::new(
+                SigningKey::load(key_file)?,
+                &config.auth.issuer,
+            );
+            pullers = fengqiao_kit::pull::start(
+                router_channel(config, local.as_ref())?,
+                pull_inbox,
+                &config.inbox.pull_agencies,
+                credentials,
+                trigger.subscribe(),
+            );
+        }
         server.health.set_all(true).await;
         metrics.set_ready(true);
         tracing::info!(addr = %server.addr, admin = %admin_addr, "serving");
@@ -526,6 +552,7 @@ impl Suite {
             metrics,
             stores,
             router,
+            pullers,
             admin_trigger,
         })
     }
@@ -537,6 +564,11 @@ impl Suite {
     pub async fn shutdown(self, grace: Duration) {
         self.metrics.set_ready(false);
         self.server.shutdown(grace).await;
+        for p in self.pullers {
+            if tokio::time::timeout(WORKERS_STOP_LIMIT, p).await.is_err() {
+                tracing::warn!("a pull worker did not stop in time");
+            }
+        }
         if let Some(r) = &self.router
             && !r.workers_stopped(WORKERS_STOP_LIMIT).await
         {

@@ -34,9 +34,17 @@ enum Command {
     },
     /// One service per process (production).
     Serve {
-        /// The service to run.
-        #[arg(long, env = "FENGQIAO_SERVICE", value_enum)]
-        service: ServiceName,
+        /// The service to run; several (`--service a,b` or the flag repeated) share one
+        /// process and its inbox, e.g. the two services of one court pulling for it, each
+        /// with its own database (`{service}` in `database_url`).
+        #[arg(
+            long,
+            env = "FENGQIAO_SERVICE",
+            value_enum,
+            value_delimiter = ',',
+            required = true
+        )]
+        service: Vec<ServiceName>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -283,13 +291,16 @@ async fn dev(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     .await
 }
 
-async fn serve(service: ServiceName, args: ConfigArgs) -> anyhow::Result<ExitCode> {
+async fn serve(services: Vec<ServiceName>, args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args)?;
     if args.dump_config {
         print!("{}", config.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
-    run_suite(config, vec![service], None, false).await
+    let mut services = services;
+    services.sort();
+    services.dedup();
+    run_suite(config, services, None, false).await
 }
 
 /// `fengqiao dev` only: every sample mediation committee and station mediation room registers

@@ -5,7 +5,8 @@
 //! killed with SIGKILL while the committee accepts, and restarted: the router's redelivery
 //! brings the court's case in step. The parties are contacted, the mediation fails (the gap is
 //! too large), the materials come back to the court with the 7-day registration clock
-//! (民事诉讼法 Art 126), and the judge registers the case.
+//! (民事诉讼法 Art 126), and the judge registers the case. Run twice: with the court pushed to,
+//! and with the court in pull mode (法院专网: the court-diversion process pulls its messages).
 
 use std::process::Command;
 use std::time::Duration;
@@ -73,7 +74,10 @@ fn consent(p: &str) -> cd::ConsentRecord {
     }
 }
 
-async fn network_flow(urls: [String; 3]) {
+/// `court_pulls`: the court is registered `delivery = "pull"` with no endpoint (法院专网, the
+/// router cannot call it) and the court-diversion process pulls its messages
+/// (`--inbox-pull-agencies`); the SIGKILL then cuts the pull stream instead of a push.
+async fn network_flow(urls: [String; 3], court_pulls: bool) {
     let dir = TempDir::new();
     let key = SigningKey::generate("k").expect("key");
     let keys = dir.path().join("keys.json");
@@ -103,7 +107,11 @@ async fn network_flow(urls: [String; 3]) {
         if let Some(k) = line.strip_prefix("kind = ") {
             kind = k.trim_matches('"');
         }
-        if line == "endpoint = \"self\"" {
+        if court_pulls && kind == "court" && line.starts_with("delivery = ") {
+            out.push_str("delivery = \"pull\"\n");
+        } else if court_pulls && kind == "court" && line.starts_with("endpoint = ") {
+            // no endpoint: the router cannot call the court
+        } else if line == "endpoint = \"self\"" {
             let port = if kind == "court" { cp } else { mp };
             out.push_str(&format!("endpoint = \"http://127.0.0.1:{port}\"\n"));
         } else {
@@ -131,12 +139,15 @@ async fn network_flow(urls: [String; 3]) {
         &["--router", &router_uri],
     ));
     // The court's process seeds its roster (特邀调解名册) from the same agency file.
-    let court_args = [
+    let mut court_args = vec![
         "--router",
         router_uri.as_str(),
         "--agencies-file",
         agencies.as_str(),
     ];
+    if court_pulls {
+        court_args.extend(["--inbox-pull-agencies", "xigang-court"]);
+    }
     procs.0.push(serve(
         "court-diversion",
         cp,
@@ -419,7 +430,7 @@ async fn network_flow(urls: [String; 3]) {
 fn weipai_tiaojie_across_processes_sqlite() {
     let dir = TempDir::new();
     let urls = ["router", "mediation", "court"].map(|s| dir.sqlite_url(&format!("{s}.db")));
-    fengqiao_store::testing::block_on(network_flow(urls));
+    fengqiao_store::testing::block_on(network_flow(urls, false));
 }
 
 #[test]
@@ -428,5 +439,21 @@ fn weipai_tiaojie_across_processes_postgres() {
     let [Some(a), Some(b), Some(c)] = urls else {
         return;
     };
-    fengqiao_store::testing::block_on(network_flow([a, b, c]));
+    fengqiao_store::testing::block_on(network_flow([a, b, c], false));
+}
+
+#[test]
+fn weipai_tiaojie_with_the_court_pulling_sqlite() {
+    let dir = TempDir::new();
+    let urls = ["router", "mediation", "court"].map(|s| dir.sqlite_url(&format!("{s}.db")));
+    fengqiao_store::testing::block_on(network_flow(urls, true));
+}
+
+#[test]
+fn weipai_tiaojie_with_the_court_pulling_postgres() {
+    let urls = [(), (), ()].map(|_| fengqiao_store::testing::postgres_url());
+    let [Some(a), Some(b), Some(c)] = urls else {
+        return;
+    };
+    fengqiao_store::testing::block_on(network_flow([a, b, c], true));
 }

@@ -164,6 +164,16 @@ impl DeliverySettings {
     }
 }
 
+/// The agency inbox of this process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Agencies (ids, e.g. `xigang-110`) whose messages this process pulls from the router
+    /// (`peers.router`) instead of receiving pushes: agencies on a network the router cannot
+    /// call, registered with `delivery = "pull"`. Needs `auth.service_key_file`.
+    pub pull_agencies: Vec<String>,
+}
+
 /// Addresses of other services.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -225,6 +235,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Other services.
     pub peers: PeersConfig,
+    /// The agency inbox (`[inbox]`).
+    pub inbox: InboxConfig,
     /// Router: delivery (push timeout, push and pull leases).
     pub delivery: DeliverySettings,
     /// Router: agency registry seed (TOML).
@@ -253,6 +265,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             peers: PeersConfig::default(),
+            inbox: InboxConfig::default(),
             delivery: DeliverySettings::default(),
             agencies_file: None,
             routes_dir: None,
@@ -299,6 +312,9 @@ pub struct ConfigArgs {
     /// Router address for agency services.
     #[arg(long, env = "FENGQIAO_PEERS_ROUTER")]
     pub router: Option<String>,
+    /// Agencies whose messages this process pulls (`inbox.pull_agencies`), comma-separated.
+    #[arg(long, env = "FENGQIAO_INBOX_PULL_AGENCIES", value_delimiter = ',')]
+    pub inbox_pull_agencies: Option<Vec<String>>,
     /// Agency registry seed file (router).
     #[arg(long, env = "FENGQIAO_AGENCIES_FILE")]
     pub agencies_file: Option<PathBuf>,
@@ -367,6 +383,7 @@ impl Config {
         set(&mut self.auth.issuer, &a.auth_issuer);
         set_opt(&mut self.auth.public_keys_file, &a.auth_public_keys_file);
         set_opt(&mut self.peers.router, &a.router);
+        set(&mut self.inbox.pull_agencies, &a.inbox_pull_agencies);
         set_opt(&mut self.agencies_file, &a.agencies_file);
         set_opt(&mut self.routes_dir, &a.routes_dir);
         set_opt(&mut self.holidays_file, &a.holidays_file);
@@ -439,6 +456,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "delivery.pull_lease_ms",
                 detail: "must be at least 1".into(),
+            });
+        }
+        if !self.inbox.pull_agencies.is_empty() && self.auth.service_key_file.is_none() {
+            // The pull worker calls the router as each agency, with tokens signed by this key.
+            return Err(ConfigError::Invalid {
+                key: "inbox.pull_agencies",
+                detail: "needs auth.service_key_file to sign the pull worker's tokens".into(),
+            });
+        }
+        if let Some(bad) = self
+            .inbox
+            .pull_agencies
+            .iter()
+            .find(|a| a.trim_start_matches("agencies/").is_empty() || a.contains(' '))
+        {
+            return Err(ConfigError::Invalid {
+                key: "inbox.pull_agencies",
+                detail: format!("{bad:?} is not an agency id"),
             });
         }
         let t = &self.tls;
@@ -581,5 +616,33 @@ mod tests {
         c.admin_dispute.procuratorate_review_months = 0;
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[admin_dispute]\nmonths = 4\n").is_err());
+    }
+
+    #[test]
+    fn pull_agencies_from_file_or_flag_need_the_service_key() {
+        let c: Config =
+            toml::from_str("[inbox]\npull_agencies = [\"xigang-110\"]\n").expect("parse");
+        assert_eq!(c.inbox.pull_agencies, ["xigang-110"]);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "inbox.pull_agencies",
+                ..
+            })
+        ));
+        let mut c = Config::default();
+        c.auth.service_key_file = Some(PathBuf::from("k.json"));
+        c.apply(&ConfigArgs {
+            inbox_pull_agencies: Some(vec!["xigang-110".into(), "xigang-bayilu-station".into()]),
+            ..Default::default()
+        });
+        assert_eq!(
+            c.inbox.pull_agencies,
+            ["xigang-110", "xigang-bayilu-station"]
+        );
+        assert!(c.validate().is_ok());
+        c.inbox.pull_agencies.push(String::new());
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("[inbox]\npull = []\n").is_err());
     }
 }
