@@ -194,6 +194,10 @@ async fn child_suite(data_dir: PathBuf, stores: Vec<String>) -> anyhow::Result<(
     config.limits.per_agency_rps = 1_000_000.0;
     config.limits.per_agency_burst = 1_000_000.0;
     config.limits.max_concurrency = 4096;
+    // The watchers phase opens --watchers streams as one agency: the stream limits (512 in
+    // all, 64 per agency by default) would refuse most of them and decide the figure.
+    config.limits.max_streams = 8192;
+    config.limits.max_streams_per_agency = 8192;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let admin = tokio::net::TcpListener::bind(&config.admin_listen).await?;
     let spec = SuiteSpec {
