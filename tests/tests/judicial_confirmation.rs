@@ -25,7 +25,7 @@ use fengqiao_proto::router::{
     CompleteClockRequest, ConfirmationPackageItem, ConfirmationPackageItemKind as K,
     ListTransfersRequest, Transfer, TransferState,
 };
-use fengqiao_scenarios::rid;
+use fengqiao_scenarios::{rid, sign_sample_agreement};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, StoreConfig};
 use fengqiao_testkit::{ServiceName, TestSuite, suite_test};
@@ -163,16 +163,6 @@ async fn mediation_roster(suite: &TestSuite) {
     .expect("create mediator");
 }
 
-fn sig(kind: md::SignerKind, party: &str, method: md::SignatureMethod) -> md::Signature {
-    md::Signature {
-        signer_kind: kind as i32,
-        party_id: party.into(),
-        signer_name: "签署人".into(),
-        method: method as i32,
-        ..Default::default()
-    }
-}
-
 /// A dispute the court delegates to the committee, mediated to an effective agreement
 /// (signed by both parties and the mediator, sealed) and ended with it.
 async fn agreement(suite: &TestSuite, number: u32) -> md::MediationCase {
@@ -295,64 +285,7 @@ async fn agreement(suite: &TestSuite, number: u32) -> md::MediationCase {
         .into_inner()
         .mediation_case
         .expect("case");
-    m = h
-        .draft_agreement(md::DraftAgreementRequest {
-            name: m.name.clone(),
-            agreement: Some(md::Agreement {
-                parties: m.parties.clone(),
-                facts_and_responsibilities: "赵某家中水管破裂致王某装修受损，赵某承担责任".into(),
-                terms: vec![md::AgreementTerm {
-                    description: "赵某赔偿王某装修损失四千元".into(),
-                    obligor_party_ids: vec!["p2".into()],
-                    obligee_party_ids: vec!["p1".into()],
-                    ..Default::default()
-                }],
-                performance_manner: "一次性支付".into(),
-                performance_deadline: Some(prost_types::Timestamp {
-                    seconds: 1_900_000_000,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect("draft")
-        .into_inner()
-        .mediation_case
-        .expect("case");
-    for s in [
-        sig(
-            md::SignerKind::Party,
-            "p1",
-            md::SignatureMethod::Handwritten,
-        ),
-        sig(
-            md::SignerKind::Party,
-            "p2",
-            md::SignatureMethod::Handwritten,
-        ),
-        sig(
-            md::SignerKind::Mediator,
-            "",
-            md::SignatureMethod::Handwritten,
-        ),
-        sig(md::SignerKind::CommitteeSeal, "", md::SignatureMethod::Seal),
-    ] {
-        m = h
-            .sign_agreement(md::SignAgreementRequest {
-                name: m.name.clone(),
-                signature: Some(s),
-                request_id: rid(),
-                ..Default::default()
-            })
-            .await
-            .expect("sign")
-            .into_inner()
-            .mediation_case
-            .expect("case");
-    }
+    m = sign_sample_agreement(&mut h, &m).await;
     let m = h
         .end_mediation(md::EndMediationRequest {
             name: m.name.clone(),
