@@ -15,7 +15,7 @@ use fengqiao_proto::router::{
     CaseSnapshot, CreateTransferRequest, GetTransferRequest, SubmitTransferRequest, Transfer,
     TransferState,
 };
-use fengqiao_scenarios::rid;
+use fengqiao_scenarios::{rid, sign_sample_agreement};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, StoreConfig};
 use fengqiao_testkit::{ServiceName, TestSuite, suite_test};
@@ -218,16 +218,6 @@ async fn transfer(suite: &TestSuite, name: &str) -> Transfer {
         .expect("t")
 }
 
-fn sig(kind: SignerKind, party: &str, method: SignatureMethod) -> Signature {
-    Signature {
-        signer_kind: kind as i32,
-        party_id: party.into(),
-        signer_name: "签署人".into(),
-        method: method as i32,
-        ..Default::default()
-    }
-}
-
 suite_test!(
     a_delegated_case_ends_with_an_agreement_on_the_court_route,
     |suite| async move {
@@ -256,54 +246,7 @@ suite_test!(
             TransferState::InProgress
         );
 
-        let c = med
-            .draft_agreement(DraftAgreementRequest {
-                name: c.name.clone(),
-                agreement: Some(Agreement {
-                    parties: c.parties.clone(),
-                    facts_and_responsibilities: "赵某家中水管破裂致王某装修受损，赵某承担责任"
-                        .into(),
-                    terms: vec![AgreementTerm {
-                        description: "赵某赔偿王某装修损失".into(),
-                        obligor_party_ids: vec!["p2".into()],
-                        obligee_party_ids: vec!["p1".into()],
-                        ..Default::default()
-                    }],
-                    performance_manner: "一次性支付".into(),
-                    performance_deadline: Some(prost_types::Timestamp {
-                        seconds: 1_900_000_000,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
-                request_id: rid(),
-                ..Default::default()
-            })
-            .await
-            .expect("draft")
-            .into_inner()
-            .mediation_case
-            .expect("case");
-        let mut c = c;
-        for s in [
-            sig(SignerKind::Party, "p1", SignatureMethod::Handwritten),
-            sig(SignerKind::Party, "p2", SignatureMethod::Handwritten),
-            sig(SignerKind::Mediator, "", SignatureMethod::Handwritten),
-            sig(SignerKind::CommitteeSeal, "", SignatureMethod::Seal),
-        ] {
-            c = med
-                .sign_agreement(SignAgreementRequest {
-                    name: c.name.clone(),
-                    signature: Some(s),
-                    request_id: rid(),
-                    ..Default::default()
-                })
-                .await
-                .expect("sign")
-                .into_inner()
-                .mediation_case
-                .expect("case");
-        }
+        let c = sign_sample_agreement(&mut med, &c).await;
         let c = med
             .end_mediation(EndMediationRequest {
                 name: c.name.clone(),
