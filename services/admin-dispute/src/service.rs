@@ -303,16 +303,7 @@ impl AdminDispute {
     ) -> Result<ListDisputesResponse, Error> {
         let size = validate::page_size(req.page_size)?;
         let query = fengqiao_kit::list_query!(req, &who.agency);
-        let after = match validate::parse_page_token(&req.page_token, &query)? {
-            None => None,
-            Some(c) => {
-                let (t, id) = c
-                    .split_once(':')
-                    .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_owned())))
-                    .ok_or_else(|| FieldViolation::new("page_token", "malformed"))?;
-                Some((t, id))
-            }
-        };
+        let after = validate::parse_keyset_page_token(&req.page_token, &query)?;
         let states: Vec<DisputeState> = req.states().collect();
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
@@ -339,7 +330,7 @@ impl AdminDispute {
                     .as_ref()
                     .map_or(0, fengqiao_kit::time::from_timestamp);
                 let id = last.name.trim_start_matches("disputes/");
-                validate::page_token(&query, &format!("{t}:{id}"))
+                validate::keyset_page_token(&query, t, id)
             }
             _ => String::new(),
         };

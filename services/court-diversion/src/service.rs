@@ -524,13 +524,7 @@ impl CourtDiversion {
             q.page_token.clear();
             format!("{}\n{:?}", who.agency, q.encode_to_vec())
         };
-        let cursor = fengqiao_kit::validate::parse_page_token(&req.page_token, &query)?
-            .map(|c| {
-                let bad = || FieldViolation::new("page_token", "is not a token this server issued");
-                let (t, id) = c.split_once('|').ok_or_else(bad)?;
-                Ok::<_, FieldViolation>((t.parse::<i64>().map_err(|_| bad())?, id.to_string()))
-            })
-            .transpose()?;
+        let cursor = fengqiao_kit::validate::parse_keyset_page_token(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut params: Vec<Bind> = vec![Bind::Text(who.agency.clone())];
@@ -607,12 +601,11 @@ impl CourtDiversion {
         tx.rollback().await?;
         let mut cases = Vec::new();
         let mut next_page_token = String::new();
-        let mut last = None;
+        let mut last: Option<(i64, String)> = None;
         for (i, row) in rows.iter().enumerate() {
             if i as i64 == limit {
                 if let Some((t, id)) = &last {
-                    next_page_token =
-                        fengqiao_kit::validate::page_token(&query, &format!("{t}|{id}"));
+                    next_page_token = fengqiao_kit::validate::keyset_page_token(&query, *t, id);
                 }
                 break;
             }

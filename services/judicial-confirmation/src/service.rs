@@ -476,16 +476,7 @@ impl JudicialConfirmation {
     ) -> Result<ListApplicationsResponse, Error> {
         let size = validate::page_size(req.page_size)?;
         let query = fengqiao_kit::list_query!(req, &who.agency);
-        let after = match validate::parse_page_token(&req.page_token, &query)? {
-            None => None,
-            Some(c) => {
-                let (t, id) = c
-                    .split_once(':')
-                    .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_owned())))
-                    .ok_or_else(|| FieldViolation::new("page_token", "malformed"))?;
-                Some((t, id))
-            }
-        };
+        let after = validate::parse_keyset_page_token(&req.page_token, &query)?;
         // Checked, not filtered: `states()` would drop unknown values and so list everything.
         let states: Vec<ApplicationState> = validate::enum_values("states", &req.states, 32)?;
         let mut tx = self.store.read().await?;
@@ -511,7 +502,7 @@ impl JudicialConfirmation {
                     .as_ref()
                     .map_or(0, fengqiao_kit::time::from_timestamp);
                 let id = last.name.trim_start_matches("applications/");
-                validate::page_token(&query, &format!("{t}:{id}"))
+                validate::keyset_page_token(&query, t, id)
             }
             _ => String::new(),
         };

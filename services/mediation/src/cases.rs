@@ -421,17 +421,7 @@ impl Cases {
     pub async fn list(&self, who: &Identity, req: ListCasesRequest) -> Result<ListCasesResponse> {
         let size = fengqiao_kit::validate::page_size(req.page_size)? as usize;
         let query = fengqiao_kit::list_query!(req, &who.agency);
-        let mut after: Option<(i64, String)> =
-            match fengqiao_kit::validate::parse_page_token(&req.page_token, &query)? {
-                Some(t) => Some(
-                    t.split_once('|')
-                        .and_then(|(ct, id)| Some((ct.parse::<i64>().ok()?, id.to_string())))
-                        .ok_or_else(|| {
-                            FieldViolation::new("page_token", "is not a token this server issued")
-                        })?,
-                ),
-                None => None,
-            };
+        let mut after = fengqiao_kit::validate::parse_keyset_page_token(&req.page_token, &query)?;
         if let Some(i) = req
             .states
             .iter()
@@ -480,7 +470,7 @@ impl Cases {
         if page.len() > size {
             page.truncate(size);
             if let Some((ct, id, _)) = page.last() {
-                next = fengqiao_kit::validate::page_token(&query, &format!("{ct}|{id}"));
+                next = fengqiao_kit::validate::keyset_page_token(&query, *ct, id);
             }
         }
         Ok(ListCasesResponse {

@@ -431,13 +431,9 @@ fn page_size(size: i32) -> Result<i64> {
 }
 
 fn parse_cursor(token: &str, query: &str) -> Result<Option<(i64, String)>> {
-    let Some(key) = fengqiao_kit::validate::parse_page_token(token, query)? else {
-        return Ok(None);
-    };
-    let bad = || FieldViolation::new("page_token", "is not a token this server issued");
-    let (t, id) = key.split_once('|').ok_or_else(bad)?;
-    let t: i64 = t.parse().map_err(|_| bad())?;
-    Ok(Some((t, id.to_string())))
+    Ok(fengqiao_kit::validate::parse_keyset_page_token(
+        token, query,
+    )?)
 }
 
 /// An investigation task as stored.
@@ -1093,8 +1089,7 @@ impl PoliceReferral {
                     let last: &Referral = last;
                     let t = last.call_time.as_ref().map_or(0, from_ts);
                     let id = last.name.trim_start_matches("referrals/");
-                    next_page_token =
-                        fengqiao_kit::validate::page_token(&query, &format!("{t}|{id}"));
+                    next_page_token = fengqiao_kit::validate::keyset_page_token(&query, t, id);
                 }
                 break;
             }
@@ -1382,12 +1377,12 @@ impl PoliceReferral {
             .await?;
         let mut tasks = Vec::new();
         let mut next_page_token = String::new();
-        let mut last_key = None;
+        let mut last_key: Option<(i64, String)> = None;
         for (i, row) in rows.iter().enumerate() {
             if i as i64 == limit {
                 if let Some((t, id)) = &last_key {
                     next_page_token =
-                        fengqiao_kit::validate::page_token(&query, &format!("{t}|{id}"));
+                        fengqiao_kit::validate::keyset_page_token(&query, *t, id.as_str());
                 }
                 break;
             }

@@ -140,13 +140,7 @@ impl Transfers {
             sql.push_str(&format!(" AND (overdue = 1 OR next_due <= {p})"));
         }
         let query = fengqiao_kit::list_query!(req, &who.agency);
-        if let Some(token) = validate::parse_page_token(&req.page_token, &query)? {
-            let (t, id) = token
-                .split_once('|')
-                .and_then(|(t, id)| t.parse::<i64>().ok().map(|t| (t, id.to_string())))
-                .ok_or_else(|| {
-                    FieldViolation::new("page_token", "is not a token this server issued")
-                })?;
+        if let Some((t, id)) = validate::parse_keyset_page_token(&req.page_token, &query)? {
             let pt = push(&mut binds, Bind::Int(t));
             let pi = push(&mut binds, Bind::Text(id));
             sql.push_str(&format!(
@@ -197,7 +191,7 @@ impl Transfers {
         if loaded.len() > size as usize {
             loaded.truncate(size as usize);
             if let Some((ct, l)) = loaded.last() {
-                next_page_token = validate::page_token(&query, &format!("{ct}|{}", l.id()));
+                next_page_token = validate::keyset_page_token(&query, *ct, l.id());
             }
         }
         Ok(ListTransfersResponse {
