@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and checks need on a fresh Debian machine, and nothing that is
 # already there: PostgreSQL server binaries (initdb, pg_ctl, postgres, createdb) for the
-# store tests, and the npm packages (buf) for the proto lint.
+# store tests, Chromium with its driver and a CJK font for the web console's browser test
+# (scripts/console-browser-test.sh), and the npm packages (buf) for the proto lint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,24 @@ if ! have_pg; then
     apt-get install -y -qq postgresql >/dev/null
   else
     echo "PostgreSQL binaries (initdb) not found; install the 'postgresql' package" >&2
+    exit 1
+  fi
+fi
+
+# The console's browser test: Debian's chromium and chromium-driver, and a font with the
+# Chinese glyphs the console shows (otherwise its screenshots show boxes).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-zenhei)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "not found: ${missing[*]}; install these Debian packages" >&2
     exit 1
   fi
 fi

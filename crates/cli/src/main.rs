@@ -412,6 +412,10 @@ fn print_banner(config: &Config, suite: &Suite) -> anyhow::Result<()> {
         "  admin     http://{}/metrics  /healthz  /readyz",
         suite.admin_addr
     );
+    println!(
+        "  console   http://{}/console/   (web console; log in with a token)",
+        suite.server.addr
+    );
     println!("  data      {}", config.data_dir.display());
     println!();
     println!("Get a token for a sample actor, then call with `authorization: Bearer <token>`:");

@@ -17,7 +17,9 @@
 //! (CORS preflight answered, `Access-Control-Allow-Origin` echoed); none is listed by default,
 //! and a preflight from any other origin is 403.
 //!
-//! The OpenAPI 3 document of all of it is served at [`openapi::PATH`] (`/openapi.json`).
+//! The OpenAPI 3 document of all of it is served at [`openapi::PATH`] (`/openapi.json`), and
+//! the web console's static files at [`console::PREFIX`] (`/console/`), a page that calls
+//! this gateway on the same origin.
 //!
 //! Deadlines: a `grpc-timeout` header is passed on as it is; `X-Server-Timeout: <seconds>`
 //! (Google's HTTP convention, decimal seconds) becomes one. Server-streaming methods
@@ -43,6 +45,7 @@ use tonic::{Code, Status};
 
 use crate::error::{ApiError, Reason};
 
+pub mod console;
 pub mod openapi;
 
 /// The HTTP status AIP-193 maps a gRPC code to.
@@ -468,6 +471,9 @@ where
 {
     let t = table();
     let path = req.uri().path().to_string();
+    if console::is_console(&path) {
+        return console::serve(&req);
+    }
     if path == openapi::PATH && req.method() == http::Method::GET {
         return plain(
             http::StatusCode::OK,
