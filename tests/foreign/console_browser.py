@@ -182,6 +182,15 @@ try:
     step("the transfer's state in Chinese", first["state"] == "TRANSFER_STATE_CLOSED" and state_cell == "已办结",
          f"{first['state']} / {state_cell}")
     shot("03-case")
+    no_console_errors()
+
+    # Incidents are for administrators: the officer sees the API's refusal, in Chinese.
+    driver.get(base + "/console/#/incidents")
+    ready("incidents")
+    err = text("error")
+    step("a refused call is shown with its reason code", "无权执行此操作" in err and "ROLE_REQUIRED" in err, err)
+    shot("04-incidents-refused")
+    driver.get_log("browser")  # the 403 just provoked is logged by the browser; expected
 
     driver.find_element(By.ID, "logout").click()
     ready("login")
@@ -199,7 +208,7 @@ try:
     page_inc = [tr.get_attribute("data-incident")
                 for tr in driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr[data-incident]")]
     step("incidents as ListDeliveryIncidents answers", page_inc == api_inc, f"{page_inc} vs {api_inc}")
-    shot("04-incidents")
+    shot("05-incidents")
     driver.get(base + "/console/#/audit")
     ready("audit")
     _, audit = api("/v1/auditChain:verify", admin, method="POST", body={})
@@ -207,7 +216,7 @@ try:
     step("audit chain status as VerifyAuditChain answers",
          shown_ok == ("true" if audit.get("ok") else "false") and audit.get("ok") is True
          and int(text("audit-checked")) > 0, f"{shown_ok} {text('audit-checked')} records")
-    shot("05-audit")
+    shot("06-audit")
     no_console_errors()
 
     # ---- a token the server refuses: back to the login page with the reason -------------------
@@ -219,7 +228,7 @@ try:
     msg = text("login-message")
     step("401 goes back to login with the reason in Chinese",
          "未登录或令牌无效" in msg and "原因代码" in msg, msg)
-    shot("06-refused-token")
+    shot("07-refused-token")
 finally:
     driver.quit()
 

@@ -611,7 +611,6 @@
       $("whoami").textContent =
         "机构：" + agencyId(me.agency) + " · 人员：" + (me.sub || "—") + " · 角色：" +
         ((me.roles || []).map((r) => ROLE[r] || r).join("、") || "无");
-      $("nav-incidents").hidden = false;
     }
     try {
       if (view === "dashboard") await viewDashboard();
