@@ -2,9 +2,10 @@
 # The web console in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
 # installed by scripts/install-deps.sh) driven by Selenium (PyPI, pinned): a fresh
 # `fengqiao dev` on free ports, the 警调对接 worked example (tests/foreign/referral_example.py)
-# for data, then tests/foreign/console_browser.py logs in with dev tokens, opens the
-# dashboard, a case page, the incidents and the audit page, and checks what they show against
-# the JSON API. Screenshots go to ci-artifacts/console/ (gitignored).
+# for data and tests/foreign/console_incident.py for one open delivery incident, then
+# tests/foreign/console_browser.py logs in with dev tokens, opens the dashboard, a case page,
+# the incidents (retrying the one) and the audit page, and checks what they show against the
+# JSON API. Screenshots go to ci-artifacts/console/ (gitignored).
 # The venv is the one scripts/foreign-client.sh uses (${FENGQIAO_TOOLS:-$HOME/.cache/fengqiao-tools}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +51,12 @@ done
 echo "==> suite on $addr; the 警调对接 worked example for data"
 FENGQIAO_BIN="$bin" "$VENV/bin/python" tests/foreign/referral_example.py "$addr" "$dir/data" >"$dir/example.log" \
   || { cat "$dir/example.log" >&2; exit 1; }
+echo "==> a delivery incident for the console to retry"
+FENGQIAO_BIN="$bin" "$VENV/bin/python" tests/foreign/console_incident.py "$addr" "$dir/data" >"$dir/incident.log" \
+  || { cat "$dir/incident.log" >&2; exit 1; }
+incident=$(tail -n1 "$dir/incident.log")
 echo "==> the console in headless Chromium"
 "$VENV/bin/python" tests/foreign/console_browser.py "http://$addr" \
   "$("$bin" token --data-dir "$dir/data" --as xigang-bayilu-station/officer-01)" \
   "$("$bin" token --data-dir "$dir/data" --as xigang-justice-bureau/admin)" \
-  "$out"
+  "$out" "$incident"

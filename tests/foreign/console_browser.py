@@ -1,9 +1,10 @@
 """The web console in real headless Chromium (Selenium), checked against the JSON API.
 
-Usage: console_browser.py BASE_URL OFFICER_TOKEN ADMIN_TOKEN SCREENSHOT_DIR
+Usage: console_browser.py BASE_URL OFFICER_TOKEN ADMIN_TOKEN SCREENSHOT_DIR INCIDENT
 BASE_URL is the suite's gRPC port as http://host:port (the gateway serves /console/ there).
 Run by scripts/console-browser-test.sh after the 警调对接 worked example, so the station
-officer's agency has a closed transfer with a case timeline. Exits non-zero at the first
+officer's agency has a closed transfer with a case timeline, and after console_incident.py,
+so INCIDENT (`deliveryIncidents/…`) is open and a retry delivers it. Exits non-zero at the first
 failure; every page is screenshotted into SCREENSHOT_DIR.
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +24,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, officer, admin, shots = sys.argv[1:5]
+base, officer, admin, shots, incident = sys.argv[1:6]
 os.makedirs(shots, exist_ok=True)
 
 
@@ -160,8 +162,13 @@ try:
                   for tr in driver.find_elements(By.CSS_SELECTOR, "#recent-table tbody tr[data-transfer]")]
     step("recent transfers as ListTransfers answers", page_names == api_names and api_names,
          f"{page_names} vs {api_names}")
-    first = recent["transfers"][0]
+    first = next(t for t in recent["transfers"] if t["state"] == "TRANSFER_STATE_CLOSED")
     case_id = first["caseSnapshot"]["caseId"]
+    open_n = sum(n for st, n in want.items() if st not in (
+        "TRANSFER_STATE_CLOSED", "TRANSFER_STATE_WITHDRAWN", "TRANSFER_STATE_DECLINED",
+        "TRANSFER_STATE_EXPIRED", "TRANSFER_STATE_RETURNED", "TRANSFER_STATE_ESCALATED"))
+    step("open (在办) count from the same statistics", text("open-count") == str(open_n) and open_n >= 1,
+         f"{text('open-count')} vs {open_n}")
     shot("02-dashboard")
     no_console_errors()
 
@@ -207,8 +214,26 @@ try:
     api_inc = [i["name"] for i in inc.get("deliveryIncidents", [])]
     page_inc = [tr.get_attribute("data-incident")
                 for tr in driver.find_elements(By.CSS_SELECTOR, "#incident-table tbody tr[data-incident]")]
-    step("incidents as ListDeliveryIncidents answers", page_inc == api_inc, f"{page_inc} vs {api_inc}")
+    step("incidents as ListDeliveryIncidents answers", page_inc == api_inc and incident in api_inc,
+         f"{page_inc} vs {api_inc}")
     shot("05-incidents")
+    driver.find_element(By.CSS_SELECTOR, f"#incident-table tr[data-incident='{incident}'] button.retry").click()
+    wait.until(lambda d: "已请求重试" in d.find_element(By.ID, "incident-message").text)
+    state = ""
+    for _ in range(100):
+        _, lst = api("/v1/deliveryIncidents", admin,
+                     {"states": ["DELIVERY_INCIDENT_STATE_RESOLVED"], "pageSize": 100})
+        if incident in [i["name"] for i in lst.get("deliveryIncidents", [])]:
+            state = "RESOLVED"
+            break
+        time.sleep(0.1)
+    step("the retry button retried it: the incident is resolved", state == "RESOLVED",
+         text("incident-message"))
+    driver.find_element(By.ID, "incidents-resolved").click()
+    ready("incidents")
+    row = driver.find_element(By.CSS_SELECTOR, f"#incident-table tr[data-incident='{incident}']")
+    step("the resolved incident shows as 已解决", "已解决" in row.text, row.text)
+    shot("05b-incident-retried")
     driver.get(base + "/console/#/audit")
     ready("audit")
     _, audit = api("/v1/auditChain:verify", admin, method="POST", body={})

@@ -553,7 +553,7 @@
           td(agencyId(i.toAgency)),
           td(label(MESSAGE_KIND, i.kind)),
           td(num(i.attemptCount), "num"),
-          td([i.lastErrorCode, i.lastErrorMessage].filter(Boolean).join("：") || "—"),
+          td([i.lastErrorCode, i.lastErrorMessage].filter(Boolean).join("：") || "—", "wrap"),
           td(when(i.lastFailureTime)),
           td(when(i.nextAttemptTime)),
           td(retry));
