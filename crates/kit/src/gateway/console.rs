@@ -215,6 +215,16 @@ mod tests {
             .body(Body::empty())
             .expect("request");
         assert_eq!(serve(&post).status(), 405);
+        let head = http::Request::head("/console/console.js")
+            .body(Body::empty())
+            .expect("request");
+        let r = serve(&head);
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()[http::header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(http_body::Body::size_hint(r.body()).exact(), Some(0));
         assert!(is_console("/console") && is_console("/console/x") && !is_console("/consoles"));
     }
 
