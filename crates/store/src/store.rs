@@ -252,6 +252,11 @@ impl Store {
     /// Connect, configure every connection, and check durability ([`Store::check_durability`]).
     pub async fn connect(config: StoreConfig) -> Result<Store> {
         install_drivers();
+        // Bodies that may hold personal information are sealed (`crate::seal`); without a key
+        // they could be neither written safely nor read.
+        if !crate::seal::installed() {
+            return Err(Error::NoSealKey);
+        }
         let backend = Backend::from_url(&config.url)?;
         let memory = backend == Backend::Sqlite && config.is_memory();
         if memory && !config.allow_memory {
