@@ -53,6 +53,18 @@ impl ServiceName {
             ServiceName::AdminDispute => "admin-dispute",
         }
     }
+
+    /// The gRPC path prefix of the service's package (`/fengqiao.mediation.v1.`).
+    pub fn grpc_prefix(self) -> &'static str {
+        match self {
+            ServiceName::Router => "/fengqiao.router.v1.",
+            ServiceName::PoliceReferral => "/fengqiao.policereferral.v1.",
+            ServiceName::Mediation => "/fengqiao.mediation.v1.",
+            ServiceName::CourtDiversion => "/fengqiao.courtdiversion.v1.",
+            ServiceName::JudicialConfirmation => "/fengqiao.judicialconfirmation.v1.",
+            ServiceName::AdminDispute => "/fengqiao.admindispute.v1.",
+        }
+    }
 }
 
 /// Errors starting the suite.
@@ -312,7 +324,13 @@ impl Suite {
                 .stores
                 .get(&s)
                 .ok_or_else(|| SuiteError::Config(format!("no database_url for {}", s.as_str())))?;
-            stores.push((s, open_store(s, url).await?));
+            let store = open_store(s, url).await?;
+            // Refused calls to an agency service go to its access log (the router audits its
+            // own refusals in its hash-chained audit log).
+            if s != ServiceName::Router {
+                guard.audit_denials(s.grpc_prefix(), store.clone(), s.as_str());
+            }
+            stores.push((s, store));
         }
 
         let max = config.limits.max_message_bytes;

@@ -25,6 +25,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum PiiKeysCommand {
+    /// Write a new key file (mode 0600) with one data key and a lookup key; refuses to
+    /// overwrite.
+    Generate {
+        /// Key id of the data key (e.g. `2026-12`).
+        #[arg(long)]
+        kid: String,
+        /// Where to write the key file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a new data key to a key file and make it the active one (new writes use it; every
+    /// key in the file still decrypts). The lookup key is kept.
+    Rotate {
+        /// Key id of the new data key.
+        #[arg(long)]
+        kid: String,
+        /// The key file to change in place.
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Every service in one process on one port, SQLite under the data directory, a generated
     /// dev signing key and the sample agencies of one district.
@@ -92,6 +116,12 @@ enum Command {
         /// The public key set to create or add to.
         #[arg(long)]
         public_keys_out: PathBuf,
+    },
+    /// Keys of encryption at rest of personal information (`[pii] key_file`): `generate` a new
+    /// key file, `rotate` one (a new active key; the old ones stay to decrypt older rows).
+    PiiKeys {
+        #[command(subcommand)]
+        command: PiiKeysCommand,
     },
     /// Verify the router's hash-chained audit log; exits non-zero at the first broken link.
     AuditVerify {
@@ -174,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service,
             timeout_ms,
         } => healthcheck(&addr, &service, timeout_ms).await,
+        Command::PiiKeys { command } => pii_keys(command),
         Command::AuditVerify { database_url } => audit_verify(&database_url).await,
         Command::Ops(cmd) => match ops::run(cmd).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
@@ -282,6 +313,7 @@ async fn dev(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     ensure_dev_key(&config.data_dir)?;
+    config.install_pii_keys(Some(&config.data_dir.join("pii-keys.json")))?;
     run_suite(
         config,
         ServiceName::ALL.to_vec(),
@@ -297,6 +329,8 @@ async fn serve(services: Vec<ServiceName>, args: ConfigArgs) -> anyhow::Result<E
         print!("{}", config.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
+    // Outside dev the key is never made up: no key, no start.
+    config.install_pii_keys(None)?;
     let mut services = services;
     services.sort();
     services.dedup();
@@ -631,7 +665,41 @@ async fn healthcheck(addr: &str, service: &str, timeout_ms: u64) -> anyhow::Resu
     }
 }
 
+fn pii_keys(cmd: PiiKeysCommand) -> anyhow::Result<ExitCode> {
+    use fengqiao_store::seal::KeyFile;
+    match cmd {
+        PiiKeysCommand::Generate { kid, out } => {
+            let f = KeyFile::generate(&kid)?;
+            f.save(&out, false)
+                .with_context(|| format!("write {}", out.display()))?;
+            println!(
+                "personal-information key file {} (active key {kid}); keep it secret, and keep \
+                 a copy: rows sealed with it cannot be read without it",
+                out.display()
+            );
+        }
+        PiiKeysCommand::Rotate { kid, key_file } => {
+            let mut f = KeyFile::load(&key_file)?;
+            f.rotate(&kid)?;
+            f.save(&key_file, true)
+                .with_context(|| format!("write {}", key_file.display()))?;
+            println!(
+                "{}: active key now {kid}; {} key(s) kept for older rows",
+                key_file.display(),
+                f.keys.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn audit_verify(url: &str) -> anyhow::Result<ExitCode> {
+    // The audit chain holds no sealed column: verifying it needs no personal-information key,
+    // so a throwaway one satisfies the store's refusal to run without one (it never decrypts).
+    if !fengqiao_store::seal::installed() {
+        let f = fengqiao_store::seal::KeyFile::generate("audit-verify")?;
+        fengqiao_store::seal::install(fengqiao_store::seal::Keyring::new(&f)?);
+    }
     let store = fengqiao_store::Store::connect(fengqiao_store::StoreConfig::new(url))
         .await
         .context("open the router's store")?;

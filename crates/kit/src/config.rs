@@ -208,6 +208,16 @@ pub struct HttpConfig {
     pub cors_allowed_origins: Vec<String>,
 }
 
+/// Encryption at rest of personal information (`[pii]`, see `fengqiao_store::seal`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PiiConfig {
+    /// Key file (JSON: data keys with ids, the active id, the lookup key). Required outside
+    /// `fengqiao dev` unless `FENGQIAO_PII_KEYS` holds the key file's content. `dev` creates
+    /// `<data_dir>/pii-keys.json` when missing.
+    pub key_file: Option<PathBuf>,
+}
+
 /// The configuration of a Fengqiao process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -249,6 +259,8 @@ pub struct Config {
     pub admin_dispute: AdminDisputeSettings,
     /// JSON over HTTP and gRPC-Web: CORS.
     pub http: HttpConfig,
+    /// Personal information: the key file of encryption at rest.
+    pub pii: PiiConfig,
 }
 
 impl Default for Config {
@@ -272,6 +284,7 @@ impl Default for Config {
             holidays_file: None,
             admin_dispute: AdminDisputeSettings::default(),
             http: HttpConfig::default(),
+            pii: PiiConfig::default(),
         }
     }
 }
@@ -333,6 +346,9 @@ pub struct ConfigArgs {
     /// Pull acknowledgement lease, ms (router).
     #[arg(long, env = "FENGQIAO_DELIVERY_PULL_LEASE_MS")]
     pub delivery_pull_lease_ms: Option<u64>,
+    /// Key file of encryption at rest of personal information (`[pii] key_file`).
+    #[arg(long, env = "FENGQIAO_PII_KEY_FILE")]
+    pub pii_key_file: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub dump_config: bool,
@@ -387,6 +403,7 @@ impl Config {
         set_opt(&mut self.agencies_file, &a.agencies_file);
         set_opt(&mut self.routes_dir, &a.routes_dir);
         set_opt(&mut self.holidays_file, &a.holidays_file);
+        set_opt(&mut self.pii.key_file, &a.pii_key_file);
         set(
             &mut self.delivery.push_timeout_ms,
             &a.delivery_push_timeout_ms,
@@ -644,5 +661,51 @@ mod tests {
         c.inbox.pull_agencies.push(String::new());
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[inbox]\npull = []\n").is_err());
+    }
+}
+
+/// Environment variable that may hold the personal-information key file's content (JSON),
+/// e.g. from a Kubernetes Secret; it wins over `[pii] key_file`.
+pub const PII_KEYS_ENV: &str = "FENGQIAO_PII_KEYS";
+
+impl Config {
+    /// Loads the personal-information key ring (from [`PII_KEYS_ENV`], else `[pii] key_file`)
+    /// and installs it for the process (`fengqiao_store::seal::install`). `dev_default` names
+    /// a file to create with a fresh key when neither is set (`fengqiao dev` only); without
+    /// it, a missing key is an error: the store never runs without encryption at rest.
+    pub fn install_pii_keys(&self, dev_default: Option<&Path>) -> Result<(), ConfigError> {
+        use fengqiao_store::seal::{KeyFile, Keyring};
+        let invalid = |detail: String| ConfigError::Invalid {
+            key: "pii.key_file",
+            detail,
+        };
+        let file = if let Ok(json) = std::env::var(PII_KEYS_ENV) {
+            KeyFile::from_json(&json).map_err(|e| invalid(format!("{PII_KEYS_ENV}: {e}")))?
+        } else if let Some(path) = &self.pii.key_file {
+            KeyFile::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?
+        } else if let Some(path) = dev_default {
+            if path.exists() {
+                KeyFile::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?
+            } else {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| ConfigError::Io {
+                        path: dir.display().to_string(),
+                        source: e,
+                    })?;
+                }
+                let f = KeyFile::generate("dev-1").map_err(|e| invalid(e.to_string()))?;
+                f.save(path, false)
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+                f
+            }
+        } else {
+            return Err(invalid(format!(
+                "no personal-information key: set [pii] key_file, --pii-key-file or \
+                 {PII_KEYS_ENV} (create a key file with `fengqiao pii-keys generate --out FILE`)"
+            )));
+        };
+        let ring = Keyring::new(&file).map_err(|e| invalid(e.to_string()))?;
+        fengqiao_store::seal::install(ring);
+        Ok(())
     }
 }

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod idem;
 pub mod inbox;
 pub mod metrics;
+pub mod pii;
 pub mod pull;
 pub mod reason;
 pub mod server;

@@ -69,6 +69,9 @@ catalogue! {
     SameApprover = "SAME_APPROVER", PermissionDenied;
     /// Only the router may call this (agency inboxes).
     RouterOnly = "ROUTER_ONLY", PermissionDenied;
+    /// Unmasked personal information (`x-fengqiao-personal-info: full`) was asked for by a
+    /// caller without a role the service names for it.
+    PersonalInfoViewDenied = "PERSONAL_INFO_VIEW_DENIED", PermissionDenied;
     /// No such resource, or not visible to the caller (the same answer either way).
     NotFound = "NOT_FOUND", NotFound;
     /// A resource with this name already exists.

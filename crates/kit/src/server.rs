@@ -192,6 +192,15 @@ struct GuardInner {
     agency_streams: Mutex<HashMap<String, usize>>,
     limiter: RateLimiter,
     peer_agencies: BTreeMap<String, String>,
+    /// Where refused calls are written, by gRPC path prefix (see [`Guard::audit_denials`]).
+    denials: std::sync::RwLock<Vec<DenialSink>>,
+}
+
+#[derive(Clone)]
+struct DenialSink {
+    prefix: String,
+    store: fengqiao_store::Store,
+    service: &'static str,
 }
 
 /// Largest `authorization` header accepted (a token is a few hundred bytes); a larger one is
@@ -423,7 +432,62 @@ impl Guard {
                 metrics,
                 limits,
                 peer_agencies,
+                denials: std::sync::RwLock::new(Vec::new()),
             }),
+        }
+    }
+
+    /// Writes every refused call (UNAUTHENTICATED, PERMISSION_DENIED) to a path starting with
+    /// `path_prefix` (e.g. `/fengqiao.mediation.v1.`) into `store`'s access log
+    /// ([`fengqiao_store::access`]) as service `service`, before the refusal is answered
+    /// (个人信息保护法 Art 51: audit; the router keeps its own hash-chained audit instead).
+    pub fn audit_denials(
+        &self,
+        path_prefix: &str,
+        store: fengqiao_store::Store,
+        service: &'static str,
+    ) {
+        self.inner
+            .denials
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(DenialSink {
+                prefix: path_prefix.to_string(),
+                store,
+                service,
+            });
+    }
+
+    fn denial_sink(&self, path: &str) -> Option<DenialSink> {
+        self.inner
+            .denials
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|d| path.starts_with(&d.prefix))
+            .cloned()
+    }
+
+    /// Records a refusal of `path` if a sink covers it; a failure to record is logged.
+    async fn record_denial(&self, path: &str, who: Option<&Identity>, reason: &str) {
+        let Some(sink) = self.denial_sink(path) else {
+            return;
+        };
+        let a = fengqiao_store::access::Access {
+            service: sink.service.to_string(),
+            agency: who.map(|w| w.agency.clone()).unwrap_or_default(),
+            actor: who.map(|w| w.actor.clone()).unwrap_or_default(),
+            person: who.map(|w| w.person().to_string()).unwrap_or_default(),
+            method: method_label(path).to_string(),
+            resource: String::new(),
+            case_id: None,
+            outcome: fengqiao_store::access::Outcome::Denied,
+            fields: String::new(),
+            reason: reason.to_string(),
+            recorded_at: 0,
+        };
+        if let Err(e) = fengqiao_store::access::record_now(&sink.store, &a).await {
+            tracing::warn!(error = %e, "could not write a refused call to the access log");
         }
     }
 
@@ -587,6 +651,7 @@ where
                         finisher,
                     );
                 };
+                let mut who: Option<Identity> = None;
                 if !is_public(&path) {
                     match guard.authenticate(&req) {
                         Ok(id) => {
@@ -609,10 +674,12 @@ where
                                     Err(e) => return refuse(e, finisher),
                                 }
                             }
+                            who = Some(id.clone());
                             req.extensions_mut().insert(id);
                         }
                         Err(e) => {
                             tracing::info!(reason = e.reason().as_str(), "call refused: {e}");
+                            guard.record_denial(&path, None, e.reason().as_str()).await;
                             return refuse(ApiError::new(e.reason(), e.to_string()), finisher);
                         }
                     }
@@ -644,6 +711,12 @@ where
                 }
                 // An error answered before any message carries its status in the headers.
                 if let Some(code) = header_code(resp.headers()) {
+                    if matches!(code, Code::PermissionDenied | Code::Unauthenticated) {
+                        let reason = tonic::Status::from_header_map(resp.headers())
+                            .and_then(|st| crate::error::reason_of(&st))
+                            .unwrap_or_else(|| code_name(code).to_string());
+                        guard.record_denial(&path, who.as_ref(), &reason).await;
+                    }
                     let mut f = finisher;
                     f.finish(code);
                     return Ok(resp);

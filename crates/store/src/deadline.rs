@@ -77,7 +77,10 @@ fn row_to_deadline(row: &AnyRow) -> Result<Deadline> {
         owner: row.try_get("owner")?,
         key: row.try_get("key")?,
         due_at: row.try_get("due_at")?,
-        payload: row.try_get("payload")?,
+        payload: row
+            .try_get::<Option<Vec<u8>>, _>("payload")?
+            .map(|p| crate::seal::open("deadlines.payload", &p))
+            .transpose()?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         fired_at: row.try_get("fired_at")?,
@@ -106,7 +109,11 @@ pub async fn schedule(
     .bind(owner)
     .bind(key)
     .bind(due_at)
-    .bind(payload.map(<[u8]>::to_vec))
+    .bind(
+        payload
+            .map(|p| crate::seal::seal("deadlines.payload", p))
+            .transpose()?,
+    )
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -71,6 +71,22 @@ pub enum Error {
     /// A file-system operation failed (creating the SQLite file's directory).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+
+    /// No personal-information key ring is installed ([`crate::seal::install`]): the store
+    /// refuses to read or write bodies that may hold personal information in plain text.
+    #[error(
+        "no personal-information key is installed: set [pii] key_file or FENGQIAO_PII_KEYS \
+         (create one with `fengqiao pii-keys generate`)"
+    )]
+    NoSealKey,
+
+    /// A stored body was sealed with a key id that is not in the key ring (the id only).
+    #[error("stored data was sealed with key `{0}`, which the key file does not hold")]
+    UnknownKey(String),
+
+    /// A stored body could not be opened: not sealed, tampered with, or in the wrong column.
+    #[error("stored data cannot be opened: {0}")]
+    Unsealable(&'static str),
 }
 
 impl fmt::Debug for Error {
@@ -87,6 +103,9 @@ impl fmt::Debug for Error {
             Error::NotFound(_) => "NotFound",
             Error::GroupCommit(_) => "GroupCommit",
             Error::Io(_) => "Io",
+            Error::NoSealKey => "NoSealKey",
+            Error::UnknownKey(_) => "UnknownKey",
+            Error::Unsealable(_) => "Unsealable",
         };
         write!(f, "{variant}({self})")
     }

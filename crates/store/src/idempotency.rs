@@ -54,9 +54,15 @@ impl IdempotencyKey {
     }
 }
 
-/// Lower-case hex SHA-256 of the canonical request bytes.
+/// Seal context of `idempotency_keys.response` (answers carry personal information).
+const RESPONSE: &str = "idempotency_keys.response";
+
+/// Keyed hash (HMAC-SHA-256, [`crate::seal::keyed_hash`]) of the canonical request bytes: a
+/// plain hash of a request that holds an identity number could be reversed by trying every
+/// number. Without an installed key ring (no store can be open then) a plain SHA-256.
 pub fn hash_request(bytes: &[u8]) -> String {
-    checksum(bytes)
+    crate::seal::keyed_hash("idempotency_keys.request_hash", bytes)
+        .unwrap_or_else(|_| checksum(bytes))
 }
 
 /// The stored response for `key`, if the request was already handled.
@@ -100,7 +106,10 @@ pub async fn lookup_unlocked(
     if stored_hash != request_hash {
         return Err(Error::IdempotencyConflict);
     }
-    Ok(Some(row.try_get::<Vec<u8>, _>(1)?))
+    Ok(Some(crate::seal::open(
+        RESPONSE,
+        &row.try_get::<Vec<u8>, _>(1)?,
+    )?))
 }
 
 /// Record the response for `key`, in the transaction that made the change.
@@ -123,7 +132,7 @@ pub async fn record(
         .bind(&key.method)
         .bind(&key.request_id)
         .bind(request_hash)
-        .bind(response)
+        .bind(crate::seal::seal(RESPONSE, response)?)
         .execute(&mut **tx)
         .await;
     match result {

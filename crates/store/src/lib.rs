@@ -10,6 +10,8 @@
 //! * [`Migration`] and [`Store::migrate`] — a small embedded migration runner with checksums.
 //! * [`idempotency`], [`outbox`] and [`inbox`] — the shared tables every service uses, created
 //!   by [`SHARED_MIGRATIONS`] (service name [`SHARED_SERVICE`]).
+//! * [`seal`] — encryption at rest (AES-256-GCM) of every body that may hold personal
+//!   information, and keyed hashes for look-ups; the store refuses to connect without a key.
 //! * [`deadline`] — deadlines stored with the service's data and one timer per store that
 //!   fires each exactly once at the database's time.
 //!
@@ -22,6 +24,7 @@
 //!
 //! Errors ([`Error`]) never carry row data, so they are safe to log.
 
+pub mod access;
 pub mod deadline;
 mod error;
 pub mod group;
@@ -29,6 +32,7 @@ pub mod idempotency;
 pub mod inbox;
 mod migrate;
 pub mod outbox;
+pub mod seal;
 mod shared;
 mod store;
 #[cfg(feature = "testing")]

@@ -132,6 +132,9 @@ pub struct OutboxMessage {
 const COLUMNS: &str = "seq, id, destination, ordering_key, kind, payload, created_at, status, \
                        attempts, next_attempt_at, lease_until, lease_owner, last_error, delivered_at";
 
+/// Seal context of `outbox.payload` (envelopes carry parties' personal information).
+const PAYLOAD: &str = "outbox.payload";
+
 fn from_row(row: &AnyRow) -> Result<OutboxMessage> {
     Ok(OutboxMessage {
         seq: row.try_get("seq")?,
@@ -139,7 +142,7 @@ fn from_row(row: &AnyRow) -> Result<OutboxMessage> {
         destination: row.try_get("destination")?,
         ordering_key: row.try_get("ordering_key")?,
         kind: row.try_get("kind")?,
-        payload: row.try_get("payload")?,
+        payload: crate::seal::open(PAYLOAD, &row.try_get::<Vec<u8>, _>("payload")?)?,
         created_at: row.try_get("created_at")?,
         status: Status::parse(&row.try_get::<String, _>("status")?)?,
         attempts: row.try_get("attempts")?,
@@ -180,7 +183,7 @@ pub async fn enqueue(tx: &mut Tx, msg: &NewMessage) -> Result<i64> {
         .bind(&msg.destination)
         .bind(&msg.ordering_key)
         .bind(&msg.kind)
-        .bind(&msg.payload)
+        .bind(crate::seal::seal(PAYLOAD, &msg.payload)?)
         .fetch_one(&mut **tx)
         .await?;
     Ok(seq)
@@ -214,14 +217,18 @@ pub async fn enqueue_many(tx: &mut Tx, msgs: &[NewMessage]) -> Result<()> {
          attempts, next_attempt_at) VALUES {}",
         rows.join(", ")
     );
+    let sealed = msgs
+        .iter()
+        .map(|m| crate::seal::seal(PAYLOAD, &m.payload))
+        .collect::<Result<Vec<_>>>()?;
     let mut q = sqlx::query(&sql);
-    for m in msgs {
+    for (m, payload) in msgs.iter().zip(sealed) {
         q = q
             .bind(&m.id)
             .bind(&m.destination)
             .bind(&m.ordering_key)
             .bind(&m.kind)
-            .bind(&m.payload);
+            .bind(payload);
     }
     q.execute(&mut **tx).await?;
     Ok(())

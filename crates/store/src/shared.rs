@@ -1,5 +1,5 @@
 //! Migrations for the tables this crate owns: `idempotency_keys`, `outbox`, `inbox`,
-//! `inbox_case_sequences`, `deadlines`.
+//! `inbox_case_sequences`, `deadlines`, `access_log`.
 
 use crate::migrate::Migration;
 
@@ -108,6 +108,29 @@ CREATE INDEX outbox_ordering ON outbox (ordering_key, seq);
     PRIMARY KEY (owner, key)
 );
 CREATE INDEX deadlines_pending ON deadlines (owner, due_at) WHERE fired_at IS NULL;
+",
+    ),
+    Migration::portable(
+        6,
+        "access_log",
+        // Who read personal information in full, and who was refused (see `crate::access`).
+        // Never holds the values read: only which fields.
+        "CREATE TABLE access_log (
+    id TEXT PRIMARY KEY,
+    recorded_at BIGINT NOT NULL,
+    service TEXT NOT NULL,
+    agency TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    person TEXT NOT NULL,
+    method TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    case_id TEXT,
+    outcome TEXT NOT NULL CHECK (outcome IN ('full_read', 'denied')),
+    fields TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX access_log_time ON access_log (recorded_at);
+CREATE INDEX access_log_case ON access_log (case_id, recorded_at);
 ",
     ),
 ];

@@ -257,6 +257,11 @@ impl Store {
         if memory && !config.allow_memory {
             return Err(Error::MemoryRefused);
         }
+        // Bodies that may hold personal information are sealed (`crate::seal`); without a key
+        // they could be neither written safely nor read.
+        if !crate::seal::installed() {
+            return Err(Error::NoSealKey);
+        }
         let max = match config.max_connections {
             0 => default_max_connections(backend),
             n => n,
@@ -601,6 +606,7 @@ mod tests {
         }
         let mut cfg = StoreConfig::new("sqlite::memory:");
         cfg.allow_memory = true;
+        crate::seal::install_for_tests();
         let store = Store::connect(cfg).await?;
         let now = store.now_micros_pool().await?;
         assert!(now > 1_600_000_000_000_000);

@@ -77,6 +77,7 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// Create `<tmp>/fengqiao-test-<uuid>`.
     pub fn new() -> TempDir {
+        crate::seal::install_for_tests();
         let dir = std::env::temp_dir().join(format!("fengqiao-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -112,6 +113,7 @@ impl Drop for TempDir {
 /// # Panics
 /// When PostgreSQL is unavailable and `REQUIRE_POSTGRES` is set.
 pub fn postgres_url() -> Option<String> {
+    crate::seal::install_for_tests();
     match fengqiao_pgtemp::shared().and_then(|cluster| cluster.create_database()) {
         Ok(url) => Some(url),
         Err(e) if fengqiao_pgtemp::required() => {
