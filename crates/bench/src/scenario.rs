@@ -633,6 +633,11 @@ pub async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<Out> {
         ));
         suite.stop();
         r?;
+        if pg.is_none() && args.runs(Phase::Replicas) {
+            out.notes.push(format!(
+                "{backend}: router replicas measured on PostgreSQL only (several processes on one SQLite file is not a supported shape)"
+            ));
+        }
         if let (Some(pg), true) = (&pg, args.runs(Phase::Replicas)) {
             for n in [1, 3] {
                 crate::topology::measure(
