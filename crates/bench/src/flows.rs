@@ -93,7 +93,7 @@ pub async fn committee_roster(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn court(ctx: &Ctx, who: &fengqiao_kit::client::CallInterceptor) -> crate::flows::Cd {
+fn court(ctx: &Ctx, who: &fengqiao_kit::client::CallInterceptor) -> Cd {
     CourtDiversionServiceClient::with_interceptor(ctx.ch_of(Svc::Other), who.clone())
 }
 

@@ -1,11 +1,16 @@
 //! `fengqiao-bench`: a bounded, loopback-only benchmark of the Fengqiao suite.
 //!
-//! For each backend (SQLite files, and databases on a throwaway PostgreSQL cluster) it starts
-//! the whole suite as a separate child process (this same binary, hidden `suite` subcommand),
-//! then measures in one run the ceilings of the same machine (health-check RPC rate, the
-//! store's single-row durable insert rate) next to intake, full 警调对接 cycles, reads at
-//! growing table sizes, watch-stream delivery delay and the suite's footprint. Results go to
-//! `results.json` and `results.md`. It asserts nothing about speed. See docs/performance.md.
+//! For each backend (SQLite files, and databases on a throwaway PostgreSQL cluster started with
+//! `pg_stat_statements`) it starts the whole suite as a separate child process (this same
+//! binary, hidden `suite` subcommand), then measures in one run the ceilings — from outside the
+//! project (`pgbench -M prepared` on the same cluster, a bare tonic server in a child, hidden
+//! `echo` subcommand) and its own (health check through the middleware, the store's durable
+//! single-row insert) — next to intake, full 警调对接 cycles, the new services' cycles, reads
+//! at growing table sizes, watch-stream delivery delay, the router as one and as three
+//! processes (PostgreSQL), and the suite's footprint; a cost table per step (CPU of the suite
+//! and of PostgreSQL, statements, transactions, gRPC calls) and the targets of issue #17.
+//! Results go to `results.json` and `results.md`. It asserts nothing about speed. See the README
+//! "Performance" section and docs/performance.md.
 
 mod cost;
 mod flows;

@@ -1121,7 +1121,7 @@ async fn services(
     dur: Duration,
     clients: usize,
 ) -> anyhow::Result<()> {
-    type Flow = fn(Arc<Ctx>, u64) -> futures_like::BoxFut;
+    type Flow = fn(Arc<Ctx>, u64) -> BoxFut;
     let flows: [(&str, &str, &str, u64, Flow); 3] = [
         (
             "court diversion (委派调解): intake → agreement filed",
@@ -1166,12 +1166,8 @@ async fn services(
     Ok(())
 }
 
-/// A boxed future type for the flow table.
-mod futures_like {
-    /// A boxed, sendable operation.
-    pub type BoxFut =
-        std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
-}
+/// One boxed operation of the flow table.
+type BoxFut = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 const COPY_SQL: &str = "WITH RECURSIVE g(n) AS (SELECT CAST($1 AS BIGINT) UNION ALL SELECT n + 1 FROM g WHERE n < $2) \
 INSERT INTO transfers (id, route_id, route_version, from_agency, to_agency, approver_agency, case_id, state, body, \

@@ -746,6 +746,18 @@ mod tests {
     }
 
     #[test]
+    fn extra_settings_reach_the_server_and_durability_stays() {
+        if cluster_or_skip().is_none() {
+            return;
+        }
+        let cluster = PgCluster::start_with(&["work_mem=7MB", "application_name=pgtemp-extra"])
+            .expect("start private cluster");
+        let url = cluster.admin_url();
+        assert_eq!(psql(&cluster, &url, "SHOW work_mem"), "7MB");
+        assert_eq!(psql(&cluster, &url, "SHOW fsync"), "on");
+    }
+
+    #[test]
     fn drop_stops_server_and_removes_directory() {
         if cluster_or_skip().is_none() {
             return;
