@@ -99,10 +99,10 @@ pub fn pct(sorted: &[f64], p: f64) -> Option<f64> {
         .copied()
 }
 
-/// CPU and peak memory of the suite process (and the bench's own CPU) over a phase.
+/// CPU and peak memory of the suite processes (and the bench's own CPU) over a phase.
 #[derive(Debug)]
 pub struct Sampler {
-    pid: u32,
+    pids: Vec<u32>,
     cpu0: f64,
     self0: f64,
     t0: Instant,
@@ -125,21 +125,29 @@ pub struct Usage {
 impl Sampler {
     /// Starts sampling `pid`.
     pub fn start(pid: u32) -> Sampler {
+        Self::start_many(vec![pid])
+    }
+
+    /// Starts sampling the processes `pids` together (CPU summed, RSS of all summed).
+    pub fn start_many(pids: Vec<u32>) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(proc_stat::rss_kb(pid)));
+        let rss = |pids: &[u32]| pids.iter().map(|&p| proc_stat::rss_kb(p)).sum::<u64>();
+        let cpu = |pids: &[u32]| pids.iter().map(|&p| proc_stat::cpu_secs(p)).sum::<f64>();
+        let peak = Arc::new(AtomicU64::new(rss(&pids)));
         let task = {
             let stop = stop.clone();
             let peak = peak.clone();
+            let pids = pids.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(proc_stat::rss_kb(pid), Ordering::Relaxed);
+                    peak.fetch_max(rss(&pids), Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
         };
         Sampler {
-            pid,
-            cpu0: proc_stat::cpu_secs(pid),
+            cpu0: cpu(&pids),
+            pids,
             self0: proc_stat::cpu_secs(std::process::id()),
             t0: Instant::now(),
             stop,
@@ -152,11 +160,12 @@ impl Sampler {
     pub async fn finish(self) -> Usage {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
-        self.peak
-            .fetch_max(proc_stat::rss_kb(self.pid), Ordering::Relaxed);
+        let rss: u64 = self.pids.iter().map(|&p| proc_stat::rss_kb(p)).sum();
+        self.peak.fetch_max(rss, Ordering::Relaxed);
+        let cpu: f64 = self.pids.iter().map(|&p| proc_stat::cpu_secs(p)).sum();
         let wall = self.t0.elapsed().as_secs_f64().max(1e-9);
         Usage {
-            suite_cpu_pct: (proc_stat::cpu_secs(self.pid) - self.cpu0) / wall * 100.0,
+            suite_cpu_pct: (cpu - self.cpu0) / wall * 100.0,
             client_cpu_pct: (proc_stat::cpu_secs(std::process::id()) - self.self0) / wall * 100.0,
             suite_peak_rss_mb: self.peak.load(Ordering::Relaxed) as f64 / 1024.0,
         }
@@ -196,6 +205,8 @@ pub struct Figure {
     pub ceiling: Option<String>,
     /// throughput / ceiling throughput (same run, same backend).
     pub ratio_to_ceiling: Option<f64>,
+    /// Ratios to further ceilings (e.g. the project's own and one from outside it).
+    pub other_ratios: Vec<Ratio>,
     /// The issue's target, in words.
     pub target: Option<String>,
     /// Whether the target was met (None: no target, or not measurable here).
@@ -230,13 +241,22 @@ impl Figure {
         }
     }
 
-    /// Sets the ratio to `ceiling`.
+    /// Sets the ratio to `ceiling` (the first call: the primary ratio; later calls add
+    /// [`Figure::other_ratios`]).
     pub fn against(mut self, name: &str, ceiling: Option<f64>) -> Figure {
-        self.ceiling = Some(name.into());
-        self.ratio_to_ceiling = match (self.throughput, ceiling) {
+        let ratio = match (self.throughput, ceiling) {
             (Some(t), Some(c)) if c > 0.0 => Some(t / c),
             _ => None,
         };
+        if self.ceiling.is_none() {
+            self.ceiling = Some(name.into());
+            self.ratio_to_ceiling = ratio;
+        } else if let Some(ratio) = ratio {
+            self.other_ratios.push(Ratio {
+                ceiling: name.into(),
+                ratio,
+            });
+        }
         self
     }
 
@@ -255,6 +275,32 @@ impl Figure {
         self.note.push_str(note);
         self
     }
+}
+
+/// A figure's throughput divided by a ceiling's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// Which ceiling.
+    pub ceiling: String,
+    /// throughput / ceiling.
+    pub ratio: f64,
+}
+
+/// One row of the issue's targets table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetRow {
+    /// The figure.
+    pub figure: String,
+    /// Measured now (in `unit`).
+    pub now: Option<f64>,
+    /// Unit or kind of `now`.
+    pub unit: String,
+    /// The target, in words.
+    pub target: String,
+    /// Whether it is met (None: not measured).
+    pub met: Option<bool>,
+    /// How it was computed.
+    pub note: String,
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -288,17 +334,23 @@ pub struct Report {
     pub started_unix: u64,
     /// Wall time of the whole run.
     pub total_secs: f64,
+    /// The issue's targets (PostgreSQL), now / target / met.
+    pub targets: Vec<TargetRow>,
+    /// Cost per step.
+    pub costs: Vec<crate::cost::CostRow>,
     /// Every figure.
     pub figures: Vec<Figure>,
     /// Run-level notes (skipped sizes, failures).
     pub notes: Vec<String>,
 }
 
-fn num(v: Option<f64>) -> String {
+/// A number for the tables: fewer decimals the larger it is.
+pub fn num(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(v) if v >= 100.0 => format!("{v:.0}"),
         Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) if v != 0.0 && v.abs() < 0.1 => format!("{v:.3}"),
         Some(v) => format!("{v:.2}"),
     }
 }
@@ -317,13 +369,39 @@ pub fn markdown(r: &Report) -> String {
         r.watchers,
         r.total_secs
     ));
+    if !r.targets.is_empty() {
+        s.push_str("Targets of issue #17 (PostgreSQL, same-run ratios):\n\n| figure | now | target | met? | how |\n|---|---|---|---|---|\n");
+        for t in &r.targets {
+            s.push_str(&format!(
+                "| {} | {} {} | {} | {} | {} |\n",
+                t.figure,
+                num(t.now),
+                t.unit,
+                t.target,
+                match t.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "–",
+                },
+                t.note.replace('|', "/")
+            ));
+        }
+        s.push('\n');
+    }
+    if !r.costs.is_empty() {
+        s.push_str(&crate::cost::markdown(&r.costs));
+        s.push('\n');
+    }
     s.push_str("| figure | backend | throughput | p50 ms | p99 ms | p99.9 ms | suite CPU % | bench CPU % | suite peak RSS MiB | ratio to ceiling | target | met? | ops / errors | note |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for f in &r.figures {
-        let ratio = match (&f.ratio_to_ceiling, &f.ceiling) {
-            (Some(x), Some(c)) => format!("{x:.2} of {c}"),
+        let mut ratio = match (&f.ratio_to_ceiling, &f.ceiling) {
+            (Some(x), Some(c)) => format!("{x:.3} of {c}"),
             _ => "–".into(),
         };
+        for o in &f.other_ratios {
+            ratio.push_str(&format!("; {:.3} of {}", o.ratio, o.ceiling));
+        }
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
             f.figure,

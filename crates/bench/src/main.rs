@@ -1,15 +1,24 @@
 //! `fengqiao-bench`: a bounded, loopback-only benchmark of the Fengqiao suite.
 //!
-//! For each backend (SQLite files, and databases on a throwaway PostgreSQL cluster) it starts
-//! the whole suite as a separate child process (this same binary, hidden `suite` subcommand),
-//! then measures in one run the ceilings of the same machine (health-check RPC rate, the
-//! store's single-row durable insert rate) next to intake, full 警调对接 cycles, reads at
-//! growing table sizes, watch-stream delivery delay and the suite's footprint. Results go to
-//! `results.json` and `results.md`. It asserts nothing about speed. See docs/performance.md.
+//! For each backend (SQLite files, and databases on a throwaway PostgreSQL cluster started with
+//! `pg_stat_statements`) it starts the whole suite as a separate child process (this same
+//! binary, hidden `suite` subcommand), then measures in one run the ceilings — from outside the
+//! project (`pgbench -M prepared` on the same cluster, a bare tonic server in a child, hidden
+//! `echo` subcommand) and its own (health check through the middleware, the store's durable
+//! single-row insert) — next to intake, full 警调对接 cycles, the new services' cycles, reads
+//! at growing table sizes, watch-stream delivery delay, the router as one and as three
+//! processes (PostgreSQL), and the suite's footprint; a cost table per step (CPU of the suite
+//! and of PostgreSQL, statements, transactions, gRPC calls) and the targets of issue #17.
+//! Results go to `results.json` and `results.md`. It asserts nothing about speed. See the README
+//! "Performance" section and docs/performance.md.
 
+mod cost;
+mod flows;
 mod load;
+mod outside;
 mod proc_stat;
 mod scenario;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -49,7 +58,20 @@ enum Cmd {
         /// `service=url`, once per service.
         #[arg(long = "store")]
         stores: Vec<String>,
+        /// The router as seen by the agency services of this process (when it runs none).
+        #[arg(long)]
+        router: Option<String>,
+        /// Agency seed file (default: the sample agencies, every endpoint this process).
+        #[arg(long)]
+        agencies_file: Option<PathBuf>,
+        /// Listen address (default 127.0.0.1:0).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
     },
+    /// Internal: a bare tonic server (health service only, no middleware) for the echo
+    /// ceiling.
+    #[command(hide = true)]
+    Echo,
 }
 
 /// Which backends to measure.
@@ -74,6 +96,11 @@ pub enum Phase {
     Watchers,
     /// Reads at growing table sizes.
     Reads,
+    /// The new services' cycles: court diversion, judicial confirmation, administrative
+    /// dispute.
+    Services,
+    /// Router as one and as three processes on one PostgreSQL (PostgreSQL only).
+    Replicas,
 }
 
 /// Run options.
@@ -158,7 +185,14 @@ fn main() -> std::process::ExitCode {
         }
     };
     let res = match cli.command {
-        Some(Cmd::Suite { data_dir, stores }) => rt.block_on(child_suite(data_dir, stores)),
+        Some(Cmd::Suite {
+            data_dir,
+            stores,
+            router,
+            agencies_file,
+            listen,
+        }) => rt.block_on(child_suite(data_dir, stores, router, agencies_file, listen)),
+        Some(Cmd::Echo) => rt.block_on(outside::child_echo()),
         None => rt.block_on(bench(cli.args)),
     };
     match res {
@@ -177,7 +211,13 @@ fn service_by_name(s: &str) -> Option<ServiceName> {
 /// The suite as the child process runs it: every service, sample agencies, the bench's key,
 /// limits raised so that the per-agency rate limiter and the in-flight cap do not decide the
 /// figures (each bench client calls as one of a handful of agencies).
-async fn child_suite(data_dir: PathBuf, stores: Vec<String>) -> anyhow::Result<()> {
+async fn child_suite(
+    data_dir: PathBuf,
+    stores: Vec<String>,
+    router: Option<String>,
+    agencies_file: Option<PathBuf>,
+    listen: String,
+) -> anyhow::Result<()> {
     let mut map = BTreeMap::new();
     for s in &stores {
         let (svc, url) = s.split_once('=').context("--store takes service=url")?;
@@ -189,7 +229,8 @@ async fn child_suite(data_dir: PathBuf, stores: Vec<String>) -> anyhow::Result<(
     config.auth.public_keys_file = Some(data_dir.join("public-keys.json"));
     config.auth.service_key_file = Some(data_dir.join("service-key.json"));
     config.data_dir = data_dir.clone();
-    config.listen = "127.0.0.1:0".into();
+    config.listen = listen;
+    config.peers.router = router;
     config.admin_listen = "127.0.0.1:0".into();
     config.limits.per_agency_rps = 1_000_000.0;
     config.limits.per_agency_burst = 1_000_000.0;
@@ -200,14 +241,18 @@ async fn child_suite(data_dir: PathBuf, stores: Vec<String>) -> anyhow::Result<(
     config.limits.max_streams_per_agency = 8192;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let admin = tokio::net::TcpListener::bind(&config.admin_listen).await?;
+    let seed = match &agencies_file {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
+        None => SAMPLE_AGENCIES.to_string(),
+    };
     let spec = SuiteSpec {
         config,
         services: map.keys().copied().collect(),
         stores: map,
-        agency_seed: Some(SAMPLE_AGENCIES.to_string()),
+        agency_seed: Some(seed),
     };
     let suite = Suite::start(spec, listener, admin).await?;
-    println!("ADDR {}", suite.server.addr);
+    println!("ADDR {} ADMIN {}", suite.server.addr, suite.admin_addr);
     // Runs until the bench closes our stdin.
     tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
@@ -225,27 +270,58 @@ pub struct SuiteProc {
     pub pid: u32,
     /// `http://127.0.0.1:port`.
     pub endpoint: String,
-    /// The router's store URL (for bulk loading).
+    /// Its admin HTTP address (`/metrics`).
+    pub admin: String,
+    /// The router's store URL (for bulk loading), when it runs the router.
     pub router_url: String,
-    /// Key the tokens are signed with.
-    pub key: SigningKey,
     /// Spawn → first SERVING health answer.
     pub ready: Duration,
 }
 
+/// Extra settings of a suite child.
+#[derive(Debug, Default, Clone)]
+pub struct ChildOpts {
+    /// `peers.router` of its agency services.
+    pub router: Option<String>,
+    /// Agency seed file.
+    pub agencies_file: Option<PathBuf>,
+    /// Listen address.
+    pub listen: Option<String>,
+}
+
+/// A fresh signing key, saved in `dir` as the key files the suite children read.
+pub fn write_keys(dir: &Path) -> anyhow::Result<SigningKey> {
+    let key = SigningKey::generate("bench-1")?;
+    PublicKeyFile {
+        keys: vec![key.public_entry()],
+    }
+    .save(&dir.join("public-keys.json"))?;
+    key.save(&dir.join("service-key.json"))?;
+    Ok(key)
+}
+
 impl SuiteProc {
-    async fn start(dir: &Path, stores: &BTreeMap<ServiceName, String>) -> anyhow::Result<Self> {
-        let key = SigningKey::generate("bench-1")?;
-        PublicKeyFile {
-            keys: vec![key.public_entry()],
-        }
-        .save(&dir.join("public-keys.json"))?;
-        key.save(&dir.join("service-key.json"))?;
+    /// Starts a suite child with the services of `stores`, using the key files in `dir` (see
+    /// [`write_keys`]).
+    pub async fn start(
+        dir: &Path,
+        stores: &BTreeMap<ServiceName, String>,
+        opts: &ChildOpts,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.arg("suite").arg("--data-dir").arg(dir);
         for (s, url) in stores {
             cmd.arg("--store").arg(format!("{}={url}", s.as_str()));
+        }
+        if let Some(r) = &opts.router {
+            cmd.arg("--router").arg(r);
+        }
+        if let Some(f) = &opts.agencies_file {
+            cmd.arg("--agencies-file").arg(f);
+        }
+        if let Some(l) = &opts.listen {
+            cmd.arg("--listen").arg(l);
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -266,11 +342,16 @@ impl SuiteProc {
             n.map(|_| line)
         })
         .await??;
-        let Some(addr) = line.trim().strip_prefix("ADDR ") else {
+        let Some((addr, admin)) = line
+            .trim()
+            .strip_prefix("ADDR ")
+            .and_then(|l| l.split_once(" ADMIN "))
+        else {
             let _ = child.kill();
             let _ = child.wait();
             bail!("the suite did not start (said {:?})", line.trim());
         };
+        let admin = admin.to_string();
         let endpoint = format!("http://{addr}");
         let channel = fengqiao_kit::client::channel(&endpoint, None)?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -295,19 +376,19 @@ impl SuiteProc {
         let router_url = stores
             .get(&ServiceName::Router)
             .cloned()
-            .context("router store")?;
+            .unwrap_or_default();
         Ok(SuiteProc {
             child,
             pid,
             endpoint,
+            admin,
             router_url,
-            key,
             ready,
         })
     }
 
     /// Closes stdin (graceful shutdown), waits up to 10 s, then kills this child.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         drop(self.child.stdin.take());
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(10) {
@@ -336,6 +417,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     let mut figures = Vec::new();
     let mut notes = Vec::new();
+    let mut costs = Vec::new();
+    let mut targets = Vec::new();
     let backends: &[&str] = match args.backend {
         BackendArg::Sqlite => &["sqlite"],
         BackendArg::Postgres => &["postgres"],
@@ -343,9 +426,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     };
     for &backend in backends {
         match scenario::run_backend(backend, &args).await {
-            Ok((f, n)) => {
-                figures.extend(f);
-                notes.extend(n);
+            Ok(out) => {
+                figures.extend(out.figs);
+                notes.extend(out.notes);
+                costs.extend(out.costs);
+                targets.extend(out.targets);
             }
             Err(e) => {
                 eprintln!("fengqiao-bench: {backend}: {e:#}");
@@ -367,6 +452,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         total_secs: total.as_secs_f64(),
+        targets,
+        costs,
         figures,
         notes,
     };

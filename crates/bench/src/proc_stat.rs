@@ -91,3 +91,38 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (utime + stime) / ticks_per_sec()
 }
+
+/// Fields of `/proc/<pid>/stat` after the `(comm)`: index 0 is the state (field 3).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rfind(')').map(|i| &stat[i + 1..])?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Direct children of `ppid` (scans `/proc`).
+pub fn children(ppid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid)
+                .and_then(|f| f.get(1).and_then(|v| v.parse::<u32>().ok()))
+                .is_some_and(|p| p == ppid)
+        })
+        .collect()
+}
+
+/// CPU seconds of a server and its worker processes, as PostgreSQL runs them: the
+/// postmaster's own user + system time, its reaped children's (`cutime` + `cstime`: backends
+/// that exited) and every live child's user + system time.
+pub fn tree_cpu_secs(pid: u32) -> f64 {
+    let Some(f) = stat_fields(pid) else {
+        return 0.0;
+    };
+    let field = |i: usize| -> f64 { f.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // utime 14, stime 15, cutime 16, cstime 17 (1-based) = indices 11..=14 here.
+    let own = (field(11) + field(12) + field(13) + field(14)) / ticks_per_sec();
+    own + children(pid).into_iter().map(cpu_secs).sum::<f64>()
+}

@@ -150,11 +150,18 @@ struct RunAs {
 impl PgCluster {
     /// Initialise and start a new cluster in a fresh temporary directory.
     pub fn start() -> Result<PgCluster, PgError> {
+        Self::start_with(&[])
+    }
+
+    /// [`PgCluster::start`] with extra server settings, each `name=value` as for `postgres -c`
+    /// (e.g. `shared_preload_libraries=pg_stat_statements` for the benchmark). They come after
+    /// the durability settings; do not use them to turn those off.
+    pub fn start_with(settings: &[&str]) -> Result<PgCluster, PgError> {
         sweep_stale_dirs();
         let bin_dir = find_bin_dir()?;
         let run_as = run_as_user()?;
         let root = fresh_root_dir()?;
-        match Self::start_in(&root, bin_dir, run_as) {
+        match Self::start_in(&root, bin_dir, run_as, settings) {
             Ok(cluster) => Ok(cluster),
             Err(e) => {
                 let _ = fs::remove_dir_all(&root);
@@ -167,6 +174,7 @@ impl PgCluster {
         root: &Path,
         bin_dir: PathBuf,
         run_as: Option<RunAs>,
+        settings: &[&str],
     ) -> Result<PgCluster, PgError> {
         let data_dir = root.join("data");
         let socket_dir = root.join("sock");
@@ -237,8 +245,11 @@ impl PgCluster {
                     "synchronous_commit=on",
                     "-c",
                     "full_page_writes=on",
-                ])
-                .current_dir(root)
+                ]);
+            for s in settings {
+                cmd.arg("-c").arg(s);
+            }
+            cmd.current_dir(root)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log_err);
@@ -732,6 +743,18 @@ mod tests {
         assert_eq!(psql(cluster, &url, "SHOW fsync"), "on");
         assert_eq!(psql(cluster, &url, "SHOW synchronous_commit"), "on");
         assert_eq!(psql(cluster, &url, "SHOW full_page_writes"), "on");
+    }
+
+    #[test]
+    fn extra_settings_reach_the_server_and_durability_stays() {
+        if cluster_or_skip().is_none() {
+            return;
+        }
+        let cluster = PgCluster::start_with(&["work_mem=7MB", "application_name=pgtemp-extra"])
+            .expect("start private cluster");
+        let url = cluster.admin_url();
+        assert_eq!(psql(&cluster, &url, "SHOW work_mem"), "7MB");
+        assert_eq!(psql(&cluster, &url, "SHOW fsync"), "on");
     }
 
     #[test]
