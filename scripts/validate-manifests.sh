@@ -13,6 +13,8 @@
 # 3. Parses deploy/compose.yaml and deploy/otel-collector.yaml (PyYAML) and checks
 #    their cross-references; parses every TOML config (tomllib) and checks its keys
 #    against the configuration keys `fengqiao` understands; parses JSON key sets.
+# 4. Checks that every service reads its personal-information key (`[pii] key_file`) from
+#    a mount: a read-only Secret in every rendered Deployment, a volume in compose.
 #
 # Tools: kubectl (>= 1.27, for `kubectl kustomize` with kustomize v5) on PATH;
 # python3 (>= 3.11). kubernetes-validate is installed once (network needed only
@@ -235,6 +237,61 @@ PYEOF
   done
 fi
 
+# ---------------------------------------------------------------- personal-information key mounts
+# `serve` does not start without its personal-information key: in every rendered Deployment the
+# config's `[pii] key_file` must lie in a volume mounted from a Secret (never a ConfigMap:
+# the key is secret), read-only.
+log "personal-information key: [pii] key_file mounted from a Secret in every Deployment"
+if "$PY" -c 'import yaml' 2>/dev/null; then
+  for k in "${kustomizations[@]}"; do
+    rendered="$WORK/$(tr '/' '_' <<<"$k").yaml"
+    [[ -f "$rendered" ]] || continue
+    if ! "$PY" - "$rendered" "$k" <<'PYEOF'
+import os, sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+label = sys.argv[2]
+cms = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d.get("data") or {}
+       for d in docs if d["kind"] == "ConfigMap"}
+errors, n = [], 0
+for d in docs:
+    if d["kind"] != "Deployment":
+        continue
+    n += 1
+    name, ns = d["metadata"]["name"], d["metadata"].get("namespace")
+    pod = d["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    c = pod["containers"][0]
+    cfg_path = c["args"][c["args"].index("--config") + 1]
+    cfg = None
+    for m in c.get("volumeMounts", []):
+        v = vols.get(m["name"], {})
+        if "configMap" in v and cfg_path.startswith(m["mountPath"].rstrip("/") + "/"):
+            cfg = cms.get((ns, v["configMap"]["name"]), {}).get(os.path.basename(cfg_path))
+    if cfg is None:
+        errors.append(f"{name}: config {cfg_path} not found in a mounted ConfigMap")
+        continue
+    key_file = tomllib.loads(cfg).get("pii", {}).get("key_file")
+    if not key_file:
+        errors.append(f"{name}: no [pii] key_file in its config (serve would not start)")
+        continue
+    mounts = [m for m in c.get("volumeMounts", [])
+              if key_file.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        errors.append(f"{name}: [pii] key_file {key_file} is not under any volume mount")
+    elif not all("secret" in vols.get(m["name"], {}) and m.get("readOnly") for m in mounts):
+        errors.append(f"{name}: [pii] key_file {key_file} must come from a read-only Secret mount")
+for e in errors:
+    print(f"    FAIL {label}: {e}")
+if not errors:
+    print(f"    ok   {label}: {n} Deployments read [pii] key_file from a Secret")
+sys.exit(1 if errors else 0)
+PYEOF
+    then
+      failures=$((failures + 1))
+    fi
+  done
+fi
+
 # ---------------------------------------------------------------- compose, collector, configs
 log "deploy/: compose.yaml, otel-collector.yaml, TOML configs, JSON key sets"
 if "$PY" -c 'import yaml' 2>/dev/null; then
@@ -277,6 +334,27 @@ for name, svc in services.items():
         ctx = os.path.normpath(os.path.join(root, "deploy", build.get("context", ".")))
         if not os.path.isfile(os.path.join(ctx, build.get("dockerfile", "Dockerfile"))):
             err(f"compose: {name}: Dockerfile not found")
+# Every `serve` service reads [pii] key_file from a mount (serve does not start without it).
+for name, svc in services.items():
+    cmd = svc.get("command") or []
+    if not cmd or cmd[0] != "serve" or "--config" not in cmd:
+        continue
+    cfg_dst = cmd[cmd.index("--config") + 1]
+    vols = [(v.split(":")[0], v.split(":")[1]) for v in svc.get("volumes") or []
+            if isinstance(v, str)]
+    srcs = [s for s, d in vols if d == cfg_dst]
+    if not srcs:
+        err(f"compose: {name}: config {cfg_dst} not mounted")
+        continue
+    cfg_host = os.path.normpath(os.path.join(root, "deploy", srcs[0]))
+    if not os.path.isfile(cfg_host):
+        continue  # reported above
+    with open(cfg_host, "rb") as f:
+        key_file = tomllib.load(f).get("pii", {}).get("key_file")
+    if not key_file:
+        err(f"compose: {name}: no [pii] key_file in {srcs[0]} (serve would not start)")
+    elif not any(key_file == d or key_file.startswith(d.rstrip("/") + "/") for _, d in vols):
+        err(f"compose: {name}: [pii] key_file {key_file} is not under any of its mounts")
 print(f"    ok   deploy/compose.yaml parses ({len(services)} services)" if not errors else "", end="\n" if not errors else "")
 
 # --- collector
@@ -340,6 +418,8 @@ for p in sorted(cfgs):
             err(f"{rel}: agency service without [peers] router")
         if ROUTER_DATA & doc.keys():
             err(f"{rel}: router-only keys in an agency service config")
+    if name != "dev" and not doc.get("pii", {}).get("key_file"):
+        err(f"{rel}: no [pii] key_file (serve does not start without a personal-information key)")
     lim = doc.get("limits", {})
     if lim.get("shutdown_grace_ms", 25000) >= 30000:
         err(f"{rel}: shutdown_grace_ms must stay below terminationGracePeriodSeconds (30 s)")

@@ -22,6 +22,10 @@ is the documented bootstrap of the README ("Deploying"), not a test-only shortcu
   (openssl) stand in for `<service>-tls` (cert-manager's shape); the zones overlay's pulling
   services get the keygen signing key as `<service>-service-key` (its public half is in the
   key set, as the README's bootstrap says);
+* the personal-information key: `fengqiao pii-keys generate` writes one key file, which stands
+  in for the compose file's `pii-keys` volume (its one-shot `pii-keys` service runs that same
+  command) and for the Secret `fengqiao-pii-keys` of each k8s overlay (one per namespace, every
+  service mounting it, as k8s/base/secrets.example.yaml says);
 * network: each mount path is placed under a per-service root directory, and the names the
   configs dial (`router:50051`, `router.fengqiao.svc:50051`, `postgres:5432`) and listen on
   (`0.0.0.0:50051`, `0.0.0.0:9090`) are mapped to loopback ports. `otlp_endpoint` is dropped:
@@ -276,9 +280,14 @@ def certs(work, services):
     return out
 
 
-def compose_units(root, pg, public_keys, agencies):
+def compose_units(root, pg, public_keys, agencies, pii_keys):
     with open(os.path.join(root, "deploy/compose.yaml")) as f:
         doc = yaml.safe_load(f)
+    named_volumes = set((doc.get("volumes") or {}).keys())
+    # What this run substitutes for the volume must be what the one-shot service makes.
+    maker = " ".join(doc["services"].get("pii-keys", {}).get("command") or [])
+    if "pii-keys generate" not in maker or "/var/lib/fengqiao/pii-keys.json" not in maker:
+        raise RuntimeError("compose: no one-shot pii-keys service generating pii-keys.json")
     pg.sql(open(os.path.join(root, "deploy/postgres/init.sql")).read())
     units = []
     for name, svc in doc["services"].items():
@@ -292,6 +301,13 @@ def compose_units(root, pg, public_keys, agencies):
         unit = Unit(cmd[cmd.index("--service") + 1], cmd, env)
         for vol in svc.get("volumes") or []:
             src, dst = vol.split(":")[:2]
+            if src in named_volumes:
+                # The one named volume a `serve` service mounts: the key file the one-shot
+                # `pii-keys` service writes into it.
+                if src != "pii-keys":
+                    raise RuntimeError(f"{name}: unknown named volume {src}")
+                unit.files[os.path.join(dst, "pii-keys.json")] = pii_keys
+                continue
             host = os.path.normpath(os.path.join(root, "deploy", src))
             if os.path.isdir(host):
                 for dirpath, _, fns in os.walk(host):
@@ -310,7 +326,7 @@ def compose_units(root, pg, public_keys, agencies):
     return units
 
 
-def k8s_units(root, overlay, work, pg, public_keys, agencies, pki, service_key=None):
+def k8s_units(root, overlay, work, pg, public_keys, agencies, pki, pii_keys, service_key=None):
     site = os.path.join(work, f"site-{overlay}")
     os.makedirs(site)
     open(os.path.join(site, "public_keys.json"), "wb").write(public_keys)
@@ -401,6 +417,9 @@ configMapGenerator:
                 if name == f"{service}-service-key" and service_key is not None:
                     unit.files[os.path.join(m["mountPath"], "service-key.json")] = service_key
                     continue
+                if name == "fengqiao-pii-keys":
+                    unit.files[os.path.join(m["mountPath"], "pii-keys.json")] = pii_keys
+                    continue
                 if name != f"{service}-tls":
                     raise RuntimeError(f"{service}: unknown secret {name}")
                 for k, content in pki[service].items():
@@ -484,11 +503,15 @@ def main():
         subprocess.run([bin_path, "keygen", "--kid", "boot-1", "--private-key-out", key_file,
                         "--public-keys-out", keys_file], check=True, stdout=subprocess.DEVNULL)
         public_keys = open(keys_file, "rb").read()
+        pii_file = os.path.join(work, "pii-keys.json")
+        subprocess.run([bin_path, "pii-keys", "generate", "--kid", "boot-1", "--out", pii_file],
+                       check=True, stdout=subprocess.DEVNULL)
+        pii_keys = open(pii_file, "rb").read()
         agencies = open(os.path.join(root, "deploy/dev/agencies.toml"), "rb").read()
         pg = Pg(work)
         for target in targets:
             if target == "compose":
-                units, pki = compose_units(root, pg, public_keys, agencies), None
+                units, pki = compose_units(root, pg, public_keys, agencies, pii_keys), None
             elif target.startswith("k8s-"):
                 overlay = target[4:]
                 rendered_services = [s for s in CALLS]
@@ -497,10 +520,11 @@ def main():
                 if overlay == "zones":
                     seed = open(os.path.join(root, "k8s/overlays/zones/agencies.example.toml"),
                                 "rb").read()
-                    units = k8s_units(root, overlay, work, pg, public_keys, seed, pki,
+                    units = k8s_units(root, overlay, work, pg, public_keys, seed, pki, pii_keys,
                                       service_key=open(key_file, "rb").read())
                 else:
-                    units = k8s_units(root, overlay, work, pg, public_keys, agencies, pki)
+                    units = k8s_units(root, overlay, work, pg, public_keys, agencies, pki,
+                                      pii_keys)
             else:
                 sys.exit(f"unknown target {target}")
             names = sorted(u.service for u in units)

@@ -76,8 +76,9 @@ impl Procs {
         } else {
             vec!["--router", &router]
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-            .args(["serve", "--service", NAMES[i]])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+        cmd.args(["serve", "--service", NAMES[i]]);
+        let child = common::with_pii_key(&mut cmd, &self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.ports[i])])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--database-url", &self.urls[i]])

@@ -136,8 +136,9 @@ fn serve_traced(
     extra: &[&str],
 ) -> Child {
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .args(["serve", "--service", service])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+    cmd.args(["serve", "--service", service]);
+    common::with_pii_key(&mut cmd, dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--database-url", url])

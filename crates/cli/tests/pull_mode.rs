@@ -550,8 +550,9 @@ fn pull_agencies_need_an_agency_service_and_the_service_key() {
         ),
         ("police-referral", &without_key, "auth.service_key_file"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-            .args(["serve", "--service", service])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+        cmd.args(["serve", "--service", service]);
+        let out = common::with_pii_key(&mut cmd, dir.path())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--database-url", &dir.sqlite_url(&format!("{service}.db"))])
             .args(["--data-dir", &dir.path().display().to_string()])

@@ -13,6 +13,8 @@
 //! The kill schedule comes from a small LCG; the seed is printed, and `SIGKILL_SEED=<n>`
 //! replays a schedule.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -117,8 +119,9 @@ fn start(url: &str, keys: &std::path::Path, port: u16, dir: &std::path::Path) ->
 }
 
 fn spawn_server(url: &str, keys: &std::path::Path, port: u16, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .args(["serve", "--service", "router"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+    cmd.args(["serve", "--service", "router"]);
+    common::with_pii_key(&mut cmd, dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--database-url", url])

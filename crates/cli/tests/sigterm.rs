@@ -1,6 +1,8 @@
 //! SIGTERM during a burst of writes: the process drains and exits cleanly, and every write it
 //! acknowledged is there after a restart — on SQLite and on PostgreSQL.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,8 +25,9 @@ fn free_port() -> u16 {
 }
 
 fn start(url: &str, keys: &std::path::Path, port: u16, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .args(["serve", "--service", "router"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+    cmd.args(["serve", "--service", "router"]);
+    common::with_pii_key(&mut cmd, dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--database-url", url])

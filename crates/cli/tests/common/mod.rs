@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
@@ -35,9 +37,35 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("free port: {e}"))
 }
 
+/// The personal-information key file of the `fengqiao serve` children of one test
+/// (`--pii-key-file`; `serve` refuses to start without one): `dir/pii-keys.json`, created on
+/// first use and then reused, so a restarted process opens the rows it sealed before. Every
+/// service of the test shares it, as the shipped deployments may.
+pub fn pii_key_file(dir: &Path) -> PathBuf {
+    // Services of one test start from several threads; only one may create the file.
+    static CREATE: Mutex<()> = Mutex::new(());
+    let _one = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+    let path = dir.join("pii-keys.json");
+    if !path.exists() {
+        fengqiao_store::seal::KeyFile::generate("multiprocess-test-1")
+            .and_then(|f| f.save(&path, false))
+            .unwrap_or_else(|e| panic!("personal-information key file: {e}"));
+    }
+    path
+}
+
+/// Adds the test's personal-information key ([`pii_key_file`]) to a `fengqiao serve` command,
+/// and drops a `FENGQIAO_PII_KEYS` of the caller's environment (it would win over the file).
+pub fn with_pii_key<'a>(cmd: &'a mut Command, dir: &Path) -> &'a mut Command {
+    cmd.arg("--pii-key-file")
+        .arg(pii_key_file(dir))
+        .env_remove("FENGQIAO_PII_KEYS")
+}
+
 pub fn serve(service: &str, port: u16, url: &str, dir: &std::path::Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fengqiao"))
-        .args(["serve", "--service", service])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fengqiao"));
+    cmd.args(["serve", "--service", service]);
+    with_pii_key(&mut cmd, dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--database-url", url])
