@@ -288,7 +288,8 @@ struct RouteFile {
     #[serde(default)]
     allowed_personal_info: Vec<String>,
     /// Roles that may read this route's transfers unmasked; empty: the router's default
-    /// (`transfers::FULL_VIEW`). Published files stay as they are: only a new version sets it.
+    /// (`transfers::personal::FULL_VIEW`). Published files stay as they are: only a new
+    /// version sets it.
     #[serde(default)]
     full_personal_info_roles: Vec<String>,
     #[serde(default)]
@@ -1874,6 +1875,8 @@ description = "调解成功"
             ("no feedback outcomes", BASE_FILE, b.replace("[[feedback_outcomes]]\ncode = \"agreement_reached\"\ndescription = \"调解成功\"\n", ""), "feedback_outcomes"),
             ("unknown personal info", BASE_FILE, b.replace("[\"party_name\", \"party_phone\"]", "[\"party_email\"]"), "allowed_personal_info[0]"),
             ("duplicate personal info", BASE_FILE, b.replace("[\"party_name\", \"party_phone\"]", "[\"party_name\", \"party_name\"]"), "allowed_personal_info[1]"),
+            ("full-view role not snake", BASE_FILE, b.replace("version = 1", "version = 1\nfull_personal_info_roles = [\"Mediator\"]"), "full_personal_info_roles[0]"),
+            ("duplicate full-view role", BASE_FILE, b.replace("version = 1", "version = 1\nfull_personal_info_roles = [\"mediator\", \"mediator\"]"), "full_personal_info_roles[1]"),
             ("publish time without offset", BASE_FILE, b.replace("version = 1", "version = 1\npublish_time = 2026-11-22T00:00:00"), "publish_time"),
             ("publish date only", BASE_FILE, b.replace("version = 1", "version = 1\npublish_time = 2026-11-22"), "publish_time"),
         ];
