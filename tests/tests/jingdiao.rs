@@ -1406,6 +1406,8 @@ async fn delivered_envelopes(
     rows.iter()
         .map(|row| {
             let payload: Vec<u8> = row.get("payload");
+            let payload =
+                fengqiao_store::seal::open("outbox.payload", &payload).expect("sealed payload");
             fengqiao_proto::inbox::Envelope::decode(payload.as_slice()).expect("envelope")
         })
         .filter(|e| e.case_id == case_id)

@@ -24,6 +24,8 @@
 //! legal_basis = "《人民调解法》第十八条 ..."    # required
 //! publish_time = 2026-11-22T00:00:00+08:00    # optional, with an offset
 //! allowed_personal_info = ["party_name", "party_phone"]  # before the first [table]
+//! full_personal_info_roles = ["mediator"]     # optional; who may read this route's
+//!                                             # transfers unmasked (default: the router's)
 //!
 //! [[approval_steps]]                          # in order; none: approved on submission
 //! display_name = "指挥室审核"
@@ -285,6 +287,11 @@ struct RouteFile {
     escalation_reasons: Vec<ReasonFile>,
     #[serde(default)]
     allowed_personal_info: Vec<String>,
+    /// Roles that may read this route's transfers unmasked; empty: the router's default
+    /// (`transfers::personal::FULL_VIEW`). Published files stay as they are: only a new
+    /// version sets it.
+    #[serde(default)]
+    full_personal_info_roles: Vec<String>,
     #[serde(default)]
     clocks: Vec<NamedClockFile>,
 }
@@ -948,6 +955,17 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
         }
     }
 
+    let mut full_personal_info_roles: Vec<String> = Vec::new();
+    for (i, r) in f.full_personal_info_roles.iter().enumerate() {
+        let k = format!("full_personal_info_roles[{i}]");
+        check_role(&mut p, &k, r);
+        if full_personal_info_roles.contains(r) {
+            p.add(k, format!("{r:?} is listed twice"));
+        } else {
+            full_personal_info_roles.push(r.clone());
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(RouteError::Invalid {
             file: file.to_string(),
@@ -974,6 +992,7 @@ pub fn parse_route(file: &str, text: &str) -> std::result::Result<Route, RouteEr
         etag: String::new(),
         escalation_reasons,
         clocks,
+        full_personal_info_roles,
     };
     route.etag = route_etag(&route);
     Ok(route)
@@ -1856,6 +1875,8 @@ description = "调解成功"
             ("no feedback outcomes", BASE_FILE, b.replace("[[feedback_outcomes]]\ncode = \"agreement_reached\"\ndescription = \"调解成功\"\n", ""), "feedback_outcomes"),
             ("unknown personal info", BASE_FILE, b.replace("[\"party_name\", \"party_phone\"]", "[\"party_email\"]"), "allowed_personal_info[0]"),
             ("duplicate personal info", BASE_FILE, b.replace("[\"party_name\", \"party_phone\"]", "[\"party_name\", \"party_name\"]"), "allowed_personal_info[1]"),
+            ("full-view role not snake", BASE_FILE, b.replace("version = 1", "version = 1\nfull_personal_info_roles = [\"Mediator\"]"), "full_personal_info_roles[0]"),
+            ("duplicate full-view role", BASE_FILE, b.replace("version = 1", "version = 1\nfull_personal_info_roles = [\"mediator\", \"mediator\"]"), "full_personal_info_roles[1]"),
             ("publish time without offset", BASE_FILE, b.replace("version = 1", "version = 1\npublish_time = 2026-11-22T00:00:00"), "publish_time"),
             ("publish date only", BASE_FILE, b.replace("version = 1", "version = 1\npublish_time = 2026-11-22"), "publish_time"),
         ];

@@ -422,6 +422,7 @@ impl Statistics {
             let state: i64 = row.try_get("state").map_err(store_err)?;
             let state = i32::try_from(state).unwrap_or_default();
             let body: Vec<u8> = row.try_get("body").map_err(store_err)?;
+            let body = fengqiao_store::seal::open(crate::transfers::BODY_CONTEXT, &body)?;
             let transfer = Transfer::decode(body.as_slice())
                 .map_err(|e| Error::Corrupt(format!("transfer: {e}")))?;
             let create_time: i64 = row.try_get("create_time").map_err(store_err)?;

@@ -65,6 +65,11 @@ fn fixed(action: Action) -> impl Fn(&Loaded, &Route) -> Action {
 /// Reason code the router uses when an investigation request pauses the feedback clock.
 pub const PAUSE_FOR_INVESTIGATION: &str = "supplementary_investigation";
 
+/// Seal context of `transfers.body` (the transfer, its case snapshot and parties included).
+pub const BODY_CONTEXT: &str = "transfers.body";
+/// Seal context of `transfer_events.body` (an event: actor, free-text reason).
+pub const EVENT_BODY_CONTEXT: &str = "transfer_events.body";
+
 const COLUMNS: &str = "id, route_id, route_version, from_agency, to_agency, approver_agency, \
     case_id, state, body, acceptance_clock, feedback_clock, next_due, overdue, create_time, \
     update_time, version, named_clocks";
@@ -229,6 +234,7 @@ fn named_json(clocks: &[Clock]) -> Result<Option<String>> {
 
 fn row_to_loaded(row: &AnyRow) -> Result<Loaded> {
     let body: Vec<u8> = row.try_get("body").map_err(store_err)?;
+    let body = fengqiao_store::seal::open(BODY_CONTEXT, &body)?;
     let transfer =
         Transfer::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("transfer: {e}")))?;
     Ok(Loaded {
@@ -647,7 +653,8 @@ impl Transfers {
                 stop_named(c, now)?;
             }
         }
-        let body = l.transfer.encode_to_vec();
+        // Sealed (fengqiao_store::seal): the snapshot holds the parties.
+        let body = fengqiao_store::seal::seal(BODY_CONTEXT, &l.transfer.encode_to_vec())?;
         let (acc, fb) = (clock_json(&l.acceptance)?, clock_json(&l.feedback)?);
         let named = named_json(&l.named)?;
         let next_due = l.next_due();
@@ -713,7 +720,10 @@ impl Transfers {
         .bind(l.approver_agency.clone())
         .bind(i64::from(event.event_type))
         .bind(now)
-        .bind(event.encode_to_vec())
+        .bind(fengqiao_store::seal::seal(
+            EVENT_BODY_CONTEXT,
+            &event.encode_to_vec(),
+        )?)
         .execute(&mut **tx)
         .await
         .map_err(store_err)?;
@@ -885,10 +895,14 @@ impl Transfers {
         if t.case_snapshot.is_none() && case.summary.is_empty() && case.region_code.is_empty() {
             // Fall through to field-level errors below.
         }
-        let v = validate_case(&case);
+        let mut v = validate_case(&case);
+        if v.is_empty() {
+            v = personal::intake_case(&mut case);
+        }
         if !v.is_empty() {
             return Err(Error::Invalid(v));
         }
+        fengqiao_kit::pii::redact_in_place(&mut t.note);
         // Only a case the caller names can already have an open transfer.
         let given_case = !case.case_id.is_empty();
         if !given_case {
@@ -1093,6 +1107,91 @@ impl Transfers {
         }
     }
 
+    /// Reads one transfer visible to the caller unmasked, for a caller that asked for the full
+    /// view (`x-fengqiao-personal-info: full`): the transfer's route must allow one of its
+    /// roles ([`personal::full_view_allowed`]), else PERMISSION_DENIED
+    /// `PERSONAL_INFO_VIEW_DENIED` (audited). The read and its `pii.read` audit record (the
+    /// fields read, never the values) are one transaction, committed before the answer.
+    pub async fn get_full(&self, who: &Identity, name: &str) -> Result<Transfer> {
+        let id = transfer_id("name", name)?;
+        let mut tx = self.store.write().await?;
+        let found = Self::load_at(&mut tx, &id)
+            .await?
+            .filter(|(l, _)| l.visible_to(&who.agency));
+        let Some((l, now)) = found else {
+            drop(tx);
+            self.denied(who, "transfer.get", name, "NOT_VISIBLE").await;
+            return Err(Error::NotFound(name.to_string()));
+        };
+        let route = self.route(&l)?;
+        if !personal::full_view_allowed(who, route) {
+            let (route_id, version) = (route.name.clone(), route.version);
+            drop(tx);
+            let route_id = route_id.trim_start_matches("routes/").to_string();
+            return Err(self
+                .full_view_denied(who, &l.transfer.name, &route_id, version)
+                .await);
+        }
+        let t = l.view(now);
+        self.audit_full_read(&mut tx, who, "GetTransfer", &t)
+            .await?;
+        tx.commit().await.map_err(store_err)?;
+        Ok(t)
+    }
+
+    /// Records a refused full view (`denied`, `PERSONAL_INFO_VIEW_DENIED`) and returns the
+    /// refusal naming the roles that would be allowed.
+    async fn full_view_denied(
+        &self,
+        who: &Identity,
+        resource: &str,
+        route_id: &str,
+        version: u32,
+    ) -> Error {
+        let reason = Reason::PersonalInfoViewDenied;
+        self.denied(who, personal::PII_READ, resource, reason.as_str())
+            .await;
+        let roles = self
+            .routes
+            .get(route_id, version)
+            .map(personal::full_view_roles)
+            .unwrap_or_default();
+        Error::Refused(
+            reason,
+            format!(
+                "unmasked personal information on route {route_id} v{version} needs one of \
+                 the roles: {roles}"
+            ),
+        )
+    }
+
+    /// Appends the `pii.read` audit record of a full read of `t` in `tx`: who, which transfer
+    /// and case, which fields ([`personal::fields_of`]) — never the values.
+    async fn audit_full_read(
+        &self,
+        tx: &mut Tx,
+        who: &Identity,
+        method: &str,
+        t: &Transfer,
+    ) -> Result<()> {
+        let case_id = t.case_snapshot.as_ref().map(|c| c.case_id.as_str());
+        audit::append_with_personal_info(
+            tx,
+            &AuditEntry {
+                agency: &who.agency,
+                actor: &who.actor,
+                action: personal::PII_READ,
+                resource: &t.name,
+                case_id,
+                outcome: Outcome::Allowed,
+                detail: method,
+            },
+            &personal::fields_of(t),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Runs one change: see the module docs.
     ///
     /// The checks run on plain reads (no transaction), concurrently with other requests; the write
@@ -1115,17 +1214,21 @@ impl Transfers {
     ) -> Result<Resp>
     where
         Req: prost::Message,
-        Resp: prost::Message + Default + Clone + 'static,
+        Resp: prost::Message + Default + Clone + fengqiao_kit::pii::Personal + 'static,
         F: Fn(&mut Loaded, &Route, &HolidayCalendar, i64) -> Result<Change>,
     {
         let idem = Arc::new(Idem::new(who, method, request_id, req)?);
         let once = self
             .mutate_once(who, method, &idem, name, etag_in, action_of, apply, respond)
             .await;
-        match once {
-            Err(e) => self.replay_or(&idem, e).await,
-            ok => ok,
-        }
+        let mut resp = match once {
+            Err(e) => self.replay_or(&idem, e).await?,
+            Ok(r) => r,
+        };
+        // Every answer of a change is masked, a replay too (the stored answer stays whole,
+        // sealed); the full view is offered on reads only.
+        fengqiao_kit::pii::mask(&mut resp);
+        Ok(resp)
     }
 
     /// [`Self::mutate`] once its idempotency key is made.
@@ -1693,6 +1796,7 @@ fn pick_clock(l: &mut Loaded, which: i32) -> Result<&mut Clock> {
     }
 }
 
+pub mod personal;
 mod rpc;
 
 #[cfg(test)]

@@ -189,6 +189,7 @@ async fn envelopes(store: &Store, transfer: &str) -> Result<Vec<Envelope>, Strin
     let mut out = Vec::new();
     for row in rows {
         let payload: Vec<u8> = row.try_get("payload").map_err(err)?;
+        let payload = fengqiao_store::seal::open("outbox.payload", &payload).map_err(err)?;
         let e = Envelope::decode(payload.as_slice()).map_err(err)?;
         if e.transfer == transfer {
             out.push(e);

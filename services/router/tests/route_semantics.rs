@@ -283,6 +283,7 @@ async fn envelopes(store: &Store, name: &str) -> Vec<(Envelope, TransferMessage)
     rows.iter()
         .filter_map(|r| {
             let b: Vec<u8> = r.try_get("payload").ok()?;
+            let b = fengqiao_store::seal::open("outbox.payload", &b).expect("sealed payload");
             let e = Envelope::decode(b.as_slice()).ok()?;
             let m = TransferMessage::decode(e.payload.as_slice()).ok()?;
             (e.transfer == name).then_some((e, m))

@@ -6,6 +6,7 @@ use fengqiao_store::bind::{Bind, bind_all};
 use std::pin::Pin;
 use std::time::Duration;
 
+use fengqiao_kit::pii::{View, redact_in_place};
 use fengqiao_kit::{FieldViolation, Identity, validate};
 use fengqiao_proto::inbox::MessageKind;
 use fengqiao_proto::router::transfer_service_server::TransferService;
@@ -44,6 +45,7 @@ fn required_text(field: &str, text: &str, max: usize) -> Result<()> {
 
 fn event_from_row(row: &fengqiao_store::sqlx::any::AnyRow) -> Result<TransferEvent> {
     let body: Vec<u8> = row.try_get("body").map_err(store_err)?;
+    let body = fengqiao_store::seal::open(super::EVENT_BODY_CONTEXT, &body)?;
     TransferEvent::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("event: {e}")))
 }
 
@@ -71,10 +73,45 @@ impl Transfers {
         who: &Identity,
         req: &ListTransfersRequest,
     ) -> Result<ListTransfersResponse> {
-        let size = validate::page_size(req.page_size)?;
-        // `sql` collects the filters shared by every part of the query below.
-        let mut sql = String::new();
-        let mut binds: Vec<Bind> = Vec::new();
+        let me = self.list_agency(who, req).await?;
+        let mut conn = self.store().pool().acquire().await.map_err(store_err)?;
+        self.list_on(&mut conn, who, &me, req).await
+    }
+
+    /// Lists like [`Self::list`], unmasked, for a caller that asked for the full view: every
+    /// listed transfer's route must allow it ([`super::personal::full_view_allowed`], else
+    /// PERMISSION_DENIED `PERSONAL_INFO_VIEW_DENIED`, audited), and each one leaves a
+    /// `pii.read` audit record written in the transaction the page is read in.
+    pub async fn list_full(
+        &self,
+        who: &Identity,
+        req: &ListTransfersRequest,
+    ) -> Result<ListTransfersResponse> {
+        let me = self.list_agency(who, req).await?;
+        let mut tx = self.store().write().await?;
+        let resp = self.list_on(&mut tx, who, &me, req).await?;
+        for t in &resp.transfers {
+            let route_id = t.route.trim_start_matches("routes/");
+            let allowed = self
+                .routes
+                .get(route_id, t.route_version)
+                .is_some_and(|r| super::personal::full_view_allowed(who, r));
+            if !allowed {
+                drop(tx);
+                return Err(self
+                    .full_view_denied(who, &t.name, route_id, t.route_version)
+                    .await);
+            }
+            self.audit_full_read(&mut tx, who, "ListTransfers", t)
+                .await?;
+        }
+        tx.commit().await.map_err(store_err)?;
+        Ok(resp)
+    }
+
+    /// The agency whose transfers `req` lists: the caller's, or for a platform administrator
+    /// the one it names (anyone else naming one is refused, audited).
+    async fn list_agency(&self, who: &Identity, req: &ListTransfersRequest) -> Result<String> {
         // Platform administrators may list for another agency; nobody else may.
         let me = if req.agency.is_empty() {
             who.agency.clone()
@@ -93,6 +130,22 @@ impl Transfers {
             }
             req.agency.clone()
         };
+        Ok(me)
+    }
+
+    /// The list query of [`Self::list`] on `conn`, for agency `me`.
+    async fn list_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        who: &Identity,
+        me: &str,
+        req: &ListTransfersRequest,
+    ) -> Result<ListTransfersResponse> {
+        let size = validate::page_size(req.page_size)?;
+        // `sql` collects the filters shared by every part of the query below.
+        let mut sql = String::new();
+        let mut binds: Vec<Bind> = Vec::new();
+        let me = me.to_string();
         let push = |binds: &mut Vec<Bind>, b: Bind| -> String {
             binds.push(b);
             format!("${}", binds.len())
@@ -134,7 +187,7 @@ impl Transfers {
             let p = push(&mut binds, Bind::Int(t));
             sql.push_str(&format!(" AND create_time < {p}"));
         }
-        let now = self.store().now_micros_pool().await?;
+        let now = fengqiao_store::db_now_micros(&mut *conn).await?;
         if req.overdue_only {
             let p = push(&mut binds, Bind::Int(now));
             sql.push_str(&format!(" AND (overdue = 1 OR next_due <= {p})"));
@@ -177,7 +230,7 @@ impl Transfers {
             format!("{} {order}", parts.join(" UNION "))
         };
         let rows = bind_all(sqlx::query(&sql), &binds)
-            .fetch_all(self.store().pool())
+            .fetch_all(&mut *conn)
             .await
             .map_err(store_err)?;
         let mut loaded = rows
@@ -322,7 +375,9 @@ impl TransferService for Transfers {
         request: Request<CreateTransferRequest>,
     ) -> Reply<CreateTransferResponse> {
         let who = who(&request)?;
-        let t = self.create(&who, request.into_inner()).await?;
+        let mut t = self.create(&who, request.into_inner()).await?;
+        // Masked, a replay too; the full view is offered on reads only.
+        super::personal::mask(&mut t);
         Ok(Response::new(CreateTransferResponse { transfer: Some(t) }))
     }
 
@@ -331,7 +386,15 @@ impl TransferService for Transfers {
         request: Request<GetTransferRequest>,
     ) -> Reply<GetTransferResponse> {
         let who = who(&request)?;
-        let t = self.get(&who, &request.get_ref().name).await?;
+        let name = &request.get_ref().name;
+        let t = match fengqiao_kit::pii::requested_view(request.metadata())? {
+            View::Masked => {
+                let mut t = self.get(&who, name).await?;
+                super::personal::mask(&mut t);
+                t
+            }
+            View::Full => self.get_full(&who, name).await?,
+        };
         Ok(Response::new(GetTransferResponse { transfer: Some(t) }))
     }
 
@@ -340,7 +403,15 @@ impl TransferService for Transfers {
         request: Request<ListTransfersRequest>,
     ) -> Reply<ListTransfersResponse> {
         let who = who(&request)?;
-        Ok(Response::new(self.list(&who, request.get_ref()).await?))
+        let resp = match fengqiao_kit::pii::requested_view(request.metadata())? {
+            View::Masked => {
+                let mut r = self.list(&who, request.get_ref()).await?;
+                fengqiao_kit::pii::mask(&mut r);
+                r
+            }
+            View::Full => self.list_full(&who, request.get_ref()).await?,
+        };
+        Ok(Response::new(resp))
     }
 
     async fn update_transfer(
@@ -374,10 +445,16 @@ impl TransferService for Transfers {
                 |l, route, _cal, _now| {
                     for p in &paths {
                         match p.as_str() {
-                            "note" => l.transfer.note = patch.note.clone(),
+                            "note" => {
+                                l.transfer.note = patch.note.clone();
+                                redact_in_place(&mut l.transfer.note);
+                            }
                             "case_snapshot" => {
                                 let mut case = patch.case_snapshot.clone().unwrap_or_default();
-                                let v = super::validate_case(&case);
+                                let mut v = super::validate_case(&case);
+                                if v.is_empty() {
+                                    v = super::personal::intake_case(&mut case);
+                                }
                                 if !v.is_empty() {
                                     return Err(Error::Invalid(v));
                                 }
@@ -437,7 +514,9 @@ impl TransferService for Transfers {
         request: Request<ApproveTransferRequest>,
     ) -> Reply<ApproveTransferResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.comment);
         // Whether this is the route's last step; the step itself is checked inside the change,
         // after the idempotent replay (a retried approval must get its first answer).
         let actor = who.clone();
@@ -524,7 +603,9 @@ impl TransferService for Transfers {
         request: Request<RejectTransferRequest>,
     ) -> Reply<RejectTransferResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
         required_text("reason", &req.reason, 2000)?;
         let resp = self
             .mutate(
@@ -563,7 +644,9 @@ impl TransferService for Transfers {
         request: Request<WithdrawTransferRequest>,
     ) -> Reply<WithdrawTransferResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
         required_text("reason", &req.reason, 2000)?;
         let resp = self
             .mutate(
@@ -605,6 +688,11 @@ impl TransferService for Transfers {
     ) -> Reply<AcceptTransferResponse> {
         let who = who(&request)?;
         let req = request.into_inner();
+        let mut v = Vec::new();
+        super::personal::identifier(&mut v, "receiver_reference", &req.receiver_reference);
+        if !v.is_empty() {
+            return Err(Error::Invalid(v).into());
+        }
         let resp = self
             .mutate(
                 &who,
@@ -648,7 +736,9 @@ impl TransferService for Transfers {
         request: Request<DeclineTransferRequest>,
     ) -> Reply<DeclineTransferResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
         let actor = who.clone();
         let resp = self
             .mutate(
@@ -687,7 +777,9 @@ impl TransferService for Transfers {
 
     async fn pause_clock(&self, request: Request<PauseClockRequest>) -> Reply<PauseClockResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
         let resp = self
             .mutate(
                 &who,
@@ -720,7 +812,9 @@ impl TransferService for Transfers {
         request: Request<ResumeClockRequest>,
     ) -> Reply<ResumeClockResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.comment);
         let resp = self
             .mutate(
                 &who,
@@ -752,7 +846,9 @@ impl TransferService for Transfers {
         request: Request<ExtendDeadlineRequest>,
     ) -> Reply<ExtendDeadlineResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
         if req.length == 0 {
             return Err(Error::from(FieldViolation::new("length", "must be at least 1")).into());
         }
@@ -798,7 +894,9 @@ impl TransferService for Transfers {
         request: Request<CompleteClockRequest>,
     ) -> Reply<CompleteClockResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.comment);
         if !crate::routes::is_clock_name(&req.clock) {
             return Err(Error::from(FieldViolation::new(
                 "clock",
@@ -866,7 +964,9 @@ impl TransferService for Transfers {
         request: Request<RequestInvestigationRequest>,
     ) -> Reply<RequestInvestigationResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.questions);
         required_text("questions", &req.questions, 4000)?;
         let actor = who.clone();
         let resp = self
@@ -926,7 +1026,10 @@ impl TransferService for Transfers {
         request: Request<AnswerInvestigationRequest>,
     ) -> Reply<AnswerInvestigationResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.answer);
+        super::personal::redact_documents(&mut req.evidence);
         required_text("answer", &req.answer, 8000)?;
         let parent = req
             .name
@@ -1000,7 +1103,10 @@ impl TransferService for Transfers {
         request: Request<SubmitFeedbackRequest>,
     ) -> Reply<SubmitFeedbackResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.summary);
+        super::personal::redact_documents(&mut req.documents);
         required_text("summary", &req.summary, 8000)?;
         let actor = who.clone();
         let resp = self
@@ -1044,7 +1150,9 @@ impl TransferService for Transfers {
         request: Request<AcknowledgeFeedbackRequest>,
     ) -> Reply<AcknowledgeFeedbackResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.comment);
         let actor = who.clone();
         let resp = self
             .mutate(
@@ -1081,7 +1189,10 @@ impl TransferService for Transfers {
         request: Request<ReturnTransferRequest>,
     ) -> Reply<ReturnTransferResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
+        super::personal::redact_documents(&mut req.documents);
         let actor = who.clone();
         let resp = self
             .mutate(
@@ -1124,7 +1235,10 @@ impl TransferService for Transfers {
         request: Request<EscalateTransferRequest>,
     ) -> Reply<EscalateTransferResponse> {
         let who = who(&request)?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // Free text is redacted before it is stored (issue #14 §1).
+        redact_in_place(&mut req.reason);
+        super::personal::redact_documents(&mut req.documents);
         required_text("reason", &req.reason, 4000)?;
         let actor = who.clone();
         let resp = self
