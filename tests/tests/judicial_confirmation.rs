@@ -1394,12 +1394,16 @@ async fn mediation_ended_days_ago(suite: &TestSuite, c: &cd::PreFilingCase, days
         .await
         .expect("row");
     let body: Vec<u8> = row.try_get("body").expect("body");
+    // The body is sealed (issue #14): opened and sealed again with the column's context.
+    let body = fengqiao_store::seal::open("court_cases.body", &body).expect("sealed body");
     let mut case = cd::PreFilingCase::decode(body.as_slice()).expect("case");
     if let Some(e) = case.ending.as_mut() {
         e.end_time = Some(fengqiao_kit::time::to_timestamp(now_micros() - days * DAY));
     }
+    let sealed =
+        fengqiao_store::seal::seal("court_cases.body", &case.encode_to_vec()).expect("seal");
     sqlx::query("UPDATE court_cases SET body = $1 WHERE id = $2")
-        .bind(case.encode_to_vec())
+        .bind(sealed)
         .bind(id)
         .execute(store.pool())
         .await

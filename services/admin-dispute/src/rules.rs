@@ -164,35 +164,47 @@ fn normalize(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The keyed digest (HMAC-SHA256, hex) of an application's facts and reasons, for the rule
-/// of 行政复议法 Art 74 (after a settlement and withdrawal the same facts and reasons cannot
-/// be brought again). It covers the organ, the act's number, the applicants' identities and
-/// the facts; only the digest is a look-up key, never the facts in plain text.
-pub fn facts_digest(
-    key: &[u8],
+/// What the facts digest covers, canonical: the organ, the act's number, the applicants'
+/// identities (in any order) and the facts, whitespace collapsed, each part ended by 0x1e.
+pub fn facts_material(
     organ: &str,
     act_number: &str,
     applicant_ids: &[&str],
     facts: &str,
-) -> String {
+) -> Vec<u8> {
     let mut ids: Vec<String> = applicant_ids.iter().map(|s| normalize(s)).collect();
     ids.sort();
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&k);
+    let mut out = Vec::new();
     for part in [
         organ.trim().to_owned(),
         normalize(act_number),
         ids.join("\u{1f}"),
         normalize(facts),
     ] {
-        ctx.update(part.as_bytes());
-        ctx.update(&[0x1e]);
+        out.extend_from_slice(part.as_bytes());
+        out.push(0x1e);
     }
-    ctx.sign()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    out
+}
+
+/// Seal context of the facts digest.
+pub const FACTS_DIGEST: &str = "ad_disputes.facts_digest";
+
+/// The keyed digest (HMAC-SHA256, hex) of an application's facts and reasons, for the rule
+/// of 行政复议法 Art 74 (after a settlement and withdrawal the same facts and reasons cannot
+/// be brought again) over [`facts_material`]; only the digest is a look-up key, never the
+/// facts in plain text. The key is the key file's lookup key
+/// ([`fengqiao_store::seal::keyed_hash`]), never stored in the database beside the digests.
+pub fn facts_digest(
+    organ: &str,
+    act_number: &str,
+    applicant_ids: &[&str],
+    facts: &str,
+) -> Result<String, Error> {
+    Ok(fengqiao_store::seal::keyed_hash(
+        FACTS_DIGEST,
+        &facts_material(organ, act_number, applicant_ids, facts),
+    )?)
 }
 
 /// A document reference must carry a 64-hex SHA-256 content digest.
@@ -282,16 +294,36 @@ mod tests {
 
     #[test]
     fn the_facts_digest_is_keyed_and_ignores_spacing_and_order() {
-        let d = |key: &[u8], ids: &[&str], facts: &str| {
-            facts_digest(key, "agencies/o", "西住建罚〔2026〕1号", ids, facts)
+        fengqiao_store::seal::install_for_tests();
+        let m = |ids: &[&str], facts: &str| {
+            facts_material("agencies/o", "西住建罚〔2026〕1号", ids, facts)
         };
-        let a = d(b"k1", &["p1", "p2"], "征收补偿  标准过低");
+        let d = |ids: &[&str], facts: &str| {
+            facts_digest("agencies/o", "西住建罚〔2026〕1号", ids, facts).expect("a key ring")
+        };
+        assert_eq!(
+            m(&["p1", "p2"], "征收补偿  标准过低"),
+            m(&["p2", "p1"], " 征收补偿 标准过低 ")
+        );
+        let a = d(&["p1", "p2"], "征收补偿  标准过低");
         assert_eq!(a.len(), 64);
-        assert_eq!(a, d(b"k1", &["p2", "p1"], " 征收补偿 标准过低 "));
-        assert_ne!(a, d(b"k2", &["p1", "p2"], "征收补偿 标准过低"));
-        assert_ne!(a, d(b"k1", &["p1"], "征收补偿 标准过低"));
-        assert_ne!(a, d(b"k1", &["p1", "p2"], "另一事实"));
+        assert_eq!(a, d(&["p2", "p1"], " 征收补偿 标准过低 "));
+        assert_ne!(a, d(&["p1"], "征收补偿 标准过低"));
+        assert_ne!(a, d(&["p1", "p2"], "另一事实"));
         assert!(!a.contains("征收"));
+        // Keyed: not the plain SHA-256 of what it covers, and not another context's hash.
+        let plain = ring::digest::digest(
+            &ring::digest::SHA256,
+            &m(&["p1", "p2"], "征收补偿 标准过低"),
+        );
+        let plain: String = plain.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_ne!(a, plain);
+        let other = fengqiao_store::seal::keyed_hash(
+            "other.column",
+            &m(&["p1", "p2"], "征收补偿 标准过低"),
+        )
+        .expect("a key ring");
+        assert_ne!(a, other);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::inbox::{InboxHandler, Receives, forward_auth};
+use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::admindispute::admin_dispute_service_server::{
@@ -59,6 +60,61 @@ fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
 
 fn reply<T>(r: Result<T, Error>) -> R<T> {
     r.map(Response::new).map_err(Status::from)
+}
+
+/// Who may read the applicants' personal information in full (个人信息保护法 Art 6, minimum
+/// necessary): the centre's coordinators, who contact the applicants and run the
+/// coordination; the reviewing organ's review officers, who mediate in 行政复议 (行政复议法
+/// Art 73); the procuratorate's prosecutors taking part (行政诉讼监督); and other Fengqiao
+/// services reading for their work (`service`). The organ's liaisons and everyone else see
+/// masked values.
+pub const FULL_VIEW: FullView = FullView {
+    service: "admin-dispute",
+    roles: &[
+        rules::COORDINATOR_ROLE,
+        rules::REVIEW_OFFICER_ROLE,
+        "prosecutor",
+        "service",
+    ],
+};
+
+/// The answer to a mutation, masked (a full view is offered only by the reads, where it is
+/// audited); idempotent replays pass here too.
+fn masked<T: Personal>(r: Result<T, Error>) -> R<T> {
+    reply(r.map(|mut t| {
+        pii::mask(&mut t);
+        t
+    }))
+}
+
+/// Refuses an identifier that holds a resident ID number or a mobile number.
+fn not_personal(field: &str, s: &str) -> Result<(), Error> {
+    if pii::looks_personal(s) {
+        return Err(FieldViolation::new(
+            field,
+            "must not hold an identity number or a phone number",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The act as stored: its summary redacted (identity and mobile numbers masked).
+fn redacted_act(a: Option<&AdministrativeAct>) -> Option<AdministrativeAct> {
+    a.map(|a| {
+        let mut a = a.clone();
+        pii::redact_in_place(&mut a.summary);
+        a
+    })
+}
+
+/// Claims as stored: their descriptions redacted.
+fn redacted_claims(claims: &[Claim]) -> Vec<Claim> {
+    let mut claims = claims.to_vec();
+    for c in &mut claims {
+        pii::redact_in_place(&mut c.description);
+    }
+    claims
 }
 
 fn name_of(name: &str) -> Result<&str, Error> {
@@ -184,6 +240,21 @@ impl AdminDispute {
         if req.facts.trim().is_empty() {
             return Err(FieldViolation::new("facts", "required (事实和理由)").into());
         }
+        let mut bad = Vec::new();
+        for (k, p) in req.applicants.iter().enumerate() {
+            pii::validate::party(&mut bad, &format!("applicants[{k}]"), p, true);
+        }
+        if let Some(a) = &req.act
+            && pii::looks_personal(&a.document_number)
+        {
+            bad.push(FieldViolation::new(
+                "act.document_number",
+                "must not hold an identity number or a phone number",
+            ));
+        }
+        if !bad.is_empty() {
+            return Err(Error::Invalid(bad));
+        }
         let stage = DisputeStage::try_from(req.stage).unwrap_or_default();
         let review_accept_at = req
             .review_accept_time
@@ -193,11 +264,11 @@ impl AdminDispute {
         let intake = Intake {
             case_id: uuid_v4(),
             applicants: req.applicants.clone(),
-            act: req.act.clone().unwrap_or_default(),
+            act: redacted_act(req.act.as_ref()).unwrap_or_default(),
             organ: req.organ.clone(),
             reviewing_organ: req.reviewing_organ.clone(),
             stage,
-            claims: req.claims.clone(),
+            claims: redacted_claims(&req.claims),
             evidence: req.evidence.clone(),
             review_accept_at,
             region_code: req.region_code.clone(),
@@ -211,16 +282,10 @@ impl AdminDispute {
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let name = format!("disputes/{}", uuid_v4());
         let record = dom::intake(&name, &who.agency, &intake, now, cal)?;
-        let key = db::facts_key(&mut tx).await?;
         let keys = applicant_keys(&intake.applicants);
         let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let digest = rules::facts_digest(
-            &key,
-            &intake.organ,
-            &intake.act.document_number,
-            &ids,
-            &req.facts,
-        );
+        let digest =
+            rules::facts_digest(&intake.organ, &intake.act.document_number, &ids, &req.facts)?;
         // 行政复议法 Art 74: after a settlement and withdrawal, no new 行政复议 application on
         // the same facts and reasons.
         if stage == DisputeStage::InReview && db::facts_withdrawn(&mut tx, &digest).await? {
@@ -299,6 +364,7 @@ impl AdminDispute {
     async fn list(
         &self,
         who: &Identity,
+        view: pii::View,
         req: &ListDisputesRequest,
     ) -> Result<ListDisputesResponse, Error> {
         let size = validate::page_size(req.page_size)?;
@@ -334,10 +400,33 @@ impl AdminDispute {
             }
             _ => String::new(),
         };
-        Ok(ListDisputesResponse {
+        let mut resp = ListDisputesResponse {
             disputes: page,
             next_page_token,
-        })
+        };
+        let names: Vec<(String, String)> = resp
+            .disputes
+            .iter()
+            .map(|d| (d.name.clone(), d.case_id.clone()))
+            .collect();
+        let disclosed: Vec<Disclosed<'_>> = names
+            .iter()
+            .map(|(name, case_id)| Disclosed {
+                resource: name,
+                case_id: Some(case_id),
+            })
+            .collect();
+        pii::disclose(
+            &self.store,
+            &FULL_VIEW,
+            "/fengqiao.admindispute.v1.AdminDisputeService/ListDisputes",
+            who,
+            view,
+            &mut resp,
+            &disclosed,
+        )
+        .await?;
+        Ok(resp)
     }
 
     async fn statistics(
@@ -447,7 +536,7 @@ impl AdminDispute {
             case_id: d.case_id.clone(),
             external_references: [(who.agency.clone(), d.name.clone())].into_iter().collect(),
             category: DisputeCategory::Administrative as i32,
-            summary: req.summary.trim().to_owned(),
+            summary: pii::redact_text(req.summary.trim()).into_owned(),
             parties: d.applicants.clone(),
             evidence: d.evidence.clone(),
             region_code: d.region_code.clone(),
@@ -461,7 +550,7 @@ impl AdminDispute {
                     ..AgencyRef::default()
                 }),
                 case_snapshot: Some(snapshot),
-                note: req.summary.trim().to_owned(),
+                note: pii::redact_text(req.summary.trim()).into_owned(),
                 ..Transfer::default()
             }),
             request_id: router_rid("AskProcuratorate", name, &req.request_id),
@@ -557,7 +646,7 @@ impl AdminDispute {
         let feedback = fengqiao_proto::router::SubmitFeedbackRequest {
             name: transfer,
             outcome_code: code.into(),
-            summary: summary.to_owned(),
+            summary: pii::redact_text(summary).into_owned(),
             documents,
             request_id: router_rid("ReportToProcuratorate", name, &req.request_id),
             ..Default::default()
@@ -805,7 +894,7 @@ fn referral(
             centre: agency(&centre),
             applicants: snap.parties.clone(),
             act: Some(AdministrativeAct {
-                summary: snap.summary.clone(),
+                summary: pii::redact_text(&snap.summary).into_owned(),
                 ..AdministrativeAct::default()
             }),
             organ: agency(&organ),
@@ -865,7 +954,7 @@ target!(
 );
 
 impl AdminDispute {
-    async fn run<Q: Target, P: FromDispute>(
+    async fn run<Q: Target, P: FromDispute + Personal>(
         &self,
         req: Request<Q>,
         method: &str,
@@ -885,7 +974,7 @@ impl AdminDispute {
                 |w, rec, now, cal| f(w, &r, rec, now, cal),
             )
             .await;
-        reply(result.map(P::from_dispute))
+        masked(result.map(P::from_dispute))
     }
 }
 
@@ -921,7 +1010,7 @@ from_dispute!(
 impl AdminDisputeService for AdminDispute {
     async fn create_dispute(&self, req: Request<CreateDisputeRequest>) -> R<CreateDisputeResponse> {
         let w = who(&req)?;
-        reply(
+        masked(
             self.create(&w, req.get_ref())
                 .await
                 .map(|d| CreateDisputeResponse { dispute: Some(d) }),
@@ -930,22 +1019,48 @@ impl AdminDisputeService for AdminDispute {
 
     async fn get_dispute(&self, req: Request<GetDisputeRequest>) -> R<GetDisputeResponse> {
         let w = who(&req)?;
-        reply(
-            self.get(&w, &req.get_ref().name)
-                .await
-                .map(|d| GetDisputeResponse { dispute: Some(d) }),
-        )
+        let result = async {
+            let view = pii::requested_view(req.metadata())?;
+            let d = self.get(&w, &req.get_ref().name).await?;
+            let (name, case_id) = (d.name.clone(), d.case_id.clone());
+            let mut resp = GetDisputeResponse { dispute: Some(d) };
+            pii::disclose(
+                &self.store,
+                &FULL_VIEW,
+                "/fengqiao.admindispute.v1.AdminDisputeService/GetDispute",
+                &w,
+                view,
+                &mut resp,
+                &[Disclosed {
+                    resource: &name,
+                    case_id: Some(&case_id),
+                }],
+            )
+            .await?;
+            Ok(resp)
+        }
+        .await;
+        reply(result)
     }
 
     async fn list_disputes(&self, req: Request<ListDisputesRequest>) -> R<ListDisputesResponse> {
         let w = who(&req)?;
-        reply(self.list(&w, req.get_ref()).await)
+        let result = async {
+            let view = pii::requested_view(req.metadata())?;
+            self.list(&w, view, req.get_ref()).await
+        }
+        .await;
+        reply(result)
     }
 
     async fn amend_claims(&self, req: Request<AmendClaimsRequest>) -> R<AmendClaimsResponse> {
         self.run(req, "AmendClaims", |w, r, rec, now, cal| {
             centre(w, rec, "amending the claims")?;
-            dom::amend_claims(rec, &r.claims, r.act.as_ref(), now, cal)
+            if let Some(a) = &r.act {
+                not_personal("act.document_number", &a.document_number)?;
+            }
+            let act = redacted_act(r.act.as_ref());
+            dom::amend_claims(rec, &redacted_claims(&r.claims), act.as_ref(), now, cal)
         })
         .await
     }
@@ -1094,7 +1209,7 @@ impl AdminDisputeService for AdminDispute {
         &self,
         req: Request<AskProcuratorateRequest>,
     ) -> R<AskProcuratorateResponse> {
-        reply(
+        masked(
             self.ask(&req)
                 .await
                 .map(|d| AskProcuratorateResponse { dispute: Some(d) }),
@@ -1105,7 +1220,7 @@ impl AdminDisputeService for AdminDispute {
         &self,
         req: Request<ReportToProcuratorateRequest>,
     ) -> R<ReportToProcuratorateResponse> {
-        reply(
+        masked(
             self.report(&req)
                 .await
                 .map(|d| ReportToProcuratorateResponse { dispute: Some(d) }),

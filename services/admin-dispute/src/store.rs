@@ -2,6 +2,11 @@
 //! columns lists and authorisation need. Every read is scoped to a participant agency:
 //! another agency's view of a dispute is the same as a missing one (NOT_FOUND, 行诉解释
 //! Art 86).
+//!
+//! The body holds the applicants (names, identity numbers, phones, addresses) and is sealed
+//! ([`fengqiao_store::seal`], context [`BODY`]; 个人信息保护法 Art 51). The clocks (JSON) hold
+//! rules, reason codes and times only and stay plain; `facts_digest` is a keyed hash with the
+//! key file's lookup key ([`crate::rules::facts_digest`]).
 
 use fengqiao_kit::Error;
 use fengqiao_proto::admindispute::{Dispute, DisputeState};
@@ -15,11 +20,25 @@ use crate::dispute::Record;
 pub const SERVICE: &str = "admin_dispute";
 
 /// This service's own migrations (one portable script: SQLite DDL, PostgreSQL derived).
-pub const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "admin_dispute",
-    include_str!("../migrations/0001_admin_dispute.sql"),
-)];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "admin_dispute",
+        include_str!("../migrations/0001_admin_dispute.sql"),
+    ),
+    Migration::portable(
+        2,
+        "admin_dispute_drop_keys",
+        include_str!("../migrations/0002_drop_ad_keys.sql"),
+    ),
+];
+
+/// Seal context of `ad_disputes.body`.
+pub const BODY: &str = "ad_disputes.body";
+
+fn sealed_body(d: &Dispute) -> Result<Vec<u8>, Error> {
+    Ok(fengqiao_store::seal::seal(BODY, &d.encode_to_vec())?)
+}
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
@@ -43,7 +62,8 @@ const COLUMNS: &str = "d.version, d.body, d.clocks, d.facts_digest";
 fn stored_of(row: &AnyRow) -> Result<Stored, Error> {
     let body: Vec<u8> = row.try_get("body")?;
     let clocks: String = row.try_get("clocks")?;
-    let dispute = Dispute::decode(body.as_slice())?;
+    let plain = fengqiao_store::seal::open(BODY, &body)?;
+    let dispute = Dispute::decode(plain.as_slice())?;
     let clocks = serde_json::from_str(&clocks)
         .map_err(|e| Error::Corrupt(format!("dispute clocks: {e}")))?;
     Ok(Stored {
@@ -114,7 +134,7 @@ pub async fn insert(tx: &mut Tx, r: &Record, facts_digest: &str) -> Result<bool,
     .bind(i64::from(d.overdue))
     .bind(facts_digest)
     .bind(transfer_of(r))
-    .bind(d.encode_to_vec())
+    .bind(sealed_body(&d)?)
     .bind(clocks_json(r)?)
     .bind(created)
     .execute(&mut **tx)
@@ -169,7 +189,7 @@ pub async fn save(tx: &mut Tx, s: &Stored, r: &Record, now: i64) -> Result<Store
     .bind(i64::from(d.state))
     .bind(i64::from(d.overdue))
     .bind(transfer_of(&record))
-    .bind(d.encode_to_vec())
+    .bind(sealed_body(d)?)
     .bind(clocks_json(&record)?)
     .bind(now)
     .bind(version)
@@ -254,24 +274,6 @@ pub async fn facts_withdrawn(tx: &mut Tx, digest: &str) -> Result<bool, Error> {
     Ok(row.is_some())
 }
 
-/// The service's key for the facts digest, created (32 random bytes) on first use.
-pub async fn facts_key(tx: &mut Tx) -> Result<Vec<u8>, Error> {
-    let fresh: Vec<u8> = uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .chain(uuid::Uuid::new_v4().as_bytes())
-        .copied()
-        .collect();
-    sqlx::query("INSERT INTO ad_keys (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
-        .bind(fresh)
-        .execute(&mut **tx)
-        .await?;
-    let row = sqlx::query("SELECT secret FROM ad_keys WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(row.try_get("secret")?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,14 +343,11 @@ mod tests {
             let c = start_coordination(&o.record, CoordinationMethod::Explanation, now, cal())?;
             save(&mut tx, &o, &c, now).await?;
 
-            // Withdrawn facts by digest only; the key is made once.
+            // Withdrawn facts by digest only.
             assert!(!facts_withdrawn(&mut tx, "dg1").await?);
             record_withdrawn_facts(&mut tx, "dg1", "disputes/d1").await?;
             record_withdrawn_facts(&mut tx, "dg1", "disputes/d1").await?;
             assert!(facts_withdrawn(&mut tx, "dg1").await?);
-            let k1 = facts_key(&mut tx).await?;
-            assert_eq!(k1.len(), 32);
-            assert_eq!(facts_key(&mut tx).await?, k1);
             tx.commit().await?;
 
             let mut tx = store.read().await?;

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use fengqiao_kit::inbox::forward_auth;
+use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::{Actor, AgencyRef, EvidenceRef};
@@ -41,6 +42,43 @@ type S = PreFilingCaseState;
 type Reply<T> = std::result::Result<Response<T>, Status>;
 type WatchStream =
     Pin<Box<dyn Stream<Item = std::result::Result<WatchCasesResponse, Status>> + Send + 'static>>;
+
+/// Who may read the parties' personal information in full (个人信息保护法 Art 6, minimum
+/// necessary): the court's clerks (立案庭, who contact and serve the parties), its judges
+/// (who decide on the case), the invited mediator working the case (the case is visible only
+/// within its court, so a mediator sees it only as the court's own user) and other Fengqiao
+/// services reading for their work (`service`). Court administrators, who keep the roster,
+/// see masked values.
+pub const FULL_VIEW: FullView = FullView {
+    service: "court-diversion",
+    roles: &[rules::ROLE_CLERK, rules::ROLE_JUDGE, "mediator", "service"],
+};
+
+/// An answer to a mutation, masked: the full view is offered only by the reads (GetCase,
+/// ListCases), where it is audited. Idempotent replays pass here too (the stored answer
+/// stays whole, sealed in the store).
+fn masked<T: Personal>(mut r: T) -> Reply<T> {
+    pii::mask(&mut r);
+    Ok(Response::new(r))
+}
+
+/// Refuses an identifier that holds a resident ID number or a mobile number (it would be
+/// stored and indexed in the clear).
+fn not_personal(field: &str, s: &str) -> Result<()> {
+    if pii::looks_personal(s) {
+        return Err(FieldViolation::new(
+            field,
+            "must not hold an identity number or a phone number",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Free text as stored: trimmed, identity and mobile numbers masked (pii::redact_text).
+fn redacted(s: &str) -> String {
+    pii::redact_text(s.trim()).into_owned()
+}
 
 fn need_role(who: &Identity, role: &str, action: &str) -> Result<()> {
     if who.has_role(role) {
@@ -148,7 +186,7 @@ fn validate_case(c: Option<&PreFilingCase>) -> Vec<FieldViolation> {
         (&c.defendants, "pre_filing_case.defendants"),
     ] {
         for (i, p) in list.iter().enumerate() {
-            fengqiao_police_referral::validate::party(&mut out, &format!("{field}[{i}]"), p, true);
+            pii::validate::party(&mut out, &format!("{field}[{i}]"), p, true);
         }
     }
     for (i, e) in c.evidence.iter().enumerate() {
@@ -165,6 +203,12 @@ fn validate_case(c: Option<&PreFilingCase>) -> Vec<FieldViolation> {
         ));
     }
     text(&mut out, "pre_filing_case.summary", &c.summary, 4000);
+    if pii::looks_personal(&c.pre_filing_number) {
+        out.push(FieldViolation::new(
+            "pre_filing_case.pre_filing_number",
+            "must not hold an identity number or a phone number",
+        ));
+    }
     if let Err(v) =
         fengqiao_kit::validate::region_code("pre_filing_case.region_code", &c.region_code)
     {
@@ -174,15 +218,20 @@ fn validate_case(c: Option<&PreFilingCase>) -> Vec<FieldViolation> {
 }
 
 /// The client's content of a case, output-only fields cleared (the idempotency of the
-/// pre-filing number compares it).
+/// pre-filing number compares it), free text redacted (the summary and the claims'
+/// descriptions never store an identity or mobile number).
 fn normalise(c: &PreFilingCase) -> PreFilingCase {
+    let mut claims = c.claims.clone();
+    for k in &mut claims {
+        pii::redact_in_place(&mut k.description);
+    }
     PreFilingCase {
         pre_filing_number: c.pre_filing_number.trim().to_string(),
         plaintiffs: c.plaintiffs.clone(),
         defendants: c.defendants.clone(),
-        claims: c.claims.clone(),
+        claims,
         category: c.category,
-        summary: c.summary.trim().to_string(),
+        summary: redacted(&c.summary),
         evidence: c.evidence.clone(),
         region_code: c.region_code.clone(),
         ..PreFilingCase::default()
@@ -425,7 +474,7 @@ impl CourtDiversion {
             Error::Invalid(vec![FieldViolation::new("pre_filing_case", "is required")])
         })?);
         let idem = Idem::new(&who, "CreateCase", &req.request_id, &req)?;
-        let hash = fengqiao_store::idempotency::hash_request(&input.encode_to_vec());
+        let hash = db::content_hash(&input)?;
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay(&mut tx).await? {
             return Ok(r);
@@ -501,6 +550,7 @@ impl CourtDiversion {
 
     async fn get_case(&self, request: Request<GetCaseRequest>) -> Result<GetCaseResponse> {
         let who = Identity::of(&request)?.clone();
+        let view = pii::requested_view(request.metadata())?;
         let req = request.into_inner();
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
@@ -508,13 +558,29 @@ impl CourtDiversion {
         tx.rollback().await?;
         let mut c = db::present(s.case, now);
         self.show_confirmation(&who.agency, &mut c).await?;
-        Ok(GetCaseResponse {
+        let (name, case_id) = (c.name.clone(), c.case_id.clone());
+        let mut resp = GetCaseResponse {
             pre_filing_case: Some(c),
-        })
+        };
+        pii::disclose(
+            &self.store,
+            &FULL_VIEW,
+            "/fengqiao.courtdiversion.v1.CourtDiversionService/GetCase",
+            &who,
+            view,
+            &mut resp,
+            &[Disclosed {
+                resource: &name,
+                case_id: Some(&case_id),
+            }],
+        )
+        .await?;
+        Ok(resp)
     }
 
     async fn list_cases(&self, request: Request<ListCasesRequest>) -> Result<ListCasesResponse> {
         let who = Identity::of(&request)?.clone();
+        let view = pii::requested_view(request.metadata())?;
         let req = request.into_inner();
         let limit = i64::from(fengqiao_kit::validate::page_size(req.page_size)?);
         // The token binds the filters: a token from another query is refused.
@@ -614,10 +680,32 @@ impl CourtDiversion {
             last = Some((t, s.id().to_string()));
             cases.push(db::present(s.case, now));
         }
-        Ok(ListCasesResponse {
+        let names: Vec<(String, String)> = cases
+            .iter()
+            .map(|c| (c.name.clone(), c.case_id.clone()))
+            .collect();
+        let mut resp = ListCasesResponse {
             pre_filing_cases: cases,
             next_page_token,
-        })
+        };
+        let disclosed: Vec<Disclosed<'_>> = names
+            .iter()
+            .map(|(name, case_id)| Disclosed {
+                resource: name,
+                case_id: Some(case_id),
+            })
+            .collect();
+        pii::disclose(
+            &self.store,
+            &FULL_VIEW,
+            "/fengqiao.courtdiversion.v1.CourtDiversionService/ListCases",
+            &who,
+            view,
+            &mut resp,
+            &disclosed,
+        )
+        .await?;
+        Ok(resp)
     }
 
     async fn record_consent(
@@ -774,7 +862,7 @@ impl CourtDiversion {
                     ..Default::default()
                 }),
                 case_snapshot: Some(snapshot),
-                note: note.to_string(),
+                note: pii::redact_text(note).into_owned(),
                 ..Default::default()
             }),
             request_id: router_rid(method, s.id(), request_id),
@@ -1104,6 +1192,7 @@ impl CourtDiversion {
         let req = request.into_inner();
         need_role_for(&who, Action::Register)?;
         rules::check_docket_number("docket_number", req.docket_number.trim())?;
+        not_personal("docket_number", &req.docket_number)?;
         let idem = Idem::new(&who, "RegisterCase", &req.request_id, &req)?;
         let actor = who.as_actor();
         self.local_change(
@@ -1155,7 +1244,7 @@ impl CourtDiversion {
                 c.registration = Some(RegistrationDecision {
                     outcome: RegistrationOutcome::Refused as i32,
                     docket_number: String::new(),
-                    refusal_reason: req.reason.trim().to_string(),
+                    refusal_reason: redacted(&req.reason),
                     document: req.ruling.clone(),
                     decided_by: Some(actor.clone()),
                     decide_time: Some(to_ts(now)),
@@ -1226,7 +1315,7 @@ impl CourtDiversion {
                     d.result_time = Some(to_ts(now));
                 }
                 c.withdrawal = Some(Withdrawal {
-                    reason: req.reason.trim().to_string(),
+                    reason: redacted(&req.reason),
                     document: req.document.clone(),
                     recorded_by: Some(actor.clone()),
                     withdraw_time: Some(to_ts(now)),
@@ -1285,7 +1374,7 @@ impl CourtDiversion {
                 )?;
                 if let Some(sp) = c.suspension.as_mut() {
                     sp.resolution = resolution as i32;
-                    sp.resolution_reason = req.reason.trim().to_string();
+                    sp.resolution_reason = redacted(&req.reason);
                     sp.resolved_by = Some(actor.clone());
                     sp.resolve_time = Some(to_ts(now));
                 }
@@ -1440,7 +1529,7 @@ impl CourtDiversion {
                         continue;
                     };
                     after = seq;
-                    let Ok(e) = CaseEvent::decode(body.as_slice()) else {
+                    let Ok(e) = db::open_body::<CaseEvent>(db::EVENT_BODY, &body) else {
                         continue;
                     };
                     let wanted = (req.pre_filing_case.is_empty()
@@ -1906,7 +1995,7 @@ impl CourtDiversion {
              WHERE court = $4 AND id = $5 AND version = $6",
         )
         .bind(i64::from(o.active))
-        .bind(o.encode_to_vec())
+        .bind(db::seal_body(db::ORGANIZATION_BODY, &o)?)
         .bind(version)
         .bind(&who.agency)
         .bind(&id)
@@ -1992,7 +2081,7 @@ impl CourtDiversion {
              WHERE court = $4 AND organization = $5 AND id = $6 AND version = $7",
         )
         .bind(i64::from(m.active))
-        .bind(m.encode_to_vec())
+        .bind(db::seal_body(db::MEDIATOR_BODY, &m)?)
         .bind(version)
         .bind(&who.agency)
         .bind(&org)
@@ -2498,7 +2587,7 @@ impl Inbox {
                 c.ending = Some(Ending {
                     reason: reason as i32,
                     outcome_code: f.outcome_code.clone(),
-                    detail: f.summary.clone(),
+                    detail: pii::redact_text(&f.summary).into_owned(),
                     documents: f.documents.clone(),
                     ended_by: f.submitted_by.clone(),
                     end_time: f.submit_time.or(at),
@@ -2713,7 +2802,7 @@ impl CourtDiversionService for CourtDiversion {
         Ok(Response::new(self.update_mediator(r).await?))
     }
     async fn create_case(&self, r: Request<CreateCaseRequest>) -> Reply<CreateCaseResponse> {
-        Ok(Response::new(CourtDiversion::create_case(self, r).await?))
+        masked(CourtDiversion::create_case(self, r).await?)
     }
     async fn get_case(&self, r: Request<GetCaseRequest>) -> Reply<GetCaseResponse> {
         Ok(Response::new(CourtDiversion::get_case(self, r).await?))
@@ -2725,25 +2814,23 @@ impl CourtDiversionService for CourtDiversion {
         &self,
         r: Request<RecordConsentRequest>,
     ) -> Reply<RecordConsentResponse> {
-        Ok(Response::new(
-            CourtDiversion::record_consent(self, r).await?,
-        ))
+        masked(CourtDiversion::record_consent(self, r).await?)
     }
     async fn choose_mediator(
         &self,
         r: Request<ChooseMediatorRequest>,
     ) -> Reply<ChooseMediatorResponse> {
-        Ok(Response::new(ChooseMediatorResponse {
+        masked(ChooseMediatorResponse {
             pre_filing_case: Some(self.choose(r).await?),
-        }))
+        })
     }
     async fn designate_mediator(
         &self,
         r: Request<DesignateMediatorRequest>,
     ) -> Reply<DesignateMediatorResponse> {
-        Ok(Response::new(DesignateMediatorResponse {
+        masked(DesignateMediatorResponse {
             pre_filing_case: Some(self.designate(r).await?),
-        }))
+        })
     }
     async fn start_appraisal(
         &self,
@@ -2777,27 +2864,25 @@ impl CourtDiversionService for CourtDiversion {
         &self,
         r: Request<ResolveSuspensionRequest>,
     ) -> Reply<ResolveSuspensionResponse> {
-        Ok(Response::new(self.resolve(r).await?))
+        masked(self.resolve(r).await?)
     }
     async fn decide_next_step(
         &self,
         r: Request<DecideNextStepRequest>,
     ) -> Reply<DecideNextStepResponse> {
-        Ok(Response::new(
-            CourtDiversion::decide_next_step(self, r).await?,
-        ))
+        masked(CourtDiversion::decide_next_step(self, r).await?)
     }
     async fn register_case(&self, r: Request<RegisterCaseRequest>) -> Reply<RegisterCaseResponse> {
-        Ok(Response::new(self.register(r).await?))
+        masked(self.register(r).await?)
     }
     async fn refuse_registration(
         &self,
         r: Request<RefuseRegistrationRequest>,
     ) -> Reply<RefuseRegistrationResponse> {
-        Ok(Response::new(self.refuse(r).await?))
+        masked(self.refuse(r).await?)
     }
     async fn withdraw_case(&self, r: Request<WithdrawCaseRequest>) -> Reply<WithdrawCaseResponse> {
-        Ok(Response::new(self.withdraw(r).await?))
+        masked(self.withdraw(r).await?)
     }
     async fn get_case_statistics(
         &self,

@@ -1,6 +1,11 @@
 //! Persistence of the court's pre-filing cases, roster and event log, and the seed of the
 //! sample roster. Cases and roster entries are stored as encoded protobufs beside the columns
 //! that lists, authorisation and look-ups need.
+//!
+//! Every body is sealed ([`fengqiao_store::seal`], context `"<table>.body"`): a case holds
+//! the parties' names, identity numbers, phones and addresses (个人信息保护法 Art 51); the
+//! plain columns beside it hold ids, states and times only, and the content hash over the
+//! parties is a keyed hash ([`content_hash`]).
 
 use fengqiao_proto::common::{
     Actor, ClockExpiryAction, ClockState, ClockUnit as ProtoUnit, DisputeCategory,
@@ -11,7 +16,7 @@ use fengqiao_proto::courtdiversion::{
 };
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
 use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
-use prost::Message as _;
+use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, Action};
@@ -76,14 +81,43 @@ impl Stored {
     }
 }
 
+/// Seal context of `court_cases.body`.
+pub const CASE_BODY: &str = "court_cases.body";
+/// Seal context of `court_case_events.body`.
+pub const EVENT_BODY: &str = "court_case_events.body";
+/// Seal context of `court_organizations.body`.
+pub const ORGANIZATION_BODY: &str = "court_organizations.body";
+/// Seal context of `court_mediators.body`.
+pub const MEDIATOR_BODY: &str = "court_mediators.body";
+
+/// Seals an encoded body for the column `context`.
+pub fn seal_body(context: &str, msg: &impl Message) -> Result<Vec<u8>> {
+    Ok(fengqiao_store::seal::seal(context, &msg.encode_to_vec())?)
+}
+
+/// Opens and decodes a body sealed for `context`.
+pub fn open_body<M: Message + Default>(context: &str, sealed: &[u8]) -> Result<M> {
+    let plain = fengqiao_store::seal::open(context, sealed)?;
+    M::decode(plain.as_slice()).map_err(|e| Error::Corrupt(format!("{context}: {e}")))
+}
+
+/// The keyed hash (HMAC, [`fengqiao_store::seal::keyed_hash`]) of a case's client content
+/// at intake, compared when the pre-filing number is registered again: a plain hash over
+/// the parties could be reversed by trying identity numbers.
+pub fn content_hash(input: &PreFilingCase) -> Result<String> {
+    Ok(fengqiao_store::seal::keyed_hash(
+        "court_cases.content_hash",
+        &input.encode_to_vec(),
+    )?)
+}
+
 /// Columns read for a case.
 pub const COLUMNS: &str = "id, court, version, content_hash, event_seq, body";
 
 /// Decodes a case row.
 pub fn stored_of(row: &AnyRow) -> Result<Stored> {
     let body: Vec<u8> = row.try_get("body")?;
-    let case =
-        PreFilingCase::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("case: {e}")))?;
+    let case: PreFilingCase = open_body(CASE_BODY, &body)?;
     Ok(Stored {
         case,
         court: row.try_get("court")?,
@@ -165,7 +199,7 @@ pub async fn insert(tx: &mut Tx, s: &Stored, now: i64) -> Result<()> {
     .bind(med)
     .bind(next_due(c))
     .bind(&s.content_hash)
-    .bind(c.encode_to_vec())
+    .bind(seal_body(CASE_BODY, c)?)
     .bind(now)
     .execute(&mut **tx)
     .await
@@ -198,7 +232,7 @@ pub async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     .bind(med)
     .bind(next_due(c))
     .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
-    .bind(c.encode_to_vec())
+    .bind(seal_body(CASE_BODY, c)?)
     .bind(now)
     .bind(s.version)
     .bind(s.id())
@@ -318,7 +352,7 @@ impl Change {
             .bind(&e.pre_filing_case)
             .bind(i64::from(e.event_type))
             .bind(e.occur_time.as_ref().map_or(0, from_ts))
-            .bind(e.encode_to_vec())
+            .bind(seal_body(EVENT_BODY, &e)?)
             .execute(&mut **tx)
             .await?;
         }
@@ -444,14 +478,13 @@ pub fn mark_overdue(c: &mut PreFilingCase, clock: &str, now: i64, actor: &Actor,
 /// An organisation row.
 pub fn organization_of(row: &AnyRow) -> Result<InvitedOrganization> {
     let body: Vec<u8> = row.try_get("body")?;
-    InvitedOrganization::decode(body.as_slice())
-        .map_err(|e| Error::Corrupt(format!("organization: {e}")))
+    open_body(ORGANIZATION_BODY, &body)
 }
 
 /// A mediator row.
 pub fn mediator_of(row: &AnyRow) -> Result<InvitedMediator> {
     let body: Vec<u8> = row.try_get("body")?;
-    InvitedMediator::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("mediator: {e}")))
+    open_body(MEDIATOR_BODY, &body)
 }
 
 /// The court's organisation `id`, if on the roster.
@@ -502,7 +535,7 @@ pub async fn insert_organization(
     .bind(id)
     .bind(&o.agency)
     .bind(i64::from(o.active))
-    .bind(o.encode_to_vec())
+    .bind(seal_body(ORGANIZATION_BODY, o)?)
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -528,7 +561,7 @@ pub async fn insert_mediator(
     .bind(id)
     .bind(&m.actor_id)
     .bind(i64::from(m.active))
-    .bind(m.encode_to_vec())
+    .bind(seal_body(MEDIATOR_BODY, m)?)
     .bind(now)
     .execute(&mut *conn)
     .await?;

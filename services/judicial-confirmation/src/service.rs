@@ -13,6 +13,7 @@
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
+use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
@@ -89,6 +90,52 @@ fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
 
 fn reply<T>(r: Result<T, Error>) -> R<T> {
     r.map(Response::new).map_err(Status::from)
+}
+
+/// Who may read the parties' personal information in full (个人信息保护法 Art 6, minimum
+/// necessary): the court's judges and clerks, who review the application, hear the parties
+/// and serve the ruling (2011 rules Art 6–8), and other Fengqiao services reading for their
+/// work (`service`). Everyone else sees masked values.
+pub const FULL_VIEW: FullView = FullView {
+    service: "judicial-confirmation",
+    roles: &[rules::JUDGE_ROLE, rules::CLERK_ROLE, "service"],
+};
+
+/// The answer to a mutation, masked (a full view is offered only by the reads, where it is
+/// audited); idempotent replays pass here too.
+fn masked<T: Personal>(r: Result<T, Error>) -> R<T> {
+    reply(r.map(|mut t| {
+        pii::mask(&mut t);
+        t
+    }))
+}
+
+/// Refuses an identifier that holds a resident ID number or a mobile number.
+fn not_personal(field: &str, s: &str) -> Result<(), Error> {
+    if pii::looks_personal(s) {
+        return Err(FieldViolation::new(
+            field,
+            "must not hold an identity number or a phone number",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Checks the parties of an application taken in (the suite's one set of party validators,
+/// [`pii::validate::party`]: identity numbers with their check digit, phones, addresses). A
+/// name is not required here: which parties the application names is the domain's check
+/// ([`app::receive`]), and they were named where the agreement was taken in.
+fn check_parties(intake: &app::Intake) -> Result<(), Error> {
+    let mut v = Vec::new();
+    for (i, p) in intake.parties.iter().enumerate() {
+        pii::validate::party(&mut v, &format!("parties[{i}]"), p, false);
+    }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(v))
+    }
 }
 
 fn need_role(who: &Identity, roles: &[&str]) -> Result<(), Error> {
@@ -211,6 +258,7 @@ impl JudicialConfirmation {
         if key.is_empty() {
             return Err(FieldViolation::new("transfer", "is required").into());
         }
+        check_parties(intake)?;
         let mut tx = self.store.write().await?;
         if let Some(s) = db::load_by_transfer(&mut tx, key).await? {
             return Ok(s.record.application);
@@ -579,13 +627,30 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<GetApplicationRequest>,
     ) -> R<GetApplicationResponse> {
         let w = who(&req)?;
-        reply(
-            self.get(&w, &req.get_ref().name)
-                .await
-                .map(|a| GetApplicationResponse {
-                    application: Some(a),
-                }),
-        )
+        let result = async {
+            let view = pii::requested_view(req.metadata())?;
+            let a = self.get(&w, &req.get_ref().name).await?;
+            let (name, case_id) = (a.name.clone(), a.case_id.clone());
+            let mut resp = GetApplicationResponse {
+                application: Some(a),
+            };
+            pii::disclose(
+                &self.store,
+                &FULL_VIEW,
+                "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication",
+                &w,
+                view,
+                &mut resp,
+                &[Disclosed {
+                    resource: &name,
+                    case_id: Some(&case_id),
+                }],
+            )
+            .await?;
+            Ok(resp)
+        }
+        .await;
+        reply(result)
     }
 
     async fn list_applications(
@@ -593,7 +658,35 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<ListApplicationsRequest>,
     ) -> R<ListApplicationsResponse> {
         let w = who(&req)?;
-        reply(self.list(&w, req.get_ref()).await)
+        let result = async {
+            let view = pii::requested_view(req.metadata())?;
+            let mut resp = self.list(&w, req.get_ref()).await?;
+            let names: Vec<(String, String)> = resp
+                .applications
+                .iter()
+                .map(|a| (a.name.clone(), a.case_id.clone()))
+                .collect();
+            let disclosed: Vec<Disclosed<'_>> = names
+                .iter()
+                .map(|(name, case_id)| Disclosed {
+                    resource: name,
+                    case_id: Some(case_id),
+                })
+                .collect();
+            pii::disclose(
+                &self.store,
+                &FULL_VIEW,
+                "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications",
+                &w,
+                view,
+                &mut resp,
+                &disclosed,
+            )
+            .await?;
+            Ok(resp)
+        }
+        .await;
+        reply(result)
     }
 
     async fn accept_application(
@@ -605,6 +698,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
+            not_personal("confirmation_number", &r.confirmation_number)?;
             self.act_routed(
                 &caller,
                 &w,
@@ -618,7 +712,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| AcceptApplicationResponse {
+        masked(result.map(|a| AcceptApplicationResponse {
             application: Some(a),
         }))
     }
@@ -645,7 +739,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| RejectApplicationResponse {
+        masked(result.map(|a| RejectApplicationResponse {
             application: Some(a),
         }))
     }
@@ -665,12 +759,14 @@ impl JudicialConfirmationService for JudicialConfirmation {
                 &r.name,
                 &r.etag,
                 &r.request_id,
-                |rec, now, cal| app::request_supplement(rec, &r.description, now, cal),
+                |rec, now, cal| {
+                    app::request_supplement(rec, &pii::redact_text(&r.description), now, cal)
+                },
             )
             .await
         }
         .await;
-        reply(result.map(|a| RequestSupplementResponse {
+        masked(result.map(|a| RequestSupplementResponse {
             application: Some(a),
         }))
     }
@@ -695,7 +791,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| ReceiveSupplementResponse {
+        masked(result.map(|a| ReceiveSupplementResponse {
             application: Some(a),
         }))
     }
@@ -720,7 +816,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| ExtendReviewResponse {
+        masked(result.map(|a| ExtendReviewResponse {
             application: Some(a),
         }))
     }
@@ -750,7 +846,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| RuleOnApplicationResponse {
+        masked(result.map(|a| RuleOnApplicationResponse {
             application: Some(a),
         }))
     }
@@ -777,7 +873,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| WithdrawApplicationResponse {
+        masked(result.map(|a| WithdrawApplicationResponse {
             application: Some(a),
         }))
     }
@@ -800,12 +896,21 @@ impl JudicialConfirmationService for JudicialConfirmation {
                 &r.name,
                 &r.etag,
                 &r.request_id,
-                |rec, now, cal| app::object(rec, objector, known, &r.grounds, now, cal),
+                |rec, now, cal| {
+                    app::object(
+                        rec,
+                        objector,
+                        known,
+                        &pii::redact_text(&r.grounds),
+                        now,
+                        cal,
+                    )
+                },
             )
             .await
         }
         .await;
-        reply(result.map(|a| FileObjectionResponse {
+        masked(result.map(|a| FileObjectionResponse {
             application: Some(a),
         }))
     }
@@ -818,6 +923,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let r = req.into_inner();
         let result = async {
             need_role(&w, CLERK_OR_JUDGE)?;
+            not_personal("enforcement_reference", &r.enforcement_reference)?;
             let actor = w.as_actor();
             self.act(
                 &w,
@@ -844,7 +950,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
         if result.is_ok() {
             tracing::info!(application = %r.name, "handed off for enforcement");
         }
-        reply(result.map(|a| HandOffForEnforcementResponse {
+        masked(result.map(|a| HandOffForEnforcementResponse {
             application: Some(a),
         }))
     }
@@ -870,7 +976,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
                         rec,
                         &r.justice_bureau,
                         r.document.as_ref(),
-                        &r.note,
+                        &pii::redact_text(&r.note),
                         actor,
                         now,
                         cal,
@@ -880,7 +986,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
             .await
         }
         .await;
-        reply(result.map(|a| ReportNonConfirmationResponse {
+        masked(result.map(|a| ReportNonConfirmationResponse {
             application: Some(a),
         }))
     }

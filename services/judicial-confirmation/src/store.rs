@@ -1,6 +1,11 @@
 //! Persistence of the court's applications: the protobuf, its clocks (JSON) and the columns
 //! lists and authorisation need. Every read is scoped to the caller's court: another agency's
 //! application is the same as a missing one (NOT_FOUND).
+//!
+//! The body holds the parties (names, identity numbers, phones, addresses) and is sealed
+//! ([`fengqiao_store::seal`], context [`BODY`]; 个人信息保护法 Art 51). The clocks (JSON) hold
+//! the rule, reason codes and times only — no personal information — and stay plain, as do
+//! the ids, states and the 调确 number beside them.
 
 use fengqiao_kit::{Error, Reason};
 use fengqiao_proto::judicialconfirmation::{ApplicationState, ConfirmationApplication};
@@ -39,10 +44,18 @@ pub struct Stored {
 
 const COLUMNS: &str = "court, version, body, clocks";
 
+/// Seal context of `jc_applications.body`.
+pub const BODY: &str = "jc_applications.body";
+
+fn sealed_body(a: &ConfirmationApplication) -> Result<Vec<u8>, Error> {
+    Ok(fengqiao_store::seal::seal(BODY, &a.encode_to_vec())?)
+}
+
 fn stored_of(row: &AnyRow) -> Result<Stored, Error> {
     let body: Vec<u8> = row.try_get("body")?;
     let clocks: String = row.try_get("clocks")?;
-    let application = ConfirmationApplication::decode(body.as_slice())?;
+    let plain = fengqiao_store::seal::open(BODY, &body)?;
+    let application = ConfirmationApplication::decode(plain.as_slice())?;
     let clocks = serde_json::from_str(&clocks)
         .map_err(|e| Error::Corrupt(format!("application clocks: {e}")))?;
     Ok(Stored {
@@ -96,7 +109,7 @@ pub async fn insert(tx: &mut Tx, court: &str, r: &Record) -> Result<bool, Error>
     .bind(i64::from(a.state))
     .bind(number(r))
     .bind(i64::from(a.overdue))
-    .bind(a.encode_to_vec())
+    .bind(sealed_body(&a)?)
     .bind(clocks_json(r)?)
     .bind(
         a.create_time
@@ -149,7 +162,7 @@ pub async fn save(tx: &mut Tx, s: &Stored, r: &Record, now: i64) -> Result<Store
     .bind(i64::from(a.state))
     .bind(number(&record))
     .bind(i64::from(a.overdue))
-    .bind(a.encode_to_vec())
+    .bind(sealed_body(a)?)
     .bind(clocks_json(&record)?)
     .bind(now)
     .bind(version)

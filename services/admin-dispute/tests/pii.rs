@@ -1,0 +1,284 @@
+//! Personal information in administrative disputes (issue #14 §1), on SQLite and
+//! PostgreSQL: the body sealed at rest (no identity number or phone in the database files),
+//! the facts digest keyed with the key file's lookup key (no key in the database), every
+//! answer masked, the full view only for the roles of [`FULL_VIEW`] and audited, refused and
+//! logged for others; applicants through the shared validators, free text redacted,
+//! identifiers holding an identity number refused.
+
+use fengqiao_admin_dispute::{AdminDispute, migrate};
+use fengqiao_kit::auth::{AuthMethod, Identity};
+use fengqiao_kit::error::{bad_fields_of, reason_of};
+use fengqiao_kit::pii::VIEW_HEADER;
+use fengqiao_proto::admindispute::admin_dispute_service_server::AdminDisputeService as _;
+use fengqiao_proto::admindispute::*;
+use fengqiao_proto::common::{EvidenceRef, IdType, Money, Party, PartyRole};
+use fengqiao_store::access::{self, Outcome};
+use fengqiao_store::sqlx::{self, Row as _};
+use fengqiao_store::{Backend, Store, both_backends};
+use tonic::{Code, Request};
+
+const CENTRE: &str = "agencies/xigang-admin-dispute-centre";
+const ORGAN: &str = "agencies/xigang-housing-bureau";
+const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// A resident ID number with a valid GB 11643 check digit.
+const ID: &str = "210203199001011239";
+const PHONE: &str = "13900005201";
+
+fn req<T>(agency: &str, roles: &[&str], full: bool, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(Identity {
+        agency: agency.into(),
+        actor: "a1".into(),
+        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+        method: AuthMethod::Token,
+        person: None,
+    });
+    if full {
+        r.metadata_mut()
+            .insert(VIEW_HEADER, "full".parse().expect("ascii"));
+    }
+    r
+}
+
+fn service(store: &Store) -> AdminDispute {
+    let router = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    AdminDispute::new(store.clone(), router)
+}
+
+fn create_request() -> CreateDisputeRequest {
+    CreateDisputeRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        applicants: vec![Party {
+            party_id: "p1".into(),
+            role: PartyRole::Applicant as i32,
+            name: "王小明".into(),
+            id_type: IdType::ResidentIdCard as i32,
+            id_number: ID.into(),
+            phone: PHONE.into(),
+            ..Party::default()
+        }],
+        act: Some(AdministrativeAct {
+            kind: ActKind::Expropriation as i32,
+            document_number: "西住建征补〔2026〕7号".into(),
+            summary: format!("对{ID}名下房屋的征收补偿决定"),
+            act_time: None,
+        }),
+        organ: ORGAN.into(),
+        reviewing_organ: String::new(),
+        stage: DisputeStage::BeforeReview as i32,
+        claims: vec![Claim {
+            kind: ClaimKind::Compensation as i32,
+            description: format!("请求提高补偿，联系电话{PHONE}"),
+            amount: Some(Money {
+                currency_code: "CNY".into(),
+                units: 200_000,
+                nanos: 0,
+            }),
+        }],
+        evidence: vec![EvidenceRef {
+            display_name: "申请书".into(),
+            media_type: "application/pdf".into(),
+            sha256: SHA.into(),
+            uri: "centre://docs/1".into(),
+            ..EvidenceRef::default()
+        }],
+        facts: "征收补偿标准过低".into(),
+        review_accept_time: None,
+        region_code: "210203".into(),
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every stored body is sealed and free of the ID number and the phone; on SQLite the
+/// database file and its WAL hold neither.
+async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = sqlx::query("SELECT body, facts_digest FROM ad_disputes")
+        .fetch_all(store.pool())
+        .await?;
+    assert!(!rows.is_empty());
+    for r in rows {
+        let b: Vec<u8> = r.try_get("body")?;
+        assert!(b.starts_with(b"FQS1"), "ad_disputes.body is sealed");
+        assert!(!contains(&b, ID.as_bytes()) && !contains(&b, PHONE.as_bytes()));
+        let digest: String = r.try_get("facts_digest")?;
+        assert_eq!(digest.len(), 64);
+    }
+    if store.backend() == Backend::Sqlite {
+        let url = &store.config().url;
+        let path = url.trim_start_matches("sqlite://");
+        let path = path.split('?').next().unwrap_or(path);
+        let mut seen = 0;
+        for file in [path.to_string(), format!("{path}-wal")] {
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
+            seen += 1;
+            assert!(!contains(&bytes, ID.as_bytes()), "ID number in {file}");
+            assert!(!contains(&bytes, PHONE.as_bytes()), "phone in {file}");
+        }
+        assert!(seen > 0, "the database file was read");
+    }
+    Ok(())
+}
+
+both_backends!(
+    disputes_are_sealed_masked_and_read_in_full_only_by_the_roles_named,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = service(&store);
+        let d = svc
+            .create_dispute(req(CENTRE, &["coordinator"], false, create_request()))
+            .await?
+            .into_inner()
+            .dispute
+            .expect("dispute");
+        // The answer of a mutation is masked; free text was redacted before it was stored.
+        assert_eq!(d.applicants[0].id_number, "210203**********39");
+        assert_eq!(d.applicants[0].phone, "139****5201");
+        let act = d.act.as_ref().expect("act");
+        assert_eq!(act.summary, "对210203**********39名下房屋的征收补偿决定");
+        assert_eq!(d.claims[0].description, "请求提高补偿，联系电话139****5201");
+        assert_nothing_in_the_clear(&store).await?;
+        // The facts digest's key is the key file's: no key table in the database.
+        assert!(
+            sqlx::query("SELECT * FROM ad_keys")
+                .fetch_all(store.pool())
+                .await
+                .is_err()
+        );
+
+        let get = |agency: &str, roles: &[&str], full: bool| {
+            req(
+                agency,
+                roles,
+                full,
+                GetDisputeRequest {
+                    name: d.name.clone(),
+                },
+            )
+        };
+        // Masked by default, also for the organ (a participant).
+        let got = svc
+            .get_dispute(get(ORGAN, &["organ_liaison"], false))
+            .await?
+            .into_inner();
+        assert_eq!(
+            got.dispute.expect("dispute").applicants[0].id_number,
+            "210203**********39"
+        );
+        assert!(access::recent(&store, None, 10).await?.is_empty());
+        // Full for the centre's coordinator, logged with the fields, never the values.
+        let got = svc
+            .get_dispute(get(CENTRE, &["coordinator"], true))
+            .await?
+            .into_inner();
+        let p = &got.dispute.expect("dispute").applicants[0];
+        assert_eq!((p.id_number.as_str(), p.phone.as_str()), (ID, PHONE));
+        let list = svc
+            .list_disputes(req(
+                CENTRE,
+                &["coordinator"],
+                true,
+                ListDisputesRequest::default(),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(list.disputes[0].applicants[0].id_number, ID);
+        let rows = access::recent(&store, Some(&d.case_id), 10).await?;
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.outcome == Outcome::FullRead
+            && r.service == "admin-dispute"
+            && r.resource == d.name
+            && r.fields == "party_name,party_id_number,party_phone"));
+        assert!(rows[0].method.ends_with("/ListDisputes"));
+        let logged = format!("{rows:?}");
+        assert!(!logged.contains(ID) && !logged.contains(PHONE) && !logged.contains("王小明"));
+        // The organ's liaison asking for the full view: refused and logged.
+        let e = svc
+            .get_dispute(get(ORGAN, &["organ_liaison"], true))
+            .await
+            .expect_err("no full view for the organ");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
+        let rows = access::recent(&store, Some(&d.case_id), 1).await?;
+        assert_eq!(rows[0].outcome, Outcome::Denied);
+        assert_eq!(rows[0].agency, ORGAN);
+
+        // AmendClaims: an act number holding an ID number is refused; the answer is masked.
+        let amend = |number: &str| {
+            req(
+                CENTRE,
+                &["coordinator"],
+                false,
+                AmendClaimsRequest {
+                    name: d.name.clone(),
+                    etag: String::new(),
+                    claims: create_request().claims,
+                    act: Some(AdministrativeAct {
+                        document_number: number.into(),
+                        ..create_request().act.expect("act")
+                    }),
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                },
+            )
+        };
+        let e = svc
+            .amend_claims(amend(&format!("西住建征补〔2026〕{ID}号")))
+            .await
+            .expect_err("personal identifier");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields_of(&e), ["act.document_number"]);
+        let amended = svc
+            .amend_claims(amend("西住建征补〔2026〕8号"))
+            .await?
+            .into_inner()
+            .dispute
+            .expect("dispute");
+        assert_eq!(amended.applicants[0].phone, "139****5201");
+        assert_eq!(
+            amended.claims[0].description,
+            "请求提高补偿，联系电话139****5201"
+        );
+        assert_nothing_in_the_clear(&store).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
+
+both_backends!(
+    intake_refuses_bad_applicants_and_personal_act_numbers,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = service(&store);
+        let mut bad = create_request();
+        bad.applicants[0].id_number = "210203199001011234".into();
+        bad.applicants[0].phone = "1390000520".into();
+        let e = svc
+            .create_dispute(req(CENTRE, &["coordinator"], false, bad))
+            .await
+            .expect_err("bad applicant");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            bad_fields_of(&e),
+            ["applicants[0].id_number", "applicants[0].phone"]
+        );
+        assert!(!e.message().contains("210203199001011234"));
+        let mut bad = create_request();
+        if let Some(a) = bad.act.as_mut() {
+            a.document_number = format!("西住建征补〔2026〕{ID}号");
+        }
+        let e = svc
+            .create_dispute(req(CENTRE, &["coordinator"], false, bad))
+            .await
+            .expect_err("personal act number");
+        assert_eq!(bad_fields_of(&e), ["act.document_number"]);
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ad_disputes")
+            .fetch_one(store.pool())
+            .await?
+            .try_get("n")?;
+        assert_eq!(n, 0);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);

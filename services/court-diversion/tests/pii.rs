@@ -1,0 +1,300 @@
+//! Personal information in the court's pre-filing cases (issue #14 §1), on SQLite and
+//! PostgreSQL: sealed at rest (no identity number or phone in the database files), masked in
+//! every answer, the full view only for the roles of [`FULL_VIEW`] and audited, refused and
+//! logged for others; party intake through the shared validators, free text redacted,
+//! identifiers holding an identity number refused.
+
+use fengqiao_court_diversion::{CourtDiversion, migrate};
+use fengqiao_kit::auth::{AuthMethod, Identity};
+use fengqiao_kit::error::{bad_fields_of, reason_of};
+use fengqiao_kit::pii::VIEW_HEADER;
+use fengqiao_proto::common::{DisputeCategory, EvidenceRef, IdType, Money, Party, PartyRole};
+use fengqiao_proto::courtdiversion::court_diversion_service_server::CourtDiversionService as _;
+use fengqiao_proto::courtdiversion::*;
+use fengqiao_store::access::{self, Outcome};
+use fengqiao_store::sqlx::{self, Row as _};
+use fengqiao_store::{Backend, Store, both_backends};
+use tonic::{Code, Request};
+
+const COURT: &str = "agencies/xigang-court";
+/// A resident ID number with a valid GB 11643 check digit.
+const ID: &str = "210203199001011239";
+const PHONE: &str = "13900005201";
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn req<T>(roles: &[&str], full: bool, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(Identity {
+        agency: COURT.into(),
+        actor: "clerk-01".into(),
+        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+        method: AuthMethod::Token,
+        person: None,
+    });
+    if full {
+        r.metadata_mut()
+            .insert(VIEW_HEADER, "full".parse().expect("ascii"));
+    }
+    r
+}
+
+fn service(store: &Store) -> CourtDiversion {
+    let router = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    CourtDiversion::new(store.clone(), router)
+}
+
+fn person(id: &str, role: PartyRole) -> Party {
+    Party {
+        party_id: id.into(),
+        role: role as i32,
+        name: "王小明".into(),
+        id_type: IdType::ResidentIdCard as i32,
+        id_number: ID.into(),
+        phone: PHONE.into(),
+        ..Party::default()
+    }
+}
+
+fn case(number: u32) -> PreFilingCase {
+    PreFilingCase {
+        pre_filing_number: format!("(2026)辽0203诉前调{number}号"),
+        plaintiffs: vec![person("p1", PartyRole::Applicant)],
+        defendants: vec![Party {
+            party_id: "p2".into(),
+            role: PartyRole::Respondent as i32,
+            name: "赵某".into(),
+            ..Party::default()
+        }],
+        claims: vec![Claim {
+            description: format!("判令被告赔偿，原告电话{PHONE}"),
+            amount: Some(Money {
+                currency_code: "CNY".into(),
+                units: 5000,
+                nanos: 0,
+            }),
+        }],
+        category: DisputeCategory::Neighbourhood as i32,
+        summary: format!("原告身份证{ID}，楼上漏水致装修受损"),
+        evidence: vec![EvidenceRef {
+            display_name: "起诉状".into(),
+            uri: "court://docs/1".into(),
+            media_type: "application/pdf".into(),
+            sha256: "ab".repeat(32),
+            ..EvidenceRef::default()
+        }],
+        region_code: "210203".into(),
+        ..PreFilingCase::default()
+    }
+}
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn create(svc: &CourtDiversion, number: u32) -> Result<PreFilingCase, tonic::Status> {
+    Ok(svc
+        .create_case(req(
+            &["court_clerk"],
+            false,
+            CreateCaseRequest {
+                pre_filing_case: Some(case(number)),
+                consents: vec![],
+                request_id: rid(),
+            },
+        ))
+        .await?
+        .into_inner()
+        .pre_filing_case
+        .expect("case"))
+}
+
+/// Every stored body: sealed (`FQS1…`) and without the ID number or the phone; on SQLite
+/// the database file and its WAL hold neither either.
+async fn assert_nothing_in_the_clear(store: &Store) -> TestResult {
+    for table in ["court_cases", "court_case_events"] {
+        let rows = sqlx::query(&format!("SELECT body FROM {table}"))
+            .fetch_all(store.pool())
+            .await?;
+        assert!(!rows.is_empty(), "{table} has rows");
+        for r in rows {
+            let b: Vec<u8> = r.try_get("body")?;
+            assert!(b.starts_with(b"FQS1"), "{table}.body is sealed");
+            assert!(!contains(&b, ID.as_bytes()) && !contains(&b, PHONE.as_bytes()));
+        }
+    }
+    if store.backend() == Backend::Sqlite {
+        let url = &store.config().url;
+        let path = url.trim_start_matches("sqlite://");
+        let path = path.split('?').next().unwrap_or(path);
+        let mut seen = 0;
+        for file in [path.to_string(), format!("{path}-wal")] {
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
+            seen += 1;
+            assert!(!contains(&bytes, ID.as_bytes()), "ID number in {file}");
+            assert!(!contains(&bytes, PHONE.as_bytes()), "phone in {file}");
+        }
+        assert!(seen > 0, "the database file was read");
+    }
+    Ok(())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+both_backends!(
+    parties_are_sealed_masked_and_read_in_full_only_by_the_court,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = service(&store);
+        let c = create(&svc, 1).await?;
+        // The answer of a mutation is masked.
+        let p = &c.plaintiffs[0];
+        assert_eq!(p.id_number, "210203**********39");
+        assert_eq!(p.phone, "139****5201");
+        assert_eq!(p.name, "王**");
+        // Free text is redacted at intake (stored so).
+        assert_eq!(
+            c.summary,
+            "原告身份证210203**********39，楼上漏水致装修受损"
+        );
+        assert_eq!(c.claims[0].description, "判令被告赔偿，原告电话139****5201");
+        assert_nothing_in_the_clear(&store).await?;
+
+        // Masked by default, for every role.
+        let get = |roles: &[&str], full: bool| {
+            req(
+                roles,
+                full,
+                GetCaseRequest {
+                    name: c.name.clone(),
+                },
+            )
+        };
+        for roles in [&["court_clerk"][..], &["court_admin"][..]] {
+            let got = svc.get_case(get(roles, false)).await?.into_inner();
+            let p = &got.pre_filing_case.expect("case").plaintiffs[0];
+            assert_eq!(p.id_number, "210203**********39", "{roles:?}");
+            assert_eq!(p.phone, "139****5201");
+        }
+        let listed = svc
+            .list_cases(req(&["judge"], false, ListCasesRequest::default()))
+            .await?
+            .into_inner();
+        assert_eq!(
+            listed.pre_filing_cases[0].plaintiffs[0].id_number,
+            "210203**********39"
+        );
+        assert!(access::recent(&store, None, 10).await?.is_empty());
+
+        // Full for a clerk (and a judge), with one access-log row naming the fields.
+        for role in ["court_clerk", "judge"] {
+            let got = svc.get_case(get(&[role], true)).await?.into_inner();
+            let p = &got.pre_filing_case.expect("case").plaintiffs[0];
+            assert_eq!((p.id_number.as_str(), p.phone.as_str()), (ID, PHONE));
+            assert_eq!(p.name, "王小明");
+        }
+        let rows = access::recent(&store, Some(&c.case_id), 10).await?;
+        assert_eq!(rows.len(), 2);
+        let row = &rows[0];
+        assert_eq!(row.outcome, Outcome::FullRead);
+        assert_eq!(row.service, "court-diversion");
+        assert_eq!(row.resource, c.name);
+        assert_eq!(row.agency, COURT);
+        assert!(row.method.ends_with("/GetCase"));
+        assert_eq!(row.fields, "party_name,party_id_number,party_phone");
+        for r in &rows {
+            let all = format!("{r:?}");
+            assert!(!all.contains(ID) && !all.contains(PHONE) && !all.contains("王小明"));
+        }
+        // A full list: one row per case listed.
+        let listed = svc
+            .list_cases(req(&["court_clerk"], true, ListCasesRequest::default()))
+            .await?
+            .into_inner();
+        assert_eq!(listed.pre_filing_cases[0].plaintiffs[0].id_number, ID);
+        let rows = access::recent(&store, Some(&c.case_id), 10).await?;
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].method.ends_with("/ListCases"));
+
+        // A role without the full view: refused, and the refusal is logged.
+        let e = svc
+            .get_case(get(&["court_admin"], true))
+            .await
+            .expect_err("no full view for the roster's administrator");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
+        assert!(!e.message().contains(ID));
+        let rows = access::recent(&store, Some(&c.case_id), 1).await?;
+        assert_eq!(rows[0].outcome, Outcome::Denied);
+        assert_eq!(rows[0].reason, "PERSONAL_INFO_VIEW_DENIED");
+        assert_eq!(rows[0].fields, "");
+
+        // An idempotent replay is masked the same way.
+        let again = CreateCaseRequest {
+            pre_filing_case: Some(case(2)),
+            consents: vec![],
+            request_id: rid(),
+        };
+        let first = svc
+            .create_case(req(&["court_clerk"], false, again.clone()))
+            .await?
+            .into_inner();
+        let replay = svc
+            .create_case(req(&["court_clerk"], false, again))
+            .await?
+            .into_inner();
+        assert_eq!(first, replay);
+        assert_eq!(
+            replay.pre_filing_case.expect("case").plaintiffs[0].id_number,
+            "210203**********39"
+        );
+        assert_nothing_in_the_clear(&store).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
+
+both_backends!(
+    intake_refuses_bad_parties_and_personal_identifiers,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = service(&store);
+        let refused = |c: PreFilingCase| {
+            req(
+                &["court_clerk"],
+                false,
+                CreateCaseRequest {
+                    pre_filing_case: Some(c),
+                    consents: vec![],
+                    request_id: rid(),
+                },
+            )
+        };
+        // A wrong check digit (GB 11643-1999) and a 10-digit phone.
+        let mut c = case(3);
+        c.plaintiffs[0].id_number = "210203199001011234".into();
+        c.plaintiffs[0].phone = "1390000520".into();
+        let e = svc.create_case(refused(c)).await.expect_err("bad party");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let fields = bad_fields_of(&e);
+        assert!(fields.contains(&"pre_filing_case.plaintiffs[0].id_number".to_string()));
+        assert!(fields.contains(&"pre_filing_case.plaintiffs[0].phone".to_string()));
+        assert!(!e.message().contains("210203199001011234"));
+        // An identity number as the pre-filing number.
+        let mut c = case(4);
+        c.pre_filing_number = format!("(2026)辽0203诉前调{ID}号");
+        let e = svc.create_case(refused(c)).await.expect_err("personal id");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(bad_fields_of(&e).contains(&"pre_filing_case.pre_filing_number".to_string()));
+        // Nothing was stored.
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM court_cases")
+            .fetch_one(store.pool())
+            .await?
+            .try_get("n")?;
+        assert_eq!(n, 0);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);

@@ -1,0 +1,290 @@
+//! Personal information in the court's applications (issue #14 §1), on SQLite and
+//! PostgreSQL: the body sealed at rest (no identity number or phone in the database files),
+//! every answer masked, the full view only for the roles of [`FULL_VIEW`] and audited,
+//! refused and logged for others; parties taken in through the shared validators, free text
+//! redacted, identifiers holding an identity number refused.
+
+use fengqiao_judicial_confirmation::application::Intake;
+use fengqiao_judicial_confirmation::{JudicialConfirmation, migrate};
+use fengqiao_kit::auth::{AuthMethod, Identity};
+use fengqiao_kit::error::{bad_fields_of, reason_of};
+use fengqiao_kit::pii::VIEW_HEADER;
+use fengqiao_proto::common::{EvidenceRef, IdType, Party};
+use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::JudicialConfirmationService as _;
+use fengqiao_proto::judicialconfirmation::*;
+use fengqiao_store::access::{self, Outcome};
+use fengqiao_store::sqlx::{self, Row as _};
+use fengqiao_store::{Backend, Store, both_backends};
+use tonic::{Code, Request};
+
+const COURT: &str = "agencies/xigang-court";
+const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+/// A resident ID number with a valid GB 11643 check digit.
+const ID: &str = "210203199001011239";
+const PHONE: &str = "13900005201";
+
+fn req<T>(roles: &[&str], full: bool, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(Identity {
+        agency: COURT.into(),
+        actor: "a1".into(),
+        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+        method: AuthMethod::Token,
+        person: None,
+    });
+    if full {
+        r.metadata_mut()
+            .insert(VIEW_HEADER, "full".parse().expect("ascii"));
+    }
+    r
+}
+
+fn doc() -> EvidenceRef {
+    EvidenceRef {
+        display_name: "文书".into(),
+        media_type: "application/pdf".into(),
+        sha256: SHA.into(),
+        ..EvidenceRef::default()
+    }
+}
+
+fn intake(transfer: &str, id_number: &str) -> Intake {
+    use PackageItemKind as K;
+    let item = |kind: K, party: &str| PackageItem {
+        kind: kind as i32,
+        document: Some(doc()),
+        party_id: party.into(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    Intake {
+        case_id: format!("case-{transfer}"),
+        transfer: transfer.into(),
+        pre_filing_case: String::new(),
+        committee: "agencies/xigang-committee".into(),
+        committee_court: COURT.into(),
+        delegating_court: None,
+        source: ApplicationSource::PeoplesMediation,
+        parties: vec![
+            Party {
+                party_id: "p1".into(),
+                name: "王小明".into(),
+                id_type: IdType::ResidentIdCard as i32,
+                id_number: id_number.into(),
+                phone: PHONE.into(),
+                ..Party::default()
+            },
+            Party {
+                party_id: "p2".into(),
+                name: "赵某".into(),
+                ..Party::default()
+            },
+        ],
+        applicants: vec!["p1".into(), "p2".into()],
+        represented: vec![],
+        agreement: Some(doc()),
+        agreement_effective_at: now - 10 * 86_400_000_000,
+        package: vec![
+            item(K::Application, ""),
+            item(K::IdentityProof, "p1"),
+            item(K::ServiceAddress, "p1"),
+            item(K::IdentityProof, "p2"),
+            item(K::ServiceAddress, "p2"),
+        ],
+        submitted_at: 0,
+    }
+}
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every stored body is sealed and free of the ID number and the phone; on SQLite the
+/// database file and its WAL hold neither.
+async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = sqlx::query("SELECT body, clocks FROM jc_applications")
+        .fetch_all(store.pool())
+        .await?;
+    assert!(!rows.is_empty());
+    for r in rows {
+        let b: Vec<u8> = r.try_get("body")?;
+        assert!(b.starts_with(b"FQS1"), "jc_applications.body is sealed");
+        let clocks: String = r.try_get("clocks")?;
+        for hay in [&b[..], clocks.as_bytes()] {
+            assert!(!contains(hay, ID.as_bytes()) && !contains(hay, PHONE.as_bytes()));
+        }
+    }
+    if store.backend() == Backend::Sqlite {
+        let url = &store.config().url;
+        let path = url.trim_start_matches("sqlite://");
+        let path = path.split('?').next().unwrap_or(path);
+        let mut seen = 0;
+        for file in [path.to_string(), format!("{path}-wal")] {
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
+            seen += 1;
+            assert!(!contains(&bytes, ID.as_bytes()), "ID number in {file}");
+            assert!(!contains(&bytes, PHONE.as_bytes()), "phone in {file}");
+        }
+        assert!(seen > 0, "the database file was read");
+    }
+    Ok(())
+}
+
+both_backends!(
+    applications_are_sealed_masked_and_read_in_full_only_by_the_court,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = JudicialConfirmation::new(store.clone());
+        let a = svc.take_in(COURT, &intake("transfers/t1", ID)).await?;
+        assert_nothing_in_the_clear(&store).await?;
+        let get = |roles: &[&str], full: bool| {
+            req(
+                roles,
+                full,
+                GetApplicationRequest {
+                    name: a.name.clone(),
+                },
+            )
+        };
+        // Masked by default.
+        let got = svc
+            .get_application(get(&["judge"], false))
+            .await?
+            .into_inner();
+        let p = &got.application.expect("application").parties[0];
+        assert_eq!(p.id_number, "210203**********39");
+        assert_eq!(p.phone, "139****5201");
+        assert!(access::recent(&store, None, 10).await?.is_empty());
+        // Full for a judge and a clerk, each read logged with the fields, never the values.
+        for role in ["judge", "court_clerk"] {
+            let got = svc.get_application(get(&[role], true)).await?.into_inner();
+            let p = &got.application.expect("application").parties[0];
+            assert_eq!((p.id_number.as_str(), p.phone.as_str()), (ID, PHONE));
+        }
+        let list = svc
+            .list_applications(req(
+                &["court_clerk"],
+                true,
+                ListApplicationsRequest::default(),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(list.applications[0].parties[0].id_number, ID);
+        let rows = access::recent(&store, Some(&a.case_id), 10).await?;
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.outcome == Outcome::FullRead
+            && r.service == "judicial-confirmation"
+            && r.resource == a.name
+            && r.fields == "party_name,party_id_number,party_phone"));
+        assert!(rows[0].method.ends_with("/ListApplications"));
+        assert!(rows[2].method.ends_with("/GetApplication"));
+        let logged = format!("{rows:?}");
+        assert!(!logged.contains(ID) && !logged.contains(PHONE) && !logged.contains("王小明"));
+        // A mediator (or anyone without the role) asking for the full view: refused, logged.
+        let e = svc
+            .get_application(get(&["mediator"], true))
+            .await
+            .expect_err("no full view");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
+        let rows = access::recent(&store, Some(&a.case_id), 1).await?;
+        assert_eq!(rows[0].outcome, Outcome::Denied);
+        assert_eq!(rows[0].reason, "PERSONAL_INFO_VIEW_DENIED");
+
+        // Mutation answers are masked; identifiers holding an ID number are refused; free
+        // text is redacted before it is stored.
+        let e = svc
+            .accept_application(req(
+                &["court_clerk"],
+                false,
+                AcceptApplicationRequest {
+                    name: a.name.clone(),
+                    etag: String::new(),
+                    confirmation_number: format!("(2026)辽0203民特调确{ID}号"),
+                    request_id: rid(),
+                },
+            ))
+            .await
+            .expect_err("personal identifier");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields_of(&e), ["confirmation_number"]);
+        let acc = svc
+            .accept_application(req(
+                &["court_clerk"],
+                false,
+                AcceptApplicationRequest {
+                    name: a.name.clone(),
+                    etag: String::new(),
+                    confirmation_number: "(2026)辽0203民特调确12号".into(),
+                    request_id: rid(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(acc.parties[0].id_number, "210203**********39");
+        let sup = svc
+            .request_supplement(req(
+                &["judge"],
+                false,
+                RequestSupplementRequest {
+                    name: a.name.clone(),
+                    etag: String::new(),
+                    description: format!("请补充身份证{ID}的复印件，联系{PHONE}"),
+                    request_id: rid(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        assert_eq!(sup.parties[0].phone, "139****5201");
+        let full = svc
+            .get_application(get(&["judge"], true))
+            .await?
+            .into_inner()
+            .application
+            .expect("application");
+        let asked = &full
+            .supplements
+            .last()
+            .expect("a supplement request")
+            .description;
+        assert_eq!(
+            asked,
+            "请补充身份证210203**********39的复印件，联系139****5201"
+        );
+        assert_nothing_in_the_clear(&store).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
+
+both_backends!(
+    an_application_with_an_invalid_identity_number_is_not_taken_in,
+    |store: Store| async move {
+        migrate(&store).await?;
+        let svc = JudicialConfirmation::new(store.clone());
+        let e = svc
+            .take_in(COURT, &intake("transfers/t9", "210203199001011234"))
+            .await
+            .expect_err("wrong check digit");
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields_of(&status), ["parties[0].id_number"]);
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM jc_applications")
+            .fetch_one(store.pool())
+            .await?
+            .try_get("n")?;
+        assert_eq!(n, 0);
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+);
