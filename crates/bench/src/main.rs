@@ -229,6 +229,8 @@ async fn child_suite(
     config.auth.public_keys_file = Some(data_dir.join("public-keys.json"));
     config.auth.service_key_file = Some(data_dir.join("service-key.json"));
     config.data_dir = data_dir.clone();
+    config.pii.key_file = Some(data_dir.join("pii-keys.json"));
+    config.install_pii_keys(None)?;
     config.listen = listen;
     config.peers.router = router;
     config.admin_listen = "127.0.0.1:0".into();
@@ -297,6 +299,18 @@ pub fn write_keys(dir: &Path) -> anyhow::Result<SigningKey> {
     }
     .save(&dir.join("public-keys.json"))?;
     key.save(&dir.join("service-key.json"))?;
+    // One personal-information key for the whole run: the children seal with it, and this
+    // process (which opens the router's store itself) reads with it.
+    static PII: std::sync::OnceLock<fengqiao_store::seal::KeyFile> = std::sync::OnceLock::new();
+    let pii = match PII.get() {
+        Some(f) => f.clone(),
+        None => {
+            let f = fengqiao_store::seal::KeyFile::generate("bench-1")?;
+            fengqiao_store::seal::install(fengqiao_store::seal::Keyring::new(&f)?);
+            PII.get_or_init(|| f).clone()
+        }
+    };
+    pii.save(&dir.join("pii-keys.json"), true)?;
     Ok(key)
 }
 
