@@ -148,7 +148,7 @@ fn validate_case(c: Option<&PreFilingCase>) -> Vec<FieldViolation> {
         (&c.defendants, "pre_filing_case.defendants"),
     ] {
         for (i, p) in list.iter().enumerate() {
-            fengqiao_police_referral::validate::party(&mut out, &format!("{field}[{i}]"), p, true);
+            fengqiao_kit::pii::validate::party(&mut out, &format!("{field}[{i}]"), p, true);
         }
     }
     for (i, e) in c.evidence.iter().enumerate() {
