@@ -21,6 +21,16 @@ use tonic::Code;
 
 /// The mediation room's organisation in the mediation service.
 const ORG: &str = "organizations/bayilu-room";
+
+/// `msg` asking for the full personal information (`x-fengqiao-personal-info: full`).
+fn full_view<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        fengqiao_kit::pii::VIEW_HEADER,
+        tonic::metadata::MetadataValue::from_static("full"),
+    );
+    r
+}
 /// The mediator on duty, on the room's roster under her own actor id.
 const MEDIATOR: &str = "organizations/bayilu-room/mediators/mediator-01";
 
@@ -223,11 +233,12 @@ async fn the_mediation_room_is_set_up(cast: &mut Cast) {
 async fn the_room_sees_the_offer(cast: &Cast, case_id: &str) -> MediationCase {
     let room = &cast.mediator;
     let c = eventually("the case offered to the mediation room", || async move {
+        // The mediator reads the parties in full (audited): they must reach them.
         room.clone()
-            .list_cases(ListCasesRequest {
+            .list_cases(full_view(ListCasesRequest {
                 case_id: case_id.into(),
                 ..Default::default()
-            })
+            }))
             .await
             .expect("list cases")
             .into_inner()
@@ -414,13 +425,26 @@ async fn an_agreement_is_signed_and_the_mediation_ends(
     cast: &mut Cast,
     c: &MediationCase,
 ) -> MediationCase {
+    // The agreement records the parties' basic information (人民调解法 Art 29): the mediator
+    // reads them in full (answers are masked).
+    let parties = cast
+        .mediator
+        .get_case(full_view(GetCaseRequest {
+            name: c.name.clone(),
+        }))
+        .await
+        .expect("案件（完整信息）")
+        .into_inner()
+        .mediation_case
+        .expect("case")
+        .parties;
     let c = cast
         .mediator
         .draft_agreement(DraftAgreementRequest {
             name: c.name.clone(),
             etag: c.etag.clone(),
             agreement: Some(Agreement {
-                parties: c.parties.clone(),
+                parties,
                 facts_and_responsibilities: "李某夜间在家中播放音乐、拖动家具，影响楼下张某休息；\
                                              李某负主要责任"
                     .into(),

@@ -317,12 +317,14 @@ async fn agreement_took_effect_days_ago(suite: &TestSuite, m: &md::MediationCase
         .await
         .expect("row");
     let body: Vec<u8> = row.try_get("body").expect("body");
-    let mut c = md::MediationCase::decode(body.as_slice()).expect("case");
+    // Bodies are sealed (issue #14): opened and sealed again with the suite's test key ring.
+    let plain = fengqiao_store::seal::open("mediation_cases.body", &body).expect("sealed body");
+    let mut c = md::MediationCase::decode(plain.as_slice()).expect("case");
     if let Some(a) = c.agreement.as_mut() {
         a.effective_time = Some(fengqiao_kit::time::to_timestamp(now_micros() - days * DAY));
     }
     sqlx::query("UPDATE mediation_cases SET body = $1 WHERE id = $2")
-        .bind(c.encode_to_vec())
+        .bind(fengqiao_store::seal::seal("mediation_cases.body", &c.encode_to_vec()).expect("seal"))
         .bind(id)
         .execute(store.pool())
         .await

@@ -1093,12 +1093,10 @@ impl Cases {
                     "must be a distinct party of the case",
                 ));
             }
-            if p.name.trim().is_empty() {
-                v.push(FieldViolation::new(
-                    format!("agreement.parties[{i}].name"),
-                    "is required",
-                ));
-            }
+            // The kit's one set of party validators (name, GB 11643 ID number, phone,
+            // address): an agreement records the parties' basic information (PML Art 29), so
+            // a masked or mistyped value copied into it is refused, not signed.
+            fengqiao_kit::pii::validate::party(&mut v, &format!("agreement.parties[{i}]"), p, true);
         }
         text(
             &mut v,

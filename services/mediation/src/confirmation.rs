@@ -48,7 +48,8 @@ pub fn agreement_document(case: &MediationCase) -> Option<EvidenceRef> {
     Some(EvidenceRef {
         display_name: format!("调解协议书 {}", a.agreement_number),
         media_type: "application/x-protobuf; type=fengqiao.mediation.v1.Agreement".into(),
-        sha256: fengqiao_store::idempotency::hash_request(&bytes),
+        // A plain SHA-256 the court can check (not the keyed hash of idempotency keys).
+        sha256: fengqiao_store::checksum(&bytes),
         uri: format!("{}/agreement", case.name),
         size_bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
     })

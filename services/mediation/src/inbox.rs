@@ -300,8 +300,12 @@ async fn offer(tx: &mut Tx, envelope: &Envelope, msg: &TransferMessage, now: i64
     {
         return Ok(());
     }
-    let t = msg.transfer.clone().unwrap_or_default();
-    let snap = t.case_snapshot.clone().unwrap_or_default();
+    let mut t = msg.transfer.clone().unwrap_or_default();
+    let mut snap = t.case_snapshot.clone().unwrap_or_default();
+    // The sender's free text is redacted here too (an ID number or a mobile number typed into
+    // a summary or a note is never stored), whoever drafted the transfer.
+    fengqiao_kit::pii::redact_in_place(&mut snap.summary);
+    fengqiao_kit::pii::redact_in_place(&mut t.note);
     let agency = envelope.to_agency.clone();
     let org = crate::roster::org_of_agency(tx, &agency).await?;
     let id = uuid::Uuid::new_v4().to_string();

@@ -46,6 +46,7 @@ mod cases;
 pub mod confirmation;
 mod error;
 mod inbox;
+mod intake;
 pub mod lifecycle;
 mod outcomes;
 pub mod reconcile;
@@ -56,6 +57,7 @@ mod util;
 use std::sync::Arc;
 
 use fengqiao_kit::Identity;
+use fengqiao_kit::pii::{self, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_proto::mediation::mediation_service_server::{
     MediationService, MediationServiceServer,
@@ -148,6 +150,69 @@ fn reply<T>(r: Result<T>) -> Result<Response<T>, Status> {
     r.map(Response::new).map_err(Status::from)
 }
 
+/// Who may ask for the full personal information of a case
+/// (`x-fengqiao-personal-info: full`): the mediator, who must reach the parties and record
+/// their basic information in the agreement (人民调解法 Art 22, 29), the organisation's
+/// administrator (`mediation_admin`), who assigns and oversees the case, and other Fengqiao
+/// services (`service`). Every full read leaves an access-log row (PIPL Art 51).
+pub const FULL_VIEW: pii::FullView = pii::FullView {
+    service: "mediation",
+    roles: &["mediator", "mediation_admin", "service"],
+};
+
+/// A mutation's answer: always masked (no full view of a mutation answer; the full values
+/// are one audited `GetCase` away). A replayed stored answer is masked the same way.
+fn masked<T: Personal>(r: Result<T>) -> Result<Response<T>, Status> {
+    let mut t = r?;
+    pii::mask(&mut t);
+    Ok(Response::new(t))
+}
+
+/// The caller and the view of personal information the request asks for.
+fn caller_view<T>(req: &Request<T>) -> Result<(Identity, pii::View), Status> {
+    Ok((who(req)?, pii::requested_view(req.metadata())?))
+}
+
+/// The (name, case id) of each case, for the access log.
+fn refs<'a>(cs: impl IntoIterator<Item = &'a MediationCase>) -> Vec<(String, String)> {
+    cs.into_iter()
+        .map(|c| (c.name.clone(), c.case_id.clone()))
+        .collect()
+}
+
+impl Mediation {
+    /// A read's answer: masked, or whole for a role of [`FULL_VIEW`] with one access-log row
+    /// per case (committed before the answer), or PERSONAL_INFO_VIEW_DENIED.
+    async fn disclosed<T: Personal>(
+        &self,
+        method: &str,
+        (who, view): (Identity, pii::View),
+        r: Result<T>,
+        refs: impl FnOnce(&T) -> Vec<(String, String)>,
+    ) -> Result<Response<T>, Status> {
+        let mut t = r?;
+        let cases = refs(&t);
+        let resources: Vec<pii::Disclosed<'_>> = cases
+            .iter()
+            .map(|(name, case)| pii::Disclosed {
+                resource: name,
+                case_id: Some(case.as_str()),
+            })
+            .collect();
+        pii::disclose(
+            &self.store,
+            &FULL_VIEW,
+            method,
+            &who,
+            view,
+            &mut t,
+            &resources,
+        )
+        .await?;
+        Ok(Response::new(t))
+    }
+}
+
 #[tonic::async_trait]
 impl MediationService for Mediation {
     async fn create_organization(
@@ -205,19 +270,23 @@ impl MediationService for Mediation {
         &self,
         req: Request<ListCasesRequest>,
     ) -> Result<Response<ListCasesResponse>, Status> {
-        let id = who(&req)?;
-        reply(self.cases.list(&id, req.into_inner()).await)
+        let cv = caller_view(&req)?;
+        let r = self.cases.list(&cv.0, req.into_inner()).await;
+        self.disclosed("ListCases", cv, r, |t| refs(&t.mediation_cases))
+            .await
     }
 
     async fn get_case(
         &self,
         req: Request<GetCaseRequest>,
     ) -> Result<Response<GetCaseResponse>, Status> {
-        let id = who(&req)?;
-        let c = self.cases.get(&id, &req.get_ref().name).await;
-        reply(c.map(|c| GetCaseResponse {
+        let cv = caller_view(&req)?;
+        let c = self.cases.get(&cv.0, &req.get_ref().name).await;
+        let r = c.map(|c| GetCaseResponse {
             mediation_case: Some(c),
-        }))
+        });
+        self.disclosed("GetCase", cv, r, |t| refs(&t.mediation_case))
+            .await
     }
 
     async fn accept_case(
@@ -225,7 +294,8 @@ impl MediationService for Mediation {
         req: Request<AcceptCaseRequest>,
     ) -> Result<Response<AcceptCaseResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.accept(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.accept(&id, &req).await)
     }
 
     async fn decline_case(
@@ -233,7 +303,8 @@ impl MediationService for Mediation {
         req: Request<DeclineCaseRequest>,
     ) -> Result<Response<DeclineCaseResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.decline(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.decline(&id, &req).await)
     }
 
     async fn record_consent(
@@ -241,7 +312,8 @@ impl MediationService for Mediation {
         req: Request<RecordConsentRequest>,
     ) -> Result<Response<RecordConsentResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.consent(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.consent(&id, &req).await)
     }
 
     async fn assign_mediator(
@@ -249,7 +321,8 @@ impl MediationService for Mediation {
         req: Request<AssignMediatorRequest>,
     ) -> Result<Response<AssignMediatorResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.assign(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.assign(&id, &req).await)
     }
 
     async fn recuse_mediator(
@@ -257,7 +330,8 @@ impl MediationService for Mediation {
         req: Request<RecuseMediatorRequest>,
     ) -> Result<Response<RecuseMediatorResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.recuse(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.recuse(&id, &req).await)
     }
 
     async fn record_session(
@@ -265,7 +339,8 @@ impl MediationService for Mediation {
         req: Request<RecordSessionRequest>,
     ) -> Result<Response<RecordSessionResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.session(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.session(&id, &req).await)
     }
 
     async fn draft_agreement(
@@ -273,7 +348,8 @@ impl MediationService for Mediation {
         req: Request<DraftAgreementRequest>,
     ) -> Result<Response<DraftAgreementResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.draft(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.draft(&id, &req).await)
     }
 
     async fn sign_agreement(
@@ -281,7 +357,7 @@ impl MediationService for Mediation {
         req: Request<SignAgreementRequest>,
     ) -> Result<Response<SignAgreementResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.sign(&id, &req).await)
+        masked(self.cases.sign(&id, &req).await)
     }
 
     async fn end_mediation(
@@ -289,7 +365,8 @@ impl MediationService for Mediation {
         req: Request<EndMediationRequest>,
     ) -> Result<Response<EndMediationResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.end(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.end(&id, &req).await)
     }
 
     async fn escalate_case(
@@ -297,7 +374,8 @@ impl MediationService for Mediation {
         req: Request<EscalateCaseRequest>,
     ) -> Result<Response<EscalateCaseResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.escalate(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.escalate(&id, &req).await)
     }
 
     async fn request_investigation(
@@ -305,7 +383,8 @@ impl MediationService for Mediation {
         req: Request<RequestInvestigationRequest>,
     ) -> Result<Response<RequestInvestigationResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.investigate(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.investigate(&id, &req).await)
     }
 
     async fn schedule_follow_up(
@@ -313,7 +392,8 @@ impl MediationService for Mediation {
         req: Request<ScheduleFollowUpRequest>,
     ) -> Result<Response<ScheduleFollowUpResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.schedule_follow_up(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.schedule_follow_up(&id, &req).await)
     }
 
     async fn record_follow_up(
@@ -321,7 +401,8 @@ impl MediationService for Mediation {
         req: Request<RecordFollowUpRequest>,
     ) -> Result<Response<RecordFollowUpResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.record_follow_up(&id, &req).await)
+        let req = intake::redact(req);
+        masked(self.cases.record_follow_up(&id, &req).await)
     }
 
     async fn apply_for_confirmation(
@@ -329,15 +410,20 @@ impl MediationService for Mediation {
         req: Request<ApplyForConfirmationRequest>,
     ) -> Result<Response<ApplyForConfirmationResponse>, Status> {
         let id = who(&req)?;
-        reply(self.cases.apply_for_confirmation(&id, &req).await)
+        masked(self.cases.apply_for_confirmation(&id, &req).await)
     }
 
     async fn get_case_file(
         &self,
         req: Request<GetCaseFileRequest>,
     ) -> Result<Response<GetCaseFileResponse>, Status> {
-        let id = who(&req)?;
-        reply(self.cases.case_file(&id, &req).await)
+        // 一案一卷: the case file is masked the same way as the case.
+        let cv = caller_view(&req)?;
+        let r = self.cases.case_file(&cv.0, &req).await;
+        self.disclosed("GetCaseFile", cv, r, |t| {
+            refs(t.case_file.iter().filter_map(|f| f.mediation_case.as_ref()))
+        })
+        .await
     }
 }
 

@@ -12,10 +12,12 @@ use fengqiao_proto::mediation::{
 };
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, Tx};
-use prost::Message as _;
 
 use crate::error::{Error, Result};
-use crate::util::{check_etag, etag, require_admin, text, to_timestamp, violations};
+use crate::util::{
+    MEDIATORS_BODY, ORGANIZATIONS_BODY, check_etag, etag, opened, require_admin, sealed, text,
+    to_timestamp, violations,
+};
 use fengqiao_kit::idem::Idem;
 
 /// Checks an organisation or mediator id: 4–63 of [a-z0-9-], starting with a letter.
@@ -54,7 +56,7 @@ pub async fn get_org(tx: &mut Tx, id: &str) -> Result<Option<Organization>> {
     row.map(|r| {
         let body: Vec<u8> = r.try_get("body")?;
         let version: i64 = r.try_get("version")?;
-        let mut o = Organization::decode(body.as_slice())?;
+        let mut o: Organization = opened(ORGANIZATIONS_BODY, &body)?;
         o.etag = etag(version);
         Ok(o)
     })
@@ -103,7 +105,7 @@ pub async fn mediators_of(tx: &mut Tx, org: &str) -> Result<Vec<Mediator>> {
     for r in rows {
         let body: Vec<u8> = r.try_get("body")?;
         let version: i64 = r.try_get("version")?;
-        let mut m = Mediator::decode(body.as_slice())?;
+        let mut m: Mediator = opened(MEDIATORS_BODY, &body)?;
         m.etag = etag(version);
         m.current_load = load_of(tx, &m.name).await?;
         out.push(m);
@@ -124,7 +126,7 @@ pub async fn get_mediator(tx: &mut Tx, org: &str, id: &str) -> Result<Option<Med
         Some(r) => {
             let body: Vec<u8> = r.try_get("body")?;
             let version: i64 = r.try_get("version")?;
-            let mut m = Mediator::decode(body.as_slice())?;
+            let mut m: Mediator = opened(MEDIATORS_BODY, &body)?;
             m.etag = etag(version);
             m.current_load = load_of(tx, &m.name).await?;
             Ok(Some(m))
@@ -235,7 +237,7 @@ impl Roster {
         .bind(&org.agency)
         .bind(i64::from(org.kind))
         .bind(&org.region_code)
-        .bind(org.encode_to_vec())
+        .bind(sealed(ORGANIZATIONS_BODY, &org)?)
         .execute(&mut *tx)
         .await?;
         let resp = CreateOrganizationResponse {
@@ -374,7 +376,7 @@ impl Roster {
         .bind(&org_id)
         .bind(&mid)
         .bind(&org.agency)
-        .bind(m.encode_to_vec())
+        .bind(sealed(MEDIATORS_BODY, &m)?)
         .execute(&mut *tx)
         .await?;
         let resp = CreateMediatorResponse { mediator: Some(m) };
@@ -509,7 +511,7 @@ impl Roster {
             "UPDATE mediation_mediators SET body = $1, version = version + 1 \
              WHERE organization = $2 AND id = $3 AND version = $4",
         )
-        .bind(m.encode_to_vec())
+        .bind(sealed(MEDIATORS_BODY, &m)?)
         .bind(&org_id)
         .bind(&mid)
         .bind(version)

@@ -6,10 +6,9 @@ use fengqiao_proto::mediation::{CaseFileEntry, MediationCase, MediationCaseState
 use fengqiao_proto::router::Route;
 use fengqiao_store::Tx;
 use fengqiao_store::sqlx::{self, Row as _};
-use prost::Message as _;
 
 use crate::error::{Error, Result};
-use crate::util::{etag, to_timestamp};
+use crate::util::{CASES_BODY, CASES_ROUTE, ENTRIES_BODY, etag, opened, sealed, to_timestamp};
 
 /// A loaded case with its row version.
 #[derive(Debug, Clone)]
@@ -59,10 +58,12 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
     let reserved_number: String = r.try_get("reserved_number")?;
     let event_seq: i64 = r.try_get("event_seq")?;
     let body: Vec<u8> = r.try_get("body")?;
-    let mut case = MediationCase::decode(body.as_slice())?;
+    let mut case: MediationCase = opened(CASES_BODY, &body)?;
     case.etag = etag(version);
     let route: Option<Vec<u8>> = r.try_get("route")?;
-    let route = route.map(|b| Route::decode(b.as_slice())).transpose()?;
+    let route = route
+        .map(|b| opened::<Route>(CASES_ROUTE, &b))
+        .transpose()?;
     Ok(Loaded {
         id,
         case,
@@ -273,7 +274,7 @@ pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry])
         .bind(case_ref)
         .bind(seq)
         .bind(t)
-        .bind(e.encode_to_vec())
+        .bind(sealed(ENTRIES_BODY, e)?)
         .execute(&mut **tx)
         .await?;
     }
@@ -291,7 +292,7 @@ pub async fn entries(tx: &mut Tx, case_ref: &str) -> Result<Vec<CaseFileEntry>> 
     rows.iter()
         .map(|r| {
             let b: Vec<u8> = r.try_get("body")?;
-            Ok(CaseFileEntry::decode(b.as_slice())?)
+            opened::<CaseFileEntry>(ENTRIES_BODY, &b)
         })
         .collect()
 }
@@ -325,8 +326,8 @@ pub async fn insert(
     .bind(current_mediator(case))
     .bind(reserved_number)
     .bind(now)
-    .bind(case.encode_to_vec())
-    .bind(route.map(prost::Message::encode_to_vec))
+    .bind(sealed(CASES_BODY, case)?)
+    .bind(route.map(|r| sealed(CASES_ROUTE, r)).transpose()?)
     .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
     .execute(&mut **tx)
     .await?;
@@ -361,7 +362,7 @@ pub async fn save_seq(
     .bind(i64::from(case.state))
     .bind(current_mediator(case))
     .bind(now)
-    .bind(case.encode_to_vec())
+    .bind(sealed(CASES_BODY, case)?)
     .bind(&l.id)
     .bind(l.version)
     .bind(seq)

@@ -12,6 +12,30 @@ pub const ROLE_MEDIATOR: &str = "mediator";
 
 pub use fengqiao_kit::time::{from_timestamp, to_timestamp};
 
+/// Seal contexts (`"<table>.<column>"`) of this service's bodies: cases and case-file entries
+/// hold the parties and what they said, the route pins what the case reports, the roster holds
+/// mediators' names; none is stored in the clear (PIPL Art 51, [`fengqiao_store::seal`]).
+pub const CASES_BODY: &str = "mediation_cases.body";
+/// See [`CASES_BODY`].
+pub const CASES_ROUTE: &str = "mediation_cases.route";
+/// See [`CASES_BODY`].
+pub const ENTRIES_BODY: &str = "mediation_case_entries.body";
+/// See [`CASES_BODY`].
+pub const MEDIATORS_BODY: &str = "mediation_mediators.body";
+/// See [`CASES_BODY`].
+pub const ORGANIZATIONS_BODY: &str = "mediation_organizations.body";
+
+/// Seals `m` for the column `ctx`.
+pub fn sealed(ctx: &str, m: &impl prost::Message) -> Result<Vec<u8>> {
+    Ok(fengqiao_store::seal::seal(ctx, &m.encode_to_vec())?)
+}
+
+/// Opens and decodes what [`sealed`] wrote for `ctx`.
+pub fn opened<M: prost::Message + Default>(ctx: &str, body: &[u8]) -> Result<M> {
+    let plain = fengqiao_store::seal::open(ctx, body)?;
+    Ok(M::decode(plain.as_slice())?)
+}
+
 /// The etag of a row version.
 pub fn etag(version: i64) -> String {
     fengqiao_kit::etag::etag(version)

@@ -26,6 +26,7 @@ pub mod screening;
 pub mod validate;
 
 use fengqiao_kit::inbox::forward_auth;
+use fengqiao_kit::pii::{self, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::EvidenceRef;
@@ -41,7 +42,7 @@ use fengqiao_proto::router::{
 };
 use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
+use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx, seal};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -84,6 +85,35 @@ const STATION_ROLES: &[&str] = &["officer", "duty_chief"];
 const ACK_ROLES: &[&str] = &["officer", "duty_chief", "command_room_reviewer"];
 
 use fengqiao_kit::time::{from_timestamp as from_ts, to_timestamp as to_ts};
+
+/// Who may ask for the full personal information (`x-fengqiao-personal-info: full`) of a
+/// referral: the station's officers and duty chief, who handle the referral and must reach the
+/// parties, and other Fengqiao services (`service`). Not the
+/// 110 dispatcher (`dispatcher`) nor the command-room reviewer (`command_room_reviewer`): they
+/// take the call in and review screening, for which the masked values suffice (PIPL Art 6,
+/// minimum necessary). Every full read leaves an access-log row.
+pub const FULL_VIEW: pii::FullView = pii::FullView {
+    service: "police-referral",
+    roles: &["officer", "duty_chief", "service"],
+};
+
+/// Seals a body for the column `ctx` (`"<table>.<column>"`): every body of this service can
+/// hold personal information (parties, free text), so none is stored in the clear (PIPL
+/// Art 51; the format and keys are the store's, [`fengqiao_store::seal`]).
+fn sealed(ctx: &str, m: &impl prost::Message) -> Result<Vec<u8>> {
+    Ok(seal::seal(ctx, &m.encode_to_vec())?)
+}
+
+/// Opens and decodes what [`sealed`] wrote for `ctx`.
+fn opened<M: prost::Message + Default>(ctx: &str, body: &[u8], what: &str) -> Result<M> {
+    let plain = seal::open(ctx, body)?;
+    M::decode(plain.as_slice()).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+const REFERRALS_BODY: &str = "referrals.body";
+const EVENTS_BODY: &str = "referral_events.body";
+const DOCUMENTS_BODY: &str = "referral_documents.body";
+const TASKS_BODY: &str = "investigation_tasks.body";
 
 fn has_any(who: &Identity, roles: &[&str]) -> bool {
     roles.iter().any(|r| who.has_role(r))
@@ -157,8 +187,7 @@ const COLUMNS: &str = "id, creator_agency, version, content_hash, event_seq, bod
 
 fn stored_of(row: &AnyRow) -> Result<Stored> {
     let body: Vec<u8> = row.try_get("body")?;
-    let referral =
-        Referral::decode(body.as_slice()).map_err(|e| Error::Corrupt(format!("referral: {e}")))?;
+    let referral = opened::<Referral>(REFERRALS_BODY, &body, "referral")?;
     Ok(Stored {
         referral,
         creator: row.try_get("creator_agency")?,
@@ -271,7 +300,7 @@ async fn insert_event(
     .bind(&event.event_id)
     .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
     .bind(occurred)
-    .bind(event.encode_to_vec())
+    .bind(sealed(EVENTS_BODY, event)?)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -345,7 +374,7 @@ async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     .bind((!r.transfer.is_empty()).then(|| r.transfer.clone()))
     .bind(due)
     .bind(overdue)
-    .bind(r.encode_to_vec())
+    .bind(sealed(REFERRALS_BODY, r)?)
     .bind(now)
     .bind(s.version)
     .bind(id)
@@ -379,7 +408,7 @@ async fn add_documents(
         .bind(referral_id)
         .bind(seq)
         .bind(now)
-        .bind(d.encode_to_vec())
+        .bind(sealed(DOCUMENTS_BODY, d)?)
         .execute(&mut **tx)
         .await?;
     }
@@ -445,8 +474,7 @@ struct StoredTask {
 
 fn task_of(row: &AnyRow) -> Result<StoredTask> {
     let body: Vec<u8> = row.try_get("body")?;
-    let task = InvestigationTask::decode(body.as_slice())
-        .map_err(|e| Error::Corrupt(format!("investigation task: {e}")))?;
+    let task = opened::<InvestigationTask>(TASKS_BODY, &body, "investigation task")?;
     Ok(StoredTask {
         task,
         referral_id: row.try_get("referral_id")?,
@@ -466,7 +494,7 @@ async fn save_task(tx: &mut Tx, t: &mut StoredTask) -> Result<()> {
         .to_string();
     sqlx::query("UPDATE investigation_tasks SET state = $1, body = $2, version = $3 WHERE id = $4")
         .bind(i64::from(t.task.state))
-        .bind(t.task.encode_to_vec())
+        .bind(sealed(TASKS_BODY, &t.task)?)
         .bind(t.version)
         .bind(id)
         .execute(&mut **tx)
@@ -752,7 +780,7 @@ impl Inbox {
         .bind(&inv.name)
         .bind(i64::from(task.state))
         .bind(task.request_time.as_ref().map_or(now, from_ts))
-        .bind(task.encode_to_vec())
+        .bind(sealed(TASKS_BODY, &task)?)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -791,8 +819,7 @@ impl PoliceReferral {
             .await?;
         for row in &rows {
             let b: Vec<u8> = row.try_get("body")?;
-            let d = EvidenceRef::decode(b.as_slice())
-                .map_err(|e| Error::Corrupt(format!("document: {e}")))?;
+            let d = opened::<EvidenceRef>(DOCUMENTS_BODY, &b, "document")?;
             if d.uri == uri {
                 return Ok(true);
             }
@@ -840,7 +867,7 @@ impl PoliceReferral {
         request: Request<CreateReferralRequest>,
     ) -> Result<CreateReferralResponse> {
         let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let mut violations = validate::referral(req.referral.as_ref());
         if !req.request_id.is_empty()
             && let Err(v) = fengqiao_kit::validate::request_id(&req.request_id)
@@ -849,6 +876,12 @@ impl PoliceReferral {
         }
         if !violations.is_empty() {
             return Err(Error::Invalid(violations));
+        }
+        // Free text never stores an ID number or a mobile number (they belong in the parties,
+        // where they are masked and sealed): redacted before the content hash, so a retry of
+        // the same push still matches.
+        if let Some(r) = req.referral.as_mut() {
+            validate::redact_free_text(r);
         }
         let input =
             normalise(req.referral.as_ref().ok_or_else(|| {
@@ -864,7 +897,9 @@ impl PoliceReferral {
                 "taking in a referral for another agency",
             )?;
         }
-        let hash = fengqiao_store::idempotency::hash_request(&input.encode_to_vec());
+        // A keyed hash (HMAC): the content holds the parties, so the column must not let
+        // anyone without the key test a guess (issue #14).
+        let hash = seal::keyed_hash("referrals.content_hash", &input.encode_to_vec())?;
         // The optional `request_id` is a key of its own: reused with a different request it
         // is ALREADY_EXISTS / REQUEST_ID_REUSED, whatever the incident number says.
         let idem = if req.request_id.is_empty() {
@@ -946,7 +981,7 @@ impl PoliceReferral {
         .bind(i64::from(r.category))
         .bind(call_time)
         .bind(&hash)
-        .bind(r.encode_to_vec())
+        .bind(sealed(REFERRALS_BODY, &r)?)
         .bind(now)
         .execute(&mut *tx)
         .await
@@ -1111,7 +1146,7 @@ impl PoliceReferral {
         request: Request<OverrideScreeningRequest>,
     ) -> Result<OverrideScreeningResponse> {
         let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let mut violations = Vec::new();
         let result = ScreeningResult::try_from(req.result).unwrap_or_default();
         if matches!(
@@ -1132,6 +1167,7 @@ impl PoliceReferral {
         if !violations.is_empty() {
             return Err(Error::Invalid(violations));
         }
+        pii::redact_in_place(&mut req.reason);
         let idem = Idem::new(&who, "OverrideScreening", &req.request_id, &req)?;
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay(&mut tx).await? {
@@ -1167,7 +1203,8 @@ impl PoliceReferral {
         request: Request<DraftTransferRequest>,
     ) -> Result<DraftTransferResponse> {
         let who = Identity::of(&request)?.clone();
-        let req = request.get_ref().clone();
+        let mut req = request.get_ref().clone();
+        pii::redact_in_place(&mut req.note);
         let mut violations = Vec::new();
         if let Err(v) = fengqiao_kit::validate::parse_name("to_agency", "agencies", &req.to_agency)
         {
@@ -1403,7 +1440,8 @@ impl PoliceReferral {
         request: Request<AnswerInvestigationRequest>,
     ) -> Result<AnswerInvestigationResponse> {
         let who = Identity::of(&request)?.clone();
-        let req = request.get_ref().clone();
+        let mut req = request.get_ref().clone();
+        pii::redact_in_place(&mut req.answer);
         let bad_name = || {
             Error::Invalid(vec![FieldViolation::new(
                 "name",
@@ -1530,7 +1568,8 @@ impl PoliceReferral {
         request: Request<AcknowledgeFeedbackRequest>,
     ) -> Result<AcknowledgeFeedbackResponse> {
         let who = Identity::of(&request)?.clone();
-        let req = request.get_ref().clone();
+        let mut req = request.get_ref().clone();
+        pii::redact_in_place(&mut req.comment);
         if req.comment.chars().count() > 2000 {
             return Err(FieldViolation::new("comment", "must be at most 2000 characters").into());
         }
@@ -1616,8 +1655,7 @@ impl PoliceReferral {
             .iter()
             .map(|row| {
                 let b: Vec<u8> = row.try_get("body")?;
-                EvidenceRef::decode(b.as_slice())
-                    .map_err(|e| Error::Corrupt(format!("document: {e}")))
+                opened::<EvidenceRef>(DOCUMENTS_BODY, &b, "document")
             })
             .collect::<Result<Vec<_>>>()?;
         let tasks = sqlx::query(
@@ -1639,7 +1677,7 @@ impl PoliceReferral {
         .iter()
         .map(|row| {
             let b: Vec<u8> = row.try_get("body")?;
-            TransferEvent::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("event: {e}")))
+            opened::<TransferEvent>(EVENTS_BODY, &b, "event")
         })
         .collect::<Result<Vec<_>>>()?;
         tx.rollback().await?;
@@ -1685,39 +1723,94 @@ impl PoliceReferral {
     }
 }
 
+/// A mutation's answer: always masked (a full view of a mutation answer is not offered; the
+/// full values are one audited `GetReferral` away). Replays of a stored answer too: the stored
+/// answer stays whole (sealed), the reply is masked.
+fn masked<T: Personal>(mut t: T) -> Reply<T> {
+    pii::mask(&mut t);
+    Ok(Response::new(t))
+}
+
+/// The caller and the view of personal information they asked for, read before the request
+/// is consumed.
+fn caller_view<T>(r: &Request<T>) -> Result<(Identity, pii::View)> {
+    Ok((Identity::of(r)?.clone(), pii::requested_view(r.metadata())?))
+}
+
+impl PoliceReferral {
+    /// A read's answer: masked, or whole for a role of [`FULL_VIEW`] with one access-log row
+    /// per referral in it (committed before the answer), or PERSONAL_INFO_VIEW_DENIED.
+    async fn disclosed<T: Personal>(
+        &self,
+        method: &str,
+        (who, view): (Identity, pii::View),
+        mut t: T,
+        referrals: &[(String, String)],
+    ) -> Reply<T> {
+        let resources: Vec<pii::Disclosed<'_>> = referrals
+            .iter()
+            .map(|(name, case)| pii::Disclosed {
+                resource: name,
+                case_id: Some(case.as_str()),
+            })
+            .collect();
+        pii::disclose(
+            &self.store,
+            &FULL_VIEW,
+            method,
+            &who,
+            view,
+            &mut t,
+            &resources,
+        )
+        .await?;
+        Ok(Response::new(t))
+    }
+}
+
+/// The (name, case id) of each referral, for the access log.
+fn refs<'a>(rs: impl IntoIterator<Item = &'a Referral>) -> Vec<(String, String)> {
+    rs.into_iter()
+        .map(|r| (r.name.clone(), r.case_id.clone()))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl PoliceReferralService for PoliceReferral {
     async fn create_referral(
         &self,
         r: Request<CreateReferralRequest>,
     ) -> Reply<CreateReferralResponse> {
-        Ok(Response::new(self.create(r).await?))
+        masked(self.create(r).await?)
     }
     async fn get_referral(&self, r: Request<GetReferralRequest>) -> Reply<GetReferralResponse> {
-        Ok(Response::new(self.get(r).await?))
+        let cv = caller_view(&r)?;
+        let resp = self.get(r).await?;
+        let refs = refs(&resp.referral);
+        self.disclosed("GetReferral", cv, resp, &refs).await
     }
     async fn list_referrals(
         &self,
         r: Request<ListReferralsRequest>,
     ) -> Reply<ListReferralsResponse> {
-        Ok(Response::new(self.list(r).await?))
+        let cv = caller_view(&r)?;
+        let resp = self.list(r).await?;
+        let refs = refs(&resp.referrals);
+        self.disclosed("ListReferrals", cv, resp, &refs).await
     }
     async fn override_screening(
         &self,
         r: Request<OverrideScreeningRequest>,
     ) -> Reply<OverrideScreeningResponse> {
-        Ok(Response::new(
-            PoliceReferral::override_screening(self, r).await?,
-        ))
+        masked(PoliceReferral::override_screening(self, r).await?)
     }
     async fn draft_transfer(
         &self,
         r: Request<DraftTransferRequest>,
     ) -> Reply<DraftTransferResponse> {
-        Ok(Response::new(
-            PoliceReferral::draft_transfer(self, r).await?,
-        ))
+        masked(PoliceReferral::draft_transfer(self, r).await?)
     }
+    /// Investigation tasks hold no party (questions and answers are redacted free text).
     async fn list_investigation_tasks(
         &self,
         r: Request<ListInvestigationTasksRequest>,
@@ -1734,12 +1827,19 @@ impl PoliceReferralService for PoliceReferral {
         &self,
         r: Request<AcknowledgeFeedbackRequest>,
     ) -> Reply<AcknowledgeFeedbackResponse> {
-        Ok(Response::new(self.acknowledge(r).await?))
+        masked(self.acknowledge(r).await?)
     }
     async fn get_referral_file(
         &self,
         r: Request<GetReferralFileRequest>,
     ) -> Reply<GetReferralFileResponse> {
-        Ok(Response::new(self.file(r).await?))
+        let cv = caller_view(&r)?;
+        let resp = self.file(r).await?;
+        let refs = refs(
+            resp.referral_file
+                .iter()
+                .filter_map(|f| f.referral.as_ref()),
+        );
+        self.disclosed("GetReferralFile", cv, resp, &refs).await
     }
 }

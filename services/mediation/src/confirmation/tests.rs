@@ -80,10 +80,7 @@ fn a_joint_application_in_time_to_the_competent_court_travels_with_the_digest() 
     let sent = p.agreement.clone().unwrap_or_default();
     // SHA-256 of the exact bytes of the signed agreement record.
     let bytes = c.agreement.clone().unwrap_or_default().encode_to_vec();
-    assert_eq!(
-        sent.sha256,
-        fengqiao_store::idempotency::hash_request(&bytes)
-    );
+    assert_eq!(sent.sha256, fengqiao_store::checksum(&bytes));
     assert_eq!(sent.sha256.len(), 64);
     assert_eq!(p.agreement_party_ids, ["p1", "p2"]);
     assert_eq!(p.applicant_party_ids, ["p1", "p2"]);
