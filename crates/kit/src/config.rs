@@ -515,6 +515,52 @@ impl Config {
     }
 }
 
+/// Environment variable that may hold the personal-information key file's content (JSON),
+/// e.g. from a Kubernetes Secret; it wins over `[pii] key_file`.
+pub const PII_KEYS_ENV: &str = "FENGQIAO_PII_KEYS";
+
+impl Config {
+    /// Loads the personal-information key ring (from [`PII_KEYS_ENV`], else `[pii] key_file`)
+    /// and installs it for the process (`fengqiao_store::seal::install`). `dev_default` names
+    /// a file to create with a fresh key when neither is set (`fengqiao dev` only); without
+    /// it, a missing key is an error: the store never runs without encryption at rest.
+    pub fn install_pii_keys(&self, dev_default: Option<&Path>) -> Result<(), ConfigError> {
+        use fengqiao_store::seal::{KeyFile, Keyring};
+        let invalid = |detail: String| ConfigError::Invalid {
+            key: "pii.key_file",
+            detail,
+        };
+        let file = if let Ok(json) = std::env::var(PII_KEYS_ENV) {
+            KeyFile::from_json(&json).map_err(|e| invalid(format!("{PII_KEYS_ENV}: {e}")))?
+        } else if let Some(path) = &self.pii.key_file {
+            KeyFile::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?
+        } else if let Some(path) = dev_default {
+            if path.exists() {
+                KeyFile::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?
+            } else {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| ConfigError::Io {
+                        path: dir.display().to_string(),
+                        source: e,
+                    })?;
+                }
+                let f = KeyFile::generate("dev-1").map_err(|e| invalid(e.to_string()))?;
+                f.save(path, false)
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+                f
+            }
+        } else {
+            return Err(invalid(format!(
+                "no personal-information key: set [pii] key_file, --pii-key-file or \
+                 {PII_KEYS_ENV} (create a key file with `fengqiao pii-keys generate --out FILE`)"
+            )));
+        };
+        let ring = Keyring::new(&file).map_err(|e| invalid(e.to_string()))?;
+        fengqiao_store::seal::install(ring);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,51 +707,5 @@ mod tests {
         c.inbox.pull_agencies.push(String::new());
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[inbox]\npull = []\n").is_err());
-    }
-}
-
-/// Environment variable that may hold the personal-information key file's content (JSON),
-/// e.g. from a Kubernetes Secret; it wins over `[pii] key_file`.
-pub const PII_KEYS_ENV: &str = "FENGQIAO_PII_KEYS";
-
-impl Config {
-    /// Loads the personal-information key ring (from [`PII_KEYS_ENV`], else `[pii] key_file`)
-    /// and installs it for the process (`fengqiao_store::seal::install`). `dev_default` names
-    /// a file to create with a fresh key when neither is set (`fengqiao dev` only); without
-    /// it, a missing key is an error: the store never runs without encryption at rest.
-    pub fn install_pii_keys(&self, dev_default: Option<&Path>) -> Result<(), ConfigError> {
-        use fengqiao_store::seal::{KeyFile, Keyring};
-        let invalid = |detail: String| ConfigError::Invalid {
-            key: "pii.key_file",
-            detail,
-        };
-        let file = if let Ok(json) = std::env::var(PII_KEYS_ENV) {
-            KeyFile::from_json(&json).map_err(|e| invalid(format!("{PII_KEYS_ENV}: {e}")))?
-        } else if let Some(path) = &self.pii.key_file {
-            KeyFile::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?
-        } else if let Some(path) = dev_default {
-            if path.exists() {
-                KeyFile::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?
-            } else {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| ConfigError::Io {
-                        path: dir.display().to_string(),
-                        source: e,
-                    })?;
-                }
-                let f = KeyFile::generate("dev-1").map_err(|e| invalid(e.to_string()))?;
-                f.save(path, false)
-                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-                f
-            }
-        } else {
-            return Err(invalid(format!(
-                "no personal-information key: set [pii] key_file, --pii-key-file or \
-                 {PII_KEYS_ENV} (create a key file with `fengqiao pii-keys generate --out FILE`)"
-            )));
-        };
-        let ring = Keyring::new(&file).map_err(|e| invalid(e.to_string()))?;
-        fengqiao_store::seal::install(ring);
-        Ok(())
     }
 }

@@ -376,6 +376,7 @@ pub fn install_for_tests() {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -99,6 +99,10 @@ pub fn mask_id_number(id: &str, id_type: i32) -> String {
 /// Masks a phone number: a mobile keeps 3 + 4 digits (`139****5201`); a landline keeps its
 /// area code (up to the first `-`, or 4 characters) and last 2; short numbers become stars.
 pub fn mask_phone(phone: &str) -> String {
+    // Masking twice (a masked answer passed on and masked again) changes nothing.
+    if phone.contains('*') {
+        return phone.to_string();
+    }
     let chars: Vec<char> = phone.chars().collect();
     let n = chars.len();
     if validate::is_mobile(phone) {
@@ -348,6 +352,7 @@ pub async fn disclose(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use fengqiao_proto::common::Address;
@@ -383,6 +388,13 @@ mod tests {
         assert_eq!(mask_phone("13900005201"), "139****5201");
         assert_eq!(mask_phone("0411-82345678"), "0411-******78");
         assert_eq!(mask_phone("12345"), "*****");
+        // Idempotent: a masked value masked again is the same.
+        for v in ["13900005201", "0411-82345678"] {
+            assert_eq!(mask_phone(&mask_phone(v)), mask_phone(v));
+        }
+        let id = mask_id_number("210203199001011219", IdType::ResidentIdCard as i32);
+        assert_eq!(mask_id_number(&id, IdType::ResidentIdCard as i32), id);
+        assert_eq!(mask_name(&mask_name("张三丰")), mask_name("张三丰"));
         assert_eq!(mask_name("张三"), "张*");
         assert_eq!(mask_name("欧阳娜娜"), "欧***");
         assert_eq!(mask_name("李"), "*");
