@@ -102,8 +102,12 @@ case = c.request(CD, "ChooseMediator", {"name": case["name"], "request_id": rid(
     "chosen_by_party_ids": ["p1", "p2"], "evidence": doc("选定调解员确认书")}, metadata=clerk)["pre_filing_case"]
 step("joint choice: DELEGATED", case["state"] == "PRE_FILING_CASE_STATE_DELEGATED", case["state"])
 m = in_mediation(case)
+# Answers are masked; the agreement records each party's identity (人民调解法 Art 29): the
+# mediator reads the parties in full (x-fengqiao-personal-info: full, access-logged).
+full = c.request(MED, "GetCase", {"name": m["name"]},
+                 metadata=head + [("x-fengqiao-personal-info", "full")])["mediation_case"]
 m = c.request(MED, "DraftAgreement", {"name": m["name"], "request_id": rid(), "agreement": {
-    "parties": m["parties"], "facts_and_responsibilities": "赵某家中水管破裂致王某装修受损，赵某承担责任",
+    "parties": full["parties"], "facts_and_responsibilities": "赵某家中水管破裂致王某装修受损，赵某承担责任",
     "terms": [{"description": "赵某赔偿王某装修损失四千元", "obligor_party_ids": ["p2"], "obligee_party_ids": ["p1"]}],
     "performance_manner": "一次性支付", "performance_deadline": "2030-03-17T00:00:00Z"}},
     metadata=head)["mediation_case"]

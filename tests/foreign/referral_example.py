@@ -115,8 +115,13 @@ step("8. AssignMediator (automatic)", True,
 
 # 6. The agreement: drafted, signed by both parties and the mediator, sealed by the committee.
 ids = [p["party_id"] for p in case["parties"]]
+# Answers are masked (身份证号 210203**********39); the agreement records each party's name and
+# identity (人民调解法 Art 29), so the mediator reads them in full: the header
+# x-fengqiao-personal-info: full, allowed to the mediator role and written to the access log.
+full = c.request(MED, "ListCases", {"case_id": ref["case_id"]},
+                 metadata=mediator + [("x-fengqiao-personal-info", "full")])["mediation_cases"][0]
 case = c.request(MED, "DraftAgreement", {"name": case["name"], "request_id": rid(), "agreement": {
-    "parties": case["parties"],
+    "parties": full["parties"],
     "facts_and_responsibilities": "李某夜间噪音影响张某休息，李某负主要责任",
     "terms": [{"description": "李某每日22时后不再进行产生噪音的活动，并向张某赔礼道歉",
                "obligor_party_ids": ids[1:2], "obligee_party_ids": ids[:1]}],
