@@ -47,11 +47,25 @@ pub fn pii_key_file(dir: &Path) -> PathBuf {
     let _one = CREATE.lock().unwrap_or_else(|e| e.into_inner());
     let path = dir.join("pii-keys.json");
     if !path.exists() {
-        fengqiao_store::seal::KeyFile::generate("multiprocess-test-1")
-            .and_then(|f| f.save(&path, false))
+        process_pii_keys()
+            .save(&path, false)
             .unwrap_or_else(|e| panic!("personal-information key file: {e}"));
     }
     path
+}
+
+/// One key file for the whole test process, installed in it too: a test that opens a child's
+/// store itself (to inspect or repair rows) reads with the key the children sealed with.
+fn process_pii_keys() -> &'static fengqiao_store::seal::KeyFile {
+    static KEYS: std::sync::OnceLock<fengqiao_store::seal::KeyFile> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let f = fengqiao_store::seal::KeyFile::generate("multiprocess-test-1")
+            .unwrap_or_else(|e| panic!("personal-information key file: {e}"));
+        let ring = fengqiao_store::seal::Keyring::new(&f)
+            .unwrap_or_else(|e| panic!("personal-information key ring: {e}"));
+        fengqiao_store::seal::install(ring);
+        f
+    })
 }
 
 /// Adds the test's personal-information key ([`pii_key_file`]) to a `fengqiao serve` command,
