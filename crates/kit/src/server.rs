@@ -691,6 +691,18 @@ where
                 }
                 let default = Duration::from_millis(g.limits.request_timeout_ms);
                 let deadline = grpc_timeout(req.headers()).map_or(default, |t| t.min(default));
+                // A deadline of zero has passed already: refuse without starting the work (a
+                // timer of zero would still poll the call once, and a fast answer, e.g. an
+                // idempotent replay, would win the race against it).
+                if deadline.is_zero() {
+                    return refuse(
+                        ApiError::new(
+                            Reason::DeadlineExceeded,
+                            "the call's deadline had passed when it arrived",
+                        ),
+                        finisher,
+                    );
+                }
                 let resp = match tokio::time::timeout(deadline, inner.call(req)).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(never)) => match never {},
