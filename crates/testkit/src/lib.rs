@@ -26,6 +26,8 @@ use fengqiao_kit::client::CallInterceptor;
 use fengqiao_kit::config::Config;
 pub use fengqiao_store::testing::{TempDir, block_on};
 
+pub mod services;
+
 /// Token issuer used by test suites.
 pub const ISSUER: &str = "fengqiao-test";
 
