@@ -4,193 +4,38 @@
 
 use std::time::Duration;
 
-use fengqiao_kit::client::CallInterceptor;
-use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Party, PartyRole};
-use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
+use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::mediation::*;
-use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{
-    AnswerInvestigationRequest, ApproveTransferRequest, CaseSnapshot, CreateTransferRequest,
-    GetTransferRequest, InvestigationState, SubmitTransferRequest, Transfer, TransferState,
+    AnswerInvestigationRequest, InvestigationState, Transfer, TransferState,
+};
+use fengqiao_testkit::services::{
+    self, COMMITTEE, MediationClient as Med, ROOM, ROOM_ORG as ORG, STATION, mediation as med,
+    neighbours, police_record, police_transfer, rid, room_roster as roster, transfer_as,
+    transfers as router,
 };
 use fengqiao_testkit::{TestSuite, suite_test};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Router = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
-type Med = MediationServiceClient<InterceptedService<Channel, CallInterceptor>>;
-
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
-const ROOM: &str = "xigang-bayilu-mediation-room";
-const COMMITTEE: &str = "xigang-mediation-committee";
-const ORG: &str = "organizations/bayilu-room";
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Router {
-    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
-fn med(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Med {
-    MediationServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
+const NOTE: &str = "110警情，民间纠纷，建议调解";
 
 fn ts(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos: 0 }
 }
 
-/// The room head registers the room and three mediators (two for neighbourhood disputes).
-async fn roster(suite: &TestSuite) {
-    let mut head = med(suite, ROOM, "room-head", &["mediation_admin", "mediator"]);
-    head.create_organization(CreateOrganizationRequest {
-        organization: Some(Organization {
-            display_name: "八一路派出所驻所人民调解室".into(),
-            kind: OrganizationKind::StationMediationRoom as i32,
-            region_code: "210203".into(),
-            agency: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        organization_id: "bayilu-room".into(),
-        request_id: rid(),
-    })
-    .await
-    .expect("create organisation");
-    for (id, spec) in [
-        ("med-li", MediatorSpecialty::Neighbourhood),
-        ("med-wang", MediatorSpecialty::Family),
-        ("med-zhang", MediatorSpecialty::Neighbourhood),
-    ] {
-        head.create_mediator(CreateMediatorRequest {
-            parent: ORG.into(),
-            mediator: Some(Mediator {
-                display_name: format!("调解员{id}"),
-                actor_id: id.into(),
-                specialties: vec![spec as i32],
-                region_code: "210203".into(),
-                max_load: 10,
-                ..Default::default()
-            }),
-            mediator_id: id.into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("create mediator");
-    }
-}
-
+/// The noise dispute the station transfers to its room: the two neighbours, the call-out record.
 fn dispute() -> Transfer {
-    Transfer {
-        route: "routes/police-to-station-mediation".into(),
-        to_agency: Some(fengqiao_proto::common::AgencyRef {
-            name: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        case_snapshot: Some(CaseSnapshot {
-            category: DisputeCategory::Neighbourhood as i32,
-            summary: "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解".into(),
-            region_code: "210203".into(),
-            parties: vec![
-                Party {
-                    party_id: "p1".into(),
-                    role: PartyRole::Applicant as i32,
-                    name: "张某".into(),
-                    ..Default::default()
-                },
-                Party {
-                    party_id: "p2".into(),
-                    role: PartyRole::Respondent as i32,
-                    name: "李某".into(),
-                    ..Default::default()
-                },
-            ],
-            evidence: vec![EvidenceRef {
-                display_name: "出警记录".into(),
-                media_type: "application/pdf".into(),
-                uri: "evidence://jingqing/0001".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        note: "110警情，民间纠纷，建议调解".into(),
-        ..Default::default()
-    }
+    police_transfer(
+        "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解",
+        neighbours(),
+        vec![police_record()],
+        NOTE,
+    )
 }
 
-/// Drives a transfer to the room and waits until the mediation case is offered.
+/// Drives [`dispute`] to the room and waits until the mediation case is offered.
 async fn offered(suite: &TestSuite) -> (Transfer, MediationCase) {
-    let mut officer = router(suite, STATION, "officer-01", &["officer"]);
-    let mut reviewer = router(suite, COMMAND, "reviewer-01", &["command_room_reviewer"]);
-    let mut chief = router(suite, STATION, "duty-chief-01", &["duty_chief"]);
-    let t = officer
-        .create_transfer(CreateTransferRequest {
-            transfer: Some(dispute()),
-            request_id: rid(),
-            submit: false,
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = officer
-        .submit_transfer(SubmitTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            request_id: rid(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = reviewer
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 0,
-            comment: "指挥室审核通过".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("review")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = chief
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 1,
-            comment: "同意移送".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("approve")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let case_id = t.case_snapshot.as_ref().expect("snapshot").case_id.clone();
-    let mut room = med(suite, ROOM, "mediator-01", &["mediator"]);
-    for _ in 0..100 {
-        let cases = room
-            .list_cases(ListCasesRequest {
-                case_id: case_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .mediation_cases;
-        if let Some(c) = cases.into_iter().next() {
-            return (t, c);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the offer never reached the mediation service");
+    services::offered(suite, dispute()).await
 }
 
 fn st(c: &MediationCase) -> MediationCaseState {
@@ -198,13 +43,7 @@ fn st(c: &MediationCase) -> MediationCaseState {
 }
 
 async fn transfer(suite: &TestSuite, name: &str) -> Transfer {
-    router(suite, STATION, "officer-01", &["officer"])
-        .get_transfer(GetTransferRequest { name: name.into() })
-        .await
-        .expect("get transfer")
-        .into_inner()
-        .transfer
-        .expect("t")
+    transfer_as(suite, STATION, name).await
 }
 
 async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {

@@ -4,66 +4,28 @@
 //! masked; sealed bodies only in the database; free text redacted and agreement parties
 //! checked by the kit's validators at intake; refused calls leave a `denied` row.
 
-use std::time::Duration;
-
 use fengqiao_kit::client::CallInterceptor;
 use fengqiao_kit::error::{bad_fields_of, reason_of};
-use fengqiao_proto::common::{Address, DisputeCategory, EvidenceRef, IdType, Party, PartyRole};
+use fengqiao_proto::common::{Address, Party, PartyRole};
 use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
 use fengqiao_proto::mediation::*;
-use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{
-    ApproveTransferRequest, CaseSnapshot, CreateTransferRequest, SubmitTransferRequest, Transfer,
-};
+use fengqiao_proto::router::Transfer;
+use fengqiao_store::Store;
 use fengqiao_store::access::{self, Outcome};
-use fengqiao_store::{Store, StoreConfig};
+use fengqiao_testkit::services::{
+    self, MediationClient as Med, ROOM, assert_sealed, assert_sqlite_files_lack, denied_row, full,
+    mediation as med, neighbours, police_record, police_transfer, resident, rid,
+    room_roster as roster,
+};
 use fengqiao_testkit::{Db, ServiceName, TestSuite, suite_test};
 use tonic::Code;
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Router = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
-type Med = MediationServiceClient<InterceptedService<Channel, CallInterceptor>>;
-
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
-const ROOM: &str = "xigang-bayilu-mediation-room";
-const ORG: &str = "organizations/bayilu-room";
 /// A resident ID number with a valid GB 11643 check character, and a mobile.
 const ID: &str = "11010519491231002X";
 const MOBILE: &str = "13812345678";
 
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Router {
-    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
-fn med(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Med {
-    MediationServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
-fn full<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        fengqiao_kit::pii::VIEW_HEADER,
-        MetadataValue::from_static("full"),
-    );
-    r
-}
-
 async fn store_of(suite: &TestSuite) -> Store {
-    let url = suite
-        .stores
-        .get(&ServiceName::Mediation)
-        .expect("mediation store")
-        .clone();
-    Store::connect(StoreConfig::new(url))
-        .await
-        .expect("open the service's store")
+    services::store_of(suite, ServiceName::Mediation).await
 }
 
 fn assert_masked(c: &MediationCase) {
@@ -92,161 +54,28 @@ async fn get(m: &mut Med, name: &str, whole: bool) -> Result<MediationCase, toni
     r.map(|r| r.into_inner().mediation_case.expect("case"))
 }
 
-/// The room head registers the room and three mediators (two for neighbourhood disputes).
-async fn roster(suite: &TestSuite) {
-    let mut head = med(suite, ROOM, "room-head", &["mediation_admin", "mediator"]);
-    head.create_organization(CreateOrganizationRequest {
-        organization: Some(Organization {
-            display_name: "八一路派出所驻所人民调解室".into(),
-            kind: OrganizationKind::StationMediationRoom as i32,
-            region_code: "210203".into(),
-            agency: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        organization_id: "bayilu-room".into(),
-        request_id: rid(),
-    })
-    .await
-    .expect("create organisation");
-    for (id, spec) in [
-        ("med-li", MediatorSpecialty::Neighbourhood),
-        ("med-wang", MediatorSpecialty::Family),
-        ("med-zhang", MediatorSpecialty::Neighbourhood),
-    ] {
-        head.create_mediator(CreateMediatorRequest {
-            parent: ORG.into(),
-            mediator: Some(Mediator {
-                display_name: format!("调解员{id}"),
-                actor_id: id.into(),
-                specialties: vec![spec as i32],
-                region_code: "210203".into(),
-                max_load: 10,
-                ..Default::default()
-            }),
-            mediator_id: id.into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("create mediator");
-    }
-}
-
+/// The noise dispute with 张三 (p1) identified in full: ID number, mobile, home address.
 fn dispute() -> Transfer {
-    Transfer {
-        route: "routes/police-to-station-mediation".into(),
-        to_agency: Some(fengqiao_proto::common::AgencyRef {
-            name: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        case_snapshot: Some(CaseSnapshot {
-            category: DisputeCategory::Neighbourhood as i32,
-            summary: "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解".into(),
+    let mut parties = neighbours();
+    parties[0] = Party {
+        address: Some(Address {
             region_code: "210203".into(),
-            parties: vec![
-                Party {
-                    party_id: "p1".into(),
-                    role: PartyRole::Applicant as i32,
-                    name: "张三".into(),
-                    id_type: IdType::ResidentIdCard as i32,
-                    id_number: ID.into(),
-                    phone: MOBILE.into(),
-                    address: Some(Address {
-                        region_code: "210203".into(),
-                        detail: "八一路某小区3号楼".into(),
-                        location: None,
-                    }),
-                },
-                Party {
-                    party_id: "p2".into(),
-                    role: PartyRole::Respondent as i32,
-                    name: "李某".into(),
-                    ..Default::default()
-                },
-            ],
-            evidence: vec![EvidenceRef {
-                display_name: "出警记录".into(),
-                media_type: "application/pdf".into(),
-                uri: "evidence://jingqing/0001".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
+            detail: "八一路某小区3号楼".into(),
+            location: None,
         }),
-        note: "110警情，民间纠纷，建议调解".into(),
-        ..Default::default()
-    }
+        ..resident("p1", PartyRole::Applicant, "张三", ID, MOBILE)
+    };
+    police_transfer(
+        "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解",
+        parties,
+        vec![police_record()],
+        "110警情，民间纠纷，建议调解",
+    )
 }
 
-/// Drives a transfer to the room and waits until the mediation case is offered.
+/// Drives [`dispute`] to the room and waits until the mediation case is offered.
 async fn offered(suite: &TestSuite) -> (Transfer, MediationCase) {
-    let mut officer = router(suite, STATION, "officer-01", &["officer"]);
-    let mut reviewer = router(suite, COMMAND, "reviewer-01", &["command_room_reviewer"]);
-    let mut chief = router(suite, STATION, "duty-chief-01", &["duty_chief"]);
-    let t = officer
-        .create_transfer(CreateTransferRequest {
-            transfer: Some(dispute()),
-            request_id: rid(),
-            submit: false,
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = officer
-        .submit_transfer(SubmitTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            request_id: rid(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = reviewer
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 0,
-            comment: "指挥室审核通过".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("review")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = chief
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 1,
-            comment: "同意移送".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("approve")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let case_id = t.case_snapshot.as_ref().expect("snapshot").case_id.clone();
-    let mut room = med(suite, ROOM, "mediator-01", &["mediator"]);
-    for _ in 0..100 {
-        let cases = room
-            .list_cases(ListCasesRequest {
-                case_id: case_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .mediation_cases;
-        if let Some(c) = cases.into_iter().next() {
-            return (t, c);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the offer never reached the mediation service");
+    services::offered(suite, dispute()).await
 }
 
 suite_test!(
@@ -490,25 +319,17 @@ suite_test!(
         })
         .await
         .expect("accept");
-        let needles: [&[u8]; 3] = [ID.as_bytes(), MOBILE.as_bytes(), "八一路某小区".as_bytes()];
+        let needles = [ID, MOBILE, "八一路某小区"];
         let store = store_of(&suite).await;
         match suite.db {
-            Db::Sqlite => {
-                let mut checked = 0;
-                for name in ["mediation.db", "mediation.db-wal"] {
-                    let Ok(bytes) = std::fs::read(suite.dir().path().join(name)) else {
-                        continue;
-                    };
-                    checked += bytes.len();
-                    for n in needles {
-                        assert!(
-                            !bytes.windows(n.len()).any(|w| w == n),
-                            "{name} holds a personal value"
-                        );
-                    }
-                }
-                assert!(checked > 0, "no database file was read");
-            }
+            Db::Sqlite => assert_sqlite_files_lack(
+                &store,
+                &[
+                    ("ID number", ID),
+                    ("mobile", MOBILE),
+                    ("address", "八一路某小区"),
+                ],
+            ),
             Db::Postgres => {
                 use fengqiao_store::sqlx::{self, Row as _};
                 for (table, column, at_least) in [
@@ -528,10 +349,7 @@ suite_test!(
                     assert!(rows.len() >= at_least, "{table}.{column}: no rows");
                     for row in rows {
                         let b: Vec<u8> = row.try_get("b").expect("bytes");
-                        assert!(b.starts_with(b"FQS1"), "{table}.{column} is not sealed");
-                        for n in needles {
-                            assert!(!b.windows(n.len()).any(|w| w == n), "{table}.{column}");
-                        }
+                        assert_sealed(&b, &format!("{table}.{column}"), &needles);
                     }
                 }
             }
@@ -548,12 +366,7 @@ suite_test!(a_refused_call_leaves_a_denied_row, |suite| async move {
         .await
         .expect_err("no token");
     assert_eq!(e.code(), Code::Unauthenticated);
-    let store = store_of(&suite).await;
-    let log = access::recent(&store, None, 10).await.expect("log");
-    let row = log
-        .iter()
-        .find(|a| a.outcome == Outcome::Denied)
-        .expect("a denied row");
+    let row = denied_row(&store_of(&suite).await).await;
     assert_eq!(row.service, "mediation");
     assert!(row.method.contains("ListCases"), "{}", row.method);
 });

@@ -5,195 +5,37 @@
 
 use std::time::Duration;
 
-use fengqiao_kit::client::CallInterceptor;
-use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Party, PartyRole};
+use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::inbox::agency_inbox_service_client::AgencyInboxServiceClient;
-use fengqiao_proto::inbox::{DeliverRequest, Envelope, MessageKind};
-use fengqiao_proto::mediation::mediation_service_client::MediationServiceClient;
+use fengqiao_proto::inbox::{DeliverRequest, Envelope, MessageKind, RecipientSide};
 use fengqiao_proto::mediation::*;
-use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{
-    ApproveTransferRequest, CaseSnapshot, CreateTransferRequest, GetTransferRequest,
-    SubmitTransferRequest, Transfer, TransferState,
+use fengqiao_proto::router::{Transfer, TransferEvent, TransferState};
+use fengqiao_testkit::services::{
+    self, MediationClient as Med, ROOM, STATION, cut_off, mediation as med, neighbours,
+    police_record, police_transfer, rid, room_roster as roster, router_envelope, transfer_as,
 };
 use fengqiao_testkit::{TestSuite, suite_test};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Router = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
-type Med = MediationServiceClient<InterceptedService<Channel, CallInterceptor>>;
 
 /// Polls (100 ms apart) for a record to heal: one redelivery after the router's push
 /// backoff (1 s, 2 s, 4 s, … doubling). On a loaded 2-core machine (the whole test suite or a
 /// benchmark beside it) a push can fail a few times first, so the bound is generous; the
 /// healing itself is what is checked, not its speed.
 const HEAL_POLLS: usize = 900;
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
-const ROOM: &str = "xigang-bayilu-mediation-room";
-const ORG: &str = "organizations/bayilu-room";
 
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Router {
-    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
-fn med(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Med {
-    MediationServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
-/// The room head registers the room and three mediators (two for neighbourhood disputes).
-async fn roster(suite: &TestSuite) {
-    let mut head = med(suite, ROOM, "room-head", &["mediation_admin", "mediator"]);
-    head.create_organization(CreateOrganizationRequest {
-        organization: Some(Organization {
-            display_name: "八一路派出所驻所人民调解室".into(),
-            kind: OrganizationKind::StationMediationRoom as i32,
-            region_code: "210203".into(),
-            agency: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        organization_id: "bayilu-room".into(),
-        request_id: rid(),
-    })
-    .await
-    .expect("create organisation");
-    for (id, spec) in [
-        ("med-li", MediatorSpecialty::Neighbourhood),
-        ("med-wang", MediatorSpecialty::Family),
-        ("med-zhang", MediatorSpecialty::Neighbourhood),
-    ] {
-        head.create_mediator(CreateMediatorRequest {
-            parent: ORG.into(),
-            mediator: Some(Mediator {
-                display_name: format!("调解员{id}"),
-                actor_id: id.into(),
-                specialties: vec![spec as i32],
-                region_code: "210203".into(),
-                max_load: 10,
-                ..Default::default()
-            }),
-            mediator_id: id.into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("create mediator");
-    }
-}
-
+/// The noise dispute the station transfers to its room: the two neighbours, the call-out record.
 fn dispute() -> Transfer {
-    Transfer {
-        route: "routes/police-to-station-mediation".into(),
-        to_agency: Some(fengqiao_proto::common::AgencyRef {
-            name: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        case_snapshot: Some(CaseSnapshot {
-            category: DisputeCategory::Neighbourhood as i32,
-            summary: "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解".into(),
-            region_code: "210203".into(),
-            parties: vec![
-                Party {
-                    party_id: "p1".into(),
-                    role: PartyRole::Applicant as i32,
-                    name: "张某".into(),
-                    ..Default::default()
-                },
-                Party {
-                    party_id: "p2".into(),
-                    role: PartyRole::Respondent as i32,
-                    name: "李某".into(),
-                    ..Default::default()
-                },
-            ],
-            evidence: vec![EvidenceRef {
-                display_name: "出警记录".into(),
-                media_type: "application/pdf".into(),
-                uri: "evidence://jingqing/0001".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        note: "110警情，民间纠纷，建议调解".into(),
-        ..Default::default()
-    }
+    police_transfer(
+        "楼上住户夜间噪音扰民，双方发生口角，民警到场劝解后移送调解",
+        neighbours(),
+        vec![police_record()],
+        "110警情，民间纠纷，建议调解",
+    )
 }
 
-/// Drives a transfer to the room and waits until the mediation case is offered.
+/// Drives [`dispute`] to the room and waits until the mediation case is offered.
 async fn offered(suite: &TestSuite) -> (Transfer, MediationCase) {
-    let mut officer = router(suite, STATION, "officer-01", &["officer"]);
-    let mut reviewer = router(suite, COMMAND, "reviewer-01", &["command_room_reviewer"]);
-    let mut chief = router(suite, STATION, "duty-chief-01", &["duty_chief"]);
-    let t = officer
-        .create_transfer(CreateTransferRequest {
-            transfer: Some(dispute()),
-            request_id: rid(),
-            submit: false,
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = officer
-        .submit_transfer(SubmitTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            request_id: rid(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = reviewer
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 0,
-            comment: "指挥室审核通过".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("review")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let t = chief
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 1,
-            comment: "同意移送".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("approve")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let case_id = t.case_snapshot.as_ref().expect("snapshot").case_id.clone();
-    let mut room = med(suite, ROOM, "mediator-01", &["mediator"]);
-    for _ in 0..100 {
-        let cases = room
-            .list_cases(ListCasesRequest {
-                case_id: case_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .mediation_cases;
-        if let Some(c) = cases.into_iter().next() {
-            return (t, c);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the offer never reached the mediation service");
+    services::offered(suite, dispute()).await
 }
 
 fn st(c: &MediationCase) -> MediationCaseState {
@@ -201,13 +43,7 @@ fn st(c: &MediationCase) -> MediationCaseState {
 }
 
 async fn transfer(suite: &TestSuite, name: &str) -> Transfer {
-    router(suite, STATION, "officer-01", &["officer"])
-        .get_transfer(GetTransferRequest { name: name.into() })
-        .await
-        .expect("get transfer")
-        .into_inner()
-        .transfer
-        .expect("t")
+    transfer_as(suite, STATION, name).await
 }
 
 async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {
@@ -258,22 +94,6 @@ async fn get_case(room: &mut Med, name: &str) -> MediationCase {
         .into_inner()
         .mediation_case
         .expect("case")
-}
-
-/// Sends `msg` once with a client deadline of 3 ms (the call is cut off mid-flight when it
-/// takes longer); returns whether it was cut off. Either way the record may or may not have
-/// been committed on each side: what follows must hold in every case.
-async fn cut_off<M: Clone, R>(
-    mut call: impl AsyncFnMut(tonic::Request<M>) -> Result<R, tonic::Status>,
-    msg: &M,
-) -> bool {
-    let mut req = tonic::Request::new(msg.clone());
-    req.set_timeout(Duration::from_millis(3));
-    match call(req).await {
-        Ok(_) => false,
-        Err(e) if e.code() == Code::DeadlineExceeded || e.code() == Code::Cancelled => true,
-        Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
-    }
 }
 
 suite_test!(
@@ -390,45 +210,16 @@ suite_test!(
     }
 );
 
-/// A router envelope for the room about `t`, as the router would deliver it.
-fn envelope(t: &Transfer, kind: fengqiao_proto::inbox::MessageKind, seq: u64) -> Envelope {
-    let event = fengqiao_proto::router::TransferEvent {
-        event_id: rid(),
+/// A router envelope for the room about `t`, as the router would deliver it: the station
+/// stops the transfer for a possible public-security matter.
+fn envelope(t: &Transfer, kind: MessageKind, seq: u64) -> Envelope {
+    let event = TransferEvent {
         sequence: seq,
-        transfer: t.name.clone(),
-        case_id: t
-            .case_snapshot
-            .as_ref()
-            .map(|s| s.case_id.clone())
-            .unwrap_or_default(),
         reason_code: "possible_public_security_matter".into(),
         reason: "情况有变".into(),
         ..Default::default()
     };
-    let payload = fengqiao_proto::router::TransferMessage {
-        event: Some(event),
-        transfer: Some(t.clone()),
-        investigation: None,
-        route: None,
-    };
-    Envelope {
-        message_id: rid(),
-        case_id: t
-            .case_snapshot
-            .as_ref()
-            .map(|s| s.case_id.clone())
-            .unwrap_or_default(),
-        transfer: t.name.clone(),
-        kind: kind as i32,
-        from_agency: format!("agencies/{STATION}"),
-        to_agency: format!("agencies/{ROOM}"),
-        payload: prost::Message::encode_to_vec(&payload),
-        payload_type: "fengqiao.router.v1.TransferMessage".into(),
-        route: t.route.clone(),
-        route_version: t.route_version,
-        recipient_side: fengqiao_proto::inbox::RecipientSide::Receiver as i32,
-        ..Default::default()
-    }
+    router_envelope(t, ROOM, kind, RecipientSide::Receiver, event)
 }
 
 suite_test!(

@@ -6,32 +6,23 @@
 
 use fengqiao_kit::client::CallInterceptor;
 use fengqiao_kit::error::{bad_fields_of, reason_of};
-use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
+use fengqiao_proto::common::{Address, DisputeCategory, Party, PartyRole};
 use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
 use fengqiao_proto::policereferral::*;
+use fengqiao_store::Store;
 use fengqiao_store::access::{self, Outcome};
-use fengqiao_store::{Store, StoreConfig};
+use fengqiao_testkit::services::{
+    self, COMMAND, ReferralClient as Client, STATION, assert_sealed, assert_sqlite_files_lack,
+    denied_row, full, referrals as client, resident,
+};
 use fengqiao_testkit::{Db, ServiceName, TestSuite, suite_test};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Client = PoliceReferralServiceClient<InterceptedService<Channel, CallInterceptor>>;
-
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
 /// A resident ID number with a valid GB 11643 check character, and mobiles.
 const ID: &str = "11010519491231002X";
 const MOBILE: &str = "13812345678";
 const CALLER_MOBILE: &str = "13912345678";
-
-fn client(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Client {
-    PoliceReferralServiceClient::with_interceptor(
-        suite.channel(),
-        suite.caller(agency, actor, roles),
-    )
-}
 
 fn referral(incident: &str) -> Referral {
     Referral {
@@ -53,14 +44,7 @@ fn referral(incident: &str) -> Referral {
         category: DisputeCategory::Neighbourhood as i32,
         summary: "楼上住户夜间噪音扰民".into(),
         parties: vec![
-            Party {
-                role: PartyRole::Applicant as i32,
-                name: "张三".into(),
-                id_type: IdType::ResidentIdCard as i32,
-                id_number: ID.into(),
-                phone: MOBILE.into(),
-                ..Default::default()
-            },
+            resident("", PartyRole::Applicant, "张三", ID, MOBILE),
             Party {
                 role: PartyRole::Respondent as i32,
                 name: "李四".into(),
@@ -73,24 +57,8 @@ fn referral(incident: &str) -> Referral {
     }
 }
 
-fn full<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        fengqiao_kit::pii::VIEW_HEADER,
-        MetadataValue::from_static("full"),
-    );
-    r
-}
-
 async fn store_of(suite: &TestSuite) -> Store {
-    let url = suite
-        .stores
-        .get(&ServiceName::PoliceReferral)
-        .expect("police store")
-        .clone();
-    Store::connect(StoreConfig::new(url))
-        .await
-        .expect("open the service's store")
+    services::store_of(suite, ServiceName::PoliceReferral).await
 }
 
 async fn create(c: &mut Client, r: Referral) -> Result<Referral, tonic::Status> {
@@ -290,31 +258,18 @@ suite_test!(
             .into_inner()
             .referral
             .expect("referral");
-        let needles: [&[u8]; 4] = [
-            ID.as_bytes(),
-            MOBILE.as_bytes(),
-            CALLER_MOBILE.as_bytes(),
-            "八一路某小区".as_bytes(),
-        ];
+        let needles = [ID, MOBILE, CALLER_MOBILE, "八一路某小区"];
         let store = store_of(&suite).await;
         match suite.db {
-            Db::Sqlite => {
-                let mut checked = 0;
-                for name in ["police-referral.db", "police-referral.db-wal"] {
-                    let path = suite.dir().path().join(name);
-                    let Ok(bytes) = std::fs::read(&path) else {
-                        continue;
-                    };
-                    checked += bytes.len();
-                    for n in needles {
-                        assert!(
-                            !bytes.windows(n.len()).any(|w| w == n),
-                            "{name} holds a personal value"
-                        );
-                    }
-                }
-                assert!(checked > 0, "no database file was read");
-            }
+            Db::Sqlite => assert_sqlite_files_lack(
+                &store,
+                &[
+                    ("ID number", ID),
+                    ("mobile", MOBILE),
+                    ("caller's mobile", CALLER_MOBILE),
+                    ("address", "八一路某小区"),
+                ],
+            ),
             Db::Postgres => {
                 use fengqiao_store::sqlx::{self, Row as _};
                 let mut bodies = 0;
@@ -329,10 +284,7 @@ suite_test!(
                         .expect("select");
                     for row in rows {
                         let b: Vec<u8> = row.try_get("b").expect("bytes");
-                        assert!(b.starts_with(b"FQS1"), "{table}.{column} is not sealed");
-                        for n in needles {
-                            assert!(!b.windows(n.len()).any(|w| w == n), "{table}.{column}");
-                        }
+                        assert_sealed(&b, &format!("{table}.{column}"), &needles);
                         bodies += 1;
                     }
                 }
@@ -443,12 +395,7 @@ suite_test!(a_refused_call_leaves_a_denied_row, |suite| async move {
         .await
         .expect_err("no token");
     assert_eq!(e.code(), Code::Unauthenticated);
-    let store = store_of(&suite).await;
-    let log = access::recent(&store, None, 10).await.expect("log");
-    let row = log
-        .iter()
-        .find(|a| a.outcome == Outcome::Denied)
-        .expect("a denied row");
+    let row = denied_row(&store_of(&suite).await).await;
     assert_eq!(row.service, "police-referral");
     assert!(row.method.contains("ListReferrals"), "{}", row.method);
 });

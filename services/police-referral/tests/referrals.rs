@@ -4,44 +4,21 @@
 
 use std::time::Duration;
 
-use fengqiao_kit::client::CallInterceptor;
 use fengqiao_kit::error::{bad_fields_of, reason_of};
 use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
-use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
 use fengqiao_proto::policereferral::*;
-use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{
-    AcceptTransferRequest, ApproveTransferRequest, GetTransferRequest, TransferState,
+use fengqiao_proto::router::{AcceptTransferRequest, GetTransferRequest, TransferState};
+use fengqiao_testkit::services::{
+    COMMAND, ROOM, ReferralClient as Client, STATION, approve_steps, referrals as client, rid,
+    transfer_in_state, transfers as router,
 };
 use fengqiao_testkit::{TestSuite, suite_test};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Client = PoliceReferralServiceClient<InterceptedService<Channel, CallInterceptor>>;
 /// A change applied to a valid referral.
 type Mutation = Box<dyn Fn(&mut Referral)>;
-type Router = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
 
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
-const ROOM: &str = "xigang-bayilu-mediation-room";
 const OTHER_STATION: &str = "xigang-xianglujiao-station";
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn client(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Client {
-    PoliceReferralServiceClient::with_interceptor(
-        suite.channel(),
-        suite.caller(agency, actor, roles),
-    )
-}
-
-fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Router {
-    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
 
 fn dispatch(suite: &TestSuite) -> Client {
     client(suite, COMMAND, "dispatch-system", &["dispatcher"])
@@ -461,51 +438,9 @@ suite_test!(transfer_flow_reflects_router, |suite| async move {
     assert_eq!(e.code(), Code::FailedPrecondition);
 
     // 指挥室审核, 值班所长审批, then the mediation room accepts.
-    let mut reviewer = router(&suite, COMMAND, "reviewer-01", &["command_room_reviewer"]);
-    let t = reviewer
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 0,
-            comment: "指挥室审核通过".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("review")
-        .into_inner()
-        .transfer
-        .expect("t");
-    let mut chief = router(&suite, STATION, "duty-chief-01", &["duty_chief"]);
-    let t = chief
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 1,
-            comment: "同意移送".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("approve")
-        .into_inner()
-        .transfer
-        .expect("t");
+    let t = approve_steps(&suite, &t).await;
+    let t = transfer_in_state(&suite, ROOM, &t.name, TransferState::Delivered).await;
     let mut room = router(&suite, ROOM, "mediator-01", &["mediator"]);
-    let mut t = t;
-    for _ in 0..100 {
-        t = room
-            .get_transfer(GetTransferRequest {
-                name: t.name.clone(),
-            })
-            .await
-            .expect("room get")
-            .into_inner()
-            .transfer
-            .expect("t");
-        if t.state == TransferState::Delivered as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     room.accept_transfer(AcceptTransferRequest {
         name: t.name.clone(),
         etag: t.etag.clone(),

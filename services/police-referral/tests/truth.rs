@@ -4,49 +4,27 @@
 //! the officer from the token.
 use std::time::Duration;
 
-use fengqiao_kit::client::CallInterceptor;
 use fengqiao_kit::error::reason_of;
 use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
 use fengqiao_proto::inbox::agency_inbox_service_client::AgencyInboxServiceClient;
-use fengqiao_proto::inbox::{DeliverRequest, Envelope, MessageKind};
-use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferralServiceClient;
+use fengqiao_proto::inbox::{DeliverRequest, Envelope, MessageKind, RecipientSide};
 use fengqiao_proto::policereferral::*;
-use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{
-    AcceptTransferRequest, ApproveTransferRequest, GetTransferRequest, ListTransfersRequest,
-    SubmitFeedbackRequest, Transfer, TransferEvent, TransferMessage, TransferState,
+    AcceptTransferRequest, ListTransfersRequest, SubmitFeedbackRequest, Transfer, TransferEvent,
+    TransferState,
+};
+use fengqiao_testkit::services::{
+    COMMAND, ROOM, ReferralClient as Client, STATION, approve_steps, cut_off, referrals as client,
+    rid, router_envelope, transfer_as as router_transfer, transfer_in_state, transfers as router,
 };
 use fengqiao_testkit::{TestSuite, suite_test};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-type Client = PoliceReferralServiceClient<InterceptedService<Channel, CallInterceptor>>;
-type Router = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
 
 /// Polls (100 ms apart) for a record to heal: one redelivery after the router's push
 /// backoff (1 s, 2 s, 4 s, … doubling). On a loaded 2-core machine (the whole test suite or a
 /// benchmark beside it) a push can fail a few times first, so the bound is generous; the
 /// healing itself is what is checked, not its speed.
 const HEAL_POLLS: usize = 900;
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
-const ROOM: &str = "xigang-bayilu-mediation-room";
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn client(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Client {
-    PoliceReferralServiceClient::with_interceptor(
-        suite.channel(),
-        suite.caller(agency, actor, roles),
-    )
-}
-
-fn router(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Router {
-    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
 
 fn dispatch(suite: &TestSuite) -> Client {
     client(suite, COMMAND, "dispatch-system", &["dispatcher"])
@@ -124,22 +102,6 @@ async fn count(c: &mut Client, incident: &str) -> usize {
     .len()
 }
 
-/// Sends `msg` once with a client deadline of 3 ms (the call is cut off mid-flight when it
-/// takes longer); returns whether it was cut off. Either way the record may or may not have
-/// been committed on each side: what follows must hold in every case.
-async fn cut_off<M: Clone, R>(
-    mut call: impl AsyncFnMut(tonic::Request<M>) -> Result<R, tonic::Status>,
-    msg: &M,
-) -> bool {
-    let mut req = tonic::Request::new(msg.clone());
-    req.set_timeout(Duration::from_millis(3));
-    match call(req).await {
-        Ok(_) => false,
-        Err(e) if e.code() == Code::DeadlineExceeded || e.code() == Code::Cancelled => true,
-        Err(e) => panic!("unexpected refusal of a cut-off call: {e:?}"),
-    }
-}
-
 async fn transfers_of_case(suite: &TestSuite, case_id: &str) -> Vec<Transfer> {
     router(suite, STATION, "officer-01", &["officer"])
         .list_transfers(ListTransfersRequest {
@@ -150,16 +112,6 @@ async fn transfers_of_case(suite: &TestSuite, case_id: &str) -> Vec<Transfer> {
         .expect("list transfers")
         .into_inner()
         .transfers
-}
-
-async fn router_transfer(suite: &TestSuite, agency: &str, name: &str) -> Transfer {
-    router(suite, agency, "someone", &["officer", "mediator"])
-        .get_transfer(GetTransferRequest { name: name.into() })
-        .await
-        .expect("get transfer")
-        .into_inner()
-        .transfer
-        .expect("t")
 }
 
 /// Waits (bounded: one redelivery) until the referral and its router transfer agree: the
@@ -222,37 +174,8 @@ fn draft_request(r: &Referral) -> DraftTransferRequest {
 /// Approves both steps and waits until the room has the offer; returns the transfer.
 async fn approved_and_delivered(suite: &TestSuite, name: &str) -> Transfer {
     let t = router_transfer(suite, STATION, name).await;
-    let t = router(suite, COMMAND, "reviewer-01", &["command_room_reviewer"])
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 0,
-            comment: "指挥室审核通过".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("review")
-        .into_inner()
-        .transfer
-        .expect("t");
-    router(suite, STATION, "duty-chief-01", &["duty_chief"])
-        .approve_transfer(ApproveTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            step_index: 1,
-            comment: "同意移送".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect("approve");
-    for _ in 0..150 {
-        let t = router_transfer(suite, ROOM, name).await;
-        if t.state == TransferState::Delivered as i32 {
-            return t;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never delivered");
+    approve_steps(suite, &t).await;
+    transfer_in_state(suite, ROOM, name, TransferState::Delivered).await
 }
 
 suite_test!(a_reused_request_id_is_refused, |suite| async move {
@@ -479,37 +402,11 @@ suite_test!(
 
 /// A router envelope about `t` to `to`, as the router would deliver it.
 fn envelope(t: &Transfer, to: &str, kind: MessageKind, seq: u64) -> Envelope {
-    let case_id = t
-        .case_snapshot
-        .as_ref()
-        .map(|s| s.case_id.clone())
-        .unwrap_or_default();
-    let payload = TransferMessage {
-        event: Some(TransferEvent {
-            event_id: rid(),
-            sequence: seq,
-            transfer: t.name.clone(),
-            case_id: case_id.clone(),
-            ..Default::default()
-        }),
-        transfer: Some(t.clone()),
-        investigation: None,
-        route: None,
-    };
-    Envelope {
-        message_id: rid(),
-        case_id,
-        transfer: t.name.clone(),
-        kind: kind as i32,
-        from_agency: format!("agencies/{STATION}"),
-        to_agency: format!("agencies/{to}"),
-        payload: prost::Message::encode_to_vec(&payload),
-        payload_type: "fengqiao.router.v1.TransferMessage".into(),
-        route: t.route.clone(),
-        route_version: t.route_version,
-        recipient_side: fengqiao_proto::inbox::RecipientSide::Approver as i32,
+    let event = TransferEvent {
+        sequence: seq,
         ..Default::default()
-    }
+    };
+    router_envelope(t, to, kind, RecipientSide::Approver, event)
 }
 
 suite_test!(

@@ -4,6 +4,7 @@ use fengqiao_proto::mediation::Agreement;
 use fengqiao_proto::router::{
     CaseSnapshot, ConfirmationPackageItem, ConfirmationPackageItemKind as K, Decline, Feedback,
 };
+use fengqiao_testkit::services::two_party_package;
 
 const DAY: i64 = 86_400_000_000;
 /// 2026-11-02 10:00 CST (a Monday): day 30 is Wednesday 2 December.
@@ -49,13 +50,7 @@ fn request(applicants: &[&str]) -> ApplyForConfirmationRequest {
         name: "cases/c1".into(),
         court: COURT.into(),
         applicant_party_ids: applicants.iter().map(|s| (*s).to_string()).collect(),
-        items: vec![
-            item(K::Application, ""),
-            item(K::IdentityProof, "p1"),
-            item(K::ServiceAddress, "p1"),
-            item(K::IdentityProof, "p2"),
-            item(K::ServiceAddress, "p2"),
-        ],
+        items: two_party_package(K::Application, K::IdentityProof, K::ServiceAddress, item),
         request_id: "r".into(),
         ..ApplyForConfirmationRequest::default()
     }
