@@ -6,15 +6,14 @@
 //! identifiers holding an identity number refused.
 
 use fengqiao_admin_dispute::{AdminDispute, migrate};
-use fengqiao_kit::auth::{AuthMethod, Identity};
 use fengqiao_kit::error::{bad_fields_of, reason_of};
-use fengqiao_kit::pii::VIEW_HEADER;
 use fengqiao_proto::admindispute::admin_dispute_service_server::AdminDisputeService as _;
 use fengqiao_proto::admindispute::*;
-use fengqiao_proto::common::{EvidenceRef, IdType, Money, Party, PartyRole};
+use fengqiao_proto::common::{EvidenceRef, Money, PartyRole};
 use fengqiao_store::access::{self, Outcome};
 use fengqiao_store::sqlx::{self, Row as _};
-use fengqiao_store::{Backend, Store, both_backends};
+use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::services::{as_caller, assert_sealed, assert_sqlite_files_lack, resident};
 use tonic::{Code, Request};
 
 const CENTRE: &str = "agencies/xigang-admin-dispute-centre";
@@ -25,19 +24,7 @@ const ID: &str = "210203199001011239";
 const PHONE: &str = "13900005201";
 
 fn req<T>(agency: &str, roles: &[&str], full: bool, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.extensions_mut().insert(Identity {
-        agency: agency.into(),
-        actor: "a1".into(),
-        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
-        method: AuthMethod::Token,
-        person: None,
-    });
-    if full {
-        r.metadata_mut()
-            .insert(VIEW_HEADER, "full".parse().expect("ascii"));
-    }
-    r
+    as_caller(agency, "a1", roles, full, msg)
 }
 
 fn service(store: &Store) -> AdminDispute {
@@ -48,15 +35,7 @@ fn service(store: &Store) -> AdminDispute {
 fn create_request() -> CreateDisputeRequest {
     CreateDisputeRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
-        applicants: vec![Party {
-            party_id: "p1".into(),
-            role: PartyRole::Applicant as i32,
-            name: "王小明".into(),
-            id_type: IdType::ResidentIdCard as i32,
-            id_number: ID.into(),
-            phone: PHONE.into(),
-            ..Party::default()
-        }],
+        applicants: vec![resident("p1", PartyRole::Applicant, "王小明", ID, PHONE)],
         act: Some(AdministrativeAct {
             kind: ActKind::Expropriation as i32,
             document_number: "西住建征补〔2026〕7号".into(),
@@ -88,10 +67,6 @@ fn create_request() -> CreateDisputeRequest {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Every stored body is sealed and free of the ID number and the phone; on SQLite the
 /// database file and its WAL hold neither.
 async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
@@ -101,26 +76,11 @@ async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::e
     assert!(!rows.is_empty());
     for r in rows {
         let b: Vec<u8> = r.try_get("body")?;
-        assert!(b.starts_with(b"FQS1"), "ad_disputes.body is sealed");
-        assert!(!contains(&b, ID.as_bytes()) && !contains(&b, PHONE.as_bytes()));
+        assert_sealed(&b, "ad_disputes.body", &[ID, PHONE]);
         let digest: String = r.try_get("facts_digest")?;
         assert_eq!(digest.len(), 64);
     }
-    if store.backend() == Backend::Sqlite {
-        let url = &store.config().url;
-        let path = url.trim_start_matches("sqlite://");
-        let path = path.split('?').next().unwrap_or(path);
-        let mut seen = 0;
-        for file in [path.to_string(), format!("{path}-wal")] {
-            let Ok(bytes) = std::fs::read(&file) else {
-                continue;
-            };
-            seen += 1;
-            assert!(!contains(&bytes, ID.as_bytes()), "ID number in {file}");
-            assert!(!contains(&bytes, PHONE.as_bytes()), "phone in {file}");
-        }
-        assert!(seen > 0, "the database file was read");
-    }
+    assert_sqlite_files_lack(store, &[("ID number", ID), ("phone", PHONE)]);
     Ok(())
 }
 

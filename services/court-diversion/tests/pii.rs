@@ -5,15 +5,16 @@
 //! identifiers holding an identity number refused.
 
 use fengqiao_court_diversion::{CourtDiversion, migrate};
-use fengqiao_kit::auth::{AuthMethod, Identity};
 use fengqiao_kit::error::{bad_fields_of, reason_of};
-use fengqiao_kit::pii::VIEW_HEADER;
-use fengqiao_proto::common::{DisputeCategory, EvidenceRef, IdType, Money, Party, PartyRole};
+use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Money, Party, PartyRole};
 use fengqiao_proto::courtdiversion::court_diversion_service_server::CourtDiversionService as _;
 use fengqiao_proto::courtdiversion::*;
 use fengqiao_store::access::{self, Outcome};
 use fengqiao_store::sqlx::{self, Row as _};
-use fengqiao_store::{Backend, Store, both_backends};
+use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::services::{
+    as_caller, assert_sealed, assert_sqlite_files_lack, resident, rid,
+};
 use tonic::{Code, Request};
 
 const COURT: &str = "agencies/xigang-court";
@@ -24,19 +25,7 @@ const PHONE: &str = "13900005201";
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn req<T>(roles: &[&str], full: bool, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.extensions_mut().insert(Identity {
-        agency: COURT.into(),
-        actor: "clerk-01".into(),
-        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
-        method: AuthMethod::Token,
-        person: None,
-    });
-    if full {
-        r.metadata_mut()
-            .insert(VIEW_HEADER, "full".parse().expect("ascii"));
-    }
-    r
+    as_caller(COURT, "clerk-01", roles, full, msg)
 }
 
 fn service(store: &Store) -> CourtDiversion {
@@ -45,15 +34,7 @@ fn service(store: &Store) -> CourtDiversion {
 }
 
 fn person(id: &str, role: PartyRole) -> Party {
-    Party {
-        party_id: id.into(),
-        role: role as i32,
-        name: "王小明".into(),
-        id_type: IdType::ResidentIdCard as i32,
-        id_number: ID.into(),
-        phone: PHONE.into(),
-        ..Party::default()
-    }
+    resident(id, role, "王小明", ID, PHONE)
 }
 
 fn case(number: u32) -> PreFilingCase {
@@ -88,10 +69,6 @@ fn case(number: u32) -> PreFilingCase {
     }
 }
 
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 async fn create(svc: &CourtDiversion, number: u32) -> Result<PreFilingCase, tonic::Status> {
     Ok(svc
         .create_case(req(
@@ -119,30 +96,11 @@ async fn assert_nothing_in_the_clear(store: &Store) -> TestResult {
         assert!(!rows.is_empty(), "{table} has rows");
         for r in rows {
             let b: Vec<u8> = r.try_get("body")?;
-            assert!(b.starts_with(b"FQS1"), "{table}.body is sealed");
-            assert!(!contains(&b, ID.as_bytes()) && !contains(&b, PHONE.as_bytes()));
+            assert_sealed(&b, &format!("{table}.body"), &[ID, PHONE]);
         }
     }
-    if store.backend() == Backend::Sqlite {
-        let url = &store.config().url;
-        let path = url.trim_start_matches("sqlite://");
-        let path = path.split('?').next().unwrap_or(path);
-        let mut seen = 0;
-        for file in [path.to_string(), format!("{path}-wal")] {
-            let Ok(bytes) = std::fs::read(&file) else {
-                continue;
-            };
-            seen += 1;
-            assert!(!contains(&bytes, ID.as_bytes()), "ID number in {file}");
-            assert!(!contains(&bytes, PHONE.as_bytes()), "phone in {file}");
-        }
-        assert!(seen > 0, "the database file was read");
-    }
+    assert_sqlite_files_lack(store, &[("ID number", ID), ("phone", PHONE)]);
     Ok(())
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 both_backends!(

@@ -6,15 +6,16 @@
 
 use fengqiao_judicial_confirmation::application::Intake;
 use fengqiao_judicial_confirmation::{JudicialConfirmation, migrate};
-use fengqiao_kit::auth::{AuthMethod, Identity};
 use fengqiao_kit::error::{bad_fields_of, reason_of};
-use fengqiao_kit::pii::VIEW_HEADER;
-use fengqiao_proto::common::{EvidenceRef, IdType, Party};
+use fengqiao_proto::common::{EvidenceRef, Party, PartyRole};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::JudicialConfirmationService as _;
 use fengqiao_proto::judicialconfirmation::*;
 use fengqiao_store::access::{self, Outcome};
 use fengqiao_store::sqlx::{self, Row as _};
-use fengqiao_store::{Backend, Store, both_backends};
+use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::services::{
+    as_caller, assert_sealed, assert_sqlite_files_lack, contains, resident, rid, two_party_package,
+};
 use tonic::{Code, Request};
 
 const COURT: &str = "agencies/xigang-court";
@@ -24,19 +25,7 @@ const ID: &str = "210203199001011239";
 const PHONE: &str = "13900005201";
 
 fn req<T>(roles: &[&str], full: bool, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.extensions_mut().insert(Identity {
-        agency: COURT.into(),
-        actor: "a1".into(),
-        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
-        method: AuthMethod::Token,
-        person: None,
-    });
-    if full {
-        r.metadata_mut()
-            .insert(VIEW_HEADER, "full".parse().expect("ascii"));
-    }
-    r
+    as_caller(COURT, "a1", roles, full, msg)
 }
 
 fn doc() -> EvidenceRef {
@@ -68,14 +57,8 @@ fn intake(transfer: &str, id_number: &str) -> Intake {
         delegating_court: None,
         source: ApplicationSource::PeoplesMediation,
         parties: vec![
-            Party {
-                party_id: "p1".into(),
-                name: "王小明".into(),
-                id_type: IdType::ResidentIdCard as i32,
-                id_number: id_number.into(),
-                phone: PHONE.into(),
-                ..Party::default()
-            },
+            // No role: the court's intake takes the parties as the agreement names them.
+            resident("p1", PartyRole::Unspecified, "王小明", id_number, PHONE),
             Party {
                 party_id: "p2".into(),
                 name: "赵某".into(),
@@ -86,23 +69,9 @@ fn intake(transfer: &str, id_number: &str) -> Intake {
         represented: vec![],
         agreement: Some(doc()),
         agreement_effective_at: now - 10 * 86_400_000_000,
-        package: vec![
-            item(K::Application, ""),
-            item(K::IdentityProof, "p1"),
-            item(K::ServiceAddress, "p1"),
-            item(K::IdentityProof, "p2"),
-            item(K::ServiceAddress, "p2"),
-        ],
+        package: two_party_package(K::Application, K::IdentityProof, K::ServiceAddress, item),
         submitted_at: 0,
     }
-}
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Every stored body is sealed and free of the ID number and the phone; on SQLite the
@@ -114,27 +83,12 @@ async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::e
     assert!(!rows.is_empty());
     for r in rows {
         let b: Vec<u8> = r.try_get("body")?;
-        assert!(b.starts_with(b"FQS1"), "jc_applications.body is sealed");
         let clocks: String = r.try_get("clocks")?;
-        for hay in [&b[..], clocks.as_bytes()] {
-            assert!(!contains(hay, ID.as_bytes()) && !contains(hay, PHONE.as_bytes()));
-        }
+        assert_sealed(&b, "jc_applications.body", &[ID, PHONE]);
+        assert!(!contains(clocks.as_bytes(), ID.as_bytes()));
+        assert!(!contains(clocks.as_bytes(), PHONE.as_bytes()));
     }
-    if store.backend() == Backend::Sqlite {
-        let url = &store.config().url;
-        let path = url.trim_start_matches("sqlite://");
-        let path = path.split('?').next().unwrap_or(path);
-        let mut seen = 0;
-        for file in [path.to_string(), format!("{path}-wal")] {
-            let Ok(bytes) = std::fs::read(&file) else {
-                continue;
-            };
-            seen += 1;
-            assert!(!contains(&bytes, ID.as_bytes()), "ID number in {file}");
-            assert!(!contains(&bytes, PHONE.as_bytes()), "phone in {file}");
-        }
-        assert!(seen > 0, "the database file was read");
-    }
+    assert_sqlite_files_lack(store, &[("ID number", ID), ("phone", PHONE)]);
     Ok(())
 }
 

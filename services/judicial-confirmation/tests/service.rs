@@ -3,26 +3,18 @@
 
 use fengqiao_judicial_confirmation::application::Intake;
 use fengqiao_judicial_confirmation::{JudicialConfirmation, migrate};
-use fengqiao_kit::auth::{AuthMethod, Identity};
-use fengqiao_proto::common::{EvidenceRef, Party};
+use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::JudicialConfirmationService as _;
 use fengqiao_proto::judicialconfirmation::*;
 use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::services::{as_caller, bare_parties, rid, two_party_package};
 use tonic::{Code, Request};
 
 const COURT: &str = "agencies/xigang-court";
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn req<T>(agency: &str, roles: &[&str], msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.extensions_mut().insert(Identity {
-        agency: agency.into(),
-        actor: "a1".into(),
-        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
-        method: AuthMethod::Token,
-        person: None,
-    });
-    r
+    as_caller(agency, "a1", roles, false, msg)
 }
 
 fn doc() -> EvidenceRef {
@@ -53,30 +45,14 @@ fn intake(transfer: &str, days_ago: i64) -> Intake {
         committee_court: COURT.into(),
         delegating_court: None,
         source: ApplicationSource::PeoplesMediation,
-        parties: ["p1", "p2"]
-            .iter()
-            .map(|id| Party {
-                party_id: (*id).into(),
-                ..Party::default()
-            })
-            .collect(),
+        parties: bare_parties(&["p1", "p2"]),
         applicants: vec!["p1".into(), "p2".into()],
         represented: vec![],
         agreement: Some(doc()),
         agreement_effective_at: now - days_ago * 86_400_000_000,
-        package: vec![
-            item(K::Application, ""),
-            item(K::IdentityProof, "p1"),
-            item(K::ServiceAddress, "p1"),
-            item(K::IdentityProof, "p2"),
-            item(K::ServiceAddress, "p2"),
-        ],
+        package: two_party_package(K::Application, K::IdentityProof, K::ServiceAddress, item),
         submitted_at: 0,
     }
-}
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 both_backends!(
@@ -347,13 +323,7 @@ fn offer(transfer: &str, applicants: &[&str]) -> fengqiao_proto::inbox::Envelope
         create_time: Some(fengqiao_kit::time::to_timestamp(now)),
         case_snapshot: Some(CaseSnapshot {
             case_id: "c9".into(),
-            parties: ["p1", "p2"]
-                .iter()
-                .map(|id| Party {
-                    party_id: (*id).into(),
-                    ..Party::default()
-                })
-                .collect(),
+            parties: bare_parties(&["p1", "p2"]),
             confirmation: Some(ConfirmationPackage {
                 agreement: Some(doc()),
                 agreement_effective_time: Some(fengqiao_kit::time::to_timestamp(
@@ -362,13 +332,7 @@ fn offer(transfer: &str, applicants: &[&str]) -> fengqiao_proto::inbox::Envelope
                 agreement_party_ids: vec!["p1".into(), "p2".into()],
                 applicant_party_ids: applicants.iter().map(|s| (*s).to_string()).collect(),
                 committee_court: COURT.into(),
-                items: vec![
-                    item(K::Application, ""),
-                    item(K::IdentityProof, "p1"),
-                    item(K::ServiceAddress, "p1"),
-                    item(K::IdentityProof, "p2"),
-                    item(K::ServiceAddress, "p2"),
-                ],
+                items: two_party_package(K::Application, K::IdentityProof, K::ServiceAddress, item),
                 ..Default::default()
             }),
             ..Default::default()

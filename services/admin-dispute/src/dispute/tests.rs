@@ -2,6 +2,7 @@ use super::*;
 use chrono::TimeZone;
 use fengqiao_kit::Reason;
 use fengqiao_proto::admindispute::{ActKind, ClaimKind};
+use fengqiao_testkit::services::bare_parties;
 
 pub(crate) const CENTRE: &str = "agencies/xigang-admin-dispute-centre";
 pub(crate) const ORGAN: &str = "agencies/xigang-housing-bureau";
@@ -33,13 +34,7 @@ pub(crate) fn doc() -> EvidenceRef {
 pub(crate) fn intake_of(stage: DisputeStage, kinds: &[ClaimKind]) -> Intake {
     Intake {
         case_id: "c1".into(),
-        applicants: ["p1", "p2"]
-            .iter()
-            .map(|id| Party {
-                party_id: (*id).into(),
-                ..Party::default()
-            })
-            .collect(),
+        applicants: bare_parties(&["p1", "p2"]),
         act: AdministrativeAct {
             kind: ActKind::Expropriation as i32,
             document_number: "西住建征〔2026〕7号".into(),

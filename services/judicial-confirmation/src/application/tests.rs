@@ -1,6 +1,7 @@
 use super::*;
 use chrono::{FixedOffset, TimeZone};
 use fengqiao_proto::judicialconfirmation::PackageItemKind as K;
+use fengqiao_testkit::services::bare_parties;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub(crate) const COURT: &str = "agencies/xigang-court";
@@ -46,13 +47,7 @@ fn intake() -> Intake {
         committee_court: COURT.into(),
         delegating_court: None,
         source: ApplicationSource::PeoplesMediation,
-        parties: ["a", "b"]
-            .iter()
-            .map(|id| Party {
-                party_id: (*id).into(),
-                ..Party::default()
-            })
-            .collect(),
+        parties: bare_parties(&["a", "b"]),
         applicants: vec!["a".into(), "b".into()],
         represented: vec![],
         agreement: Some(doc()),
