@@ -6,66 +6,29 @@
 //! makes clocks due: the stored clock JSON is shifted into the past (start, deadline, cap and
 //! the pause's beginning three days earlier) between the two calls.
 
-use fengqiao_kit::client::CallInterceptor;
-use fengqiao_proto::common::{ClockState, DisputeCategory, Party, PartyRole};
-use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
+use fengqiao_proto::common::ClockState;
 use fengqiao_proto::router::*;
 use fengqiao_router::clock::{ClockUnit, HolidayCalendar, add_duration};
 use fengqiao_router::time::from_timestamp;
-use fengqiao_store::{Store, StoreConfig, sqlx};
+use fengqiao_store::sqlx;
+use fengqiao_testkit::services::{
+    ROOM, TransferClient as Client, approved, neighbours, police_transfer, rid, store_of, transfers,
+};
 use fengqiao_testkit::{ServiceName, TestSuite, suite_test};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-type Client = TransferServiceClient<InterceptedService<Channel, CallInterceptor>>;
-
-const STATION: &str = "xigang-bayilu-station";
-const COMMAND: &str = "xigang-110";
-const ROOM: &str = "xigang-bayilu-mediation-room";
 const DAY: i64 = 86_400_000_000;
 const CST: i64 = 8 * 3_600_000_000;
 /// The route's feedback clock: 30 calendar days, hard cap 60 (deploy/routes).
 const LENGTH: u32 = 30;
 const HARD_CAP: u32 = 60;
 
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn client(suite: &TestSuite, agency: &str, actor: &str, roles: &[&str]) -> Client {
-    TransferServiceClient::with_interceptor(suite.channel(), suite.caller(agency, actor, roles))
-}
-
 fn transfer() -> Transfer {
-    Transfer {
-        route: "routes/police-to-station-mediation".into(),
-        to_agency: Some(fengqiao_proto::common::AgencyRef {
-            name: format!("agencies/{ROOM}"),
-            ..Default::default()
-        }),
-        case_snapshot: Some(CaseSnapshot {
-            category: DisputeCategory::Neighbourhood as i32,
-            summary: "楼上住户夜间噪音扰民，移送调解".into(),
-            region_code: "210203".into(),
-            parties: vec![
-                Party {
-                    party_id: "p1".into(),
-                    role: PartyRole::Applicant as i32,
-                    name: "张某".into(),
-                    ..Default::default()
-                },
-                Party {
-                    party_id: "p2".into(),
-                    role: PartyRole::Respondent as i32,
-                    name: "李某".into(),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        }),
-        note: "民间纠纷，建议调解".into(),
-        ..Default::default()
-    }
+    police_transfer(
+        "楼上住户夜间噪音扰民，移送调解",
+        neighbours(),
+        vec![],
+        "民间纠纷，建议调解",
+    )
 }
 
 fn one(t: Option<Transfer>) -> Transfer {
@@ -74,45 +37,8 @@ fn one(t: Option<Transfer>) -> Transfer {
 
 /// A transfer on the 警调对接 route, accepted by the mediation room: its feedback clock runs.
 async fn in_progress(suite: &TestSuite) -> (Transfer, Client) {
-    let mut officer = client(suite, STATION, "officer-01", &["officer"]);
-    let mut reviewer = client(suite, COMMAND, "reviewer-01", &["command_room_reviewer"]);
-    let mut chief = client(suite, STATION, "duty-chief-01", &["duty_chief"]);
-    let mut room = client(suite, ROOM, "mediator-01", &["mediator"]);
-    let t = one(officer
-        .create_transfer(CreateTransferRequest {
-            transfer: Some(transfer()),
-            request_id: rid(),
-            submit: false,
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .transfer);
-    let t = one(officer
-        .submit_transfer(SubmitTransferRequest {
-            name: t.name.clone(),
-            etag: t.etag.clone(),
-            request_id: rid(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .transfer);
-    let mut t = t;
-    for (step, c) in [(0, &mut reviewer), (1, &mut chief)] {
-        t = one(c
-            .approve_transfer(ApproveTransferRequest {
-                name: t.name.clone(),
-                etag: t.etag.clone(),
-                step_index: step,
-                comment: "同意".into(),
-                request_id: rid(),
-            })
-            .await
-            .expect("approve")
-            .into_inner()
-            .transfer);
-    }
+    let t = approved(suite, transfer()).await;
+    let mut room = transfers(suite, ROOM, "mediator-01", &["mediator"]);
     let t = one(room
         .accept_transfer(AcceptTransferRequest {
             name: t.name.clone(),
@@ -234,14 +160,7 @@ suite_test!(
         let paused_at = micros(&paused.paused_at);
 
         // Everything three days earlier: the clock started, and the pause began, on day D - 3.
-        let url = suite
-            .stores
-            .get(&ServiceName::Router)
-            .unwrap_or_else(|| panic!("router store"))
-            .clone();
-        let store = Store::connect(StoreConfig::new(url))
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let store = store_of(&suite, ServiceName::Router).await;
         let id = t.name.trim_start_matches("transfers/").to_string();
         let json: String = sqlx::query_scalar("SELECT feedback_clock FROM transfers WHERE id = $1")
             .bind(&id)
