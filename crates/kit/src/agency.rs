@@ -33,6 +33,28 @@ pub fn masked<T: Personal>(r: Result<T, Error>) -> Reply<T> {
     }))
 }
 
+/// `resp` as a read answers it ([`pii::disclose`]): masked, or whole for a full view a role
+/// of `policy` allows, with one access-log row per resource `(name, case_id)` it holds.
+pub async fn disclosed<M: Personal>(
+    store: &fengqiao_store::Store,
+    policy: &pii::FullView,
+    method: &str,
+    who: &Identity,
+    view: pii::View,
+    mut resp: M,
+    resources: &[(String, String)],
+) -> Result<M, Error> {
+    let rows: Vec<pii::Disclosed<'_>> = resources
+        .iter()
+        .map(|(name, case_id)| pii::Disclosed {
+            resource: name,
+            case_id: Some(case_id),
+        })
+        .collect();
+    pii::disclose(store, policy, method, who, view, &mut resp, &rows).await?;
+    Ok(resp)
+}
+
 /// Refuses an identifier that holds a resident ID number or a mobile number (it would be
 /// stored and indexed in the clear).
 pub fn not_personal(field: &str, s: &str) -> Result<(), Error> {
@@ -176,6 +198,18 @@ pub fn router_rid(prefix: &str, method: &str, resource: &str, request_id: &str) 
     s
 }
 
+/// The transfer the router's answer to a create-transfer call made for a caller holds; its
+/// refusal in the caller's terms ([`Error::upstream`]), and CORRUPT for an answer without one.
+pub fn created_transfer(
+    answer: Result<Response<fengqiao_proto::router::CreateTransferResponse>, Status>,
+) -> Result<fengqiao_proto::router::Transfer, Error> {
+    answer
+        .map_err(Error::upstream)?
+        .into_inner()
+        .transfer
+        .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))
+}
+
 /// A fresh random id (UUID v4) for a new resource.
 pub fn uuid_v4() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -289,6 +323,26 @@ mod tests {
         ));
         assert_eq!(found(Some(1), "cases/1").ok(), Some(1));
         assert!(matches!(found::<i32>(None, "cases/2"), Err(Error::NotFound(r)) if r == "cases/2"));
+    }
+
+    #[test]
+    fn created_transfers_are_taken_from_the_routers_answer() {
+        use fengqiao_proto::router::{CreateTransferResponse, Transfer};
+        let t = Transfer {
+            name: "transfers/t1".into(),
+            ..Transfer::default()
+        };
+        let ok = Response::new(CreateTransferResponse {
+            transfer: Some(t.clone()),
+        });
+        assert_eq!(created_transfer(Ok(ok)).ok(), Some(t));
+        let empty = Response::new(CreateTransferResponse { transfer: None });
+        assert!(matches!(
+            created_transfer(Ok(empty)),
+            Err(Error::Corrupt(_))
+        ));
+        let refused = created_transfer(Err(Status::failed_precondition("no")));
+        assert!(matches!(refused, Err(Error::Upstream(..))));
     }
 
     #[test]

@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::agency::{
-    self, Period, Reply, check_etag, created_at, cursor_of, found, masked, need_party_role,
-    not_personal, reply, uuid_v4, who,
+    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, found, masked,
+    need_party_role, not_personal, reply, uuid_v4, who,
 };
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::deliveries::{self, Deliveries};
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::inbox::{InboxHandler, Receives, forward_auth};
-use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
+use fengqiao_kit::pii::{self, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::admindispute::admin_dispute_service_server::{
@@ -339,7 +339,7 @@ impl AdminDispute {
             }
             _ => String::new(),
         };
-        let mut resp = ListDisputesResponse {
+        let resp = ListDisputesResponse {
             disputes: page,
             next_page_token,
         };
@@ -348,24 +348,16 @@ impl AdminDispute {
             .iter()
             .map(|d| (d.name.clone(), d.case_id.clone()))
             .collect();
-        let disclosed: Vec<Disclosed<'_>> = names
-            .iter()
-            .map(|(name, case_id)| Disclosed {
-                resource: name,
-                case_id: Some(case_id),
-            })
-            .collect();
-        pii::disclose(
+        disclosed(
             &self.store,
             &FULL_VIEW,
             "/fengqiao.admindispute.v1.AdminDisputeService/ListDisputes",
             who,
             view,
-            &mut resp,
-            &disclosed,
+            resp,
+            &names,
         )
-        .await?;
-        Ok(resp)
+        .await
     }
 
     async fn statistics(
@@ -479,14 +471,7 @@ impl AdminDispute {
         };
         let mut out = Request::new(create);
         forward_auth(request, &mut out);
-        let transfer = self
-            .router()
-            .create_transfer(out)
-            .await
-            .map_err(Error::upstream)?
-            .into_inner()
-            .transfer
-            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
+        let transfer = agency::created_transfer(self.router().create_transfer(out).await)?;
         let mut tx = self.store.write().await?;
         if let Some(answer) = idem.replay::<Dispute>(&mut tx).await? {
             return Ok(answer);
@@ -927,22 +912,18 @@ impl AdminDisputeService for AdminDispute {
         let result = async {
             let view = pii::requested_view(req.metadata())?;
             let d = self.get(&w, &req.get_ref().name).await?;
-            let (name, case_id) = (d.name.clone(), d.case_id.clone());
-            let mut resp = GetDisputeResponse { dispute: Some(d) };
-            pii::disclose(
+            let names = [(d.name.clone(), d.case_id.clone())];
+            let resp = GetDisputeResponse { dispute: Some(d) };
+            disclosed(
                 &self.store,
                 &FULL_VIEW,
                 "/fengqiao.admindispute.v1.AdminDisputeService/GetDispute",
                 &w,
                 view,
-                &mut resp,
-                &[Disclosed {
-                    resource: &name,
-                    case_id: Some(&case_id),
-                }],
+                resp,
+                &names,
             )
-            .await?;
-            Ok(resp)
+            .await
         }
         .await;
         reply(result)

@@ -12,9 +12,9 @@ use fengqiao_store::bind::{Bind, bind_all};
 use std::pin::Pin;
 use std::time::Duration;
 
-use fengqiao_kit::agency::{self, Reply, need_role, not_personal};
+use fengqiao_kit::agency::{self, Reply, disclosed, need_role, not_personal};
 use fengqiao_kit::inbox::forward_auth;
-use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
+use fengqiao_kit::pii::{self, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::{Actor, AgencyRef, EvidenceRef};
@@ -521,24 +521,20 @@ impl CourtDiversion {
         tx.rollback().await?;
         let mut c = db::present(s.case, now);
         self.show_confirmation(&who.agency, &mut c).await?;
-        let (name, case_id) = (c.name.clone(), c.case_id.clone());
-        let mut resp = GetCaseResponse {
+        let names = [(c.name.clone(), c.case_id.clone())];
+        let resp = GetCaseResponse {
             pre_filing_case: Some(c),
         };
-        pii::disclose(
+        disclosed(
             &self.store,
             &FULL_VIEW,
             "/fengqiao.courtdiversion.v1.CourtDiversionService/GetCase",
             &who,
             view,
-            &mut resp,
-            &[Disclosed {
-                resource: &name,
-                case_id: Some(&case_id),
-            }],
+            resp,
+            &names,
         )
-        .await?;
-        Ok(resp)
+        .await
     }
 
     async fn list_cases(&self, request: Request<ListCasesRequest>) -> Result<ListCasesResponse> {
@@ -647,28 +643,20 @@ impl CourtDiversion {
             .iter()
             .map(|c| (c.name.clone(), c.case_id.clone()))
             .collect();
-        let mut resp = ListCasesResponse {
+        let resp = ListCasesResponse {
             pre_filing_cases: cases,
             next_page_token,
         };
-        let disclosed: Vec<Disclosed<'_>> = names
-            .iter()
-            .map(|(name, case_id)| Disclosed {
-                resource: name,
-                case_id: Some(case_id),
-            })
-            .collect();
-        pii::disclose(
+        disclosed(
             &self.store,
             &FULL_VIEW,
             "/fengqiao.courtdiversion.v1.CourtDiversionService/ListCases",
             &who,
             view,
-            &mut resp,
-            &disclosed,
+            resp,
+            &names,
         )
-        .await?;
-        Ok(resp)
+        .await
     }
 
     async fn record_consent(
@@ -832,14 +820,11 @@ impl CourtDiversion {
             // Created and submitted in one router change (no approval steps on this route).
             submit: true,
         };
-        let transfer = self
+        let answer = self
             .router()
             .create_transfer(Self::forward(request, create))
-            .await
-            .map_err(Error::upstream)?
-            .into_inner()
-            .transfer
-            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
+            .await;
+        let transfer = agency::created_transfer(answer)?;
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay::<ChooseMediatorResponse>(&mut tx).await? {
             return r

@@ -12,12 +12,12 @@
 
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::agency::{
-    self, Period, Reply, check_etag, created_at, cursor_of, forwarded, found, masked,
+    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, forwarded, found, masked,
     need_any_role, not_personal, reply, uuid_v4, who,
 };
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
-use fengqiao_kit::pii::{self, Disclosed, FullView};
+use fengqiao_kit::pii::{self, FullView};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, validate};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
@@ -544,24 +544,20 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let result = async {
             let view = pii::requested_view(req.metadata())?;
             let a = self.get(&w, &req.get_ref().name).await?;
-            let (name, case_id) = (a.name.clone(), a.case_id.clone());
-            let mut resp = GetApplicationResponse {
+            let names = [(a.name.clone(), a.case_id.clone())];
+            let resp = GetApplicationResponse {
                 application: Some(a),
             };
-            pii::disclose(
+            disclosed(
                 &self.store,
                 &FULL_VIEW,
                 "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication",
                 &w,
                 view,
-                &mut resp,
-                &[Disclosed {
-                    resource: &name,
-                    case_id: Some(&case_id),
-                }],
+                resp,
+                &names,
             )
-            .await?;
-            Ok(resp)
+            .await
         }
         .await;
         reply(result)
@@ -574,30 +570,22 @@ impl JudicialConfirmationService for JudicialConfirmation {
         let w = who(&req)?;
         let result = async {
             let view = pii::requested_view(req.metadata())?;
-            let mut resp = self.list(&w, req.get_ref()).await?;
+            let resp = self.list(&w, req.get_ref()).await?;
             let names: Vec<(String, String)> = resp
                 .applications
                 .iter()
                 .map(|a| (a.name.clone(), a.case_id.clone()))
                 .collect();
-            let disclosed: Vec<Disclosed<'_>> = names
-                .iter()
-                .map(|(name, case_id)| Disclosed {
-                    resource: name,
-                    case_id: Some(case_id),
-                })
-                .collect();
-            pii::disclose(
+            disclosed(
                 &self.store,
                 &FULL_VIEW,
                 "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications",
                 &w,
                 view,
-                &mut resp,
-                &disclosed,
+                resp,
+                &names,
             )
-            .await?;
-            Ok(resp)
+            .await
         }
         .await;
         reply(result)
