@@ -82,6 +82,19 @@ pub fn found<T>(loaded: Option<T>, name: &str) -> Result<T, Error> {
     loaded.ok_or_else(|| Error::NotFound(name.to_owned()))
 }
 
+/// Checks a free-text field: non-empty (after trimming) when `required`, at most `max`
+/// characters.
+pub fn text(out: &mut Vec<FieldViolation>, field: &str, value: &str, required: bool, max: usize) {
+    if required && value.trim().is_empty() {
+        out.push(FieldViolation::new(field, "is required"));
+    } else if value.chars().count() > max {
+        out.push(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+}
+
 /// The creation-time window of a statistics request: `[start, end)`, open where not given.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Period {
@@ -343,6 +356,23 @@ mod tests {
         ));
         let refused = created_transfer(Err(Status::failed_precondition("no")));
         assert!(matches!(refused, Err(Error::Upstream(..))));
+    }
+
+    #[test]
+    fn text_fields_are_required_and_bounded_in_characters() {
+        let mut v = Vec::new();
+        text(&mut v, "a", "  ", true, 5);
+        text(&mut v, "b", "", false, 5);
+        text(&mut v, "c", "调解协议书", true, 5);
+        text(&mut v, "d", "调解协议书。", false, 5);
+        let got: Vec<(&str, &str)> = v
+            .iter()
+            .map(|f| (f.field.as_str(), f.description.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", "is required"), ("d", "must be at most 5 characters")]
+        );
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub fn clocks_of<C: DeserializeOwned>(what: &str, json: &str) -> Result<C, Error
     serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("{what} clocks: {e}")))
 }
 
+/// A failed write as the kit's error: a unique-constraint violation as `on_unique` says (a
+/// number reused, a concurrent insert), anything else as the store's error.
+pub fn unique_as(e: sqlx::Error, on_unique: impl FnOnce() -> Error) -> Error {
+    let e = fengqiao_store::Error::from(e);
+    if e.is_unique_violation() {
+        on_unique()
+    } else {
+        Error::Store(e)
+    }
+}
+
 /// The one row `sql` selects with `binds`, decoded, or `None`.
 pub async fn fetch_one<T>(
     tx: &mut Tx,
@@ -250,6 +261,14 @@ mod tests {
             let none =
                 fetch_one(&mut tx, &sql, &[Bind::Text("o9".into()), Bind::Int(2)], id).await?;
             assert_eq!(none, None);
+            // Last: on PostgreSQL the violation aborts the transaction.
+            let again = sqlx::query(
+                "INSERT INTO t (id, owner, state, overdue, create_time) VALUES ('a', 'o', 1, 0, 1)",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique_as(e, || Error::AlreadyExists("a".into())));
+            assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
             Ok::<(), Error>(())
         }
     );

@@ -194,14 +194,11 @@ pub async fn insert(tx: &mut Tx, s: &Stored, now: i64) -> Result<()> {
     .execute(&mut **tx)
     .await
     .map_err(|e| {
-        let e = fengqiao_store::Error::from(e);
-        if e.is_unique_violation() {
-            // Registered concurrently under the same number: the retry gets the replay
-            // (or PRE_FILING_NUMBER_REUSED).
+        // Registered concurrently under the same number: the retry gets the replay (or
+        // PRE_FILING_NUMBER_REUSED).
+        fengqiao_kit::records::unique_as(e, || {
             Error::Store(fengqiao_store::Error::ConcurrentModification)
-        } else {
-            Error::Store(e)
-        }
+        })
     })?;
     Ok(())
 }

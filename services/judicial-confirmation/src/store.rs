@@ -159,15 +159,12 @@ pub async fn save(tx: &mut Tx, s: &Stored, r: &Record, now: i64) -> Result<Store
     .execute(&mut **tx)
     .await
     .map_err(|e| {
-        let e = fengqiao_store::Error::from(e);
-        if e.is_unique_violation() {
+        records::unique_as(e, || {
             Error::Refused(
                 Reason::ConfirmationNumberReused,
                 "another application of this court holds this 调确 number".into(),
             )
-        } else {
-            Error::Store(e)
-        }
+        })
     })?;
     if done.rows_affected() != 1 {
         return Err(Error::EtagMismatch(a.name.clone()));

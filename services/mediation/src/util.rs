@@ -60,24 +60,8 @@ pub fn require_case_role(id: &Identity) -> Result<()> {
     }
 }
 
-/// Checks a required free-text field: non-empty and at most `max` characters.
-pub fn text(
-    v: &mut Vec<fengqiao_kit::FieldViolation>,
-    field: &str,
-    value: &str,
-    required: bool,
-    max: usize,
-) {
-    let n = value.chars().count();
-    if required && value.trim().is_empty() {
-        v.push(fengqiao_kit::FieldViolation::new(field, "is required"));
-    } else if n > max {
-        v.push(fengqiao_kit::FieldViolation::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-}
+/// Checks a free-text field (the kit's one check).
+pub use fengqiao_kit::agency::text;
 
 /// `Err(Invalid)` when there are violations.
 pub fn violations(v: Vec<fengqiao_kit::FieldViolation>) -> Result<()> {
