@@ -10,6 +10,8 @@
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
+//! - [`agency`], [`deliveries`], [`lifecycle`], [`records`]: what the agency services'
+//!   handlers, inboxes, transition tables and stores share.
 
 pub mod agency;
 pub mod auth;
