@@ -1233,6 +1233,22 @@ impl Clock {
     pub fn is_stopped(&self) -> bool {
         self.stopped_at.is_some()
     }
+
+    /// Whether the clock, still running, is overdue at `now`: marked expired, or not paused
+    /// and past its deadline (a paused clock's deadline moves on; a stopped clock is never
+    /// overdue).
+    pub fn is_overdue_at(&self, now: i64) -> bool {
+        !self.is_stopped() && (self.expired || (!self.is_paused() && now >= self.due_at))
+    }
+}
+
+/// The clocks of a record in protobuf form as of `now` ([`Clock::to_proto_at`]).
+pub fn states_at(
+    clocks: &[Clock],
+    now: i64,
+    cal: &HolidayCalendar,
+) -> Result<Vec<common::ClockState>, ClockError> {
+    clocks.iter().map(|c| c.to_proto_at(now, cal)).collect()
 }
 
 #[cfg(test)]
@@ -1339,6 +1355,28 @@ mod tests {
 
     fn start(rule: &common::ClockRule, at: i64) -> Clock {
         Clock::start("feedback", rule, at, cal()).expect("valid rule")
+    }
+
+    #[test]
+    fn only_a_running_clock_past_its_deadline_or_expired_is_overdue() {
+        let at = t(2026, 3, 2, 9, 0);
+        let mut c = start(&hour_rule(2), at);
+        assert!(!c.is_overdue_at(c.due_at - 1));
+        assert!(c.is_overdue_at(c.due_at));
+        let due = c.due_at;
+        c.pause(at + HOUR, "supplementary_investigation")
+            .expect("pause");
+        assert!(!c.is_overdue_at(due + DAY), "a paused clock is not overdue");
+        c.expired = true;
+        assert!(c.is_overdue_at(at + HOUR), "an expired clock is overdue");
+        c.stop(at + 2 * HOUR).expect("stop");
+        assert!(
+            !c.is_overdue_at(due + DAY),
+            "a stopped clock is never overdue"
+        );
+        let states = states_at(&[c.clone(), start(&hour_rule(1), at)], at, cal()).expect("states");
+        assert_eq!(states.len(), 2);
+        assert_eq!(states[0], c.to_proto_at(at, cal()).expect("state"));
     }
 
     fn roles(r: &[&str]) -> Vec<String> {

@@ -10,19 +10,25 @@
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
+//! - [`agency`], [`deliveries`], [`lifecycle`], [`records`]: what the agency services'
+//!   handlers, inboxes, transition tables and stores share.
 
+pub mod agency;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod deliveries;
 pub mod error;
 pub mod etag;
 pub mod gateway;
 pub mod idem;
 pub mod inbox;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pii;
 pub mod pull;
 pub mod reason;
+pub mod records;
 pub mod server;
 pub mod telemetry;
 pub mod time;

@@ -137,15 +137,8 @@ impl Record {
             self.dispute.review_suspended = false;
             self.dispute.close_time = Some(to_timestamp(now));
         }
-        self.dispute.clocks = self
-            .clocks
-            .iter()
-            .map(|c| c.to_proto_at(now, cal))
-            .collect::<Result<_, _>>()?;
-        self.dispute.overdue = self
-            .clocks
-            .iter()
-            .any(|c| !c.is_stopped() && (c.expired || (!c.is_paused() && now >= c.due_at)));
+        self.dispute.clocks = fengqiao_clock::states_at(&self.clocks, now, cal)?;
+        self.dispute.overdue = self.clocks.iter().any(|c| c.is_overdue_at(now));
         Ok(())
     }
 }

@@ -121,11 +121,12 @@ pub fn is_final(state: S) -> bool {
 
 /// The state after `action`, or WRONG_STATE naming `resource` and the state.
 pub fn require(resource: &str, state: S, action: Action) -> Result<S, fengqiao_kit::Error> {
-    next(state, action).ok_or_else(|| fengqiao_kit::Error::WrongState {
-        resource: resource.to_owned(),
-        state: state.as_str_name().to_owned(),
-        action: action.verb(),
-    })
+    fengqiao_kit::lifecycle::require(
+        resource,
+        next(state, action),
+        state.as_str_name(),
+        action.verb(),
+    )
 }
 
 #[cfg(test)]
@@ -177,15 +178,7 @@ mod tests {
 
     #[test]
     fn every_state_action_pair_is_allowed_exactly_as_the_table_says() {
-        for s in STATES {
-            for a in ACTIONS {
-                let want = ALLOWED
-                    .iter()
-                    .find(|(fs, fa, _)| *fs == s && *fa == a)
-                    .map(|t| t.2);
-                assert_eq!(next(s, a), want, "{s:?} + {a:?}");
-            }
-        }
+        fengqiao_kit::lifecycle::assert_table(&STATES, &ACTIONS, ALLOWED, next);
     }
 
     #[test]

@@ -14,10 +14,15 @@
 use std::sync::Arc;
 
 use fengqiao_clock::HolidayCalendar;
+use fengqiao_kit::agency::{
+    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, found, masked,
+    need_party_role, not_personal, reply, uuid_v4, who,
+};
 use fengqiao_kit::auth::Identity;
+use fengqiao_kit::deliveries::{self, Deliveries};
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::inbox::{InboxHandler, Receives, forward_auth};
-use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
+use fengqiao_kit::pii::{self, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::admindispute::admin_dispute_service_server::{
@@ -27,13 +32,10 @@ use fengqiao_proto::admindispute::*;
 use fengqiao_proto::common::{AgencyRef, DisputeCategory, ReasonCode};
 use fengqiao_proto::inbox::{DeliverResponse, Envelope, RecipientSide};
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{
-    CaseSnapshot, Transfer, TransferEventType, TransferMessage, TransferState,
-};
+use fengqiao_proto::router::{CaseSnapshot, Transfer, TransferEventType, TransferState};
 use fengqiao_store::Store;
-use prost::Message as _;
+use tonic::Request;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
 
 use crate::dispute::{self as dom, Intake, Record};
 use crate::store as db;
@@ -52,16 +54,6 @@ pub struct AdminDispute {
     procuratorate_months: u32,
 }
 
-type R<T> = Result<Response<T>, Status>;
-
-fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
-    Identity::of(req).cloned().map_err(Into::into)
-}
-
-fn reply<T>(r: Result<T, Error>) -> R<T> {
-    r.map(Response::new).map_err(Status::from)
-}
-
 /// Who may read the applicants' personal information in full (个人信息保护法 Art 6, minimum
 /// necessary): the centre's coordinators, who contact the applicants and run the
 /// coordination; the reviewing organ's review officers, who mediate in 行政复议 (行政复议法
@@ -77,27 +69,6 @@ pub const FULL_VIEW: FullView = FullView {
         "service",
     ],
 };
-
-/// The answer to a mutation, masked (a full view is offered only by the reads, where it is
-/// audited); idempotent replays pass here too.
-fn masked<T: Personal>(r: Result<T, Error>) -> R<T> {
-    reply(r.map(|mut t| {
-        pii::mask(&mut t);
-        t
-    }))
-}
-
-/// Refuses an identifier that holds a resident ID number or a mobile number.
-fn not_personal(field: &str, s: &str) -> Result<(), Error> {
-    if pii::looks_personal(s) {
-        return Err(FieldViolation::new(
-            field,
-            "must not hold an identity number or a phone number",
-        )
-        .into());
-    }
-    Ok(())
-}
 
 /// The act as stored: its summary redacted (identity and mobile numbers masked).
 fn redacted_act(a: Option<&AdministrativeAct>) -> Option<AdministrativeAct> {
@@ -125,22 +96,9 @@ fn name_of(name: &str) -> Result<&str, Error> {
     Ok(name)
 }
 
-/// The caller must act for `agency` (WRONG_PARTY otherwise: it sees the dispute but this is
-/// not its act) with `role` (ROLE_REQUIRED).
+/// The caller must act for `agency` with `role` ([`need_party_role`]).
 fn need(who: &Identity, agency: &str, role: &str, what: &str) -> Result<(), Error> {
-    if who.agency != agency {
-        return Err(Error::Refused(
-            Reason::WrongParty,
-            format!("{what} is for {agency}"),
-        ));
-    }
-    if !who.has_role(role) {
-        return Err(Error::Refused(
-            Reason::RoleRequired,
-            format!("{what} needs the role {role}"),
-        ));
-    }
-    Ok(())
+    need_party_role(who, agency, role, what)
 }
 
 fn centre(who: &Identity, r: &Record, what: &str) -> Result<(), Error> {
@@ -165,16 +123,7 @@ fn sealer(who: &Identity, r: &Record) -> Result<(), Error> {
 /// A request id for the router derived from the method, the dispute and the client's id
 /// only, so a retry reaches the same router change.
 fn router_rid(method: &str, dispute: &str, request_id: &str) -> String {
-    let h = fengqiao_store::idempotency::hash_request(
-        format!("{method}\n{dispute}\n{request_id}").as_bytes(),
-    );
-    let mut s = format!("admin-{h}");
-    s.truncate(120);
-    s
-}
-
-fn uuid_v4() -> String {
-    uuid::Uuid::new_v4().to_string()
+    agency::router_rid("admin", method, dispute, request_id)
 }
 
 fn applicant_keys(applicants: &[fengqiao_proto::common::Party]) -> Vec<String> {
@@ -327,12 +276,8 @@ impl AdminDispute {
             return Ok(answer);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = db::load(&mut tx, &who.agency, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
-        if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, s.version) {
-            return Err(Error::EtagMismatch(name.to_owned()));
-        }
+        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
+        check_etag(name, etag, s.version)?;
         let mut current = s.record.clone();
         dom::sweep(&mut current, now, cal)?;
         let next = f(who, &current, now, cal)?;
@@ -352,9 +297,7 @@ impl AdminDispute {
         let name = name_of(name)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = db::load(&mut tx, &who.agency, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
         let mut r = s.record;
         // Shown as of now; the sweep is persisted by the next write.
         dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
@@ -391,16 +334,12 @@ impl AdminDispute {
         }
         let next_page_token = match page.last() {
             Some(last) if more => {
-                let t = last
-                    .create_time
-                    .as_ref()
-                    .map_or(0, fengqiao_kit::time::from_timestamp);
-                let id = last.name.trim_start_matches("disputes/");
-                validate::keyset_page_token(&query, t, id)
+                let (t, id) = cursor_of(last.create_time.as_ref(), &last.name, "disputes");
+                validate::keyset_page_token(&query, t, &id)
             }
             _ => String::new(),
         };
-        let mut resp = ListDisputesResponse {
+        let resp = ListDisputesResponse {
             disputes: page,
             next_page_token,
         };
@@ -409,24 +348,16 @@ impl AdminDispute {
             .iter()
             .map(|d| (d.name.clone(), d.case_id.clone()))
             .collect();
-        let disclosed: Vec<Disclosed<'_>> = names
-            .iter()
-            .map(|(name, case_id)| Disclosed {
-                resource: name,
-                case_id: Some(case_id),
-            })
-            .collect();
-        pii::disclose(
+        disclosed(
             &self.store,
             &FULL_VIEW,
             "/fengqiao.admindispute.v1.AdminDisputeService/ListDisputes",
             who,
             view,
-            &mut resp,
-            &disclosed,
+            resp,
+            &names,
         )
-        .await?;
-        Ok(resp)
+        .await
     }
 
     async fn statistics(
@@ -434,16 +365,7 @@ impl AdminDispute {
         who: &Identity,
         req: &GetDisputeStatisticsRequest,
     ) -> Result<GetDisputeStatisticsResponse, Error> {
-        let from = req
-            .create_time_start
-            .as_ref()
-            .map(|t| fengqiao_kit::time::parse_timestamp("create_time_start", t))
-            .transpose()?;
-        let to = req
-            .create_time_end
-            .as_ref()
-            .map(|t| fengqiao_kit::time::parse_timestamp("create_time_end", t))
-            .transpose()?;
+        let period = Period::of(req.create_time_start.as_ref(), req.create_time_end.as_ref())?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut tally = Tally::default();
@@ -452,21 +374,13 @@ impl AdminDispute {
             let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
             let Some(last) = rows.last() else { break };
             let d = &last.record.dispute;
-            after = Some((
-                d.create_time
-                    .as_ref()
-                    .map_or(0, fengqiao_kit::time::from_timestamp),
-                d.name.trim_start_matches("disputes/").to_owned(),
-            ));
+            after = Some(cursor_of(d.create_time.as_ref(), &d.name, "disputes"));
             for s in rows {
                 let mut r = s.record;
                 dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
                 let d = &r.dispute;
-                let created = d
-                    .create_time
-                    .as_ref()
-                    .map_or(0, fengqiao_kit::time::from_timestamp);
-                if from.is_some_and(|f| created < f) || to.is_some_and(|t| created >= t) {
+                let created = created_at(d.create_time.as_ref());
+                if !period.contains(created) {
                     continue;
                 }
                 tally.add(&DisputeSummary {
@@ -521,9 +435,7 @@ impl AdminDispute {
                 return Ok(answer);
             }
             let now = fengqiao_store::db_now_micros(&mut tx).await?;
-            let s = db::load(&mut tx, &who.agency, name)
-                .await?
-                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
             tx.rollback().await?;
             centre(&who, &s.record, "asking the procuratorate")?;
             // A retry after a lost commit is answered by the replay above; the checks refuse
@@ -559,22 +471,13 @@ impl AdminDispute {
         };
         let mut out = Request::new(create);
         forward_auth(request, &mut out);
-        let transfer = self
-            .router()
-            .create_transfer(out)
-            .await
-            .map_err(Error::upstream)?
-            .into_inner()
-            .transfer
-            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
+        let transfer = agency::created_transfer(self.router().create_transfer(out).await)?;
         let mut tx = self.store.write().await?;
         if let Some(answer) = idem.replay::<Dispute>(&mut tx).await? {
             return Ok(answer);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = db::load(&mut tx, &who.agency, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
         let recorded = s
             .record
             .dispute
@@ -623,9 +526,7 @@ impl AdminDispute {
                 return Ok(answer);
             }
             let now = fengqiao_store::db_now_micros(&mut tx).await?;
-            let s = db::load(&mut tx, &who.agency, name)
-                .await?
-                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
             tx.rollback().await?;
             centre(&who, &s.record, "reporting to the procuratorate")?;
             let (_, code) = dom::report_back(&s.record, now, cal)?;
@@ -662,9 +563,7 @@ impl AdminDispute {
             return Ok(answer);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = db::load(&mut tx, &who.agency, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
         let reported = s
             .record
             .dispute
@@ -690,8 +589,11 @@ struct Inbox {
     svc: AdminDispute,
 }
 
-#[tonic::async_trait]
-impl InboxHandler for Inbox {
+fn not_yet(what: &str) -> Error {
+    Error::Refused(Reason::NotYet, what.to_owned())
+}
+
+impl Deliveries for Inbox {
     fn receives(&self) -> &[Receives] {
         &[
             (ASK_ROUTE, RecipientSide::Sender),
@@ -699,23 +601,8 @@ impl InboxHandler for Inbox {
         ]
     }
 
-    async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {
-        self.apply(&envelope).await.map_err(Status::from)
-    }
-}
-
-fn not_yet(what: &str) -> Error {
-    Error::Refused(Reason::NotYet, what.to_owned())
-}
-
-impl Inbox {
     async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse, Error> {
-        let msg = TransferMessage::decode(envelope.payload.as_slice()).map_err(|_| {
-            Error::Invalid(vec![FieldViolation::new(
-                "envelope.payload",
-                "must be a TransferMessage",
-            )])
-        })?;
+        let msg = deliveries::transfer_message(envelope)?;
         let (route, side) = fengqiao_kit::inbox::route_and_side(envelope)?;
         let Some(t) = msg.transfer else {
             return Ok(DeliverResponse { duplicate: false });
@@ -959,7 +846,7 @@ impl AdminDispute {
         req: Request<Q>,
         method: &str,
         f: impl FnOnce(&Identity, &Q, &Record, i64, &HolidayCalendar) -> Result<Record, Error>,
-    ) -> R<P> {
+    ) -> Reply<P> {
         let w = who(&req)?;
         let r = req.into_inner();
         let (name, etag, request_id) = r.target();
@@ -1008,7 +895,10 @@ from_dispute!(
 
 #[tonic::async_trait]
 impl AdminDisputeService for AdminDispute {
-    async fn create_dispute(&self, req: Request<CreateDisputeRequest>) -> R<CreateDisputeResponse> {
+    async fn create_dispute(
+        &self,
+        req: Request<CreateDisputeRequest>,
+    ) -> Reply<CreateDisputeResponse> {
         let w = who(&req)?;
         masked(
             self.create(&w, req.get_ref())
@@ -1017,33 +907,32 @@ impl AdminDisputeService for AdminDispute {
         )
     }
 
-    async fn get_dispute(&self, req: Request<GetDisputeRequest>) -> R<GetDisputeResponse> {
+    async fn get_dispute(&self, req: Request<GetDisputeRequest>) -> Reply<GetDisputeResponse> {
         let w = who(&req)?;
         let result = async {
             let view = pii::requested_view(req.metadata())?;
             let d = self.get(&w, &req.get_ref().name).await?;
-            let (name, case_id) = (d.name.clone(), d.case_id.clone());
-            let mut resp = GetDisputeResponse { dispute: Some(d) };
-            pii::disclose(
+            let names = [(d.name.clone(), d.case_id.clone())];
+            let resp = GetDisputeResponse { dispute: Some(d) };
+            disclosed(
                 &self.store,
                 &FULL_VIEW,
                 "/fengqiao.admindispute.v1.AdminDisputeService/GetDispute",
                 &w,
                 view,
-                &mut resp,
-                &[Disclosed {
-                    resource: &name,
-                    case_id: Some(&case_id),
-                }],
+                resp,
+                &names,
             )
-            .await?;
-            Ok(resp)
+            .await
         }
         .await;
         reply(result)
     }
 
-    async fn list_disputes(&self, req: Request<ListDisputesRequest>) -> R<ListDisputesResponse> {
+    async fn list_disputes(
+        &self,
+        req: Request<ListDisputesRequest>,
+    ) -> Reply<ListDisputesResponse> {
         let w = who(&req)?;
         let result = async {
             let view = pii::requested_view(req.metadata())?;
@@ -1053,7 +942,7 @@ impl AdminDisputeService for AdminDispute {
         reply(result)
     }
 
-    async fn amend_claims(&self, req: Request<AmendClaimsRequest>) -> R<AmendClaimsResponse> {
+    async fn amend_claims(&self, req: Request<AmendClaimsRequest>) -> Reply<AmendClaimsResponse> {
         self.run(req, "AmendClaims", |w, r, rec, now, cal| {
             centre(w, rec, "amending the claims")?;
             if let Some(a) = &r.act {
@@ -1068,7 +957,7 @@ impl AdminDisputeService for AdminDispute {
     async fn start_mediation(
         &self,
         req: Request<StartMediationRequest>,
-    ) -> R<StartMediationResponse> {
+    ) -> Reply<StartMediationResponse> {
         self.run(req, "StartMediation", |w, r, rec, now, cal| {
             centre(w, rec, "starting mediation")?;
             dom::start_mediation(
@@ -1086,7 +975,7 @@ impl AdminDisputeService for AdminDispute {
     async fn start_coordination(
         &self,
         req: Request<StartCoordinationRequest>,
-    ) -> R<StartCoordinationResponse> {
+    ) -> Reply<StartCoordinationResponse> {
         self.run(req, "StartCoordination", |w, r, rec, now, cal| {
             centre(w, rec, "starting coordination")?;
             dom::start_coordination(rec, r.method(), now, cal)
@@ -1097,7 +986,7 @@ impl AdminDisputeService for AdminDispute {
     async fn withdraw_consent(
         &self,
         req: Request<WithdrawConsentRequest>,
-    ) -> R<WithdrawConsentResponse> {
+    ) -> Reply<WithdrawConsentResponse> {
         self.run(req, "WithdrawConsent", |w, r, rec, now, cal| {
             centre(w, rec, "recording a withdrawal of consent")?;
             let party = Some(r.party_id.as_str()).filter(|p| !p.is_empty());
@@ -1109,7 +998,7 @@ impl AdminDisputeService for AdminDispute {
     async fn draft_agreement(
         &self,
         req: Request<DraftAgreementRequest>,
-    ) -> R<DraftAgreementResponse> {
+    ) -> Reply<DraftAgreementResponse> {
         self.run(req, "DraftAgreement", |w, r, rec, now, cal| {
             centre(w, rec, "drafting the 调解书")?;
             dom::draft_agreement(rec, r.document.as_ref(), now, cal)
@@ -1117,7 +1006,10 @@ impl AdminDisputeService for AdminDispute {
         .await
     }
 
-    async fn sign_agreement(&self, req: Request<SignAgreementRequest>) -> R<SignAgreementResponse> {
+    async fn sign_agreement(
+        &self,
+        req: Request<SignAgreementRequest>,
+    ) -> Reply<SignAgreementResponse> {
         self.run(req, "SignAgreement", |w, r, rec, now, cal| {
             if r.party_id.is_empty() {
                 need(
@@ -1135,7 +1027,10 @@ impl AdminDisputeService for AdminDispute {
         .await
     }
 
-    async fn seal_agreement(&self, req: Request<SealAgreementRequest>) -> R<SealAgreementResponse> {
+    async fn seal_agreement(
+        &self,
+        req: Request<SealAgreementRequest>,
+    ) -> Reply<SealAgreementResponse> {
         self.run(req, "SealAgreement", |w, _r, rec, now, cal| {
             sealer(w, rec)?;
             dom::seal(rec, now, cal)
@@ -1146,7 +1041,7 @@ impl AdminDisputeService for AdminDispute {
     async fn record_correction(
         &self,
         req: Request<RecordCorrectionRequest>,
-    ) -> R<RecordCorrectionResponse> {
+    ) -> Reply<RecordCorrectionResponse> {
         self.run(req, "RecordCorrection", |w, r, rec, now, cal| {
             need(
                 w,
@@ -1162,7 +1057,7 @@ impl AdminDisputeService for AdminDispute {
     async fn record_settlement(
         &self,
         req: Request<RecordSettlementRequest>,
-    ) -> R<RecordSettlementResponse> {
+    ) -> Reply<RecordSettlementResponse> {
         self.run(req, "RecordSettlement", |w, r, rec, now, cal| {
             centre(w, rec, "recording a settlement")?;
             dom::record_settlement(rec, r.document.as_ref(), now, cal)
@@ -1170,7 +1065,10 @@ impl AdminDisputeService for AdminDispute {
         .await
     }
 
-    async fn extend_review(&self, req: Request<ExtendReviewRequest>) -> R<ExtendReviewResponse> {
+    async fn extend_review(
+        &self,
+        req: Request<ExtendReviewRequest>,
+    ) -> Reply<ExtendReviewResponse> {
         self.run(req, "ExtendReview", |w, r, rec, now, cal| {
             // 行政复议法 Art 62: the head of the review body approves; the clock engine holds
             // the role.
@@ -1185,7 +1083,10 @@ impl AdminDisputeService for AdminDispute {
         .await
     }
 
-    async fn close_dispute(&self, req: Request<CloseDisputeRequest>) -> R<CloseDisputeResponse> {
+    async fn close_dispute(
+        &self,
+        req: Request<CloseDisputeRequest>,
+    ) -> Reply<CloseDisputeResponse> {
         self.run(req, "CloseDispute", |w, r, rec, now, cal| {
             let reviewer = rec.stage() == DisputeStage::InReview
                 && w.agency == rec.reviewing_organ()
@@ -1208,7 +1109,7 @@ impl AdminDisputeService for AdminDispute {
     async fn ask_procuratorate(
         &self,
         req: Request<AskProcuratorateRequest>,
-    ) -> R<AskProcuratorateResponse> {
+    ) -> Reply<AskProcuratorateResponse> {
         masked(
             self.ask(&req)
                 .await
@@ -1219,7 +1120,7 @@ impl AdminDisputeService for AdminDispute {
     async fn report_to_procuratorate(
         &self,
         req: Request<ReportToProcuratorateRequest>,
-    ) -> R<ReportToProcuratorateResponse> {
+    ) -> Reply<ReportToProcuratorateResponse> {
         masked(
             self.report(&req)
                 .await
@@ -1230,7 +1131,7 @@ impl AdminDisputeService for AdminDispute {
     async fn get_dispute_statistics(
         &self,
         req: Request<GetDisputeStatisticsRequest>,
-    ) -> R<GetDisputeStatisticsResponse> {
+    ) -> Reply<GetDisputeStatisticsResponse> {
         let w = who(&req)?;
         reply(self.statistics(&w, req.get_ref()).await)
     }

@@ -9,10 +9,11 @@
 //! key file's lookup key ([`crate::rules::facts_digest`]).
 
 use fengqiao_kit::Error;
+use fengqiao_kit::records::{self, Page};
 use fengqiao_proto::admindispute::{Dispute, DisputeState};
+use fengqiao_store::bind::Bind;
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
-use prost::Message as _;
+use fengqiao_store::{Migration, Store, Tx};
 
 use crate::dispute::Record;
 
@@ -37,13 +38,12 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const BODY: &str = "ad_disputes.body";
 
 fn sealed_body(d: &Dispute) -> Result<Vec<u8>, Error> {
-    Ok(fengqiao_store::seal::seal(BODY, &d.encode_to_vec())?)
+    records::seal_message(BODY, d)
 }
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await
+    records::migrate(store, SERVICE, MIGRATIONS).await
 }
 
 /// A dispute as stored.
@@ -60,12 +60,8 @@ pub struct Stored {
 const COLUMNS: &str = "d.version, d.body, d.clocks, d.facts_digest";
 
 fn stored_of(row: &AnyRow) -> Result<Stored, Error> {
-    let body: Vec<u8> = row.try_get("body")?;
-    let clocks: String = row.try_get("clocks")?;
-    let plain = fengqiao_store::seal::open(BODY, &body)?;
-    let dispute = Dispute::decode(plain.as_slice())?;
-    let clocks = serde_json::from_str(&clocks)
-        .map_err(|e| Error::Corrupt(format!("dispute clocks: {e}")))?;
+    let dispute: Dispute = records::open_message(BODY, &row.try_get::<Vec<u8>, _>("body")?)?;
+    let clocks = records::clocks_of("dispute", &row.try_get::<String, _>("clocks")?)?;
     Ok(Stored {
         record: Record { dispute, clocks },
         facts_digest: row.try_get("facts_digest")?,
@@ -78,7 +74,7 @@ fn id_of(name: &str) -> &str {
 }
 
 fn clocks_json(r: &Record) -> Result<String, Error> {
-    serde_json::to_string(&r.clocks).map_err(|e| Error::Internal(format!("clocks: {e}")))
+    records::clocks_json(&r.clocks)
 }
 
 fn transfer_of(r: &Record) -> Option<String> {
@@ -149,28 +145,22 @@ pub async fn insert(tx: &mut Tx, r: &Record, facts_digest: &str) -> Result<bool,
 /// Loads `disputes/{id}` as seen by `agency`: `None` unless the agency takes part (the same
 /// as a missing dispute).
 pub async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<Stored>, Error> {
-    let row = sqlx::query(&format!(
+    let sql = format!(
         "SELECT {COLUMNS} FROM ad_disputes d JOIN ad_participants p ON p.dispute_id = d.id \
          WHERE d.id = $1 AND p.agency = $2"
-    ))
-    .bind(id_of(name))
-    .bind(agency)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(stored_of).transpose()
+    );
+    let binds = [Bind::Text(id_of(name).into()), Bind::Text(agency.into())];
+    records::fetch_one(tx, &sql, &binds, stored_of).await
 }
 
 /// Loads the dispute the procuratorate transfer `transfer` (current or earlier) belongs to
 /// (for the inbox).
 pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Stored>, Error> {
-    let row = sqlx::query(&format!(
+    let sql = format!(
         "SELECT {COLUMNS} FROM ad_disputes d JOIN ad_transfers t ON t.dispute_id = d.id \
          WHERE t.transfer = $1"
-    ))
-    .bind(transfer)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(stored_of).transpose()
+    );
+    records::fetch_one(tx, &sql, &[Bind::Text(transfer.into())], stored_of).await
 }
 
 /// Writes a changed record when the row is still at `s.version` (optimistic: a concurrent
@@ -218,28 +208,12 @@ pub async fn list(
     after: Option<(i64, String)>,
     limit: u32,
 ) -> Result<Vec<Stored>, Error> {
-    let mut sql = format!(
+    let select = format!(
         "SELECT {COLUMNS} FROM ad_disputes d JOIN ad_participants p ON p.dispute_id = d.id \
          WHERE p.agency = $1"
     );
-    if !states.is_empty() {
-        let list: Vec<String> = states.iter().map(|s| (*s as i32).to_string()).collect();
-        sql.push_str(&format!(" AND d.state IN ({})", list.join(", ")));
-    }
-    if overdue_only {
-        sql.push_str(" AND d.overdue = 1");
-    }
-    if after.is_some() {
-        sql.push_str(" AND (d.create_time < $2 OR (d.create_time = $2 AND d.id < $3))");
-    }
-    sql.push_str(&format!(
-        " ORDER BY d.create_time DESC, d.id DESC LIMIT {limit}"
-    ));
-    let mut q = sqlx::query(&sql).bind(agency);
-    if let Some((t, id)) = &after {
-        q = q.bind(*t).bind(id.clone());
-    }
-    let rows = q.fetch_all(&mut **tx).await?;
+    let page = Page::of(states, overdue_only, after, limit);
+    let rows = records::list(tx, &select, "d.", agency, &page).await?;
     rows.iter().map(stored_of).collect()
 }
 

@@ -502,20 +502,7 @@ mod tests {
 
     #[test]
     fn every_state_action_pair_is_allowed_or_refused_as_the_table_says() {
-        let mut allowed = 0;
-        for &s in &ALL_STATES {
-            for &a in &ALL_ACTIONS {
-                let expected = ALLOWED
-                    .iter()
-                    .find(|(fs, fa, _)| *fs == s && *fa == a)
-                    .map(|(_, _, to)| *to);
-                assert_eq!(next(s, a), expected, "{s:?} + {a:?}");
-                if expected.is_some() {
-                    allowed += 1;
-                }
-            }
-        }
-        assert_eq!(allowed, ALLOWED.len(), "a row of ALLOWED is listed twice");
+        fengqiao_kit::lifecycle::assert_table(&ALL_STATES, &ALL_ACTIONS, ALLOWED, next);
     }
 
     /// The index of an action's variant and flag: a new variant breaks this match, and the

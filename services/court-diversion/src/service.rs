@@ -12,8 +12,9 @@ use fengqiao_store::bind::{Bind, bind_all};
 use std::pin::Pin;
 use std::time::Duration;
 
+use fengqiao_kit::agency::{self, Reply, disclosed, need_role, not_personal};
 use fengqiao_kit::inbox::forward_auth;
-use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
+use fengqiao_kit::pii::{self, FullView, Personal};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::{Actor, AgencyRef, EvidenceRef};
@@ -23,7 +24,7 @@ use fengqiao_proto::courtdiversion::court_diversion_service_server::{
 use fengqiao_proto::courtdiversion::*;
 use fengqiao_proto::inbox::{DeliverResponse, Envelope};
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{CaseSnapshot, Transfer, TransferEventType, TransferMessage};
+use fengqiao_proto::router::{CaseSnapshot, Transfer, TransferEventType};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, Tx};
 use prost::Message as _;
@@ -39,7 +40,6 @@ use fengqiao_kit::idem::Idem;
 use fengqiao_kit::time::{from_timestamp as from_ts, to_timestamp as to_ts};
 
 type S = PreFilingCaseState;
-type Reply<T> = std::result::Result<Response<T>, Status>;
 type WatchStream =
     Pin<Box<dyn Stream<Item = std::result::Result<WatchCasesResponse, Status>> + Send + 'static>>;
 
@@ -57,38 +57,13 @@ pub const FULL_VIEW: FullView = FullView {
 /// An answer to a mutation, masked: the full view is offered only by the reads (GetCase,
 /// ListCases), where it is audited. Idempotent replays pass here too (the stored answer
 /// stays whole, sealed in the store).
-fn masked<T: Personal>(mut r: T) -> Reply<T> {
-    pii::mask(&mut r);
-    Ok(Response::new(r))
-}
-
-/// Refuses an identifier that holds a resident ID number or a mobile number (it would be
-/// stored and indexed in the clear).
-fn not_personal(field: &str, s: &str) -> Result<()> {
-    if pii::looks_personal(s) {
-        return Err(FieldViolation::new(
-            field,
-            "must not hold an identity number or a phone number",
-        )
-        .into());
-    }
-    Ok(())
+fn masked<T: Personal>(r: T) -> Reply<T> {
+    agency::masked(Ok(r))
 }
 
 /// Free text as stored: trimmed, identity and mobile numbers masked (pii::redact_text).
 fn redacted(s: &str) -> String {
     pii::redact_text(s.trim()).into_owned()
-}
-
-fn need_role(who: &Identity, role: &str, action: &str) -> Result<()> {
-    if who.has_role(role) {
-        Ok(())
-    } else {
-        Err(Error::Refused(
-            Reason::RoleRequired,
-            format!("{action} needs the role {role}"),
-        ))
-    }
 }
 
 /// The role the lifecycle action needs (特邀调解规定: the clerk records, the judge decides).
@@ -101,10 +76,7 @@ fn need_role_for(who: &Identity, action: Action) -> Result<()> {
 
 fn check_etag(etag: &str, current: &str, what: &str) -> Result<()> {
     let version = current.trim_matches('"').parse::<i64>().unwrap_or(-1);
-    if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, version) {
-        return Err(Error::EtagMismatch(what.to_string()));
-    }
-    Ok(())
+    agency::check_etag(what, etag, version)
 }
 
 fn wrong_state(c: &PreFilingCase, action: &'static str) -> Error {
@@ -121,27 +93,18 @@ fn wrong_state(c: &PreFilingCase, action: &'static str) -> Error {
 /// The request id of a router call made for a client's call: derived only from the method,
 /// the case and the client's `request_id`, so a retry sends the router the same request.
 fn router_rid(method: &str, case: &str, request_id: &str) -> String {
-    let h = fengqiao_store::idempotency::hash_request(
-        format!("{method}\n{case}\n{request_id}").as_bytes(),
-    );
-    let mut s = format!("court-{h}");
-    s.truncate(120);
-    s
+    agency::router_rid("court", method, case, request_id)
 }
 
 /// `invitedOrganizations/{o}/mediators/{m}` → (o, m).
 fn parse_mediator(field: &str, name: &str) -> Result<(String, String)> {
-    let bad = || {
-        FieldViolation::new(
-            field,
-            "must be invitedOrganizations/{invited_organization}/mediators/{mediator}",
-        )
-    };
-    let rest = name.strip_prefix("invitedOrganizations/").ok_or_else(bad)?;
-    let (o, m) = rest.split_once("/mediators/").ok_or_else(bad)?;
-    fengqiao_kit::validate::resource_id(field, o)?;
-    fengqiao_kit::validate::resource_id(field, m)?;
-    Ok((o.to_string(), m.to_string()))
+    Ok(agency::parse_child_name(
+        field,
+        name,
+        "invitedOrganizations",
+        "mediators",
+        "invitedOrganizations/{invited_organization}/mediators/{mediator}",
+    )?)
 }
 
 fn text(out: &mut Vec<FieldViolation>, field: &str, s: &str, max: usize) {
@@ -558,24 +521,20 @@ impl CourtDiversion {
         tx.rollback().await?;
         let mut c = db::present(s.case, now);
         self.show_confirmation(&who.agency, &mut c).await?;
-        let (name, case_id) = (c.name.clone(), c.case_id.clone());
-        let mut resp = GetCaseResponse {
+        let names = [(c.name.clone(), c.case_id.clone())];
+        let resp = GetCaseResponse {
             pre_filing_case: Some(c),
         };
-        pii::disclose(
+        disclosed(
             &self.store,
             &FULL_VIEW,
             "/fengqiao.courtdiversion.v1.CourtDiversionService/GetCase",
             &who,
             view,
-            &mut resp,
-            &[Disclosed {
-                resource: &name,
-                case_id: Some(&case_id),
-            }],
+            resp,
+            &names,
         )
-        .await?;
-        Ok(resp)
+        .await
     }
 
     async fn list_cases(&self, request: Request<ListCasesRequest>) -> Result<ListCasesResponse> {
@@ -684,28 +643,20 @@ impl CourtDiversion {
             .iter()
             .map(|c| (c.name.clone(), c.case_id.clone()))
             .collect();
-        let mut resp = ListCasesResponse {
+        let resp = ListCasesResponse {
             pre_filing_cases: cases,
             next_page_token,
         };
-        let disclosed: Vec<Disclosed<'_>> = names
-            .iter()
-            .map(|(name, case_id)| Disclosed {
-                resource: name,
-                case_id: Some(case_id),
-            })
-            .collect();
-        pii::disclose(
+        disclosed(
             &self.store,
             &FULL_VIEW,
             "/fengqiao.courtdiversion.v1.CourtDiversionService/ListCases",
             &who,
             view,
-            &mut resp,
-            &disclosed,
+            resp,
+            &names,
         )
-        .await?;
-        Ok(resp)
+        .await
     }
 
     async fn record_consent(
@@ -869,14 +820,11 @@ impl CourtDiversion {
             // Created and submitted in one router change (no approval steps on this route).
             submit: true,
         };
-        let transfer = self
+        let answer = self
             .router()
             .create_transfer(Self::forward(request, create))
-            .await
-            .map_err(Error::upstream)?
-            .into_inner()
-            .transfer
-            .ok_or_else(|| Error::Corrupt("router answered without a transfer".into()))?;
+            .await;
+        let transfer = agency::created_transfer(answer)?;
         let mut tx = self.store.write().await?;
         if let Some(r) = idem.replay::<ChooseMediatorResponse>(&mut tx).await? {
             return r
@@ -2277,27 +2225,15 @@ struct Inbox {
     service: CourtDiversion,
 }
 
-#[tonic::async_trait]
-impl fengqiao_kit::inbox::InboxHandler for Inbox {
+impl fengqiao_kit::deliveries::Deliveries for Inbox {
     /// 委派调解: the court delegates and is told of every step of the delegation.
     fn receives(&self) -> &[fengqiao_kit::inbox::Receives] {
         use fengqiao_proto::inbox::RecipientSide;
         &[(rules::ROUTE_ID, RecipientSide::Sender)]
     }
 
-    async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {
-        self.apply(&envelope).await.map_err(Status::from)
-    }
-}
-
-impl Inbox {
     async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse> {
-        let msg = TransferMessage::decode(envelope.payload.as_slice()).map_err(|_| {
-            Error::Invalid(vec![FieldViolation::new(
-                "envelope.payload",
-                "must be a TransferMessage",
-            )])
-        })?;
+        let msg = fengqiao_kit::deliveries::transfer_message(envelope)?;
         let mut tx = self.store.write().await?;
         if !fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await? {
             return Ok(DeliverResponse { duplicate: true });
@@ -2497,7 +2433,9 @@ impl Inbox {
         }
         Ok(DeliverResponse { duplicate: false })
     }
+}
 
+impl Inbox {
     /// The records that go with an action taken on the router's word.
     #[allow(clippy::too_many_arguments)]
     fn record(

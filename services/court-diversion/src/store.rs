@@ -15,7 +15,7 @@ use fengqiao_proto::courtdiversion::{
     PreFilingCaseState as S,
 };
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
+use fengqiao_store::{Migration, Store, Tx};
 use prost::Message;
 
 use crate::error::{Error, Result};
@@ -35,8 +35,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await
+    fengqiao_kit::records::migrate(store, SERVICE, MIGRATIONS).await
 }
 
 /// The actor of deadline events and router-driven changes.
@@ -92,13 +91,12 @@ pub const MEDIATOR_BODY: &str = "court_mediators.body";
 
 /// Seals an encoded body for the column `context`.
 pub fn seal_body(context: &str, msg: &impl Message) -> Result<Vec<u8>> {
-    Ok(fengqiao_store::seal::seal(context, &msg.encode_to_vec())?)
+    fengqiao_kit::records::seal_message(context, msg)
 }
 
 /// Opens and decodes a body sealed for `context`.
 pub fn open_body<M: Message + Default>(context: &str, sealed: &[u8]) -> Result<M> {
-    let plain = fengqiao_store::seal::open(context, sealed)?;
-    M::decode(plain.as_slice()).map_err(|e| Error::Corrupt(format!("{context}: {e}")))
+    fengqiao_kit::records::open_message(context, sealed)
 }
 
 /// The keyed hash (HMAC, [`fengqiao_store::seal::keyed_hash`]) of a case's client content
@@ -131,15 +129,7 @@ pub fn stored_of(row: &AnyRow) -> Result<Stored> {
 /// PostgreSQL (SQLite write transactions are serialised already), so a caller's change, a
 /// router message and a deadline apply one after the other.
 pub async fn lock_case(tx: &mut Tx, column: &str, value: &str) -> Result<()> {
-    if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
-        sqlx::query(&format!(
-            "SELECT id FROM court_cases WHERE {column} = $1 FOR UPDATE"
-        ))
-        .bind(value)
-        .fetch_all(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    fengqiao_kit::records::lock_rows(tx, "court_cases", column, value).await
 }
 
 /// Loads the case `cases/{id}`.
@@ -204,14 +194,11 @@ pub async fn insert(tx: &mut Tx, s: &Stored, now: i64) -> Result<()> {
     .execute(&mut **tx)
     .await
     .map_err(|e| {
-        let e = fengqiao_store::Error::from(e);
-        if e.is_unique_violation() {
-            // Registered concurrently under the same number: the retry gets the replay
-            // (or PRE_FILING_NUMBER_REUSED).
+        // Registered concurrently under the same number: the retry gets the replay (or
+        // PRE_FILING_NUMBER_REUSED).
+        fengqiao_kit::records::unique_as(e, || {
             Error::Store(fengqiao_store::Error::ConcurrentModification)
-        } else {
-            Error::Store(e)
-        }
+        })
     })?;
     Ok(())
 }

@@ -80,15 +80,8 @@ impl Record {
     fn touch(&mut self, now: i64, state: S, cal: &HolidayCalendar) -> Result<(), Error> {
         self.application.state = state as i32;
         self.application.update_time = Some(to_timestamp(now));
-        self.application.clocks = self
-            .clocks
-            .iter()
-            .map(|c| c.to_proto_at(now, cal))
-            .collect::<Result<_, _>>()?;
-        self.application.overdue = self
-            .clocks
-            .iter()
-            .any(|c| !c.is_stopped() && (c.expired || (!c.is_paused() && now >= c.due_at)));
+        self.application.clocks = fengqiao_clock::states_at(&self.clocks, now, cal)?;
+        self.application.overdue = self.clocks.iter().any(|c| c.is_overdue_at(now));
         Ok(())
     }
 

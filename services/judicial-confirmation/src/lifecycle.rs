@@ -168,11 +168,12 @@ pub const ALL_ACTIONS: [Action; 13] = [
 
 /// `next`, or the kit's `WrongState` naming the resource, its state and the action.
 pub fn require(resource: &str, state: S, action: Action) -> Result<S, fengqiao_kit::Error> {
-    next(state, action).ok_or_else(|| fengqiao_kit::Error::WrongState {
-        resource: resource.to_owned(),
-        state: state.as_str_name().to_owned(),
-        action: action.verb(),
-    })
+    fengqiao_kit::lifecycle::require(
+        resource,
+        next(state, action),
+        state.as_str_name(),
+        action.verb(),
+    )
 }
 
 #[cfg(test)]
@@ -205,20 +206,7 @@ mod tests {
 
     #[test]
     fn every_state_action_pair_is_allowed_or_refused_as_the_table_says() {
-        let mut allowed = 0;
-        for &s in &ALL_STATES {
-            for &a in &ALL_ACTIONS {
-                let expected = ALLOWED
-                    .iter()
-                    .find(|(fs, fa, _)| *fs == s && *fa == a)
-                    .map(|(_, _, to)| *to);
-                assert_eq!(next(s, a), expected, "{s:?} + {a:?}");
-                if expected.is_some() {
-                    allowed += 1;
-                }
-            }
-        }
-        assert_eq!(allowed, ALLOWED.len(), "a row of ALLOWED is listed twice");
+        fengqiao_kit::lifecycle::assert_table(&ALL_STATES, &ALL_ACTIONS, ALLOWED, next);
     }
 
     #[test]

@@ -109,6 +109,19 @@ pub fn decline_for_refusal(reason: fengqiao_kit::Reason) -> Option<&'static str>
     }
 }
 
+/// The Art 3 package as the court keeps it, from the items the committee sends (in the
+/// router's confirmation package; the mediation service checks them before it sends).
+pub fn package_of(items: &[fengqiao_proto::router::ConfirmationPackageItem]) -> Vec<PackageItem> {
+    items
+        .iter()
+        .map(|i| PackageItem {
+            kind: i.kind,
+            document: i.document.clone(),
+            party_id: i.party_id.clone(),
+        })
+        .collect()
+}
+
 /// The application the committee's offered transfer carries, or `None` when the transfer
 /// has no confirmation package. The submission time is the router's creation time of the
 /// transfer (the committee's submission; 人民调解法 Art 33 counts to it).
@@ -140,15 +153,7 @@ pub fn intake_of(t: &Transfer) -> Option<Intake> {
             .agreement_effective_time
             .as_ref()
             .map_or(0, from_timestamp),
-        package: pkg
-            .items
-            .iter()
-            .map(|i| PackageItem {
-                kind: i.kind,
-                document: i.document.clone(),
-                party_id: i.party_id.clone(),
-            })
-            .collect(),
+        package: package_of(&pkg.items),
         submitted_at: t.create_time.as_ref().map_or(0, from_timestamp),
     })
 }

@@ -11,17 +11,21 @@
 //! idempotent by `request_id` (the kit's [`Idem`]): a replay returns the first answer.
 
 use fengqiao_clock::HolidayCalendar;
+use fengqiao_kit::agency::{
+    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, forwarded, found, masked,
+    need_any_role, not_personal, reply, uuid_v4, who,
+};
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
-use fengqiao_kit::pii::{self, Disclosed, FullView, Personal};
+use fengqiao_kit::pii::{self, FullView};
 use fengqiao_kit::server::ServerBuilder;
-use fengqiao_kit::{Error, FieldViolation, Reason, validate};
+use fengqiao_kit::{Error, FieldViolation, validate};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
     JudicialConfirmationService, JudicialConfirmationServiceServer,
 };
 use fengqiao_proto::judicialconfirmation::*;
 use fengqiao_store::Store;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use fengqiao_proto::inbox::{DeliverResponse, Envelope, MessageKind, RecipientSide};
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
@@ -66,30 +70,7 @@ type Caller = tonic::metadata::MetadataMap;
 /// the application and the client's `request_id`, so a retry sends the router the same
 /// request.
 fn router_rid(method: &str, name: &str, request_id: &str) -> String {
-    let h = fengqiao_store::idempotency::hash_request(
-        format!("{method}\n{name}\n{request_id}").as_bytes(),
-    );
-    let mut s = format!("court-jc-{h}");
-    s.truncate(120);
-    s
-}
-
-fn forward<U>(caller: &Caller, msg: U) -> Request<U> {
-    let mut carrier = Request::new(());
-    *carrier.metadata_mut() = caller.clone();
-    let mut out = Request::new(msg);
-    fengqiao_kit::inbox::forward_auth(&carrier, &mut out);
-    out
-}
-
-type R<T> = Result<Response<T>, Status>;
-
-fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
-    Identity::of(req).cloned().map_err(Into::into)
-}
-
-fn reply<T>(r: Result<T, Error>) -> R<T> {
-    r.map(Response::new).map_err(Status::from)
+    agency::router_rid("court-jc", method, name, request_id)
 }
 
 /// Who may read the parties' personal information in full (个人信息保护法 Art 6, minimum
@@ -100,27 +81,6 @@ pub const FULL_VIEW: FullView = FullView {
     service: "judicial-confirmation",
     roles: &[rules::JUDGE_ROLE, rules::CLERK_ROLE, "service"],
 };
-
-/// The answer to a mutation, masked (a full view is offered only by the reads, where it is
-/// audited); idempotent replays pass here too.
-fn masked<T: Personal>(r: Result<T, Error>) -> R<T> {
-    reply(r.map(|mut t| {
-        pii::mask(&mut t);
-        t
-    }))
-}
-
-/// Refuses an identifier that holds a resident ID number or a mobile number.
-fn not_personal(field: &str, s: &str) -> Result<(), Error> {
-    if pii::looks_personal(s) {
-        return Err(FieldViolation::new(
-            field,
-            "must not hold an identity number or a phone number",
-        )
-        .into());
-    }
-    Ok(())
-}
 
 /// Checks the parties of an application taken in (the suite's one set of party validators,
 /// [`pii::validate::party`]: identity numbers with their check digit, phones, addresses). A
@@ -135,17 +95,6 @@ fn check_parties(intake: &app::Intake) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Invalid(v))
-    }
-}
-
-fn need_role(who: &Identity, roles: &[&str]) -> Result<(), Error> {
-    if roles.iter().any(|r| who.has_role(r)) {
-        Ok(())
-    } else {
-        Err(Error::Refused(
-            Reason::RoleRequired,
-            format!("this action needs one of the roles {}", roles.join(", ")),
-        ))
     }
 }
 
@@ -295,12 +244,8 @@ impl JudicialConfirmation {
             return Ok(answer);
         }
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = db::load(&mut tx, &who.agency, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
-        if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, s.version) {
-            return Err(Error::EtagMismatch(name.to_owned()));
-        }
+        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
+        check_etag(name, etag, s.version)?;
         let mut current = s.record.clone();
         app::sweep(&mut current, now, cal)?;
         let next = f(&current, now, cal)?;
@@ -334,13 +279,9 @@ impl JudicialConfirmation {
                 return Ok(answer);
             }
             let now = fengqiao_store::db_now_micros(&mut tx).await?;
-            let s = db::load(&mut tx, &who.agency, name)
-                .await?
-                .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+            let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
             tx.rollback().await?;
-            if !etag.is_empty() && !fengqiao_kit::etag::matches(etag, s.version) {
-                return Err(Error::EtagMismatch(name.to_owned()));
-            }
+            check_etag(name, etag, s.version)?;
             let mut current = s.record.clone();
             app::sweep(&mut current, now, cal)?;
             let next = f(&current, now, cal)?;
@@ -352,7 +293,7 @@ impl JudicialConfirmation {
                 let mut r = TransferServiceClient::new(router.clone());
                 let sent = match call {
                     RouterCall::Accept { number } => r
-                        .accept_transfer(forward(
+                        .accept_transfer(forwarded(
                             caller,
                             rt::AcceptTransferRequest {
                                 name: transfer,
@@ -365,7 +306,7 @@ impl JudicialConfirmation {
                         .await
                         .map(drop),
                     RouterCall::Decline { code, reason } => r
-                        .decline_transfer(forward(
+                        .decline_transfer(forwarded(
                             caller,
                             rt::DeclineTransferRequest {
                                 name: transfer,
@@ -382,7 +323,7 @@ impl JudicialConfirmation {
                         summary,
                         documents,
                     } => r
-                        .submit_feedback(forward(
+                        .submit_feedback(forwarded(
                             caller,
                             rt::SubmitFeedbackRequest {
                                 name: transfer,
@@ -508,9 +449,7 @@ impl JudicialConfirmation {
         let name = name_of(name)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = db::load(&mut tx, &who.agency, name)
-            .await?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
         let mut r = s.record;
         // Shown as of now; the sweep is persisted by the next write.
         app::sweep(&mut r, now, HolidayCalendar::builtin())?;
@@ -545,12 +484,8 @@ impl JudicialConfirmation {
             .collect();
         let next_page_token = match page.last() {
             Some(last) if more => {
-                let t = last
-                    .create_time
-                    .as_ref()
-                    .map_or(0, fengqiao_kit::time::from_timestamp);
-                let id = last.name.trim_start_matches("applications/");
-                validate::keyset_page_token(&query, t, id)
+                let (t, id) = cursor_of(last.create_time.as_ref(), &last.name, "applications");
+                validate::keyset_page_token(&query, t, &id)
             }
             _ => String::new(),
         };
@@ -565,16 +500,7 @@ impl JudicialConfirmation {
         who: &Identity,
         req: &GetApplicationStatisticsRequest,
     ) -> Result<GetApplicationStatisticsResponse, Error> {
-        let from = req
-            .create_time_start
-            .as_ref()
-            .map(|t| fengqiao_kit::time::parse_timestamp("create_time_start", t))
-            .transpose()?;
-        let to = req
-            .create_time_end
-            .as_ref()
-            .map(|t| fengqiao_kit::time::parse_timestamp("create_time_end", t))
-            .transpose()?;
+        let period = Period::of(req.create_time_start.as_ref(), req.create_time_end.as_ref())?;
         let mut tx = self.store.read().await?;
         let mut tally = Tally::default();
         let mut after = None;
@@ -582,19 +508,11 @@ impl JudicialConfirmation {
             let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
             let Some(last) = rows.last() else { break };
             let a = &last.record.application;
-            after = Some((
-                a.create_time
-                    .as_ref()
-                    .map_or(0, fengqiao_kit::time::from_timestamp),
-                a.name.trim_start_matches("applications/").to_owned(),
-            ));
+            after = Some(cursor_of(a.create_time.as_ref(), &a.name, "applications"));
             for s in &rows {
                 let a = &s.record.application;
-                let created = a
-                    .create_time
-                    .as_ref()
-                    .map_or(0, fengqiao_kit::time::from_timestamp);
-                if from.is_some_and(|f| created < f) || to.is_some_and(|t| created >= t) {
+                let created = created_at(a.create_time.as_ref());
+                if !period.contains(created) {
                     continue;
                 }
                 tally.add(&ApplicationSummary {
@@ -614,10 +532,6 @@ impl JudicialConfirmation {
     }
 }
 
-fn uuid_v4() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 const CLERK_OR_JUDGE: &[&str] = &[rules::CLERK_ROLE, rules::JUDGE_ROLE];
 
 #[tonic::async_trait]
@@ -625,29 +539,25 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn get_application(
         &self,
         req: Request<GetApplicationRequest>,
-    ) -> R<GetApplicationResponse> {
+    ) -> Reply<GetApplicationResponse> {
         let w = who(&req)?;
         let result = async {
             let view = pii::requested_view(req.metadata())?;
             let a = self.get(&w, &req.get_ref().name).await?;
-            let (name, case_id) = (a.name.clone(), a.case_id.clone());
-            let mut resp = GetApplicationResponse {
+            let names = [(a.name.clone(), a.case_id.clone())];
+            let resp = GetApplicationResponse {
                 application: Some(a),
             };
-            pii::disclose(
+            disclosed(
                 &self.store,
                 &FULL_VIEW,
                 "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication",
                 &w,
                 view,
-                &mut resp,
-                &[Disclosed {
-                    resource: &name,
-                    case_id: Some(&case_id),
-                }],
+                resp,
+                &names,
             )
-            .await?;
-            Ok(resp)
+            .await
         }
         .await;
         reply(result)
@@ -656,34 +566,26 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn list_applications(
         &self,
         req: Request<ListApplicationsRequest>,
-    ) -> R<ListApplicationsResponse> {
+    ) -> Reply<ListApplicationsResponse> {
         let w = who(&req)?;
         let result = async {
             let view = pii::requested_view(req.metadata())?;
-            let mut resp = self.list(&w, req.get_ref()).await?;
+            let resp = self.list(&w, req.get_ref()).await?;
             let names: Vec<(String, String)> = resp
                 .applications
                 .iter()
                 .map(|a| (a.name.clone(), a.case_id.clone()))
                 .collect();
-            let disclosed: Vec<Disclosed<'_>> = names
-                .iter()
-                .map(|(name, case_id)| Disclosed {
-                    resource: name,
-                    case_id: Some(case_id),
-                })
-                .collect();
-            pii::disclose(
+            disclosed(
                 &self.store,
                 &FULL_VIEW,
                 "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications",
                 &w,
                 view,
-                &mut resp,
-                &disclosed,
+                resp,
+                &names,
             )
-            .await?;
-            Ok(resp)
+            .await
         }
         .await;
         reply(result)
@@ -692,12 +594,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn accept_application(
         &self,
         req: Request<AcceptApplicationRequest>,
-    ) -> R<AcceptApplicationResponse> {
+    ) -> Reply<AcceptApplicationResponse> {
         let w = who(&req)?;
         let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
-            need_role(&w, CLERK_OR_JUDGE)?;
+            need_any_role(&w, CLERK_OR_JUDGE)?;
             not_personal("confirmation_number", &r.confirmation_number)?;
             self.act_routed(
                 &caller,
@@ -720,12 +622,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn reject_application(
         &self,
         req: Request<RejectApplicationRequest>,
-    ) -> R<RejectApplicationResponse> {
+    ) -> Reply<RejectApplicationResponse> {
         let w = who(&req)?;
         let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
-            need_role(&w, &[rules::JUDGE_ROLE])?;
+            need_any_role(&w, &[rules::JUDGE_ROLE])?;
             self.act_routed(
                 &caller,
                 &w,
@@ -747,11 +649,11 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn request_supplement(
         &self,
         req: Request<RequestSupplementRequest>,
-    ) -> R<RequestSupplementResponse> {
+    ) -> Reply<RequestSupplementResponse> {
         let w = who(&req)?;
         let r = req.into_inner();
         let result = async {
-            need_role(&w, &[rules::JUDGE_ROLE])?;
+            need_any_role(&w, &[rules::JUDGE_ROLE])?;
             self.act(
                 &w,
                 "RequestSupplement",
@@ -774,11 +676,11 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn receive_supplement(
         &self,
         req: Request<ReceiveSupplementRequest>,
-    ) -> R<ReceiveSupplementResponse> {
+    ) -> Reply<ReceiveSupplementResponse> {
         let w = who(&req)?;
         let r = req.into_inner();
         let result = async {
-            need_role(&w, CLERK_OR_JUDGE)?;
+            need_any_role(&w, CLERK_OR_JUDGE)?;
             self.act(
                 &w,
                 "ReceiveSupplement",
@@ -796,7 +698,10 @@ impl JudicialConfirmationService for JudicialConfirmation {
         }))
     }
 
-    async fn extend_review(&self, req: Request<ExtendReviewRequest>) -> R<ExtendReviewResponse> {
+    async fn extend_review(
+        &self,
+        req: Request<ExtendReviewRequest>,
+    ) -> Reply<ExtendReviewResponse> {
         let w = who(&req)?;
         let r = req.into_inner();
         let result = async {
@@ -824,12 +729,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn rule_on_application(
         &self,
         req: Request<RuleOnApplicationRequest>,
-    ) -> R<RuleOnApplicationResponse> {
+    ) -> Reply<RuleOnApplicationResponse> {
         let w = who(&req)?;
         let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
-            need_role(&w, &[rules::JUDGE_ROLE])?;
+            need_any_role(&w, &[rules::JUDGE_ROLE])?;
             let outcome = RulingOutcome::try_from(r.outcome).unwrap_or_default();
             self.act_routed(
                 &caller,
@@ -854,12 +759,12 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn withdraw_application(
         &self,
         req: Request<WithdrawApplicationRequest>,
-    ) -> R<WithdrawApplicationResponse> {
+    ) -> Reply<WithdrawApplicationResponse> {
         let w = who(&req)?;
         let caller = req.metadata().clone();
         let r = req.into_inner();
         let result = async {
-            need_role(&w, CLERK_OR_JUDGE)?;
+            need_any_role(&w, CLERK_OR_JUDGE)?;
             self.act_routed(
                 &caller,
                 &w,
@@ -878,11 +783,14 @@ impl JudicialConfirmationService for JudicialConfirmation {
         }))
     }
 
-    async fn file_objection(&self, req: Request<FileObjectionRequest>) -> R<FileObjectionResponse> {
+    async fn file_objection(
+        &self,
+        req: Request<FileObjectionRequest>,
+    ) -> Reply<FileObjectionResponse> {
         let w = who(&req)?;
         let r = req.into_inner();
         let result = async {
-            need_role(&w, CLERK_OR_JUDGE)?;
+            need_any_role(&w, CLERK_OR_JUDGE)?;
             let known = r
                 .known_time
                 .as_ref()
@@ -918,11 +826,11 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn hand_off_for_enforcement(
         &self,
         req: Request<HandOffForEnforcementRequest>,
-    ) -> R<HandOffForEnforcementResponse> {
+    ) -> Reply<HandOffForEnforcementResponse> {
         let w = who(&req)?;
         let r = req.into_inner();
         let result = async {
-            need_role(&w, CLERK_OR_JUDGE)?;
+            need_any_role(&w, CLERK_OR_JUDGE)?;
             not_personal("enforcement_reference", &r.enforcement_reference)?;
             let actor = w.as_actor();
             self.act(
@@ -958,11 +866,11 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn report_non_confirmation(
         &self,
         req: Request<ReportNonConfirmationRequest>,
-    ) -> R<ReportNonConfirmationResponse> {
+    ) -> Reply<ReportNonConfirmationResponse> {
         let w = who(&req)?;
         let r = req.into_inner();
         let result = async {
-            need_role(&w, &[rules::JUDGE_ROLE])?;
+            need_any_role(&w, &[rules::JUDGE_ROLE])?;
             let actor = w.as_actor();
             self.act(
                 &w,
@@ -994,7 +902,7 @@ impl JudicialConfirmationService for JudicialConfirmation {
     async fn get_application_statistics(
         &self,
         req: Request<GetApplicationStatisticsRequest>,
-    ) -> R<GetApplicationStatisticsResponse> {
+    ) -> Reply<GetApplicationStatisticsResponse> {
         let w = who(&req)?;
         reply(self.statistics(&w, req.get_ref()).await)
     }
@@ -1009,18 +917,11 @@ struct Inbox {
     svc: JudicialConfirmation,
 }
 
-#[tonic::async_trait]
-impl fengqiao_kit::inbox::InboxHandler for Inbox {
+impl fengqiao_kit::deliveries::Deliveries for Inbox {
     fn receives(&self) -> &[fengqiao_kit::inbox::Receives] {
         &[(rules::ROUTE_ID, RecipientSide::Receiver)]
     }
 
-    async fn deliver(&self, envelope: Envelope) -> Result<DeliverResponse, Status> {
-        self.apply(&envelope).await.map_err(Status::from)
-    }
-}
-
-impl Inbox {
     /// An offer becomes an application of the addressed court (every intake check of
     /// [`app::receive`], the committee's submission time counting for the 30 days); taking
     /// in the same transfer again changes nothing. Other messages on the route change

@@ -7,11 +7,12 @@
 //! the rule, reason codes and times only — no personal information — and stay plain, as do
 //! the ids, states and the 调确 number beside them.
 
+use fengqiao_kit::records::{self, Page};
 use fengqiao_kit::{Error, Reason};
 use fengqiao_proto::judicialconfirmation::{ApplicationState, ConfirmationApplication};
+use fengqiao_store::bind::Bind;
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
-use prost::Message as _;
+use fengqiao_store::{Migration, Store, Tx};
 
 use crate::application::Record;
 
@@ -27,8 +28,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await
+    records::migrate(store, SERVICE, MIGRATIONS).await
 }
 
 /// An application as stored.
@@ -48,16 +48,13 @@ const COLUMNS: &str = "court, version, body, clocks";
 pub const BODY: &str = "jc_applications.body";
 
 fn sealed_body(a: &ConfirmationApplication) -> Result<Vec<u8>, Error> {
-    Ok(fengqiao_store::seal::seal(BODY, &a.encode_to_vec())?)
+    records::seal_message(BODY, a)
 }
 
 fn stored_of(row: &AnyRow) -> Result<Stored, Error> {
-    let body: Vec<u8> = row.try_get("body")?;
-    let clocks: String = row.try_get("clocks")?;
-    let plain = fengqiao_store::seal::open(BODY, &body)?;
-    let application = ConfirmationApplication::decode(plain.as_slice())?;
-    let clocks = serde_json::from_str(&clocks)
-        .map_err(|e| Error::Corrupt(format!("application clocks: {e}")))?;
+    let application: ConfirmationApplication =
+        records::open_message(BODY, &row.try_get::<Vec<u8>, _>("body")?)?;
+    let clocks = records::clocks_of("application", &row.try_get::<String, _>("clocks")?)?;
     Ok(Stored {
         record: Record {
             application,
@@ -73,7 +70,7 @@ fn id_of(name: &str) -> &str {
 }
 
 fn clocks_json(r: &Record) -> Result<String, Error> {
-    serde_json::to_string(&r.clocks).map_err(|e| Error::Internal(format!("clocks: {e}")))
+    records::clocks_json(&r.clocks)
 }
 
 fn number(r: &Record) -> Option<&str> {
@@ -123,26 +120,16 @@ pub async fn insert(tx: &mut Tx, court: &str, r: &Record) -> Result<bool, Error>
 
 /// Loads `applications/{id}` of `court`; another court's is `None`, like a missing one.
 pub async fn load(tx: &mut Tx, court: &str, name: &str) -> Result<Option<Stored>, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM jc_applications WHERE id = $1 AND court = $2"
-    ))
-    .bind(id_of(name))
-    .bind(court)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(stored_of).transpose()
+    let sql = format!("SELECT {COLUMNS} FROM jc_applications WHERE id = $1 AND court = $2");
+    let binds = [Bind::Text(id_of(name).into()), Bind::Text(court.into())];
+    records::fetch_one(tx, &sql, &binds, stored_of).await
 }
 
 /// Loads the application carried by a router transfer (`transfers/{transfer}`), or handed
 /// over from a court diversion case (`cases/{case}`): its [`source_key`].
 pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Stored>, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM jc_applications WHERE transfer = $1"
-    ))
-    .bind(transfer)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(stored_of).transpose()
+    let sql = format!("SELECT {COLUMNS} FROM jc_applications WHERE transfer = $1");
+    records::fetch_one(tx, &sql, &[Bind::Text(transfer.into())], stored_of).await
 }
 
 /// Writes a changed record when the row is still at `s.version` (optimistic: a concurrent
@@ -172,15 +159,12 @@ pub async fn save(tx: &mut Tx, s: &Stored, r: &Record, now: i64) -> Result<Store
     .execute(&mut **tx)
     .await
     .map_err(|e| {
-        let e = fengqiao_store::Error::from(e);
-        if e.is_unique_violation() {
+        records::unique_as(e, || {
             Error::Refused(
                 Reason::ConfirmationNumberReused,
                 "another application of this court holds this 调确 number".into(),
             )
-        } else {
-            Error::Store(e)
-        }
+        })
     })?;
     if done.rows_affected() != 1 {
         return Err(Error::EtagMismatch(a.name.clone()));
@@ -228,26 +212,9 @@ pub async fn list(
     after: Option<(i64, String)>,
     limit: u32,
 ) -> Result<Vec<Stored>, Error> {
-    let mut sql =
-        format!("SELECT {COLUMNS}, create_time, id FROM jc_applications WHERE court = $1");
-    if !states.is_empty() {
-        let list: Vec<String> = states.iter().map(|s| (*s as i32).to_string()).collect();
-        sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
-    }
-    if overdue_only {
-        sql.push_str(" AND overdue = 1");
-    }
-    if after.is_some() {
-        sql.push_str(" AND (create_time < $2 OR (create_time = $2 AND id < $3))");
-    }
-    sql.push_str(&format!(
-        " ORDER BY create_time DESC, id DESC LIMIT {limit}"
-    ));
-    let mut q = sqlx::query(&sql).bind(court);
-    if let Some((t, id)) = &after {
-        q = q.bind(*t).bind(id.clone());
-    }
-    let rows = q.fetch_all(&mut **tx).await?;
+    let select = format!("SELECT {COLUMNS}, create_time, id FROM jc_applications WHERE court = $1");
+    let page = Page::of(states, overdue_only, after, limit);
+    let rows = records::list(tx, &select, "", court, &page).await?;
     rows.iter().map(stored_of).collect()
 }
 

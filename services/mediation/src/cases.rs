@@ -252,12 +252,7 @@ fn set_assignment(
 }
 
 fn router_rid(method: &str, case: &str, request_id: &str) -> String {
-    let h = fengqiao_store::idempotency::hash_request(
-        format!("{method}\n{case}\n{request_id}").as_bytes(),
-    );
-    let mut s = format!("mediation-{h}");
-    s.truncate(120);
-    s
+    fengqiao_kit::agency::router_rid("mediation", method, case, request_id)
 }
 
 fn fwd<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {

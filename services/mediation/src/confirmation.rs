@@ -22,7 +22,6 @@ use fengqiao_clock::HolidayCalendar;
 use fengqiao_judicial_confirmation::rules;
 use fengqiao_kit::{FieldViolation, Reason};
 use fengqiao_proto::common::{AgencyKind, EvidenceRef, ReasonCode};
-use fengqiao_proto::judicialconfirmation::PackageItem;
 use fengqiao_proto::mediation::{
     ApplyForConfirmationRequest, ConfirmationProgress as P, ConfirmationStatus, MediationCase,
 };
@@ -153,15 +152,7 @@ pub fn prepare(
         .iter()
         .map(String::as_str)
         .collect();
-    let items: Vec<PackageItem> = req
-        .items
-        .iter()
-        .map(|i| PackageItem {
-            kind: i.kind,
-            document: i.document.clone(),
-            party_id: i.party_id.clone(),
-        })
-        .collect();
+    let items = fengqiao_judicial_confirmation::routed::package_of(&req.items);
     // 法释〔2011〕5号 Art 3.
     rules::check_package(&agreement.parties, &represented, &items).map_err(|e| match e {
         Error::Invalid(v) => Error::Invalid(

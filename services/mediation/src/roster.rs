@@ -34,17 +34,13 @@ fn long_id(field: &str, id: &str) -> Result<(), FieldViolation> {
 
 /// Splits `organizations/{o}/mediators/{m}`.
 pub fn parse_mediator_name(field: &str, name: &str) -> Result<(String, String), FieldViolation> {
-    let bad = || {
-        FieldViolation::new(
-            field,
-            "must be of the form organizations/{organization}/mediators/{mediator}",
-        )
-    };
-    let rest = name.strip_prefix("organizations/").ok_or_else(bad)?;
-    let (org, m) = rest.split_once("/mediators/").ok_or_else(bad)?;
-    validate::resource_id(field, org).map_err(|_| bad())?;
-    validate::resource_id(field, m).map_err(|_| bad())?;
-    Ok((org.to_string(), m.to_string()))
+    fengqiao_kit::agency::parse_child_name(
+        field,
+        name,
+        "organizations",
+        "mediators",
+        "of the form organizations/{organization}/mediators/{mediator}",
+    )
 }
 
 /// Reads an organisation by id.

@@ -5,6 +5,7 @@ use fengqiao_kit::{Identity, validate};
 use fengqiao_proto::mediation::{CaseFileEntry, MediationCase, MediationCaseState};
 use fengqiao_proto::router::Route;
 use fengqiao_store::Tx;
+use fengqiao_store::bind::Bind;
 use fengqiao_store::sqlx::{self, Row as _};
 
 use crate::error::{Error, Result};
@@ -81,15 +82,7 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
 /// transactions are serialised already), so that concurrent changes — a caller's and a router
 /// message's — apply one after the other instead of failing on the version.
 pub async fn lock_case(tx: &mut Tx, column: &str, value: &str) -> Result<()> {
-    if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
-        sqlx::query(&format!(
-            "SELECT id FROM mediation_cases WHERE {column} = $1 FOR UPDATE"
-        ))
-        .bind(value)
-        .fetch_all(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    fengqiao_kit::records::lock_rows(tx, "mediation_cases", column, value).await
 }
 
 /// Loads the case `name` visible to `who` (its receiving agency); others get NOT_FOUND.
@@ -119,13 +112,8 @@ pub async fn load_for(tx: &mut Tx, who: &Identity, name: &str) -> Result<Loaded>
 
 /// Loads the case that a transfer brought, without authorisation (router messages).
 pub async fn load_by_transfer(tx: &mut Tx, transfer: &str) -> Result<Option<Loaded>> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLS} FROM mediation_cases WHERE transfer = $1"
-    ))
-    .bind(transfer)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(decode).transpose()
+    let sql = format!("SELECT {COLS} FROM mediation_cases WHERE transfer = $1");
+    fengqiao_kit::records::fetch_one(tx, &sql, &[Bind::Text(transfer.into())], decode).await
 }
 
 /// The router event sequence the case of `transfer` reflects, if there is such a case. One
@@ -167,18 +155,9 @@ pub async fn load_by_case_id_locked(
 /// [`load_by_transfer`] with the row locked for the rest of the transaction on PostgreSQL
 /// (what [`lock_case`] by `transfer` does, in the same statement).
 pub async fn load_by_transfer_locked(tx: &mut Tx, transfer: &str) -> Result<Option<Loaded>> {
-    let lock = if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let row = sqlx::query(&format!(
-        "SELECT {COLS} FROM mediation_cases WHERE transfer = $1{lock}"
-    ))
-    .bind(transfer)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(decode).transpose()
+    let lock = fengqiao_kit::records::for_update(tx);
+    let sql = format!("SELECT {COLS} FROM mediation_cases WHERE transfer = $1{lock}");
+    fengqiao_kit::records::fetch_one(tx, &sql, &[Bind::Text(transfer.into())], decode).await
 }
 
 /// What [`list_page`] selects by column (the other list filters look into the case).

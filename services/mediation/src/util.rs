@@ -27,13 +27,12 @@ pub const ORGANIZATIONS_BODY: &str = "mediation_organizations.body";
 
 /// Seals `m` for the column `ctx`.
 pub fn sealed(ctx: &str, m: &impl prost::Message) -> Result<Vec<u8>> {
-    Ok(fengqiao_store::seal::seal(ctx, &m.encode_to_vec())?)
+    fengqiao_kit::records::seal_message(ctx, m)
 }
 
 /// Opens and decodes what [`sealed`] wrote for `ctx`.
 pub fn opened<M: prost::Message + Default>(ctx: &str, body: &[u8]) -> Result<M> {
-    let plain = fengqiao_store::seal::open(ctx, body)?;
-    Ok(M::decode(plain.as_slice())?)
+    fengqiao_kit::records::open_message(ctx, body)
 }
 
 /// The etag of a row version.
@@ -42,23 +41,11 @@ pub fn etag(version: i64) -> String {
 }
 
 /// Refuses a non-empty `given` etag that differs from the row's.
-pub fn check_etag(resource: &str, given: &str, version: i64) -> Result<()> {
-    if !given.is_empty() && !fengqiao_kit::etag::matches(given, version) {
-        return Err(Error::EtagMismatch(resource.to_string()));
-    }
-    Ok(())
-}
+pub use fengqiao_kit::agency::check_etag;
 
 /// Checks the caller holds `mediation_admin`.
 pub fn require_admin(id: &Identity) -> Result<()> {
-    if id.has_role(ROLE_ADMIN) {
-        Ok(())
-    } else {
-        Err(Error::Refused(
-            Reason::RoleRequired,
-            format!("changing the roster needs the role {ROLE_ADMIN}"),
-        ))
-    }
+    fengqiao_kit::agency::need_role(id, ROLE_ADMIN, "changing the roster")
 }
 
 /// Checks the caller holds `mediator` or `mediation_admin`.
@@ -73,24 +60,8 @@ pub fn require_case_role(id: &Identity) -> Result<()> {
     }
 }
 
-/// Checks a required free-text field: non-empty and at most `max` characters.
-pub fn text(
-    v: &mut Vec<fengqiao_kit::FieldViolation>,
-    field: &str,
-    value: &str,
-    required: bool,
-    max: usize,
-) {
-    let n = value.chars().count();
-    if required && value.trim().is_empty() {
-        v.push(fengqiao_kit::FieldViolation::new(field, "is required"));
-    } else if n > max {
-        v.push(fengqiao_kit::FieldViolation::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-}
+/// Checks a free-text field (the kit's one check).
+pub use fengqiao_kit::agency::text;
 
 /// `Err(Invalid)` when there are violations.
 pub fn violations(v: Vec<fengqiao_kit::FieldViolation>) -> Result<()> {

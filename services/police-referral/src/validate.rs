@@ -9,16 +9,7 @@ use fengqiao_kit::pii::{looks_personal, redact_in_place};
 use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::policereferral::Referral;
 
-fn text(out: &mut Vec<FieldViolation>, field: &str, s: &str, required: bool, max: usize) {
-    if required && s.trim().is_empty() {
-        out.push(FieldViolation::new(field, "is required"));
-    } else if s.chars().count() > max {
-        out.push(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-}
+use fengqiao_kit::agency::text;
 
 /// Checks one evidence reference (name, URI, media type, digest shape).
 pub fn evidence(out: &mut Vec<FieldViolation>, field: &str, e: &EvidenceRef) {

@@ -2,7 +2,6 @@
 //! part in transfers. Registration and changes are a platform administrator's action; any
 //! authenticated agency may look agencies up to address its transfers.
 
-use fengqiao_kit::Reason;
 use std::path::Path;
 
 use fengqiao_kit::validate;
@@ -72,14 +71,7 @@ fn row_to_agency(row: &AnyRow) -> Result<Agency> {
 
 /// Checks the caller is a platform administrator.
 fn require_admin(id: &Identity) -> Result<()> {
-    if id.has_role(ROLE_PLATFORM_ADMIN) {
-        Ok(())
-    } else {
-        Err(Error::Refused(
-            Reason::RoleRequired,
-            format!("registering or changing agencies needs the role {ROLE_PLATFORM_ADMIN}"),
-        ))
-    }
+    fengqiao_kit::agency::need_role(id, ROLE_PLATFORM_ADMIN, "registering or changing agencies")
 }
 
 /// Validates the writable fields of an agency.
