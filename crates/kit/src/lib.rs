@@ -9,6 +9,7 @@
 //! - [`gateway`]: JSON over HTTP for every RPC, from the contracts' `google.api.http` rules;
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
+//! - [`module`]: what a service crate gives the binary to be started (the service registry);
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod gateway;
 pub mod idem;
 pub mod inbox;
 pub mod metrics;
+pub mod module;
 pub mod pii;
 pub mod pull;
 pub mod reason;
