@@ -15,6 +15,8 @@
 #    against the configuration keys `fengqiao` understands; parses JSON key sets.
 # 4. Checks that every service reads its personal-information key (`[pii] key_file`) from
 #    a mount: a read-only Secret in every rendered Deployment, a volume in compose.
+# 5. Checks that the binary's service registry (`fengqiao services`) and the kustomize
+#    components (k8s/components/<service>/, listed in k8s/base) name the same services.
 #
 # Tools: kubectl (>= 1.27, for `kubectl kustomize` with kustomize v5) on PATH;
 # python3 (>= 3.11). kubernetes-validate is installed once (network needed only
@@ -397,7 +399,7 @@ for p in sorted(data - cfgs):
 # outside its directory): a stale copy would count working days wrongly.
 with open(os.path.join(root, "deploy/dev/holidays.toml"), "rb") as f:
     official = f.read()
-for rel in ("k8s/base/router/data/holidays.toml", "deploy/config/router/holidays.toml"):
+for rel in ("k8s/components/router/data/holidays.toml", "deploy/config/router/holidays.toml"):
     with open(os.path.join(root, rel), "rb") as f:
         if f.read() != official:
             err(f"{rel}: differs from deploy/dev/holidays.toml (copy it again)")
@@ -480,9 +482,28 @@ check_config() { # FILE SERVICE
 for f in deploy/config/*.toml k8s/overlays/*/config/*.toml k8s/overlays/zones/*/*.toml; do
   check_config "$f" "$(basename "$f" .toml)"
 done
-for f in k8s/base/*/fengqiao.toml; do
+for f in k8s/components/*/fengqiao.toml; do
   check_config "$f" "$(basename "$(dirname "$f")")"
 done
+
+# ---------------------------------------------------------------- registry <-> components
+# Every service of the binary's registry (`fengqiao services`) has its kustomize component
+# k8s/components/<name>/ listed in k8s/base/kustomization.yaml, and nothing else is there.
+log "service registry vs kustomize components"
+registry="$("$FQ" services | cut -f1 | sort)"
+on_disk="$(for d in k8s/components/*/; do basename "$d"; done | sort)"
+listed="$("$PY" -c 'import sys, yaml; print("\n".join(sorted(c.rstrip("/").rsplit("/", 1)[-1] for c in yaml.safe_load(open(sys.argv[1])).get("components") or [])))' k8s/base/kustomization.yaml)"
+if [[ -z "$registry" ]]; then
+  printf '    FAIL fengqiao services printed nothing\n'
+  failures=$((failures + 1))
+elif [[ "$registry" != "$on_disk" || "$registry" != "$listed" ]]; then
+  printf '    FAIL registry: %s\n         k8s/components/: %s\n         listed in k8s/base: %s\n' \
+    "$(tr '\n' ' ' <<<"$registry")" "$(tr '\n' ' ' <<<"$on_disk")" "$(tr '\n' ' ' <<<"$listed")"
+  failures=$((failures + 1))
+else
+  printf '    ok   %s services: each has k8s/components/<name>, listed in k8s/base\n' \
+    "$(wc -l <<<"$registry")"
+fi
 
 # ---------------------------------------------------------------- verdict
 if [[ $failures -ne 0 ]]; then

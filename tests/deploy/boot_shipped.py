@@ -331,7 +331,7 @@ def k8s_units(root, overlay, work, pg, public_keys, agencies, pki, pii_keys, ser
     os.makedirs(site)
     open(os.path.join(site, "public_keys.json"), "wb").write(public_keys)
     open(os.path.join(site, "agencies.toml"), "wb").write(agencies)
-    shutil.copy(os.path.join(root, "k8s/base/router/data/holidays.toml"), site)
+    shutil.copy(os.path.join(root, "k8s/components/router/data/holidays.toml"), site)
     # The documented site overlay (README, "Deploying"): the shipped overlay plus this
     # deployment's public keys and agency registry. The zones overlay has one key set per
     # zone namespace and the registry in the hub's.

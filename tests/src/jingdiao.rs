@@ -147,7 +147,7 @@ where
             std::fs::write(routes_dir.join(file), text)
                 .unwrap_or_else(|e| panic!("route {file}: {e}"));
         }
-        let Some(suite) = TestSuite::start_with(db, &ServiceName::ALL, |c| {
+        let Some(suite) = TestSuite::start_with(db, &ServiceName::all(), |c| {
             c.routes_dir = Some(routes_dir.clone());
         })
         .await

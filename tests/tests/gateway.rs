@@ -763,7 +763,7 @@ async fn grpc_web_and_cors(suite: &TestSuite) {
 
 fn with_console_origin(db: fengqiao_testkit::Db) {
     fengqiao_testkit::block_on(async move {
-        let Some(suite) = TestSuite::start_with(db, &fengqiao_testkit::ServiceName::ALL, |c| {
+        let Some(suite) = TestSuite::start_with(db, &fengqiao_testkit::ServiceName::all(), |c| {
             c.http.cors_allowed_origins = vec![CONSOLE.into()];
             // JSON bodies up to 4 × this are read.
             c.limits.max_message_bytes = 64 * 1024;

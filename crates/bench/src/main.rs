@@ -205,7 +205,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn service_by_name(s: &str) -> Option<ServiceName> {
-    ServiceName::ALL.into_iter().find(|n| n.as_str() == s)
+    s.parse().ok()
 }
 
 /// The suite as the child process runs it: every service, sample agencies, the bench's key,
@@ -252,6 +252,7 @@ async fn child_suite(
         services: map.keys().copied().collect(),
         stores: map,
         agency_seed: Some(seed),
+        extra_modules: Vec::new(),
     };
     let suite = Suite::start(spec, listener, admin).await?;
     println!("ADDR {} ADMIN {}", suite.server.addr, suite.admin_addr);

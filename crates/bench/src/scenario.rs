@@ -546,7 +546,7 @@ fn urls(
             )),
         }
     };
-    for s in ServiceName::ALL {
+    for s in ServiceName::all() {
         m.insert(s, mk(s.as_str())?);
     }
     let spare = mk("insert-ceiling")?;

@@ -8,62 +8,112 @@ use std::time::Duration;
 use fengqiao_kit::auth::{PublicKeyFile, SigningKey, Verifier};
 use fengqiao_kit::config::Config;
 use fengqiao_kit::metrics::Metrics;
+use fengqiao_kit::module::{
+    BuildCtx, Extensions, Instance, Module, ModuleError, SeedCtx, SeedSource, ServingCtx,
+};
 use fengqiao_kit::server::{Guard, RunningServer, ServerBuilder, shutdown_pair};
 use fengqiao_store::{Store, StoreConfig};
 
 /// The sample district loaded by `fengqiao dev` (and usable as a seed file elsewhere).
 pub const SAMPLE_AGENCIES: &str = include_str!("../../../deploy/dev/agencies.toml");
 
-/// A service that can run in this binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum ServiceName {
+/// The service registry: every service this binary can run, one line per service, in start
+/// order (a module may use what modules before it published in the build extensions: judicial
+/// confirmation comes before court diversion, which hands pre-filing applications to it).
+/// Adding a service: its crate (with its `MODULE`), one line here, one kustomize component
+/// (`k8s/components/<name>/`, listed in `k8s/base/kustomization.yaml`).
+pub static REGISTRY: &[Module] = &[
+    &fengqiao_router::MODULE,
+    &fengqiao_police_referral::MODULE,
+    &fengqiao_mediation::MODULE,
+    &fengqiao_judicial_confirmation::MODULE,
+    &fengqiao_court_diversion::MODULE,
+    &fengqiao_admin_dispute::MODULE,
+];
+
+/// The name of a service: a name of a [`fengqiao_kit::module::ServiceModule`] (`router`, `police-referral`, …),
+/// as in flags, file names and store URLs. Parsed from the [`REGISTRY`] (`"mediation".parse()`);
+/// a module outside it (a test's) names itself with [`ServiceName::of`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName(&'static str);
+
+/// Short names of the registry's services (for tests and tools; a new service needs none).
+#[allow(non_upper_case_globals)]
+impl ServiceName {
     /// The router (hub).
-    Router,
+    pub const Router: ServiceName = ServiceName(fengqiao_router::module::NAME);
     /// Police referral (警调对接).
-    PoliceReferral,
+    pub const PoliceReferral: ServiceName = ServiceName(fengqiao_police_referral::module::NAME);
     /// People's mediation (人民调解).
-    Mediation,
+    pub const Mediation: ServiceName = ServiceName(fengqiao_mediation::module::NAME);
     /// Court diversion (诉前调解 / 委派调解).
-    CourtDiversion,
+    pub const CourtDiversion: ServiceName = ServiceName(fengqiao_court_diversion::module::NAME);
     /// Judicial confirmation (司法确认).
-    JudicialConfirmation,
+    pub const JudicialConfirmation: ServiceName =
+        ServiceName(fengqiao_judicial_confirmation::module::NAME);
     /// Administrative dispute coordination (行政争议实质性化解).
-    AdminDispute,
+    pub const AdminDispute: ServiceName = ServiceName(fengqiao_admin_dispute::module::NAME);
 }
 
 impl ServiceName {
-    /// Every service.
-    pub const ALL: [ServiceName; 6] = [
-        ServiceName::Router,
-        ServiceName::PoliceReferral,
-        ServiceName::Mediation,
-        ServiceName::CourtDiversion,
-        ServiceName::JudicialConfirmation,
-        ServiceName::AdminDispute,
-    ];
+    /// Every service of the registry, in registry order.
+    pub fn all() -> Vec<ServiceName> {
+        REGISTRY.iter().map(|m| ServiceName::of(*m)).collect()
+    }
+
+    /// The name of `module` (also one outside the registry).
+    pub fn of(module: Module) -> ServiceName {
+        ServiceName(module.name())
+    }
 
     /// The name used in flags and file names.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceName::Router => "router",
-            ServiceName::PoliceReferral => "police-referral",
-            ServiceName::Mediation => "mediation",
-            ServiceName::CourtDiversion => "court-diversion",
-            ServiceName::JudicialConfirmation => "judicial-confirmation",
-            ServiceName::AdminDispute => "admin-dispute",
-        }
+        self.0
     }
 
-    /// The gRPC path prefix of the service's package (`/fengqiao.mediation.v1.`).
-    pub fn grpc_prefix(self) -> &'static str {
-        match self {
-            ServiceName::Router => "/fengqiao.router.v1.",
-            ServiceName::PoliceReferral => "/fengqiao.policereferral.v1.",
-            ServiceName::Mediation => "/fengqiao.mediation.v1.",
-            ServiceName::CourtDiversion => "/fengqiao.courtdiversion.v1.",
-            ServiceName::JudicialConfirmation => "/fengqiao.judicialconfirmation.v1.",
-            ServiceName::AdminDispute => "/fengqiao.admindispute.v1.",
-        }
+    /// The registry's module of this name.
+    pub fn module(self) -> Option<Module> {
+        REGISTRY.iter().copied().find(|m| m.name() == self.0)
+    }
+
+    /// The gRPC path prefix of the service's package (`/fengqiao.mediation.v1.`), for the
+    /// registry's services.
+    pub fn grpc_prefix(self) -> Option<&'static str> {
+        self.module().map(|m| m.grpc_prefix())
+    }
+}
+
+impl std::fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceName({})", self.0)
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// A name not in the [`REGISTRY`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown service {name:?}; the services are: {}", ServiceName::all().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownService {
+    /// The name given.
+    pub name: String,
+}
+
+impl std::str::FromStr for ServiceName {
+    type Err = UnknownService;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        REGISTRY
+            .iter()
+            .find(|m| m.name() == s)
+            .map(|m| ServiceName::of(*m))
+            .ok_or_else(|| UnknownService {
+                name: s.to_string(),
+            })
     }
 }
 
@@ -90,9 +140,9 @@ pub enum SuiteError {
     /// I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// Seeding or migrating the router failed.
-    #[error("router: {0}")]
-    Router(String),
+    /// A service module refused to build, migrate or seed.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
 }
 
 /// What to start.
@@ -100,16 +150,17 @@ pub enum SuiteError {
 pub struct SuiteSpec {
     /// The configuration.
     pub config: Config,
-    /// Services to run in this process.
+    /// Services to run in this process: names of the [`REGISTRY`] or of `extra_modules`.
     pub services: Vec<ServiceName>,
     /// Store URL per service.
     pub stores: BTreeMap<ServiceName, String>,
     /// Agency seed (TOML text) for the router, if any.
     pub agency_seed: Option<String>,
+    /// Modules outside the registry (a test's own service), started after the registry's.
+    pub extra_modules: Vec<Module>,
 }
 
 /// A running suite.
-#[derive(Debug)]
 pub struct Suite {
     /// The gRPC server.
     pub server: RunningServer,
@@ -118,12 +169,25 @@ pub struct Suite {
     /// Metrics of this process.
     pub metrics: Metrics,
     stores: Vec<(ServiceName, Store)>,
-    router: Option<fengqiao_router::Router>,
+    instances: Vec<(ServiceName, Box<dyn Instance>)>,
     pullers: Vec<tokio::task::JoinHandle<()>>,
     admin_trigger: fengqiao_kit::server::ShutdownTrigger,
 }
 
-/// Longest wait, on shutdown, for the router's workers and pull streams to release their
+impl std::fmt::Debug for Suite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Suite")
+            .field("server", &self.server)
+            .field("admin_addr", &self.admin_addr)
+            .field(
+                "services",
+                &self.stores.iter().map(|s| s.0).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest wait, on shutdown, for the services' workers and pull streams to release their
 /// delivery leases before the stores close.
 const WORKERS_STOP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -173,135 +237,47 @@ async fn open_store(service: ServiceName, url: &str) -> Result<Store, SuiteError
     Ok(store)
 }
 
-/// The router's options from the configuration: policy files, delivery timeout and leases
-/// (`[delivery]`), and a push credential signed with the service key when one is configured.
+/// The router's options from the configuration (see [`fengqiao_router::module::options`]).
 pub fn router_options(config: &Config) -> Result<fengqiao_router::RouterOptions, SuiteError> {
-    let mut o = fengqiao_router::RouterOptions {
-        routes_dir: config.routes_dir.clone(),
-        holidays_file: config.holidays_file.clone(),
-        ..Default::default()
-    };
-    let d = &config.delivery;
-    o.delivery.call_timeout = Duration::from_millis(d.push_timeout_ms);
-    o.delivery.push_lease = Duration::from_millis(d.effective_push_lease_ms());
-    o.delivery.pull_lease = Duration::from_millis(d.pull_lease_ms);
-    if let Some(path) = &config.auth.service_key_file {
-        let key = std::sync::Arc::new(SigningKey::load(path)?);
-        let issuer = config.auth.issuer.clone();
-        o.push_token = std::sync::Arc::new(move || {
-            Some(key.sign(&fengqiao_kit::auth::claims(
-                &issuer,
-                ROUTER_PRINCIPAL,
-                "router",
-                &["router"],
-                300,
-            )))
-        });
-    }
-    Ok(o)
+    Ok(fengqiao_router::module::options(config)?)
 }
 
 pub use fengqiao_kit::inbox::ROUTER_PRINCIPAL;
 
-/// The channel agency services use to call the router: `peers.router`, or the in-process
-/// channel (`local`) when the router runs here.
-fn router_channel(
-    config: &Config,
-    local: Option<&tonic::transport::Channel>,
-) -> Result<tonic::transport::Channel, SuiteError> {
-    let uri = match (&config.peers.router, local) {
-        (Some(u), _) => u.clone(),
-        (None, Some(local)) => return Ok(local.clone()),
-        (None, None) => {
+/// The modules of `spec.services`, in registry order, then `spec.extra_modules` in theirs.
+fn modules_of(spec: &SuiteSpec) -> Result<Vec<(ServiceName, Module)>, SuiteError> {
+    let known = || REGISTRY.iter().chain(spec.extra_modules.iter()).copied();
+    for s in &spec.services {
+        if !known().any(|m| m.name() == s.as_str()) {
             return Err(SuiteError::Config(
-                "peers.router (FENGQIAO_PEERS_ROUTER) is required when the router runs elsewhere"
-                    .into(),
+                UnknownService {
+                    name: s.as_str().to_string(),
+                }
+                .to_string(),
             ));
         }
-    };
-    fengqiao_kit::client::channel(&uri, None)
-        .map_err(|e| SuiteError::Config(format!("peers.router: {e}")))
-}
-
-/// The agency seed of `spec`: its text, else the configured agencies file.
-fn agency_seed(
-    spec: &SuiteSpec,
-) -> Result<Option<fengqiao_router::agencies::SeedFile>, SuiteError> {
-    Ok(match (&spec.agency_seed, &spec.config.agencies_file) {
-        (Some(text), _) => Some(
-            toml::from_str::<fengqiao_router::agencies::SeedFile>(text)
-                .map_err(|e| SuiteError::Router(format!("agency seed: {e}")))?,
-        ),
-        (None, Some(path)) => {
-            Some(fengqiao_router::agencies::SeedFile::load(path).map_err(SuiteError::Router)?)
-        }
-        (None, None) => None,
-    })
-}
-
-/// The sample rosters (特邀调解名册) of an agency seed: every court invites every mediation
-/// committee of the seed, with the committee's actors holding the role `mediator` as its
-/// invited mediators.
-pub fn court_rosters(
-    seed: &fengqiao_router::agencies::SeedFile,
-) -> Vec<fengqiao_court_diversion::SeedRoster> {
-    let organizations: Vec<fengqiao_court_diversion::SeedOrganization> = seed
-        .agency
-        .iter()
-        .filter(|a| a.kind == "mediation_committee")
-        .map(|a| fengqiao_court_diversion::SeedOrganization {
-            id: a.id.clone(),
-            display_name: a.display_name.clone(),
-            agency: format!("agencies/{}", a.id),
-            region_code: a.region_code.clone(),
-            mediators: a
-                .actor
-                .iter()
-                .filter(|x| x.roles.iter().any(|r| r == "mediator"))
-                .map(|x| (x.id.clone(), x.title.clone(), x.id.clone()))
-                .collect(),
-        })
-        .collect();
-    seed.agency
-        .iter()
-        .filter(|a| a.kind == "court")
-        .map(|a| fengqiao_court_diversion::SeedRoster {
-            court: format!("agencies/{}", a.id),
-            organizations: organizations.clone(),
-        })
-        .collect()
-}
-
-/// Migrates the court-diversion store and seeds the sample rosters idempotently (several
-/// processes may start at once on one database).
-async fn court_migrate_and_seed(
-    store: &Store,
-    seed: Option<&fengqiao_router::agencies::SeedFile>,
-) -> Result<(), SuiteError> {
-    let err = |source| SuiteError::Store {
-        service: ServiceName::CourtDiversion.as_str(),
-        source,
-    };
-    fengqiao_court_diversion::migrate(store)
-        .await
-        .map_err(err)?;
-    if let Some(seed) = seed {
-        let added = fengqiao_court_diversion::seed_rosters(store, &court_rosters(seed))
-            .await
-            .map_err(|e| SuiteError::Config(format!("court roster seed: {e}")))?;
-        tracing::info!(added, "court roster seed loaded");
     }
-    Ok(())
+    let mut out: Vec<(ServiceName, Module)> = Vec::new();
+    for m in known() {
+        let name = ServiceName::of(m);
+        if spec.services.contains(&name) && !out.iter().any(|(n, _)| *n == name) {
+            out.push((name, m));
+        }
+    }
+    Ok(out)
 }
 
 impl Suite {
     /// Opens the stores, starts serving (NOT_SERVING), migrates, seeds, then reports SERVING.
+    /// Every step goes through the services' modules, in registry order (see
+    /// [`fengqiao_kit::module`]).
     pub async fn start(
         spec: SuiteSpec,
         listener: tokio::net::TcpListener,
         admin: tokio::net::TcpListener,
     ) -> Result<Suite, SuiteError> {
         let config = &spec.config;
+        let modules = modules_of(&spec)?;
         let metrics = Metrics::new();
         let guard = Guard::new(
             verifier(config)?,
@@ -319,7 +295,7 @@ impl Suite {
         };
 
         let mut stores = Vec::new();
-        for &s in &spec.services {
+        for &(s, m) in &modules {
             let url = spec
                 .stores
                 .get(&s)
@@ -327,20 +303,19 @@ impl Suite {
             let store = open_store(s, url).await?;
             // Refused calls to an agency service go to its access log (the router audits its
             // own refusals in its hash-chained audit log).
-            if s != ServiceName::Router {
-                guard.audit_denials(s.grpc_prefix(), store.clone(), s.as_str());
+            if !m.hub() {
+                guard.audit_denials(m.grpc_prefix(), store.clone(), m.name());
             }
             stores.push((s, store));
         }
 
-        let max = config.limits.max_message_bytes;
         let mut builder = ServerBuilder::new();
         let (trigger, _) = shutdown_pair();
         // Co-located agency services reach the router in-process: the same services and guard,
         // no socket, and still there while the listener drains on SIGTERM.
         let local = if config.peers.router.is_none()
-            && spec.services.contains(&ServiceName::Router)
-            && spec.services.iter().any(|s| *s != ServiceName::Router)
+            && modules.iter().any(|(_, m)| m.hub())
+            && modules.iter().any(|(_, m)| !m.hub())
         {
             let (channel, listener) = fengqiao_kit::client::in_process();
             builder.also_in_process(listener);
@@ -348,104 +323,22 @@ impl Suite {
         } else {
             None
         };
-        // The court's judicial confirmation service, built first: court diversion in the
-        // same process hands pre-filing applications (诉前调确) over to it in-process.
-        let mut confirmation = None;
-        for (s, store) in &stores {
-            if *s == ServiceName::JudicialConfirmation {
-                // The court's inbox for `mediation-to-court-confirmation`; its acts are
-                // reflected on the committee's transfers.
-                let mut svc =
-                    fengqiao_judicial_confirmation::JudicialConfirmation::new(store.clone())
-                        .with_router(router_channel(config, local.as_ref())?);
-                // With the service key it declines an offer its intake checks refuse.
-                if let Some(path) = &config.auth.service_key_file {
-                    svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
-                }
-                confirmation = Some(svc);
-            }
-        }
         let mut inbox = fengqiao_kit::inbox::InboxDispatch::new();
-        let mut router = None;
-        let mut court = None;
-        for (s, store) in &stores {
-            match s {
-                ServiceName::Router => {
-                    let r = fengqiao_router::Router::new(store.clone(), router_options(config)?)
-                        .map_err(|e| SuiteError::Router(e.to_string()))?;
-                    r.add_to(&mut builder, max, trigger.subscribe());
-                    metrics.register_group_commit("router", r.transfers.group_commit().clone());
-                    fengqiao_router::metrics::register(&metrics, store.clone());
-                    router = Some(r);
-                }
-                ServiceName::PoliceReferral => {
-                    let svc = fengqiao_police_referral::PoliceReferral::new(
-                        store.clone(),
-                        router_channel(config, local.as_ref())?,
-                    );
-                    svc.add_to(&mut builder, max);
-                    inbox
-                        .add(svc.inbox_handler())
-                        .map_err(|e| SuiteError::Config(e.to_string()))?;
-                }
-                ServiceName::Mediation => {
-                    let mut svc = fengqiao_mediation::Mediation::new(
-                        store.clone(),
-                        router_channel(config, local.as_ref())?,
-                    );
-                    // With the service key it acknowledges the court's confirmation rulings.
-                    if let Some(path) = &config.auth.service_key_file {
-                        svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
-                    }
-                    svc.add_to(&mut builder, max);
-                    inbox
-                        .add(svc.inbox_handler())
-                        .map_err(|e| SuiteError::Config(e.to_string()))?;
-                }
-                ServiceName::CourtDiversion => {
-                    let mut svc = fengqiao_court_diversion::CourtDiversion::new(
-                        store.clone(),
-                        router_channel(config, local.as_ref())?,
-                    );
-                    // With the service key it re-designates by itself after an acceptance
-                    // timeout (在线调解规则 Art 12); without one the judge does.
-                    if let Some(path) = &config.auth.service_key_file {
-                        svc = svc.with_signing_key(SigningKey::load(path)?, &config.auth.issuer);
-                    }
-                    if let Some(jc) = &confirmation {
-                        svc = svc.with_confirmation(jc.clone());
-                    }
-                    svc.add_to(&mut builder, max);
-                    inbox
-                        .add(svc.inbox_handler())
-                        .map_err(|e| SuiteError::Config(e.to_string()))?;
-                    court = Some(svc);
-                }
-                ServiceName::JudicialConfirmation => {
-                    let Some(svc) = confirmation.as_ref() else {
-                        continue;
-                    };
-                    svc.add_to(&mut builder, max);
-                    inbox
-                        .add(svc.inbox_handler())
-                        .map_err(|e| SuiteError::Config(e.to_string()))?;
-                }
-                ServiceName::AdminDispute => {
-                    // The centre's side of coordination-to-procuratorate (sender) and
-                    // procuratorate-to-coordination (receiver).
-                    let svc = fengqiao_admin_dispute::AdminDispute::new(
-                        store.clone(),
-                        router_channel(config, local.as_ref())?,
-                    )
-                    .with_procuratorate_review_months(
-                        config.admin_dispute.procuratorate_review_months,
-                    );
-                    svc.add_to(&mut builder, max);
-                    inbox
-                        .add(svc.inbox_handler())
-                        .map_err(|e| SuiteError::Config(e.to_string()))?;
-                }
-            }
+        let mut extensions = Extensions::default();
+        let mut instances = Vec::new();
+        for (&(s, m), (_, store)) in modules.iter().zip(&stores) {
+            let mut ctx = BuildCtx {
+                store,
+                config,
+                metrics: &metrics,
+                builder: &mut builder,
+                inbox: &mut inbox,
+                extensions: &mut extensions,
+                local_router: local.as_ref(),
+                shutdown: &trigger,
+                service: m.name(),
+            };
+            instances.push((s, m.build(&mut ctx)?));
         }
         if !config.inbox.pull_agencies.is_empty() && inbox.is_empty() {
             return Err(SuiteError::Config(
@@ -454,6 +347,7 @@ impl Suite {
         }
         // The pull workers hand envelopes to the same dispatcher as pushes.
         let pull_inbox = inbox.clone();
+        let max = config.limits.max_message_bytes;
         if !inbox.is_empty() {
             builder.add(
                 fengqiao_proto::inbox::agency_inbox_service_server::AgencyInboxServiceServer::new(
@@ -465,10 +359,12 @@ impl Suite {
         }
         builder.cors_allowed_origins(config.http.cors_allowed_origins.clone());
         let server = builder.serve(listener, guard, tls, trigger.clone()).await?;
-        // Pushes to agencies served here (seeded with endpoint `self`) go in-process too.
-        if let (Some(r), Some(local)) = (&router, &local) {
-            r.delivery
-                .use_channel(&format!("http://{}", server.addr), local.clone());
+        let serving = ServingCtx {
+            addr: server.addr,
+            local: local.as_ref(),
+        };
+        for (_, i) in &instances {
+            i.on_serving(&serving);
         }
 
         let admin_addr = admin.local_addr()?;
@@ -479,69 +375,29 @@ impl Suite {
                 .serve_admin(admin, async move { admin_shutdown.wait().await }),
         );
 
-        for (s, store) in &stores {
-            let r = match s {
-                ServiceName::Router => fengqiao_router::migrate(store)
-                    .await
-                    .map_err(|e| SuiteError::Router(e.to_string())),
-                ServiceName::PoliceReferral => fengqiao_police_referral::migrate(store)
-                    .await
-                    .map_err(|source| SuiteError::Store {
-                        service: s.as_str(),
-                        source,
-                    }),
-                ServiceName::Mediation => {
-                    fengqiao_mediation::migrate(store)
-                        .await
-                        .map_err(|source| SuiteError::Store {
-                            service: s.as_str(),
-                            source,
-                        })
-                }
-                ServiceName::CourtDiversion => {
-                    court_migrate_and_seed(store, agency_seed(&spec)?.as_ref()).await
-                }
-                ServiceName::JudicialConfirmation => fengqiao_judicial_confirmation::migrate(store)
-                    .await
-                    .map_err(|source| SuiteError::Store {
-                        service: s.as_str(),
-                        source,
-                    }),
-                ServiceName::AdminDispute => {
-                    fengqiao_admin_dispute::migrate(store)
-                        .await
-                        .map_err(|source| SuiteError::Store {
-                            service: s.as_str(),
-                            source,
-                        })
-                }
+        let seed = match (&spec.agency_seed, &config.agencies_file) {
+            (Some(text), _) => SeedSource::Text(text.clone()),
+            (None, Some(path)) => SeedSource::File(path.clone()),
+            (None, None) => SeedSource::None,
+        };
+        for (&(_, m), (_, store)) in modules.iter().zip(&stores) {
+            let ctx = SeedCtx {
+                store,
+                config,
+                addr: server.addr,
+                seed: &seed,
+            };
+            let r = match m.migrate(store).await {
+                Ok(()) => m.seed(&ctx).await,
+                Err(e) => Err(e),
             };
             if let Err(e) = r {
                 server.shutdown(Duration::from_secs(1)).await;
-                return Err(e);
-            }
-            if *s == ServiceName::Router
-                && let Some(seed) = agency_seed(&spec)?
-            {
-                let self_endpoint = format!("http://{}", server.addr);
-                let added = fengqiao_router::Agencies::new(store.clone())
-                    .seed(&seed, &self_endpoint)
-                    .await
-                    .map_err(|e| SuiteError::Router(format!("agency seed: {e}")))?;
-                tracing::info!(added, "agency seed loaded");
+                return Err(e.into());
             }
         }
-        if let Some(r) = &router {
-            r.start_workers(trigger.subscribe());
-        }
-        if let Some(c) = &court {
-            let stop = trigger.subscribe();
-            c.start_timer(async move { stop.wait().await });
-        }
-        if let Some(j) = &confirmation {
-            // Marks overdue decision clocks (2011 rules Art 4–5) without waiting for a read.
-            let stop = trigger.subscribe();
-            j.start_timer(Duration::from_secs(30), async move { stop.wait().await });
+        for (_, i) in &instances {
+            i.start(trigger.subscribe());
         }
         let mut pullers = Vec::new();
         if !config.inbox.pull_agencies.is_empty() {
@@ -553,8 +409,9 @@ impl Suite {
                 SigningKey::load(key_file)?,
                 &config.auth.issuer,
             );
+            let router = fengqiao_kit::module::router_channel(config, local.as_ref())?;
             pullers = fengqiao_kit::pull::start(
-                router_channel(config, local.as_ref())?,
+                router,
                 pull_inbox,
                 &config.inbox.pull_agencies,
                 credentials,
@@ -569,7 +426,7 @@ impl Suite {
             admin_addr,
             metrics,
             stores,
-            router,
+            instances,
             pullers,
             admin_trigger,
         })
@@ -577,8 +434,8 @@ impl Suite {
 
     /// Graceful stop, in order: NOT_SERVING; stop accepting and drain in-flight calls within
     /// `grace` (co-located services' calls to the router go in-process, which stops only after
-    /// that); the router's workers and pull streams release their delivery leases; then the
-    /// stores close.
+    /// that); the services' workers (the router's delivery workers) and pull streams release
+    /// their delivery leases; then the stores close.
     pub async fn shutdown(self, grace: Duration) {
         self.metrics.set_ready(false);
         self.server.shutdown(grace).await;
@@ -587,15 +444,64 @@ impl Suite {
                 tracing::warn!("a pull worker did not stop in time");
             }
         }
-        if let Some(r) = &self.router
-            && !r.workers_stopped(WORKERS_STOP_LIMIT).await
-        {
-            tracing::warn!("delivery workers did not stop in time; their leases will expire");
+        for (name, i) in &self.instances {
+            if !i.stopped(WORKERS_STOP_LIMIT).await {
+                tracing::warn!(
+                    service = name.as_str(),
+                    "workers did not stop in time; their delivery leases will expire"
+                );
+            }
         }
         for (_, store) in &self.stores {
             store.close().await;
         }
         self.admin_trigger.trigger();
         tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_are_unique_and_parse_back() {
+        let names = ServiceName::all();
+        assert_eq!(names.len(), REGISTRY.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(n.as_str().parse::<ServiceName>(), Ok(*n));
+            assert!(!names[..i].contains(n), "{n} twice in the registry");
+            assert!(n.grpc_prefix().is_some_and(|p| p.starts_with("/fengqiao.")));
+        }
+        let prefixes: std::collections::BTreeSet<_> =
+            REGISTRY.iter().map(|m| m.grpc_prefix()).collect();
+        assert_eq!(prefixes.len(), REGISTRY.len());
+        assert_eq!(REGISTRY.iter().filter(|m| m.hub()).count(), 1);
+    }
+
+    #[test]
+    fn the_short_names_are_registry_names() {
+        for n in [
+            ServiceName::Router,
+            ServiceName::PoliceReferral,
+            ServiceName::Mediation,
+            ServiceName::CourtDiversion,
+            ServiceName::JudicialConfirmation,
+            ServiceName::AdminDispute,
+        ] {
+            assert!(n.module().is_some(), "{n} is not in the registry");
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_naming_the_valid_ones() {
+        let e = "notary"
+            .parse::<ServiceName>()
+            .expect_err("not a service")
+            .to_string();
+        assert!(e.contains("\"notary\""), "{e}");
+        for n in ServiceName::all() {
+            assert!(e.contains(n.as_str()), "{e} does not list {n}");
+        }
     }
 }

@@ -64,7 +64,7 @@ enum Command {
         #[arg(
             long,
             env = "FENGQIAO_SERVICE",
-            value_enum,
+            value_parser = service_name_parser(),
             value_delimiter = ',',
             required = true
         )]
@@ -72,6 +72,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// List the services this binary can run (the registry), one per line: name, then its
+    /// gRPC package prefix.
+    Services,
     /// Mint a dev token signed with the dev key under the data directory.
     Token {
         /// A sample actor, as `<agency-id>/<actor-id>` (see `fengqiao dev`'s output).
@@ -174,6 +177,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev { config } => dev(config).await,
         Command::Serve { service, config } => serve(service, config).await,
+        Command::Services => {
+            for m in fengqiao::REGISTRY {
+                println!("{}\t{}", m.name(), m.grpc_prefix());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token {
             as_actor,
             agency,
@@ -214,6 +223,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
     }
+}
+
+/// `--service` takes the registry's names; any other is refused listing them.
+fn service_name_parser() -> impl clap::builder::TypedValueParser<Value = ServiceName> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(ServiceName::all().into_iter().map(|s| s.as_str()))
+        .try_map(|s| s.parse::<ServiceName>())
 }
 
 fn seed() -> anyhow::Result<fengqiao_router::agencies::SeedFile> {
@@ -277,6 +293,7 @@ async fn run_suite(
         services: services.clone(),
         stores,
         agency_seed,
+        extra_modules: Vec::new(),
     };
     let suite = Suite::start(spec, listener, admin).await?;
     if banner {
@@ -316,7 +333,7 @@ async fn dev(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     config.install_pii_keys(Some(&config.data_dir.join("pii-keys.json")))?;
     run_suite(
         config,
-        ServiceName::ALL.to_vec(),
+        ServiceName::all(),
         Some(SAMPLE_AGENCIES.to_string()),
         true,
     )

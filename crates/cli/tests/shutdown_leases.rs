@@ -64,6 +64,7 @@ async fn stop_with_push_in_flight(url: String, rounds: usize) {
             services: vec![ServiceName::Router],
             stores: BTreeMap::from([(ServiceName::Router, url.clone())]),
             agency_seed: Some(seed.clone()),
+            extra_modules: Vec::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -9,6 +9,7 @@
 //! - [`gateway`]: JSON over HTTP for every RPC, from the contracts' `google.api.http` rules;
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
+//! - [`module`]: what a service crate gives the binary to be started (the service registry);
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 //! - [`agency`], [`deliveries`], [`lifecycle`], [`records`]: what the agency services'
 //!   handlers, inboxes, transition tables and stores share.
@@ -25,6 +26,7 @@ pub mod idem;
 pub mod inbox;
 pub mod lifecycle;
 pub mod metrics;
+pub mod module;
 pub mod pii;
 pub mod pull;
 pub mod reason;

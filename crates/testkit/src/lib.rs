@@ -15,6 +15,8 @@
 //! PostgreSQL cannot be started, the PostgreSQL variant fails if `REQUIRE_POSTGRES=1` and is
 //! skipped (with a notice) otherwise.
 
+pub mod probe;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use fengqiao::{Suite, SuiteSpec};
 use fengqiao_kit::auth::{PublicKeyFile, SigningKey};
 use fengqiao_kit::client::CallInterceptor;
 use fengqiao_kit::config::Config;
+pub use fengqiao_kit::module::Module;
 pub use fengqiao_store::testing::{TempDir, block_on};
 
 pub mod services;
@@ -76,7 +79,7 @@ pub fn store_urls(
 impl TestSuite {
     /// All services, sample agencies seeded.
     pub async fn start(db: Db) -> Option<TestSuite> {
-        Self::start_with(db, &ServiceName::ALL, |_| {}).await
+        Self::start_with(db, &ServiceName::all(), |_| {}).await
     }
 
     /// Chosen services, with a chance to adjust the configuration.
@@ -90,11 +93,36 @@ impl TestSuite {
         Some(Self::start_on(db, dir, stores, tweak).await)
     }
 
+    /// Chosen services of the registry plus the services of `extra` (modules outside the
+    /// registry, e.g. [`probe::MODULE`]), which run beside them in the same process.
+    pub async fn start_with_modules(
+        db: Db,
+        services: &[ServiceName],
+        extra: &[Module],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestSuite> {
+        let dir = TempDir::new();
+        let mut all = services.to_vec();
+        all.extend(extra.iter().map(|m| ServiceName::of(*m)));
+        let stores = store_urls(db, &dir, &all)?;
+        Some(Self::start_on_modules(db, dir, stores, extra, tweak).await)
+    }
+
     /// Starts on given stores (e.g. the same ones again after a restart).
     pub async fn start_on(
         db: Db,
         dir: TempDir,
         stores: BTreeMap<ServiceName, String>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestSuite {
+        Self::start_on_modules(db, dir, stores, &[], tweak).await
+    }
+
+    async fn start_on_modules(
+        db: Db,
+        dir: TempDir,
+        stores: BTreeMap<ServiceName, String>,
+        extra: &[Module],
         tweak: impl FnOnce(&mut Config),
     ) -> TestSuite {
         let key = SigningKey::generate("test-1").unwrap_or_else(|e| panic!("test key: {e}"));
@@ -133,6 +161,7 @@ impl TestSuite {
             services,
             stores: stores.clone(),
             agency_seed: seed,
+            extra_modules: extra.to_vec(),
         };
         let suite = Suite::start(spec, listener, admin)
             .await

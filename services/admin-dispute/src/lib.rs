@@ -23,9 +23,13 @@
 
 pub mod dispute;
 pub mod lifecycle;
+/// The service's entry in the registry the binary starts services from.
+pub mod module;
 pub mod rules;
 mod service;
 pub mod store;
+
+pub use module::MODULE;
 
 pub use fengqiao_proto::admindispute::{
     ActKind, DisputeResult, DisputeState, GetDisputeStatisticsResponse,

@@ -57,10 +57,14 @@
 
 pub mod error;
 pub mod lifecycle;
+/// The service's entry in the registry the binary starts services from.
+pub mod module;
 pub mod reconcile;
 pub mod rules;
 mod service;
 pub mod store;
+
+pub use module::MODULE;
 
 pub use service::CourtDiversion;
 pub use store::{SERVICE, SeedOrganization, SeedRoster, migrate, seed_rosters};

@@ -33,10 +33,14 @@
 
 pub mod application;
 pub mod lifecycle;
+/// The service's entry in the registry the binary starts services from.
+pub mod module;
 pub mod routed;
 pub mod rules;
 mod service;
 pub mod store;
+
+pub use module::MODULE;
 
 pub use fengqiao_proto::judicialconfirmation::{
     ApplicationSource, ApplicationState, GetApplicationStatisticsResponse, ObjectorKind,

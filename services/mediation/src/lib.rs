@@ -48,11 +48,15 @@ mod error;
 mod inbox;
 mod intake;
 pub mod lifecycle;
+/// The service's entry in the registry the binary starts services from.
+pub mod module;
 mod outcomes;
 pub mod reconcile;
 mod roster;
 mod store;
 mod util;
+
+pub use module::MODULE;
 
 use std::sync::Arc;
 

@@ -21,9 +21,13 @@
 
 pub mod error;
 pub mod lifecycle;
+/// The service's entry in the registry the binary starts services from.
+pub mod module;
 pub mod reconcile;
 pub mod screening;
 pub mod validate;
+
+pub use module::MODULE;
 
 use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::pii::{self, Personal};

@@ -17,10 +17,14 @@ pub mod delivery;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
+/// The service's entry in the registry the binary starts services from.
+pub mod module;
 pub mod routes;
 pub mod statistics;
 pub mod time;
 pub mod transfers;
+
+pub use module::MODULE;
 
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_proto::router::{
