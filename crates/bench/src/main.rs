@@ -7,11 +7,14 @@
 //! `echo` subcommand) and its own (health check through the middleware, the store's durable
 //! single-row insert) — next to intake, full 警调对接 cycles, the new services' cycles, reads
 //! at growing table sizes, watch-stream delivery delay, the router as one and as three
-//! processes (PostgreSQL), and the suite's footprint; a cost table per step (CPU of the suite
-//! and of PostgreSQL, statements, transactions, gRPC calls) and the targets of issue #17.
+//! processes (PostgreSQL), the suite's footprint, and an attack phase (hostile clients at once
+//! against a suite of its own: answer codes, health, peak RSS; see `attack.rs`); a cost table
+//! per step (CPU of the suite and of PostgreSQL, statements, transactions, gRPC calls) and the
+//! targets of issue #17.
 //! Results go to `results.json` and `results.md`. It asserts nothing about speed. See the README
 //! "Performance" section and docs/performance.md.
 
+mod attack;
 mod cost;
 mod flows;
 mod load;
@@ -67,6 +70,9 @@ enum Cmd {
         /// Listen address (default 127.0.0.1:0).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// The limits of an attacked server (the attack phase).
+        #[arg(long)]
+        attack_limits: bool,
     },
     /// Internal: a bare tonic server (health service only, no middleware) for the echo
     /// ceiling.
@@ -101,6 +107,9 @@ pub enum Phase {
     Services,
     /// Router as one and as three processes on one PostgreSQL (PostgreSQL only).
     Replicas,
+    /// Hostile clients at once against a suite of its own with the production limits: peak
+    /// RSS, answer codes, health throughout (issue #14).
+    Attack,
 }
 
 /// Run options.
@@ -191,7 +200,15 @@ fn main() -> std::process::ExitCode {
             router,
             agencies_file,
             listen,
-        }) => rt.block_on(child_suite(data_dir, stores, router, agencies_file, listen)),
+            attack_limits,
+        }) => rt.block_on(child_suite(
+            data_dir,
+            stores,
+            router,
+            agencies_file,
+            listen,
+            attack_limits,
+        )),
         Some(Cmd::Echo) => rt.block_on(outside::child_echo()),
         None => rt.block_on(bench(cli.args)),
     };
@@ -217,6 +234,7 @@ async fn child_suite(
     router: Option<String>,
     agencies_file: Option<PathBuf>,
     listen: String,
+    attack_limits: bool,
 ) -> anyhow::Result<()> {
     let mut map = BTreeMap::new();
     for s in &stores {
@@ -241,6 +259,9 @@ async fn child_suite(
     // all, 64 per agency by default) would refuse most of them and decide the figure.
     config.limits.max_streams = 8192;
     config.limits.max_streams_per_agency = 8192;
+    if attack_limits {
+        config.limits = attack::child_limits();
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let admin = tokio::net::TcpListener::bind(&config.admin_listen).await?;
     let seed = match &agencies_file {
@@ -323,9 +344,19 @@ impl SuiteProc {
         stores: &BTreeMap<ServiceName, String>,
         opts: &ChildOpts,
     ) -> anyhow::Result<Self> {
+        Self::start_with(dir, stores, opts, &[]).await
+    }
+
+    /// [`SuiteProc::start`] with further arguments of the hidden `suite` subcommand.
+    pub async fn start_with(
+        dir: &Path,
+        stores: &BTreeMap<ServiceName, String>,
+        opts: &ChildOpts,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
-        cmd.arg("suite").arg("--data-dir").arg(dir);
+        cmd.arg("suite").arg("--data-dir").arg(dir).args(extra);
         for (s, url) in stores {
             cmd.arg("--store").arg(format!("{}={url}", s.as_str()));
         }
@@ -434,6 +465,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     let mut costs = Vec::new();
     let mut targets = Vec::new();
+    let mut failures = Vec::new();
     let backends: &[&str] = match args.backend {
         BackendArg::Sqlite => &["sqlite"],
         BackendArg::Postgres => &["postgres"],
@@ -450,6 +482,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             Err(e) => {
                 eprintln!("fengqiao-bench: {backend}: {e:#}");
                 notes.push(format!("{backend}: run failed: {e:#}"));
+            }
+        }
+        if args.runs(Phase::Attack) {
+            match attack::run(backend, &args).await {
+                Ok(out) => {
+                    figures.extend(out.figs);
+                    notes.extend(out.notes);
+                    targets.extend(out.targets);
+                    failures.extend(out.failure);
+                }
+                Err(e) => {
+                    eprintln!("fengqiao-bench: {backend}: attack: {e:#}");
+                    notes.push(format!("{backend}: attack phase failed: {e:#}"));
+                    failures.push(format!("{backend}: attack phase: {e:#}"));
+                }
             }
         }
     }
@@ -483,5 +530,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.out.join("results.md").display(),
         total.as_secs_f64()
     );
+    // Health stopping under attack is a correctness failure, not a slow figure.
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     Ok(())
 }

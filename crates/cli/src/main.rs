@@ -36,8 +36,32 @@ enum PiiKeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Add a new data key to a key file and make it the active one (new writes use it; every
-    /// key in the file still decrypts). The lookup key is kept.
+    /// Stage a new data key in a key file without making it active: a process started with the
+    /// file opens rows sealed with it, new writes keep using the active key. Step 1 of a
+    /// rotation across replicas; roll the file out, then `activate`. Refuses a key id already
+    /// in the file.
+    Add {
+        /// Key id of the new data key (e.g. `2027-06`).
+        #[arg(long)]
+        kid: String,
+        /// The key file to change in place (it must exist).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Make a staged data key the one new writes use (every key in the file still decrypts).
+    /// Step 2 of a rotation across replicas: only once every replica runs with the file that
+    /// holds the staged key.
+    Activate {
+        /// Key id of the staged key.
+        kid: String,
+        /// The key file to change in place.
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Add a new data key to a key file and make it the active one at once (`add` +
+    /// `activate`; new writes use it, every key in the file still decrypts). For a single
+    /// process: replicas restarting one by one use `add`, then `activate`. The lookup key is
+    /// kept.
     Rotate {
         /// Key id of the new data key.
         #[arg(long)]
@@ -121,7 +145,8 @@ enum Command {
         public_keys_out: PathBuf,
     },
     /// Keys of encryption at rest of personal information (`[pii] key_file`): `generate` a new
-    /// key file, `rotate` one (a new active key; the old ones stay to decrypt older rows).
+    /// key file; rotate across replicas with `add` (stage a key) then `activate` (new writes
+    /// use it), or `rotate` (both at once, one process); old keys stay to decrypt older rows.
     PiiKeys {
         #[command(subcommand)]
         command: PiiKeysCommand,
@@ -695,9 +720,37 @@ fn pii_keys(cmd: PiiKeysCommand) -> anyhow::Result<ExitCode> {
                 out.display()
             );
         }
+        PiiKeysCommand::Add { kid, key_file } => {
+            let mut f = load_key_file(&key_file)?;
+            f.add(&kid)
+                .with_context(|| format!("add to {}", key_file.display()))?;
+            f.save(&key_file, true)
+                .with_context(|| format!("write {}", key_file.display()))?;
+            println!(
+                "{}: key {kid} staged (not active; new writes still use {}); keys {}. Roll the                  file out to every replica, then `fengqiao pii-keys activate {kid} --key-file {}`",
+                key_file.display(),
+                f.active,
+                f.kids().join(", "),
+                key_file.display()
+            );
+        }
+        PiiKeysCommand::Activate { kid, key_file } => {
+            let mut f = load_key_file(&key_file)?;
+            let before = f.active.clone();
+            f.activate(&kid)
+                .with_context(|| format!("activate in {}", key_file.display()))?;
+            f.save(&key_file, true)
+                .with_context(|| format!("write {}", key_file.display()))?;
+            println!(
+                "{}: active key now {kid} (was {before}); keys {} kept for older rows. Roll the                  file out to every replica",
+                key_file.display(),
+                f.kids().join(", ")
+            );
+        }
         PiiKeysCommand::Rotate { kid, key_file } => {
-            let mut f = KeyFile::load(&key_file)?;
-            f.rotate(&kid)?;
+            let mut f = load_key_file(&key_file)?;
+            f.rotate(&kid)
+                .with_context(|| format!("rotate {}", key_file.display()))?;
             f.save(&key_file, true)
                 .with_context(|| format!("write {}", key_file.display()))?;
             println!(
@@ -708,6 +761,18 @@ fn pii_keys(cmd: PiiKeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An existing key file (`add`, `activate` and `rotate` never create one).
+fn load_key_file(path: &std::path::Path) -> anyhow::Result<fengqiao_store::seal::KeyFile> {
+    if !path.exists() {
+        bail!(
+            "no key file at {}: make one with `fengqiao pii-keys generate --kid <id> --out {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    fengqiao_store::seal::KeyFile::load(path).with_context(|| format!("read {}", path.display()))
 }
 
 async fn audit_verify(url: &str) -> anyhow::Result<ExitCode> {

@@ -1,8 +1,10 @@
 //! The personal-information key from the command line, as the README documents it:
 //! `fengqiao pii-keys generate` writes a key file readable by its owner only and never
 //! overwrites one; `rotate` adds a key and makes it the active one, keeping the old ones (rows
-//! sealed with them stay readable); `fengqiao serve` does not start without a key and says
-//! where to put one.
+//! sealed with them stay readable); across replicas `add` stages a key (in the file, not
+//! active) and `activate <kid>` makes it the one new writes use, so a process with the staged
+//! file and one with the activated file read each other's rows; `fengqiao serve` does not
+//! start without a key and says where to put one.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -166,6 +168,114 @@ fn rotate_keeps_old_keys_and_changes_the_active_id() {
     ]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(!missing.exists());
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).expect("key file").permissions().mode() & 0o777
+}
+
+#[test]
+fn add_stages_a_key_and_activate_makes_it_the_writing_one() {
+    let dir = TempDir::new();
+    let file = dir.path().join("pii-keys.json");
+    let o = fengqiao(&["pii-keys", "generate", "--kid", "k1", "--out", path(&file)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = KeyFile::load(&file).expect("key file");
+
+    // Step 1: stage k2. It is in the file, not active; old key and lookup key unchanged.
+    let o = fengqiao(&["pii-keys", "add", "--kid", "k2", "--key-file", path(&file)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("activate k2"), "{}", text(&o));
+    let staged = KeyFile::load(&file).expect("key file");
+    assert_eq!(staged.active, "k1");
+    assert_eq!(staged.kids(), ["k1", "k2"]);
+    assert_eq!(staged.keys[0].key, first.keys[0].key);
+    assert_eq!(staged.lookup_key, first.lookup_key);
+    for k in &staged.keys {
+        assert!(!text(&o).contains(&k.key), "key material printed");
+    }
+    #[cfg(unix)]
+    assert_eq!(mode(&file), 0o600);
+    // A process with the staged file still seals under k1.
+    let staged_ring = Keyring::new(&staged).expect("key ring");
+    let by_staged = staged_ring.seal("referrals.body", b"13912345678");
+    assert_eq!(fengqiao_store::seal::kid_of(&by_staged), Some("k1"));
+
+    // Refusals leave the file byte for byte: an id already there (never replaced), an id
+    // outside the alphabet, an unknown id to activate, the already active id.
+    let unchanged = std::fs::read(&file).expect("key file");
+    for (args, says) in [
+        (vec!["add", "--kid", "k1"], "already exists"),
+        (vec!["add", "--kid", "k2"], "already exists"),
+        (vec!["add", "--kid", "bad kid"], "key id"),
+        (vec!["activate", "k9"], "no key k9"),
+        (vec!["activate", "k1"], "already the active key"),
+    ] {
+        let mut a = vec!["pii-keys"];
+        a.extend(&args);
+        a.extend(["--key-file", path(&file)]);
+        let o = fengqiao(&a);
+        assert!(!o.status.success(), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+        assert_eq!(
+            std::fs::read(&file).expect("key file"),
+            unchanged,
+            "{args:?}"
+        );
+    }
+
+    // Step 2: activate k2. Keys and lookup key as staged; new writes under k2.
+    let o = fengqiao(&["pii-keys", "activate", "k2", "--key-file", path(&file)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("was k1"), "{}", text(&o));
+    let activated = KeyFile::load(&file).expect("key file");
+    assert_eq!(activated.active, "k2");
+    assert_eq!(activated.kids(), ["k1", "k2"]);
+    assert_eq!(activated.keys[1].key, staged.keys[1].key);
+    assert_eq!(activated.lookup_key, first.lookup_key);
+    #[cfg(unix)]
+    assert_eq!(mode(&file), 0o600);
+    let active_ring = Keyring::new(&activated).expect("key ring");
+    let by_active = active_ring.seal("referrals.body", b"11010519491231002X");
+    assert_eq!(fengqiao_store::seal::kid_of(&by_active), Some("k2"));
+
+    // Mid-rollout: the staged process opens the activated one's rows and the other way round;
+    // a process still on the file from before `add` cannot open the new rows.
+    assert_eq!(
+        staged_ring
+            .open("referrals.body", &by_active)
+            .expect("staged opens new"),
+        b"11010519491231002X"
+    );
+    assert_eq!(
+        active_ring
+            .open("referrals.body", &by_staged)
+            .expect("activated opens old"),
+        b"13912345678"
+    );
+    let before_add = Keyring::new(&first).expect("key ring");
+    assert!(before_add.open("referrals.body", &by_active).is_err());
+
+    // add / activate never create a missing file; they say how to make one.
+    let missing = dir.path().join("missing.json");
+    for args in [
+        vec![
+            "pii-keys",
+            "add",
+            "--kid",
+            "k3",
+            "--key-file",
+            path(&missing),
+        ],
+        vec!["pii-keys", "activate", "k3", "--key-file", path(&missing)],
+    ] {
+        let o = fengqiao(&args);
+        assert!(!o.status.success(), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("pii-keys generate"), "{}", text(&o));
+        assert!(!missing.exists());
+    }
 }
 
 #[test]

@@ -19,10 +19,20 @@
 //!   "lookup_key": "<base64, 32 bytes>" }
 //! ```
 //!
-//! New writes use the active key; every key in the file decrypts. Rotation without downtime:
-//! add a key and make it active ([`KeyFile::rotate`], `fengqiao pii-keys rotate`), roll the
-//! file out, keep the old keys in it for as long as rows sealed with them exist. The lookup key
-//! is never rotated by `rotate` (the keyed hashes in the indexes would no longer match).
+//! New writes use the active key; every key in the file decrypts. Rotation without downtime,
+//! in two steps because a process reads the file only at start and replicas restart one by one:
+//!
+//! 1. stage a new key ([`KeyFile::add`], `fengqiao pii-keys add`): it is in the file but not
+//!    active, so every replica restarted with the file can open what it will seal, while new
+//!    writes still use the old key;
+//! 2. once every replica runs with that file, make it active ([`KeyFile::activate`],
+//!    `fengqiao pii-keys activate <kid>`) and roll the file out again: during that second
+//!    restart a replica still on the staged file opens rows sealed under the new key, and a
+//!    restarted one opens every older row.
+//!
+//! [`KeyFile::rotate`] (`fengqiao pii-keys rotate`) does both at once, for a single process.
+//! Keep old keys in the file for as long as rows sealed with them exist. The lookup key is
+//! never rotated (the keyed hashes in the indexes would no longer match).
 //!
 //! The key ring is process-wide, like rustls' crypto provider: [`install`] it once at start
 //! (the binary does, from `[pii] key_file` or `FENGQIAO_PII_KEYS`); [`Store::connect`] refuses
@@ -118,8 +128,10 @@ impl KeyFile {
         })
     }
 
-    /// Adds a fresh data key `kid` and makes it the active one; old keys stay for decryption.
-    pub fn rotate(&mut self, kid: &str) -> Result<(), KeyFileError> {
+    /// Stages a fresh data key `kid`: it decrypts once a process reads the file, but new
+    /// writes keep using the active key until [`KeyFile::activate`]. Refuses a key id already
+    /// in the file (a key is never replaced: rows sealed with it would be lost).
+    pub fn add(&mut self, kid: &str) -> Result<(), KeyFileError> {
         if !valid_kid(kid) {
             return Err(KeyFileError::Invalid(
                 "key id must be 1–64 characters of A–Z a–z 0–9 - _ .".into(),
@@ -134,8 +146,37 @@ impl KeyFile {
             kid: kid.to_string(),
             key: random_key(),
         });
+        Ok(())
+    }
+
+    /// Makes the staged key `kid` the one new writes use; every key stays for decryption.
+    /// Refuses a key id not in the file and the key that is already active.
+    pub fn activate(&mut self, kid: &str) -> Result<(), KeyFileError> {
+        if !self.keys.iter().any(|k| k.kid == kid) {
+            return Err(KeyFileError::Invalid(format!(
+                "no key {kid} in the file (stage it first with `pii-keys add`); keys: {}",
+                self.kids().join(", ")
+            )));
+        }
+        if self.active == kid {
+            return Err(KeyFileError::Invalid(format!(
+                "key {kid} is already the active key"
+            )));
+        }
         self.active = kid.to_string();
         Ok(())
+    }
+
+    /// Adds a fresh data key `kid` and makes it the active one at once ([`KeyFile::add`] then
+    /// [`KeyFile::activate`]): for a single process; replicas use the two steps.
+    pub fn rotate(&mut self, kid: &str) -> Result<(), KeyFileError> {
+        self.add(kid)?;
+        self.activate(kid)
+    }
+
+    /// The key ids in the file, in file order (never key material).
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
     }
 
     /// Parses the JSON form.
@@ -156,16 +197,39 @@ impl KeyFile {
         KeyFile::from_json(&std::fs::read_to_string(path)?)
     }
 
-    /// Writes the key file, readable by its owner only. Refuses to overwrite unless `replace`.
+    /// Writes the key file, readable by its owner only. Refuses to overwrite unless `replace`;
+    /// a replacement is written beside the file and renamed over it, so that a crash leaves the
+    /// old file or the new one, never a truncated one (a lost key file loses every row).
     pub fn save(&self, path: &Path, replace: bool) -> Result<(), KeyFileError> {
+        if !replace {
+            return self.write_new(path);
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        // A leftover from a crashed save holds nothing the file does not.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.write_new(&tmp)?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make the rename durable (best effort: not every platform opens directories).
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn write_new(&self, path: &Path) -> Result<(), KeyFileError> {
         use std::io::Write as _;
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true);
-        if replace {
-            opts.create(true).truncate(true);
-        } else {
-            opts.create_new(true);
-        }
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt as _;
@@ -421,6 +485,64 @@ mod tests {
         // The lookup key survives rotation: hashes still match.
         assert_eq!(new.keyed_hash("c", b"x"), h1);
         assert_ne!(new.keyed_hash("d", b"x"), h1);
+    }
+
+    #[test]
+    fn a_staged_key_opens_but_does_not_seal_until_activated() {
+        let mut f = KeyFile::generate("k1").unwrap();
+        let before = Keyring::new(&f).unwrap();
+        f.add("k2").unwrap();
+        assert_eq!(f.active, "k1");
+        assert_eq!(f.kids(), ["k1", "k2"]);
+        let staged = Keyring::new(&f).unwrap();
+        assert_eq!(staged.active_kid(), "k1");
+        assert_eq!(kid_of(&staged.seal("c", b"x")), Some("k1"));
+        // Adding an id twice, activating an unknown id or the active one: refused, unchanged.
+        assert!(f.add("k2").is_err());
+        assert!(f.add("bad kid").is_err());
+        let e = f.activate("k9").unwrap_err().to_string();
+        assert!(e.contains("k9") && e.contains("k1, k2"), "{e}");
+        assert!(
+            f.activate("k1")
+                .unwrap_err()
+                .to_string()
+                .contains("already")
+        );
+        assert_eq!(f.active, "k1");
+        f.activate("k2").unwrap();
+        let active = Keyring::new(&f).unwrap();
+        let s2 = active.seal("c", b"new");
+        assert_eq!(kid_of(&s2), Some("k2"));
+        // The staged ring opens what the activated one seals, and the other way round.
+        assert_eq!(staged.open("c", &s2).unwrap(), b"new");
+        assert_eq!(active.open("c", &staged.seal("c", b"old")).unwrap(), b"old");
+        // The ring from before the key was staged cannot: why the two steps exist.
+        assert!(matches!(before.open("c", &s2), Err(Error::UnknownKey(_))));
+        assert_eq!(active.keyed_hash("c", b"x"), before.keyed_hash("c", b"x"));
+    }
+
+    #[test]
+    fn save_replaces_atomically_and_refuses_to_overwrite() {
+        let dir = std::env::temp_dir().join(format!("fq-seal-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k.json");
+        let _ = std::fs::remove_file(&path);
+        let mut f = KeyFile::generate("k1").unwrap();
+        f.save(&path, false).unwrap();
+        assert!(f.save(&path, false).is_err());
+        f.add("k2").unwrap();
+        // A leftover temporary file from a crashed save does not stop the next one.
+        std::fs::write(dir.join("k.json.tmp"), "partial").unwrap();
+        f.save(&path, true).unwrap();
+        assert_eq!(KeyFile::load(&path).unwrap().kids(), ["k1", "k2"]);
+        assert!(!dir.join("k.json.tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
