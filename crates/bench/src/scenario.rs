@@ -779,7 +779,7 @@ fn targets(figs: &[Figure]) -> Vec<TargetRow> {
             "MiB",
             "< 150 MB",
             |v| v * 1.048_576 < 150.0,
-            "highest suite RSS in any phase (load, reads, watchers); the bench has no attack phase"
+            "highest suite RSS in the load, reads and watchers phases; the attack phase has its own row"
                 .into(),
         ),
     ]

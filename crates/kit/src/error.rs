@@ -55,10 +55,15 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with `reason` (and so its status code) and `message`.
+    ///
+    /// Personal information never reaches an error message (PIPL Art 51): an ID number or a
+    /// mobile number in `message` (e.g. a resource name the caller made up) is masked.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        crate::pii::redact_in_place(&mut message);
         Self {
             reason,
-            message: message.into(),
+            message,
             violations: Vec::new(),
             metadata: HashMap::new(),
             precondition: None,
@@ -406,6 +411,23 @@ pub fn bad_fields_of(status: &Status) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn personal_information_never_reaches_an_error_message() {
+        // A made-up resource name holding an ID number (valid check character) and a phone.
+        let e = Error::NotFound("transfers/11010519491231002x-13900005201".into());
+        let s = Status::from(e);
+        assert!(
+            !s.message().contains("11010519491231002"),
+            "{}",
+            s.message()
+        );
+        assert!(!s.message().contains("13900005201"), "{}", s.message());
+        assert!(s.message().contains("not found"), "{}", s.message());
+        // Other numbers are left alone.
+        let plain = ApiError::new(Reason::NotFound, "transfers/110-2027-000123 not found");
+        assert_eq!(plain.message, "transfers/110-2027-000123 not found");
+    }
 
     #[test]
     fn violations_are_capped_with_a_count_of_the_rest() {

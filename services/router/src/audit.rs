@@ -385,9 +385,18 @@ pub async fn append_with_personal_info(
 
 /// Records a refusal in a short write transaction of its own: the refused action changes
 /// nothing else, but the refusal must be on record.
+///
+/// The resource of a refusal is what the caller sent (a name that may not exist): an ID
+/// number or a mobile number in it is masked before it is recorded, as the trail is kept
+/// forever in the clear (PIPL Art 51; the detail is reason codes only).
 pub async fn record_denial(store: &Store, entry: &AuditEntry<'_>) -> Result<()> {
+    let resource = fengqiao_kit::pii::redact_text(entry.resource);
+    let entry = AuditEntry {
+        resource: &resource,
+        ..*entry
+    };
     let mut tx = store.write().await?;
-    append(&mut tx, entry).await?;
+    append(&mut tx, &entry).await?;
     tx.commit().await.map_err(db)?;
     Ok(())
 }

@@ -797,3 +797,55 @@ both_backends!(
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
 );
+
+both_backends!(
+    a_made_up_name_holding_personal_information_is_refused_and_recorded_masked,
+    |store: Store| async move {
+        let t = setup(&store).await?;
+        let c = cast();
+        // A caller asks for transfers "named" by an ID number (lower-case check character, as
+        // resource ids are) and by a phone: both are refused NOT_FOUND, and neither the audit
+        // trail (kept forever) nor the error message holds the value.
+        let id = id_number().to_ascii_lowercase();
+        for name in [format!("transfers/{id}"), format!("transfers/p-{PHONE}")] {
+            for full_view in [false, true] {
+                let msg = GetTransferRequest { name: name.clone() };
+                let r = if full_view {
+                    full(&c.reviewer, msg)
+                } else {
+                    req(&c.reviewer, msg)
+                };
+                let status = t.get_transfer(r).await.expect_err("refused");
+                assert_eq!(status.code(), Code::NotFound);
+                assert!(!status.message().contains(&id), "{}", status.message());
+                assert!(!status.message().contains(PHONE), "{}", status.message());
+            }
+        }
+        // A non-admin's agency filter naming a phone is refused and recorded masked too.
+        let status = t
+            .list_transfers(req(
+                &c.officer,
+                ListTransfersRequest {
+                    agency: format!("agencies/p-{PHONE}"),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("admin only");
+        assert!(!status.message().contains(PHONE), "{}", status.message());
+        let trail = audit_text(&store).await;
+        assert!(
+            trail.matches("transfer.get").count() >= 4,
+            "each refusal is on record: {trail}"
+        );
+        assert!(trail.contains("transfer.list"), "{trail}");
+        assert!(!trail.contains(&id), "the ID number is in the audit trail");
+        assert!(!trail.contains(PHONE), "the phone is in the audit trail");
+        // What is recorded is the masked name, so the refusal stays traceable.
+        assert!(
+            trail.contains(&format!("transfers/p-{PHONE_MASKED}")),
+            "{trail}"
+        );
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+);
