@@ -388,7 +388,7 @@ pub async fn run(backend: &str, args: &Args) -> anyhow::Result<Out> {
     std::fs::create_dir_all(&tmp)?;
     let result = async {
         let mut stores = BTreeMap::new();
-        for s in ServiceName::ALL {
+        for s in ServiceName::all() {
             let url = match &pg {
                 Some(pg) => pg.create_database()?,
                 None => format!(
