@@ -273,6 +273,13 @@ pub async fn claim_for(
 }
 
 /// The claim query; `destinations` empty means no destination filter.
+///
+/// One statement, on PostgreSQL outside any explicit transaction (one round trip instead of
+/// five: begin, clock, select, update, commit): the rows are chosen and leased by one `UPDATE … WHERE seq
+/// IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`, with the database's clock read once in the
+/// statement (both CTEs materialised, so the `LIMIT` is applied once). On PostgreSQL a row another claimer (or a receipt) has locked is skipped, not
+/// waited for, and the outer `WHERE` re-checks the lease on the row as it is when locked;
+/// SQLite's writes are serialised already.
 async fn claim_filtered(
     store: &Store,
     worker_id: &str,
@@ -280,63 +287,57 @@ async fn claim_filtered(
     lease: Duration,
     destinations: &[String],
 ) -> Result<Vec<OutboxMessage>> {
-    let mut tx = store.write().await?;
-    let now = db_now_micros(&mut tx).await?;
-    let lease_until = now.saturating_add(micros(lease));
+    let backend = store.backend();
     let filter = if destinations.is_empty() {
         String::new()
     } else {
         let params: Vec<String> = (0..destinations.len())
-            .map(|i| format!("${}", i + 3))
+            .map(|i| format!("${}", i + 4))
             .collect();
         format!("AND o.destination IN ({}) ", params.join(", "))
     };
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE OF o SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
     let sql = format!(
-        "SELECT {COLUMNS} FROM outbox o \
-         WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
-           AND (o.lease_until IS NULL OR o.lease_until < $1) \
-           {filter}\
-           AND NOT EXISTS (SELECT 1 FROM outbox p \
-                           WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq \
-                             AND p.status <> 'delivered') \
-         ORDER BY o.seq LIMIT $2"
+        "WITH t AS MATERIALIZED (SELECT {now} AS now), \
+         picked AS MATERIALIZED (SELECT o.seq FROM outbox o, t \
+             WHERE o.status = 'pending' AND o.next_attempt_at <= t.now \
+               AND (o.lease_until IS NULL OR o.lease_until < t.now) \
+               {filter}\
+               AND NOT EXISTS (SELECT 1 FROM outbox p \
+                               WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq \
+                                 AND p.status <> 'delivered') \
+             ORDER BY o.seq LIMIT $3{lock}) \
+         UPDATE outbox SET lease_until = (SELECT now FROM t) + $1, lease_owner = $2, \
+           attempts = attempts + 1 \
+         WHERE status = 'pending' \
+           AND (lease_until IS NULL OR lease_until < (SELECT now FROM t)) \
+           AND seq IN (SELECT seq FROM picked) \
+         RETURNING {COLUMNS}",
+        now = backend.now_expr(),
     );
-    let mut query = sqlx::query(&sql).bind(now).bind(i64::from(limit));
+    let mut query = sqlx::query(&sql)
+        .bind(micros(lease))
+        .bind(worker_id)
+        .bind(i64::from(limit));
     for d in destinations {
         query = query.bind(d);
     }
-    let rows = query.fetch_all(&mut *tx).await?;
-    if rows.is_empty() {
-        tx.commit().await?;
-        return Ok(Vec::new());
-    }
-    let mut selected = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
-    // One guarded update for all of them: on PostgreSQL a concurrent claimer may have leased a
-    // row since our snapshot; the re-checked WHERE then skips it (RETURNING says which won).
-    let params: Vec<String> = (0..selected.len()).map(|i| format!("${}", i + 4)).collect();
-    let sql = format!(
-        "UPDATE outbox SET lease_until = $1, lease_owner = $2, attempts = attempts + 1 \
-         WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
-           AND seq IN ({}) RETURNING seq",
-        params.join(", ")
-    );
-    let mut update = sqlx::query_scalar::<_, i64>(&sql)
-        .bind(lease_until)
-        .bind(worker_id)
-        .bind(now);
-    for m in &selected {
-        update = update.bind(m.seq);
-    }
-    let won: std::collections::HashSet<i64> =
-        update.fetch_all(&mut *tx).await?.into_iter().collect();
-    tx.commit().await?;
-    selected.retain(|m| won.contains(&m.seq));
-    for msg in &mut selected {
-        msg.lease_until = Some(lease_until);
-        msg.lease_owner = Some(worker_id.to_string());
-        msg.attempts += 1;
-    }
-    Ok(selected)
+    let rows = match backend {
+        Backend::Postgres => query.fetch_all(store.pool()).await?,
+        // In `BEGIN IMMEDIATE`, as every SQLite write (no lock upgrade to fail on).
+        Backend::Sqlite => {
+            let mut tx = store.write().await?;
+            let rows = query.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        }
+    };
+    let mut claimed = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    claimed.sort_by_key(|m| m.seq);
+    Ok(claimed)
 }
 
 /// Release every unexpired lease held by `worker_id` on pending messages (e.g. a pull stream
@@ -463,6 +464,67 @@ pub async fn mark_delivered_noting_failures_in(tx: &mut Tx, id: &str) -> Result<
         return Err(Error::NotFound("outbox message"));
     }
     Ok(None)
+}
+
+/// [`mark_delivered_noting_failures_in`] for several messages in one statement (receipts of
+/// pushes that finished together): for each id in `ids`, `Some(failed_before)` when this call
+/// delivered it, `None` when it already was delivered. `Error::NotFound` if one of them does
+/// not exist (nothing is marked then: the caller's transaction should be rolled back).
+pub async fn mark_delivered_many_noting_failures_in(
+    tx: &mut Tx,
+    ids: &[&str],
+) -> Result<Vec<Option<bool>>> {
+    let mut out: Vec<Option<bool>> = vec![None; ids.len()];
+    let mut missing: Vec<usize> = Vec::new();
+    for (start, chunk) in (0..ids.len()).step_by(500).zip(ids.chunks(500)) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE outbox SET status = 'delivered', delivered_at = {}, lease_until = NULL \
+             WHERE id IN ({}) AND status <> 'delivered' RETURNING id, last_error",
+            Backend::of(tx).now_expr(),
+            params.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut **tx).await?;
+        let mut done: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let last_error: Option<String> = row.try_get(1)?;
+            done.insert(id, last_error.is_some());
+        }
+        for (i, id) in chunk.iter().enumerate() {
+            // `remove`: an id given twice is delivered by its first place only.
+            match done.remove(*id) {
+                Some(failed) => out[start + i] = Some(failed),
+                None => missing.push(start + i),
+            }
+        }
+    }
+    // Not updated: delivered already, or no such message (rare: look them up together).
+    if !missing.is_empty() {
+        for chunk in missing.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT COUNT(*) FROM outbox WHERE id IN ({})",
+                params.join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            let mut distinct: Vec<&str> = chunk.iter().map(|&i| ids[i]).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            for id in &distinct {
+                q = q.bind(*id);
+            }
+            let found = q.fetch_one(&mut **tx).await?;
+            if usize::try_from(found).unwrap_or(0) != distinct.len() {
+                return Err(Error::NotFound("outbox message"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Record a failed delivery of pending message `id` and schedule the next attempt at
