@@ -273,13 +273,6 @@ pub async fn claim_for(
 }
 
 /// The claim query; `destinations` empty means no destination filter.
-///
-/// One statement, on PostgreSQL outside any explicit transaction (one round trip instead of
-/// five: begin, clock, select, update, commit): the rows are chosen and leased by one `UPDATE … WHERE seq
-/// IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`, with the database's clock read once in the
-/// statement (both CTEs materialised, so the `LIMIT` is applied once). On PostgreSQL a row another claimer (or a receipt) has locked is skipped, not
-/// waited for, and the outer `WHERE` re-checks the lease on the row as it is when locked;
-/// SQLite's writes are serialised already.
 async fn claim_filtered(
     store: &Store,
     worker_id: &str,
@@ -287,57 +280,63 @@ async fn claim_filtered(
     lease: Duration,
     destinations: &[String],
 ) -> Result<Vec<OutboxMessage>> {
-    let backend = store.backend();
+    let mut tx = store.write().await?;
+    let now = db_now_micros(&mut tx).await?;
+    let lease_until = now.saturating_add(micros(lease));
     let filter = if destinations.is_empty() {
         String::new()
     } else {
         let params: Vec<String> = (0..destinations.len())
-            .map(|i| format!("${}", i + 4))
+            .map(|i| format!("${}", i + 3))
             .collect();
         format!("AND o.destination IN ({}) ", params.join(", "))
     };
-    let lock = match backend {
-        Backend::Postgres => " FOR UPDATE OF o SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
     let sql = format!(
-        "WITH t AS MATERIALIZED (SELECT {now} AS now), \
-         picked AS MATERIALIZED (SELECT o.seq FROM outbox o, t \
-             WHERE o.status = 'pending' AND o.next_attempt_at <= t.now \
-               AND (o.lease_until IS NULL OR o.lease_until < t.now) \
-               {filter}\
-               AND NOT EXISTS (SELECT 1 FROM outbox p \
-                               WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq \
-                                 AND p.status <> 'delivered') \
-             ORDER BY o.seq LIMIT $3{lock}) \
-         UPDATE outbox SET lease_until = (SELECT now FROM t) + $1, lease_owner = $2, \
-           attempts = attempts + 1 \
-         WHERE status = 'pending' \
-           AND (lease_until IS NULL OR lease_until < (SELECT now FROM t)) \
-           AND seq IN (SELECT seq FROM picked) \
-         RETURNING {COLUMNS}",
-        now = backend.now_expr(),
+        "SELECT {COLUMNS} FROM outbox o \
+         WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
+           AND (o.lease_until IS NULL OR o.lease_until < $1) \
+           {filter}\
+           AND NOT EXISTS (SELECT 1 FROM outbox p \
+                           WHERE p.ordering_key = o.ordering_key AND p.seq < o.seq \
+                             AND p.status <> 'delivered') \
+         ORDER BY o.seq LIMIT $2"
     );
-    let mut query = sqlx::query(&sql)
-        .bind(micros(lease))
-        .bind(worker_id)
-        .bind(i64::from(limit));
+    let mut query = sqlx::query(&sql).bind(now).bind(i64::from(limit));
     for d in destinations {
         query = query.bind(d);
     }
-    let rows = match backend {
-        Backend::Postgres => query.fetch_all(store.pool()).await?,
-        // In `BEGIN IMMEDIATE`, as every SQLite write (no lock upgrade to fail on).
-        Backend::Sqlite => {
-            let mut tx = store.write().await?;
-            let rows = query.fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            rows
-        }
-    };
-    let mut claimed = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
-    claimed.sort_by_key(|m| m.seq);
-    Ok(claimed)
+    let rows = query.fetch_all(&mut *tx).await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let mut selected = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    // One guarded update for all of them: on PostgreSQL a concurrent claimer may have leased a
+    // row since our snapshot; the re-checked WHERE then skips it (RETURNING says which won).
+    let params: Vec<String> = (0..selected.len()).map(|i| format!("${}", i + 4)).collect();
+    let sql = format!(
+        "UPDATE outbox SET lease_until = $1, lease_owner = $2, attempts = attempts + 1 \
+         WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
+           AND seq IN ({}) RETURNING seq",
+        params.join(", ")
+    );
+    let mut update = sqlx::query_scalar::<_, i64>(&sql)
+        .bind(lease_until)
+        .bind(worker_id)
+        .bind(now);
+    for m in &selected {
+        update = update.bind(m.seq);
+    }
+    let won: std::collections::HashSet<i64> =
+        update.fetch_all(&mut *tx).await?.into_iter().collect();
+    tx.commit().await?;
+    selected.retain(|m| won.contains(&m.seq));
+    for msg in &mut selected {
+        msg.lease_until = Some(lease_until);
+        msg.lease_owner = Some(worker_id.to_string());
+        msg.attempts += 1;
+    }
+    Ok(selected)
 }
 
 /// Release every unexpired lease held by `worker_id` on pending messages (e.g. a pull stream
