@@ -407,11 +407,29 @@ pub(crate) async fn full_cycle(ctx: &Ctx, n: u64) -> anyhow::Result<()> {
         .mediation_case
         .context("no case")?;
     let ids: Vec<String> = c.parties.iter().map(|p| p.party_id.clone()).collect();
+    // Answers are masked (#14); the agreement records each party's identity (人民调解法
+    // Art 29), so the mediator reads the parties in full (access-logged), as the worked
+    // examples do. Without it DraftAgreement refuses the masked ID numbers and phones.
+    let mut full = tonic::Request::new(GetCaseRequest {
+        name: c.name.clone(),
+    });
+    full.metadata_mut().insert(
+        fengqiao_kit::pii::VIEW_HEADER,
+        tonic::metadata::MetadataValue::from_static("full"),
+    );
+    let parties = room
+        .get_case(full)
+        .await
+        .context("GetCase (full view)")?
+        .into_inner()
+        .mediation_case
+        .context("no case")?
+        .parties;
     let c = room
         .draft_agreement(DraftAgreementRequest {
             name: c.name.clone(),
             agreement: Some(Agreement {
-                parties: c.parties.clone(),
+                parties,
                 facts_and_responsibilities: "李某夜间噪音影响张某休息，李某负主要责任".into(),
                 terms: vec![AgreementTerm {
                     description: "李某每日22时后不再进行产生噪音的活动，并向张某赔礼道歉".into(),

@@ -425,18 +425,15 @@ impl Committer {
                     ));
                 }
             };
-            if !single {
-                let step = if finished.succeeded() {
-                    exec(&mut tx, "RELEASE SAVEPOINT fq_group_job").await
-                } else {
-                    // Locks taken and values left by the job go with its savepoint.
-                    MEMO.with(|m| *m.borrow_mut() = before);
-                    match exec(&mut tx, "ROLLBACK TO SAVEPOINT fq_group_job").await {
-                        Ok(()) => exec(&mut tx, "RELEASE SAVEPOINT fq_group_job").await,
-                        Err(e) => Err(e),
-                    }
-                };
-                if let Err(e) = step {
+            // A job that succeeded keeps its savepoint: the next job's `SAVEPOINT` of the same
+            // name nests inside it (and `ROLLBACK TO` finds the newest one), and the commit
+            // releases them all. One round trip per job instead of two (`RELEASE` dropped);
+            // a batch is at most `max_batch` (64) jobs deep, within PostgreSQL's cache of 64
+            // subtransactions per backend either way.
+            if !single && !finished.succeeded() {
+                // Locks taken and values left by the job go with its savepoint.
+                MEMO.with(|m| *m.borrow_mut() = before);
+                if let Err(e) = exec(&mut tx, "ROLLBACK TO SAVEPOINT fq_group_job").await {
                     done.push(finished);
                     return Err(fail_all(stats, done, rest.collect(), &e.to_string()));
                 }

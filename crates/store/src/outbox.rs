@@ -465,6 +465,67 @@ pub async fn mark_delivered_noting_failures_in(tx: &mut Tx, id: &str) -> Result<
     Ok(None)
 }
 
+/// [`mark_delivered_noting_failures_in`] for several messages in one statement (receipts of
+/// pushes that finished together): for each id in `ids`, `Some(failed_before)` when this call
+/// delivered it, `None` when it already was delivered. `Error::NotFound` if one of them does
+/// not exist (nothing is marked then: the caller's transaction should be rolled back).
+pub async fn mark_delivered_many_noting_failures_in(
+    tx: &mut Tx,
+    ids: &[&str],
+) -> Result<Vec<Option<bool>>> {
+    let mut out: Vec<Option<bool>> = vec![None; ids.len()];
+    let mut missing: Vec<usize> = Vec::new();
+    for (start, chunk) in (0..ids.len()).step_by(500).zip(ids.chunks(500)) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE outbox SET status = 'delivered', delivered_at = {}, lease_until = NULL \
+             WHERE id IN ({}) AND status <> 'delivered' RETURNING id, last_error",
+            Backend::of(tx).now_expr(),
+            params.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&mut **tx).await?;
+        let mut done: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let last_error: Option<String> = row.try_get(1)?;
+            done.insert(id, last_error.is_some());
+        }
+        for (i, id) in chunk.iter().enumerate() {
+            // `remove`: an id given twice is delivered by its first place only.
+            match done.remove(*id) {
+                Some(failed) => out[start + i] = Some(failed),
+                None => missing.push(start + i),
+            }
+        }
+    }
+    // Not updated: delivered already, or no such message (rare: look them up together).
+    if !missing.is_empty() {
+        for chunk in missing.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT COUNT(*) FROM outbox WHERE id IN ({})",
+                params.join(", ")
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            let mut distinct: Vec<&str> = chunk.iter().map(|&i| ids[i]).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            for id in &distinct {
+                q = q.bind(*id);
+            }
+            let found = q.fetch_one(&mut **tx).await?;
+            if usize::try_from(found).unwrap_or(0) != distinct.len() {
+                return Err(Error::NotFound("outbox message"));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Record a failed delivery of pending message `id` and schedule the next attempt at
 /// `next_attempt_at_micros` (database clock; see [`backoff`]). Releases the lease.
 /// `Error::ConcurrentModification` if the message is no longer pending.

@@ -1048,3 +1048,46 @@ both_backends!(
         Ok::<_, Error>(())
     }
 );
+
+both_backends!(
+    receipts_of_several_messages_are_marked_in_one_statement,
+    |store: Store| async move {
+        shared(&store).await?;
+        let a = enqueue_to(&store, "d", "ka").await?;
+        let b = enqueue_to(&store, "d", "kb").await?;
+        let c = enqueue_to(&store, "d", "kc").await?;
+        // b failed once before; c is delivered already.
+        let mut tx = store.write().await?;
+        outbox::mark_failed_in(&mut tx, &b, "UNAVAILABLE: down", 0).await?;
+        assert!(outbox::mark_delivered_in(&mut tx, &c).await?);
+        tx.commit().await?;
+
+        let mut tx = store.write().await?;
+        // An id given twice is delivered by its first place only.
+        let got = outbox::mark_delivered_many_noting_failures_in(
+            &mut tx,
+            &[a.as_str(), b.as_str(), c.as_str(), a.as_str()],
+        )
+        .await?;
+        assert_eq!(got, vec![Some(false), Some(true), None, None]);
+        tx.commit().await?;
+        for id in [&a, &b, &c] {
+            assert_eq!(
+                outbox::get(&store, id).await?.map(|m| m.status),
+                Some(Status::Delivered)
+            );
+        }
+        // Marking them again changes nothing; an unknown id fails the whole call.
+        let mut tx = store.write().await?;
+        assert_eq!(
+            outbox::mark_delivered_many_noting_failures_in(&mut tx, &[a.as_str()]).await?,
+            vec![None]
+        );
+        assert!(matches!(
+            outbox::mark_delivered_many_noting_failures_in(&mut tx, &[a.as_str(), "nope"]).await,
+            Err(Error::NotFound(_))
+        ));
+        tx.rollback().await?;
+        Ok::<_, Error>(())
+    }
+);

@@ -449,7 +449,29 @@ pub struct Delivery {
     holders: Arc<Holders>,
     /// Push destinations whose last attempt from this process failed → their endpoint.
     failing: Arc<Mutex<HashMap<String, String>>>,
+    /// Receipts of finished pushes waiting to be recorded together.
+    receipts: Arc<Mutex<Receipts>>,
 }
+
+/// A finished push's receipt waiting for [`Delivery::flush_receipts`]: the message, its
+/// envelope (for the [`OnDelivered`] hook) and who waits for the answer (newly delivered?).
+struct PendingReceipt {
+    id: String,
+    envelope: Envelope,
+    answer: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+/// Receipts waiting, and how many flushes are recording receipts now.
+#[derive(Default)]
+struct Receipts {
+    waiting: Vec<PendingReceipt>,
+    flushing: usize,
+}
+
+/// How many receipt flushes (group-commit jobs) may be under way at once: one in the batch
+/// being committed, one waiting for the next batch, so receipts never wait for a batch to end
+/// before they are queued for the one after it.
+const RECEIPT_FLUSHES: usize = 2;
 
 /// How long the push worker gathers finishing pushes before it claims again (one claim
 /// transaction for the messages that became claimable about together).
@@ -642,6 +664,7 @@ impl Delivery {
             wake: Arc::new(Notify::new()),
             holders: Arc::new(Holders::default()),
             failing: Arc::new(Mutex::new(HashMap::new())),
+            receipts: Arc::new(Mutex::new(Receipts::default())),
         }
     }
 
@@ -1111,18 +1134,39 @@ impl Delivery {
         }
     }
 
-    /// Marks `id` delivered, runs the hook, resolves its incident; one transaction.
+    /// Marks `id` delivered, runs the hook, resolves its incident; one transaction. With group
+    /// commit, the receipts of pushes that finish together are recorded by one job
+    /// ([`Self::flush_receipts`]); the caller hears back once the transaction holding its
+    /// receipt has committed, as before.
     async fn record_delivered(&self, id: &str, envelope: &Envelope) -> Result<()> {
         let newly = match &self.commit {
-            Some(commit) => {
-                let (this, job_id, envelope) = (self.clone(), id.to_string(), envelope.clone());
-                commit
-                    .run(move |tx| {
-                        Box::pin(async move {
-                            this.mark_delivered_in(tx, &job_id, Some(&envelope)).await
-                        })
-                    })
-                    .await?
+            Some(_) => {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                let start = {
+                    let mut r = self
+                        .receipts
+                        .lock()
+                        .map_err(|_| Error::Corrupt("receipt queue poisoned".into()))?;
+                    r.waiting.push(PendingReceipt {
+                        id: id.to_string(),
+                        envelope: envelope.clone(),
+                        answer,
+                    });
+                    let start = r.flushing < RECEIPT_FLUSHES;
+                    if start {
+                        r.flushing += 1;
+                    }
+                    start
+                };
+                if start {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.flush_receipts().await });
+                }
+                answered.await.map_err(|_| {
+                    Error::Store(fengqiao_store::Error::GroupCommit(
+                        "the receipt was not recorded (its flush stopped)".into(),
+                    ))
+                })??
             }
             None => {
                 let mut tx = self.store.write().await?;
@@ -1138,6 +1182,114 @@ impl Delivery {
             tracing::info!(message_id = id, "message delivered");
         }
         Ok(())
+    }
+
+    /// Records the waiting receipts, all of them in one group-commit job (one savepoint, one
+    /// outbox update), until none is waiting. If that job fails (e.g. one message's hook), each
+    /// of its receipts is recorded again on its own, so one receipt's failure is its own.
+    async fn flush_receipts(self) {
+        // Gives the flush's place back however it ends (also if the task is cancelled), so the
+        // next receipt starts a flush again.
+        struct Slot(Arc<Mutex<Receipts>>, bool);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                if !self.1
+                    && let Ok(mut r) = self.0.lock()
+                {
+                    r.flushing = r.flushing.saturating_sub(1);
+                }
+            }
+        }
+        let mut slot = Slot(self.receipts.clone(), false);
+        let Some(commit) = self.commit.clone() else {
+            return;
+        };
+        loop {
+            let batch = match self.receipts.lock() {
+                Ok(mut r) => {
+                    if r.waiting.is_empty() {
+                        // Given back under the lock that found nothing waiting: a receipt
+                        // queued after this starts a flush of its own.
+                        r.flushing = r.flushing.saturating_sub(1);
+                        slot.1 = true;
+                        return;
+                    }
+                    std::mem::take(&mut r.waiting)
+                }
+                Err(_) => return,
+            };
+            let items: Vec<(String, Envelope)> = batch
+                .iter()
+                .map(|p| (p.id.clone(), p.envelope.clone()))
+                .collect();
+            let this = self.clone();
+            let together = commit
+                .run(move |tx| {
+                    Box::pin(async move { this.mark_delivered_many_in(tx, &items).await })
+                })
+                .await;
+            match together {
+                Ok(newly) => {
+                    for (p, n) in batch.into_iter().zip(newly) {
+                        let _ = p.answer.send(Ok(n));
+                    }
+                }
+                Err(e) if batch.len() == 1 => {
+                    if let Some(p) = batch.into_iter().next() {
+                        let _ = p.answer.send(Err(e));
+                    }
+                }
+                Err(_) => {
+                    let mut alone = tokio::task::JoinSet::new();
+                    for p in batch {
+                        let this = self.clone();
+                        let commit = commit.clone();
+                        alone.spawn(async move {
+                            let PendingReceipt {
+                                id,
+                                envelope,
+                                answer,
+                            } = p;
+                            let r = commit
+                                .run(move |tx| {
+                                    Box::pin(async move {
+                                        this.mark_delivered_in(tx, &id, Some(&envelope)).await
+                                    })
+                                })
+                                .await;
+                            let _ = answer.send(r);
+                        });
+                    }
+                    while alone.join_next().await.is_some() {}
+                }
+            }
+        }
+    }
+
+    /// [`Self::mark_delivered_in`] for several messages in one outbox update: whether each
+    /// was newly delivered. Any error fails them all (the caller's job is rolled back).
+    async fn mark_delivered_many_in(
+        &self,
+        tx: &mut Tx,
+        items: &[(String, Envelope)],
+    ) -> Result<Vec<bool>> {
+        let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+        let marked = outbox::mark_delivered_many_noting_failures_in(tx, &ids).await?;
+        let mut newly = Vec::with_capacity(items.len());
+        for ((id, envelope), failed_before) in items.iter().zip(marked) {
+            let Some(failed_before) = failed_before else {
+                newly.push(false);
+                continue;
+            };
+            if let Some(hook) = &self.on_delivered {
+                hook.delivered(tx, envelope).await?;
+            }
+            if failed_before {
+                Self::resolve_incident_in(tx, id).await?;
+            }
+            newly.push(true);
+        }
+        Ok(newly)
     }
 
     /// In `tx`: marks `id` delivered (`true` if newly), runs the hook for a newly delivered
@@ -1160,6 +1312,13 @@ impl Delivery {
         if !failed_before {
             return Ok(true);
         }
+        Self::resolve_incident_in(tx, id).await?;
+        Ok(true)
+    }
+
+    /// In `tx`: resolves the incident of delivered message `id` (open or retry scheduled), or
+    /// drops its row while it was only failing.
+    async fn resolve_incident_in(tx: &mut Tx, id: &str) -> Result<()> {
         let now = db_now_micros(tx).await?;
         sqlx::query(
             "UPDATE delivery_incidents SET state = 'resolved', resolve_time = $2, \
@@ -1176,7 +1335,7 @@ impl Delivery {
             .execute(&mut **tx)
             .await
             .map_err(fengqiao_store::Error::from)?;
-        Ok(true)
+        Ok(())
     }
 
     /// Records a failed attempt: backoff or death in the outbox, and the incident row.
