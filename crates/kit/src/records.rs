@@ -3,22 +3,74 @@
 //! as JSON beside them, and the one list page query (scoped to an agency, by states, only
 //! overdue, newest first after a `(create_time, id)` cursor).
 
+pub use fengqiao_store::Migration;
 use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, any::AnyRow};
-use fengqiao_store::{Backend, Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
+use fengqiao_store::{Backend, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
-/// Applies the shared migrations, then `service`'s own.
-pub async fn migrate(
-    store: &Store,
-    service: &str,
-    migrations: &[Migration],
-) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(service, migrations).await
+/// A service's own schema: the name its migrations are recorded under and the migrations,
+/// in order. Declared once per service crate with [`schema!`](crate::schema).
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    /// Name under which the migrations are recorded (`police_referral`).
+    pub service: &'static str,
+    /// The service's own migrations, in order.
+    pub migrations: &'static [Migration],
+}
+
+impl Schema {
+    /// Applies the shared migrations ([`SHARED_MIGRATIONS`]), then the service's own.
+    pub async fn migrate(&self, store: &Store) -> Result<(), fengqiao_store::Error> {
+        store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
+        store.migrate(self.service, self.migrations).await
+    }
+}
+
+/// Declares a service's [`Schema`]: the name its migrations are recorded under, then one
+/// `(version, name, script)` per migration, the script's path relative to the crate's root
+/// (its `Cargo.toml`). A portable script ([`Migration::portable`]) is one path; a migration
+/// with a script per backend ([`Migration::pair`]) gives the SQLite path, then the PostgreSQL
+/// one.
+///
+/// ```ignore
+/// pub const SCHEMA: Schema = fengqiao_kit::schema!("router", [
+///     (1, "agencies", "migrations/0001_agencies.sql"),
+///     (3, "audit", "migrations/0003_audit.sqlite.sql", "migrations/0003_audit.postgres.sql"),
+/// ]);
+/// ```
+#[macro_export]
+macro_rules! schema {
+    ($service:expr, [$(($version:expr, $name:expr, $script:literal $(, $postgres:literal)? $(,)?)),* $(,)?]) => {
+        $crate::records::Schema {
+            service: $service,
+            migrations: &[$($crate::__migration!($version, $name, $script $(, $postgres)?)),*],
+        }
+    };
+}
+
+/// One migration of [`schema!`](crate::schema).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __migration {
+    ($version:expr, $name:expr, $script:literal) => {
+        $crate::records::Migration::portable(
+            $version,
+            $name,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $script)),
+        )
+    };
+    ($version:expr, $name:expr, $sqlite:literal, $postgres:literal) => {
+        $crate::records::Migration::pair(
+            $version,
+            $name,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $sqlite)),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $postgres)),
+        )
+    };
 }
 
 /// Seals `m` for the column `context` (`"<table>.<column>"`).
@@ -269,6 +321,79 @@ mod tests {
             .await
             .map_err(|e| unique_as(e, || Error::AlreadyExists("a".into())));
             assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+            Ok::<(), Error>(())
+        }
+    );
+
+    const KIT_SCHEMA: Schema = crate::schema!(
+        "kit_schema",
+        [
+            (1, "a", "testdata/0001_kit_schema.sql"),
+            (
+                2,
+                "b",
+                "testdata/0002_kit_schema.sqlite.sql",
+                "testdata/0002_kit_schema.postgres.sql",
+            ),
+        ]
+    );
+
+    #[test]
+    fn schema_declares_portable_and_paired_scripts_from_the_crate_root() {
+        assert_eq!(KIT_SCHEMA.service, "kit_schema");
+        let [a, b] = KIT_SCHEMA.migrations else {
+            panic!("two migrations: {:?}", KIT_SCHEMA.migrations);
+        };
+        assert_eq!((a.version, a.name), (1, "a"));
+        assert_eq!(a.sqlite, include_str!("../testdata/0001_kit_schema.sql"));
+        assert_eq!(a.postgres, None);
+        assert_eq!((b.version, b.name), (2, "b"));
+        assert_eq!(
+            b.sqlite,
+            include_str!("../testdata/0002_kit_schema.sqlite.sql")
+        );
+        assert_eq!(
+            b.postgres,
+            Some(include_str!("../testdata/0002_kit_schema.postgres.sql"))
+        );
+    }
+
+    both_backends!(
+        schema_applies_the_shared_migrations_then_its_own,
+        |store: Store| async move {
+            KIT_SCHEMA.migrate(&store).await?;
+            // Twice: applied migrations are skipped.
+            KIT_SCHEMA.migrate(&store).await?;
+            let mut tx = store.write().await?;
+            let recorded: Vec<(String, i64)> = sqlx::query(
+                "SELECT service, version FROM schema_migrations ORDER BY service, version",
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("service")?, r.try_get("version")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+            let shared = SHARED_MIGRATIONS.len();
+            assert_eq!(
+                recorded.iter().filter(|(s, _)| s == SHARED_SERVICE).count(),
+                shared
+            );
+            let own: Vec<i64> = recorded
+                .iter()
+                .filter(|(s, _)| s == "kit_schema")
+                .map(|(_, v)| *v)
+                .collect();
+            assert_eq!(own, [1, 2]);
+            let backend: String =
+                sqlx::query("INSERT INTO kit_schema_b (id) VALUES ('x') RETURNING backend")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("backend")?;
+            let expected = match Backend::of(&tx) {
+                Backend::Sqlite => "sqlite",
+                Backend::Postgres => "postgres",
+            };
+            assert_eq!(backend, expected);
             Ok::<(), Error>(())
         }
     );

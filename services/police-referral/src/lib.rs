@@ -31,6 +31,7 @@ pub use module::MODULE;
 
 use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::pii::{self, Personal};
+use fengqiao_kit::records::Schema;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::EvidenceRef;
@@ -46,7 +47,7 @@ use fengqiao_proto::router::{
 };
 use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx, seal};
+use fengqiao_store::{Store, Tx, seal};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -56,27 +57,21 @@ use fengqiao_kit::idem::Idem;
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "police_referral";
 
-/// This service's own migrations.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration::portable(
-        1,
-        "referrals",
-        include_str!("../migrations/0001_referrals.sql"),
-    ),
-    Migration::portable(
-        2,
-        "event_seq",
-        include_str!("../migrations/0002_event_seq.sql"),
-    ),
-];
+/// This service's own migrations, applied after the shared ones.
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [
+        (1, "referrals", "migrations/0001_referrals.sql"),
+        (2, "event_seq", "migrations/0002_event_seq.sql"),
+    ]
+);
 
 /// The route used when `DraftTransfer.route` is empty.
 pub const DEFAULT_ROUTE: &str = "routes/police-to-station-mediation";
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await
+    SCHEMA.migrate(store).await
 }
 
 /// Roles that may take in a referral at a station.
