@@ -216,6 +216,155 @@ pub async fn list(
     Ok(q.fetch_all(&mut **tx).await?)
 }
 
+/// The highest `seq` of the child rows of `table` whose `column` is `value`, 0 when there is
+/// none: a child appended next takes one more (case-file entries, documents).
+pub async fn last_seq(tx: &mut Tx, table: &str, column: &str, value: &str) -> Result<i64, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT COALESCE(MAX(seq), 0) AS n FROM {table} WHERE {column} = $1"
+    ))
+    .bind(value.to_owned())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(sqlx::Row::try_get(&row, "n")?)
+}
+
+/// A list query built filter by filter, for lists whose filters go beyond [`Page`]'s: a
+/// `SELECT … WHERE …` with the caller's scope as `$1`, then ` AND …` clauses whose `?` are
+/// numbered in the order they come, then [`Filtered::fetch`]'s keyset page, newest first on a
+/// time column (`(time, id)` after the page token's cursor).
+#[derive(Debug, Clone)]
+pub struct Filtered {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Filtered {
+    /// `select` (ending in a `WHERE` condition on `$1`) with `scope` bound as `$1`.
+    pub fn new(select: impl Into<String>, scope: &str) -> Self {
+        Self {
+            sql: select.into(),
+            binds: vec![Bind::Text(scope.to_owned())],
+        }
+    }
+
+    /// Appends `clause` (` AND …`), its `?` standing for `bind`.
+    pub fn and(&mut self, clause: &str, bind: Bind) -> &mut Self {
+        self.binds.push(bind);
+        let n = format!("${}", self.binds.len());
+        self.sql.push_str(&clause.replace('?', &n));
+        self
+    }
+
+    /// ` AND {column} = value` unless `value` is empty.
+    pub fn text(&mut self, column: &str, value: &str) -> &mut Self {
+        if !value.is_empty() {
+            self.and(&format!(" AND {column} = ?"), Bind::Text(value.to_owned()));
+        }
+        self
+    }
+
+    /// ` AND {column} = value` unless `value` is 0 (an enum left unspecified).
+    pub fn int(&mut self, column: &str, value: i32) -> &mut Self {
+        if value != 0 {
+            self.and(&format!(" AND {column} = ?"), Bind::Int(i64::from(value)));
+        }
+        self
+    }
+
+    /// ` AND state IN (…)` for the request's `states` (at most 32, each a value of `S`),
+    /// unless it is empty.
+    pub fn states<S: TryFrom<i32>>(&mut self, states: &[i32]) -> Result<&mut Self, Error> {
+        if !states.is_empty() {
+            crate::validate::enum_values::<S>("states", states, 32)?;
+            let list: Vec<String> = states.iter().map(i32::to_string).collect();
+            self.sql
+                .push_str(&format!(" AND state IN ({})", list.join(", ")));
+        }
+        Ok(self)
+    }
+
+    /// `start <= {column} < end`, each bound when given.
+    pub fn time_range(
+        &mut self,
+        column: &str,
+        start: Option<&prost_types::Timestamp>,
+        end: Option<&prost_types::Timestamp>,
+    ) -> &mut Self {
+        if let Some(t) = start {
+            self.and(
+                &format!(" AND {column} >= ?"),
+                Bind::Int(crate::time::from_timestamp(t)),
+            );
+        }
+        if let Some(t) = end {
+            self.and(
+                &format!(" AND {column} < ?"),
+                Bind::Int(crate::time::from_timestamp(t)),
+            );
+        }
+        self
+    }
+
+    /// The SQL and binds of the page after `after` (`(time, id)`), newest first on `column`,
+    /// `limit + 1` rows (the one more tells that there is a next page).
+    pub fn page(
+        mut self,
+        column: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> (String, Vec<Bind>) {
+        if let Some((t, id)) = after {
+            self.and(&format!(" AND ({column} < ?"), Bind::Int(t));
+            self.and(&format!(" OR ({column} = ?"), Bind::Int(t));
+            self.and(" AND id < ?))", Bind::Text(id));
+        }
+        self.sql.push_str(&format!(
+            " ORDER BY {column} DESC, id DESC LIMIT {}",
+            limit + 1
+        ));
+        (self.sql, self.binds)
+    }
+
+    /// The rows of [`Filtered::page`].
+    pub async fn fetch(
+        self,
+        tx: &mut Tx,
+        column: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<AnyRow>, Error> {
+        let (sql, binds) = self.page(column, after, limit);
+        Ok(bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+}
+
+/// The page of `rows` fetched `limit + 1` at most ([`Filtered::fetch`]): the first `limit`
+/// decoded into `(item, time, id)`, and the page token after the last of them (bound to
+/// `query`, [`crate::validate::keyset_page_token`]) when there was one more row, or empty.
+pub fn keyset_page<T>(
+    rows: &[AnyRow],
+    limit: i64,
+    query: &str,
+    mut decode: impl FnMut(&AnyRow) -> Result<(T, i64, String), Error>,
+) -> Result<(Vec<T>, String), Error> {
+    let mut items = Vec::new();
+    let mut last: Option<(i64, String)> = None;
+    for (i, row) in rows.iter().enumerate() {
+        if i as i64 == limit {
+            let token = last
+                .map(|(t, id)| crate::validate::keyset_page_token(query, t, &id))
+                .unwrap_or_default();
+            return Ok((items, token));
+        }
+        let (item, t, id) = decode(row)?;
+        last = Some((t, id));
+        items.push(item);
+    }
+    Ok((items, String::new()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +543,116 @@ mod tests {
                 Backend::Postgres => "postgres",
             };
             assert_eq!(backend, expected);
+            Ok::<(), Error>(())
+        }
+    );
+
+    fn ts(micros: i64) -> prost_types::Timestamp {
+        crate::time::to_timestamp(micros)
+    }
+
+    #[test]
+    fn filtered_numbers_its_binds_in_order_and_skips_empty_filters() {
+        let mut q = Filtered::new("SELECT id FROM t WHERE owner = $1", "o1");
+        q.text("kind", "")
+            .text("number", "n-1")
+            .int("category", 0)
+            .int("category", 3);
+        q.states::<fengqiao_proto::common::AgencyKind>(&[])
+            .expect("no states");
+        q.states::<fengqiao_proto::common::AgencyKind>(&[1, 2])
+            .expect("states");
+        q.time_range("create_time", Some(&ts(5)), None).time_range(
+            "create_time",
+            None,
+            Some(&ts(9)),
+        );
+        let (sql, binds) = q.page("create_time", Some((7, "x".into())), 10);
+        assert_eq!(
+            sql,
+            "SELECT id FROM t WHERE owner = $1 AND number = $2 AND category = $3 \
+             AND state IN (1, 2) AND create_time >= $4 AND create_time < $5 \
+             AND (create_time < $6 OR (create_time = $7 AND id < $8)) \
+             ORDER BY create_time DESC, id DESC LIMIT 11"
+        );
+        assert_eq!(binds.len(), 8);
+        assert!(matches!(&binds[1], Bind::Text(t) if t == "n-1"));
+        assert!(matches!(binds[2], Bind::Int(3)));
+        assert!(matches!(binds[3], Bind::Int(5)));
+        assert!(matches!(binds[4], Bind::Int(9)));
+        assert!(matches!(&binds[7], Bind::Text(t) if t == "x"));
+        let unknown = Filtered::new("SELECT 1 WHERE $1 = $1", "o")
+            .states::<fengqiao_proto::common::AgencyKind>(&[1, 999])
+            .map(|_| ());
+        assert!(matches!(unknown, Err(Error::Invalid(_))), "{unknown:?}");
+    }
+
+    both_backends!(
+        filtered_pages_newest_first_with_bound_tokens,
+        |store: Store| async move {
+            let mut tx = store.write().await?;
+            sqlx::query(
+                "CREATE TABLE f (id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, \
+                 state BIGINT NOT NULL, create_time BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            for (id, owner, kind, t) in [
+                ("a", "o1", "k", 10),
+                ("b", "o1", "k", 20),
+                ("c", "o1", "k", 20),
+                ("d", "o1", "j", 30),
+                ("e", "o2", "k", 40),
+            ] {
+                sqlx::query(
+                    "INSERT INTO f (id, owner, kind, state, create_time) VALUES ($1, $2, $3, 1, $4)",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(kind)
+                .bind(t as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("CREATE TABLE fc (parent TEXT NOT NULL, seq BIGINT NOT NULL)")
+                .execute(&mut *tx)
+                .await?;
+            assert_eq!(last_seq(&mut tx, "fc", "parent", "a").await?, 0);
+            for (parent, seq) in [("a", 1), ("a", 2), ("b", 5)] {
+                sqlx::query("INSERT INTO fc (parent, seq) VALUES ($1, $2)")
+                    .bind(parent)
+                    .bind(seq as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            assert_eq!(last_seq(&mut tx, "fc", "parent", "a").await?, 2);
+            assert_eq!(last_seq(&mut tx, "fc", "parent", "b").await?, 5);
+            let query = "o1|k";
+            let decode = |r: &AnyRow| {
+                let id: String = r.try_get("id")?;
+                let t: i64 = r.try_get("create_time")?;
+                Ok((id.clone(), t, id))
+            };
+            let mut after = None;
+            let mut seen = Vec::new();
+            let mut pages = 0;
+            loop {
+                let mut q = Filtered::new("SELECT id, create_time FROM f WHERE owner = $1", "o1");
+                q.text("kind", "k");
+                let rows = q.fetch(&mut tx, "create_time", after.clone(), 2).await?;
+                let (ids, token) = keyset_page(&rows, 2, query, decode)?;
+                pages += 1;
+                seen.extend(ids);
+                if token.is_empty() {
+                    break;
+                }
+                after =
+                    crate::validate::parse_keyset_page_token(&token, query).map_err(Error::from)?;
+                assert!(after.is_some());
+                assert!(crate::validate::parse_keyset_page_token(&token, "o2|k").is_err());
+            }
+            assert_eq!(seen, ["c", "b", "a"]);
+            assert_eq!(pages, 2);
             Ok::<(), Error>(())
         }
     );

@@ -181,25 +181,11 @@ impl Mediation {
         r: Result<T>,
         refs: impl FnOnce(&T) -> Vec<(String, String)>,
     ) -> Result<Response<T>, Status> {
-        let mut t = r?;
+        let t = r?;
         let cases = refs(&t);
-        let resources: Vec<pii::Disclosed<'_>> = cases
-            .iter()
-            .map(|(name, case)| pii::Disclosed {
-                resource: name,
-                case_id: Some(case.as_str()),
-            })
-            .collect();
-        pii::disclose(
-            &self.store,
-            &FULL_VIEW,
-            method,
-            &who,
-            view,
-            &mut t,
-            &resources,
-        )
-        .await?;
+        let t =
+            fengqiao_kit::agency::disclosed(&self.store, &FULL_VIEW, method, &who, view, t, &cases)
+                .await?;
         Ok(Response::new(t))
     }
 }
