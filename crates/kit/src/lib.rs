@@ -11,9 +11,10 @@
 //! - [`client`]: channels and interceptors for calling other services;
 //! - [`module`]: what a service crate gives the binary to be started (the service registry);
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
-//! - [`agency`], [`deliveries`], [`lifecycle`], [`records`]: what the agency services'
-//!   handlers, inboxes, transition tables and stores share.
+//! - [`agency`], [`deliveries`], [`lifecycle`], [`records`], [`acts`]: what the agency
+//!   services' handlers, inboxes, transition tables, stores and acts on records share.
 
+pub mod acts;
 pub mod agency;
 pub mod auth;
 pub mod client;

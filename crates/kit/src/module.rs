@@ -19,7 +19,9 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ use crate::auth::{KeyError, SigningKey};
 use crate::config::Config;
 use crate::inbox::{InboxDispatch, InboxHandler};
 use crate::metrics::Metrics;
+use crate::records::Schema;
 use crate::server::{ServerBuilder, Shutdown, ShutdownTrigger};
 
 /// A registry entry: a service module with a `'static` lifetime (a `static` or a leaked
@@ -97,6 +100,106 @@ pub trait ServiceModule: Send + Sync + 'static {
 impl std::fmt::Debug for dyn ServiceModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ServiceModule({})", self.name())
+    }
+}
+
+/// What an agency service's [`AgencyModule::build`] is: it constructs the service, adds its
+/// gRPC services and inbox handler and returns its [`Instance`].
+pub type BuildFn = fn(&mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError>;
+
+/// The future of an agency service's seed ([`AgencyModule::with_seed`]).
+pub type SeedFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ModuleError>> + Send + 'a>>;
+
+/// What an agency service's seed is: `fn seed(ctx: &SeedCtx<'_>) -> SeedFuture<'_>`.
+pub type SeedFn = for<'a> fn(&'a SeedCtx<'_>) -> SeedFuture<'a>;
+
+/// The registry entry of an agency service (every service but the hub): its name, its gRPC
+/// package, its [`Schema`] (applied after the shared migrations), how it is built and,
+/// optionally, how its store is seeded. A service crate declares only these:
+///
+/// ```ignore
+/// pub static MODULE: AgencyModule =
+///     AgencyModule::new(NAME, "/fengqiao.mediation.v1.", crate::SCHEMA, build);
+/// ```
+pub struct AgencyModule {
+    name: &'static str,
+    grpc_prefix: &'static str,
+    schema: Schema,
+    build: BuildFn,
+    seed: Option<SeedFn>,
+}
+
+impl AgencyModule {
+    /// An agency service's entry, without a seed.
+    pub const fn new(
+        name: &'static str,
+        grpc_prefix: &'static str,
+        schema: Schema,
+        build: BuildFn,
+    ) -> Self {
+        Self {
+            name,
+            grpc_prefix,
+            schema,
+            build,
+            seed: None,
+        }
+    }
+
+    /// With `seed` run on the freshly migrated store ([`ServiceModule::seed`]).
+    pub const fn with_seed(self, seed: SeedFn) -> Self {
+        Self {
+            seed: Some(seed),
+            ..self
+        }
+    }
+
+    /// The service's schema.
+    pub fn schema(&self) -> Schema {
+        self.schema
+    }
+}
+
+impl std::fmt::Debug for AgencyModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgencyModule")
+            .field("name", &self.name)
+            .field("grpc_prefix", &self.grpc_prefix)
+            .field("schema", &self.schema.service)
+            .field("seed", &self.seed.is_some())
+            .finish()
+    }
+}
+
+#[tonic::async_trait]
+impl ServiceModule for AgencyModule {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn grpc_prefix(&self) -> &'static str {
+        self.grpc_prefix
+    }
+
+    async fn migrate(&self, store: &Store) -> Result<(), ModuleError> {
+        self.schema
+            .migrate(store)
+            .await
+            .map_err(|source| ModuleError::Store {
+                service: self.name,
+                source,
+            })
+    }
+
+    async fn seed(&self, ctx: &SeedCtx<'_>) -> Result<(), ModuleError> {
+        match self.seed {
+            Some(seed) => seed(ctx).await,
+            None => Ok(()),
+        }
+    }
+
+    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
+        (self.build)(ctx)
     }
 }
 
@@ -335,6 +438,70 @@ mod tests {
         assert_eq!(e.get::<u32>(), Some(&8));
         assert_eq!(e.get::<String>().map(String::as_str), Some("x"));
     }
+
+    const SCHEMA: Schema = crate::schema!("kit_module", [(1, "a", "testdata/0001_kit_schema.sql")]);
+
+    fn build(_ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
+        Ok(Box::new(Passive))
+    }
+
+    fn refuse<'a>(ctx: &'a SeedCtx<'_>) -> SeedFuture<'a> {
+        Box::pin(async move { Err(ModuleError::Config(format!("seeded at {}", ctx.addr))) })
+    }
+
+    static PLAIN: AgencyModule = AgencyModule::new("kit-plain", "/kit.plain.v1.", SCHEMA, build);
+    static SEEDED: AgencyModule =
+        AgencyModule::new("kit-seeded", "/kit.seeded.v1.", SCHEMA, build).with_seed(refuse);
+
+    #[test]
+    fn agency_modules_name_themselves_and_are_not_the_hub() {
+        let m: Module = &PLAIN;
+        assert_eq!(m.name(), "kit-plain");
+        assert_eq!(m.grpc_prefix(), "/kit.plain.v1.");
+        assert!(!m.hub());
+        assert_eq!(PLAIN.schema().service, "kit_module");
+        assert_eq!(format!("{m:?}"), "ServiceModule(kit-plain)");
+    }
+
+    async fn seed_of(m: Module, store: &Store) -> Result<(), ModuleError> {
+        let config = Config::default();
+        let ctx = SeedCtx {
+            store,
+            config: &config,
+            addr: "127.0.0.1:9".parse().expect("addr"),
+            seed: &SeedSource::None,
+        };
+        m.seed(&ctx).await
+    }
+
+    fengqiao_store::both_backends!(
+        agency_modules_migrate_their_schema_and_run_their_seed,
+        |store: Store| async move {
+            let plain: Module = &PLAIN;
+            plain.migrate(&store).await.expect("migrate");
+            let mut tx = store.write().await?;
+            let own: i64 = fengqiao_store::sqlx::Row::try_get(
+                &fengqiao_store::sqlx::query(
+                    "SELECT COUNT(*) AS n FROM schema_migrations WHERE service = 'kit_module'",
+                )
+                .fetch_one(&mut *tx)
+                .await?,
+                "n",
+            )?;
+            assert_eq!(own, 1);
+            drop(tx);
+            let seeded: Module = &SEEDED;
+            let plain_seed = seed_of(&PLAIN, &store).await;
+            let seeded_seed = seed_of(seeded, &store).await;
+            assert!(plain_seed.is_ok(), "{plain_seed:?}");
+            assert!(
+                matches!(&seeded_seed, Err(ModuleError::Config(m)) if m == "seeded at 127.0.0.1:9"),
+                "{seeded_seed:?}"
+            );
+            assert_eq!(seeded.name(), "kit-seeded");
+            Ok::<(), fengqiao_store::Error>(())
+        }
+    );
 
     #[test]
     fn agency_seed_reads_the_sample_district_leniently() {

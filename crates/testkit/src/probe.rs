@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use fengqiao_kit::inbox::{InboxHandler, Receives};
-use fengqiao_kit::module::{BuildCtx, Instance, ModuleError, Passive, ServiceModule};
+use fengqiao_kit::module::{AgencyModule, BuildCtx, Instance, ModuleError, Passive};
+use fengqiao_kit::records::Schema;
 use fengqiao_proto::inbox::{DeliverResponse, Envelope, RecipientSide};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Migration, Store};
@@ -21,44 +22,23 @@ pub const NAME: &str = "probe";
 pub const ROUTE: &str = "probe-route";
 
 /// The probe's registry entry.
-pub static MODULE: ProbeModule = ProbeModule;
+pub static MODULE: AgencyModule = AgencyModule::new(NAME, "/fengqiao.probe.v1.", SCHEMA, build);
 
-/// The probe service as the binary starts it.
-#[derive(Debug, Clone, Copy)]
-pub struct ProbeModule;
+/// The probe's schema (after the shared migrations, as every agency service's).
+const SCHEMA: Schema = Schema {
+    service: "probe",
+    migrations: &[Migration::portable(
+        1,
+        "probe_envelopes",
+        "CREATE TABLE probe_envelopes (message_id TEXT PRIMARY KEY, route TEXT NOT NULL);",
+    )],
+};
 
-const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "probe_envelopes",
-    "CREATE TABLE probe_envelopes (message_id TEXT PRIMARY KEY, route TEXT NOT NULL);",
-)];
-
-#[tonic::async_trait]
-impl ServiceModule for ProbeModule {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn grpc_prefix(&self) -> &'static str {
-        "/fengqiao.probe.v1."
-    }
-
-    async fn migrate(&self, store: &Store) -> Result<(), ModuleError> {
-        store
-            .migrate("probe", MIGRATIONS)
-            .await
-            .map_err(|source| ModuleError::Store {
-                service: NAME,
-                source,
-            })
-    }
-
-    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
-        ctx.add_inbox(Arc::new(Inbox {
-            store: ctx.store.clone(),
-        }))?;
-        Ok(Box::new(Passive))
-    }
+fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
+    ctx.add_inbox(Arc::new(Inbox {
+        store: ctx.store.clone(),
+    }))?;
+    Ok(Box::new(Passive))
 }
 
 struct Inbox {

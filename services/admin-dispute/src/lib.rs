@@ -36,7 +36,7 @@ pub use fengqiao_proto::admindispute::{
 };
 pub use lifecycle::Action;
 pub use service::AdminDispute;
-pub use store::{SERVICE, migrate};
+pub use store::{SCHEMA, SERVICE, migrate};
 
 use std::collections::BTreeMap;
 

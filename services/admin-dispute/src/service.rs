@@ -14,9 +14,10 @@
 use std::sync::Arc;
 
 use fengqiao_clock::HolidayCalendar;
+use fengqiao_kit::acts::{self, Acts};
 use fengqiao_kit::agency::{
-    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, found, masked,
-    need_party_role, not_personal, reply, uuid_v4, who,
+    self, Period, Reply, created_at, cursor_of, disclosed, found, masked, need_party_role,
+    not_personal, reply, uuid_v4, who,
 };
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::deliveries::{self, Deliveries};
@@ -33,7 +34,7 @@ use fengqiao_proto::common::{AgencyRef, DisputeCategory, ReasonCode};
 use fengqiao_proto::inbox::{DeliverResponse, Envelope, RecipientSide};
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{CaseSnapshot, Transfer, TransferEventType, TransferState};
-use fengqiao_store::Store;
+use fengqiao_store::{Store, Tx};
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -269,28 +270,18 @@ impl AdminDispute {
         f: impl FnOnce(&Identity, &Record, i64, &HolidayCalendar) -> Result<Record, Error>,
     ) -> Result<Dispute, Error> {
         let name = name_of(name)?;
-        let idem = Idem::new(who, method, request_id, request)?;
         let cal = HolidayCalendar::builtin();
-        let mut tx = self.store.write().await?;
-        if let Some(answer) = idem.replay::<Dispute>(&mut tx).await? {
-            return Ok(answer);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
-        check_etag(name, etag, s.version)?;
-        let mut current = s.record.clone();
-        dom::sweep(&mut current, now, cal)?;
-        let next = f(who, &current, now, cal)?;
-        let saved = db::save(&mut tx, &s, &next, now).await?;
-        let d = &saved.record.dispute;
-        if d.result() == DisputeResult::SettledWithdrawn
-            && saved.record.stage() == DisputeStage::InReview
-        {
-            db::record_withdrawn_facts(&mut tx, &saved.facts_digest, &d.name).await?;
-        }
-        idem.save(&mut tx, &saved.record.dispute).await?;
-        tx.commit().await?;
-        Ok(saved.record.dispute)
+        acts::act::<Disputes, M>(
+            &self.store,
+            who,
+            method,
+            request,
+            name,
+            etag,
+            request_id,
+            |current, now| f(who, current, now, cal),
+        )
+        .await
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<Dispute, Error> {
@@ -809,6 +800,42 @@ fn referral(
     };
     dom::sweep(&mut r, now, cal)?;
     Ok(r)
+}
+
+/// Disputes as [`acts::act`] changes them.
+struct Disputes;
+
+#[tonic::async_trait]
+impl Acts for Disputes {
+    type Stored = db::Stored;
+    type Record = Record;
+    type Resource = Dispute;
+
+    async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
+        db::load(tx, agency, name).await
+    }
+
+    fn version(s: &db::Stored) -> i64 {
+        s.version
+    }
+
+    fn current(s: &db::Stored, now: i64) -> Result<Record, Error> {
+        let mut r = s.record.clone();
+        dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        Ok(r)
+    }
+
+    /// A settlement in 行政复议 also records the facts' digest (行政复议法 Art 74).
+    async fn save(tx: &mut Tx, s: &db::Stored, next: &Record, now: i64) -> Result<Dispute, Error> {
+        let saved = db::save(tx, s, next, now).await?;
+        let d = &saved.record.dispute;
+        if d.result() == DisputeResult::SettledWithdrawn
+            && saved.record.stage() == DisputeStage::InReview
+        {
+            db::record_withdrawn_facts(tx, &saved.facts_digest, &d.name).await?;
+        }
+        Ok(saved.record.dispute)
+    }
 }
 
 /// The target of a write request.

@@ -9,30 +9,29 @@
 //! key file's lookup key ([`crate::rules::facts_digest`]).
 
 use fengqiao_kit::Error;
-use fengqiao_kit::records::{self, Page};
+use fengqiao_kit::records::{self, Page, Schema};
 use fengqiao_proto::admindispute::{Dispute, DisputeState};
 use fengqiao_store::bind::Bind;
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, Store, Tx};
+use fengqiao_store::{Store, Tx};
 
 use crate::dispute::Record;
 
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "admin_dispute";
 
-/// This service's own migrations (one portable script: SQLite DDL, PostgreSQL derived).
-pub const MIGRATIONS: &[Migration] = &[
-    Migration::portable(
-        1,
-        "admin_dispute",
-        include_str!("../migrations/0001_admin_dispute.sql"),
-    ),
-    Migration::portable(
-        2,
-        "admin_dispute_drop_keys",
-        include_str!("../migrations/0002_drop_ad_keys.sql"),
-    ),
-];
+/// This service's own migrations, applied after the shared ones (one portable script: SQLite DDL, PostgreSQL derived).
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [
+        (1, "admin_dispute", "migrations/0001_admin_dispute.sql"),
+        (
+            2,
+            "admin_dispute_drop_keys",
+            "migrations/0002_drop_ad_keys.sql"
+        ),
+    ]
+);
 
 /// Seal context of `ad_disputes.body`.
 pub const BODY: &str = "ad_disputes.body";
@@ -43,7 +42,7 @@ fn sealed_body(d: &Dispute) -> Result<Vec<u8>, Error> {
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    records::migrate(store, SERVICE, MIGRATIONS).await
+    SCHEMA.migrate(store).await
 }
 
 /// A dispute as stored.

@@ -67,7 +67,7 @@ pub mod store;
 pub use module::MODULE;
 
 pub use service::CourtDiversion;
-pub use store::{SERVICE, SeedOrganization, SeedRoster, migrate, seed_rosters};
+pub use store::{SCHEMA, SERVICE, SeedOrganization, SeedRoster, migrate, seed_rosters};
 
 pub use fengqiao_proto::courtdiversion::{
     CaseStatisticsRow, DelegationResult, EndReason, NextStep, PreFilingCaseState, ReturnCause,

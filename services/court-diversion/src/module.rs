@@ -1,21 +1,19 @@
 //! Court diversion's entry in the service registry ([`fengqiao_kit::module`]).
 
-use fengqiao_kit::module::{AgencySeed, BuildCtx, Instance, ModuleError, SeedCtx, ServiceModule};
+use fengqiao_kit::module::{
+    AgencyModule, AgencySeed, BuildCtx, Instance, ModuleError, SeedCtx, SeedFuture,
+};
 use fengqiao_kit::server::Shutdown;
-use fengqiao_store::Store;
 
 use crate::{CourtDiversion, SeedOrganization, SeedRoster};
 
 /// The service's name in flags, file names and store URLs.
 pub const NAME: &str = "court-diversion";
 
-/// Court diversion's registry entry (after judicial confirmation in the registry: it takes
-/// that service from the build extensions when both run in one process).
-pub static MODULE: CourtDiversionModule = CourtDiversionModule;
-
-/// Court diversion (诉前调解 / 委派调解) as the binary starts it.
-#[derive(Debug, Clone, Copy)]
-pub struct CourtDiversionModule;
+/// Court diversion's (诉前调解 / 委派调解) registry entry (after judicial confirmation in the
+/// registry: it takes that service from the build extensions when both run in one process).
+pub static MODULE: AgencyModule =
+    AgencyModule::new(NAME, "/fengqiao.courtdiversion.v1.", crate::SCHEMA, build).with_seed(seed);
 
 /// The sample rosters (特邀调解名册) of an agency seed: every court invites every mediation
 /// committee of the seed, with the committee's actors holding the role `mediator` as its
@@ -48,28 +46,10 @@ pub fn court_rosters(seed: &AgencySeed) -> Vec<SeedRoster> {
         .collect()
 }
 
-#[tonic::async_trait]
-impl ServiceModule for CourtDiversionModule {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn grpc_prefix(&self) -> &'static str {
-        "/fengqiao.courtdiversion.v1."
-    }
-
-    async fn migrate(&self, store: &Store) -> Result<(), ModuleError> {
-        crate::migrate(store)
-            .await
-            .map_err(|source| ModuleError::Store {
-                service: NAME,
-                source,
-            })
-    }
-
-    /// The sample rosters of the agency seed, idempotently (several processes may start at
-    /// once on one database).
-    async fn seed(&self, ctx: &SeedCtx<'_>) -> Result<(), ModuleError> {
+/// The sample rosters of the agency seed, idempotently (several processes may start at once
+/// on one database).
+fn seed<'a>(ctx: &'a SeedCtx<'_>) -> SeedFuture<'a> {
+    Box::pin(async move {
         let Some(seed) = ctx.agency_seed().map_err(ModuleError::Config)? else {
             return Ok(());
         };
@@ -78,25 +58,25 @@ impl ServiceModule for CourtDiversionModule {
             .map_err(|e| ModuleError::Config(format!("court roster seed: {e}")))?;
         tracing::info!(added, "court roster seed loaded");
         Ok(())
-    }
+    })
+}
 
-    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
-        let mut svc = CourtDiversion::new(ctx.store.clone(), ctx.router_channel()?);
-        // With the service key it re-designates by itself after an acceptance timeout
-        // (在线调解规则 Art 12); without one the judge does.
-        if let Some(key) = ctx.signing_key()? {
-            svc = svc.with_signing_key(key, &ctx.config.auth.issuer);
-        }
-        if let Some(jc) = ctx
-            .extensions
-            .get::<fengqiao_judicial_confirmation::JudicialConfirmation>()
-        {
-            svc = svc.with_confirmation(jc.clone());
-        }
-        svc.add_to(ctx.builder, ctx.max_message_bytes());
-        ctx.add_inbox(svc.inbox_handler())?;
-        Ok(Box::new(Timer(svc)))
+fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
+    let mut svc = CourtDiversion::new(ctx.store.clone(), ctx.router_channel()?);
+    // With the service key it re-designates by itself after an acceptance timeout
+    // (在线调解规则 Art 12); without one the judge does.
+    if let Some(key) = ctx.signing_key()? {
+        svc = svc.with_signing_key(key, &ctx.config.auth.issuer);
     }
+    if let Some(jc) = ctx
+        .extensions
+        .get::<fengqiao_judicial_confirmation::JudicialConfirmation>()
+    {
+        svc = svc.with_confirmation(jc.clone());
+    }
+    svc.add_to(ctx.builder, ctx.max_message_bytes());
+    ctx.add_inbox(svc.inbox_handler())?;
+    Ok(Box::new(Timer(svc)))
 }
 
 struct Timer(CourtDiversion);

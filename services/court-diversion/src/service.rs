@@ -8,13 +8,14 @@
 //! from the method, the case and the client's `request_id` (a retry after a lost commit gets
 //! the router's first answer), then commit the case.
 
-use fengqiao_store::bind::{Bind, bind_all};
+use fengqiao_store::bind::Bind;
 use std::pin::Pin;
 use std::time::Duration;
 
 use fengqiao_kit::agency::{self, Reply, disclosed, need_role, not_personal};
 use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::pii::{self, FullView, Personal};
+use fengqiao_kit::records::{Filtered, keyset_page};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::{Actor, AgencyRef, EvidenceRef};
@@ -552,93 +553,42 @@ impl CourtDiversion {
         let cursor = fengqiao_kit::validate::parse_keyset_page_token(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut params: Vec<Bind> = vec![Bind::Text(who.agency.clone())];
-        let mut sql = format!(
-            "SELECT {}, create_time FROM court_cases WHERE court = $1",
-            db::COLUMNS
+        let mut q = Filtered::new(
+            format!(
+                "SELECT {}, create_time FROM court_cases WHERE court = $1",
+                db::COLUMNS
+            ),
+            &who.agency,
         );
-        let mut add = |sql: &mut String, clause: &str, p: Bind| {
-            params.push(p);
-            sql.push_str(&clause.replace('?', &format!("${}", params.len())));
-        };
-        if !req.states.is_empty() {
-            fengqiao_kit::validate::enum_values::<S>("states", &req.states, 32)?;
-            let list: Vec<String> = req
-                .states
-                .iter()
-                .map(|s| i64::from(*s).to_string())
-                .collect();
-            sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
-        }
+        q.states::<S>(&req.states)?;
         if req.overdue_only {
-            add(
-                &mut sql,
+            q.and(
                 " AND next_due IS NOT NULL AND next_due <= ?",
                 Bind::Int(now),
             );
         }
-        if !req.organization.is_empty() {
-            add(
-                &mut sql,
-                " AND organization = ?",
-                Bind::Text(req.organization.clone()),
-            );
-        }
-        if !req.mediator.is_empty() {
-            add(
-                &mut sql,
-                " AND mediator = ?",
-                Bind::Text(req.mediator.clone()),
-            );
-        }
-        if req.category != 0 {
-            add(
-                &mut sql,
-                " AND category = ?",
-                Bind::Int(i64::from(req.category)),
-            );
-        }
+        q.text("organization", &req.organization)
+            .text("mediator", &req.mediator)
+            .int("category", req.category);
         if !req.pre_filing_number.is_empty() {
-            add(
-                &mut sql,
+            q.and(
                 " AND pre_filing_number = ?",
                 Bind::Text(req.pre_filing_number.trim().to_string()),
             );
         }
-        if let Some(t) = &req.create_time_start {
-            add(&mut sql, " AND create_time >= ?", Bind::Int(from_ts(t)));
-        }
-        if let Some(t) = &req.create_time_end {
-            add(&mut sql, " AND create_time < ?", Bind::Int(from_ts(t)));
-        }
-        if let Some((t, id)) = cursor {
-            add(&mut sql, " AND (create_time < ?", Bind::Int(t));
-            add(&mut sql, " OR (create_time = ?", Bind::Int(t));
-            add(&mut sql, " AND id < ?))", Bind::Text(id));
-        }
-        sql.push_str(&format!(
-            " ORDER BY create_time DESC, id DESC LIMIT {}",
-            limit + 1
-        ));
-        let rows = bind_all(sqlx::query(&sql), &params)
-            .fetch_all(&mut *tx)
-            .await?;
+        q.time_range(
+            "create_time",
+            req.create_time_start.as_ref(),
+            req.create_time_end.as_ref(),
+        );
+        let rows = q.fetch(&mut tx, "create_time", cursor, limit).await?;
         tx.rollback().await?;
-        let mut cases = Vec::new();
-        let mut next_page_token = String::new();
-        let mut last: Option<(i64, String)> = None;
-        for (i, row) in rows.iter().enumerate() {
-            if i as i64 == limit {
-                if let Some((t, id)) = &last {
-                    next_page_token = fengqiao_kit::validate::keyset_page_token(&query, *t, id);
-                }
-                break;
-            }
+        let (cases, next_page_token) = keyset_page(&rows, limit, &query, |row| {
             let s = db::stored_of(row)?;
             let t: i64 = row.try_get("create_time")?;
-            last = Some((t, s.id().to_string()));
-            cases.push(db::present(s.case, now));
-        }
+            let id = s.id().to_string();
+            Ok((db::present(s.case, now), t, id))
+        })?;
         let names: Vec<(String, String)> = cases
             .iter()
             .map(|c| (c.name.clone(), c.case_id.clone()))

@@ -7,6 +7,7 @@
 //! plain columns beside it hold ids, states and times only, and the content hash over the
 //! parties is a keyed hash ([`content_hash`]).
 
+use fengqiao_kit::records::Schema;
 use fengqiao_proto::common::{
     Actor, ClockExpiryAction, ClockState, ClockUnit as ProtoUnit, DisputeCategory,
 };
@@ -15,7 +16,7 @@ use fengqiao_proto::courtdiversion::{
     PreFilingCaseState as S,
 };
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, Store, Tx};
+use fengqiao_store::{Store, Tx};
 use prost::Message;
 
 use crate::error::{Error, Result};
@@ -26,16 +27,15 @@ use fengqiao_kit::time::{from_timestamp as from_ts, to_timestamp as to_ts};
 /// Name under which this service's migrations and deadlines are recorded.
 pub const SERVICE: &str = "court_diversion";
 
-/// This service's own migrations.
-pub const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "court_diversion",
-    include_str!("../migrations/0001_court_diversion.sql"),
-)];
+/// This service's own migrations, applied after the shared ones.
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [(1, "court_diversion", "migrations/0001_court_diversion.sql"),]
+);
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    fengqiao_kit::records::migrate(store, SERVICE, MIGRATIONS).await
+    SCHEMA.migrate(store).await
 }
 
 /// The actor of deadline events and router-driven changes.

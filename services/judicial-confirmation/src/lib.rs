@@ -48,7 +48,7 @@ pub use fengqiao_proto::judicialconfirmation::{
 };
 pub use lifecycle::{Action, Side};
 pub use service::JudicialConfirmation;
-pub use store::{SERVICE, migrate};
+pub use store::{SCHEMA, SERVICE, migrate};
 
 use std::collections::BTreeMap;
 

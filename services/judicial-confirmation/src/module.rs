@@ -2,57 +2,36 @@
 
 use std::time::Duration;
 
-use fengqiao_kit::module::{BuildCtx, Instance, ModuleError, ServiceModule};
+use fengqiao_kit::module::{AgencyModule, BuildCtx, Instance, ModuleError};
 use fengqiao_kit::server::Shutdown;
-use fengqiao_store::Store;
 
 use crate::JudicialConfirmation;
 
 /// The service's name in flags, file names and store URLs.
 pub const NAME: &str = "judicial-confirmation";
 
-/// Judicial confirmation's registry entry. It publishes its [`JudicialConfirmation`] in the
-/// build extensions: court diversion, later in the registry, hands pre-filing applications
-/// (诉前调确) to it in-process.
-pub static MODULE: JudicialConfirmationModule = JudicialConfirmationModule;
+/// Judicial confirmation's (司法确认) registry entry. It publishes its
+/// [`JudicialConfirmation`] in the build extensions: court diversion, later in the registry,
+/// hands pre-filing applications (诉前调确) to it in-process.
+pub static MODULE: AgencyModule = AgencyModule::new(
+    NAME,
+    "/fengqiao.judicialconfirmation.v1.",
+    crate::SCHEMA,
+    build,
+);
 
-/// Judicial confirmation (司法确认) as the binary starts it.
-#[derive(Debug, Clone, Copy)]
-pub struct JudicialConfirmationModule;
-
-#[tonic::async_trait]
-impl ServiceModule for JudicialConfirmationModule {
-    fn name(&self) -> &'static str {
-        NAME
+fn build(ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
+    // The court's inbox for `mediation-to-court-confirmation`; its acts are reflected on
+    // the committee's transfers.
+    let mut svc = JudicialConfirmation::new(ctx.store.clone()).with_router(ctx.router_channel()?);
+    // With the service key it declines an offer its intake checks refuse.
+    if let Some(key) = ctx.signing_key()? {
+        svc = svc.with_signing_key(key, &ctx.config.auth.issuer);
     }
-
-    fn grpc_prefix(&self) -> &'static str {
-        "/fengqiao.judicialconfirmation.v1."
-    }
-
-    async fn migrate(&self, store: &Store) -> Result<(), ModuleError> {
-        crate::migrate(store)
-            .await
-            .map_err(|source| ModuleError::Store {
-                service: NAME,
-                source,
-            })
-    }
-
-    fn build(&self, ctx: &mut BuildCtx<'_>) -> Result<Box<dyn Instance>, ModuleError> {
-        // The court's inbox for `mediation-to-court-confirmation`; its acts are reflected on
-        // the committee's transfers.
-        let mut svc =
-            JudicialConfirmation::new(ctx.store.clone()).with_router(ctx.router_channel()?);
-        // With the service key it declines an offer its intake checks refuse.
-        if let Some(key) = ctx.signing_key()? {
-            svc = svc.with_signing_key(key, &ctx.config.auth.issuer);
-        }
-        svc.add_to(ctx.builder, ctx.max_message_bytes());
-        ctx.add_inbox(svc.inbox_handler())?;
-        ctx.extensions.insert(svc.clone());
-        Ok(Box::new(Timer(svc)))
-    }
+    svc.add_to(ctx.builder, ctx.max_message_bytes());
+    ctx.add_inbox(svc.inbox_handler())?;
+    ctx.extensions.insert(svc.clone());
+    Ok(Box::new(Timer(svc)))
 }
 
 struct Timer(JudicialConfirmation);

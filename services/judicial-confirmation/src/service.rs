@@ -11,6 +11,7 @@
 //! idempotent by `request_id` (the kit's [`Idem`]): a replay returns the first answer.
 
 use fengqiao_clock::HolidayCalendar;
+use fengqiao_kit::acts::{self, Acts};
 use fengqiao_kit::agency::{
     self, Period, Reply, check_etag, created_at, cursor_of, disclosed, forwarded, found, masked,
     need_any_role, not_personal, reply, uuid_v4, who,
@@ -24,7 +25,7 @@ use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::
     JudicialConfirmationService, JudicialConfirmationServiceServer,
 };
 use fengqiao_proto::judicialconfirmation::*;
-use fengqiao_store::Store;
+use fengqiao_store::{Store, Tx};
 use tonic::Request;
 
 use fengqiao_proto::inbox::{DeliverResponse, Envelope, MessageKind, RecipientSide};
@@ -104,6 +105,39 @@ fn name_of(name: &str) -> Result<&str, Error> {
         .ok_or_else(|| FieldViolation::new("name", "expected applications/{application}"))?;
     validate::resource_id("name", id)?;
     Ok(name)
+}
+
+/// Applications as [`acts::act`] changes them.
+struct Applications;
+
+#[tonic::async_trait]
+impl Acts for Applications {
+    type Stored = db::Stored;
+    type Record = Record;
+    type Resource = ConfirmationApplication;
+
+    async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
+        db::load(tx, agency, name).await
+    }
+
+    fn version(s: &db::Stored) -> i64 {
+        s.version
+    }
+
+    fn current(s: &db::Stored, now: i64) -> Result<Record, Error> {
+        let mut r = s.record.clone();
+        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        Ok(r)
+    }
+
+    async fn save(
+        tx: &mut Tx,
+        s: &db::Stored,
+        next: &Record,
+        now: i64,
+    ) -> Result<ConfirmationApplication, Error> {
+        Ok(db::save(tx, s, next, now).await?.record.application)
+    }
 }
 
 impl JudicialConfirmation {
@@ -237,22 +271,18 @@ impl JudicialConfirmation {
         f: impl FnOnce(&Record, i64, &HolidayCalendar) -> Result<Record, Error>,
     ) -> Result<ConfirmationApplication, Error> {
         let name = name_of(name)?;
-        let idem = Idem::new(who, method, request_id, request)?;
         let cal = HolidayCalendar::builtin();
-        let mut tx = self.store.write().await?;
-        if let Some(answer) = idem.replay::<ConfirmationApplication>(&mut tx).await? {
-            return Ok(answer);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
-        check_etag(name, etag, s.version)?;
-        let mut current = s.record.clone();
-        app::sweep(&mut current, now, cal)?;
-        let next = f(&current, now, cal)?;
-        let saved = db::save(&mut tx, &s, &next, now).await?;
-        idem.save(&mut tx, &saved.record.application).await?;
-        tx.commit().await?;
-        Ok(saved.record.application)
+        acts::act::<Applications, M>(
+            &self.store,
+            who,
+            method,
+            request,
+            name,
+            etag,
+            request_id,
+            |current, now| f(current, now, cal),
+        )
+        .await
     }
 
     /// [`Self::act`] for an act the committee must see: the act is tried on a read first, the

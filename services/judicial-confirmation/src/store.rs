@@ -7,28 +7,31 @@
 //! the rule, reason codes and times only — no personal information — and stay plain, as do
 //! the ids, states and the 调确 number beside them.
 
-use fengqiao_kit::records::{self, Page};
+use fengqiao_kit::records::{self, Page, Schema};
 use fengqiao_kit::{Error, Reason};
 use fengqiao_proto::judicialconfirmation::{ApplicationState, ConfirmationApplication};
 use fengqiao_store::bind::Bind;
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, Store, Tx};
+use fengqiao_store::{Store, Tx};
 
 use crate::application::Record;
 
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "judicial_confirmation";
 
-/// This service's own migrations (one portable script: SQLite DDL, PostgreSQL derived).
-pub const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "judicial_confirmation",
-    include_str!("../migrations/0001_judicial_confirmation.sql"),
-)];
+/// This service's own migrations, applied after the shared ones (one portable script: SQLite DDL, PostgreSQL derived).
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [(
+        1,
+        "judicial_confirmation",
+        "migrations/0001_judicial_confirmation.sql"
+    ),]
+);
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    records::migrate(store, SERVICE, MIGRATIONS).await
+    SCHEMA.migrate(store).await
 }
 
 /// An application as stored.

@@ -62,12 +62,13 @@ use std::sync::Arc;
 
 use fengqiao_kit::Identity;
 use fengqiao_kit::pii::{self, Personal};
+use fengqiao_kit::records::Schema;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_proto::mediation::mediation_service_server::{
     MediationService, MediationServiceServer,
 };
 use fengqiao_proto::mediation::*;
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store};
+use fengqiao_store::Store;
 use tonic::{Request, Response, Status};
 
 pub use cases::specialty_for;
@@ -77,34 +78,20 @@ pub use outcomes::{candidates, outcome_for};
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "mediation";
 
-/// This service's own migrations.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration::portable(
-        1,
-        "mediation",
-        include_str!("../migrations/0001_mediation.sql"),
-    ),
-    Migration::portable(
-        2,
-        "case_lookup",
-        include_str!("../migrations/0002_case_lookup.sql"),
-    ),
-    Migration::portable(
-        3,
-        "case_route",
-        include_str!("../migrations/0003_case_route.sql"),
-    ),
-    Migration::portable(
-        4,
-        "event_seq",
-        include_str!("../migrations/0004_event_seq.sql"),
-    ),
-];
+/// This service's own migrations, applied after the shared ones.
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [
+        (1, "mediation", "migrations/0001_mediation.sql"),
+        (2, "case_lookup", "migrations/0002_case_lookup.sql"),
+        (3, "case_route", "migrations/0003_case_route.sql"),
+        (4, "event_seq", "migrations/0004_event_seq.sql"),
+    ]
+);
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await
+    SCHEMA.migrate(store).await
 }
 
 /// The mediation service.
@@ -194,25 +181,11 @@ impl Mediation {
         r: Result<T>,
         refs: impl FnOnce(&T) -> Vec<(String, String)>,
     ) -> Result<Response<T>, Status> {
-        let mut t = r?;
+        let t = r?;
         let cases = refs(&t);
-        let resources: Vec<pii::Disclosed<'_>> = cases
-            .iter()
-            .map(|(name, case)| pii::Disclosed {
-                resource: name,
-                case_id: Some(case.as_str()),
-            })
-            .collect();
-        pii::disclose(
-            &self.store,
-            &FULL_VIEW,
-            method,
-            &who,
-            view,
-            &mut t,
-            &resources,
-        )
-        .await?;
+        let t =
+            fengqiao_kit::agency::disclosed(&self.store, &FULL_VIEW, method, &who, view, t, &cases)
+                .await?;
         Ok(Response::new(t))
     }
 }

@@ -232,13 +232,8 @@ pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry])
     if entries.is_empty() {
         return Ok(());
     }
-    let row = sqlx::query(
-        "SELECT COALESCE(MAX(seq), 0) AS n FROM mediation_case_entries WHERE case_ref = $1",
-    )
-    .bind(case_ref)
-    .fetch_one(&mut **tx)
-    .await?;
-    let mut seq: i64 = row.try_get("n")?;
+    let mut seq =
+        fengqiao_kit::records::last_seq(tx, "mediation_case_entries", "case_ref", case_ref).await?;
     for e in entries {
         seq += 1;
         let t = e

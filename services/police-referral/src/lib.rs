@@ -31,6 +31,7 @@ pub use module::MODULE;
 
 use fengqiao_kit::inbox::forward_auth;
 use fengqiao_kit::pii::{self, Personal};
+use fengqiao_kit::records::{Filtered, Schema, keyset_page, last_seq};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
 use fengqiao_proto::common::EvidenceRef;
@@ -46,7 +47,7 @@ use fengqiao_proto::router::{
 };
 use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, Row as _, any::AnyRow};
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store, Tx, seal};
+use fengqiao_store::{Store, Tx, seal};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -56,27 +57,21 @@ use fengqiao_kit::idem::Idem;
 /// Name under which this service's migrations are recorded.
 pub const SERVICE: &str = "police_referral";
 
-/// This service's own migrations.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration::portable(
-        1,
-        "referrals",
-        include_str!("../migrations/0001_referrals.sql"),
-    ),
-    Migration::portable(
-        2,
-        "event_seq",
-        include_str!("../migrations/0002_event_seq.sql"),
-    ),
-];
+/// This service's own migrations, applied after the shared ones.
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [
+        (1, "referrals", "migrations/0001_referrals.sql"),
+        (2, "event_seq", "migrations/0002_event_seq.sql"),
+    ]
+);
 
 /// The route used when `DraftTransfer.route` is empty.
 pub const DEFAULT_ROUTE: &str = "routes/police-to-station-mediation";
 
 /// Applies the shared migrations, then this service's.
 pub async fn migrate(store: &Store) -> Result<(), fengqiao_store::Error> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await
+    SCHEMA.migrate(store).await
 }
 
 /// Roles that may take in a referral at a station.
@@ -397,13 +392,7 @@ async fn add_documents(
     if docs.is_empty() {
         return Ok(());
     }
-    let row = sqlx::query(
-        "SELECT COALESCE(MAX(seq), 0) AS m FROM referral_documents WHERE referral_id = $1",
-    )
-    .bind(referral_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    let mut seq: i64 = row.try_get("m")?;
+    let mut seq = last_seq(tx, "referral_documents", "referral_id", referral_id).await?;
     for d in docs {
         seq += 1;
         sqlx::query(
@@ -1047,26 +1036,15 @@ impl PoliceReferral {
         let cursor = parse_cursor(&req.page_token, &query)?;
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let mut params = vec![Bind::Text(who.agency.clone())];
-        let mut sql = format!(
-            "SELECT {COLUMNS}, call_time FROM referrals WHERE (creator_agency = $1 OR police_station = $1)"
+        let mut q = Filtered::new(
+            format!(
+                "SELECT {COLUMNS}, call_time FROM referrals WHERE (creator_agency = $1 OR police_station = $1)"
+            ),
+            &who.agency,
         );
-        let mut add = |sql: &mut String, clause: &str, p: Bind| {
-            params.push(p);
-            sql.push_str(&clause.replace('?', &format!("${}", params.len())));
-        };
-        if !req.states.is_empty() {
-            fengqiao_kit::validate::enum_values::<ReferralState>("states", &req.states, 32)?;
-            let list: Vec<String> = req
-                .states
-                .iter()
-                .map(|s| i64::from(*s).to_string())
-                .collect();
-            sql.push_str(&format!(" AND state IN ({})", list.join(", ")));
-        }
+        q.states::<ReferralState>(&req.states)?;
         if req.feedback_overdue {
-            add(
-                &mut sql,
+            q.and(
                 &format!(
                     " AND (feedback_overdue = 1 OR (state = {} AND feedback_due IS NOT NULL AND feedback_due < ?))",
                     ReferralState::Transferred as i32
@@ -1074,71 +1052,25 @@ impl PoliceReferral {
                 Bind::Int(now),
             );
         }
-        if req.screening_result != 0 {
-            add(
-                &mut sql,
-                " AND screening_result = ?",
-                Bind::Int(i64::from(req.screening_result)),
+        q.int("screening_result", req.screening_result)
+            .int("category", req.category)
+            .text("police_station", &req.police_station)
+            .text("incident_number", &req.incident_number)
+            .time_range(
+                "call_time",
+                req.call_time_start.as_ref(),
+                req.call_time_end.as_ref(),
             );
-        }
-        if req.category != 0 {
-            add(
-                &mut sql,
-                " AND category = ?",
-                Bind::Int(i64::from(req.category)),
-            );
-        }
-        if !req.police_station.is_empty() {
-            add(
-                &mut sql,
-                " AND police_station = ?",
-                Bind::Text(req.police_station.clone()),
-            );
-        }
-        if !req.incident_number.is_empty() {
-            add(
-                &mut sql,
-                " AND incident_number = ?",
-                Bind::Text(req.incident_number.clone()),
-            );
-        }
-        if let Some(t) = &req.call_time_start {
-            add(&mut sql, " AND call_time >= ?", Bind::Int(from_ts(t)));
-        }
-        if let Some(t) = &req.call_time_end {
-            add(&mut sql, " AND call_time < ?", Bind::Int(from_ts(t)));
-        }
-        if let Some((t, id)) = cursor {
-            add(&mut sql, " AND (call_time < ?", Bind::Int(t));
-            add(&mut sql, " OR (call_time = ?", Bind::Int(t));
-            add(&mut sql, " AND id < ?))", Bind::Text(id));
-        }
-        sql.push_str(&format!(
-            " ORDER BY call_time DESC, id DESC LIMIT {}",
-            limit + 1
-        ));
-        let rows = bind_all(sqlx::query(&sql), &params)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut referrals = Vec::new();
-        let mut next_page_token = String::new();
-        for (i, row) in rows.iter().enumerate() {
-            if i as i64 == limit {
-                if let Some(last) = referrals.last() {
-                    let last: &Referral = last;
-                    let t = last.call_time.as_ref().map_or(0, from_ts);
-                    let id = last.name.trim_start_matches("referrals/");
-                    next_page_token = fengqiao_kit::validate::keyset_page_token(&query, t, id);
-                }
-                break;
-            }
+        let rows = q.fetch(&mut tx, "call_time", cursor, limit).await?;
+        let (referrals, next_page_token) = keyset_page(&rows, limit, &query, |row| {
             let s = stored_of(row)?;
             let mut r = present(s.referral, now);
             // Keep the cursor consistent with the indexed column.
             let ct: i64 = row.try_get("call_time")?;
             r.call_time = Some(to_ts(ct));
-            referrals.push(r);
-        }
+            let id = r.name.trim_start_matches("referrals/").to_string();
+            Ok((r, ct, id))
+        })?;
         Ok(ListReferralsResponse {
             referrals,
             next_page_token,
@@ -1748,24 +1680,17 @@ impl PoliceReferral {
         &self,
         method: &str,
         (who, view): (Identity, pii::View),
-        mut t: T,
+        t: T,
         referrals: &[(String, String)],
     ) -> Reply<T> {
-        let resources: Vec<pii::Disclosed<'_>> = referrals
-            .iter()
-            .map(|(name, case)| pii::Disclosed {
-                resource: name,
-                case_id: Some(case.as_str()),
-            })
-            .collect();
-        pii::disclose(
+        let t = fengqiao_kit::agency::disclosed(
             &self.store,
             &FULL_VIEW,
             method,
             &who,
             view,
-            &mut t,
-            &resources,
+            t,
+            referrals,
         )
         .await?;
         Ok(Response::new(t))

@@ -26,12 +26,13 @@ pub mod transfers;
 
 pub use module::MODULE;
 
+use fengqiao_kit::records::Schema;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_proto::router::{
     agency_service_server::AgencyServiceServer, audit_service_server, delivery_service_server,
     route_service_server, statistics_service_server, transfer_service_server,
 };
-use fengqiao_store::{Migration, SHARED_MIGRATIONS, SHARED_SERVICE, Store};
+use fengqiao_store::Store;
 
 pub use agencies::Agencies;
 pub use error::{Error, Result};
@@ -40,44 +41,26 @@ pub use error::{Error, Result};
 pub const SERVICE: &str = "router";
 
 /// The router's schema, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration::portable(
-        1,
-        "agencies",
-        include_str!("../migrations/0001_agencies.sql"),
-    ),
-    Migration::portable(
-        2,
-        "transfers",
-        include_str!("../migrations/0002_transfers.sql"),
-    ),
-    Migration::pair(
-        3,
-        "audit",
-        include_str!("../migrations/0003_audit.sqlite.sql"),
-        include_str!("../migrations/0003_audit.postgres.sql"),
-    ),
-    Migration::portable(
-        4,
-        "delivery",
-        include_str!("../migrations/0004_delivery.sql"),
-    ),
-    Migration::portable(
-        5,
-        "named_clocks",
-        include_str!("../migrations/0005_named_clocks.sql"),
-    ),
-    Migration::portable(
-        6,
-        "outbox_trace",
-        include_str!("../migrations/0006_outbox_trace.sql"),
-    ),
-];
+pub const SCHEMA: Schema = fengqiao_kit::schema!(
+    SERVICE,
+    [
+        (1, "agencies", "migrations/0001_agencies.sql"),
+        (2, "transfers", "migrations/0002_transfers.sql"),
+        (
+            3,
+            "audit",
+            "migrations/0003_audit.sqlite.sql",
+            "migrations/0003_audit.postgres.sql"
+        ),
+        (4, "delivery", "migrations/0004_delivery.sql"),
+        (5, "named_clocks", "migrations/0005_named_clocks.sql"),
+        (6, "outbox_trace", "migrations/0006_outbox_trace.sql"),
+    ]
+);
 
 /// Applies the shared and the router's migrations.
 pub async fn migrate(store: &Store) -> Result<()> {
-    store.migrate(SHARED_SERVICE, SHARED_MIGRATIONS).await?;
-    store.migrate(SERVICE, MIGRATIONS).await?;
+    SCHEMA.migrate(store).await?;
     Ok(())
 }
 

@@ -1,0 +1,222 @@
+//! One act on one stored record, the write path the record-keeping agency services share
+//! (administrative disputes, judicial confirmation): replay an earlier answer to the same
+//! request id, or load the record as the caller's agency sees it, check the etag, bring it
+//! to the database's time, apply the act, save it at the next version and record the answer
+//! — in one write transaction.
+
+use fengqiao_store::{Store, Tx};
+
+use crate::Identity;
+use crate::agency::{check_etag, found};
+use crate::error::Error;
+use crate::idem::Idem;
+
+/// What [`act`] needs from a service's store and domain.
+#[tonic::async_trait]
+pub trait Acts: Send + Sync + 'static {
+    /// A record as loaded: the record and its row version.
+    type Stored: Send + Sync;
+    /// The domain record an act changes.
+    type Record: Send + Sync;
+    /// The resource an act answers (and an idempotent retry replays).
+    type Resource: prost::Message + Default + Send + Sync;
+
+    /// The record `name` as `agency` sees it; `None` when it is missing or not visible
+    /// (the same answer either way).
+    async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<Self::Stored>, Error>;
+
+    /// The row version (the etag's).
+    fn version(stored: &Self::Stored) -> i64;
+
+    /// The stored record as of `now` (overdue clocks swept).
+    fn current(stored: &Self::Stored, now: i64) -> Result<Self::Record, Error>;
+
+    /// Writes `next` over `stored` at the next version (ETAG_MISMATCH when a concurrent
+    /// writer came first), with whatever else the service records beside it, and answers
+    /// the resource as saved.
+    async fn save(
+        tx: &mut Tx,
+        stored: &Self::Stored,
+        next: &Self::Record,
+        now: i64,
+    ) -> Result<Self::Resource, Error>;
+}
+
+/// Applies `f` (the current record and the database's time, in µs, to the next record) to
+/// the record `name` for `who`, in one write transaction: an earlier answer to `request_id`
+/// of `method` with the same `request` is replayed; a record the caller's agency does not
+/// see is NOT_FOUND; a non-empty `etag` must match; the answer is recorded for retries.
+#[allow(clippy::too_many_arguments)]
+pub async fn act<A: Acts, M: prost::Message>(
+    store: &Store,
+    who: &Identity,
+    method: &str,
+    request: &M,
+    name: &str,
+    etag: &str,
+    request_id: &str,
+    f: impl FnOnce(&A::Record, i64) -> Result<A::Record, Error>,
+) -> Result<A::Resource, Error> {
+    let idem = Idem::new(who, method, request_id, request)?;
+    let mut tx = store.write().await?;
+    if let Some(answer) = idem.replay::<A::Resource>(&mut tx).await? {
+        return Ok(answer);
+    }
+    let now = fengqiao_store::db_now_micros(&mut tx).await?;
+    let stored = found(A::load(&mut tx, &who.agency, name).await?, name)?;
+    check_etag(name, etag, A::version(&stored))?;
+    let current = A::current(&stored, now)?;
+    let next = f(&current, now)?;
+    let saved = A::save(&mut tx, &stored, &next, now).await?;
+    idem.save(&mut tx, &saved).await?;
+    tx.commit().await?;
+    Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fengqiao_store::both_backends;
+    use fengqiao_store::sqlx::{self, Row as _};
+
+    /// A counter per agency: the record is its value, the resource the value and version.
+    struct Counters;
+
+    #[tonic::async_trait]
+    impl Acts for Counters {
+        type Stored = (i64, i64);
+        type Record = i64;
+        type Resource = prost_types::Duration;
+
+        async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<(i64, i64)>, Error> {
+            let row = sqlx::query("SELECT n, version FROM counters WHERE id = $1 AND agency = $2")
+                .bind(name.to_owned())
+                .bind(agency.to_owned())
+                .fetch_optional(&mut **tx)
+                .await?;
+            Ok(match row {
+                Some(r) => Some((r.try_get("n")?, r.try_get("version")?)),
+                None => None,
+            })
+        }
+
+        fn version(stored: &(i64, i64)) -> i64 {
+            stored.1
+        }
+
+        fn current(stored: &(i64, i64), _now: i64) -> Result<i64, Error> {
+            Ok(stored.0)
+        }
+
+        async fn save(
+            tx: &mut Tx,
+            stored: &(i64, i64),
+            next: &i64,
+            _now: i64,
+        ) -> Result<prost_types::Duration, Error> {
+            let version = stored.1 + 1;
+            let done = sqlx::query("UPDATE counters SET n = $1, version = $2 WHERE version = $3")
+                .bind(*next)
+                .bind(version)
+                .bind(stored.1)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err(Error::EtagMismatch("c".into()));
+            }
+            Ok(prost_types::Duration {
+                seconds: *next,
+                nanos: version as i32,
+            })
+        }
+    }
+
+    fn who(agency: &str) -> Identity {
+        Identity {
+            agency: agency.into(),
+            actor: "a1".into(),
+            roles: vec![],
+            method: crate::auth::AuthMethod::Token,
+            person: None,
+        }
+    }
+
+    async fn add(
+        store: &Store,
+        agency: &str,
+        etag: &str,
+        request_id: &str,
+        by: i64,
+    ) -> Result<prost_types::Duration, Error> {
+        let request = prost_types::Duration {
+            seconds: by,
+            nanos: 0,
+        };
+        act::<Counters, _>(
+            store,
+            &who(agency),
+            "Add",
+            &request,
+            "c",
+            etag,
+            request_id,
+            |n, now| {
+                assert!(now > 0);
+                if by < 0 {
+                    return Err(Error::Internal("refused".into()));
+                }
+                Ok(n + by)
+            },
+        )
+        .await
+    }
+
+    both_backends!(
+        acts_replay_check_the_etag_and_scope_and_commit_once,
+        |store: Store| async move {
+            store
+                .migrate(
+                    fengqiao_store::SHARED_SERVICE,
+                    fengqiao_store::SHARED_MIGRATIONS,
+                )
+                .await?;
+            let mut tx = store.write().await?;
+            sqlx::query(
+                "CREATE TABLE counters (id TEXT PRIMARY KEY, agency TEXT NOT NULL, \
+                 n BIGINT NOT NULL, version BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO counters (id, agency, n, version) VALUES ('c', 'o1', 0, 1)")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let r1 = "11111111-1111-4111-8111-111111111111";
+            let r2 = "22222222-2222-4222-8222-222222222222";
+            let r3 = "33333333-3333-4333-8333-333333333333";
+            let first = add(&store, "o1", "", r1, 5).await?;
+            assert_eq!((first.seconds, first.nanos), (5, 2));
+            // A retry replays the answer and changes nothing.
+            let again = add(&store, "o1", "", r1, 5).await?;
+            assert_eq!(again, first);
+            let stale = crate::etag::etag(1);
+            let e = add(&store, "o1", &stale, r2, 1).await;
+            assert!(matches!(e, Err(Error::EtagMismatch(_))), "{e:?}");
+            let fresh = crate::etag::etag(2);
+            let second = add(&store, "o1", &fresh, r2, 1).await?;
+            assert_eq!((second.seconds, second.nanos), (6, 3));
+            let e = add(&store, "o2", "", r3, 1).await;
+            assert!(matches!(&e, Err(Error::NotFound(n)) if n == "c"), "{e:?}");
+            // A refused act writes nothing.
+            let e = add(&store, "o1", "", r3, -1).await;
+            assert!(matches!(e, Err(Error::Internal(_))), "{e:?}");
+            let mut tx = store.read().await?;
+            let n: i64 = sqlx::query("SELECT n FROM counters WHERE id = 'c'")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            assert_eq!(n, 6);
+            Ok::<(), Error>(())
+        }
+    );
+}
