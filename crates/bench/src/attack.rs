@@ -326,6 +326,11 @@ pub struct Summary {
     pub settle_secs: u64,
     /// Suite RSS that long after the attack, MiB.
     pub rss_after_mib: f64,
+    /// Anonymous part of the suite's RSS (heap, stacks; `RssAnon`) at idle and after, MiB: the
+    /// rest is pages of the program file, which the kernel may drop at any time.
+    pub anon_idle_mib: f64,
+    /// See `anon_idle_mib`.
+    pub anon_after_mib: f64,
     /// Suite CPU during the attack, % of one core.
     pub suite_cpu_pct: f64,
     /// Whether the peak stayed below 150 MB (10^6 bytes).
@@ -422,7 +427,8 @@ async fn attack(
     key: &SigningKey,
 ) -> anyhow::Result<Summary> {
     let (dur, settle) = if args.quick {
-        (Duration::from_secs(3), 3)
+        // The quiet after covers one period of the suite's memory release (5 s by default).
+        (Duration::from_secs(3), 6)
     } else {
         (Duration::from_secs(15), 10)
     };
@@ -441,6 +447,7 @@ async fn attack(
     // Idle: one health answer, a second of quiet, then the RSS.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle_mib = proc_stat::rss_kb(pid) as f64 / 1024.0;
+    let anon_idle_mib = proc_stat::rss_anon_kb(pid) as f64 / 1024.0;
     eprintln!(
         "[{backend}] attack: {} s over {} unary methods (idle RSS {rss_idle_mib:.1} MiB)",
         dur.as_secs(),
@@ -782,6 +789,7 @@ async fn attack(
     eprintln!("[{backend}] attack over; {settle} s of quiet");
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let rss_after_mib = proc_stat::rss_kb(pid) as f64 / 1024.0;
+    let anon_after_mib = proc_stat::rss_anon_kb(pid) as f64 / 1024.0;
     let peak = usage.suite_peak_rss_mb.max(hwm_mib);
     Ok(Summary {
         backend: backend.into(),
@@ -797,6 +805,8 @@ async fn attack(
         hwm_mib,
         settle_secs: settle,
         rss_after_mib,
+        anon_idle_mib,
+        anon_after_mib,
         suite_cpu_pct: usage.suite_cpu_pct,
         peak_below_150_mb: peak * 1024.0 * 1024.0 < PEAK_RSS_BOUND_BYTES,
     })
@@ -859,13 +869,16 @@ fn report(s: &Summary) -> Out {
     });
     let peak = s.rss_peak_mib.max(s.hwm_mib);
     let after_note = format!(
-        "idle before {:.1} MiB; peak VmRSS (20 ms samples) {:.1} MiB, VmHWM {:.1} MiB; {} s after the attack {:.1} MiB ({:+.1} MiB over idle)",
+        "idle before {:.1} MiB; peak VmRSS (20 ms samples) {:.1} MiB, VmHWM {:.1} MiB; {} s after the attack {:.1} MiB ({:+.1} MiB over idle); of which anonymous (heap, stacks) {:.1} MiB idle, {:.1} MiB after ({:+.1} MiB)",
         s.rss_idle_mib,
         s.rss_peak_mib,
         s.hwm_mib,
         s.settle_secs,
         s.rss_after_mib,
-        s.rss_after_mib - s.rss_idle_mib
+        s.rss_after_mib - s.rss_idle_mib,
+        s.anon_idle_mib,
+        s.anon_after_mib,
+        s.anon_after_mib - s.anon_idle_mib
     );
     out.figs.push(Figure {
         figure: "attack: suite peak RSS during the attack".into(),

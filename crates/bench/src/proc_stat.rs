@@ -55,6 +55,14 @@ pub fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Anonymous resident memory of `pid` in KiB (`RssAnon`: heap and stacks, no file pages), or 0.
+pub fn rss_anon_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| field_kb(&s, "RssAnon:"))
+        .unwrap_or(0)
+}
+
 /// Peak resident set size of `pid` in KiB since it started (`VmHWM`), or 0.
 pub fn hwm_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -418,6 +418,11 @@ impl Suite {
                 trigger.subscribe(),
             );
         }
+        fengqiao_kit::memory::spawn_release(
+            Duration::from_millis(config.limits.memory_release_ms),
+            &metrics,
+            trigger.subscribe(),
+        );
         server.health.set_all(true).await;
         metrics.set_ready(true);
         tracing::info!(addr = %server.addr, admin = %admin_addr, "serving");

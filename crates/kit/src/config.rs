@@ -110,6 +110,9 @@ pub struct LimitsConfig {
     /// Time a new connection has to send the HTTP/2 preface (its first bytes); a connection
     /// that trickles it is closed.
     pub handshake_timeout_ms: u64,
+    /// How often freed heap memory is given back to the operating system (glibc
+    /// `malloc_trim`, see [`crate::memory`]); 0 turns it off.
+    pub memory_release_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -124,6 +127,7 @@ impl Default for LimitsConfig {
             max_streams: 512,
             max_streams_per_agency: 64,
             handshake_timeout_ms: 10_000,
+            memory_release_ms: 5_000,
         }
     }
 }

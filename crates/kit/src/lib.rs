@@ -10,6 +10,7 @@
 //! - [`server`]: the per-RPC middleware, health, reflection and graceful shutdown;
 //! - [`client`]: channels and interceptors for calling other services;
 //! - [`module`]: what a service crate gives the binary to be started (the service registry);
+//! - [`memory`]: freed heap memory given back to the system after a burst;
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 //! - [`agency`], [`deliveries`], [`lifecycle`], [`records`], [`acts`]: what the agency
 //!   services' handlers, inboxes, transition tables, stores and acts on records share.
@@ -26,6 +27,7 @@ pub mod gateway;
 pub mod idem;
 pub mod inbox;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod module;
 pub mod pii;
