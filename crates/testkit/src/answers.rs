@@ -116,7 +116,7 @@ macro_rules! named_requests {
 }
 
 /// A change of one resource at a version: `name`, `etag` and a fresh `request_id`, every other
-/// field at its default: `AcceptCaseRequest::change(&c.name, &c.etag)`, or the base of a
+/// field at its default (each such request is [`Named`] too): `AcceptCaseRequest::change(&c.name, &c.etag)`, or the base of a
 /// request that sets more (`EndMediationRequest { reason, ..Change::change(&c.name, &c.etag) }`).
 pub trait Change: Default {
     /// The change of `name` at `etag` (`""`: whatever the current version).
@@ -126,6 +126,8 @@ pub trait Change: Default {
 macro_rules! change_requests {
     ($($ty:path),* $(,)?) => {
         $(
+            named_requests!(with_request_id: [$ty], without: []);
+
             impl Change for $ty {
                 #[allow(clippy::needless_update)]
                 fn change(name: &str, etag: &str) -> Self {
@@ -143,46 +145,14 @@ macro_rules! change_requests {
 
 named_requests!(
     with_request_id: [
-        fengqiao_proto::admindispute::DraftAgreementRequest,
-        fengqiao_proto::admindispute::ExtendReviewRequest,
-        fengqiao_proto::admindispute::SignAgreementRequest,
-        fengqiao_proto::courtdiversion::RecordConsentRequest,
-        fengqiao_proto::judicialconfirmation::AcceptApplicationRequest,
-        fengqiao_proto::judicialconfirmation::ExtendReviewRequest,
-        fengqiao_proto::judicialconfirmation::RejectApplicationRequest,
-        fengqiao_proto::judicialconfirmation::RequestSupplementRequest,
-        fengqiao_proto::judicialconfirmation::RuleOnApplicationRequest,
-        fengqiao_proto::judicialconfirmation::WithdrawApplicationRequest,
-        fengqiao_proto::mediation::AcceptCaseRequest,
-        fengqiao_proto::mediation::AssignMediatorRequest,
-        fengqiao_proto::mediation::DeclineCaseRequest,
-        fengqiao_proto::mediation::DraftAgreementRequest,
-        fengqiao_proto::mediation::EndMediationRequest,
-        fengqiao_proto::mediation::EscalateCaseRequest,
-        fengqiao_proto::mediation::RecordConsentRequest,
         fengqiao_proto::mediation::RecordFollowUpRequest,
-        fengqiao_proto::mediation::RecordSessionRequest,
-        fengqiao_proto::mediation::RecuseMediatorRequest,
-        fengqiao_proto::mediation::RequestInvestigationRequest,
-        fengqiao_proto::mediation::ScheduleFollowUpRequest,
-        fengqiao_proto::mediation::SignAgreementRequest,
-        fengqiao_proto::policereferral::AcknowledgeFeedbackRequest,
-        fengqiao_proto::policereferral::AnswerInvestigationRequest,
-        fengqiao_proto::policereferral::DraftTransferRequest,
-        fengqiao_proto::policereferral::OverrideScreeningRequest,
-        fengqiao_proto::router::AcceptTransferRequest,
-        fengqiao_proto::router::AcknowledgeFeedbackRequest,
-        fengqiao_proto::router::AnswerInvestigationRequest,
         fengqiao_proto::router::ApproveTransferRequest,
         fengqiao_proto::router::CompleteClockRequest,
         fengqiao_proto::router::DeclineTransferRequest,
         fengqiao_proto::router::EscalateTransferRequest,
         fengqiao_proto::router::ExtendDeadlineRequest,
-        fengqiao_proto::router::PauseClockRequest,
         fengqiao_proto::router::RejectTransferRequest,
-        fengqiao_proto::router::ResumeClockRequest,
         fengqiao_proto::router::ReturnTransferRequest,
-        fengqiao_proto::router::SubmitFeedbackRequest,
         fengqiao_proto::router::SubmitTransferRequest,
         fengqiao_proto::router::WithdrawTransferRequest,
     ],

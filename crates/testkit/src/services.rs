@@ -571,3 +571,17 @@ pub async fn assert_denied_and_logged<T>(
     assert_eq!(row.service, service.as_str(), "the denied row's service");
     assert!(row.method.contains(method), "{}", row.method);
 }
+
+/// The party fields an access-log row names for a full read of parties.
+pub const PARTY_FIELDS: &str = "party_name,party_id_number,party_phone";
+
+/// `table` holds no row (a refused call stored nothing).
+pub async fn assert_no_rows(store: &Store, table: &str) {
+    use fengqiao_store::sqlx::{self, Row as _};
+    let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+        .fetch_one(store.pool())
+        .await
+        .and_then(|r| r.try_get("n"))
+        .unwrap_or_else(|e| panic!("count {table}: {e}"));
+    assert_eq!(n, 0, "rows in {table}");
+}

@@ -14,7 +14,9 @@ use fengqiao_store::access::{self, Outcome};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
 use fengqiao_testkit::answers::{Answer as _, Named as _, Refusal as _};
-use fengqiao_testkit::services::{as_caller, assert_bodies_sealed, full_reads, resident};
+use fengqiao_testkit::services::{
+    PARTY_FIELDS, as_caller, assert_bodies_sealed, assert_no_rows, full_reads, resident,
+};
 use tonic::{Code, Request};
 
 const CENTRE: &str = "agencies/xigang-admin-dispute-centre";
@@ -25,8 +27,6 @@ const ID: &str = "210203199001011239";
 const PHONE: &str = "13900005201";
 /// What the access log must never hold.
 const SECRETS: &[&str] = &[ID, PHONE, "王小明"];
-const SERVICE: &str = "admin-dispute";
-const FIELDS: &str = "party_name,party_id_number,party_phone";
 
 fn req<T>(agency: &str, roles: &[&str], full: bool, msg: T) -> Request<T> {
     as_caller(agency, "a1", roles, full, msg)
@@ -146,7 +146,16 @@ both_backends!(
             .await?
             .into_inner();
         assert_eq!(list.disputes[0].applicants[0].id_number, ID);
-        let rows = full_reads(&store, &d.case_id, 2, SERVICE, &d.name, FIELDS, SECRETS).await;
+        let rows = full_reads(
+            &store,
+            &d.case_id,
+            2,
+            "admin-dispute",
+            &d.name,
+            PARTY_FIELDS,
+            SECRETS,
+        )
+        .await;
         assert!(rows[0].method.ends_with("/ListDisputes"));
         // The organ's liaison asking for the full view: refused and logged.
         let e = svc
@@ -217,11 +226,7 @@ both_backends!(
             .await
             .expect_err("personal act number");
         assert_eq!(bad_fields_of(&e), ["act.document_number"]);
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ad_disputes")
-            .fetch_one(store.pool())
-            .await?
-            .try_get("n")?;
-        assert_eq!(n, 0);
+        assert_no_rows(&store, "ad_disputes").await;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
 );

@@ -10,10 +10,9 @@ use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Money, Party, PartyRo
 use fengqiao_proto::courtdiversion::court_diversion_service_server::CourtDiversionService as _;
 use fengqiao_proto::courtdiversion::*;
 use fengqiao_store::access::{self, Outcome};
-use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
 use fengqiao_testkit::answers::{Answer as _, Named as _, Refusal as _};
-use fengqiao_testkit::services::{as_caller, assert_bodies_sealed, resident, rid};
+use fengqiao_testkit::services::{as_caller, assert_bodies_sealed, assert_no_rows, resident, rid};
 use tonic::{Code, Request};
 
 const COURT: &str = "agencies/xigang-court";
@@ -228,11 +227,7 @@ both_backends!(
             .refusal(Code::InvalidArgument, "personal id");
         assert!(bad_fields_of(&e).contains(&"pre_filing_case.pre_filing_number".to_string()));
         // Nothing was stored.
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM court_cases")
-            .fetch_one(store.pool())
-            .await?
-            .try_get("n")?;
-        assert_eq!(n, 0);
+        assert_no_rows(&store, "court_cases").await;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
 );

@@ -15,7 +15,8 @@ use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
 use fengqiao_testkit::answers::{Answer as _, Change, Named as _, Refusal as _};
 use fengqiao_testkit::services::{
-    as_caller, assert_bodies_sealed, contains, full_reads, resident, two_party_package,
+    PARTY_FIELDS, as_caller, assert_bodies_sealed, contains, full_reads, resident,
+    two_party_package,
 };
 use tonic::{Code, Request};
 
@@ -26,8 +27,6 @@ const ID: &str = "210203199001011239";
 const PHONE: &str = "13900005201";
 /// What the access log must never hold.
 const SECRETS: &[&str] = &[ID, PHONE, "王小明"];
-const SERVICE: &str = "judicial-confirmation";
-const FIELDS: &str = "party_name,party_id_number,party_phone";
 
 /// The service on `store`, its schema migrated.
 async fn migrated(store: &Store) -> JudicialConfirmation {
@@ -133,7 +132,16 @@ both_backends!(
             .await?
             .into_inner();
         assert_eq!(list.applications[0].parties[0].id_number, ID);
-        let rows = full_reads(&store, &a.case_id, 3, SERVICE, &a.name, FIELDS, SECRETS).await;
+        let rows = full_reads(
+            &store,
+            &a.case_id,
+            3,
+            "judicial-confirmation",
+            &a.name,
+            PARTY_FIELDS,
+            SECRETS,
+        )
+        .await;
         assert!(rows[0].method.ends_with("/ListApplications"));
         assert!(rows[2].method.ends_with("/GetApplication"));
         // A mediator (or anyone without the role) asking for the full view: refused, logged.
