@@ -15,6 +15,7 @@
 //! PostgreSQL cannot be started, the PostgreSQL variant fails if `REQUIRE_POSTGRES=1` and is
 //! skipped (with a notice) otherwise.
 
+pub mod answers;
 pub mod probe;
 
 use std::collections::BTreeMap;

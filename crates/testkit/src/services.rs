@@ -504,3 +504,84 @@ pub fn two_party_package<K: Copy, I>(
         item(service_address, "p2"),
     ]
 }
+
+/// Every row of each of `tables` has a sealed `body` holding none of `secrets`
+/// (`(what, value)`), and each table has rows; on SQLite the database file and its WAL hold
+/// none of them either (see [`assert_sealed`], [`assert_sqlite_files_lack`]).
+pub async fn assert_bodies_sealed(store: &Store, tables: &[&str], secrets: &[(&str, &str)]) {
+    use fengqiao_store::sqlx::{self, Row as _};
+    let values: Vec<&str> = secrets.iter().map(|(_, v)| *v).collect();
+    for table in tables {
+        let rows = sqlx::query(&format!("SELECT body FROM {table}"))
+            .fetch_all(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("read {table}: {e}"));
+        assert!(!rows.is_empty(), "{table} has rows");
+        for r in rows {
+            let body: Vec<u8> = r
+                .try_get("body")
+                .unwrap_or_else(|e| panic!("{table}.body: {e}"));
+            assert_sealed(&body, &format!("{table}.body"), &values);
+        }
+    }
+    assert_sqlite_files_lack(store, secrets);
+}
+
+/// The newest rows of the access log of `case_id`, exactly `count` of them (newest first),
+/// each a full read by `service` of `resource` naming `fields`, none holding any of `secrets`
+/// (names, ID numbers, phones: the log names fields, never values).
+pub async fn full_reads(
+    store: &Store,
+    case_id: &str,
+    count: usize,
+    service: &str,
+    resource: &str,
+    fields: &str,
+    secrets: &[&str],
+) -> Vec<Access> {
+    let rows = access::recent(store, Some(case_id), 10)
+        .await
+        .unwrap_or_else(|e| panic!("read the access log: {e}"));
+    assert_eq!(rows.len(), count, "access rows of {case_id}: {rows:?}");
+    for r in &rows {
+        assert_eq!(r.outcome, Outcome::FullRead, "{r:?}");
+        assert_eq!(
+            (r.service.as_str(), r.resource.as_str(), r.fields.as_str()),
+            (service, resource, fields),
+            "{r:?}"
+        );
+    }
+    let logged = format!("{rows:?}");
+    for s in secrets {
+        assert!(!logged.contains(s), "a personal value in the access log");
+    }
+    rows
+}
+
+/// A call made without any token (`reply`, its result) was refused `UNAUTHENTICATED` and left
+/// a `denied` row of `service` in that service's access log naming `method`.
+pub async fn assert_denied_and_logged<T>(
+    suite: &TestSuite,
+    service: ServiceName,
+    reply: Result<tonic::Response<T>, tonic::Status>,
+    method: &str,
+) {
+    crate::answers::Refusal::refusal(reply, Code::Unauthenticated, "no token");
+    let row = denied_row(&store_of(suite, service).await).await;
+    assert_eq!(row.service, service.as_str(), "the denied row's service");
+    assert!(row.method.contains(method), "{}", row.method);
+}
+
+/// The party fields an access-log row names for a full read of parties.
+pub const PARTY_FIELDS: &str = "party_name,party_id_number,party_phone";
+
+/// `table` holds no row (a refused call stored nothing).
+pub async fn assert_no_rows(store: &Store, table: &str) {
+    use fengqiao_store::sqlx::{self, Row as _};
+    let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+        .fetch_one(store.pool())
+        .await
+        .and_then(|r| r.try_get("n"))
+        .unwrap_or_else(|e| panic!("count {table}: {e}"));
+    assert_eq!(n, 0, "rows in {table}");
+}

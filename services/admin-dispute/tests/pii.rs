@@ -13,7 +13,10 @@ use fengqiao_proto::common::{EvidenceRef, Money, PartyRole};
 use fengqiao_store::access::{self, Outcome};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
-use fengqiao_testkit::services::{as_caller, assert_sealed, assert_sqlite_files_lack, resident};
+use fengqiao_testkit::answers::{Answer as _, Named as _, Refusal as _};
+use fengqiao_testkit::services::{
+    PARTY_FIELDS, as_caller, assert_bodies_sealed, assert_no_rows, full_reads, resident,
+};
 use tonic::{Code, Request};
 
 const CENTRE: &str = "agencies/xigang-admin-dispute-centre";
@@ -22,12 +25,16 @@ const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc
 /// A resident ID number with a valid GB 11643 check digit.
 const ID: &str = "210203199001011239";
 const PHONE: &str = "13900005201";
+/// What the access log must never hold.
+const SECRETS: &[&str] = &[ID, PHONE, "王小明"];
 
 fn req<T>(agency: &str, roles: &[&str], full: bool, msg: T) -> Request<T> {
     as_caller(agency, "a1", roles, full, msg)
 }
 
-fn service(store: &Store) -> AdminDispute {
+/// The service on `store`, its schema migrated.
+async fn migrated(store: &Store) -> AdminDispute {
+    migrate(store).await.expect("migrate");
     let router = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
     AdminDispute::new(store.clone(), router)
 }
@@ -70,31 +77,30 @@ fn create_request() -> CreateDisputeRequest {
 /// Every stored body is sealed and free of the ID number and the phone; on SQLite the
 /// database file and its WAL hold neither.
 async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
-    let rows = sqlx::query("SELECT body, facts_digest FROM ad_disputes")
+    assert_bodies_sealed(
+        store,
+        &["ad_disputes"],
+        &[("ID number", ID), ("phone", PHONE)],
+    )
+    .await;
+    let rows = sqlx::query("SELECT facts_digest FROM ad_disputes")
         .fetch_all(store.pool())
         .await?;
-    assert!(!rows.is_empty());
     for r in rows {
-        let b: Vec<u8> = r.try_get("body")?;
-        assert_sealed(&b, "ad_disputes.body", &[ID, PHONE]);
         let digest: String = r.try_get("facts_digest")?;
         assert_eq!(digest.len(), 64);
     }
-    assert_sqlite_files_lack(store, &[("ID number", ID), ("phone", PHONE)]);
     Ok(())
 }
 
 both_backends!(
     disputes_are_sealed_masked_and_read_in_full_only_by_the_roles_named,
     |store: Store| async move {
-        migrate(&store).await?;
-        let svc = service(&store);
+        let svc = migrated(&store).await;
         let d = svc
             .create_dispute(req(CENTRE, &["coordinator"], false, create_request()))
-            .await?
-            .into_inner()
-            .dispute
-            .expect("dispute");
+            .await
+            .answer_of("dispute", |r| r.dispute);
         // The answer of a mutation is masked; free text was redacted before it was stored.
         assert_eq!(d.applicants[0].id_number, "210203**********39");
         assert_eq!(d.applicants[0].phone, "139****5201");
@@ -111,14 +117,7 @@ both_backends!(
         );
 
         let get = |agency: &str, roles: &[&str], full: bool| {
-            req(
-                agency,
-                roles,
-                full,
-                GetDisputeRequest {
-                    name: d.name.clone(),
-                },
-            )
+            req(agency, roles, full, GetDisputeRequest::named(&d.name))
         };
         // Masked by default, also for the organ (a participant).
         let got = svc
@@ -147,21 +146,22 @@ both_backends!(
             .await?
             .into_inner();
         assert_eq!(list.disputes[0].applicants[0].id_number, ID);
-        let rows = access::recent(&store, Some(&d.case_id), 10).await?;
-        assert_eq!(rows.len(), 2);
-        assert!(rows.iter().all(|r| r.outcome == Outcome::FullRead
-            && r.service == "admin-dispute"
-            && r.resource == d.name
-            && r.fields == "party_name,party_id_number,party_phone"));
+        let rows = full_reads(
+            &store,
+            &d.case_id,
+            2,
+            "admin-dispute",
+            &d.name,
+            PARTY_FIELDS,
+            SECRETS,
+        )
+        .await;
         assert!(rows[0].method.ends_with("/ListDisputes"));
-        let logged = format!("{rows:?}");
-        assert!(!logged.contains(ID) && !logged.contains(PHONE) && !logged.contains("王小明"));
         // The organ's liaison asking for the full view: refused and logged.
         let e = svc
             .get_dispute(get(ORGAN, &["organ_liaison"], true))
             .await
-            .expect_err("no full view for the organ");
-        assert_eq!(e.code(), Code::PermissionDenied);
+            .refusal(Code::PermissionDenied, "no full view for the organ");
         assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
         let rows = access::recent(&store, Some(&d.case_id), 1).await?;
         assert_eq!(rows[0].outcome, Outcome::Denied);
@@ -188,38 +188,30 @@ both_backends!(
         let e = svc
             .amend_claims(amend(&format!("西住建征补〔2026〕{ID}号")))
             .await
-            .expect_err("personal identifier");
-        assert_eq!(e.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "personal identifier");
         assert_eq!(bad_fields_of(&e), ["act.document_number"]);
         let amended = svc
             .amend_claims(amend("西住建征补〔2026〕8号"))
-            .await?
-            .into_inner()
-            .dispute
-            .expect("dispute");
+            .await
+            .answer_of("dispute", |r| r.dispute);
         assert_eq!(amended.applicants[0].phone, "139****5201");
-        assert_eq!(
-            amended.claims[0].description,
-            "请求提高补偿，联系电话139****5201"
-        );
-        assert_nothing_in_the_clear(&store).await?;
-        Ok::<(), Box<dyn std::error::Error>>(())
+        let claim = &amended.claims[0].description;
+        assert_eq!(claim, "请求提高补偿，联系电话139****5201");
+        assert_nothing_in_the_clear(&store).await
     }
 );
 
 both_backends!(
     intake_refuses_bad_applicants_and_personal_act_numbers,
     |store: Store| async move {
-        migrate(&store).await?;
-        let svc = service(&store);
+        let svc = migrated(&store).await;
         let mut bad = create_request();
         bad.applicants[0].id_number = "210203199001011234".into();
         bad.applicants[0].phone = "1390000520".into();
         let e = svc
             .create_dispute(req(CENTRE, &["coordinator"], false, bad))
             .await
-            .expect_err("bad applicant");
-        assert_eq!(e.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "bad applicant");
         assert_eq!(
             bad_fields_of(&e),
             ["applicants[0].id_number", "applicants[0].phone"]
@@ -234,11 +226,7 @@ both_backends!(
             .await
             .expect_err("personal act number");
         assert_eq!(bad_fields_of(&e), ["act.document_number"]);
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ad_disputes")
-            .fetch_one(store.pool())
-            .await?
-            .try_get("n")?;
-        assert_eq!(n, 0);
+        assert_no_rows(&store, "ad_disputes").await;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
 );

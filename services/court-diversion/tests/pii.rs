@@ -10,11 +10,9 @@ use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Money, Party, PartyRo
 use fengqiao_proto::courtdiversion::court_diversion_service_server::CourtDiversionService as _;
 use fengqiao_proto::courtdiversion::*;
 use fengqiao_store::access::{self, Outcome};
-use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
-use fengqiao_testkit::services::{
-    as_caller, assert_sealed, assert_sqlite_files_lack, resident, rid,
-};
+use fengqiao_testkit::answers::{Answer as _, Named as _, Refusal as _};
+use fengqiao_testkit::services::{as_caller, assert_bodies_sealed, assert_no_rows, resident, rid};
 use tonic::{Code, Request};
 
 const COURT: &str = "agencies/xigang-court";
@@ -28,7 +26,9 @@ fn req<T>(roles: &[&str], full: bool, msg: T) -> Request<T> {
     as_caller(COURT, "clerk-01", roles, full, msg)
 }
 
-fn service(store: &Store) -> CourtDiversion {
+/// The service on `store`, its schema migrated.
+async fn migrated(store: &Store) -> CourtDiversion {
+    migrate(store).await.expect("migrate");
     let router = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
     CourtDiversion::new(store.clone(), router)
 }
@@ -80,34 +80,22 @@ async fn create(svc: &CourtDiversion, number: u32) -> Result<PreFilingCase, toni
                 request_id: rid(),
             },
         ))
-        .await?
-        .into_inner()
-        .pre_filing_case
-        .expect("case"))
+        .await
+        .answer_of("case", |r| r.pre_filing_case))
 }
 
 /// Every stored body: sealed (`FQS1…`) and without the ID number or the phone; on SQLite
 /// the database file and its WAL hold neither either.
 async fn assert_nothing_in_the_clear(store: &Store) -> TestResult {
-    for table in ["court_cases", "court_case_events"] {
-        let rows = sqlx::query(&format!("SELECT body FROM {table}"))
-            .fetch_all(store.pool())
-            .await?;
-        assert!(!rows.is_empty(), "{table} has rows");
-        for r in rows {
-            let b: Vec<u8> = r.try_get("body")?;
-            assert_sealed(&b, &format!("{table}.body"), &[ID, PHONE]);
-        }
-    }
-    assert_sqlite_files_lack(store, &[("ID number", ID), ("phone", PHONE)]);
+    let tables = ["court_cases", "court_case_events"];
+    assert_bodies_sealed(store, &tables, &[("ID number", ID), ("phone", PHONE)]).await;
     Ok(())
 }
 
 both_backends!(
     parties_are_sealed_masked_and_read_in_full_only_by_the_court,
     |store: Store| async move {
-        migrate(&store).await?;
-        let svc = service(&store);
+        let svc = migrated(&store).await;
         let c = create(&svc, 1).await?;
         // The answer of a mutation is masked.
         let p = &c.plaintiffs[0];
@@ -123,15 +111,7 @@ both_backends!(
         assert_nothing_in_the_clear(&store).await?;
 
         // Masked by default, for every role.
-        let get = |roles: &[&str], full: bool| {
-            req(
-                roles,
-                full,
-                GetCaseRequest {
-                    name: c.name.clone(),
-                },
-            )
-        };
+        let get = |roles: &[&str], full: bool| req(roles, full, GetCaseRequest::named(&c.name));
         for roles in [&["court_clerk"][..], &["court_admin"][..]] {
             let got = svc.get_case(get(roles, false)).await?.into_inner();
             let p = &got.pre_filing_case.expect("case").plaintiffs[0];
@@ -179,11 +159,10 @@ both_backends!(
         assert!(rows[0].method.ends_with("/ListCases"));
 
         // A role without the full view: refused, and the refusal is logged.
-        let e = svc
-            .get_case(get(&["court_admin"], true))
-            .await
-            .expect_err("no full view for the roster's administrator");
-        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = svc.get_case(get(&["court_admin"], true)).await.refusal(
+            Code::PermissionDenied,
+            "no full view for the roster's administrator",
+        );
         assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
         assert!(!e.message().contains(ID));
         let rows = access::recent(&store, Some(&c.case_id), 1).await?;
@@ -206,20 +185,16 @@ both_backends!(
             .await?
             .into_inner();
         assert_eq!(first, replay);
-        assert_eq!(
-            replay.pre_filing_case.expect("case").plaintiffs[0].id_number,
-            "210203**********39"
-        );
-        assert_nothing_in_the_clear(&store).await?;
-        Ok::<(), Box<dyn std::error::Error>>(())
+        let replayed = replay.pre_filing_case.expect("case");
+        assert_eq!(replayed.plaintiffs[0].id_number, "210203**********39");
+        assert_nothing_in_the_clear(&store).await
     }
 );
 
 both_backends!(
     intake_refuses_bad_parties_and_personal_identifiers,
     |store: Store| async move {
-        migrate(&store).await?;
-        let svc = service(&store);
+        let svc = migrated(&store).await;
         let refused = |c: PreFilingCase| {
             req(
                 &["court_clerk"],
@@ -235,8 +210,10 @@ both_backends!(
         let mut c = case(3);
         c.plaintiffs[0].id_number = "210203199001011234".into();
         c.plaintiffs[0].phone = "1390000520".into();
-        let e = svc.create_case(refused(c)).await.expect_err("bad party");
-        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = svc
+            .create_case(refused(c))
+            .await
+            .refusal(Code::InvalidArgument, "bad party");
         let fields = bad_fields_of(&e);
         assert!(fields.contains(&"pre_filing_case.plaintiffs[0].id_number".to_string()));
         assert!(fields.contains(&"pre_filing_case.plaintiffs[0].phone".to_string()));
@@ -244,15 +221,13 @@ both_backends!(
         // An identity number as the pre-filing number.
         let mut c = case(4);
         c.pre_filing_number = format!("(2026)辽0203诉前调{ID}号");
-        let e = svc.create_case(refused(c)).await.expect_err("personal id");
-        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = svc
+            .create_case(refused(c))
+            .await
+            .refusal(Code::InvalidArgument, "personal id");
         assert!(bad_fields_of(&e).contains(&"pre_filing_case.pre_filing_number".to_string()));
         // Nothing was stored.
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM court_cases")
-            .fetch_one(store.pool())
-            .await?
-            .try_get("n")?;
-        assert_eq!(n, 0);
+        assert_no_rows(&store, "court_cases").await;
         Ok::<(), Box<dyn std::error::Error>>(())
     }
 );

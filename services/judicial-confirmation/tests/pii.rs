@@ -13,8 +13,10 @@ use fengqiao_proto::judicialconfirmation::*;
 use fengqiao_store::access::{self, Outcome};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::answers::{Answer as _, Change, Named as _, Refusal as _};
 use fengqiao_testkit::services::{
-    as_caller, assert_sealed, assert_sqlite_files_lack, contains, resident, rid, two_party_package,
+    PARTY_FIELDS, as_caller, assert_bodies_sealed, contains, full_reads, resident,
+    two_party_package,
 };
 use tonic::{Code, Request};
 
@@ -23,6 +25,14 @@ const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc
 /// A resident ID number with a valid GB 11643 check digit.
 const ID: &str = "210203199001011239";
 const PHONE: &str = "13900005201";
+/// What the access log must never hold.
+const SECRETS: &[&str] = &[ID, PHONE, "王小明"];
+
+/// The service on `store`, its schema migrated.
+async fn migrated(store: &Store) -> JudicialConfirmation {
+    migrate(store).await.expect("migrate");
+    JudicialConfirmation::new(store.clone())
+}
 
 fn req<T>(roles: &[&str], full: bool, msg: T) -> Request<T> {
     as_caller(COURT, "a1", roles, full, msg)
@@ -77,37 +87,27 @@ fn intake(transfer: &str, id_number: &str) -> Intake {
 /// Every stored body is sealed and free of the ID number and the phone; on SQLite the
 /// database file and its WAL hold neither.
 async fn assert_nothing_in_the_clear(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
-    let rows = sqlx::query("SELECT body, clocks FROM jc_applications")
+    let secrets = [("ID number", ID), ("phone", PHONE)];
+    assert_bodies_sealed(store, &["jc_applications"], &secrets).await;
+    let rows = sqlx::query("SELECT clocks FROM jc_applications")
         .fetch_all(store.pool())
         .await?;
-    assert!(!rows.is_empty());
     for r in rows {
-        let b: Vec<u8> = r.try_get("body")?;
         let clocks: String = r.try_get("clocks")?;
-        assert_sealed(&b, "jc_applications.body", &[ID, PHONE]);
         assert!(!contains(clocks.as_bytes(), ID.as_bytes()));
         assert!(!contains(clocks.as_bytes(), PHONE.as_bytes()));
     }
-    assert_sqlite_files_lack(store, &[("ID number", ID), ("phone", PHONE)]);
     Ok(())
 }
 
 both_backends!(
     applications_are_sealed_masked_and_read_in_full_only_by_the_court,
     |store: Store| async move {
-        migrate(&store).await?;
-        let svc = JudicialConfirmation::new(store.clone());
+        let svc = migrated(&store).await;
         let a = svc.take_in(COURT, &intake("transfers/t1", ID)).await?;
         assert_nothing_in_the_clear(&store).await?;
-        let get = |roles: &[&str], full: bool| {
-            req(
-                roles,
-                full,
-                GetApplicationRequest {
-                    name: a.name.clone(),
-                },
-            )
-        };
+        let get =
+            |roles: &[&str], full: bool| req(roles, full, GetApplicationRequest::named(&a.name));
         // Masked by default.
         let got = svc
             .get_application(get(&["judge"], false))
@@ -132,22 +132,23 @@ both_backends!(
             .await?
             .into_inner();
         assert_eq!(list.applications[0].parties[0].id_number, ID);
-        let rows = access::recent(&store, Some(&a.case_id), 10).await?;
-        assert_eq!(rows.len(), 3);
-        assert!(rows.iter().all(|r| r.outcome == Outcome::FullRead
-            && r.service == "judicial-confirmation"
-            && r.resource == a.name
-            && r.fields == "party_name,party_id_number,party_phone"));
+        let rows = full_reads(
+            &store,
+            &a.case_id,
+            3,
+            "judicial-confirmation",
+            &a.name,
+            PARTY_FIELDS,
+            SECRETS,
+        )
+        .await;
         assert!(rows[0].method.ends_with("/ListApplications"));
         assert!(rows[2].method.ends_with("/GetApplication"));
-        let logged = format!("{rows:?}");
-        assert!(!logged.contains(ID) && !logged.contains(PHONE) && !logged.contains("王小明"));
         // A mediator (or anyone without the role) asking for the full view: refused, logged.
         let e = svc
             .get_application(get(&["mediator"], true))
             .await
-            .expect_err("no full view");
-        assert_eq!(e.code(), Code::PermissionDenied);
+            .refusal(Code::PermissionDenied, "no full view");
         assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
         let rows = access::recent(&store, Some(&a.case_id), 1).await?;
         assert_eq!(rows[0].outcome, Outcome::Denied);
@@ -160,54 +161,41 @@ both_backends!(
                 &["court_clerk"],
                 false,
                 AcceptApplicationRequest {
-                    name: a.name.clone(),
-                    etag: String::new(),
                     confirmation_number: format!("(2026)辽0203民特调确{ID}号"),
-                    request_id: rid(),
+                    ..Change::change(&a.name, "")
                 },
             ))
             .await
-            .expect_err("personal identifier");
-        assert_eq!(e.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "personal identifier");
         assert_eq!(bad_fields_of(&e), ["confirmation_number"]);
         let acc = svc
             .accept_application(req(
                 &["court_clerk"],
                 false,
                 AcceptApplicationRequest {
-                    name: a.name.clone(),
-                    etag: String::new(),
                     confirmation_number: "(2026)辽0203民特调确12号".into(),
-                    request_id: rid(),
+                    ..Change::change(&a.name, "")
                 },
             ))
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         assert_eq!(acc.parties[0].id_number, "210203**********39");
         let sup = svc
             .request_supplement(req(
                 &["judge"],
                 false,
                 RequestSupplementRequest {
-                    name: a.name.clone(),
-                    etag: String::new(),
                     description: format!("请补充身份证{ID}的复印件，联系{PHONE}"),
-                    request_id: rid(),
+                    ..Change::change(&a.name, "")
                 },
             ))
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         assert_eq!(sup.parties[0].phone, "139****5201");
         let full = svc
             .get_application(get(&["judge"], true))
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         let asked = &full
             .supplements
             .last()
@@ -217,16 +205,14 @@ both_backends!(
             asked,
             "请补充身份证210203**********39的复印件，联系139****5201"
         );
-        assert_nothing_in_the_clear(&store).await?;
-        Ok::<(), Box<dyn std::error::Error>>(())
+        assert_nothing_in_the_clear(&store).await
     }
 );
 
 both_backends!(
     an_application_with_an_invalid_identity_number_is_not_taken_in,
     |store: Store| async move {
-        migrate(&store).await?;
-        let svc = JudicialConfirmation::new(store.clone());
+        let svc = migrated(&store).await;
         let e = svc
             .take_in(COURT, &intake("transfers/t9", "210203199001011234"))
             .await

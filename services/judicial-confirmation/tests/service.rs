@@ -7,6 +7,7 @@ use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::JudicialConfirmationService as _;
 use fengqiao_proto::judicialconfirmation::*;
 use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::answers::{Answer as _, Change, Named as _, Refusal as _};
 use fengqiao_testkit::services::{as_caller, bare_parties, rid, two_party_package};
 use tonic::{Code, Request};
 
@@ -80,71 +81,50 @@ both_backends!(
         );
 
         // Another agency: NOT_FOUND for reads and acts alike.
-        let get = |agency: &str| {
-            req(
-                agency,
-                &["judge"],
-                GetApplicationRequest {
-                    name: a.name.clone(),
-                },
-            )
-        };
-        let e = svc
-            .get_application(get("agencies/xigang-committee"))
+        let get = |agency: &str| req(agency, &["judge"], GetApplicationRequest::named(&a.name));
+        svc.get_application(get("agencies/xigang-committee"))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::NotFound);
+            .refusal(Code::NotFound, "refused");
         let accept = |agency: &str, roles: &[&str], etag: &str| {
             req(
                 agency,
                 roles,
                 AcceptApplicationRequest {
-                    name: a.name.clone(),
-                    etag: etag.into(),
                     confirmation_number: "(2026)辽0203民特调确12号".into(),
-                    request_id: rid(),
+                    ..Change::change(&a.name, etag)
                 },
             )
         };
-        let e = svc
-            .accept_application(accept("agencies/other-court", &["judge"], ""))
+        svc.accept_application(accept("agencies/other-court", &["judge"], ""))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::NotFound);
+            .refusal(Code::NotFound, "refused");
         // Without the role: PERMISSION_DENIED; stale etag: ABORTED.
-        let e = svc
-            .accept_application(accept(COURT, &["mediator"], ""))
+        svc.accept_application(accept(COURT, &["mediator"], ""))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::PermissionDenied);
-        let e = svc
-            .accept_application(accept(COURT, &["court_clerk"], "\"9\""))
+            .refusal(Code::PermissionDenied, "refused");
+        svc.accept_application(accept(COURT, &["court_clerk"], "\"9\""))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::Aborted);
+            .refusal(Code::Aborted, "refused");
         let first = accept(COURT, &["court_clerk"], &a.etag);
         let first_id = first.get_ref().request_id.clone();
         let replayed = req(COURT, &["court_clerk"], first.get_ref().clone());
         let acc = svc
             .accept_application(first)
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         assert_eq!(acc.state, ApplicationState::UnderReview as i32);
         // The same request_id again: the first answer, not WRONG_STATE.
         let again = svc
             .accept_application(replayed)
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         assert_eq!(again, acc);
         // The same request_id with another request: ALREADY_EXISTS.
         let mut other = accept(COURT, &["court_clerk"], "");
         other.get_mut().request_id = first_id;
-        let e = svc.accept_application(other).await.expect_err("reused");
-        assert_eq!(e.code(), Code::AlreadyExists);
+        svc.accept_application(other)
+            .await
+            .refusal(Code::AlreadyExists, "reused");
         assert_eq!(acc.clocks.len(), 2);
 
         let extend = |roles: &[&str], days: u32| {
@@ -152,30 +132,22 @@ both_backends!(
                 COURT,
                 roles,
                 ExtendReviewRequest {
-                    name: a.name.clone(),
-                    etag: String::new(),
                     days,
                     reason: "案情复杂".into(),
-                    request_id: rid(),
+                    ..Change::change(&a.name, "")
                 },
             )
         };
-        let e = svc
-            .extend_review(extend(&["judge"], 10))
+        svc.extend_review(extend(&["judge"], 10))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::PermissionDenied);
-        let e = svc
-            .extend_review(extend(&["court_president"], 11))
+            .refusal(Code::PermissionDenied, "refused");
+        svc.extend_review(extend(&["court_president"], 11))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::FailedPrecondition);
+            .refusal(Code::FailedPrecondition, "refused");
         let ext = svc
             .extend_review(extend(&["court_president"], 10))
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         assert_eq!(ext.clocks[1].extended_by, 10);
 
         let ruled = svc
@@ -183,32 +155,22 @@ both_backends!(
                 COURT,
                 &["judge"],
                 RuleOnApplicationRequest {
-                    name: a.name.clone(),
-                    etag: ext.etag.clone(),
                     outcome: RulingOutcome::Dismissed as i32,
                     ground_code: "not_voluntary".into(),
                     document: Some(doc()),
-                    request_id: rid(),
-                },
-            ))
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
-        assert_eq!(ruled.state, ApplicationState::Dismissed as i32);
-        let e = svc
-            .withdraw_application(req(
-                COURT,
-                &["court_clerk"],
-                WithdrawApplicationRequest {
-                    name: a.name.clone(),
-                    etag: String::new(),
-                    request_id: rid(),
+                    ..Change::change(&a.name, &ext.etag)
                 },
             ))
             .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::FailedPrecondition);
+            .answer_of("application", |r| r.application);
+        assert_eq!(ruled.state, ApplicationState::Dismissed as i32);
+        svc.withdraw_application(req(
+            COURT,
+            &["court_clerk"],
+            WithdrawApplicationRequest::change(&a.name, ""),
+        ))
+        .await
+        .refusal(Code::FailedPrecondition, "refused");
 
         // A second one, not accepted on an Art 355 ground.
         let b = svc.take_in(COURT, &intake("transfers/t4", 5)).await?;
@@ -217,16 +179,12 @@ both_backends!(
                 COURT,
                 &["judge"],
                 RejectApplicationRequest {
-                    name: b.name.clone(),
-                    etag: String::new(),
                     ground_code: "ownership_confirmation".into(),
-                    request_id: rid(),
+                    ..Change::change(&b.name, "")
                 },
             ))
-            .await?
-            .into_inner()
-            .application
-            .expect("application");
+            .await
+            .answer_of("application", |r| r.application);
         assert_eq!(
             rej.rejection.map(|g| g.code).as_deref(),
             Some("ownership_confirmation")
@@ -260,19 +218,17 @@ both_backends!(
             .into_inner();
         assert_eq!(rest.applications.len(), 1);
         assert_ne!(rest.applications[0].name, list.applications[0].name);
-        let e = svc
-            .list_applications(req(
-                "agencies/other-court",
-                &["court_clerk"],
-                ListApplicationsRequest {
-                    page_size: 1,
-                    page_token: list.next_page_token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect_err("refused");
-        assert_eq!(e.code(), Code::InvalidArgument);
+        svc.list_applications(req(
+            "agencies/other-court",
+            &["court_clerk"],
+            ListApplicationsRequest {
+                page_size: 1,
+                page_token: list.next_page_token,
+                ..Default::default()
+            },
+        ))
+        .await
+        .refusal(Code::InvalidArgument, "refused");
         let stats = svc
             .get_application_statistics(req(COURT, &["court_clerk"], Default::default()))
             .await?
@@ -399,8 +355,10 @@ both_backends!(
         let mut bare = offer("transfers/bare", &["p1", "p2"]);
         bare.payload =
             prost::Message::encode_to_vec(&fengqiao_proto::router::TransferMessage::default());
-        let e = inbox.deliver(bare).await.expect_err("no package");
-        assert_eq!(e.code(), Code::InvalidArgument);
+        inbox
+            .deliver(bare)
+            .await
+            .refusal(Code::InvalidArgument, "no package");
         // Another message kind changes nothing.
         let mut other = offer("transfers/ok", &["p1", "p2"]);
         other.kind = fengqiao_proto::inbox::MessageKind::TransferWithdrawn as i32;
@@ -431,8 +389,7 @@ async fn overdue_count(svc: &JudicialConfirmation) -> u64 {
         GetApplicationStatisticsRequest::default(),
     ))
     .await
-    .expect("statistics")
-    .into_inner()
+    .answer("statistics")
     .overdue_count
 }
 
@@ -458,10 +415,8 @@ both_backends!(
             COURT,
             &["court_clerk"],
             AcceptApplicationRequest {
-                name: c.name.clone(),
-                etag: String::new(),
                 confirmation_number: "(2026)辽0203民特调确31号".into(),
-                request_id: rid(),
+                ..Change::change(&c.name, "")
             },
         ))
         .await?;
@@ -469,10 +424,8 @@ both_backends!(
             COURT,
             &["judge"],
             RequestSupplementRequest {
-                name: d.name.clone(),
-                etag: String::new(),
                 description: "补充身份证明".into(),
-                request_id: rid(),
+                ..Change::change(&d.name, "")
             },
         ))
         .await?;
@@ -480,10 +433,8 @@ both_backends!(
             COURT,
             &["judge"],
             RejectApplicationRequest {
-                name: e.name.clone(),
-                etag: String::new(),
                 ground_code: "ownership_confirmation".into(),
-                request_id: rid(),
+                ..Change::change(&e.name, "")
             },
         ))
         .await?;
@@ -498,14 +449,10 @@ both_backends!(
                 .get_application(req(
                     COURT,
                     &["judge"],
-                    GetApplicationRequest {
-                        name: x.name.clone(),
-                    },
+                    GetApplicationRequest::named(&x.name),
                 ))
-                .await?
-                .into_inner()
-                .application
-                .expect("application");
+                .await
+                .answer_of("application", |r| r.application);
             assert!(got.overdue, "stored as overdue");
             assert_eq!(got.state, ApplicationState::Received as i32, "notify-only");
         }
@@ -519,10 +466,7 @@ both_backends!(
             async move {
                 svc.get_application(req(COURT, &["judge"], GetApplicationRequest { name }))
                     .await
-                    .expect("get")
-                    .into_inner()
-                    .application
-                    .expect("application")
+                    .answer_of("get", |r| r.application)
             }
         };
         assert!(

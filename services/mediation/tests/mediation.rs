@@ -9,6 +9,7 @@ use fengqiao_proto::mediation::*;
 use fengqiao_proto::router::{
     AnswerInvestigationRequest, InvestigationState, Transfer, TransferState,
 };
+use fengqiao_testkit::answers::{Answer as _, Change, Named, Refusal as _};
 use fengqiao_testkit::services::{
     self, COMMITTEE, MediationClient as Med, ROOM, ROOM_ORG as ORG, STATION, mediation as med,
     neighbours, police_record, police_transfer, rid, room_roster as roster, transfer_as,
@@ -48,16 +49,11 @@ async fn transfer(suite: &TestSuite, name: &str) -> Transfer {
 
 async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {
     room.accept_case(AcceptCaseRequest {
-        name: c.name.clone(),
-        etag: c.etag.clone(),
         comment: "属于邻里纠纷，予以受理".into(),
-        request_id: rid(),
+        ..Change::change(&c.name, &c.etag)
     })
     .await
-    .expect("accept")
-    .into_inner()
-    .mediation_case
-    .expect("case")
+    .answer_of("accept", |r| r.mediation_case)
 }
 
 async fn consent(
@@ -67,19 +63,13 @@ async fn consent(
     d: ConsentDecision,
 ) -> MediationCase {
     room.record_consent(RecordConsentRequest {
-        name: c.name.clone(),
-        etag: c.etag.clone(),
         party_id: party.into(),
         decision: d as i32,
         method: ConsentMethod::Written as i32,
-        request_id: rid(),
-        ..Default::default()
+        ..Change::change(&c.name, &c.etag)
     })
     .await
-    .expect("consent")
-    .into_inner()
-    .mediation_case
-    .expect("case")
+    .answer_of("consent", |r| r.mediation_case)
 }
 
 fn sig(kind: SignerKind, party: &str, method: SignatureMethod) -> Signature {
@@ -98,10 +88,8 @@ async fn sign(
     s: Signature,
 ) -> Result<MediationCase, tonic::Status> {
     room.sign_agreement(SignAgreementRequest {
-        name: c.name.clone(),
-        etag: String::new(),
         signature: Some(s),
-        request_id: rid(),
+        ..Change::change(&c.name, "")
     })
     .await
     .map(|r| r.into_inner().mediation_case.expect("case"))
@@ -136,47 +124,27 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
 
     // Refusals before acceptance: no role, another agency, sessions before mediation.
     let mut clerk = med(&suite, ROOM, "clerk-01", &["clerk"]);
-    let e = clerk
-        .accept_case(AcceptCaseRequest {
-            name: c.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        })
+    clerk
+        .accept_case(AcceptCaseRequest::named(&c.name))
         .await
-        .expect_err("no role");
-    assert_eq!(e.code(), Code::PermissionDenied);
+        .refusal(Code::PermissionDenied, "no role");
     let mut other = med(
         &suite,
         COMMITTEE,
         "director",
         &["mediation_admin", "mediator"],
     );
-    let e = other
-        .get_case(GetCaseRequest {
-            name: c.name.clone(),
-        })
+    other
+        .get_case(GetCaseRequest::named(&c.name))
         .await
-        .expect_err("other agency");
-    assert_eq!(e.code(), Code::NotFound);
-    let e = other
-        .accept_case(AcceptCaseRequest {
-            name: c.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        })
+        .refusal(Code::NotFound, "other agency");
+    other
+        .accept_case(AcceptCaseRequest::named(&c.name))
         .await
-        .expect_err("other agency");
-    assert_eq!(e.code(), Code::NotFound);
-    let e = room
-        .accept_case(AcceptCaseRequest {
-            name: c.name.clone(),
-            etag: "\"999\"".into(),
-            request_id: rid(),
-            ..Default::default()
-        })
+        .refusal(Code::NotFound, "other agency");
+    room.accept_case(AcceptCaseRequest::change(&c.name, "\"999\""))
         .await
-        .expect_err("stale etag");
-    assert_eq!(e.code(), Code::Aborted);
+        .refusal(Code::Aborted, "stale etag");
 
     let c = accept(&mut room, &c).await;
     assert_eq!(st(&c), MediationCaseState::Accepted);
@@ -186,80 +154,55 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
         state(&transfer(&suite, &t.name).await),
         TransferState::InProgress
     );
-    let e = room
-        .accept_case(AcceptCaseRequest {
-            name: c.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        })
+    room.accept_case(AcceptCaseRequest::named(&c.name))
         .await
-        .expect_err("accept twice");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+        .refusal(Code::FailedPrecondition, "accept twice");
 
     let c = consent(&mut room, &c, "p1", ConsentDecision::Consented).await;
     let c = consent(&mut room, &c, "p2", ConsentDecision::Consented).await;
     assert_eq!(st(&c), MediationCaseState::Accepted, "no mediator yet");
-    let e = room
-        .record_consent(RecordConsentRequest {
-            name: c.name.clone(),
-            party_id: "p9".into(),
-            decision: ConsentDecision::Consented as i32,
-            method: ConsentMethod::Oral as i32,
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("unknown party");
-    assert_eq!(e.code(), Code::InvalidArgument);
+    room.record_consent(RecordConsentRequest {
+        party_id: "p9".into(),
+        decision: ConsentDecision::Consented as i32,
+        method: ConsentMethod::Oral as i32,
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::InvalidArgument, "unknown party");
 
     // Automatic assignment: neighbourhood specialty, region 210203, lowest load.
     let c = room
         .assign_mediator(AssignMediatorRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             assignee: Some(assign_mediator_request::Assignee::Automatic(
                 AutomaticAssignment::default(),
             )),
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&c.name, &c.etag)
         })
         .await
-        .expect("assign")
-        .into_inner()
-        .mediation_case
-        .expect("case");
+        .answer_of("assign", |r| r.mediation_case);
     assert_eq!(st(&c), MediationCaseState::InMediation);
     let first = c.assignment.clone().expect("assignment");
     assert_eq!(first.mediator, format!("{ORG}/mediators/med-li"));
     assert_eq!(first.method, AssignmentMethod::Automatic as i32);
-    let e = room
-        .assign_mediator(AssignMediatorRequest {
-            name: c.name.clone(),
-            assignee: Some(assign_mediator_request::Assignee::Mediator(format!(
-                "{ORG}/mediators/med-zhang"
-            ))),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("assigned already");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    room.assign_mediator(AssignMediatorRequest {
+        assignee: Some(assign_mediator_request::Assignee::Mediator(format!(
+            "{ORG}/mediators/med-zhang"
+        ))),
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "assigned already");
 
     // 回避 with automatic reassignment: the other neighbourhood mediator.
     let c = room
         .recuse_mediator(RecuseMediatorRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             reason: "调解员与当事人系亲属".into(),
             requested_by_party_id: "p2".into(),
             reassign_automatically: true,
-            request_id: rid(),
+            ..Change::change(&c.name, &c.etag)
         })
         .await
-        .expect("recuse")
-        .into_inner()
-        .mediation_case
-        .expect("case");
+        .answer_of("recuse", |r| r.mediation_case);
     let second = c.assignment.clone().expect("reassigned");
     assert_eq!(second.mediator, format!("{ORG}/mediators/med-zhang"));
     assert_eq!(c.assignment_history.len(), 2);
@@ -273,8 +216,7 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
             ..Default::default()
         })
         .await
-        .expect("mediators")
-        .into_inner()
+        .answer("mediators")
         .mediators;
     let zhang = ms
         .iter()
@@ -283,29 +225,22 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
     assert_eq!(zhang.current_load, 1);
 
     // Signing before a draft, ending with an agreement before one: refused.
-    let e = sign(
+    sign(
         &mut room,
         &c,
         sig(SignerKind::Party, "p1", SignatureMethod::Handwritten),
     )
     .await
-    .expect_err("sign before draft");
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = room
-        .end_mediation(EndMediationRequest {
-            name: c.name.clone(),
-            reason: EndReason::Agreement as i32,
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("no agreement");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    .refusal(Code::FailedPrecondition, "sign before draft");
+    room.end_mediation(EndMediationRequest {
+        reason: EndReason::Agreement as i32,
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "no agreement");
 
     let r = room
         .record_session(RecordSessionRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             session: Some(MediationSession {
                 start_time: Some(ts(1_800_000_000)),
                 end_time: Some(ts(1_800_003_600)),
@@ -316,40 +251,30 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
                 summary: "双方陈述，经释法说理，双方同意协商解决".into(),
                 ..Default::default()
             }),
-            request_id: rid(),
+            ..Change::change(&c.name, &c.etag)
         })
         .await
-        .expect("session")
-        .into_inner();
+        .answer("session");
     assert!(!r.session.expect("session").session_id.is_empty());
     let c = r.mediation_case.expect("case");
 
     let c = room
         .draft_agreement(DraftAgreementRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             agreement: Some(agreement(&c)),
-            request_id: rid(),
+            ..Change::change(&c.name, &c.etag)
         })
         .await
-        .expect("draft")
-        .into_inner()
-        .mediation_case
-        .expect("case");
+        .answer_of("draft", |r| r.mediation_case);
     assert_eq!(st(&c), MediationCaseState::AgreementPendingSignature);
-    let e = room
-        .draft_agreement(DraftAgreementRequest {
-            name: c.name.clone(),
-            agreement: Some(Agreement {
-                terms: vec![],
-                ..agreement(&c)
-            }),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("no terms");
-    assert_eq!(e.code(), Code::InvalidArgument);
+    room.draft_agreement(DraftAgreementRequest {
+        agreement: Some(Agreement {
+            terms: vec![],
+            ..agreement(&c)
+        }),
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::InvalidArgument, "no terms");
 
     let c = sign(
         &mut room,
@@ -358,30 +283,27 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
     )
     .await
     .expect("p1");
-    let e = sign(
+    sign(
         &mut room,
         &c,
         sig(SignerKind::Party, "p1", SignatureMethod::Fingerprint),
     )
     .await
-    .expect_err("twice");
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = sign(
+    .refusal(Code::FailedPrecondition, "twice");
+    sign(
         &mut room,
         &c,
         sig(SignerKind::Party, "p9", SignatureMethod::Handwritten),
     )
     .await
-    .expect_err("no such party");
-    assert_eq!(e.code(), Code::InvalidArgument);
-    let e = sign(
+    .refusal(Code::InvalidArgument, "no such party");
+    sign(
         &mut room,
         &c,
         sig(SignerKind::CommitteeSeal, "", SignatureMethod::Handwritten),
     )
     .await
-    .expect_err("seal needs SEAL");
-    assert_eq!(e.code(), Code::InvalidArgument);
+    .refusal(Code::InvalidArgument, "seal needs SEAL");
     let c = sign(
         &mut room,
         &c,
@@ -397,16 +319,12 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
     .await
     .expect("mediator");
     assert!(!c.agreement.as_ref().expect("agreement").effective);
-    let e = room
-        .end_mediation(EndMediationRequest {
-            name: c.name.clone(),
-            reason: EndReason::Agreement as i32,
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("no seal yet");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    room.end_mediation(EndMediationRequest {
+        reason: EndReason::Agreement as i32,
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "no seal yet");
     let c = sign(
         &mut room,
         &c,
@@ -420,16 +338,12 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
     assert_eq!(a.signatures.len(), 4);
 
     // Follow-ups only after the case ended with the agreement.
-    let e = room
-        .schedule_follow_up(ScheduleFollowUpRequest {
-            name: c.name.clone(),
-            scheduled_time: Some(ts(1_900_000_000)),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("not ended");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    room.schedule_follow_up(ScheduleFollowUpRequest {
+        scheduled_time: Some(ts(1_900_000_000)),
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "not ended");
 
     let end_rid = rid();
     let end = EndMediationRequest {
@@ -442,10 +356,7 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
     let c = room
         .end_mediation(end.clone())
         .await
-        .expect("end")
-        .into_inner()
-        .mediation_case
-        .expect("case");
+        .answer_of("end", |r| r.mediation_case);
     assert_eq!(st(&c), MediationCaseState::Ended);
     let term = c.termination.clone().expect("termination");
     assert_eq!(term.outcome_code, "agreement_reached");
@@ -453,10 +364,7 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
     let again = room
         .end_mediation(end)
         .await
-        .expect("replay")
-        .into_inner()
-        .mediation_case
-        .expect("case");
+        .answer_of("replay", |r| r.mediation_case);
     assert_eq!(again.etag, c.etag);
 
     let tr = transfer(&suite, &t.name).await;
@@ -467,59 +375,43 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
 
     let r = room
         .schedule_follow_up(ScheduleFollowUpRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             scheduled_time: Some(ts(1_900_000_000)),
             plan_note: "一个月后电话回访履行情况".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&c.name, &c.etag)
         })
         .await
-        .expect("schedule")
-        .into_inner();
+        .answer("schedule");
     let f = r.follow_up.expect("follow-up");
     assert_eq!(f.state, FollowUpState::Scheduled as i32);
     assert_eq!(f.assignee, second.mediator);
     let r = room
         .record_follow_up(RecordFollowUpRequest {
-            name: c.name.clone(),
             follow_up_id: f.follow_up_id.clone(),
             method: FollowUpMethod::Phone as i32,
             performance: PerformanceStatus::Full as i32,
             satisfaction: Satisfaction::Satisfied as i32,
             result_notes: "已履行，双方满意".into(),
             visit_time: Some(ts(1_900_000_100)),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&c.name)
         })
         .await
-        .expect("record follow-up")
-        .into_inner();
+        .answer("record follow-up");
     assert_eq!(r.follow_up.expect("f").state, FollowUpState::Done as i32);
-    let e = room
-        .record_follow_up(RecordFollowUpRequest {
-            name: c.name.clone(),
-            follow_up_id: f.follow_up_id.clone(),
-            performance: PerformanceStatus::Full as i32,
-            satisfaction: Satisfaction::Satisfied as i32,
-            visit_time: Some(ts(1_900_000_200)),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("recorded twice");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    room.record_follow_up(RecordFollowUpRequest {
+        follow_up_id: f.follow_up_id.clone(),
+        performance: PerformanceStatus::Full as i32,
+        satisfaction: Satisfaction::Satisfied as i32,
+        visit_time: Some(ts(1_900_000_200)),
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "recorded twice");
 
     // 一案一卷: everything in time order, plus the router's events.
     let file = room
-        .get_case_file(GetCaseFileRequest {
-            name: c.name.clone(),
-        })
+        .get_case_file(GetCaseFileRequest::named(&c.name))
         .await
-        .expect("file")
-        .into_inner()
-        .case_file
-        .expect("file");
+        .answer_of("file", |r| r.case_file);
     let kinds: Vec<i32> = file.entries.iter().map(|e| e.kind).collect();
     for k in [
         CaseFileEntryKind::TransferDocument,
@@ -550,13 +442,10 @@ suite_test!(a_case_is_mediated_to_an_agreement, |suite| async move {
         e.to_state != fengqiao_proto::router::TransferState::Draft as i32
             && e.to_state != fengqiao_proto::router::TransferState::AwaitingApproval as i32
     }));
-    let e = other
-        .get_case_file(GetCaseFileRequest {
-            name: c.name.clone(),
-        })
+    other
+        .get_case_file(GetCaseFileRequest::named(&c.name))
         .await
-        .expect_err("other agency");
-    assert_eq!(e.code(), Code::NotFound);
+        .refusal(Code::NotFound, "other agency");
 });
 
 fn state(t: &Transfer) -> TransferState {
@@ -566,30 +455,21 @@ fn state(t: &Transfer) -> TransferState {
 suite_test!(a_case_is_declined_with_a_reason, |suite| async move {
     let (t, c) = offered(&suite).await;
     let mut room = med(&suite, ROOM, "room-head", &["mediation_admin", "mediator"]);
-    let e = room
-        .decline_case(DeclineCaseRequest {
-            name: c.name.clone(),
-            reason_code: "no_such_reason".into(),
-            reason: "测试".into(),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("reason not in the route");
-    assert_eq!(e.code(), Code::InvalidArgument);
+    room.decline_case(DeclineCaseRequest {
+        reason_code: "no_such_reason".into(),
+        reason: "测试".into(),
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::InvalidArgument, "reason not in the route");
     let c = room
         .decline_case(DeclineCaseRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             reason_code: "outside_jurisdiction".into(),
             reason: "纠纷发生地不属于本调解室辖区".into(),
-            request_id: rid(),
+            ..Change::change(&c.name, &c.etag)
         })
         .await
-        .expect("decline")
-        .into_inner()
-        .mediation_case
-        .expect("case");
+        .answer_of("decline", |r| r.mediation_case);
     assert_eq!(st(&c), MediationCaseState::Declined);
     assert_eq!(
         c.decline.expect("decline").reason_code,
@@ -597,15 +477,9 @@ suite_test!(a_case_is_declined_with_a_reason, |suite| async move {
     );
     let tr = transfer(&suite, &t.name).await;
     assert_eq!(state(&tr), TransferState::Declined);
-    let e = room
-        .accept_case(AcceptCaseRequest {
-            name: c.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        })
+    room.accept_case(AcceptCaseRequest::named(&c.name))
         .await
-        .expect_err("declined");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+        .refusal(Code::FailedPrecondition, "declined");
 });
 
 suite_test!(a_refusal_of_consent_ends_the_case, |suite| async move {
@@ -622,16 +496,12 @@ suite_test!(a_refusal_of_consent_ends_the_case, |suite| async move {
     let tr = transfer(&suite, &t.name).await;
     assert_eq!(state(&tr), TransferState::FeedbackSubmitted);
     assert_eq!(tr.feedback.expect("feedback").outcome_code, "party_refused");
-    let e = room
-        .end_mediation(EndMediationRequest {
-            name: c.name.clone(),
-            reason: EndReason::GapTooLarge as i32,
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("already over");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    room.end_mediation(EndMediationRequest {
+        reason: EndReason::GapTooLarge as i32,
+        ..Named::named(&c.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "already over");
 });
 
 suite_test!(
@@ -642,18 +512,12 @@ suite_test!(
         let c = accept(&mut room, &c).await;
         let c = room
             .escalate_case(EscalateCaseRequest {
-                name: c.name.clone(),
-                etag: c.etag.clone(),
                 reason_code: "risk_of_escalation".into(),
                 reason: "一方扬言报复，有激化可能".into(),
-                request_id: rid(),
-                ..Default::default()
+                ..Change::change(&c.name, &c.etag)
             })
             .await
-            .expect("escalate")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("escalate", |r| r.mediation_case);
         assert_eq!(st(&c), MediationCaseState::Escalated);
         assert_eq!(
             c.escalation.expect("escalation").to_agency,
@@ -672,29 +536,17 @@ suite_test!(
         let (t, c) = offered(&suite).await;
         let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
         let c = accept(&mut room, &c).await;
-        let e = room
-            .request_investigation(RequestInvestigationRequest {
-                name: c.name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            })
+        room.request_investigation(RequestInvestigationRequest::named(&c.name))
             .await
-            .expect_err("no questions");
-        assert_eq!(e.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "no questions");
         let c = room
             .request_investigation(RequestInvestigationRequest {
-                name: c.name.clone(),
-                etag: c.etag.clone(),
                 questions: "请补充调取楼道监控".into(),
                 pause_clock: true,
-                request_id: rid(),
-                ..Default::default()
+                ..Change::change(&c.name, &c.etag)
             })
             .await
-            .expect("investigation")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("investigation", |r| r.mediation_case);
         assert_eq!(c.investigations.len(), 1);
         assert_eq!(c.investigations[0].state, InvestigationState::Open as i32);
         assert!(c.mediation_clock.as_ref().is_some_and(|k| k.paused));
@@ -705,29 +557,22 @@ suite_test!(
         let mut officer = router(&suite, STATION, "officer-01", &["officer"]);
         officer
             .answer_investigation(AnswerInvestigationRequest {
-                name: c.investigations[0].investigation.clone(),
-                etag: tr.etag.clone(),
                 answer: "已调取监控，确认夜间噪音".into(),
                 evidence: vec![EvidenceRef {
                     display_name: "楼道监控截图".into(),
                     uri: "evidence://video/0002".into(),
                     ..Default::default()
                 }],
-                request_id: rid(),
+                ..Change::change(&c.investigations[0].investigation, &tr.etag)
             })
             .await
             .expect("answer");
         let mut answered = None;
         for _ in 0..100 {
             let c = room
-                .get_case(GetCaseRequest {
-                    name: c.name.clone(),
-                })
+                .get_case(GetCaseRequest::named(&c.name))
                 .await
-                .expect("get")
-                .into_inner()
-                .mediation_case
-                .expect("case");
+                .answer_of("get", |r| r.mediation_case);
             if c.investigations[0].state == InvestigationState::Answered as i32 {
                 answered = Some(c);
                 break;
@@ -818,7 +663,7 @@ suite_test!(
         .expect("by organization");
         assert!(other_org.mediation_cases.is_empty());
         // Refused: an unknown state, a token this server did not issue.
-        let e = list(
+        list(
             &mut room,
             ListCasesRequest {
                 states: vec![999],
@@ -826,9 +671,8 @@ suite_test!(
             },
         )
         .await
-        .expect_err("unknown state");
-        assert_eq!(e.code(), Code::InvalidArgument);
-        let e = list(
+        .refusal(Code::InvalidArgument, "unknown state");
+        list(
             &mut room,
             ListCasesRequest {
                 page_token: "not-a-token".into(),
@@ -836,7 +680,6 @@ suite_test!(
             },
         )
         .await
-        .expect_err("bad token");
-        assert_eq!(e.code(), Code::InvalidArgument);
+        .refusal(Code::InvalidArgument, "bad token");
     }
 );

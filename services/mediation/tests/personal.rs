@@ -12,10 +12,11 @@ use fengqiao_proto::mediation::*;
 use fengqiao_proto::router::Transfer;
 use fengqiao_store::Store;
 use fengqiao_store::access::{self, Outcome};
+use fengqiao_testkit::answers::{Answer as _, Change, Named, Refusal as _};
 use fengqiao_testkit::services::{
-    self, MediationClient as Med, ROOM, assert_sealed, assert_sqlite_files_lack, denied_row, full,
-    mediation as med, neighbours, police_record, police_transfer, resident, rid,
-    room_roster as roster,
+    self, MediationClient as Med, ROOM, assert_denied_and_logged, assert_sealed,
+    assert_sqlite_files_lack, full, mediation as med, neighbours, police_record, police_transfer,
+    resident, room_roster as roster,
 };
 use fengqiao_testkit::{Db, ServiceName, TestSuite, suite_test};
 use tonic::Code;
@@ -121,27 +122,18 @@ suite_test!(
                 ..Default::default()
             }))
             .await
-            .expect("full list")
-            .into_inner();
+            .answer("full list");
         assert_whole(&listed.mediation_cases[0]);
-        let file_req = || GetCaseFileRequest {
-            name: offered.name.clone(),
-        };
+        let file_req = || GetCaseFileRequest::named(&offered.name);
         let file = mediator
             .get_case_file(file_req())
             .await
-            .expect("file")
-            .into_inner()
-            .case_file
-            .expect("file");
+            .answer_of("file", |r| r.case_file);
         assert_masked(file.mediation_case.as_ref().expect("case"));
         let file = mediator
             .get_case_file(full(file_req()))
             .await
-            .expect("full file")
-            .into_inner()
-            .case_file
-            .expect("file");
+            .answer_of("full file", |r| r.case_file);
         assert_whole(file.mediation_case.as_ref().expect("case"));
         let rows = log(store.clone(), offered.case_id.clone()).await;
         assert_eq!(rows.len(), 3);
@@ -153,8 +145,7 @@ suite_test!(
         let e = clerk
             .get_case_file(full(file_req()))
             .await
-            .expect_err("denied");
-        assert_eq!(e.code(), Code::PermissionDenied);
+            .refusal(Code::PermissionDenied, "denied");
         assert_eq!(reason_of(&e).as_deref(), Some("PERSONAL_INFO_VIEW_DENIED"));
         let rows = log(store.clone(), offered.case_id.clone()).await;
         assert_eq!(rows[0].outcome, Outcome::Denied);
@@ -164,16 +155,11 @@ suite_test!(
         // A mutation's answer is masked, even when full is asked for.
         let accepted = mediator
             .accept_case(full(AcceptCaseRequest {
-                name: offered.name.clone(),
-                etag: offered.etag.clone(),
                 comment: format!("受理，联系电话{MOBILE}"),
-                request_id: rid(),
+                ..Change::change(&offered.name, &offered.etag)
             }))
             .await
-            .expect("accept")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("accept", |r| r.mediation_case);
         assert_masked(&accepted);
     }
 );
@@ -186,48 +172,33 @@ suite_test!(
         let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
         let c = room
             .accept_case(AcceptCaseRequest {
-                name: c.name.clone(),
-                etag: c.etag.clone(),
                 comment: "予以受理".into(),
-                request_id: rid(),
+                ..Change::change(&c.name, &c.etag)
             })
             .await
-            .expect("accept")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("accept", |r| r.mediation_case);
         let mut c = c;
         for party in ["p1", "p2"] {
             c = room
                 .record_consent(RecordConsentRequest {
-                    name: c.name.clone(),
                     party_id: party.into(),
                     decision: ConsentDecision::Consented as i32,
                     method: ConsentMethod::Written as i32,
                     note: format!("当事人身份证{ID}，电话{MOBILE}，同意调解"),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&c.name)
                 })
                 .await
-                .expect("consent")
-                .into_inner()
-                .mediation_case
-                .expect("case");
+                .answer_of("consent", |r| r.mediation_case);
         }
         let c = room
             .assign_mediator(AssignMediatorRequest {
-                name: c.name.clone(),
                 assignee: Some(assign_mediator_request::Assignee::Automatic(
                     AutomaticAssignment::default(),
                 )),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&c.name)
             })
             .await
-            .expect("assign")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("assign", |r| r.mediation_case);
         let whole = get(&mut room, &c.name, true).await.expect("full");
         assert_eq!(
             whole.consents[0].note,
@@ -253,14 +224,11 @@ suite_test!(
         // Parties copied from a masked answer are refused by the kit's validators.
         let e = room
             .draft_agreement(DraftAgreementRequest {
-                name: c.name.clone(),
                 agreement: Some(agreement(c.parties.clone())),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&c.name)
             })
             .await
-            .expect_err("masked parties");
-        assert_eq!(e.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "masked parties");
         assert!(
             bad_fields_of(&e).contains(&"agreement.parties[0].id_number".to_string()),
             "{:?}",
@@ -269,16 +237,11 @@ suite_test!(
         // With the full values: drafted, its facts redacted.
         let drafted = room
             .draft_agreement(DraftAgreementRequest {
-                name: c.name.clone(),
                 agreement: Some(agreement(whole.parties.clone())),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&c.name)
             })
             .await
-            .expect("draft")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("draft", |r| r.mediation_case);
         assert_eq!(
             drafted
                 .agreement
@@ -312,10 +275,8 @@ suite_test!(
         let (_, c) = offered(&suite).await;
         let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
         room.accept_case(AcceptCaseRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             comment: "予以受理".into(),
-            request_id: rid(),
+            ..Change::change(&c.name, &c.etag)
         })
         .await
         .expect("accept");
@@ -361,12 +322,6 @@ suite_test!(
 suite_test!(a_refused_call_leaves_a_denied_row, |suite| async move {
     let mut anon =
         MediationServiceClient::with_interceptor(suite.channel(), CallInterceptor::new(None));
-    let e = anon
-        .list_cases(ListCasesRequest::default())
-        .await
-        .expect_err("no token");
-    assert_eq!(e.code(), Code::Unauthenticated);
-    let row = denied_row(&store_of(&suite).await).await;
-    assert_eq!(row.service, "mediation");
-    assert!(row.method.contains("ListCases"), "{}", row.method);
+    let reply = anon.list_cases(ListCasesRequest::default()).await;
+    assert_denied_and_logged(&suite, ServiceName::Mediation, reply, "ListCases").await;
 });

@@ -10,6 +10,7 @@ use fengqiao_proto::inbox::agency_inbox_service_client::AgencyInboxServiceClient
 use fengqiao_proto::inbox::{DeliverRequest, Envelope, MessageKind, RecipientSide};
 use fengqiao_proto::mediation::*;
 use fengqiao_proto::router::{Transfer, TransferEvent, TransferState};
+use fengqiao_testkit::answers::{Answer as _, Change, Named, Refusal as _};
 use fengqiao_testkit::services::{
     self, MediationClient as Med, ROOM, STATION, cut_off, mediation as med, neighbours,
     police_record, police_transfer, rid, room_roster as roster, router_envelope, transfer_as,
@@ -48,16 +49,11 @@ async fn transfer(suite: &TestSuite, name: &str) -> Transfer {
 
 async fn accept(room: &mut Med, c: &MediationCase) -> MediationCase {
     room.accept_case(AcceptCaseRequest {
-        name: c.name.clone(),
-        etag: c.etag.clone(),
         comment: "属于邻里纠纷，予以受理".into(),
-        request_id: rid(),
+        ..Change::change(&c.name, &c.etag)
     })
     .await
-    .expect("accept")
-    .into_inner()
-    .mediation_case
-    .expect("case")
+    .answer_of("accept", |r| r.mediation_case)
 }
 
 /// Waits (bounded: one redelivery) until the case and its router transfer agree: the case is
@@ -90,10 +86,7 @@ async fn agree(
 async fn get_case(room: &mut Med, name: &str) -> MediationCase {
     room.get_case(GetCaseRequest { name: name.into() })
         .await
-        .expect("get case")
-        .into_inner()
-        .mediation_case
-        .expect("case")
+        .answer_of("get case", |r| r.mediation_case)
 }
 
 suite_test!(
@@ -103,10 +96,8 @@ suite_test!(
         let (t, c) = offered(&suite).await;
         let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
         let msg = AcceptCaseRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             comment: "予以受理".into(),
-            request_id: rid(),
+            ..Change::change(&c.name, &c.etag)
         };
         let mut r2 = room.clone();
         cut_off(async |req| r2.accept_case(req).await, &msg).await;
@@ -126,19 +117,13 @@ suite_test!(
         let first = room
             .accept_case(msg.clone())
             .await
-            .expect("retry")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("retry", |r| r.mediation_case);
         assert_eq!(st(&first), MediationCaseState::Accepted);
         assert!(!first.case_number.is_empty());
         let again = room
             .accept_case(msg.clone())
             .await
-            .expect("second retry")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("second retry", |r| r.mediation_case);
         assert_eq!(again, first);
         // Router and case agree.
         let tr = transfer(&suite, &t.name).await;
@@ -148,14 +133,12 @@ suite_test!(
             MediationCaseState::Accepted
         );
         // A new request id on the accepted case is the wrong state, not a second acceptance.
-        let e = room
-            .accept_case(AcceptCaseRequest {
-                request_id: rid(),
-                ..msg.clone()
-            })
-            .await
-            .expect_err("accepted already");
-        assert_eq!(e.code(), Code::FailedPrecondition);
+        room.accept_case(AcceptCaseRequest {
+            request_id: rid(),
+            ..msg.clone()
+        })
+        .await
+        .refusal(Code::FailedPrecondition, "accepted already");
     }
 );
 
@@ -167,12 +150,9 @@ suite_test!(
         let mut room = med(&suite, ROOM, "mediator-01", &["mediator"]);
         let c = accept(&mut room, &c).await;
         let msg = EndMediationRequest {
-            name: c.name.clone(),
-            etag: c.etag.clone(),
             reason: EndReason::GapTooLarge as i32,
             detail: "双方分歧较大".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&c.name, &c.etag)
         };
         let mut r2 = room.clone();
         cut_off(async |req| r2.end_mediation(req).await, &msg).await;
@@ -190,20 +170,14 @@ suite_test!(
         let first = room
             .end_mediation(msg.clone())
             .await
-            .expect("retry")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("retry", |r| r.mediation_case);
         assert_eq!(st(&first), MediationCaseState::Ended);
         let term = first.termination.clone().expect("termination");
         assert_eq!(term.reason, EndReason::GapTooLarge as i32);
         let again = room
             .end_mediation(msg.clone())
             .await
-            .expect("second retry")
-            .into_inner()
-            .mediation_case
-            .expect("case");
+            .answer_of("second retry", |r| r.mediation_case);
         assert_eq!(again, first);
         let tr = transfer(&suite, &t.name).await;
         assert_eq!(tr.state, TransferState::FeedbackSubmitted as i32);
@@ -307,27 +281,20 @@ suite_test!(
             ..Default::default()
         };
         room.record_consent(RecordConsentRequest {
-            name: c.name.clone(),
             party_id: c.parties[0].party_id.clone(),
             decision: ConsentDecision::Consented as i32,
             method: ConsentMethod::Written as i32,
             evidence: Some(evidence.clone()),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&c.name)
         })
         .await
         .expect("consent");
         let shown = get_case(&mut room, &c.name).await;
         assert_eq!(shown.consents[0].evidence.as_ref(), Some(&evidence));
         let file = room
-            .get_case_file(GetCaseFileRequest {
-                name: c.name.clone(),
-            })
+            .get_case_file(GetCaseFileRequest::named(&c.name))
             .await
-            .expect("file")
-            .into_inner()
-            .case_file
-            .expect("file");
+            .answer_of("file", |r| r.case_file);
         assert!(
             file.entries
                 .iter()

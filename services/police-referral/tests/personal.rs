@@ -11,9 +11,10 @@ use fengqiao_proto::policereferral::police_referral_service_client::PoliceReferr
 use fengqiao_proto::policereferral::*;
 use fengqiao_store::Store;
 use fengqiao_store::access::{self, Outcome};
+use fengqiao_testkit::answers::{Answer as _, Named as _, Refusal as _};
 use fengqiao_testkit::services::{
-    self, COMMAND, ReferralClient as Client, STATION, assert_sealed, assert_sqlite_files_lack,
-    denied_row, full, referrals as client, resident,
+    self, COMMAND, ReferralClient as Client, STATION, assert_denied_and_logged, assert_sealed,
+    assert_sqlite_files_lack, full, referrals as client, resident,
 };
 use fengqiao_testkit::{Db, ServiceName, TestSuite, suite_test};
 use tonic::Code;
@@ -100,10 +101,7 @@ suite_test!(
                 request_id: String::new(),
             }))
             .await
-            .expect("replay")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("replay", |r| r.referral);
         assert_masked(&replay);
 
         let mut officer = client(&suite, STATION, "officer-01", &["officer"]);
@@ -111,10 +109,7 @@ suite_test!(
         let masked = officer
             .get_referral(get(&created.name))
             .await
-            .expect("get")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("get", |r| r.referral);
         assert_masked(&masked);
         let listed = officer
             .list_referrals(ListReferralsRequest {
@@ -122,18 +117,12 @@ suite_test!(
                 ..Default::default()
             })
             .await
-            .expect("list")
-            .into_inner();
+            .answer("list");
         assert_masked(&listed.referrals[0]);
         let file = officer
-            .get_referral_file(GetReferralFileRequest {
-                name: created.name.clone(),
-            })
+            .get_referral_file(GetReferralFileRequest::named(&created.name))
             .await
-            .expect("file")
-            .into_inner()
-            .referral_file
-            .expect("file");
+            .answer_of("file", |r| r.referral_file);
         assert_masked(file.referral.as_ref().expect("referral"));
 
         let store = store_of(&suite).await;
@@ -149,10 +138,7 @@ suite_test!(
         let whole = officer
             .get_referral(full(get(&created.name)))
             .await
-            .expect("full get")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("full get", |r| r.referral);
         assert_eq!(whole.parties[0].id_number, ID);
         assert_eq!(whole.parties[0].phone, MOBILE);
         assert_eq!(whole.parties[0].name, "张三");
@@ -183,8 +169,7 @@ suite_test!(
                 ..Default::default()
             }))
             .await
-            .expect("full list")
-            .into_inner();
+            .answer("full list");
         assert_eq!(listed.referrals[0].parties[0].id_number, ID);
         let log = access::recent(&store, Some(&created.case_id), 10)
             .await
@@ -221,10 +206,7 @@ suite_test!(
             let m = c
                 .get_referral(get(&created.name))
                 .await
-                .expect("masked get")
-                .into_inner()
-                .referral
-                .expect("referral");
+                .answer_of("masked get", |r| r.referral);
             assert_masked(&m);
         }
         // An unknown view is the client's error.
@@ -233,8 +215,10 @@ suite_test!(
             fengqiao_kit::pii::VIEW_HEADER,
             MetadataValue::from_static("everything"),
         );
-        let e = officer.get_referral(bad).await.expect_err("bad view");
-        assert_eq!(e.code(), Code::InvalidArgument);
+        officer
+            .get_referral(bad)
+            .await
+            .refusal(Code::InvalidArgument, "bad view");
     }
 );
 
@@ -254,10 +238,7 @@ suite_test!(
                 request_id: uuid::Uuid::new_v4().to_string(),
             })
             .await
-            .expect("create")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("create", |r| r.referral);
         let needles = [ID, MOBILE, CALLER_MOBILE, "八一路某小区"];
         let store = store_of(&suite).await;
         match suite.db {
@@ -302,14 +283,9 @@ suite_test!(
         // Still readable in full by the station.
         let mut officer = client(&suite, STATION, "officer-01", &["officer"]);
         let whole = officer
-            .get_referral(full(GetReferralRequest {
-                name: created.name.clone(),
-            }))
+            .get_referral(full(GetReferralRequest::named(&created.name)))
             .await
-            .expect("get")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("get", |r| r.referral);
         assert_eq!(whole.parties[0].id_number, ID);
     }
 );
@@ -322,8 +298,7 @@ suite_test!(
         for incident in [ID, MOBILE] {
             let e = create(&mut d, referral(incident))
                 .await
-                .expect_err("personal incident number");
-            assert_eq!(e.code(), Code::InvalidArgument);
+                .refusal(Code::InvalidArgument, "personal incident number");
             assert_eq!(bad_fields_of(&e), vec!["referral.incident_number"]);
             assert!(!e.message().contains(incident));
         }
@@ -343,14 +318,9 @@ suite_test!(
         let created = create(&mut d, r).await.expect("create");
         let mut officer = client(&suite, STATION, "officer-01", &["officer"]);
         let whole = officer
-            .get_referral(full(GetReferralRequest {
-                name: created.name.clone(),
-            }))
+            .get_referral(full(GetReferralRequest::named(&created.name)))
             .await
-            .expect("get")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("get", |r| r.referral);
         assert_eq!(
             whole.summary,
             "报警人身份证110105**********2X，电话138****5678，称楼上噪音"
@@ -377,10 +347,7 @@ suite_test!(
                 ..Default::default()
             })
             .await
-            .expect("override")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("override", |r| r.referral);
         let sc = over.screening.expect("screening");
         assert_eq!(sc.override_reason, "当事人138****5678有违法行为");
     }
@@ -390,12 +357,7 @@ suite_test!(a_refused_call_leaves_a_denied_row, |suite| async move {
     // No token at all: UNAUTHENTICATED, written to the service's access log by the guard.
     let mut anon =
         PoliceReferralServiceClient::with_interceptor(suite.channel(), CallInterceptor::new(None));
-    let e = anon
-        .list_referrals(ListReferralsRequest::default())
-        .await
-        .expect_err("no token");
-    assert_eq!(e.code(), Code::Unauthenticated);
-    let row = denied_row(&store_of(&suite).await).await;
-    assert_eq!(row.service, "police-referral");
-    assert!(row.method.contains("ListReferrals"), "{}", row.method);
+    let reply = anon.list_referrals(ListReferralsRequest::default()).await;
+    let service = ServiceName::PoliceReferral;
+    assert_denied_and_logged(&suite, service, reply, "ListReferrals").await;
 });

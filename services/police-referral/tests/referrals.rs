@@ -8,8 +8,9 @@ use fengqiao_kit::error::{bad_fields_of, reason_of};
 use fengqiao_proto::common::{Address, DisputeCategory, IdType, Party, PartyRole};
 use fengqiao_proto::policereferral::*;
 use fengqiao_proto::router::{AcceptTransferRequest, GetTransferRequest, TransferState};
+use fengqiao_testkit::answers::{Answer as _, Change, Named, Refusal as _};
 use fengqiao_testkit::services::{
-    COMMAND, ROOM, ReferralClient as Client, STATION, approve_steps, referrals as client, rid,
+    COMMAND, ROOM, ReferralClient as Client, STATION, approve_steps, referrals as client,
     transfer_in_state, transfers as router,
 };
 use fengqiao_testkit::{TestSuite, suite_test};
@@ -90,8 +91,7 @@ async fn count(c: &mut Client, incident: &str) -> usize {
         ..Default::default()
     })
     .await
-    .expect("list")
-    .into_inner()
+    .answer("list")
     .referrals
     .len()
 }
@@ -118,8 +118,9 @@ suite_test!(intake_screens_and_is_idempotent, |suite| async move {
     // Different content under the same incident number.
     let mut other = noise_referral("J001");
     other.summary = "另一起纠纷".into();
-    let e = create(&mut d, other).await.expect_err("reused");
-    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = create(&mut d, other)
+        .await
+        .refusal(Code::AlreadyExists, "reused");
     assert_eq!(reason_of(&e).as_deref(), Some("INCIDENT_NUMBER_REUSED"));
 
     // The station sees it; the dispatch system (creator) sees it; another station does not.
@@ -136,34 +137,25 @@ suite_test!(intake_screens_and_is_idempotent, |suite| async move {
         Code::NotFound
     );
     assert_eq!(count(&mut stranger, "J001").await, 0);
-    let file = stranger
-        .get_referral_file(GetReferralFileRequest {
-            name: r.name.clone(),
-        })
+    stranger
+        .get_referral_file(GetReferralFileRequest::named(&r.name))
         .await
-        .expect_err("file");
-    assert_eq!(file.code(), Code::NotFound);
-    let ov = stranger
+        .refusal(Code::NotFound, "file");
+    stranger
         .override_screening(OverrideScreeningRequest {
-            name: r.name.clone(),
             result: ScreeningResult::Criminal as i32,
             reason: "x".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&r.name)
         })
         .await
-        .expect_err("override");
-    assert_eq!(ov.code(), Code::NotFound);
-    let dt = stranger
+        .refusal(Code::NotFound, "override");
+    stranger
         .draft_transfer(DraftTransferRequest {
-            name: r.name.clone(),
             to_agency: format!("agencies/{ROOM}"),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&r.name)
         })
         .await
-        .expect_err("draft");
-    assert_eq!(dt.code(), Code::NotFound);
+        .refusal(Code::NotFound, "draft");
     // The same incident pushed by the other station is not a way in either.
     let mut theirs = noise_referral("J001");
     theirs.police_station = format!("agencies/{OTHER_STATION}");
@@ -296,64 +288,46 @@ suite_test!(screening_rules_and_override, |suite| async move {
     let mut o = officer(&suite);
     let review = names[2].clone();
     // A police matter cannot be drafted.
-    let e = o
-        .draft_transfer(DraftTransferRequest {
-            name: names[0].name.clone(),
-            to_agency: format!("agencies/{ROOM}"),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("police matter");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    o.draft_transfer(DraftTransferRequest {
+        to_agency: format!("agencies/{ROOM}"),
+        ..Named::named(&names[0].name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "police matter");
     // Override needs a reason, a decisive result, and the role.
     let bad = o
         .override_screening(OverrideScreeningRequest {
-            name: review.name.clone(),
             result: ScreeningResult::NeedsReview as i32,
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&review.name)
         })
         .await
         .expect_err("bad");
     assert_eq!(bad_fields_of(&bad), vec!["result", "reason"]);
     let mut clerk = client(&suite, STATION, "clerk", &["viewer"]);
-    let denied = clerk
+    clerk
         .override_screening(OverrideScreeningRequest {
-            name: review.name.clone(),
             result: ScreeningResult::CivilDispute as i32,
             reason: "双方均同意调解".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&review.name)
         })
         .await
-        .expect_err("role");
-    assert_eq!(denied.code(), Code::PermissionDenied);
-    let stale = o
-        .override_screening(OverrideScreeningRequest {
-            name: review.name.clone(),
-            etag: "stale".into(),
-            result: ScreeningResult::CivilDispute as i32,
-            reason: "双方均同意调解".into(),
-            request_id: rid(),
-        })
-        .await
-        .expect_err("etag");
-    assert_eq!(stale.code(), Code::Aborted);
+        .refusal(Code::PermissionDenied, "role");
+    o.override_screening(OverrideScreeningRequest {
+        result: ScreeningResult::CivilDispute as i32,
+        reason: "双方均同意调解".into(),
+        ..Change::change(&review.name, "stale")
+    })
+    .await
+    .refusal(Code::Aborted, "etag");
     let req = OverrideScreeningRequest {
-        name: review.name.clone(),
-        etag: review.etag.clone(),
         result: ScreeningResult::CivilDispute as i32,
         reason: "财产损失轻微，双方均同意调解".into(),
-        request_id: rid(),
+        ..Change::change(&review.name, &review.etag)
     };
     let r = o
         .override_screening(req.clone())
         .await
-        .expect("override")
-        .into_inner()
-        .referral
-        .expect("r");
+        .answer_of("override", |r| r.referral);
     let sc = r.screening.clone().expect("sc");
     assert!(sc.overridden);
     assert_eq!(sc.result, ScreeningResult::CivilDispute as i32);
@@ -361,11 +335,7 @@ suite_test!(screening_rules_and_override, |suite| async move {
     assert_eq!(sc.overridden_by.expect("by").actor_id, "officer-01");
     assert_eq!(r.state, ReferralState::ReadyToTransfer as i32);
     // Replay with the same request_id answers the same.
-    let again = o
-        .override_screening(req)
-        .await
-        .expect("replay")
-        .into_inner();
+    let again = o.override_screening(req).await.answer("replay");
     assert_eq!(again.referral.expect("r").etag, r.etag);
 });
 
@@ -376,30 +346,22 @@ suite_test!(transfer_flow_reflects_router, |suite| async move {
         .expect("create");
     let mut o = officer(&suite);
     // The command centre cannot draft for the station.
-    let e = d
-        .draft_transfer(DraftTransferRequest {
-            name: r.name.clone(),
-            to_agency: format!("agencies/{ROOM}"),
-            submit: true,
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("command centre");
-    assert_eq!(e.code(), Code::PermissionDenied);
+    d.draft_transfer(DraftTransferRequest {
+        to_agency: format!("agencies/{ROOM}"),
+        submit: true,
+        ..Named::named(&r.name)
+    })
+    .await
+    .refusal(Code::PermissionDenied, "command centre");
     let drafted = o
         .draft_transfer(DraftTransferRequest {
-            name: r.name.clone(),
-            etag: r.etag.clone(),
             to_agency: format!("agencies/{ROOM}"),
             note: "110警情，民间纠纷，建议调解".into(),
             submit: true,
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&r.name, &r.etag)
         })
         .await
-        .expect("draft")
-        .into_inner();
+        .answer("draft");
     let referral = drafted.referral.expect("referral");
     let transfer = drafted.transfer.expect("transfer");
     assert_eq!(referral.state, ReferralState::TransferPending as i32);
@@ -407,14 +369,9 @@ suite_test!(transfer_flow_reflects_router, |suite| async move {
 
     let mut station_router = router(&suite, STATION, "officer-01", &["officer"]);
     let t = station_router
-        .get_transfer(GetTransferRequest {
-            name: transfer.name.clone(),
-        })
+        .get_transfer(GetTransferRequest::named(&transfer.name))
         .await
-        .expect("router get")
-        .into_inner()
-        .transfer
-        .expect("t");
+        .answer_of("router get", |r| r.transfer);
     assert_eq!(t.state, TransferState::AwaitingApproval as i32);
     let snap = t.case_snapshot.clone().expect("snapshot");
     assert_eq!(snap.case_id, r.case_id);
@@ -426,27 +383,21 @@ suite_test!(transfer_flow_reflects_router, |suite| async move {
     );
 
     // A second draft is refused while one is pending.
-    let e = o
-        .draft_transfer(DraftTransferRequest {
-            name: r.name.clone(),
-            to_agency: format!("agencies/{ROOM}"),
-            request_id: rid(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("pending");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    o.draft_transfer(DraftTransferRequest {
+        to_agency: format!("agencies/{ROOM}"),
+        ..Named::named(&r.name)
+    })
+    .await
+    .refusal(Code::FailedPrecondition, "pending");
 
     // 指挥室审核, 值班所长审批, then the mediation room accepts.
     let t = approve_steps(&suite, &t).await;
     let t = transfer_in_state(&suite, ROOM, &t.name, TransferState::Delivered).await;
     let mut room = router(&suite, ROOM, "mediator-01", &["mediator"]);
     room.accept_transfer(AcceptTransferRequest {
-        name: t.name.clone(),
-        etag: t.etag.clone(),
         receiver_reference: "调字2026第1号".into(),
         comment: "受理".into(),
-        request_id: rid(),
+        ..Change::change(&t.name, &t.etag)
     })
     .await
     .expect("accept");
@@ -475,25 +426,14 @@ suite_test!(transfer_flow_reflects_router, |suite| async move {
     );
 
     // Not yet feedback: acknowledging is refused.
-    let e = o
-        .acknowledge_feedback(AcknowledgeFeedbackRequest {
-            name: r.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        })
+    o.acknowledge_feedback(AcknowledgeFeedbackRequest::named(&r.name))
         .await
-        .expect_err("no feedback");
-    assert_eq!(e.code(), Code::FailedPrecondition);
+        .refusal(Code::FailedPrecondition, "no feedback");
 
     let file = o
-        .get_referral_file(GetReferralFileRequest {
-            name: r.name.clone(),
-        })
+        .get_referral_file(GetReferralFileRequest::named(&r.name))
         .await
-        .expect("file")
-        .into_inner()
-        .referral_file
-        .expect("file");
+        .answer_of("file", |r| r.referral_file);
     assert!(file.documents.iter().any(|d| d.display_name == "移送单"));
     assert!(file.events.len() >= 4, "events {}", file.events.len());
     let seqs: Vec<u64> = file.events.iter().map(|e| e.sequence).collect();
@@ -518,11 +458,9 @@ suite_test!(
         let mut o = officer(&suite);
         let stale = o
             .override_screening(OverrideScreeningRequest {
-                name: r.name.clone(),
-                etag: "\"7\"".into(),
                 result: ScreeningResult::CivilDispute as i32,
                 reason: "双方均同意调解".into(),
-                request_id: rid(),
+                ..Change::change(&r.name, "\"7\"")
             })
             .await
             .expect_err("stale etag");
@@ -530,17 +468,12 @@ suite_test!(
         // The bare version is the same tag.
         let done = o
             .override_screening(OverrideScreeningRequest {
-                name: r.name.clone(),
-                etag: "1".into(),
                 result: ScreeningResult::CivilDispute as i32,
                 reason: "双方均同意调解".into(),
-                request_id: rid(),
+                ..Change::change(&r.name, "1")
             })
             .await
-            .expect("bare etag accepted")
-            .into_inner()
-            .referral
-            .expect("referral");
+            .answer_of("bare etag accepted", |r| r.referral);
         assert_eq!(done.etag, "\"2\"");
         assert_eq!(get(&mut o, &r.name).await.expect("get").etag, "\"2\"");
     }

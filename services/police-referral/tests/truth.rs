@@ -13,6 +13,7 @@ use fengqiao_proto::router::{
     AcceptTransferRequest, ListTransfersRequest, SubmitFeedbackRequest, Transfer, TransferEvent,
     TransferState,
 };
+use fengqiao_testkit::answers::{Answer as _, Change, Named as _, Refusal as _};
 use fengqiao_testkit::services::{
     COMMAND, ROOM, ReferralClient as Client, STATION, approve_steps, cut_off, referrals as client,
     rid, router_envelope, transfer_as as router_transfer, transfer_in_state, transfers as router,
@@ -96,8 +97,7 @@ async fn count(c: &mut Client, incident: &str) -> usize {
         ..Default::default()
     })
     .await
-    .expect("list")
-    .into_inner()
+    .answer("list")
     .referrals
     .len()
 }
@@ -109,8 +109,7 @@ async fn transfers_of_case(suite: &TestSuite, case_id: &str) -> Vec<Transfer> {
             ..Default::default()
         })
         .await
-        .expect("list transfers")
-        .into_inner()
+        .answer("list transfers")
         .transfers
 }
 
@@ -161,13 +160,10 @@ async fn referral_until(
 
 fn draft_request(r: &Referral) -> DraftTransferRequest {
     DraftTransferRequest {
-        name: r.name.clone(),
-        etag: r.etag.clone(),
         to_agency: format!("agencies/{ROOM}"),
         note: "110警情，民间纠纷，建议调解".into(),
         submit: true,
-        request_id: rid(),
-        ..Default::default()
+        ..Change::change(&r.name, &r.etag)
     }
 }
 
@@ -187,16 +183,14 @@ suite_test!(a_reused_request_id_is_refused, |suite| async move {
             request_id: id.clone(),
         })
         .await
-        .expect("create")
-        .into_inner();
+        .answer("create");
     let e = d
         .create_referral(CreateReferralRequest {
             referral: Some(noise_referral("R002")),
             request_id: id.clone(),
         })
         .await
-        .expect_err("reused");
-    assert_eq!(e.code(), Code::AlreadyExists);
+        .refusal(Code::AlreadyExists, "reused");
     assert_eq!(reason_of(&e).as_deref(), Some("REQUEST_ID_REUSED"));
     assert_eq!(count(&mut d, "R002").await, 0);
     // The same request again is the first answer.
@@ -206,8 +200,7 @@ suite_test!(a_reused_request_id_is_refused, |suite| async move {
             request_id: id,
         })
         .await
-        .expect("replay")
-        .into_inner();
+        .answer("replay");
     assert_eq!(again, first);
     assert_eq!(count(&mut d, "R001").await, 1);
 });
@@ -269,20 +262,12 @@ suite_test!(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(healed, "referral and router agree after a cut-off draft");
-        let first = o
-            .draft_transfer(msg.clone())
-            .await
-            .expect("retry")
-            .into_inner();
+        let first = o.draft_transfer(msg.clone()).await.answer("retry");
         let t = first.transfer.clone().expect("transfer");
         let referral = first.referral.clone().expect("referral");
         assert_eq!(referral.transfer, t.name);
         assert_eq!(referral.state, ReferralState::TransferPending as i32);
-        let again = o
-            .draft_transfer(msg.clone())
-            .await
-            .expect("second retry")
-            .into_inner();
+        let again = o.draft_transfer(msg.clone()).await.answer("second retry");
         assert_eq!(again, first);
         // One transfer for the case, submitted, and the referral agrees with it.
         let all = transfers_of_case(&suite, &r.case_id).await;
@@ -316,27 +301,18 @@ suite_test!(
             .await
             .expect("create");
         let mut o = officer(&suite);
-        let drafted = o
-            .draft_transfer(draft_request(&r))
-            .await
-            .expect("draft")
-            .into_inner();
+        let drafted = o.draft_transfer(draft_request(&r)).await.answer("draft");
         let name = drafted.transfer.expect("transfer").name;
         let t = approved_and_delivered(&suite, &name).await;
         let mut room = router(&suite, ROOM, "mediator-01", &["mediator"]);
         let t = room
             .accept_transfer(AcceptTransferRequest {
-                name: t.name.clone(),
-                etag: t.etag.clone(),
                 receiver_reference: "调〔2026〕0001号".into(),
                 comment: "受理".into(),
-                request_id: rid(),
+                ..Change::change(&t.name, &t.etag)
             })
             .await
-            .expect("accept")
-            .into_inner()
-            .transfer
-            .expect("t");
+            .answer_of("accept", |r| r.transfer);
         // Referral.transfer_state follows the transfer (IN_PROGRESS, not APPROVED).
         referral_until(&mut o, &r.name, "IN_PROGRESS", |x| {
             x.transfer_state == TransferState::InProgress as i32
@@ -344,12 +320,9 @@ suite_test!(
         })
         .await;
         room.submit_feedback(SubmitFeedbackRequest {
-            name: t.name.clone(),
-            etag: String::new(),
             outcome_code: "agreement_reached".into(),
             summary: "达成调解协议".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&t.name, "")
         })
         .await
         .expect("feedback");
@@ -358,10 +331,8 @@ suite_test!(
         })
         .await;
         let msg = AcknowledgeFeedbackRequest {
-            name: r.name.clone(),
-            etag: fed.etag.clone(),
             comment: "已反馈指挥室".into(),
-            request_id: rid(),
+            ..Change::change(&r.name, &fed.etag)
         };
         let mut o2 = o.clone();
         cut_off(async |req| o2.acknowledge_feedback(req).await, &msg).await;
@@ -379,19 +350,11 @@ suite_test!(
             ],
         )
         .await;
-        let first = o
-            .acknowledge_feedback(msg.clone())
-            .await
-            .expect("retry")
-            .into_inner();
+        let first = o.acknowledge_feedback(msg.clone()).await.answer("retry");
         let closed = first.referral.clone().expect("referral");
         assert_eq!(closed.state, ReferralState::Closed as i32);
         assert_eq!(closed.transfer_state, TransferState::Closed as i32);
-        let again = o
-            .acknowledge_feedback(msg)
-            .await
-            .expect("second retry")
-            .into_inner();
+        let again = o.acknowledge_feedback(msg).await.answer("second retry");
         assert_eq!(again, first);
         assert_eq!(
             router_transfer(&suite, STATION, &name).await.state,
@@ -417,11 +380,7 @@ suite_test!(
             .await
             .expect("create");
         let mut o = officer(&suite);
-        let drafted = o
-            .draft_transfer(draft_request(&r))
-            .await
-            .expect("draft")
-            .into_inner();
+        let drafted = o.draft_transfer(draft_request(&r)).await.answer("draft");
         let name = drafted.transfer.expect("transfer").name;
         approved_and_delivered(&suite, &name).await;
         // Nothing happens on the router after delivery until the receiver answers: once the
@@ -483,30 +442,21 @@ suite_test!(
             .await
             .expect("create");
         let mut o = officer(&suite);
-        let drafted = o
-            .draft_transfer(draft_request(&r))
-            .await
-            .expect("draft")
-            .into_inner();
+        let drafted = o.draft_transfer(draft_request(&r)).await.answer("draft");
         let name = drafted.transfer.expect("transfer").name;
         let t = approved_and_delivered(&suite, &name).await;
         let mut room = router(&suite, ROOM, "mediator-01", &["mediator"]);
         room.accept_transfer(AcceptTransferRequest {
-            name: t.name.clone(),
-            etag: String::new(),
             receiver_reference: "调〔2026〕0002号".into(),
             comment: "受理".into(),
-            request_id: rid(),
+            ..Change::change(&t.name, "")
         })
         .await
         .expect("accept");
         room.submit_feedback(SubmitFeedbackRequest {
-            name: t.name.clone(),
-            etag: String::new(),
             outcome_code: "agreement_reached".into(),
             summary: "达成调解协议".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&t.name, "")
         })
         .await
         .expect("feedback");
@@ -517,10 +467,8 @@ suite_test!(
         // The station acknowledges on the router directly, not through this service.
         router(&suite, STATION, "officer-01", &["officer"])
             .acknowledge_feedback(fengqiao_proto::router::AcknowledgeFeedbackRequest {
-                name: name.clone(),
-                etag: String::new(),
                 comment: "已反馈指挥室".into(),
-                request_id: rid(),
+                ..Change::change(&name, "")
             })
             .await
             .expect("router acknowledgement");
@@ -531,14 +479,8 @@ suite_test!(
         assert_eq!(closed.transfer_state, TransferState::Closed as i32);
         assert!(closed.feedback.and_then(|f| f.reported_time).is_some());
         // Acknowledging through the service afterwards is the wrong state, not a second close.
-        let e = o
-            .acknowledge_feedback(AcknowledgeFeedbackRequest {
-                name: r.name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            })
+        o.acknowledge_feedback(AcknowledgeFeedbackRequest::named(&r.name))
             .await
-            .expect_err("closed already");
-        assert_eq!(e.code(), Code::FailedPrecondition);
+            .refusal(Code::FailedPrecondition, "closed already");
     }
 );

@@ -11,8 +11,9 @@ use fengqiao_proto::router::*;
 use fengqiao_router::clock::{ClockUnit, HolidayCalendar, add_duration};
 use fengqiao_router::time::from_timestamp;
 use fengqiao_store::sqlx;
+use fengqiao_testkit::answers::{Answer as _, Change};
 use fengqiao_testkit::services::{
-    ROOM, TransferClient as Client, approved, neighbours, police_transfer, rid, store_of, transfers,
+    ROOM, TransferClient as Client, approved, neighbours, police_transfer, store_of, transfers,
 };
 use fengqiao_testkit::{ServiceName, TestSuite, suite_test};
 
@@ -41,15 +42,11 @@ async fn in_progress(suite: &TestSuite) -> (Transfer, Client) {
     let mut room = transfers(suite, ROOM, "mediator-01", &["mediator"]);
     let t = one(room
         .accept_transfer(AcceptTransferRequest {
-            name: t.name.clone(),
-            etag: String::new(),
             receiver_reference: "西岗调字〔2026〕009号".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&t.name, "")
         })
         .await
-        .expect("accept")
-        .into_inner()
+        .answer("accept")
         .transfer);
     assert_eq!(t.state, TransferState::InProgress as i32);
     (t, room)
@@ -81,31 +78,24 @@ fn cst_day(micros: i64) -> i64 {
 async fn pause(room: &mut Client, t: &Transfer) -> Transfer {
     one(room
         .pause_clock(PauseClockRequest {
-            name: t.name.clone(),
-            etag: String::new(),
             clock: TransferClock::Feedback as i32,
             reason_code: "supplementary_investigation".into(),
             reason: "补充调取监控".into(),
-            request_id: rid(),
+            ..Change::change(&t.name, "")
         })
         .await
-        .expect("pause")
-        .into_inner()
+        .answer("pause")
         .transfer)
 }
 
 async fn resume(room: &mut Client, t: &Transfer) -> Transfer {
     one(room
         .resume_clock(ResumeClockRequest {
-            name: t.name.clone(),
-            etag: String::new(),
             clock: TransferClock::Feedback as i32,
-            request_id: rid(),
-            ..Default::default()
+            ..Change::change(&t.name, "")
         })
         .await
-        .expect("resume")
-        .into_inner()
+        .answer("resume")
         .transfer)
 }
 

@@ -26,6 +26,7 @@ use fengqiao_router::transfers::Transfers;
 use fengqiao_router::{Router, RouterOptions};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::answers::Named;
 use prost::Message as _;
 use tonic::{Code, Request, Status};
 
@@ -122,11 +123,7 @@ async fn create(r: &Router) -> Result<String, String> {
 
 async fn submit(r: &Router, name: &str) -> TestResult {
     r.transfers
-        .submit_transfer(officer(SubmitTransferRequest {
-            name: name.into(),
-            request_id: rid(),
-            ..Default::default()
-        }))
+        .submit_transfer(officer(SubmitTransferRequest::named(name)))
         .await
         .map_err(err)?;
     Ok(())
@@ -139,10 +136,8 @@ async fn approve_both(r: &Router, name: &str) -> TestResult {
             "reviewer-01",
             "command_room_reviewer",
             ApproveTransferRequest {
-                name: name.into(),
                 step_index: 0,
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(name)
             },
         ))
         .await
@@ -153,10 +148,8 @@ async fn approve_both(r: &Router, name: &str) -> TestResult {
             "duty-chief-01",
             "duty_chief",
             ApproveTransferRequest {
-                name: name.into(),
                 step_index: 1,
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(name)
             },
         ))
         .await
@@ -303,43 +296,33 @@ both_backends!(every_party_hears_every_event, |store| async move {
     // A second receipt (e.g. the sender's copy, or a redelivery) changes nothing.
     delivered(&r, &store, &name).await?;
     r.transfers
-        .accept_transfer(room(AcceptTransferRequest {
-            name: name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        }))
+        .accept_transfer(room(AcceptTransferRequest::named(&name)))
         .await
         .map_err(err)?;
     let feedback = TransferClock::Feedback as i32;
     r.transfers
         .pause_clock(room(PauseClockRequest {
-            name: name.clone(),
             clock: feedback,
             reason_code: "appraisal".into(),
             reason: "伤情鉴定".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&name)
         }))
         .await
         .map_err(err)?;
     r.transfers
         .resume_clock(room(ResumeClockRequest {
-            name: name.clone(),
             clock: feedback,
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&name)
         }))
         .await
         .map_err(err)?;
     r.transfers
         .extend_deadline(room(ExtendDeadlineRequest {
-            name: name.clone(),
             clock: feedback,
             length: 5,
             reason: "双方同意延长".into(),
             consenting_party_ids: vec!["p1".into(), "p2".into()],
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&name)
         }))
         .await
         .map_err(err)?;
@@ -359,29 +342,21 @@ both_backends!(every_party_hears_every_event, |store| async move {
         .ok_or("no investigation")?;
     r.transfers
         .answer_investigation(officer(AnswerInvestigationRequest {
-            name: inv.name,
             answer: "已补充证人证言两份".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&inv.name)
         }))
         .await
         .map_err(err)?;
     r.transfers
         .submit_feedback(room(SubmitFeedbackRequest {
-            name: name.clone(),
             outcome_code: "agreement_reached".into(),
             summary: "双方达成调解协议".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(&name)
         }))
         .await
         .map_err(err)?;
     r.transfers
-        .acknowledge_feedback(officer(AcknowledgeFeedbackRequest {
-            name: name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        }))
+        .acknowledge_feedback(officer(AcknowledgeFeedbackRequest::named(&name)))
         .await
         .map_err(err)?;
 
@@ -437,11 +412,9 @@ both_backends!(
                 "reviewer-01",
                 "command_room_reviewer",
                 RejectTransferRequest {
-                    name: name.clone(),
                     step_index: 0,
                     reason: "材料不全".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&name)
                 },
             ))
             .await
@@ -463,10 +436,8 @@ both_backends!(
             .map_err(err)?;
         r.transfers
             .withdraw_transfer(officer(WithdrawTransferRequest {
-                name: name.clone(),
                 reason: "当事人已自行和解".into(),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&name)
             }))
             .await
             .map_err(err)?;
@@ -486,10 +457,8 @@ both_backends!(
         let never = create(&r).await?;
         r.transfers
             .withdraw_transfer(officer(WithdrawTransferRequest {
-                name: never.clone(),
                 reason: "重复录入".into(),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&never)
             }))
             .await
             .map_err(err)?;
@@ -504,10 +473,8 @@ both_backends!(
         approve_both(&r, &offered).await?;
         r.transfers
             .withdraw_transfer(officer(WithdrawTransferRequest {
-                name: offered.clone(),
                 reason: "当事人已自行和解".into(),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&offered)
             }))
             .await
             .map_err(err)?;
@@ -573,11 +540,7 @@ fn events_of(told: &Told) -> Vec<TransferEventType> {
 
 async fn accept(r: &Router, name: &str) -> Result<Transfer, Status> {
     r.transfers
-        .accept_transfer(room(AcceptTransferRequest {
-            name: name.into(),
-            request_id: rid(),
-            ..Default::default()
-        }))
+        .accept_transfer(room(AcceptTransferRequest::named(name)))
         .await
         .map(|t| t.into_inner().transfer.unwrap_or_default())
 }
@@ -585,10 +548,8 @@ async fn accept(r: &Router, name: &str) -> Result<Transfer, Status> {
 async fn decline(r: &Router, name: &str) -> Result<Transfer, Status> {
     r.transfers
         .decline_transfer(room(DeclineTransferRequest {
-            name: name.into(),
             reason_code: "outside_jurisdiction".into(),
-            request_id: rid(),
-            ..Default::default()
+            ..Named::named(name)
         }))
         .await
         .map(|t| t.into_inner().transfer.unwrap_or_default())
@@ -729,10 +690,8 @@ both_backends!(
             submit(&r, &name).await?;
             // 50 identical approvals at once, then 50 identical acceptances.
             let approve = ApproveTransferRequest {
-                name: name.clone(),
                 step_index: 0,
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&name)
             };
             let mut tasks = Vec::new();
             for i in 0..50u64 {
@@ -762,19 +721,13 @@ both_backends!(
                     "duty-chief-01",
                     "duty_chief",
                     ApproveTransferRequest {
-                        name: name.clone(),
                         step_index: 1,
-                        request_id: rid(),
-                        ..Default::default()
+                        ..Named::named(&name)
                     },
                 ))
                 .await
                 .map_err(err)?;
-            let acc = AcceptTransferRequest {
-                name: name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            };
+            let acc = AcceptTransferRequest::named(&name);
             let mut tasks = Vec::new();
             for i in 0..50u64 {
                 let (t, req0) = (r.transfers.clone(), acc.clone());
@@ -842,10 +795,8 @@ both_backends!(
         // Once it is over (withdrawn), the case may travel again.
         r.transfers
             .withdraw_transfer(officer(WithdrawTransferRequest {
-                name: first.name.clone(),
                 reason: "重新起草".into(),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&first.name)
             }))
             .await
             .map_err(err)?;

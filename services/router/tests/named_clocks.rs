@@ -19,6 +19,7 @@ use fengqiao_router::routes::RouteCatalog;
 use fengqiao_router::transfers::Transfers;
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::answers::{Answer as _, Named};
 use prost::Message as _;
 use tonic::{Code, Request};
 
@@ -131,49 +132,27 @@ async fn create(t: &Transfers, sender: &Identity, route: &str, to: &str) -> Tran
         },
     ))
     .await
-    .expect("create")
-    .into_inner()
-    .transfer
-    .expect("transfer")
+    .answer_of("create", |r| r.transfer)
 }
 
 async fn accept(t: &Transfers, receiver: &Identity, name: &str) -> Transfer {
-    t.accept_transfer(req(
-        receiver,
-        AcceptTransferRequest {
-            name: name.into(),
-            request_id: rid(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("accept")
-    .into_inner()
-    .transfer
-    .expect("transfer")
+    t.accept_transfer(req(receiver, AcceptTransferRequest::named(name)))
+        .await
+        .answer_of("accept", |r| r.transfer)
 }
 
 /// A 警调对接 transfer driven to IN_PROGRESS on whatever route version is current in `t`.
 async fn police_in_progress(t: &Transfers, c: &Cast) -> Transfer {
     let d = create(t, &c.officer, "police-to-station-mediation", ROOM).await;
-    t.submit_transfer(req(
-        &c.officer,
-        SubmitTransferRequest {
-            name: d.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("submit");
+    t.submit_transfer(req(&c.officer, SubmitTransferRequest::named(&d.name)))
+        .await
+        .expect("submit");
     for (step, approver) in [(0, &c.reviewer), (1, &c.chief)] {
         t.approve_transfer(req(
             approver,
             ApproveTransferRequest {
-                name: d.name.clone(),
                 step_index: step,
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&d.name)
             },
         ))
         .await
@@ -186,19 +165,9 @@ async fn police_in_progress(t: &Transfers, c: &Cast) -> Transfer {
 async fn court_in_progress(t: &Transfers, c: &Cast, route: &str) -> Transfer {
     let d = create(t, &c.court, route, COMMITTEE).await;
     let s = t
-        .submit_transfer(req(
-            &c.court,
-            SubmitTransferRequest {
-                name: d.name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            },
-        ))
+        .submit_transfer(req(&c.court, SubmitTransferRequest::named(&d.name)))
         .await
-        .expect("submit")
-        .into_inner()
-        .transfer
-        .expect("t");
+        .answer_of("submit", |r| r.transfer);
     assert_eq!(state(&s), TransferState::Approved);
     accept(t, &c.committee, &d.name).await
 }
@@ -206,10 +175,7 @@ async fn court_in_progress(t: &Transfers, c: &Cast, route: &str) -> Transfer {
 async fn get(t: &Transfers, as_: &Identity, name: &str) -> Transfer {
     t.get_transfer(req(as_, GetTransferRequest { name: name.into() }))
         .await
-        .expect("get")
-        .into_inner()
-        .transfer
-        .expect("transfer")
+        .answer_of("get", |r| r.transfer)
 }
 
 fn id_of(name: &str) -> String {
@@ -258,11 +224,9 @@ fn named<'a>(t: &'a Transfer, name: &str) -> Option<&'a fengqiao_proto::common::
 
 fn complete_req(name: &str, clock: &str) -> CompleteClockRequest {
     CompleteClockRequest {
-        name: name.into(),
         clock: clock.into(),
         comment: "已电话联系双方当事人".into(),
-        request_id: rid(),
-        ..Default::default()
+        ..Named::named(name)
     }
 }
 
@@ -353,10 +317,8 @@ both_backends!(
         // The mediator contacted the parties: the clock stops, the state does not change.
         let done = t
             .complete_clock(req(&c.committee, complete_req(&tr.name, CONTACT)))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("transfer");
+            .await
+            .answer_of("transfer", |r| r.transfer);
         assert_eq!(state(&done), TransferState::InProgress);
         let k = named(&done, CONTACT).expect("clock");
         assert!(k.stopped_at.is_some() && !k.expired, "{k:?}");
@@ -458,17 +420,13 @@ both_backends!(
             .submit_feedback(req(
                 &c.committee,
                 SubmitFeedbackRequest {
-                    name: tr.name.clone(),
                     outcome_code: "agreement_reached".into(),
                     summary: "双方达成调解协议".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr.name)
                 },
             ))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("transfer");
+            .await
+            .answer_of("transfer", |r| r.transfer);
         assert_eq!(state(&fb), TransferState::FeedbackSubmitted);
         let k = named(&fb, CONTACT).expect("clock");
         assert!(k.stopped_at.is_some() && !k.expired, "{k:?}");
@@ -486,17 +444,13 @@ both_backends!(
             .return_transfer(req(
                 &c.committee,
                 ReturnTransferRequest {
-                    name: tr2.name.clone(),
                     reason_code: "not_suitable_for_mediation".into(),
                     reason: "纠纷不宜调解".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr2.name)
                 },
             ))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("transfer");
+            .await
+            .answer_of("transfer", |r| r.transfer);
         assert_eq!(state(&back), TransferState::Returned);
         assert!(named(&back, CONTACT).is_some_and(|k| k.stopped_at.is_some()));
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())

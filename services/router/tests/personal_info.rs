@@ -22,6 +22,7 @@ use fengqiao_router::routes::{BUILTIN_FILES, RouteCatalog};
 use fengqiao_router::transfers::Transfers;
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Backend, Store, both_backends};
+use fengqiao_testkit::answers::{Answer as _, Named, Refusal as _};
 use tonic::{Code, Request};
 
 const STATION: &str = "agencies/xigang-bayilu-station";
@@ -185,24 +186,14 @@ fn cast() -> Cast {
 async fn create(t: &Transfers, c: &Cast, route: &str) -> Transfer {
     t.create_transfer(req(&c.officer, create_req(route, snapshot())))
         .await
-        .expect("create")
-        .into_inner()
-        .transfer
-        .expect("transfer")
+        .answer_of("create", |r| r.transfer)
 }
 
 /// Submits and passes both approval steps: the transfer is offered (APPROVED).
 async fn offer(t: &Transfers, c: &Cast, name: &str) -> Transfer {
-    t.submit_transfer(req(
-        &c.officer,
-        SubmitTransferRequest {
-            name: name.into(),
-            request_id: rid(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("submit");
+    t.submit_transfer(req(&c.officer, SubmitTransferRequest::named(name)))
+        .await
+        .expect("submit");
     approve_all(t, c, name).await
 }
 
@@ -214,15 +205,12 @@ async fn approve_all(t: &Transfers, c: &Cast, name: &str) -> Transfer {
             .approve_transfer(req(
                 approver,
                 ApproveTransferRequest {
-                    name: name.into(),
                     step_index: step,
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(name)
                 },
             ))
             .await
-            .expect("approve")
-            .into_inner()
+            .answer("approve")
             .transfer;
     }
     last.expect("transfer")
@@ -315,22 +303,15 @@ both_backends!(
         let c = cast();
         // The mutation answer is masked, also with the header (no full view of mutations).
         let r = full(&c.officer, create_req(POLICE_ROUTE, snapshot()));
-        let created = t
-            .create_transfer(r)
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+        let created = t.create_transfer(r).await.answer_of("t", |r| r.transfer);
         assert_masked(&created);
         let name = created.name.clone();
 
         // Get and List: masked by default.
         let got = t
             .get_transfer(req(&c.officer, GetTransferRequest { name: name.clone() }))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         assert_masked(&got);
         let listed = t
             .list_transfers(req(&c.officer, ListTransfersRequest::default()))
@@ -350,10 +331,8 @@ both_backends!(
         // naming the fields, in the read's transaction.
         let got = t
             .get_transfer(full(&c.officer, GetTransferRequest { name: name.clone() }))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         assert_whole(&got);
         let want_fields = pii_fields(&[
             PersonalInfoField::PartyName,
@@ -421,31 +400,24 @@ both_backends!(
         let mut bad = req(&c.officer, GetTransferRequest { name: name.clone() });
         bad.metadata_mut()
             .insert(VIEW_HEADER, "everything".parse().expect("header"));
-        let status = t.get_transfer(bad).await.expect_err("bad header");
-        assert_eq!(status.code(), Code::InvalidArgument);
+        t.get_transfer(bad)
+            .await
+            .refusal(Code::InvalidArgument, "bad header");
 
         // Every mutation answer is masked; an idempotent replay too.
-        let submit = SubmitTransferRequest {
-            name: name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        };
+        let submit = SubmitTransferRequest::named(&name);
         for _ in 0..2 {
             let s = t
                 .submit_transfer(req(&c.officer, submit.clone()))
-                .await?
-                .into_inner()
-                .transfer
-                .expect("t");
+                .await
+                .answer_of("t", |r| r.transfer);
             assert_masked(&s);
         }
         // The reviewer (approver) sees the transfer, masked only.
         let r = t
             .get_transfer(req(&c.reviewer, GetTransferRequest { name: name.clone() }))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         assert_masked(&r);
         let status = t
             .get_transfer(full(&c.reviewer, GetTransferRequest { name: name.clone() }))
@@ -484,23 +456,17 @@ both_backends!(
                 PersonalInfoField::PartyAddress as i32
             ]
         );
-        t.submit_transfer(req(
-            &c.officer,
-            SubmitTransferRequest {
-                name: name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            },
-        ))
-        .await?;
+        t.submit_transfer(req(&c.officer, SubmitTransferRequest::named(&name)))
+            .await?;
 
         // Before the offer the receiver gets NOT_FOUND, an empty list, no event.
         for r in [
             req(&c.mediator, GetTransferRequest { name: name.clone() }),
             full(&c.mediator, GetTransferRequest { name: name.clone() }),
         ] {
-            let status = t.get_transfer(r).await.expect_err("before the offer");
-            assert_eq!(status.code(), Code::NotFound);
+            t.get_transfer(r)
+                .await
+                .refusal(Code::NotFound, "before the offer");
         }
         for r in [
             req(&c.mediator, ListTransfersRequest::default()),
@@ -517,19 +483,15 @@ both_backends!(
         assert!(!events.is_empty());
         let masked = t
             .get_transfer(req(&c.mediator, GetTransferRequest { name: name.clone() }))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         let p = party0(&masked);
         assert_eq!((p.name.as_str(), p.phone.as_str()), ("张**", PHONE_MASKED));
         for reader in [&c.mediator, &c.service] {
             let whole = t
                 .get_transfer(full(reader, GetTransferRequest { name: name.clone() }))
-                .await?
-                .into_inner()
-                .transfer
-                .expect("t");
+                .await
+                .answer_of("t", |r| r.transfer);
             let p = party0(&whole);
             assert_eq!((p.name.as_str(), p.phone.as_str()), (NAME, PHONE));
             // Never travelled: not even the full view has them.
@@ -620,21 +582,12 @@ both_backends!(
         }
         let created = t
             .create_transfer(req(&c.officer, cr))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         let whole = t
-            .get_transfer(full(
-                &c.officer,
-                GetTransferRequest {
-                    name: created.name.clone(),
-                },
-            ))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .get_transfer(full(&c.officer, GetTransferRequest::named(&created.name)))
+            .await
+            .answer_of("t", |r| r.transfer);
         let summary = whole
             .case_snapshot
             .as_ref()
@@ -676,23 +629,14 @@ both_backends!(
         );
 
         // A reason with a phone number: redacted in the event the timeline shows.
-        t.submit_transfer(req(
-            &c.officer,
-            SubmitTransferRequest {
-                name: created.name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            },
-        ))
-        .await?;
+        t.submit_transfer(req(&c.officer, SubmitTransferRequest::named(&created.name)))
+            .await?;
         t.reject_transfer(req(
             &c.reviewer,
             RejectTransferRequest {
-                name: created.name.clone(),
                 step_index: 0,
                 reason: format!("请补充，电话{PHONE}"),
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&created.name)
             },
         ))
         .await?;
@@ -724,15 +668,12 @@ both_backends!(
             .accept_transfer(req(
                 &c.mediator,
                 AcceptTransferRequest {
-                    name: created.name.clone(),
                     receiver_reference: format!("调字{id}"),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&created.name)
                 },
             ))
             .await
-            .expect_err("personal reference");
-        assert_eq!(status.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "personal reference");
         assert_eq!(bad_fields_of(&status), ["receiver_reference"]);
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     }
@@ -815,8 +756,7 @@ both_backends!(
                 } else {
                     req(&c.reviewer, msg)
                 };
-                let status = t.get_transfer(r).await.expect_err("refused");
-                assert_eq!(status.code(), Code::NotFound);
+                let status = t.get_transfer(r).await.refusal(Code::NotFound, "refused");
                 assert!(!status.message().contains(&id), "{}", status.message());
                 assert!(!status.message().contains(PHONE), "{}", status.message());
             }

@@ -19,6 +19,7 @@ use fengqiao_router::routes::{BUILTIN_FILES, RouteCatalog};
 use fengqiao_router::transfers::Transfers;
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, both_backends};
+use fengqiao_testkit::answers::{Answer as _, Named, Refusal as _};
 use prost::Message as _;
 use tonic::{Code, Request};
 
@@ -166,49 +167,27 @@ async fn create(t: &Transfers, sender: &Identity, route: &str, to: &str) -> Tran
         },
     ))
     .await
-    .expect("create")
-    .into_inner()
-    .transfer
-    .expect("transfer")
+    .answer_of("create", |r| r.transfer)
 }
 
 async fn accept(t: &Transfers, receiver: &Identity, name: &str) -> Transfer {
-    t.accept_transfer(req(
-        receiver,
-        AcceptTransferRequest {
-            name: name.into(),
-            request_id: rid(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("accept")
-    .into_inner()
-    .transfer
-    .expect("transfer")
+    t.accept_transfer(req(receiver, AcceptTransferRequest::named(name)))
+        .await
+        .answer_of("accept", |r| r.transfer)
 }
 
 /// A 警调对接 transfer driven to IN_PROGRESS on whatever route version is current in `t`.
 async fn police_in_progress(t: &Transfers, c: &Cast) -> Transfer {
     let d = create(t, &c.officer, "police-to-station-mediation", ROOM).await;
-    t.submit_transfer(req(
-        &c.officer,
-        SubmitTransferRequest {
-            name: d.name.clone(),
-            request_id: rid(),
-            ..Default::default()
-        },
-    ))
-    .await
-    .expect("submit");
+    t.submit_transfer(req(&c.officer, SubmitTransferRequest::named(&d.name)))
+        .await
+        .expect("submit");
     for (step, approver) in [(0, &c.reviewer), (1, &c.chief)] {
         t.approve_transfer(req(
             approver,
             ApproveTransferRequest {
-                name: d.name.clone(),
                 step_index: step,
-                request_id: rid(),
-                ..Default::default()
+                ..Named::named(&d.name)
             },
         ))
         .await
@@ -221,19 +200,9 @@ async fn police_in_progress(t: &Transfers, c: &Cast) -> Transfer {
 async fn court_in_progress(t: &Transfers, c: &Cast, route: &str) -> Transfer {
     let d = create(t, &c.court, route, COMMITTEE).await;
     let s = t
-        .submit_transfer(req(
-            &c.court,
-            SubmitTransferRequest {
-                name: d.name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            },
-        ))
+        .submit_transfer(req(&c.court, SubmitTransferRequest::named(&d.name)))
         .await
-        .expect("submit")
-        .into_inner()
-        .transfer
-        .expect("t");
+        .answer_of("submit", |r| r.transfer);
     assert_eq!(state(&s), TransferState::Approved);
     accept(t, &c.committee, &d.name).await
 }
@@ -241,10 +210,7 @@ async fn court_in_progress(t: &Transfers, c: &Cast, route: &str) -> Transfer {
 async fn get(t: &Transfers, as_: &Identity, name: &str) -> Transfer {
     t.get_transfer(req(as_, GetTransferRequest { name: name.into() }))
         .await
-        .expect("get")
-        .into_inner()
-        .transfer
-        .expect("transfer")
+        .answer_of("get", |r| r.transfer)
 }
 
 fn id_of(name: &str) -> String {
@@ -331,16 +297,13 @@ both_backends!(
             .escalate_transfer(req(
                 &c.room,
                 EscalateTransferRequest {
-                    name: tr.name.clone(),
                     reason_code: "bogus_code".into(),
                     reason: "双方情绪激动".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr.name)
                 },
             ))
             .await
-            .expect_err("bogus code");
-        assert_eq!(err.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "bogus code");
         assert_eq!(bad_fields_of(&err), ["reason_code"]);
         assert_eq!(
             state(&get(&t, &c.room, &tr.name).await),
@@ -355,37 +318,29 @@ both_backends!(
             "nothing audited as allowed"
         );
         // A return reason is not an escalation reason.
-        let err = t
-            .escalate_transfer(req(
-                &c.room,
-                EscalateTransferRequest {
-                    name: tr.name.clone(),
-                    reason_code: "not_civil_dispute".into(),
-                    reason: "不属于民间纠纷".into(),
-                    request_id: rid(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect_err("return reason");
-        assert_eq!(err.code(), Code::InvalidArgument);
+        t.escalate_transfer(req(
+            &c.room,
+            EscalateTransferRequest {
+                reason_code: "not_civil_dispute".into(),
+                reason: "不属于民间纠纷".into(),
+                ..Named::named(&tr.name)
+            },
+        ))
+        .await
+        .refusal(Code::InvalidArgument, "return reason");
 
         // The route's code: ESCALATED, the hand-back described from the route.
         let done = t
             .escalate_transfer(req(
                 &c.room,
                 EscalateTransferRequest {
-                    name: tr.name.clone(),
                     reason_code: "risk_of_escalation".into(),
                     reason: "一方扬言报复".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr.name)
                 },
             ))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         assert_eq!(state(&done), TransferState::Escalated);
         let h = done.handback.expect("handback");
         assert!(h.escalation);
@@ -429,16 +384,13 @@ both_backends!(
             .escalate_transfer(req(
                 &c.room,
                 EscalateTransferRequest {
-                    name: tr.name.clone(),
                     reason_code: "risk_of_escalation".into(),
                     reason: "一方扬言报复".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr.name)
                 },
             ))
             .await
-            .expect_err("v1 has no escalation reasons");
-        assert_eq!(err.code(), Code::FailedPrecondition);
+            .refusal(Code::FailedPrecondition, "v1 has no escalation reasons");
         assert_eq!(reason_of(&err).as_deref(), Some("ESCALATION_NOT_ALLOWED"));
         assert_eq!(
             state(&get(&t, &c.room, &tr.name).await),
@@ -450,17 +402,13 @@ both_backends!(
             .submit_feedback(req(
                 &c.room,
                 SubmitFeedbackRequest {
-                    name: tr.name.clone(),
                     outcome_code: "escalated".into(),
                     summary: "已报告派出所".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr.name)
                 },
             ))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         assert_eq!(state(&fed), TransferState::FeedbackSubmitted);
         // …while a transfer pinned to v2 may not use it.
         let tr2 = police_in_progress(&t, &c).await;
@@ -469,48 +417,37 @@ both_backends!(
             .submit_feedback(req(
                 &c.room,
                 SubmitFeedbackRequest {
-                    name: tr2.name.clone(),
                     outcome_code: "escalated".into(),
                     summary: "已报告派出所".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr2.name)
                 },
             ))
             .await
-            .expect_err("not a v2 outcome");
-        assert_eq!(err.code(), Code::InvalidArgument);
+            .refusal(Code::InvalidArgument, "not a v2 outcome");
         assert_eq!(bad_fields_of(&err), ["outcome_code"]);
         // Return reasons likewise: v1 lists risk_of_escalation, v2 does not.
-        let err = t
-            .return_transfer(req(
-                &c.room,
-                ReturnTransferRequest {
-                    name: tr2.name.clone(),
-                    reason_code: "risk_of_escalation".into(),
-                    reason: "可能激化".into(),
-                    request_id: rid(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect_err("not a v2 return reason");
-        assert_eq!(err.code(), Code::InvalidArgument);
+        t.return_transfer(req(
+            &c.room,
+            ReturnTransferRequest {
+                reason_code: "risk_of_escalation".into(),
+                reason: "可能激化".into(),
+                ..Named::named(&tr2.name)
+            },
+        ))
+        .await
+        .refusal(Code::InvalidArgument, "not a v2 return reason");
         let tr3 = police_in_progress(&old, &c).await;
         let back = t
             .return_transfer(req(
                 &c.room,
                 ReturnTransferRequest {
-                    name: tr3.name.clone(),
                     reason_code: "risk_of_escalation".into(),
                     reason: "可能激化".into(),
-                    request_id: rid(),
-                    ..Default::default()
+                    ..Named::named(&tr3.name)
                 },
             ))
-            .await?
-            .into_inner()
-            .transfer
-            .expect("t");
+            .await
+            .answer_of("t", |r| r.transfer);
         assert_eq!(state(&back), TransferState::Returned);
         assert!(
             !back
@@ -598,20 +535,16 @@ both_backends!(
             );
         }
         // Nothing can be done on it any more.
-        let err = t
-            .submit_feedback(req(
-                &c.committee,
-                SubmitFeedbackRequest {
-                    name: court.name.clone(),
-                    outcome_code: "agreement_reached".into(),
-                    summary: "迟到的反馈".into(),
-                    request_id: rid(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect_err("expired");
-        assert_eq!(err.code(), Code::FailedPrecondition);
+        t.submit_feedback(req(
+            &c.committee,
+            SubmitFeedbackRequest {
+                outcome_code: "agreement_reached".into(),
+                summary: "迟到的反馈".into(),
+                ..Named::named(&court.name)
+            },
+        ))
+        .await
+        .refusal(Code::FailedPrecondition, "expired");
 
         let got = get(&t, &c.officer, &police.name).await;
         assert_eq!(state(&got), TransferState::InProgress);
@@ -644,15 +577,8 @@ both_backends!(
         let t = transfers(&store, Arc::new(RouteCatalog::builtin()?));
         // 在线调解规则: an offer nobody answers within 3 working days goes back to the court.
         let d = create(&t, &c.court, "court-to-invited-mediation", COMMITTEE).await;
-        t.submit_transfer(req(
-            &c.court,
-            SubmitTransferRequest {
-                name: d.name.clone(),
-                request_id: rid(),
-                ..Default::default()
-            },
-        ))
-        .await?;
+        t.submit_transfer(req(&c.court, SubmitTransferRequest::named(&d.name)))
+            .await?;
         // The acceptance clock starts on delivery (送达).
         let mut tx = store.write().await?;
         t.note_delivered_in(&mut tx, &d.name, COMMITTEE).await?;

@@ -37,15 +37,12 @@ fn case() -> MediationCase {
     }
 }
 
-fn item(kind: K, party: &str) -> ConfirmationPackageItem {
-    ConfirmationPackageItem {
+fn request(applicants: &[&str]) -> ApplyForConfirmationRequest {
+    let item = |kind: K, party: &str| ConfirmationPackageItem {
         kind: kind as i32,
         document: Some(doc()),
         party_id: party.into(),
-    }
-}
-
-fn request(applicants: &[&str]) -> ApplyForConfirmationRequest {
+    };
     ApplyForConfirmationRequest {
         name: "cases/c1".into(),
         court: COURT.into(),
@@ -285,14 +282,9 @@ fn dismissal_carries_its_art_358_ground_and_a_decline_its_art_355_ground() {
 fn only_unfinished_applications_block_a_new_one() {
     let mut c = case();
     assert!(open_application(&c).is_none());
-    for (p, open) in [
-        (P::Submitted, true),
-        (P::Accepted, true),
-        (P::Confirmed, true),
-        (P::Dismissed, true),
-        (P::NotAccepted, false),
-        (P::Withdrawn, false),
-    ] {
+    let open = [P::Submitted, P::Accepted, P::Confirmed, P::Dismissed].map(|p| (p, true));
+    let closed = [P::NotAccepted, P::Withdrawn].map(|p| (p, false));
+    for (p, open) in open.into_iter().chain(closed) {
         c.confirmation = Some(ConfirmationStatus {
             progress: p as i32,
             ..ConfirmationStatus::default()
