@@ -66,6 +66,19 @@ impl Idem {
         decode_stored(idempotency::lookup_unlocked(conn, &self.key, &self.hash).await?)
     }
 
+    /// [`Idem::replay`] for a change that has already locked the row its request names (so
+    /// every call with this key waits for that lock): no lock of the key's own, and the
+    /// database clock (microseconds) read in the same statement. See
+    /// [`idempotency::lookup_unlocked_with_now`].
+    pub async fn replay_under_row_lock<R: prost::Message + Default>(
+        &self,
+        tx: &mut Tx,
+    ) -> Result<(Option<R>, i64), IdemError> {
+        let (stored, now) =
+            idempotency::lookup_unlocked_with_now(tx, &self.key, &self.hash).await?;
+        Ok((decode_stored(stored)?, now))
+    }
+
     /// Stores the answer in the same transaction as the change.
     pub async fn save<R: prost::Message>(
         &self,

@@ -370,6 +370,77 @@ both_backends!(
     }
 );
 
+both_backends!(
+    idempotency_under_row_lock_runs_once_and_reads_the_clock,
+    |store: Store| async move {
+        shared(&store).await?;
+        store.migrate(SVC, &[M1]).await?;
+        sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'case')")
+            .execute(store.pool())
+            .await?;
+        let key = IdempotencyKey::new("c", "m", "same");
+        let hash = idempotency::hash_request(b"payload");
+        let mut conn = store.pool().acquire().await?;
+        let before = system_micros();
+        let (none, now) = idempotency::lookup_unlocked_with_now(&mut conn, &key, &hash).await?;
+        assert_eq!(none, None);
+        assert!(
+            (now - before).abs() < 60_000_000,
+            "the database clock in unix microseconds: {now} vs {before}"
+        );
+        drop(conn);
+        // Every call locks the row its request names first (FOR UPDATE on PostgreSQL; SQLite
+        // write transactions are serialised), then looks the key up without a lock of its own.
+        let lock = match store.backend() {
+            fengqiao_store::Backend::Postgres => " FOR UPDATE",
+            fengqiao_store::Backend::Sqlite => "",
+        };
+        let mut tasks = Vec::new();
+        for i in 0..4_i64 {
+            let store = store.clone();
+            let (key, hash) = (key.clone(), hash.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tx = store.write().await?;
+                sqlx::query(&format!("SELECT id FROM notes WHERE id = 1{lock}"))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let (stored, _) =
+                    idempotency::lookup_unlocked_with_now(&mut tx, &key, &hash).await?;
+                if let Some(stored) = stored {
+                    tx.rollback().await?;
+                    return Ok::<_, Error>(stored);
+                }
+                sqlx::query("UPDATE notes SET body = body || 'x' WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let response = format!("done by {i}").into_bytes();
+                idempotency::record(&mut tx, &key, &hash, &response).await?;
+                tx.commit().await?;
+                Ok(response)
+            }));
+        }
+        let mut responses = HashSet::new();
+        for t in tasks {
+            responses.insert(t.await.expect("task")?);
+        }
+        assert_eq!(responses.len(), 1, "every caller got the same response");
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM notes WHERE body = 'casex'").await?,
+            1,
+            "the work was done once"
+        );
+        // A different request under the same key is refused.
+        let mut conn = store.pool().acquire().await?;
+        let other = idempotency::hash_request(b"other payload");
+        assert!(matches!(
+            idempotency::lookup_unlocked_with_now(&mut conn, &key, &other).await,
+            Err(Error::IdempotencyConflict)
+        ));
+        Ok::<_, Error>(())
+    }
+);
+
 // ---------------------------------------------------------------------------------------------
 // Outbox
 

@@ -330,12 +330,14 @@ impl Cases {
         name: &str,
         etag: &str,
     ) -> Result<Begin<R>> {
-        let mut tx = self.store.read().await?;
-        if let Some(r) = idem.replay::<R>(&mut tx).await? {
+        // Advisory (the write transaction re-checks both): two statements, no transaction.
+        if let Some(r) = idem
+            .peek::<R>(&mut *self.store.pool().acquire().await?)
+            .await?
+        {
             return Ok(Begin::Replay(r));
         }
-        let mut l = db::load_for(&mut tx, who, name).await?;
-        tx.commit().await?;
+        let mut l = db::load_for_unlocked(&self.store, who, name).await?;
         check_etag(name, etag, l.version)?;
         l.etag_checked = !etag.is_empty();
         Ok(Begin::Case(Box::new(l)))
@@ -354,12 +356,14 @@ impl Cases {
         etag: &str,
         done: &[S],
     ) -> Result<Begin<R>> {
-        let mut tx = self.store.read().await?;
-        if let Some(r) = idem.replay::<R>(&mut tx).await? {
+        // Advisory (the write transaction re-checks both): two statements, no transaction.
+        if let Some(r) = idem
+            .peek::<R>(&mut *self.store.pool().acquire().await?)
+            .await?
+        {
             return Ok(Begin::Replay(r));
         }
-        let mut l = db::load_for(&mut tx, who, name).await?;
-        tx.commit().await?;
+        let mut l = db::load_for_unlocked(&self.store, who, name).await?;
         if !done.contains(&state_of(&l.case)) {
             check_etag(name, etag, l.version)?;
             l.etag_checked = !etag.is_empty();
@@ -387,17 +391,18 @@ impl Cases {
         G: FnOnce(&MediationCase) -> R,
     {
         let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay::<R>(&mut tx).await? {
+        // The case row's lock serialises every call naming this case, so the replay check
+        // after it needs no lock of its own; it reads the clock in the same statement.
+        let cur = db::load_for_update(&mut tx, who, &l.case.name).await?;
+        let (replayed, now) = idem.replay_under_row_lock::<R>(&mut tx).await?;
+        if let Some(r) = replayed {
             return Ok(r);
         }
-        db::lock_case(&mut tx, "id", &l.id).await?;
-        let cur = db::load_for(&mut tx, who, &l.case.name).await?;
         // Without an etag the change applies to the current version; `apply` re-checks the
         // state on it.
         if strict && l.etag_checked && cur.version != l.version {
             return Err(Error::EtagMismatch(l.case.name.clone()));
         }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut case = cur.case.clone();
         let mut entries = Vec::new();
         apply(&mut case, now, &mut entries)?;
