@@ -112,6 +112,36 @@ pub async fn lookup_unlocked(
     )?))
 }
 
+/// A `LEFT JOIN` of the key's row (alias `idem_k`) for a statement that reads something else
+/// too: the key's three parameters are numbered from `$first`; select [`JOINED_COLUMNS`] and
+/// read them with [`stored_in_row`]. Like [`lookup_unlocked`], no lock: an advisory read.
+pub fn join_sql(first: usize) -> String {
+    format!(
+        "LEFT JOIN idempotency_keys idem_k ON idem_k.caller = ${} AND idem_k.method = ${} \
+         AND idem_k.request_id = ${}",
+        first,
+        first + 1,
+        first + 2
+    )
+}
+
+/// The columns a statement with [`join_sql`] selects.
+pub const JOINED_COLUMNS: &str =
+    "idem_k.request_hash AS idem_hash, idem_k.response AS idem_response";
+
+/// The stored response in a row read with [`join_sql`] and [`JOINED_COLUMNS`], as
+/// [`lookup_unlocked`] answers it.
+pub fn stored_in_row(row: &sqlx::any::AnyRow, request_hash: &str) -> Result<Option<Vec<u8>>> {
+    let Some(stored_hash) = row.try_get::<Option<String>, _>("idem_hash")? else {
+        return Ok(None);
+    };
+    if stored_hash != request_hash {
+        return Err(Error::IdempotencyConflict);
+    }
+    let response: Vec<u8> = row.try_get("idem_response")?;
+    Ok(Some(crate::seal::open(RESPONSE, &response)?))
+}
+
 /// Like [`lookup_unlocked`], and the database clock (microseconds, [`Backend::now_expr`]) read
 /// in the same statement: one round trip for a change that needs both.
 ///

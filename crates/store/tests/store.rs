@@ -920,6 +920,45 @@ both_backends!(inbox_record_once, |store: Store| async move {
     Ok::<_, Error>(())
 });
 
+both_backends!(
+    inbox_record_once_at_answers_the_clock,
+    |store: Store| async move {
+        shared(&store).await?;
+        let before = system_micros();
+        let mut tx = store.write().await?;
+        let at = inbox::record_once_at(&mut tx, "mediation", "msg-1").await?;
+        let at = at.expect("recorded the first time");
+        assert!(
+            (at - before).abs() < 60_000_000,
+            "unix microseconds: {at} vs {before}"
+        );
+        assert_eq!(
+            inbox::record_once_at(&mut tx, "mediation", "msg-1").await?,
+            None
+        );
+        assert!(!inbox::record_once(&mut tx, "mediation", "msg-1").await?);
+        tx.commit().await?;
+        let mut tx = store.write().await?;
+        assert_eq!(
+            inbox::record_once_at(&mut tx, "mediation", "msg-1").await?,
+            None
+        );
+        assert!(
+            inbox::record_once_at(&mut tx, "router", "msg-1")
+                .await?
+                .is_some()
+        );
+        tx.rollback().await?;
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT received_at FROM inbox WHERE consumer = 'mediation' AND message_id = 'msg-1'",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        assert_eq!(stored, at, "the answer is the recorded time");
+        Ok::<_, Error>(())
+    }
+);
+
 // ---------------------------------------------------------------------------------------------
 // Concurrency and errors
 

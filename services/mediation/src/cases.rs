@@ -330,17 +330,14 @@ impl Cases {
         name: &str,
         etag: &str,
     ) -> Result<Begin<R>> {
-        // Advisory (the write transaction re-checks both): two statements, no transaction.
-        if let Some(r) = idem
-            .peek::<R>(&mut *self.store.pool().acquire().await?)
-            .await?
-        {
-            return Ok(Begin::Replay(r));
-        }
-        let mut l = db::load_for_unlocked(&self.store, who, name).await?;
+        // Advisory (the write transaction checks both again): one statement, no transaction.
+        let mut l = match db::peek_and_load::<R>(&self.store, who, name, idem).await? {
+            db::Peeked::Replay(r) => return Ok(Begin::Replay(r)),
+            db::Peeked::Case(l) => l,
+        };
         check_etag(name, etag, l.version)?;
         l.etag_checked = !etag.is_empty();
-        Ok(Begin::Case(Box::new(l)))
+        Ok(Begin::Case(l))
     }
 
     /// Phase 1 of a call the router decides. A case already in one of the `done` states may
@@ -356,19 +353,16 @@ impl Cases {
         etag: &str,
         done: &[S],
     ) -> Result<Begin<R>> {
-        // Advisory (the write transaction re-checks both): two statements, no transaction.
-        if let Some(r) = idem
-            .peek::<R>(&mut *self.store.pool().acquire().await?)
-            .await?
-        {
-            return Ok(Begin::Replay(r));
-        }
-        let mut l = db::load_for_unlocked(&self.store, who, name).await?;
+        // Advisory (the write transaction checks both again): one statement, no transaction.
+        let mut l = match db::peek_and_load::<R>(&self.store, who, name, idem).await? {
+            db::Peeked::Replay(r) => return Ok(Begin::Replay(r)),
+            db::Peeked::Case(l) => l,
+        };
         if !done.contains(&state_of(&l.case)) {
             check_etag(name, etag, l.version)?;
             l.etag_checked = !etag.is_empty();
         }
-        Ok(Begin::Case(Box::new(l)))
+        Ok(Begin::Case(l))
     }
 
     /// Phase 2: one write transaction applying `apply` to the case. With `strict` the case

@@ -91,33 +91,58 @@ pub async fn load_for_update(tx: &mut Tx, who: &Identity, name: &str) -> Result<
     load_for_sql(tx, who, name, lock).await
 }
 
-/// [`load_for`] on any connection, outside a transaction (the first, advisory phase of a
-/// change: one statement, no `BEGIN`/`COMMIT`). A case whose organisation is still empty is
-/// read again in a read transaction, which fills it in from the roster.
-pub async fn load_for_unlocked(
+/// What the first, advisory phase of a change reads: the stored answer of an earlier call
+/// with the same key, or the case.
+#[derive(Debug)]
+pub enum Peeked<R> {
+    /// A replay: the first answer.
+    Replay(R),
+    /// The case `name` as [`load_for`] loads it.
+    Case(Box<Loaded>),
+}
+
+/// The first, advisory phase of a change in one statement outside any transaction: the case
+/// `name` visible to `who` and the stored answer of `idem`, if any (a replay needs the case:
+/// the first call changed it). The write transaction checks both again under the row lock. A
+/// case whose organisation is still empty is read again in a read transaction, which fills it
+/// in from the roster.
+pub async fn peek_and_load<R: prost::Message + Default>(
     store: &fengqiao_store::Store,
     who: &Identity,
     name: &str,
-) -> Result<Loaded> {
+    idem: &fengqiao_kit::idem::Idem,
+) -> Result<Peeked<R>> {
     let id = validate::parse_name("name", "cases", name)?;
-    let row = sqlx::query(&format!("SELECT {COLS} FROM mediation_cases WHERE id = $1"))
+    let sql = format!(
+        "SELECT {COLS}, {} FROM mediation_cases {} WHERE id = $1",
+        fengqiao_store::idempotency::JOINED_COLUMNS,
+        fengqiao_store::idempotency::join_sql(2)
+    );
+    let [caller, method, request_id] = idem.join_binds();
+    let row = sqlx::query(&sql)
         .bind(id)
+        .bind(caller)
+        .bind(method)
+        .bind(request_id)
         .fetch_optional(store.pool())
         .await?;
     let Some(r) = row else {
         return Err(Error::NotFound(name.to_string()));
     };
+    if let Some(resp) = idem.replay_in_row::<R>(&r)? {
+        return Ok(Peeked::Replay(resp));
+    }
     let l = decode(&r)?;
     if l.agency != who.agency {
         return Err(Error::NotFound(name.to_string()));
     }
     if !l.case.organization.is_empty() {
-        return Ok(l);
+        return Ok(Peeked::Case(Box::new(l)));
     }
     let mut tx = store.read().await?;
     let l = load_for(&mut tx, who, name).await?;
     tx.commit().await?;
-    Ok(l)
+    Ok(Peeked::Case(Box::new(l)))
 }
 
 async fn load_for_sql(tx: &mut Tx, who: &Identity, name: &str, lock: &str) -> Result<Loaded> {
@@ -461,6 +486,14 @@ mod tests {
         agency("agencies/committee")
     }
 
+    async fn peek(
+        store: &Store,
+        who: Identity,
+        idem: &fengqiao_kit::idem::Idem,
+    ) -> Result<Peeked<MediationCase>> {
+        peek_and_load::<MediationCase>(store, &who, "cases/c2", idem).await
+    }
+
     both_backends!(
         entries_numbered_after_the_last_in_one_statement,
         |store: Store| async move {
@@ -512,12 +545,45 @@ mod tests {
                 Err(Error::NotFound(_))
             ));
             tx.rollback().await?;
-            let l = load_for_unlocked(&store, &who(), "cases/c2").await?;
-            assert_eq!(l.case.case_id, "case-c2");
+            // The advisory read: the case, or the first answer of the same call.
+            let rid = "3f1d3c4e-8d2b-4a57-9a57-1c0c2e1c8b11";
+            let req = fengqiao_proto::mediation::GetCaseRequest {
+                name: "cases/c2".into(),
+            };
+            let idem = fengqiao_kit::idem::Idem::new(&who(), "Accept", rid, &req)?;
+            match peek(&store, who(), &idem).await? {
+                Peeked::Case(l) => assert_eq!(l.case.case_id, "case-c2"),
+                Peeked::Replay(_) => panic!("no answer stored yet"),
+            }
             assert!(matches!(
-                load_for_unlocked(&store, &other, "cases/c2").await,
+                peek(&store, other.clone(), &idem).await,
                 Err(Error::NotFound(_))
             ));
+            let answer = MediationCase {
+                name: "cases/c2".into(),
+                summary: "the first answer".into(),
+                ..Default::default()
+            };
+            let mut tx = store.write().await?;
+            let l = load_for_update(&mut tx, &who(), "cases/c2").await?;
+            let (none, now) = idem.replay_under_row_lock::<MediationCase>(&mut tx).await?;
+            assert!(none.is_none() && now > 0 && l.version == 1);
+            idem.save(&mut tx, &answer).await?;
+            tx.commit().await?;
+            match peek(&store, who(), &idem).await? {
+                Peeked::Replay(r) => assert_eq!(r, answer),
+                Peeked::Case(_) => panic!("the stored answer is the answer"),
+            }
+            // The same request id for another request is refused.
+            let other_req = fengqiao_kit::idem::Idem::new(
+                &who(),
+                "Accept",
+                rid,
+                &fengqiao_proto::mediation::GetCaseRequest {
+                    name: "cases/c1".into(),
+                },
+            )?;
+            assert!(peek(&store, who(), &other_req).await.is_err());
             Ok::<_, Error>(())
         }
     );
