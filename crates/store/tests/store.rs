@@ -459,6 +459,38 @@ fn ids(msgs: &[outbox::OutboxMessage]) -> Vec<String> {
 const LONG: Duration = Duration::from_secs(60);
 
 both_backends!(
+    outbox_enqueue_many_with_and_without_key_locks_keeps_order,
+    |store: Store| async move {
+        shared(&store).await?;
+        let a = [
+            NewMessage::new("dest", "k1", "A1", vec![1]),
+            NewMessage::new("dest", "k2", "B1", vec![2]),
+            NewMessage::new("dest", "k1", "A2", vec![3]),
+        ];
+        let b = [NewMessage::new("dest", "k2", "B2", vec![4])];
+        let mut tx = store.write().await?;
+        outbox::enqueue_many(&mut tx, &a).await?;
+        outbox::enqueue_many_serialised(&mut tx, &b).await?;
+        outbox::enqueue_many_serialised(&mut tx, &[]).await?;
+        tx.commit().await?;
+        let mut got = Vec::new();
+        for m in a.iter().chain(b.iter()) {
+            let stored = outbox::get(&store, &m.id).await?.expect("enqueued");
+            assert_eq!(stored.payload, m.payload);
+            got.push(stored.seq);
+        }
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "seq in the order given: {got:?}"
+        );
+        // One per ordering key, the first of each.
+        let claimed = outbox::claim(&store, "w", 10, LONG).await?;
+        assert_eq!(ids(&claimed), vec![a[0].id.clone(), a[1].id.clone()]);
+        Ok::<_, Error>(())
+    }
+);
+
+both_backends!(
     outbox_enqueue_in_rolled_back_tx_leaves_nothing,
     |store: Store| async move {
         shared(&store).await?;
