@@ -122,6 +122,55 @@ impl PgMeter {
     }
 }
 
+/// Calls per statement text and database, from `pg_stat_statements` (the meter's own
+/// statements left out).
+pub type QueryCalls = std::collections::BTreeMap<(String, String), i64>;
+
+impl PgMeter {
+    /// Calls of every statement so far, by database and statement text; `None` without
+    /// `pg_stat_statements`.
+    pub async fn queries(&self) -> Option<QueryCalls> {
+        if !self.statements {
+            return None;
+        }
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT COALESCE(d.datname, ''), s.query, CAST(SUM(s.calls) AS BIGINT) \
+             FROM pg_stat_statements s LEFT JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.query NOT LIKE '%pg_stat_statements%' AND s.query NOT LIKE '%pg_current_xact_id%' \
+             GROUP BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ok()?;
+        Some(rows.into_iter().map(|(d, q, c)| ((d, q), c)).collect())
+    }
+}
+
+/// The statements between two [`PgMeter::queries`] reads, per operation, most called first:
+/// a markdown table (database, calls per operation, statement text on one line).
+pub fn queries_markdown(title: &str, a: &QueryCalls, b: &QueryCalls, ops: u64) -> String {
+    let n = ops.max(1) as f64;
+    let mut rows: Vec<(f64, &str, String)> = b
+        .iter()
+        .filter_map(|((db, q), &calls)| {
+            let d = calls - a.get(&(db.clone(), q.clone())).copied().unwrap_or(0);
+            let one_line = q.split_whitespace().collect::<Vec<_>>().join(" ");
+            (d > 0).then(|| (d as f64 / n, db.as_str(), one_line))
+        })
+        .collect();
+    rows.sort_by(|x, y| y.0.total_cmp(&x.0).then_with(|| x.1.cmp(y.1)));
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    let mut s = format!(
+        "# {title}\n\n{ops} operations; {total:.1} statements per operation (BEGIN/COMMIT included)\n\n\
+         | calls per op | database | statement |\n|---|---|---|\n"
+    );
+    for (c, db, q) in rows {
+        let q: String = q.chars().take(400).collect::<String>().replace('|', "\\|");
+        s.push_str(&format!("| {c:.2} | {db} | `{q}` |\n"));
+    }
+    s
+}
+
 /// Measures the cost of phases against a set of suite processes (and PostgreSQL).
 pub struct Meter<'a> {
     /// Suite processes.

@@ -1050,6 +1050,10 @@ async fn measure(
         eprintln!("[{backend}] full cycle");
         let retries0 = ABORTED_RETRIES.load(Ordering::Relaxed);
         let s = Sampler::start(pid);
+        let q0 = match meter.pg {
+            Some(pg) => pg.queries().await,
+            None => None,
+        };
         let m0 = meter.snap().await;
         let c2 = ctx.clone();
         let l = run_load(clients, dur, u64::MAX, move |_, i| {
@@ -1058,6 +1062,24 @@ async fn measure(
         })
         .await;
         costs.push(meter.row("full 警调对接 cycle", backend, m0, l.ops).await);
+        // Statements per cycle, query by query (issue #17: where the statements go).
+        if let (Some(q0), Some(pg)) = (q0, meter.pg)
+            && let Some(q1) = pg.queries().await
+        {
+            let md = crate::cost::queries_markdown(
+                "Statements per full 警调对接 cycle",
+                &q0,
+                &q1,
+                l.ops,
+            );
+            let path = args.out.join(format!("statements-cycle-{backend}.md"));
+            std::fs::create_dir_all(&args.out)?;
+            std::fs::write(&path, md)?;
+            notes.push(format!(
+                "{backend}: statements per cycle, query by query: {}",
+                path.display()
+            ));
+        }
         let f = Figure::from_load(
         "full 警调对接 cycle (intake → … → closed)",
         backend,

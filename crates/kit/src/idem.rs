@@ -66,6 +66,35 @@ impl Idem {
         decode_stored(idempotency::lookup_unlocked(conn, &self.key, &self.hash).await?)
     }
 
+    /// [`Idem::replay`] for a change that has already locked the row its request names (so
+    /// every call with this key waits for that lock): no lock of the key's own, and the
+    /// database clock (microseconds) read in the same statement. See
+    /// [`idempotency::lookup_unlocked_with_now`].
+    pub async fn replay_under_row_lock<R: prost::Message + Default>(
+        &self,
+        tx: &mut Tx,
+    ) -> Result<(Option<R>, i64), IdemError> {
+        let (stored, now) =
+            idempotency::lookup_unlocked_with_now(tx, &self.key, &self.hash).await?;
+        Ok((decode_stored(stored)?, now))
+    }
+
+    /// The key's parameters, in the order [`idempotency::join_sql`] numbers them: a
+    /// statement that reads a row and the key's stored answer at once (an advisory read, like
+    /// [`Idem::peek`]) binds these and decodes with [`Idem::replay_in_row`].
+    pub fn join_binds(&self) -> [&str; 3] {
+        [&self.key.caller, &self.key.method, &self.key.request_id]
+    }
+
+    /// The stored answer in a row read with [`idempotency::join_sql`] and
+    /// [`idempotency::JOINED_COLUMNS`].
+    pub fn replay_in_row<R: prost::Message + Default>(
+        &self,
+        row: &fengqiao_store::sqlx::any::AnyRow,
+    ) -> Result<Option<R>, IdemError> {
+        decode_stored(idempotency::stored_in_row(row, &self.hash)?)
+    }
+
     /// Stores the answer in the same transaction as the change.
     pub async fn save<R: prost::Message>(
         &self,

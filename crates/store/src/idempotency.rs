@@ -112,6 +112,72 @@ pub async fn lookup_unlocked(
     )?))
 }
 
+/// A `LEFT JOIN` of the key's row (alias `idem_k`) for a statement that reads something else
+/// too: the key's three parameters are numbered from `$first`; select [`JOINED_COLUMNS`] and
+/// read them with [`stored_in_row`]. Like [`lookup_unlocked`], no lock: an advisory read.
+pub fn join_sql(first: usize) -> String {
+    format!(
+        "LEFT JOIN idempotency_keys idem_k ON idem_k.caller = ${} AND idem_k.method = ${} \
+         AND idem_k.request_id = ${}",
+        first,
+        first + 1,
+        first + 2
+    )
+}
+
+/// The columns a statement with [`join_sql`] selects.
+pub const JOINED_COLUMNS: &str =
+    "idem_k.request_hash AS idem_hash, idem_k.response AS idem_response";
+
+/// The stored response in a row read with [`join_sql`] and [`JOINED_COLUMNS`], as
+/// [`lookup_unlocked`] answers it.
+pub fn stored_in_row(row: &sqlx::any::AnyRow, request_hash: &str) -> Result<Option<Vec<u8>>> {
+    let Some(stored_hash) = row.try_get::<Option<String>, _>("idem_hash")? else {
+        return Ok(None);
+    };
+    if stored_hash != request_hash {
+        return Err(Error::IdempotencyConflict);
+    }
+    let response: Vec<u8> = row.try_get("idem_response")?;
+    Ok(Some(crate::seal::open(RESPONSE, &response)?))
+}
+
+/// Like [`lookup_unlocked`], and the database clock (microseconds, [`Backend::now_expr`]) read
+/// in the same statement: one round trip for a change that needs both.
+///
+/// Takes no lock on the key: use it in the write transaction of a change only when a lock the
+/// transaction already holds serialises every call with this key — e.g. the row the request
+/// names, locked before this lookup (a call with the same key and request names the same
+/// row). Under READ COMMITTED this statement's snapshot is taken after that lock was granted,
+/// so it sees the answer of a concurrent call that held the lock first.
+pub async fn lookup_unlocked_with_now(
+    conn: &mut sqlx::AnyConnection,
+    key: &IdempotencyKey,
+    request_hash: &str,
+) -> Result<(Option<Vec<u8>>, i64)> {
+    let sql = format!(
+        "SELECT {} AS db_now, k.request_hash, k.response FROM (SELECT 1 AS one) o \
+         LEFT JOIN idempotency_keys k \
+         ON k.caller = $1 AND k.method = $2 AND k.request_id = $3",
+        Backend::of(conn).now_expr()
+    );
+    let row = sqlx::query(&sql)
+        .bind(&key.caller)
+        .bind(&key.method)
+        .bind(&key.request_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let now: i64 = row.try_get(0)?;
+    let Some(stored_hash) = row.try_get::<Option<String>, _>(1)? else {
+        return Ok((None, now));
+    };
+    if stored_hash != request_hash {
+        return Err(Error::IdempotencyConflict);
+    }
+    let response: Vec<u8> = row.try_get(2)?;
+    Ok((Some(crate::seal::open(RESPONSE, &response)?), now))
+}
+
 /// Record the response for `key`, in the transaction that made the change.
 ///
 /// If the key was recorded concurrently (only possible when [`lookup`] was skipped), fails with

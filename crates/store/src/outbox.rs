@@ -198,6 +198,17 @@ pub async fn enqueue_many(tx: &mut Tx, msgs: &[NewMessage]) -> Result<()> {
     }
     let keys: Vec<&str> = msgs.iter().map(|m| m.ordering_key.as_str()).collect();
     crate::store::pg_xact_lock_each(tx, lock_class::OUTBOX_KEY, &keys).await?;
+    enqueue_many_serialised(tx, msgs).await
+}
+
+/// [`enqueue_many`] without the ordering keys' locks: one insert. Only for a caller whose
+/// transaction already holds, until it ends, a lock that every enqueuer of these ordering keys
+/// takes before it inserts (e.g. a row lock on a per-case counter it updates first): messages
+/// of one key then commit in `seq` order, which is what the keys' locks are for.
+pub async fn enqueue_many_serialised(tx: &mut Tx, msgs: &[NewMessage]) -> Result<()> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
     let now = Backend::of(tx).now_expr();
     let rows: Vec<String> = (0..msgs.len())
         .map(|i| {

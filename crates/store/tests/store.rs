@@ -370,6 +370,77 @@ both_backends!(
     }
 );
 
+both_backends!(
+    idempotency_under_row_lock_runs_once_and_reads_the_clock,
+    |store: Store| async move {
+        shared(&store).await?;
+        store.migrate(SVC, &[M1]).await?;
+        sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'case')")
+            .execute(store.pool())
+            .await?;
+        let key = IdempotencyKey::new("c", "m", "same");
+        let hash = idempotency::hash_request(b"payload");
+        let mut conn = store.pool().acquire().await?;
+        let before = system_micros();
+        let (none, now) = idempotency::lookup_unlocked_with_now(&mut conn, &key, &hash).await?;
+        assert_eq!(none, None);
+        assert!(
+            (now - before).abs() < 60_000_000,
+            "the database clock in unix microseconds: {now} vs {before}"
+        );
+        drop(conn);
+        // Every call locks the row its request names first (FOR UPDATE on PostgreSQL; SQLite
+        // write transactions are serialised), then looks the key up without a lock of its own.
+        let lock = match store.backend() {
+            fengqiao_store::Backend::Postgres => " FOR UPDATE",
+            fengqiao_store::Backend::Sqlite => "",
+        };
+        let mut tasks = Vec::new();
+        for i in 0..4_i64 {
+            let store = store.clone();
+            let (key, hash) = (key.clone(), hash.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tx = store.write().await?;
+                sqlx::query(&format!("SELECT id FROM notes WHERE id = 1{lock}"))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let (stored, _) =
+                    idempotency::lookup_unlocked_with_now(&mut tx, &key, &hash).await?;
+                if let Some(stored) = stored {
+                    tx.rollback().await?;
+                    return Ok::<_, Error>(stored);
+                }
+                sqlx::query("UPDATE notes SET body = body || 'x' WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let response = format!("done by {i}").into_bytes();
+                idempotency::record(&mut tx, &key, &hash, &response).await?;
+                tx.commit().await?;
+                Ok(response)
+            }));
+        }
+        let mut responses = HashSet::new();
+        for t in tasks {
+            responses.insert(t.await.expect("task")?);
+        }
+        assert_eq!(responses.len(), 1, "every caller got the same response");
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM notes WHERE body = 'casex'").await?,
+            1,
+            "the work was done once"
+        );
+        // A different request under the same key is refused.
+        let mut conn = store.pool().acquire().await?;
+        let other = idempotency::hash_request(b"other payload");
+        assert!(matches!(
+            idempotency::lookup_unlocked_with_now(&mut conn, &key, &other).await,
+            Err(Error::IdempotencyConflict)
+        ));
+        Ok::<_, Error>(())
+    }
+);
+
 // ---------------------------------------------------------------------------------------------
 // Outbox
 
@@ -386,6 +457,38 @@ fn ids(msgs: &[outbox::OutboxMessage]) -> Vec<String> {
 }
 
 const LONG: Duration = Duration::from_secs(60);
+
+both_backends!(
+    outbox_enqueue_many_with_and_without_key_locks_keeps_order,
+    |store: Store| async move {
+        shared(&store).await?;
+        let a = [
+            NewMessage::new("dest", "k1", "A1", vec![1]),
+            NewMessage::new("dest", "k2", "B1", vec![2]),
+            NewMessage::new("dest", "k1", "A2", vec![3]),
+        ];
+        let b = [NewMessage::new("dest", "k2", "B2", vec![4])];
+        let mut tx = store.write().await?;
+        outbox::enqueue_many(&mut tx, &a).await?;
+        outbox::enqueue_many_serialised(&mut tx, &b).await?;
+        outbox::enqueue_many_serialised(&mut tx, &[]).await?;
+        tx.commit().await?;
+        let mut got = Vec::new();
+        for m in a.iter().chain(b.iter()) {
+            let stored = outbox::get(&store, &m.id).await?.expect("enqueued");
+            assert_eq!(stored.payload, m.payload);
+            got.push(stored.seq);
+        }
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "seq in the order given: {got:?}"
+        );
+        // One per ordering key, the first of each.
+        let claimed = outbox::claim(&store, "w", 10, LONG).await?;
+        assert_eq!(ids(&claimed), vec![a[0].id.clone(), a[1].id.clone()]);
+        Ok::<_, Error>(())
+    }
+);
 
 both_backends!(
     outbox_enqueue_in_rolled_back_tx_leaves_nothing,
@@ -848,6 +951,45 @@ both_backends!(inbox_record_once, |store: Store| async move {
     tx.commit().await?;
     Ok::<_, Error>(())
 });
+
+both_backends!(
+    inbox_record_once_at_answers_the_clock,
+    |store: Store| async move {
+        shared(&store).await?;
+        let before = system_micros();
+        let mut tx = store.write().await?;
+        let at = inbox::record_once_at(&mut tx, "mediation", "msg-1").await?;
+        let at = at.expect("recorded the first time");
+        assert!(
+            (at - before).abs() < 60_000_000,
+            "unix microseconds: {at} vs {before}"
+        );
+        assert_eq!(
+            inbox::record_once_at(&mut tx, "mediation", "msg-1").await?,
+            None
+        );
+        assert!(!inbox::record_once(&mut tx, "mediation", "msg-1").await?);
+        tx.commit().await?;
+        let mut tx = store.write().await?;
+        assert_eq!(
+            inbox::record_once_at(&mut tx, "mediation", "msg-1").await?,
+            None
+        );
+        assert!(
+            inbox::record_once_at(&mut tx, "router", "msg-1")
+                .await?
+                .is_some()
+        );
+        tx.rollback().await?;
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT received_at FROM inbox WHERE consumer = 'mediation' AND message_id = 'msg-1'",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        assert_eq!(stored, at, "the answer is the recorded time");
+        Ok::<_, Error>(())
+    }
+);
 
 // ---------------------------------------------------------------------------------------------
 // Concurrency and errors

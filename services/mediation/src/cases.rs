@@ -330,15 +330,14 @@ impl Cases {
         name: &str,
         etag: &str,
     ) -> Result<Begin<R>> {
-        let mut tx = self.store.read().await?;
-        if let Some(r) = idem.replay::<R>(&mut tx).await? {
-            return Ok(Begin::Replay(r));
-        }
-        let mut l = db::load_for(&mut tx, who, name).await?;
-        tx.commit().await?;
+        // Advisory (the write transaction checks both again): one statement, no transaction.
+        let mut l = match db::peek_and_load::<R>(&self.store, who, name, idem).await? {
+            db::Peeked::Replay(r) => return Ok(Begin::Replay(r)),
+            db::Peeked::Case(l) => l,
+        };
         check_etag(name, etag, l.version)?;
         l.etag_checked = !etag.is_empty();
-        Ok(Begin::Case(Box::new(l)))
+        Ok(Begin::Case(l))
     }
 
     /// Phase 1 of a call the router decides. A case already in one of the `done` states may
@@ -354,17 +353,16 @@ impl Cases {
         etag: &str,
         done: &[S],
     ) -> Result<Begin<R>> {
-        let mut tx = self.store.read().await?;
-        if let Some(r) = idem.replay::<R>(&mut tx).await? {
-            return Ok(Begin::Replay(r));
-        }
-        let mut l = db::load_for(&mut tx, who, name).await?;
-        tx.commit().await?;
+        // Advisory (the write transaction checks both again): one statement, no transaction.
+        let mut l = match db::peek_and_load::<R>(&self.store, who, name, idem).await? {
+            db::Peeked::Replay(r) => return Ok(Begin::Replay(r)),
+            db::Peeked::Case(l) => l,
+        };
         if !done.contains(&state_of(&l.case)) {
             check_etag(name, etag, l.version)?;
             l.etag_checked = !etag.is_empty();
         }
-        Ok(Begin::Case(Box::new(l)))
+        Ok(Begin::Case(l))
     }
 
     /// Phase 2: one write transaction applying `apply` to the case. With `strict` the case
@@ -387,17 +385,18 @@ impl Cases {
         G: FnOnce(&MediationCase) -> R,
     {
         let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay::<R>(&mut tx).await? {
+        // The case row's lock serialises every call naming this case, so the replay check
+        // after it needs no lock of its own; it reads the clock in the same statement.
+        let cur = db::load_for_update(&mut tx, who, &l.case.name).await?;
+        let (replayed, now) = idem.replay_under_row_lock::<R>(&mut tx).await?;
+        if let Some(r) = replayed {
             return Ok(r);
         }
-        db::lock_case(&mut tx, "id", &l.id).await?;
-        let cur = db::load_for(&mut tx, who, &l.case.name).await?;
         // Without an etag the change applies to the current version; `apply` re-checks the
         // state on it.
         if strict && l.etag_checked && cur.version != l.version {
             return Err(Error::EtagMismatch(l.case.name.clone()));
         }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut case = cur.case.clone();
         let mut entries = Vec::new();
         apply(&mut case, now, &mut entries)?;

@@ -124,11 +124,12 @@ impl Inbox {
             return Ok(DeliverResponse { duplicate: false });
         }
         let mut tx = self.store.write().await?;
-        if !fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await? {
+        let Some(now) =
+            fengqiao_store::inbox::record_once_at(&mut tx, SERVICE, &envelope.message_id).await?
+        else {
             tx.commit().await?;
             return Ok(DeliverResponse { duplicate: true });
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        };
         let kind = MessageKind::try_from(envelope.kind).unwrap_or(MessageKind::Unspecified);
         let mut acknowledge = None;
         if envelope.route.strip_prefix("routes/") == Some(crate::confirmation::ROUTE) {

@@ -78,20 +78,81 @@ fn decode(r: &fengqiao_store::sqlx::any::AnyRow) -> Result<Loaded> {
     })
 }
 
-/// Locks the case row for the rest of a write transaction on PostgreSQL (SQLite write
-/// transactions are serialised already), so that concurrent changes — a caller's and a router
-/// message's — apply one after the other instead of failing on the version.
-pub async fn lock_case(tx: &mut Tx, column: &str, value: &str) -> Result<()> {
-    fengqiao_kit::records::lock_rows(tx, "mediation_cases", column, value).await
-}
-
 /// Loads the case `name` visible to `who` (its receiving agency); others get NOT_FOUND.
 pub async fn load_for(tx: &mut Tx, who: &Identity, name: &str) -> Result<Loaded> {
+    load_for_sql(tx, who, name, "").await
+}
+
+/// [`load_for`] with the row locked for the rest of the write transaction on PostgreSQL (SQLite
+/// write transactions are serialised already), so that concurrent changes — a caller's and a
+/// router message's — apply one after the other instead of failing on the version.
+pub async fn load_for_update(tx: &mut Tx, who: &Identity, name: &str) -> Result<Loaded> {
+    let lock = fengqiao_kit::records::for_update(tx);
+    load_for_sql(tx, who, name, lock).await
+}
+
+/// What the first, advisory phase of a change reads: the stored answer of an earlier call
+/// with the same key, or the case.
+#[derive(Debug)]
+pub enum Peeked<R> {
+    /// A replay: the first answer.
+    Replay(R),
+    /// The case `name` as [`load_for`] loads it.
+    Case(Box<Loaded>),
+}
+
+/// The first, advisory phase of a change in one statement outside any transaction: the case
+/// `name` visible to `who` and the stored answer of `idem`, if any (a replay needs the case:
+/// the first call changed it). The write transaction checks both again under the row lock. A
+/// case whose organisation is still empty is read again in a read transaction, which fills it
+/// in from the roster.
+pub async fn peek_and_load<R: prost::Message + Default>(
+    store: &fengqiao_store::Store,
+    who: &Identity,
+    name: &str,
+    idem: &fengqiao_kit::idem::Idem,
+) -> Result<Peeked<R>> {
     let id = validate::parse_name("name", "cases", name)?;
-    let row = sqlx::query(&format!("SELECT {COLS} FROM mediation_cases WHERE id = $1"))
+    let sql = format!(
+        "SELECT {COLS}, {} FROM mediation_cases {} WHERE id = $1",
+        fengqiao_store::idempotency::JOINED_COLUMNS,
+        fengqiao_store::idempotency::join_sql(2)
+    );
+    let [caller, method, request_id] = idem.join_binds();
+    let row = sqlx::query(&sql)
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .bind(caller)
+        .bind(method)
+        .bind(request_id)
+        .fetch_optional(store.pool())
         .await?;
+    let Some(r) = row else {
+        return Err(Error::NotFound(name.to_string()));
+    };
+    if let Some(resp) = idem.replay_in_row::<R>(&r)? {
+        return Ok(Peeked::Replay(resp));
+    }
+    let l = decode(&r)?;
+    if l.agency != who.agency {
+        return Err(Error::NotFound(name.to_string()));
+    }
+    if !l.case.organization.is_empty() {
+        return Ok(Peeked::Case(Box::new(l)));
+    }
+    let mut tx = store.read().await?;
+    let l = load_for(&mut tx, who, name).await?;
+    tx.commit().await?;
+    Ok(Peeked::Case(Box::new(l)))
+}
+
+async fn load_for_sql(tx: &mut Tx, who: &Identity, name: &str, lock: &str) -> Result<Loaded> {
+    let id = validate::parse_name("name", "cases", name)?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM mediation_cases WHERE id = $1{lock}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
     match row {
         Some(r) => {
             let mut l = decode(&r)?;
@@ -153,7 +214,7 @@ pub async fn load_by_case_id_locked(
 }
 
 /// [`load_by_transfer`] with the row locked for the rest of the transaction on PostgreSQL
-/// (what [`lock_case`] by `transfer` does, in the same statement).
+/// (see [`load_for_update`]).
 pub async fn load_by_transfer_locked(tx: &mut Tx, transfer: &str) -> Result<Option<Loaded>> {
     let lock = fengqiao_kit::records::for_update(tx);
     let sql = format!("SELECT {COLS} FROM mediation_cases WHERE transfer = $1{lock}");
@@ -227,31 +288,37 @@ pub async fn list_page(
         .collect()
 }
 
-/// Appends case-file entries in filing order.
+/// Appends case-file entries in filing order: one statement, numbering them after the case's
+/// last entry (`INSERT … SELECT`: the last number is read once, before any row is inserted, on
+/// both backends — SQLite evaluates a SELECT that reads the table being inserted into in full
+/// first).
 pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry]) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    let mut seq =
-        fengqiao_kit::records::last_seq(tx, "mediation_case_entries", "case_ref", case_ref).await?;
+    let mut sql =
+        String::from("INSERT INTO mediation_case_entries (case_ref, seq, record_time, body) ");
+    for (i, _) in entries.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        let (t, b) = (2 * i + 2, 2 * i + 3);
+        sql.push_str(&format!(
+            "SELECT $1, m.n + {}, ${t}, ${b} FROM (SELECT COALESCE(MAX(seq), 0) AS n \
+             FROM mediation_case_entries WHERE case_ref = $1) m",
+            i + 1
+        ));
+    }
+    let mut q = sqlx::query(&sql).bind(case_ref);
     for e in entries {
-        seq += 1;
         let t = e
             .record_time
             .as_ref()
             .map(crate::util::from_timestamp)
             .unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO mediation_case_entries (case_ref, seq, record_time, body) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(case_ref)
-        .bind(seq)
-        .bind(t)
-        .bind(sealed(ENTRIES_BODY, e)?)
-        .execute(&mut **tx)
-        .await?;
+        q = q.bind(t).bind(sealed(ENTRIES_BODY, e)?);
     }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -388,4 +455,136 @@ pub async fn reserve_number(tx: &mut Tx, agency: &str, now: i64) -> Result<Strin
     .await?;
     let n = row.try_get::<i64, _>("next")? - 1;
     Ok(format!("调〔{year}〕{n:04}号"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fengqiao_proto::mediation::CaseFileEntryKind;
+    use fengqiao_store::{Store, both_backends};
+
+    fn case(id: &str) -> MediationCase {
+        MediationCase {
+            name: format!("cases/{id}"),
+            transfer: format!("transfers/{id}"),
+            case_id: format!("case-{id}"),
+            ..Default::default()
+        }
+    }
+
+    fn agency(agency: &str) -> Identity {
+        Identity {
+            agency: agency.into(),
+            actor: "mediator-1".into(),
+            roles: vec!["mediator".into()],
+            method: fengqiao_kit::auth::AuthMethod::Token,
+            person: None,
+        }
+    }
+
+    fn who() -> Identity {
+        agency("agencies/committee")
+    }
+
+    async fn peek(
+        store: &Store,
+        who: Identity,
+        idem: &fengqiao_kit::idem::Idem,
+    ) -> Result<Peeked<MediationCase>> {
+        peek_and_load::<MediationCase>(store, &who, "cases/c2", idem).await
+    }
+
+    both_backends!(
+        entries_numbered_after_the_last_in_one_statement,
+        |store: Store| async move {
+            crate::migrate(&store).await?;
+            let mut tx = store.write().await?;
+            for id in ["c1", "c2"] {
+                insert(
+                    &mut tx,
+                    id,
+                    &who().agency,
+                    "调〔2026〕0001号",
+                    &mut case(id),
+                    None,
+                    5,
+                    0,
+                )
+                .await?;
+            }
+            let e = |title: &str, at: i64| {
+                crate::cases::entry(CaseFileEntryKind::Other, title, at, String::new())
+            };
+            add_entries(&mut tx, "c1", &[e("一", 10)]).await?;
+            add_entries(&mut tx, "c2", &[e("其他案件", 10)]).await?;
+            // Several at once: numbered in filing order after the last; the same time is
+            // ordered by number.
+            add_entries(&mut tx, "c1", &[e("二", 20), e("三", 20), e("四", 15)]).await?;
+            add_entries(&mut tx, "c1", &[]).await?;
+            tx.commit().await?;
+            let seqs: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT seq, record_time FROM mediation_case_entries WHERE case_ref = 'c1' ORDER BY seq",
+            )
+            .fetch_all(store.pool())
+            .await?;
+            assert_eq!(seqs, vec![(1, 10), (2, 20), (3, 20), (4, 15)]);
+            let mut tx = store.write().await?;
+            let titles: Vec<String> = entries(&mut tx, "c1")
+                .await?
+                .into_iter()
+                .map(|e| e.title)
+                .collect();
+            assert_eq!(titles, ["一", "四", "二", "三"]);
+            assert_eq!(entries(&mut tx, "c2").await?.len(), 1);
+            // The locked load sees the case, and only its own agency does.
+            let l = load_for_update(&mut tx, &who(), "cases/c1").await?;
+            assert_eq!((l.id.as_str(), l.version), ("c1", 1));
+            let other = agency("agencies/other");
+            assert!(matches!(
+                load_for_update(&mut tx, &other, "cases/c1").await,
+                Err(Error::NotFound(_))
+            ));
+            tx.rollback().await?;
+            // The advisory read: the case, or the first answer of the same call.
+            let rid = "3f1d3c4e-8d2b-4a57-9a57-1c0c2e1c8b11";
+            let req = fengqiao_proto::mediation::GetCaseRequest {
+                name: "cases/c2".into(),
+            };
+            let idem = fengqiao_kit::idem::Idem::new(&who(), "Accept", rid, &req)?;
+            match peek(&store, who(), &idem).await? {
+                Peeked::Case(l) => assert_eq!(l.case.case_id, "case-c2"),
+                Peeked::Replay(_) => panic!("no answer stored yet"),
+            }
+            assert!(matches!(
+                peek(&store, other.clone(), &idem).await,
+                Err(Error::NotFound(_))
+            ));
+            let answer = MediationCase {
+                name: "cases/c2".into(),
+                summary: "the first answer".into(),
+                ..Default::default()
+            };
+            let mut tx = store.write().await?;
+            let l = load_for_update(&mut tx, &who(), "cases/c2").await?;
+            let (none, now) = idem.replay_under_row_lock::<MediationCase>(&mut tx).await?;
+            assert!(none.is_none() && now > 0 && l.version == 1);
+            idem.save(&mut tx, &answer).await?;
+            tx.commit().await?;
+            match peek(&store, who(), &idem).await? {
+                Peeked::Replay(r) => assert_eq!(r, answer),
+                Peeked::Case(_) => panic!("the stored answer is the answer"),
+            }
+            // The same request id for another request is refused.
+            let other_req = fengqiao_kit::idem::Idem::new(
+                &who(),
+                "Accept",
+                rid,
+                &fengqiao_proto::mediation::GetCaseRequest {
+                    name: "cases/c1".into(),
+                },
+            )?;
+            assert!(peek(&store, who(), &other_req).await.is_err());
+            Ok::<_, Error>(())
+        }
+    );
 }

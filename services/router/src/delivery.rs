@@ -264,7 +264,10 @@ pub async fn enqueue_all(tx: &mut Tx, mut envelopes: Vec<Envelope>) -> Result<Ve
             }
         })
         .collect();
-    outbox::enqueue_many(tx, &msgs).await?;
+    // The counter rows updated above stay locked until the commit, and every enqueue of the
+    // router goes through here (counter first): a message of the same ordering key (receiver
+    // and case) waits for this transaction, so the keys need no advisory lock of their own.
+    outbox::enqueue_many_serialised(tx, &msgs).await?;
     if let Some(traceparent) = fengqiao_kit::telemetry::current_traceparent() {
         store_trace_context(tx, &msgs, &traceparent).await?;
     }

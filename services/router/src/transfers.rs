@@ -522,14 +522,21 @@ impl Transfers {
     /// the transaction ends (SQLite write transactions are serialised already): concurrent
     /// changes apply one after the other; only a caller's stale `etag` is refused.
     pub async fn load_for_change(tx: &mut Tx, id: &str) -> Result<Option<Loaded>> {
-        if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
-            sqlx::query("SELECT id FROM transfers WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(store_err)?;
-        }
-        Self::load(tx, id).await
+        // One statement: under READ COMMITTED a `SELECT … FOR UPDATE` that waited for the
+        // lock returns the row as the holder committed it.
+        let lock = if fengqiao_store::Backend::of(tx) == fengqiao_store::Backend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM transfers WHERE id = $1{lock}"
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_err)?;
+        row.as_ref().map(row_to_loaded).transpose()
     }
 
     /// Loads one transfer on `conn` (e.g. `&mut tx`).
@@ -560,6 +567,43 @@ impl Transfers {
             ))),
             None => Ok(None),
         }
+    }
+
+    /// [`Idem::peek`] and [`Transfers::load_at`] in one statement: the stored answer of an
+    /// earlier call with the key (a replay needs the transfer: the first call changed it), or
+    /// the transfer and the database clock.
+    async fn peek_and_load_at<Resp: prost::Message + Default>(
+        conn: &mut AnyConnection,
+        id: &str,
+        idem: &Idem,
+    ) -> Result<(Option<Resp>, Option<(Loaded, i64)>)> {
+        let now = fengqiao_store::Backend::of(conn).now_expr();
+        let [caller, method, request_id] = idem.join_binds();
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, {now} AS db_now, {} FROM transfers {} WHERE id = $1",
+            fengqiao_store::idempotency::JOINED_COLUMNS,
+            fengqiao_store::idempotency::join_sql(2)
+        ))
+        .bind(id)
+        .bind(caller)
+        .bind(method)
+        .bind(request_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_err)?;
+        let Some(r) = row else {
+            return Ok((None, None));
+        };
+        if let Some(resp) = idem.replay_in_row::<Resp>(&r)? {
+            return Ok((Some(resp), None));
+        }
+        Ok((
+            None,
+            Some((
+                row_to_loaded(&r)?,
+                r.try_get::<i64, _>("db_now").map_err(store_err)?,
+            )),
+        ))
     }
 
     async fn denied(&self, who: &Identity, action: &str, resource: &str, detail: &str) {
@@ -1024,18 +1068,19 @@ impl Transfers {
             .commit
             .run(move |tx| {
                 Box::pin(async move {
-                    // A concurrent call with the same key may have committed meanwhile.
+                    // The event-sequence lock first, which every change (of every replica)
+                    // takes before it stores its answer: under it a concurrent call with the
+                    // same key has committed or not begun, so the key is looked up without a
+                    // lock of its own, and two creates for one case cannot both pass.
+                    Self::lock_sequence(tx).await?;
                     if let Some(r) = idem
-                        .replay::<fengqiao_proto::router::CreateTransferResponse>(tx)
+                        .peek::<fengqiao_proto::router::CreateTransferResponse>(tx)
                         .await?
                     {
                         return r
                             .transfer
                             .ok_or_else(|| Error::Corrupt("empty stored response".into()));
                     }
-                    // Again under the event-sequence lock, which every change (of every
-                    // replica) takes: two creates for one case cannot both pass.
-                    Self::lock_sequence(tx).await?;
                     if given_case
                         && let Some(open) =
                             Self::open_transfer(tx, &case_id, &route_id, &sender).await?
@@ -1255,13 +1300,11 @@ impl Transfers {
             // Reads outside any transaction (each statement is consistent by itself; the write
             // checks the version and the idempotency key again under the locks).
             let mut conn = self.store.pool().acquire().await.map_err(store_err)?;
-            if let Some(r) = idem.peek::<Resp>(&mut conn).await? {
+            let (replayed, found) = Self::peek_and_load_at::<Resp>(&mut conn, &id, idem).await?;
+            if let Some(r) = replayed {
                 return Ok(r);
             }
-            let Some((mut l, now)) = Self::load_at(&mut conn, &id)
-                .await?
-                .filter(|(l, _)| l.visible_to(&who.agency))
-            else {
+            let Some((mut l, now)) = found.filter(|(l, _)| l.visible_to(&who.agency)) else {
                 drop(conn);
                 self.denied(who, method, name, "NOT_VISIBLE").await;
                 return Err(Error::NotFound(name.to_string()));
@@ -1340,8 +1383,11 @@ impl Transfers {
                 .commit
                 .run(move |tx| {
                     Box::pin(async move {
-                        // A concurrent call with the same key may have committed meanwhile.
-                        if let Some(r) = idem_job.replay::<Resp>(tx).await? {
+                        // A concurrent call with the same key may have committed meanwhile:
+                        // looked up under the event-sequence lock, which every change takes
+                        // before it stores its answer (so no lock of the key's own).
+                        Self::lock_sequence(tx).await?;
+                        if let Some(r) = idem_job.peek::<Resp>(tx).await? {
                             return Ok(r);
                         }
                         if let Some((mut d, dc)) = pre {
