@@ -12,7 +12,8 @@
 //! - [`module`]: what a service crate gives the binary to be started (the service registry);
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 //! - [`agency`], [`deliveries`], [`lifecycle`], [`records`], [`acts`]: what the agency
-//!   services' handlers, inboxes, transition tables, stores and acts on records share.
+//!   services' handlers, inboxes, transition tables, stores and acts on records share;
+//!   [`handler`]: the gRPC impls that forward to inherent handlers and the steps around them.
 
 pub mod acts;
 pub mod agency;
@@ -23,6 +24,7 @@ pub mod deliveries;
 pub mod error;
 pub mod etag;
 pub mod gateway;
+pub mod handler;
 pub mod idem;
 pub mod inbox;
 pub mod lifecycle;

@@ -12,9 +12,9 @@ use fengqiao_store::bind::Bind;
 use std::pin::Pin;
 use std::time::Duration;
 
-use fengqiao_kit::agency::{self, Reply, disclosed, need_role, not_personal};
-use fengqiao_kit::inbox::forward_auth;
-use fengqiao_kit::pii::{self, FullView, Personal};
+use fengqiao_kit::agency::{self, disclosed, need_role, not_personal};
+use fengqiao_kit::handler;
+use fengqiao_kit::pii::{self, FullView};
 use fengqiao_kit::records::{Filtered, keyset_page};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
@@ -30,7 +30,7 @@ use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, Tx};
 use prost::Message as _;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
 use crate::lifecycle::{Action, EndKind};
@@ -54,13 +54,6 @@ pub const FULL_VIEW: FullView = FullView {
     service: "court-diversion",
     roles: &[rules::ROLE_CLERK, rules::ROLE_JUDGE, "mediator", "service"],
 };
-
-/// An answer to a mutation, masked: the full view is offered only by the reads (GetCase,
-/// ListCases), where it is audited. Idempotent replays pass here too (the stored answer
-/// stays whole, sealed in the store).
-fn masked<T: Personal>(r: T) -> Reply<T> {
-    agency::masked(Ok(r))
-}
 
 /// Free text as stored: trimmed, identity and mobile numbers masked (pii::redact_text).
 fn redacted(s: &str) -> String {
@@ -365,13 +358,7 @@ impl CourtDiversion {
     }
 
     fn router(&self) -> TransferServiceClient<fengqiao_kit::client::TracedChannel> {
-        TransferServiceClient::new(self.router.clone())
-    }
-
-    fn forward<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
-        let mut out = Request::new(msg);
-        forward_auth(incoming, &mut out);
-        out
+        handler::router(&self.router)
     }
 
     async fn load_visible(tx: &mut Tx, who: &Identity, name: &str) -> Result<Stored> {
@@ -405,11 +392,7 @@ impl CourtDiversion {
         R: prost::Message + Default,
         F: FnOnce(&mut PreFilingCase, i64, &mut Change) -> Result<()>,
     {
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let mut s = Self::load_locked(&mut tx, who, name).await?;
         check_etag(etag, &s.case.etag, name)?;
         let mut ch = Change::default();
@@ -417,9 +400,7 @@ impl CourtDiversion {
         db::save(&mut tx, &mut s, now).await?;
         ch.write(&mut tx, &s).await?;
         let resp = wrap(db::present(s.case, now));
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     // -----------------------------------------------------------------------
@@ -439,11 +420,7 @@ impl CourtDiversion {
         })?);
         let idem = Idem::new(&who, "CreateCase", &req.request_id, &req)?;
         let hash = db::content_hash(&input)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let existing = sqlx::query(&format!(
             "SELECT {} FROM court_cases WHERE court = $1 AND pre_filing_number = $2",
             db::COLUMNS
@@ -772,7 +749,7 @@ impl CourtDiversion {
         };
         let answer = self
             .router()
-            .create_transfer(Self::forward(request, create))
+            .create_transfer(handler::forward(request, create))
             .await;
         let transfer = agency::created_transfer(answer)?;
         let mut tx = self.store.write().await?;
@@ -1186,7 +1163,7 @@ impl CourtDiversion {
         };
         if let Some((transfer, id)) = &pending_transfer {
             self.router()
-                .withdraw_transfer(Self::forward(
+                .withdraw_transfer(handler::forward(
                     &request,
                     fengqiao_proto::router::WithdrawTransferRequest {
                         name: transfer.clone(),
@@ -1385,18 +1362,12 @@ impl CourtDiversion {
     async fn watch(&self, request: Request<WatchCasesRequest>) -> Result<WatchStream> {
         let who = Identity::of(&request)?.clone();
         let req = request.into_inner();
-        let mut after: i64 = if req.resume_token.is_empty() {
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM court_case_events")
+        let mut after: i64 = match handler::resume_after(&req.resume_token)? {
+            Some(after) => after,
+            None => sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM court_case_events")
                 .fetch_one(self.store.pool())
                 .await?
-                .try_get("m")?
-        } else {
-            req.resume_token.parse().map_err(|_| {
-                Error::from(FieldViolation::new(
-                    "resume_token",
-                    "is not a token this server issued",
-                ))
-            })?
+                .try_get("m")?,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.store.clone();
@@ -1667,11 +1638,7 @@ impl CourtDiversion {
             return Err(Error::Invalid(v));
         }
         let idem = Idem::new(&who, "CreateInvitedOrganization", &req.request_id, &req)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let org = InvitedOrganization {
             name: format!("invitedOrganizations/{id}"),
             court: Some(AgencyRef {
@@ -1690,9 +1657,7 @@ impl CourtDiversion {
         let resp = CreateInvitedOrganizationResponse {
             invited_organization: Some(org),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn get_org(
@@ -1823,9 +1788,7 @@ impl CourtDiversion {
         let resp = CreateInvitedMediatorResponse {
             invited_mediator: Some(med),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn update_org(
@@ -1867,11 +1830,7 @@ impl CourtDiversion {
             return Err(Error::Invalid(v));
         }
         let idem = Idem::new(&who, "UpdateInvitedOrganization", &req.request_id, &req)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let mut o = db::organization(&mut tx, &who.agency, &id)
             .await?
             .ok_or_else(|| Error::NotFound(given.name.clone()))?;
@@ -1907,9 +1866,7 @@ impl CourtDiversion {
         let resp = UpdateInvitedOrganizationResponse {
             invited_organization: Some(o),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn update_mediator(
@@ -1952,11 +1909,7 @@ impl CourtDiversion {
             return Err(Error::Invalid(v));
         }
         let idem = Idem::new(&who, "UpdateInvitedMediator", &req.request_id, &req)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let mut m = db::mediator(&mut tx, &who.agency, &org, &id)
             .await?
             .ok_or_else(|| Error::NotFound(given.name.clone()))?;
@@ -1993,9 +1946,7 @@ impl CourtDiversion {
         let resp = UpdateInvitedMediatorResponse {
             invited_mediator: Some(m),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn list_mediators(
@@ -2184,17 +2135,13 @@ impl fengqiao_kit::deliveries::Deliveries for Inbox {
 
     async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse> {
         let msg = fengqiao_kit::deliveries::transfer_message(envelope)?;
-        let mut tx = self.store.write().await?;
-        if !fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await? {
+        let Some((mut tx, now)) =
+            handler::receive(&self.store, SERVICE, &envelope.message_id).await?
+        else {
             return Ok(DeliverResponse { duplicate: true });
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let event = msg.event.clone().unwrap_or_default();
-        let case_id = if event.case_id.is_empty() {
-            envelope.case_id.clone()
-        } else {
-            event.case_id.clone()
         };
+        let event = msg.event.clone().unwrap_or_default();
+        let case_id = handler::case_id_of(envelope, &event).to_string();
         db::lock_case(&mut tx, "case_id", &case_id).await?;
         let row = sqlx::query(&format!(
             "SELECT {} FROM court_cases WHERE case_id = $1 AND court = $2",
@@ -2210,11 +2157,7 @@ impl fengqiao_kit::deliveries::Deliveries for Inbox {
             tx.commit().await?;
             return Ok(DeliverResponse { duplicate: false });
         };
-        let transfer_name = if event.transfer.is_empty() {
-            envelope.transfer.clone()
-        } else {
-            event.transfer.clone()
-        };
+        let transfer_name = handler::transfer_of(envelope, &event).to_string();
         let known = s
             .case
             .delegations
@@ -2642,143 +2585,97 @@ async fn fire(tx: &mut Tx, key: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// gRPC
+// gRPC: the answers to mutations are masked; the full view is offered only by the reads
+// (GetCase, ListCases), where it is audited. Idempotent replays are masked too (the stored
+// answer stays whole, sealed in the store).
 // ---------------------------------------------------------------------------
 
-#[tonic::async_trait]
-impl CourtDiversionService for CourtDiversion {
-    async fn create_invited_organization(
-        &self,
-        r: Request<CreateInvitedOrganizationRequest>,
-    ) -> Reply<CreateInvitedOrganizationResponse> {
-        Ok(Response::new(self.create_org(r).await?))
-    }
-    async fn get_invited_organization(
-        &self,
-        r: Request<GetInvitedOrganizationRequest>,
-    ) -> Reply<GetInvitedOrganizationResponse> {
-        Ok(Response::new(self.get_org(r).await?))
-    }
-    async fn list_invited_organizations(
-        &self,
-        r: Request<ListInvitedOrganizationsRequest>,
-    ) -> Reply<ListInvitedOrganizationsResponse> {
-        Ok(Response::new(self.list_orgs(r).await?))
-    }
-    async fn update_invited_organization(
-        &self,
-        r: Request<UpdateInvitedOrganizationRequest>,
-    ) -> Reply<UpdateInvitedOrganizationResponse> {
-        Ok(Response::new(self.update_org(r).await?))
-    }
-    async fn create_invited_mediator(
-        &self,
-        r: Request<CreateInvitedMediatorRequest>,
-    ) -> Reply<CreateInvitedMediatorResponse> {
-        Ok(Response::new(self.create_mediator(r).await?))
-    }
-    async fn list_invited_mediators(
-        &self,
-        r: Request<ListInvitedMediatorsRequest>,
-    ) -> Reply<ListInvitedMediatorsResponse> {
-        Ok(Response::new(self.list_mediators(r).await?))
-    }
-    async fn update_invited_mediator(
-        &self,
-        r: Request<UpdateInvitedMediatorRequest>,
-    ) -> Reply<UpdateInvitedMediatorResponse> {
-        Ok(Response::new(self.update_mediator(r).await?))
-    }
-    async fn create_case(&self, r: Request<CreateCaseRequest>) -> Reply<CreateCaseResponse> {
-        masked(CourtDiversion::create_case(self, r).await?)
-    }
-    async fn get_case(&self, r: Request<GetCaseRequest>) -> Reply<GetCaseResponse> {
-        Ok(Response::new(CourtDiversion::get_case(self, r).await?))
-    }
-    async fn list_cases(&self, r: Request<ListCasesRequest>) -> Reply<ListCasesResponse> {
-        Ok(Response::new(CourtDiversion::list_cases(self, r).await?))
-    }
-    async fn record_consent(
-        &self,
-        r: Request<RecordConsentRequest>,
-    ) -> Reply<RecordConsentResponse> {
-        masked(CourtDiversion::record_consent(self, r).await?)
-    }
-    async fn choose_mediator(
-        &self,
-        r: Request<ChooseMediatorRequest>,
-    ) -> Reply<ChooseMediatorResponse> {
-        masked(ChooseMediatorResponse {
-            pre_filing_case: Some(self.choose(r).await?),
-        })
-    }
-    async fn designate_mediator(
-        &self,
-        r: Request<DesignateMediatorRequest>,
-    ) -> Reply<DesignateMediatorResponse> {
-        masked(DesignateMediatorResponse {
-            pre_filing_case: Some(self.designate(r).await?),
-        })
-    }
+fengqiao_kit::forward_rpcs! {
+    impl CourtDiversionService for CourtDiversion;
+    reply create_invited_organization(CreateInvitedOrganizationRequest)
+        -> CreateInvitedOrganizationResponse = create_org;
+    reply get_invited_organization(GetInvitedOrganizationRequest)
+        -> GetInvitedOrganizationResponse = get_org;
+    reply list_invited_organizations(ListInvitedOrganizationsRequest)
+        -> ListInvitedOrganizationsResponse = list_orgs;
+    reply update_invited_organization(UpdateInvitedOrganizationRequest)
+        -> UpdateInvitedOrganizationResponse = update_org;
+    reply create_invited_mediator(CreateInvitedMediatorRequest)
+        -> CreateInvitedMediatorResponse = create_mediator;
+    reply list_invited_mediators(ListInvitedMediatorsRequest)
+        -> ListInvitedMediatorsResponse = list_mediators;
+    reply update_invited_mediator(UpdateInvitedMediatorRequest)
+        -> UpdateInvitedMediatorResponse = update_mediator;
+    masked create_case(CreateCaseRequest) -> CreateCaseResponse = create_case;
+    reply get_case(GetCaseRequest) -> GetCaseResponse = get_case;
+    reply list_cases(ListCasesRequest) -> ListCasesResponse = list_cases;
+    masked record_consent(RecordConsentRequest) -> RecordConsentResponse = record_consent;
+    masked choose_mediator(ChooseMediatorRequest) -> ChooseMediatorResponse = choose_mediator;
+    masked designate_mediator(DesignateMediatorRequest)
+        -> DesignateMediatorResponse = designate_mediator;
+    reply start_appraisal(StartAppraisalRequest) -> StartAppraisalResponse = start_appraisal;
+    reply end_appraisal(EndAppraisalRequest) -> EndAppraisalResponse = end_appraisal;
+    reply suspend_mediation(SuspendMediationRequest)
+        -> SuspendMediationResponse = suspend_mediation;
+    masked resolve_suspension(ResolveSuspensionRequest) -> ResolveSuspensionResponse = resolve;
+    masked decide_next_step(DecideNextStepRequest) -> DecideNextStepResponse = decide_next_step;
+    masked register_case(RegisterCaseRequest) -> RegisterCaseResponse = register;
+    masked refuse_registration(RefuseRegistrationRequest)
+        -> RefuseRegistrationResponse = refuse;
+    masked withdraw_case(WithdrawCaseRequest) -> WithdrawCaseResponse = withdraw;
+    reply get_case_statistics(GetCaseStatisticsRequest)
+        -> GetCaseStatisticsResponse = statistics;
+    reply watch_cases(WatchCasesRequest) -> WatchStream = watch;
+}
+
+/// The methods of the contract not built: a message for each of why, and what to do instead.
+impl CourtDiversion {
     async fn start_appraisal(
         &self,
         _r: Request<StartAppraisalRequest>,
-    ) -> Reply<StartAppraisalResponse> {
+    ) -> Result<StartAppraisalResponse> {
         Err(crate::error::not_built(
             "StartAppraisal: the router lets only the receiving organisation pause the mediation \
              clock; the organisation pauses it (PauseClock, reason appraisal) and the case \
              mirrors the pause",
-        )
-        .into())
+        ))
     }
-    async fn end_appraisal(&self, _r: Request<EndAppraisalRequest>) -> Reply<EndAppraisalResponse> {
+
+    async fn end_appraisal(
+        &self,
+        _r: Request<EndAppraisalRequest>,
+    ) -> Result<EndAppraisalResponse> {
         Err(crate::error::not_built(
             "EndAppraisal: the organisation resumes the clock on the router (ResumeClock); the \
              case mirrors it",
-        )
-        .into())
+        ))
     }
+
     async fn suspend_mediation(
         &self,
         _r: Request<SuspendMediationRequest>,
-    ) -> Reply<SuspendMediationResponse> {
+    ) -> Result<SuspendMediationResponse> {
         Err(crate::error::not_built(
             "SuspendMediation by the court: a suspension arrives from the organisation's \
              escalation (suspected_false_mediation) and shows as SUSPENDED",
-        )
-        .into())
+        ))
     }
-    async fn resolve_suspension(
+
+    async fn choose_mediator(
         &self,
-        r: Request<ResolveSuspensionRequest>,
-    ) -> Reply<ResolveSuspensionResponse> {
-        masked(self.resolve(r).await?)
+        r: Request<ChooseMediatorRequest>,
+    ) -> Result<ChooseMediatorResponse> {
+        Ok(ChooseMediatorResponse {
+            pre_filing_case: Some(self.choose(r).await?),
+        })
     }
-    async fn decide_next_step(
+
+    async fn designate_mediator(
         &self,
-        r: Request<DecideNextStepRequest>,
-    ) -> Reply<DecideNextStepResponse> {
-        masked(CourtDiversion::decide_next_step(self, r).await?)
-    }
-    async fn register_case(&self, r: Request<RegisterCaseRequest>) -> Reply<RegisterCaseResponse> {
-        masked(self.register(r).await?)
-    }
-    async fn refuse_registration(
-        &self,
-        r: Request<RefuseRegistrationRequest>,
-    ) -> Reply<RefuseRegistrationResponse> {
-        masked(self.refuse(r).await?)
-    }
-    async fn withdraw_case(&self, r: Request<WithdrawCaseRequest>) -> Reply<WithdrawCaseResponse> {
-        masked(self.withdraw(r).await?)
-    }
-    async fn get_case_statistics(
-        &self,
-        r: Request<GetCaseStatisticsRequest>,
-    ) -> Reply<GetCaseStatisticsResponse> {
-        Ok(Response::new(self.statistics(r).await?))
-    }
-    async fn watch_cases(&self, r: Request<WatchCasesRequest>) -> Reply<WatchStream> {
-        Ok(Response::new(self.watch(r).await?))
+        r: Request<DesignateMediatorRequest>,
+    ) -> Result<DesignateMediatorResponse> {
+        Ok(DesignateMediatorResponse {
+            pre_filing_case: Some(self.designate(r).await?),
+        })
     }
 }

@@ -1,0 +1,202 @@
+//! The steps the agency services' handlers and inboxes share around their own logic: the gRPC
+//! trait impl that only forwards to inherent handlers ([`forward_rpcs!`](crate::forward_rpcs)),
+//! the write transaction of an idempotent change (replay, or open it and read the database
+//! clock, [`begin_or_replay!`](crate::begin_or_replay)) and its end ([`answered`]), the calls to
+//! the router made for a caller ([`forward`], [`router`]), the prologue of a router message
+//! ([`receive`], [`case_id_of`], [`transfer_of`]) and the resume token of a watch stream
+//! ([`resume_after`]).
+
+use fengqiao_proto::inbox::Envelope;
+use fengqiao_proto::router::TransferEvent;
+use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
+use fengqiao_store::{Store, Tx};
+use tonic::Request;
+
+use crate::client::TracedChannel;
+use crate::error::{Error, FieldViolation};
+use crate::idem::Idem;
+
+#[doc(hidden)]
+pub use tonic as __tonic;
+
+/// What [`begin`] found: the stored answer of an earlier call with the same key, or the open
+/// write transaction and the database time (unix µs) to make the change in.
+#[derive(Debug)]
+pub enum Begun<R> {
+    /// The answer of the first call with this key.
+    Replay(R),
+    /// The open write transaction and its database time.
+    Open(Tx, i64),
+}
+
+/// Opens a write transaction for an idempotent change: the first answer of a retried call, or
+/// the transaction and the database time. [`begin_or_replay!`](crate::begin_or_replay) returns
+/// the replay from the handler.
+pub async fn begin<R: prost::Message + Default>(
+    store: &Store,
+    idem: &Idem,
+) -> Result<Begun<R>, Error> {
+    let mut tx = store.write().await?;
+    if let Some(r) = idem.replay(&mut tx).await? {
+        return Ok(Begun::Replay(r));
+    }
+    let now = fengqiao_store::db_now_micros(&mut tx).await?;
+    Ok(Begun::Open(tx, now))
+}
+
+/// `(tx, now)` of [`begin`] in a handler returning `Result<R>`; a replayed call returns its
+/// first answer from the handler.
+#[macro_export]
+macro_rules! begin_or_replay {
+    ($store:expr, $idem:expr) => {
+        match $crate::handler::begin(&$store, &$idem).await? {
+            $crate::handler::Begun::Replay(r) => return Ok(r),
+            $crate::handler::Begun::Open(tx, now) => (tx, now),
+        }
+    };
+}
+
+/// Ends an idempotent change: stores `resp` as the answer of the key, commits, answers it.
+pub async fn answered<R: prost::Message>(idem: &Idem, mut tx: Tx, resp: R) -> Result<R, Error> {
+    idem.save(&mut tx, &resp).await?;
+    tx.commit().await?;
+    Ok(resp)
+}
+
+/// The write transaction and database time to apply a router message in, after recording
+/// `message_id` in the service's inbox; `None` for a message recorded already (a duplicate).
+pub async fn receive(
+    store: &Store,
+    service: &str,
+    message_id: &str,
+) -> Result<Option<(Tx, i64)>, Error> {
+    let mut tx = store.write().await?;
+    if !fengqiao_store::inbox::record_once(&mut tx, service, message_id).await? {
+        return Ok(None);
+    }
+    let now = fengqiao_store::db_now_micros(&mut tx).await?;
+    Ok(Some((tx, now)))
+}
+
+/// The case id of a router message: its event's, else the envelope's.
+pub fn case_id_of<'a>(envelope: &'a Envelope, event: &'a TransferEvent) -> &'a str {
+    if event.case_id.is_empty() {
+        &envelope.case_id
+    } else {
+        &event.case_id
+    }
+}
+
+/// The transfer a router message is about: its event's, else the envelope's.
+pub fn transfer_of<'a>(envelope: &'a Envelope, event: &'a TransferEvent) -> &'a str {
+    if event.transfer.is_empty() {
+        &envelope.transfer
+    } else {
+        &event.transfer
+    }
+}
+
+/// A request to another service carrying the credentials (token, trace context) of the
+/// caller's `incoming` request.
+pub fn forward<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
+    let mut out = Request::new(msg);
+    crate::inbox::forward_auth(incoming, &mut out);
+    out
+}
+
+/// The router's transfer service over `channel` (calls are CLIENT spans, issue #15).
+pub fn router(channel: &TracedChannel) -> TransferServiceClient<TracedChannel> {
+    TransferServiceClient::new(channel.clone())
+}
+
+/// Where a watch stream resumes: after the event of a `resume_token` this server issued,
+/// `None` for an empty token (from now on), INVALID_ARGUMENT for any other.
+pub fn resume_after(resume_token: &str) -> Result<Option<i64>, Error> {
+    if resume_token.is_empty() {
+        return Ok(None);
+    }
+    resume_token.parse().map(Some).map_err(|_| {
+        Error::from(FieldViolation::new(
+            "resume_token",
+            "is not a token this server issued",
+        ))
+    })
+}
+
+/// A gRPC service trait implemented by forwarding each method to an inherent handler of the
+/// type (`async fn(&self, Request<Q>) -> Result<P, Error>`), its answer given whole (`reply`)
+/// or masked (`masked`, for mutations: [`crate::agency::masked`]):
+///
+/// ```ignore
+/// fengqiao_kit::forward_rpcs! {
+///     impl CourtDiversionService for CourtDiversion;
+///     reply get_case(GetCaseRequest) -> GetCaseResponse = get_case;
+///     masked create_case(CreateCaseRequest) -> CreateCaseResponse = create_case;
+/// }
+/// ```
+///
+/// The handler is called as `<Type>::handler`, so it may have the trait method's name.
+#[macro_export]
+macro_rules! forward_rpcs {
+    (
+        impl $service:ident for $ty:ty;
+        $( $answer:ident $rpc:ident ( $req:ty ) -> $resp:ty = $handler:ident; )*
+    ) => {
+        #[$crate::handler::__tonic::async_trait]
+        impl $service for $ty {
+            $(
+                async fn $rpc(
+                    &self,
+                    r: $crate::handler::__tonic::Request<$req>,
+                ) -> $crate::agency::Reply<$resp> {
+                    $crate::agency::$answer(<$ty>::$handler(self, r).await)
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_their_case_and_transfer_from_the_event_first() {
+        let envelope = Envelope {
+            case_id: "c-env".into(),
+            transfer: "transfers/env".into(),
+            ..Envelope::default()
+        };
+        let mut event = TransferEvent::default();
+        assert_eq!(case_id_of(&envelope, &event), "c-env");
+        assert_eq!(transfer_of(&envelope, &event), "transfers/env");
+        event.case_id = "c-ev".into();
+        event.transfer = "transfers/ev".into();
+        assert_eq!(case_id_of(&envelope, &event), "c-ev");
+        assert_eq!(transfer_of(&envelope, &event), "transfers/ev");
+    }
+
+    #[test]
+    fn resume_tokens_are_numbers_this_server_issued() {
+        assert_eq!(resume_after("").ok(), Some(None));
+        assert_eq!(resume_after("42").ok(), Some(Some(42)));
+        assert!(
+            matches!(resume_after("x"), Err(Error::Invalid(v)) if v[0].field == "resume_token")
+        );
+    }
+
+    #[test]
+    fn forwarded_requests_carry_the_callers_token_only() {
+        let mut incoming = Request::new(());
+        let md = incoming.metadata_mut();
+        md.insert("authorization", "Bearer t".parse().expect("ascii"));
+        md.insert("x-other", "v".parse().expect("ascii"));
+        let out = forward(&incoming, 7u32);
+        assert_eq!(
+            out.metadata().get("authorization").map(|v| v.to_str().ok()),
+            Some(Some("Bearer t"))
+        );
+        assert!(out.metadata().get("x-other").is_none());
+        assert_eq!(out.into_inner(), 7);
+    }
+}
