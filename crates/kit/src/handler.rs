@@ -6,18 +6,26 @@
 //! ([`receive`], [`case_id_of`], [`transfer_of`]) and the resume token of a watch stream
 //! ([`resume_after`]).
 
+use fengqiao_proto::common::{AgencyRef, EvidenceRef, Party};
 use fengqiao_proto::inbox::Envelope;
-use fengqiao_proto::router::TransferEvent;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
+use fengqiao_proto::router::{CaseSnapshot, CreateTransferRequest, Transfer, TransferEvent};
 use fengqiao_store::{Store, Tx};
 use tonic::Request;
 
+use crate::auth::Identity;
 use crate::client::TracedChannel;
 use crate::error::{Error, FieldViolation};
 use crate::idem::Idem;
 
 #[doc(hidden)]
 pub use tonic as __tonic;
+
+/// The verified caller of `request` (UNAUTHENTICATED without one) and its message.
+pub fn open<T>(request: Request<T>) -> Result<(Identity, T), Error> {
+    let who = Identity::of(&request)?.clone();
+    Ok((who, request.into_inner()))
+}
 
 /// What [`begin`] found: the stored answer of an earlier call with the same key, or the open
 /// write transaction and the database time (unix µs) to make the change in.
@@ -109,6 +117,63 @@ pub fn router(channel: &TracedChannel) -> TransferServiceClient<TracedChannel> {
     TransferServiceClient::new(channel.clone())
 }
 
+/// The case as a transfer carries it to the receiving agency, `reference` being the sending
+/// agency and its own number for the case; without an amount in dispute, a place or a time
+/// (a sender that has them sets them) and without a confirmation package (only the
+/// committee's 司法确认 applications carry one).
+pub fn case_snapshot(
+    case_id: &str,
+    reference: (&str, &str),
+    category: i32,
+    summary: &str,
+    parties: Vec<Party>,
+    evidence: Vec<EvidenceRef>,
+    region_code: &str,
+) -> CaseSnapshot {
+    CaseSnapshot {
+        case_id: case_id.to_owned(),
+        external_references: [(reference.0.to_owned(), reference.1.to_owned())]
+            .into_iter()
+            .collect(),
+        category,
+        summary: summary.to_owned(),
+        parties,
+        evidence,
+        region_code: region_code.to_owned(),
+        occurred_at: None,
+        location: None,
+        amount_in_dispute: None,
+        confirmation: None,
+    }
+}
+
+/// The router request creating a transfer of `snapshot` to `to_agency` on `route`, submitted
+/// in the same router change when `submit` (a cut-off call then cannot leave a created but
+/// unsubmitted transfer behind); `request_id` as [`crate::agency::router_rid`] derives it.
+pub fn create_transfer(
+    route: &str,
+    to_agency: &str,
+    snapshot: CaseSnapshot,
+    note: String,
+    request_id: String,
+    submit: bool,
+) -> CreateTransferRequest {
+    CreateTransferRequest {
+        transfer: Some(Transfer {
+            route: route.to_owned(),
+            to_agency: Some(AgencyRef {
+                name: to_agency.to_owned(),
+                ..Default::default()
+            }),
+            case_snapshot: Some(snapshot),
+            note,
+            ..Default::default()
+        }),
+        request_id,
+        submit,
+    }
+}
+
 /// Where a watch stream resumes: after the event of a `resume_token` this server issued,
 /// `None` for an empty token (from now on), INVALID_ARGUMENT for any other.
 pub fn resume_after(resume_token: &str) -> Result<Option<i64>, Error> {
@@ -125,13 +190,14 @@ pub fn resume_after(resume_token: &str) -> Result<Option<i64>, Error> {
 
 /// A gRPC service trait implemented by forwarding each method to an inherent handler of the
 /// type (`async fn(&self, Request<Q>) -> Result<P, Error>`), its answer given whole (`reply`)
-/// or masked (`masked`, for mutations: [`crate::agency::masked`]):
+/// or masked (`masked`, for mutations: [`crate::agency::masked`]). The handler is named after
+/// `=`, or has the method's own name:
 ///
 /// ```ignore
 /// fengqiao_kit::forward_rpcs! {
 ///     impl CourtDiversionService for CourtDiversion;
-///     reply get_case(GetCaseRequest) -> GetCaseResponse = get_case;
-///     masked create_case(CreateCaseRequest) -> CreateCaseResponse = create_case;
+///     reply get_case(GetCaseRequest) -> GetCaseResponse;
+///     masked register_case(RegisterCaseRequest) -> RegisterCaseResponse = register;
 /// }
 /// ```
 ///
@@ -140,7 +206,7 @@ pub fn resume_after(resume_token: &str) -> Result<Option<i64>, Error> {
 macro_rules! forward_rpcs {
     (
         impl $service:ident for $ty:ty;
-        $( $answer:ident $rpc:ident ( $req:ty ) -> $resp:ty = $handler:ident; )*
+        $( $answer:ident $rpc:ident ( $req:ty ) -> $resp:ty $( = $handler:ident )? ; )*
     ) => {
         #[$crate::handler::__tonic::async_trait]
         impl $service for $ty {
@@ -149,11 +215,14 @@ macro_rules! forward_rpcs {
                     &self,
                     r: $crate::handler::__tonic::Request<$req>,
                 ) -> $crate::agency::Reply<$resp> {
-                    $crate::agency::$answer(<$ty>::$handler(self, r).await)
+                    let handler = $crate::forward_rpcs!(@handler $ty, $rpc $(, $handler)?);
+                    $crate::agency::$answer(handler(self, r).await)
                 }
             )*
         }
     };
+    (@handler $ty:ty, $rpc:ident) => { <$ty>::$rpc };
+    (@handler $ty:ty, $rpc:ident, $handler:ident) => { <$ty>::$handler };
 }
 
 #[cfg(test)]

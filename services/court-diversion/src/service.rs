@@ -25,7 +25,7 @@ use fengqiao_proto::courtdiversion::court_diversion_service_server::{
 use fengqiao_proto::courtdiversion::*;
 use fengqiao_proto::inbox::{DeliverResponse, Envelope};
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{CaseSnapshot, Transfer, TransferEventType};
+use fengqiao_proto::router::{Transfer, TransferEventType};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, Tx};
 use prost::Message as _;
@@ -408,8 +408,7 @@ impl CourtDiversion {
     // -----------------------------------------------------------------------
 
     async fn create_case(&self, request: Request<CreateCaseRequest>) -> Result<CreateCaseResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_CLERK, "registering a pre-filing case")?;
         let violations = validate_case(req.pre_filing_case.as_ref());
         if !violations.is_empty() {
@@ -590,8 +589,7 @@ impl CourtDiversion {
         &self,
         request: Request<RecordConsentRequest>,
     ) -> Result<RecordConsentResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_CLERK, "recording consent")?;
         let rec = req
             .consent
@@ -716,37 +714,24 @@ impl CourtDiversion {
         let c = &s.case;
         let mut parties = c.plaintiffs.clone();
         parties.extend(c.defendants.iter().cloned());
-        let snapshot = CaseSnapshot {
-            case_id: c.case_id.clone(),
-            external_references: [(who.agency.clone(), c.pre_filing_number.clone())]
-                .into_iter()
-                .collect(),
-            category: c.category,
-            summary: c.summary.clone(),
+        let snapshot = handler::case_snapshot(
+            &c.case_id,
+            (&who.agency, &c.pre_filing_number),
+            c.category,
+            &c.summary,
             parties,
-            evidence: c.evidence.clone(),
-            region_code: c.region_code.clone(),
-            occurred_at: None,
-            location: None,
-            amount_in_dispute: None,
-            // Only the committee's 司法确认 applications carry a package.
-            confirmation: None,
-        };
-        let create = fengqiao_proto::router::CreateTransferRequest {
-            transfer: Some(Transfer {
-                route: rules::ROUTE_NAME.to_string(),
-                to_agency: Some(AgencyRef {
-                    name: org.agency.clone(),
-                    ..Default::default()
-                }),
-                case_snapshot: Some(snapshot),
-                note: pii::redact_text(note).into_owned(),
-                ..Default::default()
-            }),
-            request_id: router_rid(method, s.id(), request_id),
-            // Created and submitted in one router change (no approval steps on this route).
-            submit: true,
-        };
+            c.evidence.clone(),
+            &c.region_code,
+        );
+        // Created and submitted in one router change (no approval steps on this route).
+        let create = handler::create_transfer(
+            rules::ROUTE_NAME,
+            &org.agency,
+            snapshot,
+            pii::redact_text(note).into_owned(),
+            router_rid(method, s.id(), request_id),
+            true,
+        );
         let answer = self
             .router()
             .create_transfer(handler::forward(request, create))
@@ -792,16 +777,11 @@ impl CourtDiversion {
             db::save(&mut tx, &mut s, now).await?;
             ch.write(&mut tx, &s).await?;
         }
-        let c = db::present(s.case, now);
-        idem.save(
-            &mut tx,
-            &ChooseMediatorResponse {
-                pre_filing_case: Some(c.clone()),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(c)
+        let resp = ChooseMediatorResponse {
+            pre_filing_case: Some(db::present(s.case, now)),
+        };
+        let resp = handler::answered(&idem, tx, resp).await?;
+        Ok(resp.pre_filing_case.unwrap_or_default())
     }
 
     async fn choose(&self, request: Request<ChooseMediatorRequest>) -> Result<PreFilingCase> {
@@ -992,8 +972,7 @@ impl CourtDiversion {
         &self,
         request: Request<DecideNextStepRequest>,
     ) -> Result<DecideNextStepResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let step = NextStep::try_from(req.next_step).unwrap_or_default();
         let action = rules::next_step_action(step)
             .ok_or_else(|| Error::from(FieldViolation::new("next_step", "is required")))?;
@@ -1063,8 +1042,7 @@ impl CourtDiversion {
         &self,
         request: Request<RegisterCaseRequest>,
     ) -> Result<RegisterCaseResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role_for(&who, Action::Register)?;
         rules::check_docket_number("docket_number", req.docket_number.trim())?;
         not_personal("docket_number", &req.docket_number)?;
@@ -1099,8 +1077,7 @@ impl CourtDiversion {
         &self,
         request: Request<RefuseRegistrationRequest>,
     ) -> Result<RefuseRegistrationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role_for(&who, Action::RefuseRegistration)?;
         let errs = rules::check_refusal(&req.reason, req.ruling.is_some());
         if !errs.is_empty() {
@@ -1213,8 +1190,7 @@ impl CourtDiversion {
         &self,
         request: Request<ResolveSuspensionRequest>,
     ) -> Result<ResolveSuspensionResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let resolution = SuspensionResolution::try_from(req.resolution).unwrap_or_default();
         let mut v = Vec::new();
         if resolution == SuspensionResolution::Unspecified {
@@ -1277,8 +1253,7 @@ impl CourtDiversion {
         &self,
         request: Request<GetCaseStatisticsRequest>,
     ) -> Result<GetCaseStatisticsResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let (Some(start), Some(end)) = (req.start_time.as_ref(), req.end_time.as_ref()) else {
             return Err(
                 FieldViolation::new("start_time", "start_time and end_time are required").into(),
@@ -1360,8 +1335,7 @@ impl CourtDiversion {
     }
 
     async fn watch(&self, request: Request<WatchCasesRequest>) -> Result<WatchStream> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let mut after: i64 = match handler::resume_after(&req.resume_token)? {
             Some(after) => after,
             None => sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM court_case_events")
@@ -1602,8 +1576,7 @@ impl CourtDiversion {
         &self,
         request: Request<CreateInvitedOrganizationRequest>,
     ) -> Result<CreateInvitedOrganizationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let o = req.invited_organization.clone().unwrap_or_default();
         let mut v = Vec::new();
@@ -1664,8 +1637,7 @@ impl CourtDiversion {
         &self,
         request: Request<GetInvitedOrganizationRequest>,
     ) -> Result<GetInvitedOrganizationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let id = fengqiao_kit::validate::parse_name("name", "invitedOrganizations", &req.name)?;
         let mut conn = self.store.pool().acquire().await?;
         let o = db::organization(&mut conn, &who.agency, id)
@@ -1681,8 +1653,7 @@ impl CourtDiversion {
         &self,
         request: Request<ListInvitedOrganizationsRequest>,
     ) -> Result<ListInvitedOrganizationsResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let limit = fengqiao_kit::validate::page_size(req.page_size)? as usize;
         let query = {
             let mut q = req.clone();
@@ -1729,8 +1700,7 @@ impl CourtDiversion {
         &self,
         request: Request<CreateInvitedMediatorRequest>,
     ) -> Result<CreateInvitedMediatorResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let org =
             fengqiao_kit::validate::parse_name("parent", "invitedOrganizations", &req.parent)?
@@ -1795,8 +1765,7 @@ impl CourtDiversion {
         &self,
         request: Request<UpdateInvitedOrganizationRequest>,
     ) -> Result<UpdateInvitedOrganizationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let given = req.invited_organization.clone().unwrap_or_default();
         let id = fengqiao_kit::validate::parse_name(
@@ -1873,8 +1842,7 @@ impl CourtDiversion {
         &self,
         request: Request<UpdateInvitedMediatorRequest>,
     ) -> Result<UpdateInvitedMediatorResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let given = req.invited_mediator.clone().unwrap_or_default();
         let (org, id) = parse_mediator("invited_mediator.name", &given.name)?;
@@ -1953,8 +1921,7 @@ impl CourtDiversion {
         &self,
         request: Request<ListInvitedMediatorsRequest>,
     ) -> Result<ListInvitedMediatorsResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let limit = fengqiao_kit::validate::page_size(req.page_size)? as usize;
         let org = if req.parent == "invitedOrganizations/-" {
             None
@@ -2606,25 +2573,21 @@ fengqiao_kit::forward_rpcs! {
         -> ListInvitedMediatorsResponse = list_mediators;
     reply update_invited_mediator(UpdateInvitedMediatorRequest)
         -> UpdateInvitedMediatorResponse = update_mediator;
-    masked create_case(CreateCaseRequest) -> CreateCaseResponse = create_case;
-    reply get_case(GetCaseRequest) -> GetCaseResponse = get_case;
-    reply list_cases(ListCasesRequest) -> ListCasesResponse = list_cases;
-    masked record_consent(RecordConsentRequest) -> RecordConsentResponse = record_consent;
-    masked choose_mediator(ChooseMediatorRequest) -> ChooseMediatorResponse = choose_mediator;
-    masked designate_mediator(DesignateMediatorRequest)
-        -> DesignateMediatorResponse = designate_mediator;
-    reply start_appraisal(StartAppraisalRequest) -> StartAppraisalResponse = start_appraisal;
-    reply end_appraisal(EndAppraisalRequest) -> EndAppraisalResponse = end_appraisal;
-    reply suspend_mediation(SuspendMediationRequest)
-        -> SuspendMediationResponse = suspend_mediation;
+    masked create_case(CreateCaseRequest) -> CreateCaseResponse;
+    reply get_case(GetCaseRequest) -> GetCaseResponse;
+    reply list_cases(ListCasesRequest) -> ListCasesResponse;
+    masked record_consent(RecordConsentRequest) -> RecordConsentResponse;
+    masked choose_mediator(ChooseMediatorRequest) -> ChooseMediatorResponse;
+    masked designate_mediator(DesignateMediatorRequest) -> DesignateMediatorResponse;
+    reply start_appraisal(StartAppraisalRequest) -> StartAppraisalResponse;
+    reply end_appraisal(EndAppraisalRequest) -> EndAppraisalResponse;
+    reply suspend_mediation(SuspendMediationRequest) -> SuspendMediationResponse;
     masked resolve_suspension(ResolveSuspensionRequest) -> ResolveSuspensionResponse = resolve;
-    masked decide_next_step(DecideNextStepRequest) -> DecideNextStepResponse = decide_next_step;
+    masked decide_next_step(DecideNextStepRequest) -> DecideNextStepResponse;
     masked register_case(RegisterCaseRequest) -> RegisterCaseResponse = register;
-    masked refuse_registration(RefuseRegistrationRequest)
-        -> RefuseRegistrationResponse = refuse;
+    masked refuse_registration(RefuseRegistrationRequest) -> RefuseRegistrationResponse = refuse;
     masked withdraw_case(WithdrawCaseRequest) -> WithdrawCaseResponse = withdraw;
-    reply get_case_statistics(GetCaseStatisticsRequest)
-        -> GetCaseStatisticsResponse = statistics;
+    reply get_case_statistics(GetCaseStatisticsRequest) -> GetCaseStatisticsResponse = statistics;
     reply watch_cases(WatchCasesRequest) -> WatchStream = watch;
 }
 

@@ -20,8 +20,8 @@ use fengqiao_proto::policereferral::police_referral_service_server::{
 use fengqiao_proto::policereferral::*;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
 use fengqiao_proto::router::{
-    CaseSnapshot, GetCaseTimelineRequest, Investigation, InvestigationState, Transfer,
-    TransferEvent, TransferState,
+    CaseSnapshot, GetCaseTimelineRequest, Investigation, InvestigationState, TransferEvent,
+    TransferState,
 };
 use fengqiao_store::bind::{Bind, bind_all};
 use fengqiao_store::sqlx::{self, Row as _};
@@ -205,8 +205,7 @@ impl PoliceReferral {
         &self,
         request: Request<CreateReferralRequest>,
     ) -> Result<CreateReferralResponse> {
-        let who = Identity::of(&request)?.clone();
-        let mut req = request.into_inner();
+        let (who, mut req) = handler::open(request)?;
         let mut violations = validate::referral(req.referral.as_ref());
         if !req.request_id.is_empty()
             && let Err(v) = fengqiao_kit::validate::request_id(&req.request_id)
@@ -335,18 +334,15 @@ impl PoliceReferral {
             }
         })?;
         add_documents(&mut tx, &id, &r.evidence, now).await?;
+        let resp = CreateReferralResponse {
+            referral: Some(r.clone()),
+        };
         if let Some(idem) = &idem {
-            idem.save(
-                &mut tx,
-                &CreateReferralResponse {
-                    referral: Some(r.clone()),
-                },
-            )
-            .await?;
+            idem.save(&mut tx, &resp).await?;
         }
         tx.commit().await?;
         tracing::info!(referral = %r.name, rule = r.screening.as_ref().map_or("", |s| s.matched_rule.as_str()), "referral taken in");
-        Ok(CreateReferralResponse { referral: Some(r) })
+        Ok(resp)
     }
 
     async fn get(&self, request: Request<GetReferralRequest>) -> Result<GetReferralResponse> {
@@ -433,8 +429,7 @@ impl PoliceReferral {
         &self,
         request: Request<OverrideScreeningRequest>,
     ) -> Result<OverrideScreeningResponse> {
-        let who = Identity::of(&request)?.clone();
-        let mut req = request.into_inner();
+        let (who, mut req) = handler::open(request)?;
         let mut violations = Vec::new();
         let result = ScreeningResult::try_from(req.result).unwrap_or_default();
         if matches!(
@@ -546,46 +541,35 @@ impl PoliceReferral {
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let r = &s.referral;
         let snapshot = CaseSnapshot {
-            case_id: r.case_id.clone(),
-            external_references: [(r.police_station.clone(), r.incident_number.clone())]
-                .into_iter()
-                .collect(),
-            category: r.category,
-            summary: r.summary.clone(),
-            parties: r.parties.clone(),
-            evidence: r.evidence.clone(),
-            region_code: r
-                .location
-                .as_ref()
-                .map(|l| l.region_code.clone())
-                .unwrap_or_default(),
             occurred_at: r.call_time,
             location: r.location.clone(),
-            amount_in_dispute: None,
-            // Only the committee's 司法确认 applications carry a package.
-            confirmation: None,
+            ..handler::case_snapshot(
+                &r.case_id,
+                (&r.police_station, &r.incident_number),
+                r.category,
+                &r.summary,
+                r.parties.clone(),
+                r.evidence.clone(),
+                &r.location
+                    .as_ref()
+                    .map(|l| l.region_code.clone())
+                    .unwrap_or_default(),
+            )
         };
         let route = if req.route.is_empty() {
-            DEFAULT_ROUTE.to_string()
+            DEFAULT_ROUTE
         } else {
-            req.route.clone()
+            &req.route
         };
-        let create = fengqiao_proto::router::CreateTransferRequest {
-            transfer: Some(Transfer {
-                route,
-                to_agency: Some(fengqiao_proto::common::AgencyRef {
-                    name: req.to_agency.clone(),
-                    ..Default::default()
-                }),
-                case_snapshot: Some(snapshot),
-                note: req.note.clone(),
-                ..Default::default()
-            }),
-            request_id: router_rid("DraftTransfer", &referral_id, &req.request_id),
-            // Created and submitted in one router change: a cut-off call cannot leave a
-            // created but unsubmitted transfer behind.
-            submit: req.submit,
-        };
+        // Created and submitted in one router change when `submit`.
+        let create = handler::create_transfer(
+            route,
+            &req.to_agency,
+            snapshot,
+            req.note.clone(),
+            router_rid("DraftTransfer", &referral_id, &req.request_id),
+            req.submit,
+        );
         let transfer = self
             .router()
             .create_transfer(handler::forward(&request, create))
@@ -625,19 +609,16 @@ impl PoliceReferral {
             now,
         )
         .await?;
-        let resp = DraftTransferResponse {
-            referral: Some(present(s.referral, now)),
-            transfer: Some(transfer),
-        };
-        handler::answered(&idem, tx, resp).await
+        let referral = Some(present(s.referral, now));
+        let transfer = Some(transfer);
+        handler::answered(&idem, tx, DraftTransferResponse { referral, transfer }).await
     }
 
     async fn list_tasks(
         &self,
         request: Request<ListInvestigationTasksRequest>,
     ) -> Result<ListInvestigationTasksResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let limit = page_size(req.page_size)?;
         let query = fengqiao_kit::list_query!(req, &who.agency);
         let cursor = parse_cursor(&req.page_token, &query)?;
@@ -1032,13 +1013,11 @@ fengqiao_kit::forward_rpcs! {
     masked create_referral(CreateReferralRequest) -> CreateReferralResponse = create;
     reply get_referral(GetReferralRequest) -> GetReferralResponse = get;
     reply list_referrals(ListReferralsRequest) -> ListReferralsResponse = list;
-    masked override_screening(OverrideScreeningRequest)
-        -> OverrideScreeningResponse = override_screening;
-    masked draft_transfer(DraftTransferRequest) -> DraftTransferResponse = draft_transfer;
+    masked override_screening(OverrideScreeningRequest) -> OverrideScreeningResponse;
+    masked draft_transfer(DraftTransferRequest) -> DraftTransferResponse;
     reply list_investigation_tasks(ListInvestigationTasksRequest)
         -> ListInvestigationTasksResponse = list_tasks;
-    reply answer_investigation(AnswerInvestigationRequest)
-        -> AnswerInvestigationResponse = answer;
+    reply answer_investigation(AnswerInvestigationRequest) -> AnswerInvestigationResponse = answer;
     masked acknowledge_feedback(AcknowledgeFeedbackRequest)
         -> AcknowledgeFeedbackResponse = acknowledge;
     reply get_referral_file(GetReferralFileRequest) -> GetReferralFileResponse = file;
