@@ -6,10 +6,9 @@
 //! ([`receive`], [`case_id_of`], [`transfer_of`]) and the resume token of a watch stream
 //! ([`resume_after`]).
 
-use fengqiao_proto::common::{AgencyRef, EvidenceRef, Party};
 use fengqiao_proto::inbox::Envelope;
+use fengqiao_proto::router::TransferEvent;
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{CaseSnapshot, CreateTransferRequest, Transfer, TransferEvent};
 use fengqiao_store::{Store, Tx};
 use tonic::Request;
 
@@ -117,60 +116,10 @@ pub fn router(channel: &TracedChannel) -> TransferServiceClient<TracedChannel> {
     TransferServiceClient::new(channel.clone())
 }
 
-/// The case as a transfer carries it to the receiving agency, `reference` being the sending
-/// agency and its own number for the case; without an amount in dispute, a place or a time
-/// (a sender that has them sets them) and without a confirmation package (only the
-/// committee's 司法确认 applications carry one).
-pub fn case_snapshot(
-    case_id: &str,
-    reference: (&str, &str),
-    category: i32,
-    summary: &str,
-    parties: Vec<Party>,
-    evidence: Vec<EvidenceRef>,
-    region_code: &str,
-) -> CaseSnapshot {
-    CaseSnapshot {
-        case_id: case_id.to_owned(),
-        external_references: [(reference.0.to_owned(), reference.1.to_owned())]
-            .into_iter()
-            .collect(),
-        category,
-        summary: summary.to_owned(),
-        parties,
-        evidence,
-        region_code: region_code.to_owned(),
-        occurred_at: None,
-        location: None,
-        amount_in_dispute: None,
-        confirmation: None,
-    }
-}
-
-/// The router request creating a transfer of `snapshot` to `to_agency` on `route`, submitted
-/// in the same router change when `submit` (a cut-off call then cannot leave a created but
-/// unsubmitted transfer behind); `request_id` as [`crate::agency::router_rid`] derives it.
-pub fn create_transfer(
-    route: &str,
-    to_agency: &str,
-    snapshot: CaseSnapshot,
-    note: String,
-    request_id: String,
-    submit: bool,
-) -> CreateTransferRequest {
-    CreateTransferRequest {
-        transfer: Some(Transfer {
-            route: route.to_owned(),
-            to_agency: Some(AgencyRef {
-                name: to_agency.to_owned(),
-                ..Default::default()
-            }),
-            case_snapshot: Some(snapshot),
-            note,
-            ..Default::default()
-        }),
-        request_id,
-        submit,
+/// Adds the violation `description` of `field` to a request's list unless `ok`.
+pub fn check(out: &mut Vec<FieldViolation>, ok: bool, field: &str, description: &str) {
+    if !ok {
+        out.push(FieldViolation::new(field, description));
     }
 }
 
@@ -243,6 +192,14 @@ mod tests {
         event.transfer = "transfers/ev".into();
         assert_eq!(case_id_of(&envelope, &event), "c-ev");
         assert_eq!(transfer_of(&envelope, &event), "transfers/ev");
+    }
+
+    #[test]
+    fn checks_add_their_violation_only_when_failed() {
+        let mut v = Vec::new();
+        check(&mut v, true, "a", "is required");
+        check(&mut v, false, "b", "at most 2 items");
+        assert_eq!(v, [FieldViolation::new("b", "at most 2 items")]);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 //! - [`agency`], [`deliveries`], [`lifecycle`], [`records`], [`acts`]: what the agency
 //!   services' handlers, inboxes, transition tables, stores and acts on records share;
-//!   [`handler`]: the gRPC impls that forward to inherent handlers and the steps around them.
+//!   [`handler`]: the gRPC impls that forward to inherent handlers and the steps around them;
+//!   [`transfers`]: the transfer states, the case snapshot and the create-transfer request;
+//!   [`sequenced`]: rows appended to a record's numbered list.
 
 pub mod acts;
 pub mod agency;
@@ -34,9 +36,11 @@ pub mod pii;
 pub mod pull;
 pub mod reason;
 pub mod records;
+pub mod sequenced;
 pub mod server;
 pub mod telemetry;
 pub mod time;
+pub mod transfers;
 pub mod validate;
 
 pub use auth::Identity;

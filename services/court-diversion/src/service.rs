@@ -714,7 +714,7 @@ impl CourtDiversion {
         let c = &s.case;
         let mut parties = c.plaintiffs.clone();
         parties.extend(c.defendants.iter().cloned());
-        let snapshot = handler::case_snapshot(
+        let snapshot = fengqiao_kit::transfers::case_snapshot(
             &c.case_id,
             (&who.agency, &c.pre_filing_number),
             c.category,
@@ -724,7 +724,7 @@ impl CourtDiversion {
             &c.region_code,
         );
         // Created and submitted in one router change (no approval steps on this route).
-        let create = handler::create_transfer(
+        let create = fengqiao_kit::transfers::create_transfer(
             rules::ROUTE_NAME,
             &org.agency,
             snapshot,
@@ -2256,7 +2256,7 @@ impl fengqiao_kit::deliveries::Deliveries for Inbox {
         s.event_seq = s.event_seq.max(event.sequence);
         if s.case == before && ch.is_empty() {
             sqlx::query("UPDATE court_cases SET event_seq = $1 WHERE id = $2")
-                .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+                .bind(fengqiao_kit::transfers::seq_column(s.event_seq))
                 .bind(s.id())
                 .execute(&mut *tx)
                 .await?;

@@ -229,30 +229,22 @@ pub async fn list_page(
 
 /// Appends case-file entries in filing order.
 pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut seq =
-        fengqiao_kit::records::last_seq(tx, "mediation_case_entries", "case_ref", case_ref).await?;
-    for e in entries {
-        seq += 1;
-        let t = e
-            .record_time
-            .as_ref()
-            .map(crate::util::from_timestamp)
-            .unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO mediation_case_entries (case_ref, seq, record_time, body) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(case_ref)
-        .bind(seq)
-        .bind(t)
-        .bind(sealed(ENTRIES_BODY, e)?)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let t = e
+                .record_time
+                .as_ref()
+                .map(crate::util::from_timestamp)
+                .unwrap_or(0);
+            Ok((t, sealed(ENTRIES_BODY, e)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let case = ("case_ref", case_ref);
+    Ok(
+        fengqiao_kit::sequenced::append(tx, "mediation_case_entries", case, "record_time", rows)
+            .await?,
+    )
 }
 
 /// The case-file entries, in time order (then filing order).
@@ -302,7 +294,7 @@ pub async fn insert(
     .bind(now)
     .bind(sealed(CASES_BODY, case)?)
     .bind(route.map(|r| sealed(CASES_ROUTE, r)).transpose()?)
-    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(event_seq))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -326,7 +318,7 @@ pub async fn save_seq(
 ) -> Result<()> {
     case.etag = etag(l.version + 1);
     case.update_time = Some(to_timestamp(now));
-    let seq = i64::try_from(event_seq).unwrap_or(i64::MAX);
+    let seq = fengqiao_kit::transfers::seq_column(event_seq);
     let done = sqlx::query(
         "UPDATE mediation_cases SET state = $1, mediator = $2, update_time = $3, \
          version = version + 1, body = $4, \
@@ -355,7 +347,7 @@ pub async fn note_seq(tx: &mut Tx, id: &str, event_seq: u64) -> Result<()> {
         "UPDATE mediation_cases SET event_seq = CASE WHEN event_seq < $1 THEN $1 ELSE event_seq END \
          WHERE id = $2",
     )
-    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(event_seq))
     .bind(id)
     .execute(&mut **tx)
     .await?;

@@ -174,7 +174,7 @@ impl Inbox {
             if s.referral == before {
                 // Nothing changed: the etag a client holds stays valid.
                 sqlx::query("UPDATE referrals SET event_seq = $1 WHERE id = $2")
-                    .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+                    .bind(fengqiao_kit::transfers::seq_column(s.event_seq))
                     .bind(&referral_id)
                     .execute(&mut *tx)
                     .await?;
@@ -212,7 +212,7 @@ impl Inbox {
         if event.sequence == 0 || msg.investigation.is_some() {
             return Ok(false);
         }
-        let held = u64::try_from(row.try_get::<i64, _>("event_seq")?).unwrap_or(0);
+        let held = fengqiao_kit::transfers::event_seq_of(&row)?;
         let known = event.event_id.is_empty() || row.try_get::<i64, _>("known")? > 0;
         Ok(event.sequence <= held && known)
     }

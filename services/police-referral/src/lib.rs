@@ -31,10 +31,6 @@ mod service;
 mod store;
 pub mod validate;
 
-pub use domain::{state_for_screening, state_for_transfer};
-pub use module::MODULE;
-pub use service::PoliceReferral;
-
 use fengqiao_kit::pii;
 use fengqiao_kit::records::Schema;
 use fengqiao_store::Store;
@@ -71,3 +67,8 @@ pub const FULL_VIEW: pii::FullView = pii::FullView {
     service: "police-referral",
     roles: &["officer", "duty_chief", "service"],
 };
+
+// What the binary (the registry entry, the service) and the tests use.
+pub use domain::{state_for_screening, state_for_transfer};
+pub use module::MODULE;
+pub use service::PoliceReferral;

@@ -543,7 +543,7 @@ impl PoliceReferral {
         let snapshot = CaseSnapshot {
             occurred_at: r.call_time,
             location: r.location.clone(),
-            ..handler::case_snapshot(
+            ..fengqiao_kit::transfers::case_snapshot(
                 &r.case_id,
                 (&r.police_station, &r.incident_number),
                 r.category,
@@ -562,7 +562,7 @@ impl PoliceReferral {
             &req.route
         };
         // Created and submitted in one router change when `submit`.
-        let create = handler::create_transfer(
+        let create = fengqiao_kit::transfers::create_transfer(
             route,
             &req.to_agency,
             snapshot,

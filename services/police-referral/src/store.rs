@@ -4,7 +4,6 @@
 use crate::domain::*;
 use crate::error::{Error, Result};
 use fengqiao_kit::Identity;
-use fengqiao_kit::records::last_seq;
 use fengqiao_kit::time::{from_timestamp as from_ts, to_timestamp as to_ts};
 use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::policereferral::*;
@@ -59,7 +58,7 @@ pub(crate) fn stored_of(row: &AnyRow) -> Result<Stored> {
         creator: row.try_get("creator_agency")?,
         version: row.try_get("version")?,
         content_hash: row.try_get("content_hash")?,
-        event_seq: u64::try_from(row.try_get::<i64, _>("event_seq")?).unwrap_or(0),
+        event_seq: fengqiao_kit::transfers::event_seq_of(row)?,
     })
 }
 
@@ -132,7 +131,7 @@ pub(crate) async fn insert_event(
     )
     .bind(referral_id)
     .bind(&event.event_id)
-    .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(event.sequence))
     .bind(occurred)
     .bind(sealed(EVENTS_BODY, event)?)
     .execute(&mut **tx)
@@ -170,7 +169,7 @@ pub(crate) async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     .bind(now)
     .bind(s.version)
     .bind(id)
-    .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(s.event_seq))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -182,23 +181,12 @@ pub(crate) async fn add_documents(
     docs: &[EvidenceRef],
     now: i64,
 ) -> Result<()> {
-    if docs.is_empty() {
-        return Ok(());
-    }
-    let mut seq = last_seq(tx, "referral_documents", "referral_id", referral_id).await?;
-    for d in docs {
-        seq += 1;
-        sqlx::query(
-            "INSERT INTO referral_documents (referral_id, seq, added_at, body) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(referral_id)
-        .bind(seq)
-        .bind(now)
-        .bind(sealed(DOCUMENTS_BODY, d)?)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    let rows = docs
+        .iter()
+        .map(|d| Ok((now, sealed(DOCUMENTS_BODY, d)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let referral = ("referral_id", referral_id);
+    fengqiao_kit::sequenced::append(tx, "referral_documents", referral, "added_at", rows).await
 }
 
 /// An investigation task as stored.
