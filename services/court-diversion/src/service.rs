@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fengqiao_kit::agency::{self, disclosed, need_role, not_personal};
 use fengqiao_kit::handler;
-use fengqiao_kit::pii::{self, FullView};
+use fengqiao_kit::pii::{self, FullView, Personal};
 use fengqiao_kit::records::{Filtered, keyset_page};
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{FieldViolation, Identity, Reason};
@@ -400,7 +400,7 @@ impl CourtDiversion {
         db::save(&mut tx, &mut s, now).await?;
         ch.write(&mut tx, &s).await?;
         let resp = wrap(db::present(s.case, now));
-        handler::answered(&idem, tx, resp).await
+        handler::answered(idem, tx, resp).await
     }
 
     // -----------------------------------------------------------------------
@@ -488,6 +488,20 @@ impl CourtDiversion {
         Ok(resp)
     }
 
+    /// A read's answer (`method` of the service): masked, or whole for a role of [`FULL_VIEW`]
+    /// with one access-log row per case `(name, case_id)` in it.
+    async fn disclosed<T: Personal>(
+        &self,
+        method: &str,
+        who: &Identity,
+        view: pii::View,
+        resp: T,
+        cases: &[(String, String)],
+    ) -> Result<T> {
+        let method = format!("/fengqiao.courtdiversion.v1.CourtDiversionService/{method}");
+        disclosed(&self.store, &FULL_VIEW, &method, who, view, resp, cases).await
+    }
+
     async fn get_case(&self, request: Request<GetCaseRequest>) -> Result<GetCaseResponse> {
         let who = Identity::of(&request)?.clone();
         let view = pii::requested_view(request.metadata())?;
@@ -502,16 +516,7 @@ impl CourtDiversion {
         let resp = GetCaseResponse {
             pre_filing_case: Some(c),
         };
-        disclosed(
-            &self.store,
-            &FULL_VIEW,
-            "/fengqiao.courtdiversion.v1.CourtDiversionService/GetCase",
-            &who,
-            view,
-            resp,
-            &names,
-        )
-        .await
+        self.disclosed("GetCase", &who, view, resp, &names).await
     }
 
     async fn list_cases(&self, request: Request<ListCasesRequest>) -> Result<ListCasesResponse> {
@@ -573,16 +578,7 @@ impl CourtDiversion {
             pre_filing_cases: cases,
             next_page_token,
         };
-        disclosed(
-            &self.store,
-            &FULL_VIEW,
-            "/fengqiao.courtdiversion.v1.CourtDiversionService/ListCases",
-            &who,
-            view,
-            resp,
-            &names,
-        )
-        .await
+        self.disclosed("ListCases", &who, view, resp, &names).await
     }
 
     async fn record_consent(
@@ -780,7 +776,7 @@ impl CourtDiversion {
         let resp = ChooseMediatorResponse {
             pre_filing_case: Some(db::present(s.case, now)),
         };
-        let resp = handler::answered(&idem, tx, resp).await?;
+        let resp = handler::answered(idem, tx, resp).await?;
         Ok(resp.pre_filing_case.unwrap_or_default())
     }
 
@@ -2317,15 +2313,10 @@ impl Inbox {
                 return_time: at,
             })
         };
-        let handback_code = t
+        let (handback_code, handback_docs) = t
             .handback
-            .as_ref()
-            .map(|h| h.reason_code.clone())
-            .unwrap_or_default();
-        let handback_docs = t
-            .handback
-            .as_ref()
-            .map(|h| h.documents.clone())
+            .clone()
+            .map(|h| (h.reason_code, h.documents))
             .unwrap_or_default();
         match action {
             Action::Accept => {

@@ -241,10 +241,7 @@ pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry])
         })
         .collect::<Result<Vec<_>>>()?;
     let case = ("case_ref", case_ref);
-    Ok(
-        fengqiao_kit::sequenced::append(tx, "mediation_case_entries", case, "record_time", rows)
-            .await?,
-    )
+    fengqiao_kit::sequenced::append(tx, "mediation_case_entries", case, "record_time", rows).await
 }
 
 /// The case-file entries, in time order (then filing order).

@@ -74,7 +74,7 @@ impl Inbox {
             "SELECT {COLUMNS} FROM referrals WHERE case_id = $1 \
              AND (police_station = $2 OR creator_agency = $2){lock}"
         ))
-        .bind(&case_id)
+        .bind(case_id)
         .bind(&envelope.to_agency)
         .fetch_optional(&mut *tx)
         .await?;

@@ -164,8 +164,7 @@ impl PoliceReferral {
             .fetch_all(self.store.pool())
             .await?;
         for row in &rows {
-            let b: Vec<u8> = row.try_get("body")?;
-            let d = opened::<EvidenceRef>(DOCUMENTS_BODY, &b, "document")?;
+            let d = body_of::<EvidenceRef>(row, DOCUMENTS_BODY, "document")?;
             if d.uri == uri {
                 return Ok(true);
             }
@@ -899,10 +898,7 @@ impl PoliceReferral {
                 .await?;
         let documents = docs
             .iter()
-            .map(|row| {
-                let b: Vec<u8> = row.try_get("body")?;
-                opened::<EvidenceRef>(DOCUMENTS_BODY, &b, "document")
-            })
+            .map(|row| body_of::<EvidenceRef>(row, DOCUMENTS_BODY, "document"))
             .collect::<Result<Vec<_>>>()?;
         let tasks = sqlx::query(
             "SELECT referral_id, version, body FROM investigation_tasks WHERE referral_id = $1 \
@@ -922,8 +918,7 @@ impl PoliceReferral {
         .await?
         .iter()
         .map(|row| {
-            let b: Vec<u8> = row.try_get("body")?;
-            opened::<TransferEvent>(EVENTS_BODY, &b, "event")
+            body_of::<TransferEvent>(row, EVENTS_BODY, "event")
         })
         .collect::<Result<Vec<_>>>()?;
         tx.rollback().await?;

@@ -24,6 +24,16 @@ pub(crate) fn opened<M: prost::Message + Default>(ctx: &str, body: &[u8], what: 
     M::decode(plain.as_slice()).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
+/// Opens and decodes the `body` column of `row`, sealed for `ctx` (see [`opened`]).
+pub(crate) fn body_of<M: prost::Message + Default>(
+    row: &AnyRow,
+    ctx: &str,
+    what: &str,
+) -> Result<M> {
+    let body: Vec<u8> = row.try_get("body")?;
+    opened(ctx, &body, what)
+}
+
 pub(crate) const REFERRALS_BODY: &str = "referrals.body";
 
 pub(crate) const EVENTS_BODY: &str = "referral_events.body";
@@ -51,10 +61,8 @@ impl Stored {
 pub(crate) const COLUMNS: &str = "id, creator_agency, version, content_hash, event_seq, body";
 
 pub(crate) fn stored_of(row: &AnyRow) -> Result<Stored> {
-    let body: Vec<u8> = row.try_get("body")?;
-    let referral = opened::<Referral>(REFERRALS_BODY, &body, "referral")?;
     Ok(Stored {
-        referral,
+        referral: body_of(row, REFERRALS_BODY, "referral")?,
         creator: row.try_get("creator_agency")?,
         version: row.try_get("version")?,
         content_hash: row.try_get("content_hash")?,
@@ -197,10 +205,8 @@ pub(crate) struct StoredTask {
 }
 
 pub(crate) fn task_of(row: &AnyRow) -> Result<StoredTask> {
-    let body: Vec<u8> = row.try_get("body")?;
-    let task = opened::<InvestigationTask>(TASKS_BODY, &body, "investigation task")?;
     Ok(StoredTask {
-        task,
+        task: body_of(row, TASKS_BODY, "investigation task")?,
         referral_id: row.try_get("referral_id")?,
         version: row.try_get("version")?,
     })
