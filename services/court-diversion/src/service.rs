@@ -262,24 +262,10 @@ pub struct CourtDiversion {
     /// Calls to the router are CLIENT spans (issue #15).
     router: fengqiao_kit::client::TracedChannel,
     policy: RedesignationPolicy,
-    signer: Option<std::sync::Arc<Signer>>,
+    /// The key the service signs its own calls to the router with (the automatic
+    /// re-designation acts for the court, not for a caller).
+    signer: Option<std::sync::Arc<handler::SystemSigner>>,
     confirmation: Option<fengqiao_judicial_confirmation::JudicialConfirmation>,
-}
-
-/// The key the service signs its own calls to the router with (the automatic
-/// re-designation acts for the court, not for a caller).
-struct Signer {
-    key: fengqiao_kit::auth::SigningKey,
-    issuer: String,
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("kid", &self.key.kid())
-            .field("issuer", &self.issuer)
-            .finish()
-    }
 }
 
 /// Actor id of the service when it acts for the court itself.
@@ -313,10 +299,7 @@ impl CourtDiversion {
     /// `issuer`: after an acceptance timeout it re-designates another organisation on its own
     /// (在线调解规则 Art 12). Without a key the case waits for the judge's designation.
     pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
-        self.signer = Some(std::sync::Arc::new(Signer {
-            key,
-            issuer: issuer.to_string(),
-        }));
+        self.signer = Some(std::sync::Arc::new(handler::SystemSigner::new(key, issuer)));
         self
     }
 
@@ -1417,19 +1400,10 @@ impl CourtDiversion {
         let Some(signer) = self.signer.as_ref() else {
             return Ok(None);
         };
-        let token = signer.key.sign(&fengqiao_kit::auth::claims(
-            &signer.issuer,
-            court,
-            SYSTEM_ACTOR,
-            &[rules::ROLE_JUDGE],
-            300,
-        ));
-        let mut request = Request::new(msg);
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::Corrupt("token is not a header value".into()))?;
-        request.metadata_mut().insert("authorization", bearer);
-        Ok(Some(request))
+        signer
+            .request(court, SYSTEM_ACTOR, &[rules::ROLE_JUDGE], msg)
+            .map(Some)
+            .ok_or_else(|| Error::Corrupt("token is not a header value".into()))
     }
 
     /// Confirms receipt of a delegation's feedback on the router (确认反馈), so the transfer
