@@ -1,10 +1,11 @@
 //! The steps the agency services' handlers and inboxes share around their own logic: the gRPC
 //! trait impl that only forwards to inherent handlers ([`forward_rpcs!`](crate::forward_rpcs)),
-//! the write transaction of an idempotent change (replay, or open it and read the database
-//! clock, [`begin_or_replay!`](crate::begin_or_replay)) and its end ([`answered`]), the calls to
-//! the router made for a caller ([`forward`], [`router`]), the prologue of a router message
-//! ([`receive`], [`case_id_of`], [`transfer_of`]) and the resume token of a watch stream
-//! ([`resume_after`]).
+//! the caller and message of a request ([`open`]) and the checks of its fields ([`check`]), the
+//! write transaction of an idempotent change (replay, or open it and read the database clock,
+//! [`begin_or_replay!`](crate::begin_or_replay)) and its end ([`answered`]), the calls to the
+//! router ([`router`]; as the agency's own system, [`SystemSigner`]), the prologue of a router
+//! message ([`receive`], [`case_id_of`], [`transfer_of`]) and the resume token of a watch
+//! stream ([`resume_after`]).
 
 use fengqiao_proto::inbox::Envelope;
 use fengqiao_proto::router::TransferEvent;
@@ -101,14 +102,6 @@ pub fn transfer_of<'a>(envelope: &'a Envelope, event: &'a TransferEvent) -> &'a 
     } else {
         &event.transfer
     }
-}
-
-/// A request to another service carrying the credentials (token, trace context) of the
-/// caller's `incoming` request.
-pub fn forward<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
-    let mut out = Request::new(msg);
-    crate::inbox::forward_auth(incoming, &mut out);
-    out
 }
 
 /// The router's transfer service over `channel` (calls are CLIENT spans, issue #15).
@@ -284,20 +277,5 @@ mod tests {
         assert!(
             matches!(resume_after("x"), Err(Error::Invalid(v)) if v[0].field == "resume_token")
         );
-    }
-
-    #[test]
-    fn forwarded_requests_carry_the_callers_token_only() {
-        let mut incoming = Request::new(());
-        let md = incoming.metadata_mut();
-        md.insert("authorization", "Bearer t".parse().expect("ascii"));
-        md.insert("x-other", "v".parse().expect("ascii"));
-        let out = forward(&incoming, 7u32);
-        assert_eq!(
-            out.metadata().get("authorization").map(|v| v.to_str().ok()),
-            Some(Some("Bearer t"))
-        );
-        assert!(out.metadata().get("x-other").is_none());
-        assert_eq!(out.into_inner(), 7);
     }
 }

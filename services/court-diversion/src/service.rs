@@ -713,7 +713,7 @@ impl CourtDiversion {
         );
         let answer = self
             .router()
-            .create_transfer(handler::forward(request, create))
+            .create_transfer(agency::forwarded(request.metadata(), create))
             .await;
         let transfer = agency::created_transfer(answer)?;
         let mut tx = self.store.write().await?;
@@ -1119,8 +1119,8 @@ impl CourtDiversion {
         };
         if let Some((transfer, id)) = &pending_transfer {
             self.router()
-                .withdraw_transfer(handler::forward(
-                    &request,
+                .withdraw_transfer(agency::forwarded(
+                    request.metadata(),
                     fengqiao_proto::router::WithdrawTransferRequest {
                         name: transfer.clone(),
                         etag: String::new(),

@@ -571,7 +571,7 @@ impl PoliceReferral {
         );
         let transfer = self
             .router()
-            .create_transfer(handler::forward(&request, create))
+            .create_transfer(fengqiao_kit::agency::forwarded(request.metadata(), create))
             .await
             .map_err(|e| routed_error(e, retried, &s.referral, "draft a transfer"))?
             .into_inner()
@@ -749,8 +749,8 @@ impl PoliceReferral {
         // No etag re-read: the router gets the same request on every retry.
         let answered = self
             .router()
-            .answer_investigation(handler::forward(
-                &request,
+            .answer_investigation(fengqiao_kit::agency::forwarded(
+                request.metadata(),
                 fengqiao_proto::router::AnswerInvestigationRequest {
                     name: task.task.investigation.clone(),
                     etag: String::new(),
@@ -848,8 +848,8 @@ impl PoliceReferral {
         let referral_id = s.referral.name.trim_start_matches("referrals/").to_string();
         let acked = self
             .router()
-            .acknowledge_feedback(handler::forward(
-                &request,
+            .acknowledge_feedback(fengqiao_kit::agency::forwarded(
+                request.metadata(),
                 fengqiao_proto::router::AcknowledgeFeedbackRequest {
                     name: s.referral.transfer.clone(),
                     etag: String::new(),
@@ -929,8 +929,8 @@ impl PoliceReferral {
             for _ in 0..20 {
                 let page = self
                     .router()
-                    .get_case_timeline(handler::forward(
-                        &request,
+                    .get_case_timeline(fengqiao_kit::agency::forwarded(
+                        request.metadata(),
                         GetCaseTimelineRequest {
                             case_id: s.referral.case_id.clone(),
                             page_size: 500,
