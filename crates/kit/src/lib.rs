@@ -13,7 +13,10 @@
 //! - [`memory`]: freed heap memory given back to the system after a burst;
 //! - [`time`], [`etag`], [`validate`]: the conversions and checks every service shares.
 //! - [`agency`], [`deliveries`], [`lifecycle`], [`records`], [`acts`]: what the agency
-//!   services' handlers, inboxes, transition tables, stores and acts on records share.
+//!   services' handlers, inboxes, transition tables, stores and acts on records share;
+//!   [`handler`]: the gRPC impls that forward to inherent handlers and the steps around them;
+//!   [`transfers`]: the transfer states, the case snapshot and the create-transfer request;
+//!   [`sequenced`]: rows appended to a record's numbered list.
 
 pub mod acts;
 pub mod agency;
@@ -24,6 +27,7 @@ pub mod deliveries;
 pub mod error;
 pub mod etag;
 pub mod gateway;
+pub mod handler;
 pub mod idem;
 pub mod inbox;
 pub mod lifecycle;
@@ -34,9 +38,11 @@ pub mod pii;
 pub mod pull;
 pub mod reason;
 pub mod records;
+pub mod sequenced;
 pub mod server;
 pub mod telemetry;
 pub mod time;
+pub mod transfers;
 pub mod validate;
 
 pub use auth::Identity;

@@ -12,8 +12,8 @@ use fengqiao_store::bind::Bind;
 use std::pin::Pin;
 use std::time::Duration;
 
-use fengqiao_kit::agency::{self, Reply, disclosed, need_role, not_personal};
-use fengqiao_kit::inbox::forward_auth;
+use fengqiao_kit::agency::{self, disclosed, need_role, not_personal};
+use fengqiao_kit::handler;
 use fengqiao_kit::pii::{self, FullView, Personal};
 use fengqiao_kit::records::{Filtered, keyset_page};
 use fengqiao_kit::server::ServerBuilder;
@@ -25,12 +25,12 @@ use fengqiao_proto::courtdiversion::court_diversion_service_server::{
 use fengqiao_proto::courtdiversion::*;
 use fengqiao_proto::inbox::{DeliverResponse, Envelope};
 use fengqiao_proto::router::transfer_service_client::TransferServiceClient;
-use fengqiao_proto::router::{CaseSnapshot, Transfer, TransferEventType};
+use fengqiao_proto::router::{Transfer, TransferEventType};
 use fengqiao_store::sqlx::{self, Row as _};
 use fengqiao_store::{Store, Tx};
 use prost::Message as _;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
 use crate::lifecycle::{Action, EndKind};
@@ -54,13 +54,6 @@ pub const FULL_VIEW: FullView = FullView {
     service: "court-diversion",
     roles: &[rules::ROLE_CLERK, rules::ROLE_JUDGE, "mediator", "service"],
 };
-
-/// An answer to a mutation, masked: the full view is offered only by the reads (GetCase,
-/// ListCases), where it is audited. Idempotent replays pass here too (the stored answer
-/// stays whole, sealed in the store).
-fn masked<T: Personal>(r: T) -> Reply<T> {
-    agency::masked(Ok(r))
-}
 
 /// Free text as stored: trimmed, identity and mobile numbers masked (pii::redact_text).
 fn redacted(s: &str) -> String {
@@ -269,24 +262,10 @@ pub struct CourtDiversion {
     /// Calls to the router are CLIENT spans (issue #15).
     router: fengqiao_kit::client::TracedChannel,
     policy: RedesignationPolicy,
-    signer: Option<std::sync::Arc<Signer>>,
+    /// The key the service signs its own calls to the router with (the automatic
+    /// re-designation acts for the court, not for a caller).
+    signer: Option<std::sync::Arc<handler::SystemSigner>>,
     confirmation: Option<fengqiao_judicial_confirmation::JudicialConfirmation>,
-}
-
-/// The key the service signs its own calls to the router with (the automatic
-/// re-designation acts for the court, not for a caller).
-struct Signer {
-    key: fengqiao_kit::auth::SigningKey,
-    issuer: String,
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("kid", &self.key.kid())
-            .field("issuer", &self.issuer)
-            .finish()
-    }
 }
 
 /// Actor id of the service when it acts for the court itself.
@@ -320,10 +299,7 @@ impl CourtDiversion {
     /// `issuer`: after an acceptance timeout it re-designates another organisation on its own
     /// (在线调解规则 Art 12). Without a key the case waits for the judge's designation.
     pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
-        self.signer = Some(std::sync::Arc::new(Signer {
-            key,
-            issuer: issuer.to_string(),
-        }));
+        self.signer = Some(std::sync::Arc::new(handler::SystemSigner::new(key, issuer)));
         self
     }
 
@@ -365,13 +341,7 @@ impl CourtDiversion {
     }
 
     fn router(&self) -> TransferServiceClient<fengqiao_kit::client::TracedChannel> {
-        TransferServiceClient::new(self.router.clone())
-    }
-
-    fn forward<T, U>(incoming: &Request<T>, msg: U) -> Request<U> {
-        let mut out = Request::new(msg);
-        forward_auth(incoming, &mut out);
-        out
+        handler::router(&self.router)
     }
 
     async fn load_visible(tx: &mut Tx, who: &Identity, name: &str) -> Result<Stored> {
@@ -405,11 +375,7 @@ impl CourtDiversion {
         R: prost::Message + Default,
         F: FnOnce(&mut PreFilingCase, i64, &mut Change) -> Result<()>,
     {
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let mut s = Self::load_locked(&mut tx, who, name).await?;
         check_etag(etag, &s.case.etag, name)?;
         let mut ch = Change::default();
@@ -417,9 +383,7 @@ impl CourtDiversion {
         db::save(&mut tx, &mut s, now).await?;
         ch.write(&mut tx, &s).await?;
         let resp = wrap(db::present(s.case, now));
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(idem, tx, resp).await
     }
 
     // -----------------------------------------------------------------------
@@ -427,8 +391,7 @@ impl CourtDiversion {
     // -----------------------------------------------------------------------
 
     async fn create_case(&self, request: Request<CreateCaseRequest>) -> Result<CreateCaseResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_CLERK, "registering a pre-filing case")?;
         let violations = validate_case(req.pre_filing_case.as_ref());
         if !violations.is_empty() {
@@ -439,11 +402,7 @@ impl CourtDiversion {
         })?);
         let idem = Idem::new(&who, "CreateCase", &req.request_id, &req)?;
         let hash = db::content_hash(&input)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let existing = sqlx::query(&format!(
             "SELECT {} FROM court_cases WHERE court = $1 AND pre_filing_number = $2",
             db::COLUMNS
@@ -512,6 +471,20 @@ impl CourtDiversion {
         Ok(resp)
     }
 
+    /// A read's answer (`method` of the service): masked, or whole for a role of [`FULL_VIEW`]
+    /// with one access-log row per case `(name, case_id)` in it.
+    async fn disclosed<T: Personal>(
+        &self,
+        method: &str,
+        who: &Identity,
+        view: pii::View,
+        resp: T,
+        cases: &[(String, String)],
+    ) -> Result<T> {
+        let method = format!("/fengqiao.courtdiversion.v1.CourtDiversionService/{method}");
+        disclosed(&self.store, &FULL_VIEW, &method, who, view, resp, cases).await
+    }
+
     async fn get_case(&self, request: Request<GetCaseRequest>) -> Result<GetCaseResponse> {
         let who = Identity::of(&request)?.clone();
         let view = pii::requested_view(request.metadata())?;
@@ -526,16 +499,7 @@ impl CourtDiversion {
         let resp = GetCaseResponse {
             pre_filing_case: Some(c),
         };
-        disclosed(
-            &self.store,
-            &FULL_VIEW,
-            "/fengqiao.courtdiversion.v1.CourtDiversionService/GetCase",
-            &who,
-            view,
-            resp,
-            &names,
-        )
-        .await
+        self.disclosed("GetCase", &who, view, resp, &names).await
     }
 
     async fn list_cases(&self, request: Request<ListCasesRequest>) -> Result<ListCasesResponse> {
@@ -597,24 +561,14 @@ impl CourtDiversion {
             pre_filing_cases: cases,
             next_page_token,
         };
-        disclosed(
-            &self.store,
-            &FULL_VIEW,
-            "/fengqiao.courtdiversion.v1.CourtDiversionService/ListCases",
-            &who,
-            view,
-            resp,
-            &names,
-        )
-        .await
+        self.disclosed("ListCases", &who, view, resp, &names).await
     }
 
     async fn record_consent(
         &self,
         request: Request<RecordConsentRequest>,
     ) -> Result<RecordConsentResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_CLERK, "recording consent")?;
         let rec = req
             .consent
@@ -739,40 +693,27 @@ impl CourtDiversion {
         let c = &s.case;
         let mut parties = c.plaintiffs.clone();
         parties.extend(c.defendants.iter().cloned());
-        let snapshot = CaseSnapshot {
-            case_id: c.case_id.clone(),
-            external_references: [(who.agency.clone(), c.pre_filing_number.clone())]
-                .into_iter()
-                .collect(),
-            category: c.category,
-            summary: c.summary.clone(),
+        let snapshot = fengqiao_kit::transfers::case_snapshot(
+            &c.case_id,
+            (&who.agency, &c.pre_filing_number),
+            c.category,
+            &c.summary,
             parties,
-            evidence: c.evidence.clone(),
-            region_code: c.region_code.clone(),
-            occurred_at: None,
-            location: None,
-            amount_in_dispute: None,
-            // Only the committee's 司法确认 applications carry a package.
-            confirmation: None,
-        };
-        let create = fengqiao_proto::router::CreateTransferRequest {
-            transfer: Some(Transfer {
-                route: rules::ROUTE_NAME.to_string(),
-                to_agency: Some(AgencyRef {
-                    name: org.agency.clone(),
-                    ..Default::default()
-                }),
-                case_snapshot: Some(snapshot),
-                note: pii::redact_text(note).into_owned(),
-                ..Default::default()
-            }),
-            request_id: router_rid(method, s.id(), request_id),
-            // Created and submitted in one router change (no approval steps on this route).
-            submit: true,
-        };
+            c.evidence.clone(),
+            &c.region_code,
+        );
+        // Created and submitted in one router change (no approval steps on this route).
+        let create = fengqiao_kit::transfers::create_transfer(
+            rules::ROUTE_NAME,
+            &org.agency,
+            snapshot,
+            pii::redact_text(note).into_owned(),
+            router_rid(method, s.id(), request_id),
+            true,
+        );
         let answer = self
             .router()
-            .create_transfer(Self::forward(request, create))
+            .create_transfer(agency::forwarded(request.metadata(), create))
             .await;
         let transfer = agency::created_transfer(answer)?;
         let mut tx = self.store.write().await?;
@@ -815,16 +756,11 @@ impl CourtDiversion {
             db::save(&mut tx, &mut s, now).await?;
             ch.write(&mut tx, &s).await?;
         }
-        let c = db::present(s.case, now);
-        idem.save(
-            &mut tx,
-            &ChooseMediatorResponse {
-                pre_filing_case: Some(c.clone()),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(c)
+        let resp = ChooseMediatorResponse {
+            pre_filing_case: Some(db::present(s.case, now)),
+        };
+        let resp = handler::answered(idem, tx, resp).await?;
+        Ok(resp.pre_filing_case.unwrap_or_default())
     }
 
     async fn choose(&self, request: Request<ChooseMediatorRequest>) -> Result<PreFilingCase> {
@@ -1015,8 +951,7 @@ impl CourtDiversion {
         &self,
         request: Request<DecideNextStepRequest>,
     ) -> Result<DecideNextStepResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let step = NextStep::try_from(req.next_step).unwrap_or_default();
         let action = rules::next_step_action(step)
             .ok_or_else(|| Error::from(FieldViolation::new("next_step", "is required")))?;
@@ -1086,8 +1021,7 @@ impl CourtDiversion {
         &self,
         request: Request<RegisterCaseRequest>,
     ) -> Result<RegisterCaseResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role_for(&who, Action::Register)?;
         rules::check_docket_number("docket_number", req.docket_number.trim())?;
         not_personal("docket_number", &req.docket_number)?;
@@ -1122,8 +1056,7 @@ impl CourtDiversion {
         &self,
         request: Request<RefuseRegistrationRequest>,
     ) -> Result<RefuseRegistrationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role_for(&who, Action::RefuseRegistration)?;
         let errs = rules::check_refusal(&req.reason, req.ruling.is_some());
         if !errs.is_empty() {
@@ -1186,8 +1119,8 @@ impl CourtDiversion {
         };
         if let Some((transfer, id)) = &pending_transfer {
             self.router()
-                .withdraw_transfer(Self::forward(
-                    &request,
+                .withdraw_transfer(agency::forwarded(
+                    request.metadata(),
                     fengqiao_proto::router::WithdrawTransferRequest {
                         name: transfer.clone(),
                         etag: String::new(),
@@ -1236,8 +1169,7 @@ impl CourtDiversion {
         &self,
         request: Request<ResolveSuspensionRequest>,
     ) -> Result<ResolveSuspensionResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let resolution = SuspensionResolution::try_from(req.resolution).unwrap_or_default();
         let mut v = Vec::new();
         if resolution == SuspensionResolution::Unspecified {
@@ -1300,8 +1232,7 @@ impl CourtDiversion {
         &self,
         request: Request<GetCaseStatisticsRequest>,
     ) -> Result<GetCaseStatisticsResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let (Some(start), Some(end)) = (req.start_time.as_ref(), req.end_time.as_ref()) else {
             return Err(
                 FieldViolation::new("start_time", "start_time and end_time are required").into(),
@@ -1383,20 +1314,13 @@ impl CourtDiversion {
     }
 
     async fn watch(&self, request: Request<WatchCasesRequest>) -> Result<WatchStream> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
-        let mut after: i64 = if req.resume_token.is_empty() {
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM court_case_events")
+        let (who, req) = handler::open(request)?;
+        let mut after: i64 = match handler::resume_after(&req.resume_token)? {
+            Some(after) => after,
+            None => sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM court_case_events")
                 .fetch_one(self.store.pool())
                 .await?
-                .try_get("m")?
-        } else {
-            req.resume_token.parse().map_err(|_| {
-                Error::from(FieldViolation::new(
-                    "resume_token",
-                    "is not a token this server issued",
-                ))
-            })?
+                .try_get("m")?,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let store = self.store.clone();
@@ -1476,19 +1400,10 @@ impl CourtDiversion {
         let Some(signer) = self.signer.as_ref() else {
             return Ok(None);
         };
-        let token = signer.key.sign(&fengqiao_kit::auth::claims(
-            &signer.issuer,
-            court,
-            SYSTEM_ACTOR,
-            &[rules::ROLE_JUDGE],
-            300,
-        ));
-        let mut request = Request::new(msg);
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::Corrupt("token is not a header value".into()))?;
-        request.metadata_mut().insert("authorization", bearer);
-        Ok(Some(request))
+        signer
+            .request(court, SYSTEM_ACTOR, &[rules::ROLE_JUDGE], msg)
+            .map(Some)
+            .ok_or_else(|| Error::Corrupt("token is not a header value".into()))
     }
 
     /// Confirms receipt of a delegation's feedback on the router (确认反馈), so the transfer
@@ -1631,8 +1546,7 @@ impl CourtDiversion {
         &self,
         request: Request<CreateInvitedOrganizationRequest>,
     ) -> Result<CreateInvitedOrganizationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let o = req.invited_organization.clone().unwrap_or_default();
         let mut v = Vec::new();
@@ -1667,11 +1581,7 @@ impl CourtDiversion {
             return Err(Error::Invalid(v));
         }
         let idem = Idem::new(&who, "CreateInvitedOrganization", &req.request_id, &req)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let org = InvitedOrganization {
             name: format!("invitedOrganizations/{id}"),
             court: Some(AgencyRef {
@@ -1690,17 +1600,14 @@ impl CourtDiversion {
         let resp = CreateInvitedOrganizationResponse {
             invited_organization: Some(org),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn get_org(
         &self,
         request: Request<GetInvitedOrganizationRequest>,
     ) -> Result<GetInvitedOrganizationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let id = fengqiao_kit::validate::parse_name("name", "invitedOrganizations", &req.name)?;
         let mut conn = self.store.pool().acquire().await?;
         let o = db::organization(&mut conn, &who.agency, id)
@@ -1716,8 +1623,7 @@ impl CourtDiversion {
         &self,
         request: Request<ListInvitedOrganizationsRequest>,
     ) -> Result<ListInvitedOrganizationsResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let limit = fengqiao_kit::validate::page_size(req.page_size)? as usize;
         let query = {
             let mut q = req.clone();
@@ -1764,8 +1670,7 @@ impl CourtDiversion {
         &self,
         request: Request<CreateInvitedMediatorRequest>,
     ) -> Result<CreateInvitedMediatorResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let org =
             fengqiao_kit::validate::parse_name("parent", "invitedOrganizations", &req.parent)?
@@ -1823,17 +1728,14 @@ impl CourtDiversion {
         let resp = CreateInvitedMediatorResponse {
             invited_mediator: Some(med),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn update_org(
         &self,
         request: Request<UpdateInvitedOrganizationRequest>,
     ) -> Result<UpdateInvitedOrganizationResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let given = req.invited_organization.clone().unwrap_or_default();
         let id = fengqiao_kit::validate::parse_name(
@@ -1867,11 +1769,7 @@ impl CourtDiversion {
             return Err(Error::Invalid(v));
         }
         let idem = Idem::new(&who, "UpdateInvitedOrganization", &req.request_id, &req)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let mut o = db::organization(&mut tx, &who.agency, &id)
             .await?
             .ok_or_else(|| Error::NotFound(given.name.clone()))?;
@@ -1907,17 +1805,14 @@ impl CourtDiversion {
         let resp = UpdateInvitedOrganizationResponse {
             invited_organization: Some(o),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn update_mediator(
         &self,
         request: Request<UpdateInvitedMediatorRequest>,
     ) -> Result<UpdateInvitedMediatorResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         need_role(&who, rules::ROLE_COURT_ADMIN, "changing the roster")?;
         let given = req.invited_mediator.clone().unwrap_or_default();
         let (org, id) = parse_mediator("invited_mediator.name", &given.name)?;
@@ -1952,11 +1847,7 @@ impl CourtDiversion {
             return Err(Error::Invalid(v));
         }
         let idem = Idem::new(&who, "UpdateInvitedMediator", &req.request_id, &req)?;
-        let mut tx = self.store.write().await?;
-        if let Some(r) = idem.replay(&mut tx).await? {
-            return Ok(r);
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
+        let (mut tx, now) = fengqiao_kit::begin_or_replay!(self.store, idem);
         let mut m = db::mediator(&mut tx, &who.agency, &org, &id)
             .await?
             .ok_or_else(|| Error::NotFound(given.name.clone()))?;
@@ -1993,17 +1884,14 @@ impl CourtDiversion {
         let resp = UpdateInvitedMediatorResponse {
             invited_mediator: Some(m),
         };
-        idem.save(&mut tx, &resp).await?;
-        tx.commit().await?;
-        Ok(resp)
+        handler::answered(&idem, tx, resp).await
     }
 
     async fn list_mediators(
         &self,
         request: Request<ListInvitedMediatorsRequest>,
     ) -> Result<ListInvitedMediatorsResponse> {
-        let who = Identity::of(&request)?.clone();
-        let req = request.into_inner();
+        let (who, req) = handler::open(request)?;
         let limit = fengqiao_kit::validate::page_size(req.page_size)? as usize;
         let org = if req.parent == "invitedOrganizations/-" {
             None
@@ -2184,17 +2072,13 @@ impl fengqiao_kit::deliveries::Deliveries for Inbox {
 
     async fn apply(&self, envelope: &Envelope) -> Result<DeliverResponse> {
         let msg = fengqiao_kit::deliveries::transfer_message(envelope)?;
-        let mut tx = self.store.write().await?;
-        if !fengqiao_store::inbox::record_once(&mut tx, SERVICE, &envelope.message_id).await? {
+        let Some((mut tx, now)) =
+            handler::receive(&self.store, SERVICE, &envelope.message_id).await?
+        else {
             return Ok(DeliverResponse { duplicate: true });
-        }
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let event = msg.event.clone().unwrap_or_default();
-        let case_id = if event.case_id.is_empty() {
-            envelope.case_id.clone()
-        } else {
-            event.case_id.clone()
         };
+        let event = msg.event.clone().unwrap_or_default();
+        let case_id = handler::case_id_of(envelope, &event).to_string();
         db::lock_case(&mut tx, "case_id", &case_id).await?;
         let row = sqlx::query(&format!(
             "SELECT {} FROM court_cases WHERE case_id = $1 AND court = $2",
@@ -2210,11 +2094,7 @@ impl fengqiao_kit::deliveries::Deliveries for Inbox {
             tx.commit().await?;
             return Ok(DeliverResponse { duplicate: false });
         };
-        let transfer_name = if event.transfer.is_empty() {
-            envelope.transfer.clone()
-        } else {
-            event.transfer.clone()
-        };
+        let transfer_name = handler::transfer_of(envelope, &event).to_string();
         let known = s
             .case
             .delegations
@@ -2346,7 +2226,7 @@ impl fengqiao_kit::deliveries::Deliveries for Inbox {
         s.event_seq = s.event_seq.max(event.sequence);
         if s.case == before && ch.is_empty() {
             sqlx::query("UPDATE court_cases SET event_seq = $1 WHERE id = $2")
-                .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+                .bind(fengqiao_kit::transfers::seq_column(s.event_seq))
                 .bind(s.id())
                 .execute(&mut *tx)
                 .await?;
@@ -2407,15 +2287,10 @@ impl Inbox {
                 return_time: at,
             })
         };
-        let handback_code = t
+        let (handback_code, handback_docs) = t
             .handback
-            .as_ref()
-            .map(|h| h.reason_code.clone())
-            .unwrap_or_default();
-        let handback_docs = t
-            .handback
-            .as_ref()
-            .map(|h| h.documents.clone())
+            .clone()
+            .map(|h| (h.reason_code, h.documents))
             .unwrap_or_default();
         match action {
             Action::Accept => {
@@ -2642,143 +2517,93 @@ async fn fire(tx: &mut Tx, key: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// gRPC
+// gRPC: the answers to mutations are masked; the full view is offered only by the reads
+// (GetCase, ListCases), where it is audited. Idempotent replays are masked too (the stored
+// answer stays whole, sealed in the store).
 // ---------------------------------------------------------------------------
 
-#[tonic::async_trait]
-impl CourtDiversionService for CourtDiversion {
-    async fn create_invited_organization(
-        &self,
-        r: Request<CreateInvitedOrganizationRequest>,
-    ) -> Reply<CreateInvitedOrganizationResponse> {
-        Ok(Response::new(self.create_org(r).await?))
-    }
-    async fn get_invited_organization(
-        &self,
-        r: Request<GetInvitedOrganizationRequest>,
-    ) -> Reply<GetInvitedOrganizationResponse> {
-        Ok(Response::new(self.get_org(r).await?))
-    }
-    async fn list_invited_organizations(
-        &self,
-        r: Request<ListInvitedOrganizationsRequest>,
-    ) -> Reply<ListInvitedOrganizationsResponse> {
-        Ok(Response::new(self.list_orgs(r).await?))
-    }
-    async fn update_invited_organization(
-        &self,
-        r: Request<UpdateInvitedOrganizationRequest>,
-    ) -> Reply<UpdateInvitedOrganizationResponse> {
-        Ok(Response::new(self.update_org(r).await?))
-    }
-    async fn create_invited_mediator(
-        &self,
-        r: Request<CreateInvitedMediatorRequest>,
-    ) -> Reply<CreateInvitedMediatorResponse> {
-        Ok(Response::new(self.create_mediator(r).await?))
-    }
-    async fn list_invited_mediators(
-        &self,
-        r: Request<ListInvitedMediatorsRequest>,
-    ) -> Reply<ListInvitedMediatorsResponse> {
-        Ok(Response::new(self.list_mediators(r).await?))
-    }
-    async fn update_invited_mediator(
-        &self,
-        r: Request<UpdateInvitedMediatorRequest>,
-    ) -> Reply<UpdateInvitedMediatorResponse> {
-        Ok(Response::new(self.update_mediator(r).await?))
-    }
-    async fn create_case(&self, r: Request<CreateCaseRequest>) -> Reply<CreateCaseResponse> {
-        masked(CourtDiversion::create_case(self, r).await?)
-    }
-    async fn get_case(&self, r: Request<GetCaseRequest>) -> Reply<GetCaseResponse> {
-        Ok(Response::new(CourtDiversion::get_case(self, r).await?))
-    }
-    async fn list_cases(&self, r: Request<ListCasesRequest>) -> Reply<ListCasesResponse> {
-        Ok(Response::new(CourtDiversion::list_cases(self, r).await?))
-    }
-    async fn record_consent(
-        &self,
-        r: Request<RecordConsentRequest>,
-    ) -> Reply<RecordConsentResponse> {
-        masked(CourtDiversion::record_consent(self, r).await?)
-    }
-    async fn choose_mediator(
-        &self,
-        r: Request<ChooseMediatorRequest>,
-    ) -> Reply<ChooseMediatorResponse> {
-        masked(ChooseMediatorResponse {
-            pre_filing_case: Some(self.choose(r).await?),
-        })
-    }
-    async fn designate_mediator(
-        &self,
-        r: Request<DesignateMediatorRequest>,
-    ) -> Reply<DesignateMediatorResponse> {
-        masked(DesignateMediatorResponse {
-            pre_filing_case: Some(self.designate(r).await?),
-        })
-    }
+fengqiao_kit::forward_rpcs! {
+    impl CourtDiversionService for CourtDiversion;
+    reply create_invited_organization(CreateInvitedOrganizationRequest)
+        -> CreateInvitedOrganizationResponse = create_org;
+    reply get_invited_organization(GetInvitedOrganizationRequest)
+        -> GetInvitedOrganizationResponse = get_org;
+    reply list_invited_organizations(ListInvitedOrganizationsRequest)
+        -> ListInvitedOrganizationsResponse = list_orgs;
+    reply update_invited_organization(UpdateInvitedOrganizationRequest)
+        -> UpdateInvitedOrganizationResponse = update_org;
+    reply create_invited_mediator(CreateInvitedMediatorRequest)
+        -> CreateInvitedMediatorResponse = create_mediator;
+    reply list_invited_mediators(ListInvitedMediatorsRequest)
+        -> ListInvitedMediatorsResponse = list_mediators;
+    reply update_invited_mediator(UpdateInvitedMediatorRequest)
+        -> UpdateInvitedMediatorResponse = update_mediator;
+    masked create_case(CreateCaseRequest) -> CreateCaseResponse;
+    reply get_case(GetCaseRequest) -> GetCaseResponse;
+    reply list_cases(ListCasesRequest) -> ListCasesResponse;
+    masked record_consent(RecordConsentRequest) -> RecordConsentResponse;
+    masked choose_mediator(ChooseMediatorRequest) -> ChooseMediatorResponse;
+    masked designate_mediator(DesignateMediatorRequest) -> DesignateMediatorResponse;
+    reply start_appraisal(StartAppraisalRequest) -> StartAppraisalResponse;
+    reply end_appraisal(EndAppraisalRequest) -> EndAppraisalResponse;
+    reply suspend_mediation(SuspendMediationRequest) -> SuspendMediationResponse;
+    masked resolve_suspension(ResolveSuspensionRequest) -> ResolveSuspensionResponse = resolve;
+    masked decide_next_step(DecideNextStepRequest) -> DecideNextStepResponse;
+    masked register_case(RegisterCaseRequest) -> RegisterCaseResponse = register;
+    masked refuse_registration(RefuseRegistrationRequest) -> RefuseRegistrationResponse = refuse;
+    masked withdraw_case(WithdrawCaseRequest) -> WithdrawCaseResponse = withdraw;
+    reply get_case_statistics(GetCaseStatisticsRequest) -> GetCaseStatisticsResponse = statistics;
+    reply watch_cases(WatchCasesRequest) -> WatchStream = watch;
+}
+
+/// The methods of the contract not built: a message for each of why, and what to do instead.
+impl CourtDiversion {
     async fn start_appraisal(
         &self,
         _r: Request<StartAppraisalRequest>,
-    ) -> Reply<StartAppraisalResponse> {
+    ) -> Result<StartAppraisalResponse> {
         Err(crate::error::not_built(
             "StartAppraisal: the router lets only the receiving organisation pause the mediation \
              clock; the organisation pauses it (PauseClock, reason appraisal) and the case \
              mirrors the pause",
-        )
-        .into())
+        ))
     }
-    async fn end_appraisal(&self, _r: Request<EndAppraisalRequest>) -> Reply<EndAppraisalResponse> {
+
+    async fn end_appraisal(
+        &self,
+        _r: Request<EndAppraisalRequest>,
+    ) -> Result<EndAppraisalResponse> {
         Err(crate::error::not_built(
             "EndAppraisal: the organisation resumes the clock on the router (ResumeClock); the \
              case mirrors it",
-        )
-        .into())
+        ))
     }
+
     async fn suspend_mediation(
         &self,
         _r: Request<SuspendMediationRequest>,
-    ) -> Reply<SuspendMediationResponse> {
+    ) -> Result<SuspendMediationResponse> {
         Err(crate::error::not_built(
             "SuspendMediation by the court: a suspension arrives from the organisation's \
              escalation (suspected_false_mediation) and shows as SUSPENDED",
-        )
-        .into())
+        ))
     }
-    async fn resolve_suspension(
+
+    async fn choose_mediator(
         &self,
-        r: Request<ResolveSuspensionRequest>,
-    ) -> Reply<ResolveSuspensionResponse> {
-        masked(self.resolve(r).await?)
+        r: Request<ChooseMediatorRequest>,
+    ) -> Result<ChooseMediatorResponse> {
+        Ok(ChooseMediatorResponse {
+            pre_filing_case: Some(self.choose(r).await?),
+        })
     }
-    async fn decide_next_step(
+
+    async fn designate_mediator(
         &self,
-        r: Request<DecideNextStepRequest>,
-    ) -> Reply<DecideNextStepResponse> {
-        masked(CourtDiversion::decide_next_step(self, r).await?)
-    }
-    async fn register_case(&self, r: Request<RegisterCaseRequest>) -> Reply<RegisterCaseResponse> {
-        masked(self.register(r).await?)
-    }
-    async fn refuse_registration(
-        &self,
-        r: Request<RefuseRegistrationRequest>,
-    ) -> Reply<RefuseRegistrationResponse> {
-        masked(self.refuse(r).await?)
-    }
-    async fn withdraw_case(&self, r: Request<WithdrawCaseRequest>) -> Reply<WithdrawCaseResponse> {
-        masked(self.withdraw(r).await?)
-    }
-    async fn get_case_statistics(
-        &self,
-        r: Request<GetCaseStatisticsRequest>,
-    ) -> Reply<GetCaseStatisticsResponse> {
-        Ok(Response::new(self.statistics(r).await?))
-    }
-    async fn watch_cases(&self, r: Request<WatchCasesRequest>) -> Reply<WatchStream> {
-        Ok(Response::new(self.watch(r).await?))
+        r: Request<DesignateMediatorRequest>,
+    ) -> Result<DesignateMediatorResponse> {
+        Ok(DesignateMediatorResponse {
+            pre_filing_case: Some(self.designate(r).await?),
+        })
     }
 }

@@ -121,7 +121,7 @@ pub fn stored_of(row: &AnyRow) -> Result<Stored> {
         court: row.try_get("court")?,
         version: row.try_get("version")?,
         content_hash: row.try_get("content_hash")?,
-        event_seq: u64::try_from(row.try_get::<i64, _>("event_seq")?).unwrap_or(0),
+        event_seq: fengqiao_kit::transfers::event_seq_of(row)?,
     })
 }
 
@@ -218,7 +218,7 @@ pub async fn save(tx: &mut Tx, s: &mut Stored, now: i64) -> Result<()> {
     .bind(org)
     .bind(med)
     .bind(next_due(c))
-    .bind(i64::try_from(s.event_seq).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(s.event_seq))
     .bind(seal_body(CASE_BODY, c)?)
     .bind(now)
     .bind(s.version)

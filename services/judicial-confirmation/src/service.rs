@@ -42,23 +42,18 @@ use crate::{ApplicationSummary, Tally, rules};
 pub struct JudicialConfirmation {
     store: Store,
     router: Option<tonic::transport::Channel>,
-    signer: Option<std::sync::Arc<Signer>>,
+    /// The key the service signs its own router calls with (declining an offer its intake
+    /// checks refuse acts for the court, not for a caller).
+    signer: Option<std::sync::Arc<fengqiao_kit::handler::SystemSigner>>,
 }
 
 impl std::fmt::Debug for JudicialConfirmation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JudicialConfirmation")
             .field("router", &self.router.is_some())
-            .field("signer", &self.signer.as_ref().map(|s| s.issuer.as_str()))
+            .field("signer", &self.signer.as_ref().map(|s| s.issuer()))
             .finish_non_exhaustive()
     }
-}
-
-/// The key the service signs its own router calls with (declining an offer its intake
-/// checks refuse acts for the court, not for a caller).
-struct Signer {
-    key: fengqiao_kit::auth::SigningKey,
-    issuer: String,
 }
 
 /// Actor id of the service when it acts for the court itself.
@@ -155,10 +150,8 @@ impl JudicialConfirmation {
     /// competent court) is declined on the router with the route's reason
     /// ([`routed::decline_for_refusal`]). Without a key it stays offered for the court.
     pub fn with_signing_key(mut self, key: fengqiao_kit::auth::SigningKey, issuer: &str) -> Self {
-        self.signer = Some(std::sync::Arc::new(Signer {
-            key,
-            issuer: issuer.to_string(),
-        }));
+        let signer = fengqiao_kit::handler::SystemSigner::new(key, issuer);
+        self.signer = Some(std::sync::Arc::new(signer));
         self
     }
 
@@ -174,24 +167,16 @@ impl JudicialConfirmation {
         let (Some(signer), Some(router)) = (self.signer.as_ref(), self.router.as_ref()) else {
             return Ok(());
         };
-        let token = signer.key.sign(&fengqiao_kit::auth::claims(
-            &signer.issuer,
-            court,
-            SYSTEM_ACTOR,
-            &[rules::JUDGE_ROLE],
-            300,
-        ));
-        let mut request = Request::new(rt::DeclineTransferRequest {
+        let decline = rt::DeclineTransferRequest {
             name: transfer.to_string(),
             etag: String::new(),
             reason_code: code.to_string(),
             reason: reason.to_string(),
             request_id: router_rid("DeclineOffer", transfer, "intake"),
-        });
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::Internal("token is not a header value".into()))?;
-        request.metadata_mut().insert("authorization", bearer);
+        };
+        let request = signer
+            .request(court, SYSTEM_ACTOR, &[rules::JUDGE_ROLE], decline)
+            .ok_or_else(|| Error::Internal("token is not a header value".into()))?;
         match TransferServiceClient::new(router.clone())
             .decline_transfer(request)
             .await

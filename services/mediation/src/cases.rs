@@ -11,6 +11,7 @@
 
 use crate::lifecycle::{self, Action};
 use fengqiao_kit::Reason;
+use fengqiao_kit::handler::check;
 use fengqiao_kit::{FieldViolation, Identity, inbox::forward_auth};
 use fengqiao_proto::common::{DisputeCategory, EvidenceRef, Money};
 use fengqiao_proto::mediation::assign_mediator_request::Assignee;
@@ -1076,9 +1077,12 @@ impl Cases {
         // PML Art 29: parties' basic information, facts, dispute items and responsibilities,
         // the agreed terms, the manner and deadline of performance.
         let mut v = Vec::new();
-        if a.parties.is_empty() {
-            v.push(FieldViolation::new("agreement.parties", "is required"));
-        }
+        check(
+            &mut v,
+            !a.parties.is_empty(),
+            "agreement.parties",
+            "is required",
+        );
         let mut seen = std::collections::HashSet::new();
         for (i, p) in a.parties.iter().enumerate() {
             if !is_party(&l.case, &p.party_id) || !seen.insert(p.party_id.clone()) {
@@ -1099,12 +1103,12 @@ impl Cases {
             true,
             20_000,
         );
-        if a.terms.is_empty() {
-            v.push(FieldViolation::new(
-                "agreement.terms",
-                "at least one term is required",
-            ));
-        }
+        check(
+            &mut v,
+            !a.terms.is_empty(),
+            "agreement.terms",
+            "at least one term is required",
+        );
         for (i, t) in a.terms.iter().enumerate() {
             text(
                 &mut v,

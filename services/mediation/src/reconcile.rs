@@ -153,6 +153,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fengqiao_kit::transfers::TRANSFER_STATES;
 
     const CASE_STATES: [S; 11] = [
         S::Unspecified,
@@ -167,22 +168,6 @@ mod tests {
         S::Withdrawn,
         S::Expired,
     ];
-    const TRANSFER_STATES: [T; 13] = [
-        T::Unspecified,
-        T::Draft,
-        T::AwaitingApproval,
-        T::Approved,
-        T::Delivered,
-        T::Declined,
-        T::InProgress,
-        T::FeedbackSubmitted,
-        T::Closed,
-        T::Withdrawn,
-        T::Expired,
-        T::Returned,
-        T::Escalated,
-    ];
-
     /// Every (case state, transfer state) pair that changes the case; every other pair is
     /// "no change".
     fn expected(local: S, t: T) -> Option<S> {

@@ -288,38 +288,22 @@ pub async fn list_page(
         .collect()
 }
 
-/// Appends case-file entries in filing order: one statement, numbering them after the case's
-/// last entry (`INSERT … SELECT`: the last number is read once, before any row is inserted, on
-/// both backends — SQLite evaluates a SELECT that reads the table being inserted into in full
-/// first).
+/// Appends case-file entries in filing order, numbered after the case's last entry, in one
+/// statement ([`fengqiao_kit::sequenced::append`]).
 pub async fn add_entries(tx: &mut Tx, case_ref: &str, entries: &[CaseFileEntry]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut sql =
-        String::from("INSERT INTO mediation_case_entries (case_ref, seq, record_time, body) ");
-    for (i, _) in entries.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(" UNION ALL ");
-        }
-        let (t, b) = (2 * i + 2, 2 * i + 3);
-        sql.push_str(&format!(
-            "SELECT $1, m.n + {}, ${t}, ${b} FROM (SELECT COALESCE(MAX(seq), 0) AS n \
-             FROM mediation_case_entries WHERE case_ref = $1) m",
-            i + 1
-        ));
-    }
-    let mut q = sqlx::query(&sql).bind(case_ref);
-    for e in entries {
-        let t = e
-            .record_time
-            .as_ref()
-            .map(crate::util::from_timestamp)
-            .unwrap_or(0);
-        q = q.bind(t).bind(sealed(ENTRIES_BODY, e)?);
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let t = e
+                .record_time
+                .as_ref()
+                .map(crate::util::from_timestamp)
+                .unwrap_or(0);
+            Ok((t, sealed(ENTRIES_BODY, e)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let case = ("case_ref", case_ref);
+    fengqiao_kit::sequenced::append(tx, "mediation_case_entries", case, "record_time", rows).await
 }
 
 /// The case-file entries, in time order (then filing order).
@@ -369,7 +353,7 @@ pub async fn insert(
     .bind(now)
     .bind(sealed(CASES_BODY, case)?)
     .bind(route.map(|r| sealed(CASES_ROUTE, r)).transpose()?)
-    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(event_seq))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -393,7 +377,7 @@ pub async fn save_seq(
 ) -> Result<()> {
     case.etag = etag(l.version + 1);
     case.update_time = Some(to_timestamp(now));
-    let seq = i64::try_from(event_seq).unwrap_or(i64::MAX);
+    let seq = fengqiao_kit::transfers::seq_column(event_seq);
     let done = sqlx::query(
         "UPDATE mediation_cases SET state = $1, mediator = $2, update_time = $3, \
          version = version + 1, body = $4, \
@@ -422,7 +406,7 @@ pub async fn note_seq(tx: &mut Tx, id: &str, event_seq: u64) -> Result<()> {
         "UPDATE mediation_cases SET event_seq = CASE WHEN event_seq < $1 THEN $1 ELSE event_seq END \
          WHERE id = $2",
     )
-    .bind(i64::try_from(event_seq).unwrap_or(i64::MAX))
+    .bind(fengqiao_kit::transfers::seq_column(event_seq))
     .bind(id)
     .execute(&mut **tx)
     .await?;

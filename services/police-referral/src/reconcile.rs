@@ -56,6 +56,7 @@ pub fn is_current(linked: &str, local: R, message_transfer: &str, transfer_state
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fengqiao_kit::transfers::TRANSFER_STATES;
 
     const LOCAL: [R; 10] = [
         R::Unspecified,
@@ -69,22 +70,6 @@ mod tests {
         R::Returned,
         R::Withdrawn,
     ];
-    const TRANSFER: [T; 13] = [
-        T::Unspecified,
-        T::Draft,
-        T::AwaitingApproval,
-        T::Approved,
-        T::Delivered,
-        T::Declined,
-        T::InProgress,
-        T::FeedbackSubmitted,
-        T::Closed,
-        T::Withdrawn,
-        T::Expired,
-        T::Returned,
-        T::Escalated,
-    ];
-
     /// The state each transfer state stands for, written out (not derived from the code).
     fn stands_for(t: T) -> Option<R> {
         Some(match t {
@@ -114,7 +99,7 @@ mod tests {
             T::Withdrawn,
         ];
         for local in LOCAL {
-            for t in TRANSFER {
+            for t in TRANSFER_STATES {
                 let want = match stands_for(t) {
                     None => None,
                     Some(_) if handback.contains(&t) && !bound.contains(&local) => None,

@@ -10,6 +10,7 @@ use fengqiao_proto::common::EvidenceRef;
 use fengqiao_proto::policereferral::Referral;
 
 use fengqiao_kit::agency::text;
+use fengqiao_kit::handler::check;
 
 /// Checks one evidence reference (name, URI, media type, digest shape).
 pub fn evidence(out: &mut Vec<FieldViolation>, field: &str, e: &EvidenceRef) {
@@ -101,18 +102,19 @@ pub fn referral(r: Option<&Referral>) -> Vec<FieldViolation> {
         false,
         4000,
     );
-    if r.parties.is_empty() {
-        out.push(FieldViolation::new(
-            "referral.parties",
-            "at least one party is required",
-        ));
-    }
-    if r.parties.len() > 50 {
-        out.push(FieldViolation::new(
-            "referral.parties",
-            "at most 50 parties",
-        ));
-    }
+    let parties = r.parties.len();
+    check(
+        &mut out,
+        parties > 0,
+        "referral.parties",
+        "at least one party is required",
+    );
+    check(
+        &mut out,
+        parties <= 50,
+        "referral.parties",
+        "at most 50 parties",
+    );
     for (i, p) in r.parties.iter().enumerate() {
         party(&mut out, &format!("referral.parties[{i}]"), p, true);
     }

@@ -53,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fengqiao_kit::client::{CallInterceptor, channel};
+use fengqiao_kit::handler::check;
 use fengqiao_kit::metrics::code_name;
 use fengqiao_kit::server::Shutdown;
 use fengqiao_kit::{ApiError, FieldViolation, Identity, validate};
@@ -331,18 +332,20 @@ fn envelope_violations(envelope: &Envelope) -> Vec<FieldViolation> {
         v.push(e);
     }
     let kind = MessageKind::try_from(envelope.kind).ok();
-    if kind.is_none_or(|k| k == MessageKind::Unspecified) {
-        v.push(FieldViolation::new(
-            "envelope.kind",
-            "must be a known message kind",
-        ));
-    }
-    if envelope.message_id.len() > 128 {
-        v.push(FieldViolation::new(
-            "envelope.message_id",
-            "at most 128 characters",
-        ));
-    }
+    let known = kind.is_some_and(|k| k != MessageKind::Unspecified);
+    check(
+        &mut v,
+        known,
+        "envelope.kind",
+        "must be a known message kind",
+    );
+    let id_ok = envelope.message_id.len() <= 128;
+    check(
+        &mut v,
+        id_ok,
+        "envelope.message_id",
+        "at most 128 characters",
+    );
     v
 }
 

@@ -1293,15 +1293,9 @@ impl TransferService for Transfers {
     async fn watch_transfers(&self, request: Request<WatchTransfersRequest>) -> Reply<WatchStream> {
         let who = who(&request)?;
         let req = request.into_inner();
-        let mut after: i64 = if req.resume_token.is_empty() {
-            self.last_event_seq().await?
-        } else {
-            req.resume_token.parse().map_err(|_| {
-                Error::from(FieldViolation::new(
-                    "resume_token",
-                    "is not a token this server issued",
-                ))
-            })?
+        let mut after: i64 = match fengqiao_kit::handler::resume_after(&req.resume_token)? {
+            Some(after) => after,
+            None => self.last_event_seq().await?,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let me = self.clone();
