@@ -48,6 +48,13 @@ pub fn parse_name<'a>(
     Ok(id)
 }
 
+/// The message `field` of a request, which must be set: a copy of it, or "is required".
+pub fn required<T: Clone>(field: &str, value: &Option<T>) -> Result<T, FieldViolation> {
+    value
+        .clone()
+        .ok_or_else(|| FieldViolation::new(field, "is required"))
+}
+
 /// Checks a GB/T 2260 administrative division code: six digits, a real province prefix
 /// (11–15, 21–23, 31–37, 41–46, 50–54, 61–65, 71, 81, 82).
 pub fn region_code(field: &str, code: &str) -> Result<(), FieldViolation> {
@@ -290,6 +297,20 @@ mod tests {
         assert!(parse_name("name", "agencies", "agencies/Bad_Id").is_err());
         assert!(resource_id("id", "-x").is_err());
         assert!(resource_id("id", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn required_messages() {
+        let missing: Option<String> = None;
+        let e = required("agency", &missing).expect_err("unset");
+        assert_eq!(
+            (e.field.as_str(), e.description.as_str()),
+            ("agency", "is required")
+        );
+        assert_eq!(
+            required("agency", &Some("a".to_string())),
+            Ok("a".to_string())
+        );
     }
 
     #[test]

@@ -441,10 +441,7 @@ impl Roster {
     ) -> Result<UpdateMediatorResponse> {
         require_admin(who)?;
         let idem = Idem::new(who, "UpdateMediator", &req.request_id, &req)?;
-        let input = req
-            .mediator
-            .clone()
-            .ok_or_else(|| FieldViolation::new("mediator", "is required"))?;
+        let input = validate::required("mediator", &req.mediator)?;
         let (org_id, mid) = parse_mediator_name("mediator.name", &input.name)?;
         const ALLOWED: [&str; 5] = [
             "display_name",

@@ -296,10 +296,7 @@ impl Agencies {
     pub async fn update(&self, who: &Identity, req: UpdateAgencyRequest) -> Result<Agency> {
         require_admin(who)?;
         let idem = Idem::new(who, "UpdateAgency", &req.request_id, &req)?;
-        let patch = req
-            .agency
-            .clone()
-            .ok_or_else(|| FieldViolation::new("agency", "is required"))?;
+        let patch = validate::required("agency", &req.agency)?;
         let id = validate::parse_name("agency.name", "agencies", &patch.name)?.to_string();
         let paths = req
             .update_mask

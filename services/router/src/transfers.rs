@@ -918,9 +918,7 @@ impl Transfers {
         idem: Arc<Idem>,
     ) -> Result<Transfer> {
         let submit = req.submit;
-        let Some(mut t) = req.transfer.clone() else {
-            return Err(FieldViolation::new("transfer", "is required").into());
-        };
+        let mut t = validate::required("transfer", &req.transfer)?;
         let route_id = validate::parse_name("transfer.route", "routes", &t.route)
             .map(str::to_string)
             .map_err(Error::from)?;
