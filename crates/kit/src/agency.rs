@@ -129,6 +129,33 @@ pub fn created_at(create_time: Option<&prost_types::Timestamp>) -> i64 {
     create_time.map_or(0, crate::time::from_timestamp)
 }
 
+/// The mean of a statistics response's day counts (intake to decision, to the end, …): a count
+/// that is not a finite, non-negative number is left out; 0 while none is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MeanDays {
+    sum: f64,
+    count: u64,
+}
+
+impl MeanDays {
+    /// Adds one resource's days, when it has them.
+    pub fn add(&mut self, days: Option<f64>) {
+        if let Some(d) = days.filter(|d| d.is_finite() && *d >= 0.0) {
+            self.sum += d;
+            self.count += 1;
+        }
+    }
+
+    /// The mean (0 while none is in).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+}
+
 /// The keyset cursor `(create_time, id)` of the resource `{collection}/{id}` named `name`.
 pub fn cursor_of(
     create_time: Option<&prost_types::Timestamp>,
@@ -241,6 +268,23 @@ pub fn forwarded<U>(caller: &MetadataMap, msg: U) -> Request<U> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_days_leave_out_what_is_not_a_finite_non_negative_count() {
+        let mut m = MeanDays::default();
+        assert_eq!(m.mean(), 0.0);
+        for d in [
+            Some(10.0),
+            None,
+            Some(f64::NAN),
+            Some(-1.0),
+            Some(f64::INFINITY),
+            Some(20.0),
+        ] {
+            m.add(d);
+        }
+        assert_eq!(m.mean(), 15.0);
+    }
 
     fn caller(agency: &str, roles: &[&str]) -> Identity {
         Identity {

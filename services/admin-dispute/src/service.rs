@@ -24,6 +24,7 @@ use fengqiao_kit::deliveries::{self, Deliveries};
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::inbox::{InboxHandler, Receives, forward_auth};
 use fengqiao_kit::pii::{self, FullView, Personal};
+use fengqiao_kit::records;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::admindispute::admin_dispute_service_server::{
@@ -285,13 +286,7 @@ impl AdminDispute {
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<Dispute, Error> {
-        let name = name_of(name)?;
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
-        let mut r = s.record;
-        // Shown as of now; the sweep is persisted by the next write.
-        dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        let r = acts::get::<Disputes>(&self.store, &who.agency, name_of(name)?).await?;
         Ok(r.dispute)
     }
 
@@ -316,22 +311,13 @@ impl AdminDispute {
             size + 1,
         )
         .await?;
-        let more = rows.len() > size as usize;
-        let mut page = Vec::new();
-        for s in rows.into_iter().take(size as usize) {
-            let mut r = s.record;
-            dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
-            page.push(r.dispute);
-        }
-        let next_page_token = match page.last() {
-            Some(last) if more => {
-                let (t, id) = cursor_of(last.create_time.as_ref(), &last.name, "disputes");
-                validate::keyset_page_token(&query, t, &id)
-            }
-            _ => String::new(),
-        };
+        let (disputes, next_page_token) =
+            records::keyset_page(rows, i64::from(size), &query, |s| {
+                let (t, id) = Disputes::cursor(&s);
+                Ok((Disputes::current(&s, now)?.dispute, t, id))
+            })?;
         let resp = ListDisputesResponse {
-            disputes: page,
+            disputes,
             next_page_token,
         };
         let names: Vec<(String, String)> = resp
@@ -360,20 +346,11 @@ impl AdminDispute {
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut tally = Tally::default();
-        let mut after = None;
-        loop {
-            let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
-            let Some(last) = rows.last() else { break };
-            let d = &last.record.dispute;
-            after = Some(cursor_of(d.create_time.as_ref(), &d.name, "disputes"));
-            for s in rows {
-                let mut r = s.record;
-                dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
-                let d = &r.dispute;
-                let created = created_at(d.create_time.as_ref());
-                if !period.contains(created) {
-                    continue;
-                }
+        acts::each::<Disputes>(&mut tx, &who.agency, |s| {
+            let r = Disputes::current(&s, now)?;
+            let d = &r.dispute;
+            let created = created_at(d.create_time.as_ref());
+            if period.contains(created) {
                 tally.add(&DisputeSummary {
                     organ: r.organ().to_owned(),
                     act_kind: d.act.as_ref().map(|a| a.kind()).unwrap_or_default(),
@@ -384,7 +361,9 @@ impl AdminDispute {
                     }),
                 });
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(tally.response())
     }
 
@@ -813,6 +792,20 @@ impl Acts for Disputes {
 
     async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
         db::load(tx, agency, name).await
+    }
+
+    async fn page(
+        tx: &mut Tx,
+        agency: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<db::Stored>, Error> {
+        db::list(tx, agency, &[], false, after, limit).await
+    }
+
+    fn cursor(s: &db::Stored) -> (i64, String) {
+        let d = &s.record.dispute;
+        cursor_of(d.create_time.as_ref(), &d.name, "disputes")
     }
 
     fn version(s: &db::Stored) -> i64 {

@@ -19,6 +19,7 @@ use fengqiao_kit::agency::{
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::pii::{self, FullView};
+use fengqiao_kit::records;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, validate};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
@@ -118,6 +119,20 @@ impl Acts for Applications {
 
     async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
         db::load(tx, agency, name).await
+    }
+
+    async fn page(
+        tx: &mut Tx,
+        agency: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<db::Stored>, Error> {
+        db::list(tx, agency, &[], false, after, limit).await
+    }
+
+    fn cursor(s: &db::Stored) -> (i64, String) {
+        let a = &s.record.application;
+        cursor_of(a.create_time.as_ref(), &a.name, "applications")
     }
 
     fn version(s: &db::Stored) -> i64 {
@@ -464,25 +479,12 @@ impl JudicialConfirmation {
         court: &str,
         name: &str,
     ) -> Result<Option<ConfirmationApplication>, Error> {
-        let name = name_of(name)?;
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let Some(s) = db::load(&mut tx, court, name).await? else {
-            return Ok(None);
-        };
-        let mut r = s.record;
-        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
-        Ok(Some(r.application))
+        let r = acts::read::<Applications>(&self.store, court, name_of(name)?).await?;
+        Ok(r.map(|r| r.application))
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<ConfirmationApplication, Error> {
-        let name = name_of(name)?;
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
-        let mut r = s.record;
-        // Shown as of now; the sweep is persisted by the next write.
-        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        let r = acts::get::<Applications>(&self.store, &who.agency, name_of(name)?).await?;
         Ok(r.application)
     }
 
@@ -506,21 +508,13 @@ impl JudicialConfirmation {
             size + 1,
         )
         .await?;
-        let more = rows.len() > size as usize;
-        let page: Vec<ConfirmationApplication> = rows
-            .into_iter()
-            .take(size as usize)
-            .map(|s| s.record.application)
-            .collect();
-        let next_page_token = match page.last() {
-            Some(last) if more => {
-                let (t, id) = cursor_of(last.create_time.as_ref(), &last.name, "applications");
-                validate::keyset_page_token(&query, t, &id)
-            }
-            _ => String::new(),
-        };
+        let (applications, next_page_token) =
+            records::keyset_page(rows, i64::from(size), &query, |s| {
+                let (t, id) = Applications::cursor(&s);
+                Ok((s.record.application, t, id))
+            })?;
         Ok(ListApplicationsResponse {
-            applications: page,
+            applications,
             next_page_token,
         })
     }
@@ -533,18 +527,10 @@ impl JudicialConfirmation {
         let period = Period::of(req.create_time_start.as_ref(), req.create_time_end.as_ref())?;
         let mut tx = self.store.read().await?;
         let mut tally = Tally::default();
-        let mut after = None;
-        loop {
-            let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
-            let Some(last) = rows.last() else { break };
-            let a = &last.record.application;
-            after = Some(cursor_of(a.create_time.as_ref(), &a.name, "applications"));
-            for s in &rows {
-                let a = &s.record.application;
-                let created = created_at(a.create_time.as_ref());
-                if !period.contains(created) {
-                    continue;
-                }
+        acts::each::<Applications>(&mut tx, &who.agency, |s| {
+            let a = &s.record.application;
+            let created = created_at(a.create_time.as_ref());
+            if period.contains(created) {
                 tally.add(&ApplicationSummary {
                     state: s.record.state(),
                     ground: app::ground(&s.record)
@@ -557,7 +543,9 @@ impl JudicialConfirmation {
                     }),
                 });
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(tally.response())
     }
 }
