@@ -4,7 +4,11 @@
 //! to the database's time, apply the act, save it at the next version and record the answer
 //! — in one write transaction.
 
-use fengqiao_store::{Store, Tx};
+use fengqiao_store::Store;
+/// The transaction the [`Acts`] of [`record_acts!`] run in.
+pub use fengqiao_store::Tx;
+/// The attribute [`record_acts!`] writes its impl with.
+pub use tonic::async_trait;
 
 use crate::Identity;
 use crate::agency::{check_etag, found};
@@ -83,6 +87,75 @@ pub async fn act<A: Acts, M: prost::Message>(
     idem.save(&mut tx, &saved).await?;
     tx.commit().await?;
     Ok(saved)
+}
+
+/// Writes the [`Acts`] of a service whose store keeps the usual form: a `Stored` with the
+/// domain `record` (its resource in the field `field`, named `{collection}/{id}`) and the row
+/// `version`; `load(tx, agency, name)` and `list(tx, agency, states, overdue_only, after,
+/// limit)` reading what an agency sees; `current(&mut record, now)` sweeping the record's
+/// clocks; `save(tx, &stored, &next, now)` answering the resource as saved.
+///
+/// ```ignore
+/// record_acts!(Disputes: db::Stored, Record => Dispute;
+///     field = dispute, collection = "disputes", load = db::load, list = db::list,
+///     save = saved, current = |r: &mut Record, now| dom::sweep(r, now, cal));
+/// ```
+#[macro_export]
+macro_rules! record_acts {
+    ($(#[$meta:meta])* $name:ident: $stored:ty, $record:ty => $resource:ty;
+     field = $field:ident, collection = $collection:literal, load = $load:path,
+     list = $list:path, save = $save:path, current = $current:expr $(,)?) => {
+        $(#[$meta])*
+        struct $name;
+
+        #[$crate::acts::async_trait]
+        impl $crate::acts::Acts for $name {
+            type Stored = $stored;
+            type Record = $record;
+            type Resource = $resource;
+
+            async fn load(
+                tx: &mut $crate::acts::Tx,
+                agency: &str,
+                name: &str,
+            ) -> Result<Option<$stored>, $crate::Error> {
+                $load(tx, agency, name).await
+            }
+
+            async fn page(
+                tx: &mut $crate::acts::Tx,
+                agency: &str,
+                after: Option<(i64, String)>,
+                limit: u32,
+            ) -> Result<Vec<$stored>, $crate::Error> {
+                $list(tx, agency, &[], false, after, limit).await
+            }
+
+            fn cursor(stored: &$stored) -> (i64, String) {
+                let r = &stored.record.$field;
+                $crate::agency::cursor_of(r.create_time.as_ref(), &r.name, $collection)
+            }
+
+            fn version(stored: &$stored) -> i64 {
+                stored.version
+            }
+
+            fn current(stored: &$stored, now: i64) -> Result<$record, $crate::Error> {
+                let mut r = stored.record.clone();
+                ($current)(&mut r, now)?;
+                Ok(r)
+            }
+
+            async fn save(
+                tx: &mut $crate::acts::Tx,
+                stored: &$stored,
+                next: &$record,
+                now: i64,
+            ) -> Result<$resource, $crate::Error> {
+                $save(tx, stored, next, now).await
+            }
+        }
+    };
 }
 
 /// The record `name` as `agency` sees it as of the database's time (overdue clocks swept for

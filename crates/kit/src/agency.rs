@@ -55,6 +55,28 @@ pub async fn disclosed<M: Personal>(
     Ok(resp)
 }
 
+/// A read handler's answer: `read` (made for `who`, the verified caller of `req`) disclosed as
+/// [`disclosed`] in the view `req` asks for ([`pii::requested_view`], checked before the read
+/// runs), with one access-log row per `(name, case_id)` that `resources` names in it.
+pub async fn read_reply<T, M: Personal>(
+    store: &fengqiao_store::Store,
+    policy: &pii::FullView,
+    method: &str,
+    req: &Request<T>,
+    who: &Identity,
+    read: impl std::future::Future<Output = Result<M, Error>>,
+    resources: impl FnOnce(&M) -> Vec<(String, String)>,
+) -> Reply<M> {
+    let result = async {
+        let view = pii::requested_view(req.metadata())?;
+        let resp = read.await?;
+        let names = resources(&resp);
+        disclosed(store, policy, method, who, view, resp, &names).await
+    }
+    .await;
+    reply(result)
+}
+
 /// Refuses an identifier that holds a resident ID number or a mobile number (it would be
 /// stored and indexed in the clear).
 pub fn not_personal(field: &str, s: &str) -> Result<(), Error> {

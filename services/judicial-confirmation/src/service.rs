@@ -13,8 +13,8 @@
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::acts::{self, Acts};
 use fengqiao_kit::agency::{
-    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, forwarded, found, masked,
-    need_any_role, not_personal, reply, uuid_v4, who,
+    self, Period, Reply, check_etag, created_at, forwarded, found, masked, need_any_role,
+    not_personal, read_reply, reply, uuid_v4, who,
 };
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
@@ -100,6 +100,14 @@ fn check_parties(intake: &app::Intake) -> Result<(), Error> {
     }
 }
 
+/// The access-log rows of a read answering `applications`.
+fn resources(applications: &[ConfirmationApplication]) -> Vec<(String, String)> {
+    applications
+        .iter()
+        .map(|a| (a.name.clone(), a.case_id.clone()))
+        .collect()
+}
+
 fn name_of(name: &str) -> Result<&str, Error> {
     let id = name
         .strip_prefix("applications/")
@@ -108,51 +116,22 @@ fn name_of(name: &str) -> Result<&str, Error> {
     Ok(name)
 }
 
-/// Applications as [`acts::act`] changes them.
-struct Applications;
+fengqiao_kit::record_acts!(
+    /// Applications as [`acts::act`] changes them.
+    Applications: db::Stored, Record => ConfirmationApplication;
+    field = application, collection = "applications", load = db::load, list = db::list,
+    save = saved,
+    current = |r: &mut Record, now| app::sweep(r, now, HolidayCalendar::builtin()),
+);
 
-#[tonic::async_trait]
-impl Acts for Applications {
-    type Stored = db::Stored;
-    type Record = Record;
-    type Resource = ConfirmationApplication;
-
-    async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
-        db::load(tx, agency, name).await
-    }
-
-    async fn page(
-        tx: &mut Tx,
-        agency: &str,
-        after: Option<(i64, String)>,
-        limit: u32,
-    ) -> Result<Vec<db::Stored>, Error> {
-        db::list(tx, agency, &[], false, after, limit).await
-    }
-
-    fn cursor(s: &db::Stored) -> (i64, String) {
-        let a = &s.record.application;
-        cursor_of(a.create_time.as_ref(), &a.name, "applications")
-    }
-
-    fn version(s: &db::Stored) -> i64 {
-        s.version
-    }
-
-    fn current(s: &db::Stored, now: i64) -> Result<Record, Error> {
-        let mut r = s.record.clone();
-        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
-        Ok(r)
-    }
-
-    async fn save(
-        tx: &mut Tx,
-        s: &db::Stored,
-        next: &Record,
-        now: i64,
-    ) -> Result<ConfirmationApplication, Error> {
-        Ok(db::save(tx, s, next, now).await?.record.application)
-    }
+/// An application saved by an act: the application as stored.
+async fn saved(
+    tx: &mut Tx,
+    s: &db::Stored,
+    next: &Record,
+    now: i64,
+) -> Result<ConfirmationApplication, Error> {
+    Ok(db::save(tx, s, next, now).await?.record.application)
 }
 
 impl JudicialConfirmation {
@@ -559,26 +538,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<GetApplicationRequest>,
     ) -> Reply<GetApplicationResponse> {
         let w = who(&req)?;
-        let result = async {
-            let view = pii::requested_view(req.metadata())?;
-            let a = self.get(&w, &req.get_ref().name).await?;
-            let names = [(a.name.clone(), a.case_id.clone())];
-            let resp = GetApplicationResponse {
-                application: Some(a),
-            };
-            disclosed(
-                &self.store,
-                &FULL_VIEW,
-                "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication",
-                &w,
-                view,
-                resp,
-                &names,
-            )
-            .await
-        }
-        .await;
-        reply(result)
+        let read = async {
+            let application = Some(self.get(&w, &req.get_ref().name).await?);
+            Ok(GetApplicationResponse { application })
+        };
+        let method = "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication";
+        read_reply(&self.store, &FULL_VIEW, method, &req, &w, read, |r| {
+            resources(r.application.as_slice())
+        })
+        .await
     }
 
     async fn list_applications(
@@ -586,27 +554,13 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<ListApplicationsRequest>,
     ) -> Reply<ListApplicationsResponse> {
         let w = who(&req)?;
-        let result = async {
-            let view = pii::requested_view(req.metadata())?;
-            let resp = self.list(&w, req.get_ref()).await?;
-            let names: Vec<(String, String)> = resp
-                .applications
-                .iter()
-                .map(|a| (a.name.clone(), a.case_id.clone()))
-                .collect();
-            disclosed(
-                &self.store,
-                &FULL_VIEW,
-                "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications",
-                &w,
-                view,
-                resp,
-                &names,
-            )
-            .await
-        }
-        .await;
-        reply(result)
+        let read = self.list(&w, req.get_ref());
+        let method =
+            "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications";
+        read_reply(&self.store, &FULL_VIEW, method, &req, &w, read, |r| {
+            resources(&r.applications)
+        })
+        .await
     }
 
     async fn accept_application(
