@@ -4,7 +4,11 @@
 //! to the database's time, apply the act, save it at the next version and record the answer
 //! — in one write transaction.
 
-use fengqiao_store::{Store, Tx};
+use fengqiao_store::Store;
+/// The transaction the [`Acts`] of [`record_acts!`] run in.
+pub use fengqiao_store::Tx;
+/// The attribute [`record_acts!`] writes its impl with.
+pub use tonic::async_trait;
 
 use crate::Identity;
 use crate::agency::{check_etag, found};
@@ -24,6 +28,18 @@ pub trait Acts: Send + Sync + 'static {
     /// The record `name` as `agency` sees it; `None` when it is missing or not visible
     /// (the same answer either way).
     async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<Self::Stored>, Error>;
+
+    /// The records `agency` sees after the keyset cursor `after`, newest first, at most
+    /// `limit`, in every state.
+    async fn page(
+        tx: &mut Tx,
+        agency: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Self::Stored>, Error>;
+
+    /// The keyset cursor `(create_time, id)` of a stored record.
+    fn cursor(stored: &Self::Stored) -> (i64, String);
 
     /// The row version (the etag's).
     fn version(stored: &Self::Stored) -> i64;
@@ -73,6 +89,119 @@ pub async fn act<A: Acts, M: prost::Message>(
     Ok(saved)
 }
 
+/// Writes the [`Acts`] of a service whose store keeps the usual form: a `Stored` with the
+/// domain `record` (its resource in the field `field`, named `{collection}/{id}`) and the row
+/// `version`; `load(tx, agency, name)` and `list(tx, agency, states, overdue_only, after,
+/// limit)` reading what an agency sees; `current(&mut record, now)` sweeping the record's
+/// clocks; `save(tx, &stored, &next, now)` answering the resource as saved.
+///
+/// ```ignore
+/// record_acts!(Disputes: db::Stored, Record => Dispute;
+///     field = dispute, collection = "disputes", load = db::load, list = db::list,
+///     save = saved, current = |r: &mut Record, now| dom::sweep(r, now, cal));
+/// ```
+#[macro_export]
+macro_rules! record_acts {
+    ($(#[$meta:meta])* $name:ident: $stored:ty, $record:ty => $resource:ty;
+     field = $field:ident, collection = $collection:literal, load = $load:path,
+     list = $list:path, save = $save:path, current = $current:expr $(,)?) => {
+        $(#[$meta])*
+        struct $name;
+
+        #[$crate::acts::async_trait]
+        impl $crate::acts::Acts for $name {
+            type Stored = $stored;
+            type Record = $record;
+            type Resource = $resource;
+
+            async fn load(
+                tx: &mut $crate::acts::Tx,
+                agency: &str,
+                name: &str,
+            ) -> Result<Option<$stored>, $crate::Error> {
+                $load(tx, agency, name).await
+            }
+
+            async fn page(
+                tx: &mut $crate::acts::Tx,
+                agency: &str,
+                after: Option<(i64, String)>,
+                limit: u32,
+            ) -> Result<Vec<$stored>, $crate::Error> {
+                $list(tx, agency, &[], false, after, limit).await
+            }
+
+            fn cursor(stored: &$stored) -> (i64, String) {
+                let r = &stored.record.$field;
+                $crate::agency::cursor_of(r.create_time.as_ref(), &r.name, $collection)
+            }
+
+            fn version(stored: &$stored) -> i64 {
+                stored.version
+            }
+
+            fn current(stored: &$stored, now: i64) -> Result<$record, $crate::Error> {
+                let mut r = stored.record.clone();
+                ($current)(&mut r, now)?;
+                Ok(r)
+            }
+
+            async fn save(
+                tx: &mut $crate::acts::Tx,
+                stored: &$stored,
+                next: &$record,
+                now: i64,
+            ) -> Result<$resource, $crate::Error> {
+                $save(tx, stored, next, now).await
+            }
+        }
+    };
+}
+
+/// The record `name` as `agency` sees it as of the database's time (overdue clocks swept for
+/// the answer; the next write persists the sweep), or `None` when it is missing or not
+/// visible.
+pub async fn read<A: Acts>(
+    store: &Store,
+    agency: &str,
+    name: &str,
+) -> Result<Option<A::Record>, Error> {
+    let mut tx = store.read().await?;
+    let now = fengqiao_store::db_now_micros(&mut tx).await?;
+    match A::load(&mut tx, agency, name).await? {
+        Some(stored) => A::current(&stored, now).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`read`] for a caller: NOT_FOUND naming `name` when `agency` does not see it.
+pub async fn get<A: Acts>(store: &Store, agency: &str, name: &str) -> Result<A::Record, Error> {
+    found(read::<A>(store, agency, name).await?, name)
+}
+
+/// How many records [`each`] reads at a time.
+pub const EACH_PAGE: u32 = 500;
+
+/// Hands every record `agency` sees, newest first, to `f` (the statistics' walk), reading
+/// them [`EACH_PAGE`] at a time in `tx`.
+pub async fn each<A: Acts>(
+    tx: &mut Tx,
+    agency: &str,
+    mut f: impl FnMut(A::Stored) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut after = None;
+    loop {
+        let rows = A::page(tx, agency, after.take(), EACH_PAGE).await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = Some(A::cursor(last));
+        for stored in rows {
+            f(stored)?;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +227,34 @@ mod tests {
                 Some(r) => Some((r.try_get("n")?, r.try_get("version")?)),
                 None => None,
             })
+        }
+
+        async fn page(
+            tx: &mut Tx,
+            agency: &str,
+            after: Option<(i64, String)>,
+            limit: u32,
+        ) -> Result<Vec<(i64, i64)>, Error> {
+            // The counter's value stands for its creation time, its id for its name.
+            let (t, id) = after.unwrap_or((i64::MAX, String::new()));
+            let rows = sqlx::query(
+                "SELECT id, n, version FROM counters WHERE agency = $1 \
+                 AND (n < $2 OR (n = $2 AND id < $3) OR $3 = '') ORDER BY n DESC, id DESC",
+            )
+            .bind(agency.to_owned())
+            .bind(t)
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut out = Vec::new();
+            for r in rows.iter().take(limit as usize) {
+                out.push((r.try_get("n")?, r.try_get("version")?));
+            }
+            Ok(out)
+        }
+
+        fn cursor(stored: &(i64, i64)) -> (i64, String) {
+            (stored.0, "c".into())
         }
 
         fn version(stored: &(i64, i64)) -> i64 {
@@ -216,6 +373,26 @@ mod tests {
                 .await?
                 .try_get("n")?;
             assert_eq!(n, 6);
+            // Reads sweep as `current` does and see only the caller's agency.
+            assert_eq!(read::<Counters>(&store, "o1", "c").await?, Some(6));
+            assert_eq!(read::<Counters>(&store, "o2", "c").await?, None);
+            let e = get::<Counters>(&store, "o2", "c").await;
+            assert!(matches!(&e, Err(Error::NotFound(n)) if n == "c"), "{e:?}");
+            let mut tx = store.read().await?;
+            let mut seen = Vec::new();
+            each::<Counters>(&mut tx, "o1", |s| {
+                seen.push(s);
+                Ok(())
+            })
+            .await?;
+            assert_eq!(seen, [(6, 3)]);
+            let mut none = 0;
+            each::<Counters>(&mut tx, "o2", |_| {
+                none += 1;
+                Ok(())
+            })
+            .await?;
+            assert_eq!(none, 0);
             Ok::<(), Error>(())
         }
     );

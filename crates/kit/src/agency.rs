@@ -55,6 +55,28 @@ pub async fn disclosed<M: Personal>(
     Ok(resp)
 }
 
+/// A read handler's answer: `read` (made for `who`, the verified caller of `req`) disclosed as
+/// [`disclosed`] in the view `req` asks for ([`pii::requested_view`], checked before the read
+/// runs), with one access-log row per `(name, case_id)` that `resources` names in it.
+pub async fn read_reply<T, M: Personal>(
+    store: &fengqiao_store::Store,
+    policy: &pii::FullView,
+    method: &str,
+    req: &Request<T>,
+    who: &Identity,
+    read: impl std::future::Future<Output = Result<M, Error>>,
+    resources: impl FnOnce(&M) -> Vec<(String, String)>,
+) -> Reply<M> {
+    let result = async {
+        let view = pii::requested_view(req.metadata())?;
+        let resp = read.await?;
+        let names = resources(&resp);
+        disclosed(store, policy, method, who, view, resp, &names).await
+    }
+    .await;
+    reply(result)
+}
+
 /// Refuses an identifier that holds a resident ID number or a mobile number (it would be
 /// stored and indexed in the clear).
 pub fn not_personal(field: &str, s: &str) -> Result<(), Error> {
@@ -127,6 +149,33 @@ impl Period {
 /// A resource's creation time (unix µs; 0 when not set).
 pub fn created_at(create_time: Option<&prost_types::Timestamp>) -> i64 {
     create_time.map_or(0, crate::time::from_timestamp)
+}
+
+/// The mean of a statistics response's day counts (intake to decision, to the end, …): a count
+/// that is not a finite, non-negative number is left out; 0 while none is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MeanDays {
+    sum: f64,
+    count: u64,
+}
+
+impl MeanDays {
+    /// Adds one resource's days, when it has them.
+    pub fn add(&mut self, days: Option<f64>) {
+        if let Some(d) = days.filter(|d| d.is_finite() && *d >= 0.0) {
+            self.sum += d;
+            self.count += 1;
+        }
+    }
+
+    /// The mean (0 while none is in).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
 }
 
 /// The keyset cursor `(create_time, id)` of the resource `{collection}/{id}` named `name`.
@@ -241,6 +290,23 @@ pub fn forwarded<U>(caller: &MetadataMap, msg: U) -> Request<U> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_days_leave_out_what_is_not_a_finite_non_negative_count() {
+        let mut m = MeanDays::default();
+        assert_eq!(m.mean(), 0.0);
+        for d in [
+            Some(10.0),
+            None,
+            Some(f64::NAN),
+            Some(-1.0),
+            Some(f64::INFINITY),
+            Some(20.0),
+        ] {
+            m.add(d);
+        }
+        assert_eq!(m.mean(), 15.0);
+    }
 
     fn caller(agency: &str, roles: &[&str]) -> Identity {
         Identity {

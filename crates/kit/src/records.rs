@@ -340,18 +340,19 @@ impl Filtered {
     }
 }
 
-/// The page of `rows` fetched `limit + 1` at most ([`Filtered::fetch`]): the first `limit`
-/// decoded into `(item, time, id)`, and the page token after the last of them (bound to
-/// `query`, [`crate::validate::keyset_page_token`]) when there was one more row, or empty.
-pub fn keyset_page<T>(
-    rows: &[AnyRow],
+/// The page of `rows` fetched `limit + 1` at most ([`Filtered::fetch`], or a store's own list
+/// of records): the first `limit` decoded into `(item, time, id)`, and the page token after
+/// the last of them (bound to `query`, [`crate::validate::keyset_page_token`]) when there was
+/// one more row, or empty.
+pub fn keyset_page<R, T>(
+    rows: impl IntoIterator<Item = R>,
     limit: i64,
     query: &str,
-    mut decode: impl FnMut(&AnyRow) -> Result<(T, i64, String), Error>,
+    mut decode: impl FnMut(R) -> Result<(T, i64, String), Error>,
 ) -> Result<(Vec<T>, String), Error> {
     let mut items = Vec::new();
     let mut last: Option<(i64, String)> = None;
-    for (i, row) in rows.iter().enumerate() {
+    for (i, row) in rows.into_iter().enumerate() {
         if i as i64 == limit {
             let token = last
                 .map(|(t, id)| crate::validate::keyset_page_token(query, t, &id))

@@ -40,6 +40,8 @@ pub use store::{SCHEMA, SERVICE, migrate};
 
 use std::collections::BTreeMap;
 
+use fengqiao_kit::agency::MeanDays;
+
 /// What the statistics need of one dispute. No personal information.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DisputeSummary {
@@ -63,8 +65,7 @@ pub struct Tally {
     kinds: BTreeMap<String, u64>,
     results: BTreeMap<String, u64>,
     overdue: u64,
-    days_sum: f64,
-    days_count: u64,
+    days: MeanDays,
 }
 
 impl Tally {
@@ -82,13 +83,8 @@ impl Tally {
                 .entry(d.result.as_str_name().to_owned())
                 .or_default() += 1;
         }
-        if d.overdue {
-            self.overdue += 1;
-        }
-        if let Some(days) = d.days_to_close.filter(|x| x.is_finite() && *x >= 0.0) {
-            self.days_sum += days;
-            self.days_count += 1;
-        }
+        self.overdue += u64::from(d.overdue);
+        self.days.add(d.days_to_close);
     }
 
     /// The totals.
@@ -98,11 +94,7 @@ impl Tally {
             organ_counts: self.organs.clone().into_iter().collect(),
             act_kind_counts: self.kinds.clone().into_iter().collect(),
             result_counts: self.results.clone().into_iter().collect(),
-            average_days_to_close: if self.days_count == 0 {
-                0.0
-            } else {
-                self.days_sum / self.days_count as f64
-            },
+            average_days_to_close: self.days.mean(),
             overdue_count: self.overdue,
         }
     }

@@ -16,14 +16,15 @@ use std::sync::Arc;
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::acts::{self, Acts};
 use fengqiao_kit::agency::{
-    self, Period, Reply, created_at, cursor_of, disclosed, found, masked, need_party_role,
-    not_personal, reply, uuid_v4, who,
+    self, Period, Reply, created_at, found, masked, need_party_role, not_personal, read_reply,
+    reply, uuid_v4, who,
 };
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::deliveries::{self, Deliveries};
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::inbox::{InboxHandler, Receives, forward_auth};
 use fengqiao_kit::pii::{self, FullView, Personal};
+use fengqiao_kit::records;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, Reason, validate};
 use fengqiao_proto::admindispute::admin_dispute_service_server::{
@@ -87,6 +88,12 @@ fn redacted_claims(claims: &[Claim]) -> Vec<Claim> {
         pii::redact_in_place(&mut c.description);
     }
     claims
+}
+
+/// The access-log rows of a read answering `disputes`.
+fn resources(disputes: &[Dispute]) -> Vec<(String, String)> {
+    let row = |d: &Dispute| (d.name.clone(), d.case_id.clone());
+    disputes.iter().map(row).collect()
 }
 
 fn name_of(name: &str) -> Result<&str, Error> {
@@ -285,20 +292,13 @@ impl AdminDispute {
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<Dispute, Error> {
-        let name = name_of(name)?;
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
-        let mut r = s.record;
-        // Shown as of now; the sweep is persisted by the next write.
-        dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        let r = acts::get::<Disputes>(&self.store, &who.agency, name_of(name)?).await?;
         Ok(r.dispute)
     }
 
     async fn list(
         &self,
         who: &Identity,
-        view: pii::View,
         req: &ListDisputesRequest,
     ) -> Result<ListDisputesResponse, Error> {
         let size = validate::page_size(req.page_size)?;
@@ -316,39 +316,15 @@ impl AdminDispute {
             size + 1,
         )
         .await?;
-        let more = rows.len() > size as usize;
-        let mut page = Vec::new();
-        for s in rows.into_iter().take(size as usize) {
-            let mut r = s.record;
-            dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
-            page.push(r.dispute);
-        }
-        let next_page_token = match page.last() {
-            Some(last) if more => {
-                let (t, id) = cursor_of(last.create_time.as_ref(), &last.name, "disputes");
-                validate::keyset_page_token(&query, t, &id)
-            }
-            _ => String::new(),
-        };
-        let resp = ListDisputesResponse {
-            disputes: page,
+        let (disputes, next_page_token) =
+            records::keyset_page(rows, i64::from(size), &query, |s| {
+                let (t, id) = Disputes::cursor(&s);
+                Ok((Disputes::current(&s, now)?.dispute, t, id))
+            })?;
+        Ok(ListDisputesResponse {
+            disputes,
             next_page_token,
-        };
-        let names: Vec<(String, String)> = resp
-            .disputes
-            .iter()
-            .map(|d| (d.name.clone(), d.case_id.clone()))
-            .collect();
-        disclosed(
-            &self.store,
-            &FULL_VIEW,
-            "/fengqiao.admindispute.v1.AdminDisputeService/ListDisputes",
-            who,
-            view,
-            resp,
-            &names,
-        )
-        .await
+        })
     }
 
     async fn statistics(
@@ -360,20 +336,11 @@ impl AdminDispute {
         let mut tx = self.store.read().await?;
         let now = fengqiao_store::db_now_micros(&mut tx).await?;
         let mut tally = Tally::default();
-        let mut after = None;
-        loop {
-            let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
-            let Some(last) = rows.last() else { break };
-            let d = &last.record.dispute;
-            after = Some(cursor_of(d.create_time.as_ref(), &d.name, "disputes"));
-            for s in rows {
-                let mut r = s.record;
-                dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
-                let d = &r.dispute;
-                let created = created_at(d.create_time.as_ref());
-                if !period.contains(created) {
-                    continue;
-                }
+        acts::each::<Disputes>(&mut tx, &who.agency, |s| {
+            let r = Disputes::current(&s, now)?;
+            let d = &r.dispute;
+            let created = created_at(d.create_time.as_ref());
+            if period.contains(created) {
                 tally.add(&DisputeSummary {
                     organ: r.organ().to_owned(),
                     act_kind: d.act.as_ref().map(|a| a.kind()).unwrap_or_default(),
@@ -384,7 +351,9 @@ impl AdminDispute {
                     }),
                 });
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(tally.response())
     }
 
@@ -802,40 +771,24 @@ fn referral(
     Ok(r)
 }
 
-/// Disputes as [`acts::act`] changes them.
-struct Disputes;
+fengqiao_kit::record_acts!(
+    /// Disputes as [`acts::act`] changes them.
+    Disputes: db::Stored, Record => Dispute;
+    field = dispute, collection = "disputes", load = db::load, list = db::list, save = saved,
+    current = |r: &mut Record, now| dom::sweep(r, now, HolidayCalendar::builtin()),
+);
 
-#[tonic::async_trait]
-impl Acts for Disputes {
-    type Stored = db::Stored;
-    type Record = Record;
-    type Resource = Dispute;
-
-    async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
-        db::load(tx, agency, name).await
+/// A dispute saved by an act: the dispute as stored. A settlement in 行政复议 also records the
+/// facts' digest (行政复议法 Art 74).
+async fn saved(tx: &mut Tx, s: &db::Stored, next: &Record, now: i64) -> Result<Dispute, Error> {
+    let saved = db::save(tx, s, next, now).await?;
+    let d = &saved.record.dispute;
+    if d.result() == DisputeResult::SettledWithdrawn
+        && saved.record.stage() == DisputeStage::InReview
+    {
+        db::record_withdrawn_facts(tx, &saved.facts_digest, &d.name).await?;
     }
-
-    fn version(s: &db::Stored) -> i64 {
-        s.version
-    }
-
-    fn current(s: &db::Stored, now: i64) -> Result<Record, Error> {
-        let mut r = s.record.clone();
-        dom::sweep(&mut r, now, HolidayCalendar::builtin())?;
-        Ok(r)
-    }
-
-    /// A settlement in 行政复议 also records the facts' digest (行政复议法 Art 74).
-    async fn save(tx: &mut Tx, s: &db::Stored, next: &Record, now: i64) -> Result<Dispute, Error> {
-        let saved = db::save(tx, s, next, now).await?;
-        let d = &saved.record.dispute;
-        if d.result() == DisputeResult::SettledWithdrawn
-            && saved.record.stage() == DisputeStage::InReview
-        {
-            db::record_withdrawn_facts(tx, &saved.facts_digest, &d.name).await?;
-        }
-        Ok(saved.record.dispute)
-    }
+    Ok(saved.record.dispute)
 }
 
 /// The target of a write request.
@@ -936,24 +889,15 @@ impl AdminDisputeService for AdminDispute {
 
     async fn get_dispute(&self, req: Request<GetDisputeRequest>) -> Reply<GetDisputeResponse> {
         let w = who(&req)?;
-        let result = async {
-            let view = pii::requested_view(req.metadata())?;
+        let read = async {
             let d = self.get(&w, &req.get_ref().name).await?;
-            let names = [(d.name.clone(), d.case_id.clone())];
-            let resp = GetDisputeResponse { dispute: Some(d) };
-            disclosed(
-                &self.store,
-                &FULL_VIEW,
-                "/fengqiao.admindispute.v1.AdminDisputeService/GetDispute",
-                &w,
-                view,
-                resp,
-                &names,
-            )
-            .await
-        }
-        .await;
-        reply(result)
+            Ok(GetDisputeResponse { dispute: Some(d) })
+        };
+        let method = "/fengqiao.admindispute.v1.AdminDisputeService/GetDispute";
+        read_reply(&self.store, &FULL_VIEW, method, &req, &w, read, |r| {
+            resources(r.dispute.as_slice())
+        })
+        .await
     }
 
     async fn list_disputes(
@@ -961,12 +905,12 @@ impl AdminDisputeService for AdminDispute {
         req: Request<ListDisputesRequest>,
     ) -> Reply<ListDisputesResponse> {
         let w = who(&req)?;
-        let result = async {
-            let view = pii::requested_view(req.metadata())?;
-            self.list(&w, view, req.get_ref()).await
-        }
-        .await;
-        reply(result)
+        let read = self.list(&w, req.get_ref());
+        let method = "/fengqiao.admindispute.v1.AdminDisputeService/ListDisputes";
+        read_reply(&self.store, &FULL_VIEW, method, &req, &w, read, |r| {
+            resources(&r.disputes)
+        })
+        .await
     }
 
     async fn amend_claims(&self, req: Request<AmendClaimsRequest>) -> Reply<AmendClaimsResponse> {

@@ -76,6 +76,7 @@ pub use fengqiao_proto::courtdiversion::{
 pub use lifecycle::{Action, EndKind, Side};
 pub use rules::RuleError;
 
+use fengqiao_kit::agency::MeanDays;
 use fengqiao_proto::common::DisputeCategory;
 
 /// What the statistics need of one case (业绩档案, 特邀调解规定 Art 5–10). No personal
@@ -112,8 +113,7 @@ pub struct Tally {
     agreements: u64,
     failed: u64,
     overdue: u64,
-    days_sum: f64,
-    days_count: u64,
+    days: MeanDays,
 }
 
 impl Tally {
@@ -127,13 +127,8 @@ impl Tally {
             Some(EndKind::Failed) => self.failed += 1,
             Some(EndKind::SettledAndWithdrawn) | None => {}
         }
-        if c.overdue {
-            self.overdue += 1;
-        }
-        if let Some(d) = c.mediation_days.filter(|d| d.is_finite() && *d >= 0.0) {
-            self.days_sum += d;
-            self.days_count += 1;
-        }
+        self.overdue += u64::from(c.overdue);
+        self.days.add(c.mediation_days);
     }
 
     /// The totals; grouping fields are left for the caller to fill.
@@ -146,11 +141,7 @@ impl Tally {
             agreement_count: self.agreements,
             failed_count: self.failed,
             overdue_count: self.overdue,
-            average_mediation_days: if self.days_count == 0 {
-                0.0
-            } else {
-                self.days_sum / self.days_count as f64
-            },
+            average_mediation_days: self.days.mean(),
             agreement_rate: if ended == 0 {
                 0.0
             } else {

@@ -27,10 +27,11 @@ pub const ROUTE_NAME: &str = "routes/court-to-invited-mediation";
 pub const PAUSE_APPRAISAL: &str = "appraisal";
 
 /// Role of the 立案庭 clerk: intake, consents, joint choice, appraisals, next steps,
-/// withdrawals.
-pub const ROLE_CLERK: &str = "court_clerk";
-/// Role of the judge: designation, suspension review, the registration decision.
-pub const ROLE_JUDGE: &str = "judge";
+/// withdrawals. The court's one clerk role, the one judicial confirmation knows.
+pub const ROLE_CLERK: &str = fengqiao_judicial_confirmation::rules::CLERK_ROLE;
+/// Role of the judge: designation, suspension review, the registration decision. The court's
+/// one judge role, the one judicial confirmation knows.
+pub const ROLE_JUDGE: &str = fengqiao_judicial_confirmation::rules::JUDGE_ROLE;
 /// Role of the court administrator: the roster (特邀调解名册) and statistics.
 pub const ROLE_COURT_ADMIN: &str = "court_admin";
 

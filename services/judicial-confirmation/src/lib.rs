@@ -52,6 +52,8 @@ pub use store::{SCHEMA, SERVICE, migrate};
 
 use std::collections::BTreeMap;
 
+use fengqiao_kit::agency::MeanDays;
+
 /// What the statistics need of one application. No personal information.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ApplicationSummary {
@@ -70,8 +72,7 @@ pub struct ApplicationSummary {
 pub struct Tally {
     row: GetApplicationStatisticsResponse,
     grounds: BTreeMap<String, u64>,
-    days_sum: f64,
-    days_count: u64,
+    days: MeanDays,
 }
 
 impl Tally {
@@ -93,23 +94,14 @@ impl Tally {
         {
             *self.grounds.entry(a.ground.clone()).or_default() += 1;
         }
-        if a.overdue {
-            r.overdue_count += 1;
-        }
-        if let Some(d) = a.days_to_decision.filter(|d| d.is_finite() && *d >= 0.0) {
-            self.days_sum += d;
-            self.days_count += 1;
-        }
+        r.overdue_count += u64::from(a.overdue);
+        self.days.add(a.days_to_decision);
     }
 
     /// The totals.
     pub fn response(&self) -> GetApplicationStatisticsResponse {
         GetApplicationStatisticsResponse {
-            average_days_to_decision: if self.days_count == 0 {
-                0.0
-            } else {
-                self.days_sum / self.days_count as f64
-            },
+            average_days_to_decision: self.days.mean(),
             ground_counts: self.grounds.clone(),
             ..self.row.clone()
         }

@@ -13,12 +13,13 @@
 use fengqiao_clock::HolidayCalendar;
 use fengqiao_kit::acts::{self, Acts};
 use fengqiao_kit::agency::{
-    self, Period, Reply, check_etag, created_at, cursor_of, disclosed, forwarded, found, masked,
-    need_any_role, not_personal, reply, uuid_v4, who,
+    self, Period, Reply, check_etag, created_at, forwarded, found, masked, need_any_role,
+    not_personal, read_reply, reply, uuid_v4, who,
 };
 use fengqiao_kit::auth::Identity;
 use fengqiao_kit::idem::Idem;
 use fengqiao_kit::pii::{self, FullView};
+use fengqiao_kit::records;
 use fengqiao_kit::server::ServerBuilder;
 use fengqiao_kit::{Error, FieldViolation, validate};
 use fengqiao_proto::judicialconfirmation::judicial_confirmation_service_server::{
@@ -94,6 +95,14 @@ fn check_parties(intake: &app::Intake) -> Result<(), Error> {
     }
 }
 
+/// The access-log rows of a read answering `applications`.
+fn resources(applications: &[ConfirmationApplication]) -> Vec<(String, String)> {
+    applications
+        .iter()
+        .map(|a| (a.name.clone(), a.case_id.clone()))
+        .collect()
+}
+
 fn name_of(name: &str) -> Result<&str, Error> {
     let id = name
         .strip_prefix("applications/")
@@ -102,37 +111,22 @@ fn name_of(name: &str) -> Result<&str, Error> {
     Ok(name)
 }
 
-/// Applications as [`acts::act`] changes them.
-struct Applications;
+fengqiao_kit::record_acts!(
+    /// Applications as [`acts::act`] changes them.
+    Applications: db::Stored, Record => ConfirmationApplication;
+    field = application, collection = "applications", load = db::load, list = db::list,
+    save = saved,
+    current = |r: &mut Record, now| app::sweep(r, now, HolidayCalendar::builtin()),
+);
 
-#[tonic::async_trait]
-impl Acts for Applications {
-    type Stored = db::Stored;
-    type Record = Record;
-    type Resource = ConfirmationApplication;
-
-    async fn load(tx: &mut Tx, agency: &str, name: &str) -> Result<Option<db::Stored>, Error> {
-        db::load(tx, agency, name).await
-    }
-
-    fn version(s: &db::Stored) -> i64 {
-        s.version
-    }
-
-    fn current(s: &db::Stored, now: i64) -> Result<Record, Error> {
-        let mut r = s.record.clone();
-        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
-        Ok(r)
-    }
-
-    async fn save(
-        tx: &mut Tx,
-        s: &db::Stored,
-        next: &Record,
-        now: i64,
-    ) -> Result<ConfirmationApplication, Error> {
-        Ok(db::save(tx, s, next, now).await?.record.application)
-    }
+/// An application saved by an act: the application as stored.
+async fn saved(
+    tx: &mut Tx,
+    s: &db::Stored,
+    next: &Record,
+    now: i64,
+) -> Result<ConfirmationApplication, Error> {
+    Ok(db::save(tx, s, next, now).await?.record.application)
 }
 
 impl JudicialConfirmation {
@@ -449,25 +443,12 @@ impl JudicialConfirmation {
         court: &str,
         name: &str,
     ) -> Result<Option<ConfirmationApplication>, Error> {
-        let name = name_of(name)?;
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let Some(s) = db::load(&mut tx, court, name).await? else {
-            return Ok(None);
-        };
-        let mut r = s.record;
-        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
-        Ok(Some(r.application))
+        let r = acts::read::<Applications>(&self.store, court, name_of(name)?).await?;
+        Ok(r.map(|r| r.application))
     }
 
     async fn get(&self, who: &Identity, name: &str) -> Result<ConfirmationApplication, Error> {
-        let name = name_of(name)?;
-        let mut tx = self.store.read().await?;
-        let now = fengqiao_store::db_now_micros(&mut tx).await?;
-        let s = found(db::load(&mut tx, &who.agency, name).await?, name)?;
-        let mut r = s.record;
-        // Shown as of now; the sweep is persisted by the next write.
-        app::sweep(&mut r, now, HolidayCalendar::builtin())?;
+        let r = acts::get::<Applications>(&self.store, &who.agency, name_of(name)?).await?;
         Ok(r.application)
     }
 
@@ -491,21 +472,13 @@ impl JudicialConfirmation {
             size + 1,
         )
         .await?;
-        let more = rows.len() > size as usize;
-        let page: Vec<ConfirmationApplication> = rows
-            .into_iter()
-            .take(size as usize)
-            .map(|s| s.record.application)
-            .collect();
-        let next_page_token = match page.last() {
-            Some(last) if more => {
-                let (t, id) = cursor_of(last.create_time.as_ref(), &last.name, "applications");
-                validate::keyset_page_token(&query, t, &id)
-            }
-            _ => String::new(),
-        };
+        let (applications, next_page_token) =
+            records::keyset_page(rows, i64::from(size), &query, |s| {
+                let (t, id) = Applications::cursor(&s);
+                Ok((s.record.application, t, id))
+            })?;
         Ok(ListApplicationsResponse {
-            applications: page,
+            applications,
             next_page_token,
         })
     }
@@ -518,18 +491,10 @@ impl JudicialConfirmation {
         let period = Period::of(req.create_time_start.as_ref(), req.create_time_end.as_ref())?;
         let mut tx = self.store.read().await?;
         let mut tally = Tally::default();
-        let mut after = None;
-        loop {
-            let rows = db::list(&mut tx, &who.agency, &[], false, after.clone(), 500).await?;
-            let Some(last) = rows.last() else { break };
-            let a = &last.record.application;
-            after = Some(cursor_of(a.create_time.as_ref(), &a.name, "applications"));
-            for s in &rows {
-                let a = &s.record.application;
-                let created = created_at(a.create_time.as_ref());
-                if !period.contains(created) {
-                    continue;
-                }
+        acts::each::<Applications>(&mut tx, &who.agency, |s| {
+            let a = &s.record.application;
+            let created = created_at(a.create_time.as_ref());
+            if period.contains(created) {
                 tally.add(&ApplicationSummary {
                     state: s.record.state(),
                     ground: app::ground(&s.record)
@@ -542,7 +507,9 @@ impl JudicialConfirmation {
                     }),
                 });
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(tally.response())
     }
 }
@@ -556,26 +523,15 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<GetApplicationRequest>,
     ) -> Reply<GetApplicationResponse> {
         let w = who(&req)?;
-        let result = async {
-            let view = pii::requested_view(req.metadata())?;
-            let a = self.get(&w, &req.get_ref().name).await?;
-            let names = [(a.name.clone(), a.case_id.clone())];
-            let resp = GetApplicationResponse {
-                application: Some(a),
-            };
-            disclosed(
-                &self.store,
-                &FULL_VIEW,
-                "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication",
-                &w,
-                view,
-                resp,
-                &names,
-            )
-            .await
-        }
-        .await;
-        reply(result)
+        let read = async {
+            let application = Some(self.get(&w, &req.get_ref().name).await?);
+            Ok(GetApplicationResponse { application })
+        };
+        let method = "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/GetApplication";
+        read_reply(&self.store, &FULL_VIEW, method, &req, &w, read, |r| {
+            resources(r.application.as_slice())
+        })
+        .await
     }
 
     async fn list_applications(
@@ -583,27 +539,13 @@ impl JudicialConfirmationService for JudicialConfirmation {
         req: Request<ListApplicationsRequest>,
     ) -> Reply<ListApplicationsResponse> {
         let w = who(&req)?;
-        let result = async {
-            let view = pii::requested_view(req.metadata())?;
-            let resp = self.list(&w, req.get_ref()).await?;
-            let names: Vec<(String, String)> = resp
-                .applications
-                .iter()
-                .map(|a| (a.name.clone(), a.case_id.clone()))
-                .collect();
-            disclosed(
-                &self.store,
-                &FULL_VIEW,
-                "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications",
-                &w,
-                view,
-                resp,
-                &names,
-            )
-            .await
-        }
-        .await;
-        reply(result)
+        let read = self.list(&w, req.get_ref());
+        let method =
+            "/fengqiao.judicialconfirmation.v1.JudicialConfirmationService/ListApplications";
+        read_reply(&self.store, &FULL_VIEW, method, &req, &w, read, |r| {
+            resources(&r.applications)
+        })
+        .await
     }
 
     async fn accept_application(
