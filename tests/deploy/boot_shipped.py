@@ -79,10 +79,37 @@ CALLS = {
 }
 
 
+_TAKEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the ephemeral range, which the services'
+    own outgoing connections (to PostgreSQL, to the router) also draw their source ports from;
+    between this check and the service's bind one of them can take it (seen once: "admin listen
+    on 127.0.0.1:38005: Address already in use"). Ports below that range are never given to an
+    outgoing connection, so a port free here stays free unless another program binds it.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = max(1024, low - 12000)
+    start = first + (os.getpid() * 7919) % (low - first)
+    for i in range(low - first):
+        port = first + (start - first + i) % (low - first)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {first}..{low}")
 
 
 def log(msg):
