@@ -646,18 +646,6 @@ fn oversized_headers_are_refused_on_their_stream() {
 
 // ── §3 Metrics and tokens ─────────────────────────────────────────────────────────────────
 
-async fn scrape(suite: &TestSuite) -> String {
-    let mut s = tokio::net::TcpStream::connect(suite.admin_addr)
-        .await
-        .expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
-}
-
 /// Made-up method names share one `method` label value in `/metrics`.
 #[test]
 fn unknown_methods_share_one_metric_label() {
@@ -680,7 +668,7 @@ fn unknown_methods_share_one_metric_label() {
         raw_call(&ch, GET_TRANSFER, hex("0a00"), None)
             .await
             .expect_err("unauthenticated");
-        let text = scrape(&suite).await;
+        let text = suite.scrape_metrics().await;
         assert!(!text.contains("MadeUp"), "made-up names leaked into labels");
         assert!(
             !text.contains("made.up"),

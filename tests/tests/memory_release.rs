@@ -6,19 +6,6 @@
 use std::time::Duration;
 
 use fengqiao_testkit::{Db, ServiceName, TestSuite};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-async fn scrape(suite: &TestSuite) -> String {
-    let mut s = tokio::net::TcpStream::connect(suite.admin_addr)
-        .await
-        .expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
-}
 
 fn trims(text: &str) -> Option<u64> {
     text.lines()
@@ -27,12 +14,7 @@ fn trims(text: &str) -> Option<u64> {
 }
 
 fn rss_anon_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon")
+    fengqiao_kit::memory::resident_anonymous_kib().expect("RssAnon")
 }
 
 /// With the setting at 0 nothing runs and the metric is absent; otherwise, after a burst, the
@@ -46,7 +28,11 @@ fn freed_memory_is_given_back_after_a_burst() {
         })
         .await
         .expect("suite");
-        assert_eq!(trims(&scrape(&off).await), None, "release ran while off");
+        assert_eq!(
+            trims(&off.scrape_metrics().await),
+            None,
+            "release ran while off"
+        );
         off.stop().await;
 
         let suite = TestSuite::start_with(Db::Sqlite, &[ServiceName::Router], |c| {
@@ -61,11 +47,11 @@ fn freed_memory_is_given_back_after_a_burst() {
         drop(blocks);
         let held = rss_anon_kib();
         // A trim already under way may have walked the arenas before the free: wait for two more.
-        let before = trims(&scrape(&suite).await).unwrap_or(0);
+        let before = trims(&suite.scrape_metrics().await).unwrap_or(0);
         let mut after = None;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if trims(&scrape(&suite).await).is_some_and(|n| n >= before + 2) {
+            if trims(&suite.scrape_metrics().await).is_some_and(|n| n >= before + 2) {
                 after = Some(rss_anon_kib());
                 break;
             }

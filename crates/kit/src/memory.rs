@@ -66,6 +66,16 @@ pub fn release_now() -> bool {
     }
 }
 
+/// This process's anonymous resident memory (`RssAnon` of `/proc/self/status`: heap and stacks,
+/// no file pages) in KiB; `None` where it cannot be read.
+pub fn resident_anonymous_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Whether the periodic task should trim, given the arenas' free bytes.
 pub fn worth_trimming(free_bytes: Option<u64>) -> bool {
     free_bytes.is_some_and(|f| f >= MIN_FREE_BYTES)
@@ -125,14 +135,7 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_goes_back_to_the_system() {
-        fn rss_anon_kib() -> u64 {
-            let status = std::fs::read_to_string("/proc/self/status").expect("status");
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .expect("RssAnon")
-        }
+        let rss_anon_kib = || resident_anonymous_kib().expect("RssAnon");
         // 64 MiB in 4 KiB blocks (each below the mmap threshold, so from the arena), every page
         // written, then all but the last freed: the last keeps the arena's top in use, so glibc
         // does not shrink the heap by itself.

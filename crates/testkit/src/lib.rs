@@ -78,6 +78,20 @@ pub fn store_urls(
 }
 
 impl TestSuite {
+    /// `GET /metrics` on the suite's admin port: the whole HTTP answer, headers included.
+    pub async fn scrape_metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.admin_addr)
+            .await
+            .expect("admin port");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
     /// All services, sample agencies seeded.
     pub async fn start(db: Db) -> Option<TestSuite> {
         Self::start_with(db, &ServiceName::all(), |_| {}).await

@@ -216,20 +216,8 @@ impl StateReading {
     }
 }
 
-const ALL_STATES: &[TransferState] = &[
-    TransferState::Draft,
-    TransferState::AwaitingApproval,
-    TransferState::Approved,
-    TransferState::Delivered,
-    TransferState::Declined,
-    TransferState::InProgress,
-    TransferState::FeedbackSubmitted,
-    TransferState::Closed,
-    TransferState::Withdrawn,
-    TransferState::Expired,
-    TransferState::Returned,
-    TransferState::Escalated,
-];
+/// Every transfer state a transfer can be in (the kit's list without `UNSPECIFIED`).
+const ALL_STATES: &[TransferState] = fengqiao_kit::transfers::TRANSFER_STATES.split_at(1).1;
 
 /// The `state` label of a transfer state: `TRANSFER_STATE_IN_PROGRESS` → `in_progress`.
 fn transfer_state_label(s: TransferState) -> &'static str {
